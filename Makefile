@@ -1,0 +1,37 @@
+# The two set-up commands of the README. Both work on a fresh machine with only
+# Python 3.11, Java 17 and Maven: they create .venv, install recstream, fetch the Kafka
+# broker from Maven Central, and run.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.recstream-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test setup kafka-start kafka-stop kafka-status clean
+
+demo: setup ## the main job: local broker, topics, worker, built-in catalog, recommendations
+	$(BIN)/recstream demo
+
+test: setup ## the test suite (starts the local broker when none answers)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+setup: $(STAMP)
+	deploy/kafka/kafka.sh fetch
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,ann]'
+	touch $(STAMP)
+
+kafka-start:
+	deploy/kafka/kafka.sh start
+kafka-stop:
+	deploy/kafka/kafka.sh stop
+kafka-status:
+	deploy/kafka/kafka.sh status
+
+clean:
+	deploy/kafka/kafka.sh stop || true
+	rm -rf $(VENV) .kafka .recstream *.egg-info

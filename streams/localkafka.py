@@ -1,0 +1,36 @@
+"""``recstream kafka ...``: the local development broker.
+
+The work is done by ``deploy/kafka/kafka.sh`` (usable without the virtualenv); this module
+finds it and runs it, so the command line and the script behave the same.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+ENV_HOME = "RECSTREAM_HOME"
+
+
+def script_path() -> Path:
+    """deploy/kafka/kafka.sh of this checkout (or of ``$RECSTREAM_HOME``)."""
+    home = os.environ.get(ENV_HOME)
+    root = Path(home) if home else Path(__file__).resolve().parents[1]
+    return root / "deploy" / "kafka" / "kafka.sh"
+
+
+def run(action: str, *args: str, port: int | None = None, data_dir: str | None = None) -> int:
+    """Run one kafka.sh action; returns its exit status (status: 0 running, 3 not)."""
+    script = script_path()
+    if not script.exists():
+        raise FileNotFoundError(
+            f"{script} not found: run recstream from its source checkout (pip install -e .) "
+            f"or set {ENV_HOME} to the checkout"
+        )
+    env = dict(os.environ)
+    if port is not None:
+        env["RECSTREAM_KAFKA_PORT"] = str(port)
+    if data_dir is not None:
+        env["RECSTREAM_KAFKA_DATA"] = str(data_dir)
+    return subprocess.run(["bash", str(script), action, *args], env=env, check=False).returncode
