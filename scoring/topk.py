@@ -1,0 +1,386 @@
+"""Item embedding matrix on the device and batched exact top-k scoring.
+
+:class:`ItemMatrix` keeps every catalog item's embedding as a row of one dense
+``(capacity, dim)`` tensor, with an ``id -> row`` dict, a ``row -> id`` list, a
+validity mask and a free-list of removed rows.  Capacity grows geometrically, so
+upserts are amortized O(1) per row.
+
+:func:`score_topk` scores a batch of user queries against all live rows with one
+matmul, takes ``torch.topk`` with enough head-room to drop excluded items, and
+explains each recommendation with the most similar item of the user's history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Sequence
+from typing import NamedTuple, TypeAlias
+
+import numpy as np
+import torch
+
+__all__ = ["ItemMatrix", "Recommendation", "TopK", "default_dtype", "score_topk"]
+
+
+class Recommendation(NamedTuple):
+    """One scored item (a plain tuple ``(item_id, score, because)``)."""
+
+    item_id: str
+    score: float
+    because: str | None
+
+
+#: The result for one query: best first.
+TopK: TypeAlias = list[Recommendation]
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """fp16 on CUDA, fp32 elsewhere."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+class ItemMatrix:
+    """Dense item embeddings on a device, addressable by item id.
+
+    Args:
+        dim: embedding dimension.
+        device: torch device (name or object) the matrix lives on.
+        dtype: storage dtype; default fp16 on CUDA, fp32 otherwise.
+        capacity: initial number of rows allocated.
+        normalize: L2-normalize vectors on upsert (so dot products are cosines);
+            all-zero vectors stay zero.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        *,
+        capacity: int = 1024,
+        normalize: bool = True,
+    ) -> None:
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self._dim = dim
+        self._device = torch.device(device)
+        self._dtype = dtype if dtype is not None else default_dtype(self._device)
+        self._initial_capacity = max(1, int(capacity))
+        self._normalize = normalize
+        self._alloc(self._initial_capacity)
+
+    def _alloc(self, capacity: int) -> None:
+        self._data = torch.zeros((capacity, self._dim), dtype=self._dtype, device=self._device)
+        self._valid = torch.zeros(capacity, dtype=torch.bool, device=self._device)
+        self._id_to_row: dict[str, int] = {}
+        self._row_to_id: list[str | None] = []  # length == high-water mark of used rows
+        self._free: list[int] = []
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def capacity(self) -> int:
+        """Rows allocated."""
+        return int(self._data.shape[0])
+
+    @property
+    def rows_used(self) -> int:
+        """High-water mark: rows ``[0, rows_used)`` have ever held an item."""
+        return len(self._row_to_id)
+
+    @property
+    def data(self) -> torch.Tensor:
+        """The used part of the storage, ``(rows_used, dim)`` (includes freed rows)."""
+        return self._data[: self.rows_used]
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """Bool mask over :attr:`data` rows that hold a live item."""
+        return self._valid[: self.rows_used]
+
+    def __len__(self) -> int:
+        return len(self._id_to_row)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._id_to_row
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids())
+
+    def __repr__(self) -> str:
+        return (
+            f"ItemMatrix(len={len(self)}, dim={self._dim}, device={str(self._device)!r}, "
+            f"dtype={self._dtype}, capacity={self.capacity})"
+        )
+
+    def ids(self) -> list[str]:
+        """Live item ids, in row order."""
+        return [i for i in self._row_to_id if i is not None]
+
+    def row(self, item_id: str) -> int | None:
+        """Row index of ``item_id``, or ``None``."""
+        return self._id_to_row.get(item_id)
+
+    def id_at(self, row: int) -> str | None:
+        """Item id stored in ``row`` (``None`` for a free row)."""
+        return self._row_to_id[row] if 0 <= row < len(self._row_to_id) else None
+
+    # ------------------------------------------------------------------ mutation
+    def upsert(self, ids: Sequence[str], vecs: torch.Tensor | np.ndarray) -> None:
+        """Insert new items and overwrite existing ones.
+
+        ``vecs`` is ``(len(ids), dim)`` (a single ``(dim,)`` vector is accepted for
+        one id).  When an id repeats within one call, its last vector wins.
+        """
+        if isinstance(ids, str):
+            ids = [ids]
+        t = self._as_tensor(vecs)
+        if t.ndim == 1:
+            t = t.unsqueeze(0)
+        if t.ndim != 2 or t.shape[1] != self._dim:
+            raise ValueError(f"vectors have shape {tuple(t.shape)}, expected (n, {self._dim})")
+        if t.shape[0] != len(ids):
+            raise ValueError(f"{len(ids)} ids but {t.shape[0]} vectors")
+        if not ids:
+            return
+        # Last occurrence of each id wins.
+        last: dict[str, int] = {}
+        for i, item_id in enumerate(ids):
+            if not isinstance(item_id, str):
+                raise TypeError(f"item ids must be str, got {type(item_id).__name__}")
+            last[item_id] = i
+        src = list(last.values())
+        new = [item_id for item_id in last if item_id not in self._id_to_row]
+        fresh = max(0, len(new) - len(self._free))
+        self._reserve(len(self._row_to_id) + fresh)
+
+        rows: list[int] = []
+        for item_id in last:
+            row = self._id_to_row.get(item_id)
+            if row is None:
+                if self._free:
+                    row = self._free.pop()
+                    self._row_to_id[row] = item_id
+                else:
+                    row = len(self._row_to_id)
+                    self._row_to_id.append(item_id)
+                self._id_to_row[item_id] = row
+            rows.append(row)
+
+        if len(src) != t.shape[0]:
+            t = t[torch.tensor(src, device=t.device)]
+        t = t.to(device=self._device, dtype=torch.float32)
+        if self._normalize:
+            t = torch.nn.functional.normalize(t, p=2, dim=1)
+        row_idx = torch.tensor(rows, dtype=torch.long, device=self._device)
+        self._data[row_idx] = t.to(self._dtype)
+        self._valid[row_idx] = True
+
+    def remove(self, ids: Sequence[str] | str) -> int:
+        """Remove items (unknown ids are ignored); returns how many were removed.
+
+        Their rows go to a free-list that later upserts reuse.
+        """
+        if isinstance(ids, str):
+            ids = [ids]
+        rows: list[int] = []
+        for item_id in dict.fromkeys(ids):
+            row = self._id_to_row.pop(item_id, None)
+            if row is None:
+                continue
+            self._row_to_id[row] = None
+            self._free.append(row)
+            rows.append(row)
+        if rows:
+            row_idx = torch.tensor(rows, dtype=torch.long, device=self._device)
+            self._valid[row_idx] = False
+            self._data[row_idx] = 0
+        return len(rows)
+
+    def clear(self) -> None:
+        """Remove every item and shrink back to the initial capacity."""
+        self._alloc(self._initial_capacity)
+
+    def _reserve(self, rows: int) -> None:
+        cap = self.capacity
+        if rows <= cap:
+            return
+        new_cap = max(rows, cap * 2)
+        used = len(self._row_to_id)
+        data = torch.zeros((new_cap, self._dim), dtype=self._dtype, device=self._device)
+        valid = torch.zeros(new_cap, dtype=torch.bool, device=self._device)
+        data[:used] = self._data[:used]
+        valid[:used] = self._valid[:used]
+        self._data, self._valid = data, valid
+
+    def _as_tensor(self, vecs: torch.Tensor | np.ndarray) -> torch.Tensor:
+        return _to_tensor(vecs)
+
+    # ------------------------------------------------------------------ access
+    def rows_of(self, ids: Sequence[str]) -> list[int]:
+        """Rows of ``ids``; raises ``KeyError`` for an unknown id."""
+        try:
+            return [self._id_to_row[i] for i in ids]
+        except KeyError as exc:
+            raise KeyError(f"item {exc.args[0]!r} is not in the matrix") from None
+
+    def get(self, ids: Sequence[str]) -> torch.Tensor:
+        """Stored vectors of ``ids`` as float32 ``(len(ids), dim)`` on :attr:`device`.
+
+        Raises ``KeyError`` for an unknown id.
+        """
+        if isinstance(ids, str):
+            ids = [ids]
+        rows = torch.tensor(self.rows_of(ids), dtype=torch.long, device=self._device)
+        return self._data[rows].float()
+
+    def vector(self, item_id: str) -> np.ndarray | None:
+        """Stored vector of one item as float32 numpy on the CPU, or ``None``."""
+        row = self._id_to_row.get(item_id)
+        if row is None:
+            return None
+        return self._data[row].to(device="cpu", dtype=torch.float32, copy=True).numpy()
+
+
+def _to_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    arr = np.asarray(x, dtype=np.float32)
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    return torch.from_numpy(arr)
+
+
+def score_topk(
+    matrix: ItemMatrix,
+    queries: torch.Tensor | np.ndarray,
+    k: int,
+    exclude: Sequence[Collection[str]],
+    history: Sequence[Sequence[str]] | None = None,
+) -> list[TopK]:
+    """Exact top-``k`` items per query by dot product (cosine for unit vectors).
+
+    Args:
+        matrix: the catalog.
+        queries: ``(B, dim)`` query vectors (used as given; pass unit vectors).
+        k: results wanted per query.
+        exclude: per query, ids never to return (e.g. already purchased).
+        history: per query, the user's history item ids; each recommendation's
+            ``because`` is the history item (present in the matrix, other than the
+            recommended item itself) with the highest cosine to it, or ``None``.
+
+    Returns:
+        Per query, up to ``k`` :class:`Recommendation` best first.  Fewer when the
+        catalog minus exclusions is smaller than ``k``.  ``[]`` for an empty batch.
+    """
+    q = _to_tensor(queries)
+    if q.ndim == 1 and q.shape[0] == matrix.dim:
+        q = q.unsqueeze(0)
+    if q.ndim != 2 or (q.shape[0] > 0 and q.shape[1] != matrix.dim):
+        raise ValueError(f"queries have shape {tuple(q.shape)}, expected (B, {matrix.dim})")
+    batch = int(q.shape[0])
+    if len(exclude) != batch:
+        raise ValueError(f"exclude has {len(exclude)} entries for {batch} queries")
+    if history is not None and len(history) != batch:
+        raise ValueError(f"history has {len(history)} entries for {batch} queries")
+    if batch == 0:
+        return []
+    live = len(matrix)
+    if k <= 0 or live == 0:
+        return [[] for _ in range(batch)]
+
+    # Head-room: at most this many of the top rows can be excluded for any query.
+    max_excl = max(sum(1 for i in excl if i in matrix) for excl in exclude)
+    kk = min(k + max_excl, live)
+
+    data, valid = matrix.data, matrix.valid
+    q = q.detach().to(device=matrix.device, dtype=matrix.dtype)
+    with torch.inference_mode():
+        scores = q @ data.T  # (B, rows_used)
+        scores.masked_fill_(~valid, float("-inf"))
+        top_vals, top_rows = torch.topk(scores, kk, dim=1, largest=True, sorted=True)
+        vals = top_vals.float().cpu().tolist()
+        rows = top_rows.cpu().tolist()
+
+    picked_rows: list[list[int]] = []
+    results: list[TopK] = []
+    for b in range(batch):
+        excl = exclude[b]
+        out_rows: list[int] = []
+        out: list[tuple[str, float]] = []
+        for v, r in zip(vals[b], rows[b]):
+            item_id = matrix.id_at(r)
+            if item_id is None or v == float("-inf") or item_id in excl:
+                continue
+            out_rows.append(r)
+            out.append((item_id, v))
+            if len(out) == k:
+                break
+        picked_rows.append(out_rows)
+        results.append([Recommendation(i, s, None) for i, s in out])
+
+    if history is not None:
+        because = _because(matrix, picked_rows, history)
+        results = [
+            [Recommendation(rec.item_id, rec.score, why) for rec, why in zip(res, whys)]
+            for res, whys in zip(results, because)
+        ]
+    return results
+
+
+def _because(
+    matrix: ItemMatrix, picked_rows: list[list[int]], history: Sequence[Sequence[str]]
+) -> list[list[str | None]]:
+    """For every picked row, the most similar history row of the same query.
+
+    All queries are done in one padded ``bmm``: ``(B, R, d) @ (B, d, H) -> (B, R, H)``,
+    with padding and "history item == recommended item" pairs masked out.
+    """
+    hist_rows: list[list[int]] = []
+    for h in history:
+        seen: dict[int, None] = {}
+        for item_id in h:
+            row = matrix.row(item_id)
+            if row is not None:
+                seen[row] = None
+        hist_rows.append(list(seen))
+    out: list[list[str | None]] = [[None] * len(p) for p in picked_rows]
+    active = [b for b in range(len(picked_rows)) if picked_rows[b] and hist_rows[b]]
+    if not active:
+        return out
+    n_rec = max(len(picked_rows[b]) for b in active)
+    n_hist = max(len(hist_rows[b]) for b in active)
+    rec_idx = torch.zeros((len(active), n_rec), dtype=torch.long)
+    hist_idx = torch.zeros((len(active), n_hist), dtype=torch.long)
+    hist_ok = torch.zeros((len(active), n_hist), dtype=torch.bool)
+    for a, b in enumerate(active):
+        rec_idx[a, : len(picked_rows[b])] = torch.tensor(picked_rows[b])
+        hist_idx[a, : len(hist_rows[b])] = torch.tensor(hist_rows[b])
+        hist_ok[a, : len(hist_rows[b])] = True
+    dev = matrix.device
+    rec_idx, hist_idx, hist_ok = rec_idx.to(dev), hist_idx.to(dev), hist_ok.to(dev)
+    data = matrix.data
+    with torch.inference_mode():
+        rec = data[rec_idx].float()  # (A, R, d)
+        hist = data[hist_idx].float()  # (A, H, d)
+        sims = torch.bmm(rec, hist.transpose(1, 2))  # (A, R, H)
+        mask = hist_ok.unsqueeze(1) & (rec_idx.unsqueeze(2) != hist_idx.unsqueeze(1))
+        sims.masked_fill_(~mask, float("-inf"))
+        best_val, best = sims.max(dim=2)
+        best_l = best.cpu().tolist()
+        ok_l = torch.isfinite(best_val).cpu().tolist()
+    for a, b in enumerate(active):
+        for j in range(len(picked_rows[b])):
+            if ok_l[a][j]:
+                out[b][j] = matrix.id_at(hist_rows[b][best_l[a][j]])
+    return out
