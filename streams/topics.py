@@ -3,6 +3,7 @@
 Logical names are fixed (``items``, ``clicks``, ...); the real names carry the deployment's
 prefix (see :mod:`streams.config`). Event topics and the recommendations topic share one
 partition count: they are keyed by user, and profiles are co-partitioned with them. The
+catalog has one partition (see :data:`CATALOG_PARTITIONS`). The
 catalog and every state changelog are compacted, so they hold the latest value per key
 forever and a restarted worker can rebuild its state from them.
 """
@@ -26,7 +27,14 @@ DLQ = "recstream-dlq"
 EVENT_TOPICS = (CLICKS, PURCHASES, REVIEWS)
 
 #: Faust state tables of the pipeline; each has a compacted changelog topic.
-TABLES = ("profiles", "item-embeddings", "popularity")
+PROFILES_TABLE = "profiles"
+ITEMS_TABLE = "item-embeddings"
+POPULARITY_TABLE = "popularity"
+TABLES = (PROFILES_TABLE, ITEMS_TABLE, POPULARITY_TABLE)
+#: The catalog is small next to the event streams and replicated to every worker (a
+#: Faust global table): one partition keeps its topic, its changelog and the local store
+#: aligned, and one worker embeds each catalog update.
+CATALOG_PARTITIONS = 1
 
 DEFAULT_PARTITIONS = 4
 COMPACTED = {"cleanup.policy": "compact"}
@@ -59,12 +67,15 @@ def topic_specs(
     if replication_factor < 1:
         raise ValueError(f"replication factor: must be at least 1, got {replication_factor}")
     rf = replication_factor
-    specs = [TopicSpec(settings.topic(ITEMS), partitions, dict(COMPACTED), rf)]
+    specs = [TopicSpec(settings.topic(ITEMS), CATALOG_PARTITIONS, dict(COMPACTED), rf)]
     specs += [TopicSpec(settings.topic(t), partitions, {}, rf) for t in EVENT_TOPICS]
     specs.append(TopicSpec(settings.topic(RECOMMENDATIONS), partitions, {}, rf))
     specs.append(TopicSpec(settings.topic(DLQ), 1, {}, rf))
     if include_changelogs:
-        specs += [TopicSpec(settings.changelog(t), partitions, dict(COMPACTED), rf) for t in TABLES]
+        specs += [
+            TopicSpec(settings.changelog(t), CATALOG_PARTITIONS if t == ITEMS_TABLE else partitions, dict(COMPACTED), rf)
+            for t in TABLES
+        ]
     return specs
 
 

@@ -81,6 +81,7 @@ def test_topic_creation_is_idempotent_and_reports_mismatches(kafka_settings):
     mismatched = {s.name for s in other if s.outcome == "mismatch"}
     assert kafka_settings.topic("clicks") in mismatched
     assert kafka_settings.topic(topics.DLQ) not in mismatched  # always one partition
+    assert kafka_settings.topic(topics.ITEMS) not in mismatched
 
 
 def test_prefixes_isolate_deployments(kafka_broker, kafka_settings):

@@ -52,5 +52,7 @@ def test_topic_specs_cover_every_topic_with_compaction_where_state_lives():
     # keyed-by-user topics and profile changelog are co-partitioned
     assert {specs[f"p.{t}"].partitions for t in (*EVENT_TOPICS, RECOMMENDATIONS)} == {6}
     assert specs[s.changelog("profiles")].partitions == 6
+    # the replicated catalog and its changelog stay on one partition
+    assert specs["p.items"].partitions == specs[s.changelog("item-embeddings")].partitions == 1
     with pytest.raises(ValueError, match="partitions"):
         topic_specs(s, partitions=0)

@@ -1,0 +1,268 @@
+"""The Faust application: settings, topics, state tables and the shared pipeline state.
+
+:func:`build_pipeline` makes one Faust app for one deployment (its app id and topic
+prefix come from :class:`streams.config.KafkaSettings`) and wires the two agents:
+
+* :mod:`streams.agents.catalog` embeds catalog updates into the ``item-embeddings``
+  global table and the in-memory item matrix;
+* :mod:`streams.agents.events` validates events, updates profiles (``profiles`` table),
+  counts popularity (``popularity`` table) and publishes recommendations.
+
+Every table lives in RocksDB (rocksdict) with a compacted changelog topic, so a restarted
+or rebalanced worker recovers its state; after recovery the item matrix and popularity
+counts are rebuilt from the tables.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import faust
+import numpy as np
+
+from encoders.profile import DecayedProfileModel, ProfileConfig
+from encoders.text import TextEncoder, resolve_device
+from scoring.engine import EMIT_MODES, Engine, EngineConfig
+from scoring.popularity import DecayedPopularity
+from scoring.topk import ItemMatrix
+
+from . import topics as T
+from .config import KafkaSettings
+from .state import ObservedGlobalTable, decode_item, decode_log2, split_popularity_key
+
+log = logging.getLogger("recstream.worker")
+
+DAY_MS = 24 * 3600 * 1000
+GUARANTEES = ("at_least_once", "exactly_once")
+ITEM_FIELDS = ("title", "categories", "description")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Everything ``recstream worker`` can be told (flags and ``RECSTREAM_*`` variables)."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    partitions: int = T.DEFAULT_PARTITIONS
+    replication_factor: int = 1
+    k: int = 10
+    emit: str = "per-user"
+    exclude_seen: bool = True
+    device: str | None = None
+    model: str | None = None
+    max_length: int = 256
+    encode_batch: int = 64
+    batch_max: int = 512
+    batch_within_s: float = 0.05
+    catalog_batch_max: int = 256
+    item_fields: tuple[str, ...] = ITEM_FIELDS
+    half_life_days: float = 30.0
+    popularity_half_life_days: float = 7.0
+    history_len: int = 50
+    data_dir: Path = Path(".recstream")
+    processing_guarantee: str = "at_least_once"
+    create_topics: bool = True
+    stats_interval_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.partitions < 1:
+            problems.append(f"partitions must be at least 1, got {self.partitions}")
+        if self.emit not in EMIT_MODES:
+            problems.append(f"emit must be one of {', '.join(EMIT_MODES)}, got {self.emit!r}")
+        if self.batch_max < 1 or self.catalog_batch_max < 1:
+            problems.append("batch sizes must be at least 1")
+        if not self.batch_within_s > 0:
+            problems.append(f"batch window must be positive, got {self.batch_within_s}s")
+        if self.processing_guarantee not in GUARANTEES:
+            problems.append(f"processing guarantee must be one of {', '.join(GUARANTEES)}, got {self.processing_guarantee!r}")
+        unknown = [f for f in self.item_fields if f not in ITEM_FIELDS]
+        if unknown or not self.item_fields:
+            problems.append(f"item fields must be a non-empty subset of {', '.join(ITEM_FIELDS)}, got {', '.join(self.item_fields)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+class Metrics:
+    """Counters the agents keep; logged periodically (and exported by later work)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.dead_letters: Counter[str] = Counter()
+        self.encode_s = 0.0
+        self.score_s = 0.0
+        self.started = time.monotonic()
+
+    def summary(self) -> str:
+        c = self.counts
+        return (
+            f"events {c['events']} (applied {c['applied']}, duplicates {c['duplicates']}, "
+            f"unknown items {c['unknown_items']}), batches {c['batches']}, recommendations {c['recommendations']}, "
+            f"popularity fallbacks {c['fallbacks']}, catalog upserts {c['items_upserted']}, "
+            f"deletes {c['items_deleted']}, dead letters {sum(self.dead_letters.values())}"
+        )
+
+
+def _raw(table):
+    """Store and changelog a table's keys and values as the bytes recstream encodes.
+
+    faust derives a table's serializers from its key/value types and falls back to JSON
+    for ``bytes``; the store and changelog topic are created lazily, so setting them here,
+    before the app starts, is enough.
+    """
+    table.key_serializer = "raw"
+    table.value_serializer = "raw"
+    return table
+
+
+class Pipeline:
+    """One worker's app, topics, tables and in-memory scoring state."""
+
+    def __init__(self, config: WorkerConfig, *, encoder: TextEncoder | None = None) -> None:
+        self.config = config
+        s = config.kafka
+        self.settings = s
+        self.metrics = Metrics()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.device = resolve_device(config.device)
+        self.encoder = encoder or TextEncoder(
+            config.model, device=str(self.device), max_length=config.max_length, batch_size=config.encode_batch
+        )
+        self.matrix = ItemMatrix(self.encoder.dim, self.device)
+        self.titles: dict[str, str] = {}
+        pop_half_life = int(config.popularity_half_life_days * DAY_MS)
+        self.popularity = DecayedPopularity(pop_half_life)
+        self.partition_popularity: dict[int, DecayedPopularity] = {}
+        self.profile_model = DecayedProfileModel(
+            ProfileConfig(half_life_ms=int(config.half_life_days * DAY_MS), history_len=config.history_len),
+            dim=self.encoder.dim,
+        )
+        self.engine = Engine(
+            model=self.profile_model,
+            matrix=self.matrix,
+            popularity=self.popularity,
+            texts=self.encoder,
+            config=EngineConfig(
+                k=config.k, emit=config.emit, exclude_seen=config.exclude_seen,  # type: ignore[arg-type]
+                popularity_half_life_ms=pop_half_life,
+            ),
+            partition_popularity=self.partition_popularity,
+        )
+
+        (config.data_dir / s.app_id).mkdir(parents=True, exist_ok=True)
+        self.app = faust.App(
+            s.app_id,
+            broker=[f"kafka://{server}" for server in s.bootstrap_servers],
+            store="rocksdb://",
+            datadir=str(config.data_dir / s.app_id),
+            topic_partitions=config.partitions,
+            topic_replication_factor=config.replication_factor,
+            processing_guarantee=config.processing_guarantee,
+            key_serializer="raw",
+            value_serializer="raw",
+            consumer_auto_offset_reset="earliest",
+            web_enabled=False,
+            producer_acks=-1,
+            producer_linger_ms=2,
+            stream_wait_empty=False,
+        )
+        # recstream reads and writes bytes and does its own (de)serialization: never pickle.
+        # Topics get the serializers as arguments, not as a faust.Schema: with tables in
+        # the app, faust 0.15 decodes a topic declared with schema= using JSON keys, and
+        # silently drops what fails to decode.
+        raw_args = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+        raw = {"schema": faust.Schema(**raw_args)}
+        self.event_topic_names = {s.topic(t): t for t in T.EVENT_TOPICS}
+        self.items_topic = self.app.topic(s.topic(T.ITEMS), partitions=T.CATALOG_PARTITIONS, **raw_args)
+        self.events_topic = self.app.topic(*self.event_topic_names, partitions=config.partitions, **raw_args)
+        self.recs_topic = self.app.topic(s.topic(T.RECOMMENDATIONS), partitions=config.partitions, **raw_args)
+        self.dlq_topic = self.app.topic(s.topic(T.DLQ), partitions=1, **raw_args)
+
+        self.profiles = _raw(self.app.Table(T.PROFILES_TABLE, partitions=config.partitions, **raw))
+        self.popularity_table = _raw(self.app.Table(T.POPULARITY_TABLE, partitions=config.partitions, **raw))
+        # faust's advice for global tables shared by several workers: one partition and a
+        # recovery buffer of one
+        self.items_table = self.app.tables.add(
+            _raw(ObservedGlobalTable(self.app, name=T.ITEMS_TABLE, partitions=T.CATALOG_PARTITIONS, recovery_buffer_size=1, **raw))
+        )
+        self.items_table.on_changes = self.apply_item_changes
+        self.items_table.on_recover(self.rebuild_items)
+        self.profiles.on_recover(self.rebuild_popularity)
+
+        from .agents import catalog, events
+
+        catalog.register(self)
+        events.register(self)
+        self.app.timer(config.stats_interval_s)(self.log_stats)
+
+    # ------------------------------------------------------------------ start-up and recovery
+    def create_topics(self) -> bool:
+        """Create missing topics; False when an existing one does not match the layout."""
+        specs = T.topic_specs(self.settings, partitions=self.config.partitions, replication_factor=self.config.replication_factor)
+        ok = True
+        for status in T.ensure_topics(self.settings, specs):
+            if status.outcome == "mismatch":
+                log.error("topic %s does not match recstream's layout: %s", status.name, status.detail)
+                ok = False
+        return ok
+
+    def apply_item_changes(self, changes: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Keep the matrix in step with the catalog changelog (other writers, recovery)."""
+        upserts, deletes = {}, []
+        for key, value in changes:
+            item_id = key.decode()
+            if value is None:
+                deletes.append(item_id)
+                upserts.pop(item_id, None)
+            else:
+                upserts[item_id] = decode_item(item_id, value)
+        self._apply_items(upserts.values(), deletes)
+
+    def _apply_items(self, stored, deletes: Sequence[str]) -> None:
+        stored = list(stored)
+        if deletes:
+            self.matrix.remove([d for d in deletes if d in self.matrix])
+            for d in deletes:
+                self.titles.pop(d, None)
+        if stored:
+            self.matrix.upsert([s.item_id for s in stored], np.stack([s.vector for s in stored]))
+            self.titles.update((s.item_id, s.title) for s in stored)
+
+    async def rebuild_items(self) -> None:
+        """After recovery: the item matrix is exactly the catalog table."""
+        stored = [decode_item(k.decode(), v) for k, v in self.items_table.items()]
+        self.matrix.clear()
+        self.titles.clear()
+        self._apply_items(stored, [])
+        log.info("item matrix rebuilt from the catalog table: %d items on %s", len(self.matrix), self.device)
+
+    def active_partitions(self) -> set[int]:
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic in self.event_topic_names}
+
+    async def rebuild_popularity(self) -> None:
+        """After recovery or a rebalance: popularity = the sum over the partitions held."""
+        active = self.active_partitions()
+        per_partition: dict[int, list[tuple[str, float]]] = {}
+        for key, value in self.popularity_table.items():
+            partition, item_id = split_popularity_key(key)
+            if partition in active:
+                per_partition.setdefault(partition, []).append((item_id, decode_log2(value)))
+        half_life = self.engine.config.popularity_half_life_ms
+        merged: dict[str, float] = {}
+        self.partition_popularity.clear()
+        for partition, entries in per_partition.items():
+            self.partition_popularity[partition] = DecayedPopularity.from_items(half_life, entries)
+            for item_id, lg in entries:
+                merged[item_id] = float(np.logaddexp2(merged[item_id], lg)) if item_id in merged else lg
+        self.popularity.clear()  # the engine holds this object: refill it in place
+        for item_id, lg in merged.items():
+            self.popularity.set_log2(item_id, lg)
+        log.info("popularity rebuilt: %d items from partitions %s", len(self.popularity), sorted(active))
+
+    async def log_stats(self) -> None:
+        log.info("%s; %d items, %d partitions held", self.metrics.summary(), len(self.matrix), len(self.active_partitions()))
