@@ -137,6 +137,14 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--processing-guarantee", choices=["at_least_once", "exactly_once"], default=_env("PROCESSING_GUARANTEE", "at_least_once"), help="(env RECSTREAM_PROCESSING_GUARANTEE; default at_least_once)")
 
 
+# --- recstream demo --------------------------------------------------------------------
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo.run import run_demo
+
+    return run_demo(settings_from(args), pace_s=args.pace, keep=args.keep)
+
+
 # --- parser ----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     _worker_options(p)
     p.add_argument("--loglevel", default=_env("LOGLEVEL", "info"), choices=["debug", "info", "warning", "error"], help="worker log level (env RECSTREAM_LOGLEVEL; default info)")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("demo", parents=[kafka_opts], help="run the pipeline on built-in data and show recommendations arriving",
+                       description="Start the local broker (unless one answers), create private topics, start a worker, load the "
+                                   "built-in 50-item catalog, stream a generated event stream, print each event's recommendations, "
+                                   "then stop everything it started.")
+    p.add_argument("--pace", type=float, default=0.5, help="seconds between generated events (default 0.5)")
+    p.add_argument("--keep", action="store_true", help="keep the demo's topics and state afterwards")
+    p.set_defaults(func=cmd_demo)
 
     return parser
 

@@ -1,0 +1,204 @@
+"""Client-side helpers: produce contract records, read recommendations, run a worker process.
+
+Used by ``recstream demo``, ``recstream profile``, the end-to-end tests and the benchmarks;
+plain kafka-python clients, as any user of recstream would write them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from . import topics as T
+from .config import KafkaSettings
+from .records import Item, ItemDeleted, Recommendation, decode_recommendation, encode, record_key
+
+
+class Timeout(RuntimeError):
+    """A bounded wait ran out; the message says what was awaited."""
+
+
+def producer(settings: KafkaSettings, **overrides) -> KafkaProducer:
+    options = {"acks": "all", "linger_ms": 5, **overrides}
+    return KafkaProducer(bootstrap_servers=settings.bootstrap_servers, **options)
+
+
+def send_records(prod: KafkaProducer, settings: KafkaSettings, records: Iterable) -> int:
+    """Send contract records to their topics (items, clicks, purchases, reviews); returns the count.
+
+    Keys follow the contract (item id / user id); the Kafka timestamp is the event time.
+    """
+    topic_of_kind = {"click": T.CLICKS, "purchase": T.PURCHASES, "review": T.REVIEWS}
+    n = 0
+    for record in records:
+        if isinstance(record, ItemDeleted):
+            prod.send(settings.topic(T.ITEMS), key=record.item_id.encode(), value=None)
+        elif isinstance(record, Item):
+            prod.send(settings.topic(T.ITEMS), key=record_key(record), value=encode(record), timestamp_ms=record.ts or None)
+        else:
+            prod.send(settings.topic(topic_of_kind[record.kind]), key=record_key(record), value=encode(record), timestamp_ms=record.ts)
+        n += 1
+    return n
+
+
+def tail(
+    settings: KafkaSettings,
+    topic: str,
+    *,
+    from_beginning: bool = True,
+    poll_ms: int = 200,
+) -> KafkaConsumer:
+    """A consumer assigned to every partition of ``topic`` (no group), at the start or the end."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
+    partitions = consumer.partitions_for_topic(topic) or set()
+    if not partitions:
+        consumer.close()
+        raise ValueError(f"topic {topic!r} does not exist on {settings.broker}")
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    if from_beginning:
+        consumer.seek_to_beginning(*tps)
+    else:
+        consumer.seek_to_end(*tps)
+    return consumer
+
+
+def poll_records(consumer: KafkaConsumer, timeout_s: float) -> Iterator:
+    """Records from ``consumer`` until ``timeout_s`` passes without the caller stopping."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        batch = consumer.poll(timeout_ms=200)
+        for records in batch.values():
+            yield from records
+
+
+class RecommendationWatcher:
+    """Reads the recommendations topic and indexes records by user and trigger event id."""
+
+    def __init__(self, settings: KafkaSettings, *, from_beginning: bool = True) -> None:
+        self.consumer = tail(settings, settings.topic(T.RECOMMENDATIONS), from_beginning=from_beginning)
+        self.by_event: dict[str, Recommendation] = {}
+        self.by_user: dict[str, list[Recommendation]] = {}
+        self.received_at: dict[str, float] = {}
+
+    def poll(self, timeout_ms: int = 200) -> list[Recommendation]:
+        got = []
+        for records in self.consumer.poll(timeout_ms=timeout_ms).values():
+            for record in records:
+                rec = decode_recommendation(record.value)
+                got.append(rec)
+                self.by_user.setdefault(rec.user_id, []).append(rec)
+                if rec.trigger.event_id is not None:
+                    self.by_event[rec.trigger.event_id] = rec
+                    self.received_at[rec.trigger.event_id] = time.time()
+        return got
+
+    def wait_for(self, condition: Callable[["RecommendationWatcher"], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition(self):
+            if time.monotonic() > deadline:
+                raise Timeout(f"no {what} within {timeout_s:.0f}s")
+            self.poll()
+
+    def wait_event(self, event_id: str, timeout_s: float = 60.0) -> Recommendation:
+        self.wait_for(lambda w: event_id in w.by_event, timeout_s, f"recommendation for event {event_id}")
+        return self.by_event[event_id]
+
+    def latest(self, user_id: str) -> Recommendation | None:
+        recs = self.by_user.get(user_id)
+        return recs[-1] if recs else None
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def wait_catalog(settings: KafkaSettings, item_ids: Sequence[str], timeout_s: float = 120.0, progress=None) -> None:
+    """Wait until the worker has embedded every item (read from the catalog table's changelog)."""
+    consumer = tail(settings, settings.changelog(T.ITEMS_TABLE))
+    wanted, seen = set(item_ids), set()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not wanted <= seen:
+            if time.monotonic() > deadline:
+                raise Timeout(f"the worker embedded {len(seen & wanted)} of {len(wanted)} items within {timeout_s:.0f}s")
+            for records in consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    key = record.key.decode()
+                    if key in wanted and key not in seen and record.value is not None:
+                        seen.add(key)
+                        if progress is not None:
+                            progress.update(1)
+    finally:
+        consumer.close()
+
+
+class WorkerProcess:
+    """``recstream worker`` as a child process, with its log in a file."""
+
+    READY_MARK = "[^Worker]: Ready"
+
+    def __init__(self, settings: KafkaSettings, data_dir: Path, *args: str, log_path: Path | None = None, env: dict | None = None) -> None:
+        self.settings = settings
+        self.data_dir = Path(data_dir)
+        self.args = list(args)
+        self.log_path = log_path or self.data_dir / "worker.log"
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self._log_start = 0
+
+    def start(self) -> "WorkerProcess":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "streams.cli", "worker",
+            "--broker", self.settings.broker,
+            "--topic-prefix", self.settings.topic_prefix,
+            "--app-id", self.settings.app_id,
+            "--data-dir", str(self.data_dir),
+            "--loglevel", "info",
+            *self.args,
+        ]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(self.env or {})}
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        log.close()
+        return self
+
+    def log_text(self) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_start)
+            return f.read().decode(errors="replace")
+
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.READY_MARK not in self.log_text():
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"the worker exited during start-up:\n{self.log_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise Timeout(f"the worker was not ready within {timeout_s:.0f}s:\n{self.log_text()[-3000:]}")
+            time.sleep(0.2)
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM and wait (SIGKILL after ``timeout_s``); returns the exit status."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
