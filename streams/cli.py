@@ -137,6 +137,21 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--processing-guarantee", choices=["at_least_once", "exactly_once"], default=_env("PROCESSING_GUARANTEE", "at_least_once"), help="(env RECSTREAM_PROCESSING_GUARANTEE; default at_least_once)")
 
 
+# --- recstream profile -----------------------------------------------------------------
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    import orjson
+
+    from .inspect import format_view, inspect_user
+
+    view = inspect_user(settings_from(args), args.user)
+    if args.json:
+        print(orjson.dumps(view.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_view(view))
+    return 0 if view.profile is not None else 3
+
+
 # --- recstream demo --------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -180,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     _worker_options(p)
     p.add_argument("--loglevel", default=_env("LOGLEVEL", "info"), choices=["debug", "info", "warning", "error"], help="worker log level (env RECSTREAM_LOGLEVEL; default info)")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("profile", parents=[kafka_opts], help="show what the pipeline holds for a user",
+                       description="Print a user's profile (events applied, last offsets, recent history, purchases) and latest "
+                                   "recommendations, read from the profiles changelog and the recommendations topic. "
+                                   "Exit status 3 when the pipeline holds no profile for the user.")
+    p.add_argument("user", help="user id")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("demo", parents=[kafka_opts], help="run the pipeline on built-in data and show recommendations arriving",
                        description="Start the local broker (unless one answers), create private topics, start a worker, load the "

@@ -7,6 +7,7 @@ event with the recommendations it produced; then stops everything it started.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import socket
 import sys
@@ -75,6 +76,7 @@ def run_demo(settings: KafkaSettings, *, pace_s: float = 0.5, keep: bool = False
         watcher = RecommendationWatcher(settings)
         for event in events:
             sent = time.time()
+            event = dataclasses.replace(event, ts=int(sent * 1000))  # generated events happen now
             send_records(prod, settings, [event])
             prod.flush()
             rec = watcher.wait_event(event.event_id, timeout_s=60)
