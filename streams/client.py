@@ -67,6 +67,8 @@ def tail(
         consumer.seek_to_beginning(*tps)
     else:
         consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve "end" now, not lazily at the first poll
+            consumer.position(tp)
     return consumer
 
 

@@ -1,0 +1,224 @@
+"""End to end: `recstream worker` against the real broker, as a user sees it.
+
+Events go in with kafka-python, recommendations come out on the recommendations topic.
+The catalog is the built-in demo catalog: ten items in each of five distinct topics.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streams import topics as T
+from streams.client import RecommendationWatcher, WorkerProcess, poll_records, producer, send_records, tail, wait_catalog
+from streams.config import KafkaSettings
+from streams.demo.data import load_catalog, topic_of
+from streams.inspect import inspect_user
+from streams.records import Click, Item, Purchase, Review, decode_dead_letter
+
+pytestmark = pytest.mark.integration
+
+K = 8
+DEADLINE_S = 60
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+class Pipeline:
+    def __init__(self, broker: str, workdir: Path) -> None:
+        self.settings = KafkaSettings(broker=broker, topic_prefix=f"e2e{uuid.uuid4().hex[:8]}.")
+        self.workdir = workdir
+        T.ensure_topics(self.settings, T.topic_specs(self.settings, partitions=2))
+        self.catalog = load_catalog(ts=_now())
+        self.titles = {i.item_id: i.title for i in self.catalog}
+        self.producer = producer(self.settings)
+        self.worker = self.new_worker(workdir / "state")
+
+    def new_worker(self, data_dir: Path) -> WorkerProcess:
+        return WorkerProcess(self.settings, data_dir, "--partitions", "2", "--emit", "per-event", "-k", str(K),
+                             log_path=self.workdir / "worker.log")
+
+    def start(self) -> None:
+        self.worker.start()
+        self.worker.wait_ready()
+
+    def send(self, *records) -> None:
+        send_records(self.producer, self.settings, records)
+        self.producer.flush()
+
+    def load_catalog(self) -> None:
+        self.send(*self.catalog)
+        wait_catalog(self.settings, [i.item_id for i in self.catalog], timeout_s=DEADLINE_S)
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.producer.close()
+        leftover = list(T.list_topics(self.settings))
+        if leftover:
+            T.delete_topics(self.settings, leftover)
+
+
+@pytest.fixture(scope="module")
+def pipeline(kafka_broker):
+    workdir = Path(tempfile.mkdtemp(prefix="recstream-e2e-"))
+    p = Pipeline(kafka_broker, workdir)
+    try:
+        p.start()
+        p.load_catalog()
+        yield p
+    finally:
+        p.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def watcher(pipeline):
+    w = RecommendationWatcher(pipeline.settings)
+    yield w
+    w.close()
+
+
+def _user() -> str:
+    return f"user-{uuid.uuid4().hex[:8]}"
+
+
+def test_buyer_gets_recommendations_from_their_topic_and_never_what_they_bought(pipeline, watcher):
+    user = _user()
+    ts = _now()
+    events = [Click(user, "scifi-01", ts, f"{user}-1"), Click(user, "scifi-02", ts + 1, f"{user}-2"),
+              Purchase(user, "scifi-03", ts + 2, f"{user}-3", quantity=1)]
+    pipeline.send(*events)
+    recs = [watcher.wait_event(e.event_id, DEADLINE_S) for e in events]
+    # one recommendation per event, each after its own trigger
+    assert [r.trigger.event_id for r in recs] == [e.event_id for e in events]
+    final = recs[-1]
+    ids = [i.item_id for i in final.items]
+    assert len(ids) == K
+    assert "scifi-03" not in ids  # bought
+    assert not {"scifi-01", "scifi-02"} & set(ids)  # seen (excluded by default)
+    assert [topic_of(i) for i in ids[:3]] == ["scifi"] * 3
+    assert sum(topic_of(i) == "scifi" for i in ids) >= 6
+    assert all(i.because in {"scifi-01", "scifi-02", "scifi-03"} for i in final.items if topic_of(i.item_id) == "scifi")
+    assert final.event_ts == events[-1].ts and final.emitted_ts >= final.event_ts - 1000
+    assert final.model.endswith("/decayed-sum")
+
+
+def test_one_star_review_moves_recommendations_away_from_that_items_neighbours(pipeline, watcher):
+    user = _user()
+    ts = _now()
+    likes = [Click(user, "cooking-01", ts, f"{user}-1"), Click(user, "jazz-01", ts + 1, f"{user}-2")]
+    pipeline.send(*likes)
+    before = watcher.wait_event(likes[-1].event_id, DEADLINE_S)
+    review = Review(user, "jazz-02", 1.0, "Dull and badly recorded, not my thing at all.", ts + 2, f"{user}-3")
+    pipeline.send(review)
+    after = watcher.wait_event(review.event_id, DEADLINE_S)
+
+    def jazz_ranks(rec):
+        return [rank for rank, item in enumerate(rec.items) if topic_of(item.item_id) == "jazz"]
+
+    assert jazz_ranks(before), "liking a jazz record should bring jazz into the recommendations"
+    assert len(jazz_ranks(after)) < len(jazz_ranks(before))
+    assert topic_of(after.items[0].item_id) == "cooking"
+    assert all(item.because != "jazz-02" for item in after.items)
+
+
+def test_new_catalog_item_is_recommendable_without_restart(pipeline, watcher):
+    ts = _now()
+    new_items = [
+        Item("bees-01", "Beekeeping for Beginners", "Keep honey bees: hives, frames, smokers and your first colony.", ("Books", "Beekeeping"), ts),
+        Item("bees-02", "The Honey Harvest Handbook", "Extract, filter and jar honey from your beehives; beeswax candles.", ("Books", "Beekeeping"), ts),
+    ]
+    pipeline.send(*new_items)
+    wait_catalog(pipeline.settings, ["bees-01", "bees-02"], timeout_s=DEADLINE_S)
+    user = _user()
+    click = Click(user, "bees-01", _now(), f"{user}-1")
+    pipeline.send(click)
+    rec = watcher.wait_event(click.event_id, DEADLINE_S)
+    assert rec.items[0].item_id == "bees-02"
+    assert rec.items[0].because == "bees-01"
+
+
+def test_malformed_events_go_to_the_dead_letter_topic_and_valid_ones_still_produce(pipeline, watcher):
+    user = _user()
+    ts = _now()
+    dlq = tail(pipeline.settings, pipeline.settings.topic(T.DLQ), from_beginning=False)
+    clicks = pipeline.settings.topic(T.CLICKS)
+    valid = [Click(user, "garden-01", ts, f"{user}-ok1"), Click(user, "not-in-catalog", ts + 1, f"{user}-ok2")]
+    bad = [
+        (user.encode(), b"{not json"),
+        (user.encode(), b"\xff\xfe binary"),
+        (user.encode(), orjson.dumps({"user_id": user, "item_id": 42, "ts": ts})),
+        (b"someone-else", orjson.dumps({"user_id": user, "item_id": "garden-02", "ts": ts})),
+        (user.encode(), orjson.dumps({"user_id": user, "item_id": "garden-02", "ts": ts, "colour": "red"})),
+    ]
+    pipeline.producer.send(clicks, key=valid[0].user_id.encode(), value=orjson.dumps(valid[0].to_dict()))
+    for key, value in bad:
+        pipeline.producer.send(clicks, key=key, value=value)
+    pipeline.producer.send(clicks, key=valid[1].user_id.encode(), value=orjson.dumps(valid[1].to_dict()))
+    pipeline.producer.flush()
+
+    first = watcher.wait_event(valid[0].event_id, DEADLINE_S)
+    second = watcher.wait_event(valid[1].event_id, DEADLINE_S)
+    assert topic_of(first.items[0].item_id) == "garden"
+    # an item missing from the catalog still counts: the user's history keeps it
+    assert second.items and topic_of(second.items[0].item_id) == "garden"
+
+    letters = []
+    try:
+        for record in poll_records(dlq, DEADLINE_S):
+            letter = decode_dead_letter(record.value)
+            if letter.topic == clicks:
+                letters.append(letter)
+            if len(letters) >= len(bad):
+                break
+    finally:
+        dlq.close()
+    assert [letter.original_value() for letter in letters] == [value for _, value in bad]
+    reasons = [letter.error for letter in letters]
+    assert "JSON" in reasons[0]
+    assert "UTF-8" in reasons[1]
+    assert reasons[2].startswith("item_id")
+    assert "key" in reasons[3]
+    assert "colour" in reasons[4]
+    assert all(letter.offset >= 0 and letter.partition >= 0 for letter in letters)
+
+
+def test_restarted_worker_recovers_profiles_and_catalog_from_changelogs(kafka_broker, tmp_path):
+    p = Pipeline(kafka_broker, tmp_path)
+    try:
+        p.start()
+        p.load_catalog()
+        user = _user()
+        ts = _now()
+        before = [Click(user, "running-01", ts, f"{user}-1"), Purchase(user, "running-02", ts + 1, f"{user}-2")]
+        p.send(*before)
+        w = RecommendationWatcher(p.settings)
+        try:
+            w.wait_event(before[-1].event_id, DEADLINE_S)
+            assert p.worker.stop() == 0
+
+            # a new worker with an empty state folder: everything must come from the changelogs
+            p.worker = p.new_worker(tmp_path / "fresh-state")
+            p.start()
+            after = Click(user, "running-03", _now(), f"{user}-3")
+            p.send(after)
+            rec = w.wait_event(after.event_id, DEADLINE_S)
+        finally:
+            w.close()
+        ids = [i.item_id for i in rec.items]
+        assert rec.model.endswith("/decayed-sum")  # a real profile, not the popularity fallback
+        assert not {"running-01", "running-02", "running-03"} & set(ids)  # history survived the restart
+        assert [topic_of(i) for i in ids[:3]] == ["running"] * 3
+        view = inspect_user(p.settings, user)
+        assert view.profile is not None and view.profile.applied == 3
+        assert view.profile.purchased == {"running-02"}
+    finally:
+        p.close()
