@@ -171,8 +171,16 @@ class Engine:
 
     @staticmethod
     def _liked_history(profile: UserProfile) -> list[str]:
-        """History items that can explain a recommendation: everything but negative reviews."""
-        return [h.item_id for h in profile.history if h.rating is None or h.rating > 3]
+        """History items that can explain a recommendation.
+
+        Not an item whose latest review is neutral or negative (a click on it before a
+        1-star review does not make it a reason), nor the review entries themselves.
+        """
+        latest_rating: dict[str, float] = {}
+        for h in profile.history:
+            if h.rating is not None:
+                latest_rating[h.item_id] = h.rating
+        return [h.item_id for h in profile.history if latest_rating.get(h.item_id, 5.0) > 3]
 
     def _fallback(self, exclude: frozenset[str], now_ms: int) -> list[RecItem]:
         top = self.popularity.top(self.config.k, exclude=exclude, allowed=self.matrix, now_ms=now_ms)
