@@ -221,9 +221,9 @@ class Pipeline:
                 upserts.pop(item_id, None)
             else:
                 upserts[item_id] = decode_item(item_id, value)
-        self._apply_items(upserts.values(), deletes)
+        self.apply_items(upserts.values(), deletes)
 
-    def _apply_items(self, stored, deletes: Sequence[str]) -> None:
+    def apply_items(self, stored, deletes: Sequence[str]) -> None:
         stored = list(stored)
         if deletes:
             self.matrix.remove([d for d in deletes if d in self.matrix])
@@ -238,7 +238,7 @@ class Pipeline:
         stored = [decode_item(k.decode(), v) for k, v in self.items_table.items()]
         self.matrix.clear()
         self.titles.clear()
-        self._apply_items(stored, [])
+        self.apply_items(stored, [])
         log.info("item matrix rebuilt from the catalog table: %d items on %s", len(self.matrix), self.device)
 
     def active_partitions(self) -> set[int]:

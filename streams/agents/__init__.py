@@ -17,8 +17,17 @@ def error_reason(exc: ValidationError) -> str:
     return exc.field or "value"
 
 
-async def send_dead_letter(pipeline: "Pipeline", message: "Message", exc: ValidationError) -> None:
-    """Publish a record that failed validation, with the reason and its original bytes."""
-    letter = dead_letter(message.topic, message.partition, message.offset, str(exc), message.key, message.value)
+async def send_dead_letter(pipeline: "Pipeline", message: "Message", error: str, reason: str) -> None:
+    """Publish a record that cannot be processed, with ``error`` and its original bytes.
+
+    ``reason`` is a short label for the worker's dead-letter counts (the failing field,
+    or ``processing``).
+    """
+    letter = dead_letter(message.topic, message.partition, message.offset, error, message.key, message.value)
     await pipeline.dlq_topic.send(key=message.key, value=encode(letter))
-    pipeline.metrics.dead_letters[error_reason(exc)] += 1
+    pipeline.metrics.dead_letters[reason] += 1
+
+
+async def reject(pipeline: "Pipeline", message: "Message", exc: ValidationError) -> None:
+    """Dead-letter a record that failed validation."""
+    await send_dead_letter(pipeline, message, str(exc), error_reason(exc))

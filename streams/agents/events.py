@@ -18,7 +18,7 @@ from scoring.engine import Incoming
 
 from ..records import ValidationError, encode, parse_event
 from ..state import as_event, encode_log2, popularity_key
-from . import send_dead_letter
+from . import reject, send_dead_letter
 
 if TYPE_CHECKING:
     from faust.types import EventT
@@ -29,22 +29,41 @@ log = logging.getLogger("recstream.events")
 
 
 async def handle_event_batch(pipeline: "Pipeline", events: Sequence["EventT"]) -> None:
-    valid: list[Incoming] = []
-    user_event: dict[str, "EventT"] = {}
-    partition_event: dict[int, "EventT"] = {}
+    parsed: list[tuple["EventT", Incoming]] = []
     for event in events:
         message = event.message
         kind = pipeline.event_topic_names[message.topic]
         try:
             record = parse_event(kind, message.key, message.value)
         except ValidationError as exc:
-            await send_dead_letter(pipeline, message, exc)
+            await reject(pipeline, message, exc)
             continue
-        valid.append(Incoming(record, message.topic, message.partition, message.offset))
-        user_event[record.user_id] = event
-        partition_event[message.partition] = event
-    if not valid:
+        parsed.append((event, Incoming(record, message.topic, message.partition, message.offset)))
+    if not parsed:
         return
+    try:
+        await apply_batch(pipeline, parsed)
+    except Exception:
+        # A failure inside the encoder, scoring or state must not lose the batch: retry its
+        # events one at a time (profiles remember applied offsets, so nothing is applied
+        # twice), and dead-letter only the events that fail on their own.
+        log.exception("micro-batch of %d events failed; retrying them one by one", len(parsed))
+        pipeline.metrics.counts["batch_failures"] += 1
+        for item in parsed:
+            try:
+                await apply_batch(pipeline, [item])
+            except Exception as exc:
+                log.exception("event %s@%d:%d failed on its own; dead-lettered", item[1].topic, item[1].partition, item[1].offset)
+                await send_dead_letter(pipeline, item[0].message, f"processing failed: {type(exc).__name__}: {exc}", "processing")
+
+
+async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Incoming]]) -> None:
+    """Read the touched profiles, run the engine, write state back and publish."""
+    user_event: dict[str, "EventT"] = {}
+    partition_event: dict[int, "EventT"] = {}
+    for event, inc in batch:
+        user_event[inc.event.user_id] = event
+        partition_event[inc.partition] = event
 
     profiles: dict[str, UserProfile] = {}
     for user_id, event in user_event.items():
@@ -53,7 +72,7 @@ async def handle_event_batch(pipeline: "Pipeline", events: Sequence["EventT"]) -
         if raw is not None:
             profiles[user_id] = UserProfile.from_bytes(raw)
 
-    result = pipeline.engine.process(valid, profiles)
+    result = pipeline.engine.process([inc for _, inc in batch], profiles)
 
     for user_id, profile in result.profiles.items():
         with as_event(user_event[user_id]):
