@@ -7,6 +7,7 @@ finds it and runs it, so the command line and the script behave the same.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -34,3 +35,13 @@ def run(action: str, *args: str, port: int | None = None, data_dir: str | None =
     if data_dir is not None:
         env["RECSTREAM_KAFKA_DATA"] = str(data_dir)
     return subprocess.run(["bash", str(script), action, *args], env=env, check=False).returncode
+
+
+def answers(broker: str, timeout_s: float = 2.0) -> bool:
+    """True when the first bootstrap server of ``broker`` accepts a TCP connection."""
+    host, _, port = broker.split(",")[0].strip().rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except OSError:
+        return False

@@ -10,7 +10,6 @@ topic prefix and application id, so tests never see each other's records.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from typing import Iterator
 
@@ -23,21 +22,12 @@ from streams import localkafka, topics  # noqa: E402
 from streams.config import KafkaSettings  # noqa: E402
 
 
-def _answers(broker: str) -> bool:
-    host, _, port = broker.split(",")[0].rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[str]:
     """Bootstrap address of a running broker (started here when none answers)."""
     explicit = os.environ.get("RECSTREAM_TEST_BROKER")
     broker = explicit or "127.0.0.1:9092"
-    if _answers(broker):
+    if localkafka.answers(broker):
         yield broker
         return
     if explicit:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -25,22 +24,13 @@ from ..records import Review
 from .data import DEMO_USERS, generate_events, load_catalog
 
 
-def _answers(broker: str) -> bool:
-    host, _, port = broker.split(",")[0].rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
 def run_demo(settings: KafkaSettings, *, pace_s: float = 0.5, keep: bool = False, events_per_user: int = 4) -> int:
     started_broker = False
-    if not _answers(settings.broker):
+    if not localkafka.answers(settings.broker):
         if settings.broker != "127.0.0.1:9092":
             _say(f"recstream demo: no broker answers at {settings.broker}")
             return 1
