@@ -169,6 +169,7 @@ class Pipeline:
             web_enabled=False,
             producer_acks=-1,
             producer_linger_ms=2,
+            producer_max_request_size=T.DLQ_MAX_MESSAGE_BYTES,
             stream_wait_empty=False,
         )
         # recstream reads and writes bytes and does its own (de)serialization: never pickle.

@@ -38,6 +38,9 @@ CATALOG_PARTITIONS = 1
 
 DEFAULT_PARTITIONS = 4
 COMPACTED = {"cleanup.policy": "compact"}
+#: A dead letter carries the original value, base64-encoded when it is not UTF-8, so it can
+#: be a third larger than the largest record the broker accepted; the DLQ takes 4 MiB.
+DLQ_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,7 @@ def topic_specs(
     specs = [TopicSpec(settings.topic(ITEMS), CATALOG_PARTITIONS, dict(COMPACTED), rf)]
     specs += [TopicSpec(settings.topic(t), partitions, {}, rf) for t in EVENT_TOPICS]
     specs.append(TopicSpec(settings.topic(RECOMMENDATIONS), partitions, {}, rf))
-    specs.append(TopicSpec(settings.topic(DLQ), 1, {}, rf))
+    specs.append(TopicSpec(settings.topic(DLQ), 1, {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}, rf))
     if include_changelogs:
         specs += [
             TopicSpec(settings.changelog(t), CATALOG_PARTITIONS if t == ITEMS_TABLE else partitions, dict(COMPACTED), rf)

@@ -224,3 +224,22 @@ def test_restarted_worker_recovers_profiles_and_catalog_from_changelogs(kafka_br
         assert view.profile.purchased == {"running-02"}
     finally:
         p.close()
+
+
+def test_a_large_binary_record_reaches_the_dead_letter_topic_intact(pipeline):
+    """Base64 makes a dead letter a third larger than the record: the DLQ must still take it."""
+    dlq = tail(pipeline.settings, pipeline.settings.topic(T.DLQ), from_beginning=False)
+    user = _user()
+    value = b"\xff" + bytes(range(256)) * 3500  # ~900 kB, not UTF-8
+    pipeline.producer.send(pipeline.settings.topic(T.REVIEWS), key=user.encode(), value=value)
+    pipeline.producer.flush()
+    try:
+        letter = next(
+            (decode_dead_letter(r.value) for r in poll_records(dlq, DEADLINE_S) if r.key == user.encode()),
+            None,
+        )
+    finally:
+        dlq.close()
+    assert letter is not None, "the dead letter never arrived"
+    assert letter.encoding == "base64"
+    assert letter.original_value() == value
