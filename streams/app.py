@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +95,6 @@ class Metrics:
         self.dead_letters: Counter[str] = Counter()
         self.encode_s = 0.0
         self.score_s = 0.0
-        self.started = time.monotonic()
 
     def summary(self) -> str:
         c = self.counts
@@ -104,7 +102,8 @@ class Metrics:
             f"events {c['events']} (applied {c['applied']}, duplicates {c['duplicates']}, "
             f"unknown items {c['unknown_items']}), batches {c['batches']}, recommendations {c['recommendations']}, "
             f"popularity fallbacks {c['fallbacks']}, catalog upserts {c['items_upserted']}, "
-            f"deletes {c['items_deleted']}, dead letters {sum(self.dead_letters.values())}"
+            f"deletes {c['items_deleted']}, dead letters {sum(self.dead_letters.values())}, "
+            f"batch failures {c['batch_failures']}; time encoding reviews {self.encode_s:.1f}s, scoring {self.score_s:.1f}s"
         )
 
 
@@ -134,7 +133,6 @@ class Pipeline:
             config.model, device=str(self.device), max_length=config.max_length, batch_size=config.encode_batch
         )
         self.matrix = ItemMatrix(self.encoder.dim, self.device)
-        self.titles: dict[str, str] = {}
         pop_half_life = int(config.popularity_half_life_days * DAY_MS)
         self.popularity = DecayedPopularity(pop_half_life)
         self.partition_popularity: dict[int, DecayedPopularity] = {}
@@ -228,17 +226,13 @@ class Pipeline:
         stored = list(stored)
         if deletes:
             self.matrix.remove([d for d in deletes if d in self.matrix])
-            for d in deletes:
-                self.titles.pop(d, None)
         if stored:
             self.matrix.upsert([s.item_id for s in stored], np.stack([s.vector for s in stored]))
-            self.titles.update((s.item_id, s.title) for s in stored)
 
     async def rebuild_items(self) -> None:
         """After recovery: the item matrix is exactly the catalog table."""
         stored = [decode_item(k.decode(), v) for k, v in self.items_table.items()]
         self.matrix.clear()
-        self.titles.clear()
         self.apply_items(stored, [])
         log.info("item matrix rebuilt from the catalog table: %d items on %s", len(self.matrix), self.device)
 
