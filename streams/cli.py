@@ -152,6 +152,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0 if view.profile is not None else 3
 
 
+# --- recstream subscribe ---------------------------------------------------------------
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from .subscribe import subscribe
+
+    return subscribe(settings_from(args), from_beginning=args.from_beginning, user=args.user, as_json=args.json,
+                     limit=args.limit, idle_exit_s=args.idle_exit)
+
+
 # --- recstream demo --------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -204,6 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_profile)
 
+    p = sub.add_parser("subscribe", parents=[kafka_opts], help="tail the recommendations topic",
+                       description="Print recommendations as they are published: with titles, scores and 'because' items, "
+                                   "or as JSON lines (--json). Stops on Ctrl-C, after --limit records, or after --idle-exit "
+                                   "seconds without a record.")
+    p.add_argument("--from-beginning", action="store_true", help="start at the oldest record instead of now")
+    p.add_argument("--user", help="only this user's recommendations")
+    p.add_argument("--json", action="store_true", help="one JSON record per line, as on the topic")
+    p.add_argument("--limit", type=int, help="stop after this many records")
+    p.add_argument("--idle-exit", type=float, metavar="SECONDS", help="stop after this long without a record")
+    p.set_defaults(func=cmd_subscribe)
+
     p = sub.add_parser("demo", parents=[kafka_opts], help="run the pipeline on built-in data and show recommendations arriving",
                        description="Start the local broker (unless one answers), create private topics, start a worker, load the "
                                    "built-in 50-item catalog, stream a generated event stream, print each event's recommendations, "
@@ -226,6 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"recstream: error: {exc}\n")
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (e.g. `recstream subscribe | head`)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # the message, not a traceback, for expected failures
         from kafka.errors import KafkaError
 

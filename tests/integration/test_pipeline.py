@@ -243,3 +243,23 @@ def test_a_large_binary_record_reaches_the_dead_letter_topic_intact(pipeline):
     assert letter is not None, "the dead letter never arrived"
     assert letter.encoding == "base64"
     assert letter.original_value() == value
+
+
+def test_subscribe_shows_a_users_recommendations_with_titles(pipeline, watcher):
+    import io
+
+    from streams.subscribe import subscribe
+
+    user = _user()
+    click = Click(user, "jazz-03", _now(), f"{user}-1")
+    pipeline.send(click)
+    rec = watcher.wait_event(click.event_id, DEADLINE_S)
+    text, lines = io.StringIO(), io.StringIO()
+    assert subscribe(pipeline.settings, from_beginning=True, user=user, limit=1, idle_exit_s=DEADLINE_S, out=text) == 0
+    assert subscribe(pipeline.settings, from_beginning=True, user=user, as_json=True, limit=1, idle_exit_s=DEADLINE_S, out=lines) == 0
+    shown = text.getvalue()
+    assert user in shown and f"({click.event_id})" in shown
+    for item in rec.items:
+        assert pipeline.titles[item.item_id] in shown
+    assert f"because: {pipeline.titles['jazz-03']}" in shown
+    assert [orjson.loads(line)["trigger"]["event_id"] for line in lines.getvalue().splitlines()] == [click.event_id]
