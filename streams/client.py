@@ -30,22 +30,23 @@ def producer(settings: KafkaSettings, **overrides) -> KafkaProducer:
     return KafkaProducer(bootstrap_servers=settings.bootstrap_servers, **options)
 
 
-def send_records(prod: KafkaProducer, settings: KafkaSettings, records: Iterable) -> int:
-    """Send contract records to their topics (items, clicks, purchases, reviews); returns the count.
+def send_records(prod: KafkaProducer, settings: KafkaSettings, records: Iterable) -> list:
+    """Send contract records to their topics (items, clicks, purchases, reviews).
 
     Keys follow the contract (item id / user id); the Kafka timestamp is the event time.
+    Returns the delivery futures, in order.
     """
     topic_of_kind = {"click": T.CLICKS, "purchase": T.PURCHASES, "review": T.REVIEWS}
-    n = 0
+    futures = []
     for record in records:
         if isinstance(record, ItemDeleted):
-            prod.send(settings.topic(T.ITEMS), key=record.item_id.encode(), value=None)
+            future = prod.send(settings.topic(T.ITEMS), key=record.item_id.encode(), value=None)
         elif isinstance(record, Item):
-            prod.send(settings.topic(T.ITEMS), key=record_key(record), value=encode(record), timestamp_ms=record.ts or None)
+            future = prod.send(settings.topic(T.ITEMS), key=record_key(record), value=encode(record), timestamp_ms=record.ts or None)
         else:
-            prod.send(settings.topic(topic_of_kind[record.kind]), key=record_key(record), value=encode(record), timestamp_ms=record.ts)
-        n += 1
-    return n
+            future = prod.send(settings.topic(topic_of_kind[record.kind]), key=record_key(record), value=encode(record), timestamp_ms=record.ts)
+        futures.append(future)
+    return futures
 
 
 def tail(
