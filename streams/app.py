@@ -15,8 +15,10 @@ counts are rebuilt from the tables.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +129,10 @@ class Pipeline:
         s = config.kafka
         self.settings = s
         self.metrics = Metrics()
+        # Model forward passes, matrix updates and scoring run on one compute thread: the
+        # event loop keeps fetching, committing and heartbeating meanwhile (torch releases
+        # the GIL), and the single thread orders every access to the matrix and popularity.
+        self.compute_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recstream-compute")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.device = resolve_device(config.device)
         self.encoder = encoder or TextEncoder(
@@ -192,12 +198,19 @@ class Pipeline:
         self.items_table.on_changes = self.apply_item_changes
         self.items_table.on_recover(self.rebuild_items)
         self.profiles.on_recover(self.rebuild_popularity)
+        # table writes of one micro-batch (profiles, popularity) go through faust's producer
+        # buffer; let it hold a few batches before the conductor waits for it to drain
+        self.app.producer.buffer.max_messages = max(1000, 4 * config.batch_max)
 
         from .agents import catalog, events
 
         catalog.register(self)
         events.register(self)
         self.app.timer(config.stats_interval_s)(self.log_stats)
+
+    async def compute(self, fn, *args):
+        """Run ``fn(*args)`` on the compute thread and wait for it without blocking the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.compute_executor, fn, *args)
 
     # ------------------------------------------------------------------ start-up and recovery
     def create_topics(self) -> bool:
@@ -211,7 +224,11 @@ class Pipeline:
         return ok
 
     def apply_item_changes(self, changes: Sequence[tuple[bytes, bytes | None]]) -> None:
-        """Keep the matrix in step with the catalog changelog (other writers, recovery)."""
+        """Keep the matrix in step with the catalog changelog (other writers, recovery).
+
+        Called by faust inside the event loop; the matrix update is queued on the compute
+        thread, behind any scoring in progress.
+        """
         upserts, deletes = {}, []
         for key, value in changes:
             item_id = key.decode()
@@ -220,9 +237,10 @@ class Pipeline:
                 upserts.pop(item_id, None)
             else:
                 upserts[item_id] = decode_item(item_id, value)
-        self.apply_items(upserts.values(), deletes)
+        self.compute_executor.submit(self.apply_items, list(upserts.values()), deletes)
 
     def apply_items(self, stored, deletes: Sequence[str]) -> None:
+        """Matrix updates (call on the compute thread)."""
         stored = list(stored)
         if deletes:
             self.matrix.remove([d for d in deletes if d in self.matrix])
@@ -232,8 +250,12 @@ class Pipeline:
     async def rebuild_items(self) -> None:
         """After recovery: the item matrix is exactly the catalog table."""
         stored = [decode_item(k.decode(), v) for k, v in self.items_table.items()]
-        self.matrix.clear()
-        self.apply_items(stored, [])
+
+        def rebuild() -> None:
+            self.matrix.clear()
+            self.apply_items(stored, [])
+
+        await self.compute(rebuild)
         log.info("item matrix rebuilt from the catalog table: %d items on %s", len(self.matrix), self.device)
 
     def active_partitions(self) -> set[int]:
@@ -248,15 +270,19 @@ class Pipeline:
             if partition in active:
                 per_partition.setdefault(partition, []).append((item_id, decode_log2(value)))
         half_life = self.engine.config.popularity_half_life_ms
-        merged: dict[str, float] = {}
-        self.partition_popularity.clear()
-        for partition, entries in per_partition.items():
-            self.partition_popularity[partition] = DecayedPopularity.from_items(half_life, entries)
-            for item_id, lg in entries:
-                merged[item_id] = float(np.logaddexp2(merged[item_id], lg)) if item_id in merged else lg
-        self.popularity.clear()  # the engine holds this object: refill it in place
-        for item_id, lg in merged.items():
-            self.popularity.set_log2(item_id, lg)
+
+        def rebuild() -> None:
+            merged: dict[str, float] = {}
+            self.partition_popularity.clear()
+            for partition, entries in per_partition.items():
+                self.partition_popularity[partition] = DecayedPopularity.from_items(half_life, entries)
+                for item_id, lg in entries:
+                    merged[item_id] = float(np.logaddexp2(merged[item_id], lg)) if item_id in merged else lg
+            self.popularity.clear()  # the engine holds this object: refill it in place
+            for item_id, lg in merged.items():
+                self.popularity.set_log2(item_id, lg)
+
+        await self.compute(rebuild)
         log.info("popularity rebuilt: %d items from partitions %s", len(self.popularity), sorted(active))
 
     async def log_stats(self) -> None:

@@ -40,25 +40,25 @@ async def handle_catalog_batch(pipeline: "Pipeline", events: Sequence["EventT"])
     if not entries:
         return
     try:
-        apply_catalog(pipeline, entries)
+        await apply_catalog(pipeline, entries)
     except Exception:
         # never lose catalog updates to one bad record: retry one by one, dead-letter failures
         log.exception("catalog batch of %d records failed; retrying them one by one", len(entries))
         for entry in entries:
             try:
-                apply_catalog(pipeline, [entry])
+                await apply_catalog(pipeline, [entry])
             except Exception as exc:
                 log.exception("catalog record %s failed on its own; dead-lettered", entry[1].item_id)
                 await send_dead_letter(pipeline, entry[0].message, f"processing failed: {type(exc).__name__}: {exc}", "processing")
 
 
-def apply_catalog(pipeline: "Pipeline", entries: Sequence[tuple["EventT", Item | ItemDeleted]]) -> None:
+async def apply_catalog(pipeline: "Pipeline", entries: Sequence[tuple["EventT", Item | ItemDeleted]]) -> None:
     """Embed the upserted items in one forward pass; write table and matrix; apply deletes."""
     upserts = [(ev, rec) for ev, rec in entries if isinstance(rec, Item)]
     deletes = [(ev, rec) for ev, rec in entries if isinstance(rec, ItemDeleted)]
     fields = pipeline.config.item_fields
     texts = [item_text(rec.title, rec.categories, rec.description, fields=fields) for _, rec in upserts]
-    vectors = pipeline.encoder.encode_numpy(texts) if texts else None
+    vectors = await pipeline.compute(pipeline.encoder.encode_numpy, texts) if texts else None
     table = pipeline.items_table
     stored = []
     for i, (event, rec) in enumerate(upserts):
@@ -71,7 +71,7 @@ def apply_catalog(pipeline: "Pipeline", entries: Sequence[tuple["EventT", Item |
         with as_event(event):
             if key in table:
                 del table[key]
-    pipeline.apply_items(stored, [rec.item_id for _, rec in deletes])
+    await pipeline.compute(pipeline.apply_items, stored, [rec.item_id for _, rec in deletes])
     pipeline.metrics.counts["items_upserted"] += len(upserts)
     pipeline.metrics.counts["items_deleted"] += len(deletes)
     if upserts or deletes:

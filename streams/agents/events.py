@@ -11,6 +11,8 @@ the recommendations are written back.
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Sequence
 
 from encoders.profile import UserProfile
@@ -72,7 +74,7 @@ async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Inco
         if raw is not None:
             profiles[user_id] = UserProfile.from_bytes(raw)
 
-    result = pipeline.engine.process([inc for _, inc in batch], profiles)
+    result = await pipeline.compute(pipeline.engine.process, [inc for _, inc in batch], profiles)
 
     for user_id, profile in result.profiles.items():
         with as_event(user_event[user_id]):
@@ -81,8 +83,9 @@ async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Inco
         log2 = pipeline.partition_popularity[partition].log2_score(item_id)
         with as_event(partition_event[partition]):
             pipeline.popularity_table[popularity_key(partition, item_id)] = encode_log2(log2)
+    emitted = int(time.time() * 1000)  # the moment the records go out, after the state writes
     for rec in result.recommendations:
-        await pipeline.recs_topic.send(key=rec.user_id.encode(), value=encode(rec))
+        await pipeline.recs_topic.send(key=rec.user_id.encode(), value=encode(replace(rec, emitted_ts=emitted)))
 
     stats, counts = result.stats, pipeline.metrics.counts
     counts["batches"] += 1
