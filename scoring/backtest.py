@@ -1,0 +1,716 @@
+"""The backtest protocol: replay an event log, rank each target event against what the user held.
+
+Pure code, no Kafka I/O.  The same protocol runs on two sources of recommendations:
+
+* **offline** (:func:`run_offline`): the events go through :class:`scoring.engine.Engine`
+  in per-event mode, in micro-batches, exactly as a worker would apply them;
+* **from a topic** (:func:`evaluate_records`): the events were replayed through a real
+  worker (``--emit per-event``) and its ``recommendations`` records were read back; each
+  record names its trigger event by ``trigger.event_id``.
+
+Both feed one :class:`Backtest`, which is method-agnostic: it is told, event by event, the
+list recstream emitted right after that event, and asks its baselines itself.
+
+The protocol
+============
+
+Events (clicks, purchases, reviews) are taken in time order (ties keep the given order).
+Events with ``ts < split_ms`` only warm up the state.  Every later event is a *test event*;
+a test event is a *target* when its kind is one of :attr:`BacktestConfig.targets`:
+``"click"``, ``"purchase"``, or ``"positive"`` (a review rated at least
+``positive_threshold``).  Test events that are not targets are *skipped* (counted, and
+still applied to every method's state).
+
+For a target event of user ``u`` on item ``i`` at time ``t``:
+
+* **recstream** is scored on the list ``u`` *held* just before the event: the per-event
+  recommendation emitted after ``u``'s previous event, warm-up or test, however long ago;
+* each **baseline** (default: :class:`~scoring.baselines.PopularityBaseline` and
+  :class:`~scoring.baselines.ItemKNNBaseline`) is asked for ``u``'s top ``max(ks)`` at
+  ``now_ms=t``, after it has observed every earlier event and before it observes this one;
+* every method's list excludes the same items: the *exclusion set in force just before the
+  event* (``u``'s purchased items, plus the items of ``u``'s last ``history_len`` events
+  when the engine's ``exclude_seen`` is on); recstream's lists already do, the baselines
+  are given the set.  :class:`ExclusionTracker` derives it from the events alone, exactly
+  as the engine does (see its tests);
+* the case adds ``relevant = {i}`` to each method's :class:`~scoring.metrics.RankingMetrics`
+  (hit rate, recall, precision, NDCG, MRR at every ``k`` of ``ks``), to its
+  :class:`~scoring.metrics.Coverage` (catalog coverage of the case lists, counting
+  catalog items only) and to its
+  calendar-month :class:`~scoring.metrics.SlicedMetrics` (for plots).
+
+A target whose user has no previous event is **cold**: counted, not a case, for every
+method.  A target whose previous event has no recommendation (``rec_after=None``, e.g. no
+record was read back for it) is **missing**: counted, not a case, for every method.  So all
+methods are scored on exactly the same cases.  A target item that is excluded for the user
+(a repeat interaction under ``exclude_seen``) or not in the catalog stays a case that no
+method can hit; such cases are counted (``excluded_targets``, ``unknown_targets``).
+
+Note the asymmetry this protocol keeps on purpose: recstream's list is the one it actually
+pushed after the user's previous event, while the baselines are asked at the event itself
+(they have also seen other users' events since).  It can only favour the baselines.
+
+Agreement of the two paths
+==========================
+
+:func:`run_offline` and a replay through a worker give the same lists when the worker runs
+with ``--emit per-event``, ``k = max(ks)``, the same ``exclude_seen``, history length and
+half-lives, the same catalog, and sees each user's events in the same order (they share a
+key, hence a partition).  Popularity fallbacks (users without a usable profile) depend on
+the interleaving of *all* users' events, so they agree exactly on a one-partition replay.
+Keep the per-event lists with ``keep_lists=True`` and compare
+:meth:`BacktestResult.lists_by_event_id`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Final
+
+from scoring.baselines import (
+    DEFAULT_POPULARITY_HALF_LIFE_MS,
+    ItemKNNBaseline,
+    PopularityBaseline,
+    Recommender,
+    observe_event,
+)
+from scoring.metrics import Coverage, RankingMetrics, SlicedMetrics, calendar_month_start, latency_summary
+from streams.records import Click, Item, Purchase, Recommendation, Review
+
+if TYPE_CHECKING:  # the engine side imports torch; only run_offline needs it
+    from encoders.profile import ProfileConfig
+    from encoders.text import TextEncoder
+    from scoring.engine import EngineConfig
+
+__all__ = [
+    "POPULARITY_MODEL",
+    "RECSTREAM",
+    "TARGET_KINDS",
+    "Backtest",
+    "BacktestConfig",
+    "BacktestResult",
+    "ExclusionTracker",
+    "MethodResult",
+    "default_baselines",
+    "evaluate_records",
+    "format_table",
+    "recommendations_by_event_id",
+    "run_offline",
+    "target_kind",
+]
+
+Event = Click | Purchase | Review
+
+#: The method name recstream's own lists are reported under.
+RECSTREAM: Final = "recstream"
+#: ``Recommendation.model`` of a popularity fallback (= :data:`scoring.engine.POPULARITY_MODEL`,
+#: repeated here so that this module does not import torch).
+POPULARITY_MODEL: Final = "popularity"
+#: The values :attr:`BacktestConfig.targets` may hold.
+TARGET_KINDS: Final = frozenset({"click", "purchase", "positive"})
+_EVENT_TOPICS: Final = {"click": "clicks", "purchase": "purchases", "review": "reviews"}
+_COUNT_NAMES: Final = (
+    "events",
+    "warm",
+    "test",
+    "targets",
+    "skipped",
+    "cold",
+    "missing",
+    "cases",
+    "excluded_targets",
+    "unknown_targets",
+    "fallback_cases",
+)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class BacktestConfig:
+    """What is evaluated and how.
+
+    Attributes:
+        split_ms: events with ``ts < split_ms`` warm up the state; later ones are tested.
+        targets: the test events that are cases: any of ``"click"``, ``"purchase"`` and
+            ``"positive"`` (a review rated ``>= positive_threshold``).
+        positive_threshold: the lowest rating of a positive review (also the item-kNN
+            baseline's threshold for a positive event).
+        ks: the cut-offs (distinct, >= 1; stored sorted).  recstream must emit at least
+            ``max(ks)`` items for the larger cut-offs to be meaningful.
+        knn_history_len: positive items the item-kNN baseline remembers per user.
+        popularity_half_life_ms: half-life of the baselines' popularity counts; ``None``
+            means the engine's (:func:`run_offline`) or the engine default of 7 days.
+    """
+
+    split_ms: int
+    targets: frozenset[str] = frozenset({"click", "purchase", "positive"})
+    positive_threshold: float = 4.0
+    ks: tuple[int, ...] = (5, 10, 20)
+    knn_history_len: int = 20
+    popularity_half_life_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.split_ms, bool) or not isinstance(self.split_ms, int):
+            raise ValueError(f"split_ms: must be an integer (epoch ms), got {self.split_ms!r}")
+        targets = frozenset((self.targets,) if isinstance(self.targets, str) else self.targets)
+        unknown = targets - TARGET_KINDS
+        if unknown or not targets:
+            raise ValueError(
+                f"targets: must be a non-empty subset of {', '.join(sorted(TARGET_KINDS))}, got {sorted(targets)}"
+            )
+        object.__setattr__(self, "targets", targets)
+        if not math.isfinite(self.positive_threshold):
+            raise ValueError(f"positive_threshold: must be finite, got {self.positive_threshold}")
+        ks = tuple(sorted(set(self.ks)))
+        if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+            raise ValueError(f"ks: must be integers >= 1, got {self.ks!r}")
+        object.__setattr__(self, "ks", ks)
+        if self.knn_history_len < 1:
+            raise ValueError(f"knn_history_len: must be at least 1, got {self.knn_history_len}")
+        hl = self.popularity_half_life_ms
+        if hl is not None and not (hl > 0 and math.isfinite(hl)):
+            raise ValueError(f"popularity_half_life_ms: must be positive, got {hl}")
+
+    @property
+    def max_k(self) -> int:
+        return self.ks[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "split_ms": self.split_ms,
+            "targets": sorted(self.targets),
+            "positive_threshold": self.positive_threshold,
+            "ks": list(self.ks),
+            "knn_history_len": self.knn_history_len,
+            "popularity_half_life_ms": self.popularity_half_life_ms,
+        }
+
+
+def target_kind(event: Event, config: BacktestConfig) -> str | None:
+    """The target kind of ``event`` under ``config`` (``"click"``, ``"purchase"``,
+    ``"positive"``), or ``None`` when it is not a target (whatever its time)."""
+    if isinstance(event, Review):
+        kind = "positive" if event.rating >= config.positive_threshold else None
+    elif isinstance(event, (Click, Purchase)):
+        kind = event.kind
+    else:
+        raise TypeError(f"expected a Click, Purchase or Review, got {type(event).__name__}")
+    return kind if kind in config.targets else None
+
+
+def default_baselines(config: BacktestConfig, catalog_ids: Collection[str]) -> list[Recommender]:
+    """Decayed popularity and item-kNN, restricted to the catalog, as configured."""
+    half_life = config.popularity_half_life_ms or DEFAULT_POPULARITY_HALF_LIFE_MS
+    catalog = frozenset(catalog_ids)
+    return [
+        PopularityBaseline(half_life, catalog=catalog),
+        ItemKNNBaseline(
+            history_len=config.knn_history_len,
+            positive_threshold=config.positive_threshold,
+            catalog=catalog,
+            popularity_half_life_ms=half_life,
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------- exclusions
+
+
+class ExclusionTracker:
+    """The engine's exclusion set per user, derived from the events alone.
+
+    Mirrors :meth:`scoring.engine.Engine` + :class:`encoders.profile.DecayedProfileModel`:
+    every purchased item, plus (``exclude_seen``) the items of the user's last
+    ``history_len`` events by event time (ties: arrival order; a late event is inserted at
+    its time and may fall out at once), whatever their kind or rating.
+
+    Call :meth:`exclusion` *before* :meth:`observe` for the set in force just before an
+    event.  Redeliveries are not detected: feed each event once.
+    """
+
+    __slots__ = ("exclude_seen", "history_len", "_history", "_purchased")
+
+    def __init__(self, exclude_seen: bool = True, history_len: int = 50) -> None:
+        if history_len < 0:
+            raise ValueError(f"history_len must be >= 0, got {history_len}")
+        self.exclude_seen = exclude_seen
+        self.history_len = history_len
+        self._history: dict[str, list[tuple[int, str]]] = {}
+        self._purchased: dict[str, set[str]] = {}
+
+    @classmethod
+    def for_engine(cls, engine: Any) -> ExclusionTracker:
+        """A tracker with ``engine``'s ``exclude_seen`` and its profile model's history length."""
+        return cls(engine.config.exclude_seen, engine.model.config.history_len)
+
+    def observe(self, event: Event) -> None:
+        user, ts = event.user_id, int(event.ts)
+        history = self._history.get(user)
+        if history is None:
+            history = self._history[user] = []
+        entry = (ts, event.item_id)
+        if not history or ts >= history[-1][0]:
+            history.append(entry)
+        else:
+            history.insert(bisect.bisect_right(history, ts, key=lambda h: h[0]), entry)
+        if len(history) > self.history_len:
+            del history[: len(history) - self.history_len]
+        if isinstance(event, Purchase):
+            self._purchased.setdefault(user, set()).add(event.item_id)
+
+    def exclusion(self, user_id: str) -> frozenset[str]:
+        """The items excluded from ``user_id``'s recommendations now."""
+        purchased = self._purchased.get(user_id, ())
+        if self.exclude_seen:
+            return frozenset(purchased).union(item for _, item in self._history.get(user_id, ()))
+        return frozenset(purchased)
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._history
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _month_label(start_ms: int) -> str:
+    return datetime.fromtimestamp(start_ms / 1000, tz=timezone.utc).strftime("%Y-%m")
+
+
+@dataclass
+class MethodResult:
+    """One method's accumulated cases."""
+
+    name: str
+    metrics: RankingMetrics
+    coverage: Coverage
+    slices: SlicedMetrics
+
+    def coverage_summary(self, catalog_size: int, ks: Iterable[int]) -> dict[str, dict[str, float | int | None]]:
+        """``{str(k): {"items": distinct items in some top-k, "coverage": items / catalog_size}}``."""
+        out: dict[str, dict[str, float | int | None]] = {}
+        for k in ks:
+            n = self.coverage.distinct(k)
+            out[str(k)] = {"items": n, "coverage": n / catalog_size if catalog_size else None}
+        return out
+
+    def to_dict(self, catalog_size: int) -> dict[str, Any]:
+        ks = self.metrics.ks
+        return {
+            "metrics": self.metrics.flat(),
+            "coverage": self.coverage_summary(catalog_size, ks),
+            "slices": [
+                {"month": _month_label(int(row["start_ms"] or 0)), **row} for row in self.slices.summary()
+            ],
+        }
+
+
+@dataclass
+class BacktestResult:
+    """What a backtest measured.
+
+    Attributes:
+        config: the protocol's settings.
+        catalog_size: items in the catalog (the coverage denominator).
+        counts: ``events`` (all observed), ``warm`` (before the split), ``test`` (the
+            rest), ``targets`` (test events of a target kind), ``skipped`` (test events
+            that are not targets), ``cold`` (targets of users without a previous event),
+            ``missing`` (targets whose held recommendation was unavailable), ``cases``
+            (``targets - cold - missing``, the same for every method),
+            ``excluded_targets`` / ``unknown_targets`` (cases whose item was excluded for
+            the user / is not in the catalog: no method can hit them),
+            ``fallback_cases`` (cases where recstream held a popularity fallback, when
+            known).
+        methods: per method, recstream first, then the baselines in the given order.
+        latency: :func:`~scoring.metrics.latency_summary` of the latencies given
+            (:func:`run_offline`: engine time of the batch each event was in).
+        per_event: with ``keep_lists``, ``(event, recstream's list after it)`` for every
+            event in processing order (``None`` list: none available).
+    """
+
+    config: BacktestConfig
+    catalog_size: int
+    counts: dict[str, int]
+    methods: dict[str, MethodResult]
+    latency: dict[str, float | int | None]
+    per_event: list[tuple[Event, tuple[str, ...] | None]] | None = None
+
+    def metrics(self, method: str = RECSTREAM) -> dict[str, float | int | None]:
+        """``RankingMetrics.flat()`` of one method."""
+        return self.methods[method].metrics.flat()
+
+    def coverage(self, method: str = RECSTREAM) -> dict[str, dict[str, float | int | None]]:
+        return self.methods[method].coverage_summary(self.catalog_size, self.config.ks)
+
+    def lists_by_event_id(self) -> dict[str, tuple[str, ...] | None]:
+        """recstream's list after each event, keyed by event id (needs ``keep_lists``;
+        events without an id are left out)."""
+        if self.per_event is None:
+            raise ValueError("the per-event lists were not kept (pass keep_lists=True)")
+        return {ev.event_id: items for ev, items in self.per_event if ev.event_id is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able document (string keys only)."""
+        return {
+            "config": self.config.to_dict(),
+            "catalog_size": self.catalog_size,
+            "counts": dict(self.counts),
+            "latency_ms": dict(self.latency),
+            "methods": {name: m.to_dict(self.catalog_size) for name, m in self.methods.items()},
+        }
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+class Backtest:
+    """Accumulates the cases of a stream of ``(event, recommendation after it)`` pairs.
+
+    Args:
+        config: the protocol's settings.
+        catalog_ids: the catalog (coverage denominator; the default baselines recommend
+            only from it).
+        baselines: recommenders to evaluate on the same cases; ``None``: decayed
+            popularity and item-kNN (:func:`default_baselines`), ``[]``: none.  Each must
+            have a distinct ``name`` other than ``"recstream"``.
+        keep_lists: keep recstream's per-event lists (:attr:`BacktestResult.per_event`).
+    """
+
+    def __init__(
+        self,
+        config: BacktestConfig,
+        catalog_ids: Collection[str],
+        baselines: Sequence[Recommender] | None = None,
+        *,
+        keep_lists: bool = False,
+    ) -> None:
+        self.config = config
+        self.catalog = frozenset(catalog_ids)
+        self.baselines: list[Recommender] = (
+            default_baselines(config, self.catalog) if baselines is None else list(baselines)
+        )
+        names = [RECSTREAM, *(b.name for b in self.baselines)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"method names must be distinct, got {names}")
+        ks = config.ks
+        self._methods = {
+            name: MethodResult(
+                name, RankingMetrics(ks), Coverage(max_k=ks[-1]), SlicedMetrics(ks=ks, slice_of=calendar_month_start)
+            )
+            for name in names
+        }
+        self._counts = dict.fromkeys(_COUNT_NAMES, 0)
+        #: user -> recstream's list after the user's latest event (None: unavailable)
+        self._held: dict[str, tuple[str, ...] | None] = {}
+        self._held_fallback: dict[str, bool] = {}
+        self._latencies: list[float] = []
+        self._last_ts: int | None = None
+        self._per_event: list[tuple[Event, tuple[str, ...] | None]] | None = [] if keep_lists else None
+
+    def _add_case(self, name: str, ts: int, ranked: Sequence[str], item_id: str) -> None:
+        m = self._methods[name]
+        m.metrics.add(ranked, (item_id,))
+        m.slices.add(ts, ranked, (item_id,))
+        m.coverage.add([i for i in ranked if i in self.catalog])
+
+    def observe(
+        self,
+        event: Event,
+        rec_after: Sequence[str] | Recommendation | None,
+        *,
+        exclude_before: Collection[str],
+        latency_ms: float | None = None,
+    ) -> None:
+        """Account for one event; call once per event, in time order.
+
+        Args:
+            event: the event.
+            rec_after: recstream's list emitted right after this event (item ids best
+                first, or the :class:`~streams.records.Recommendation` record); ``None``
+                when not available (the user's next target is then *missing*).
+            exclude_before: the user's exclusion set in force just before this event
+                (:meth:`ExclusionTracker.exclusion`); given to the baselines.
+            latency_ms: recstream's latency for this event, if measured.
+        """
+        cfg = self.config
+        kind = target_kind(event, cfg)  # also rejects non-events
+        if isinstance(rec_after, str):
+            raise TypeError("rec_after: a sequence of item ids (or a Recommendation), not a single string")
+        ts = int(event.ts)
+        if self._last_ts is not None and ts < self._last_ts:
+            raise ValueError(
+                f"events must be given in time order: ts {ts} of event {event.event_id!r} is before {self._last_ts}"
+            )
+        self._last_ts = ts
+        c = self._counts
+        c["events"] += 1
+        user, item = event.user_id, event.item_id
+        if ts < cfg.split_ms:
+            c["warm"] += 1
+        else:
+            c["test"] += 1
+            if kind is None:
+                c["skipped"] += 1
+            else:
+                c["targets"] += 1
+                if user not in self._held:
+                    c["cold"] += 1
+                elif (held := self._held[user]) is None:
+                    c["missing"] += 1
+                else:
+                    c["cases"] += 1
+                    if item in exclude_before:
+                        c["excluded_targets"] += 1
+                    if item not in self.catalog:
+                        c["unknown_targets"] += 1
+                    if self._held_fallback.get(user):
+                        c["fallback_cases"] += 1
+                    self._add_case(RECSTREAM, ts, held, item)
+                    for b in self.baselines:
+                        ranked = b.recommend(user, cfg.max_k, exclude=exclude_before, now_ms=ts)
+                        self._add_case(b.name, ts, ranked, item)
+        for b in self.baselines:
+            observe_event(b, event)
+        if isinstance(rec_after, Recommendation):
+            self._held_fallback[user] = rec_after.model == POPULARITY_MODEL
+            items: tuple[str, ...] | None = tuple(r.item_id for r in rec_after.items)
+        else:
+            self._held_fallback.pop(user, None)
+            items = None if rec_after is None else tuple(rec_after)
+        self._held[user] = items
+        if latency_ms is not None:
+            self._latencies.append(float(latency_ms))
+        if self._per_event is not None:
+            self._per_event.append((event, items))
+
+    def result(self) -> BacktestResult:
+        """A snapshot of what has been accumulated (observing more does not change it)."""
+        ks = self.config.ks
+        methods = {}
+        for name, m in self._methods.items():
+            methods[name] = MethodResult(
+                name,
+                RankingMetrics(ks).merge(m.metrics),
+                Coverage(max_k=ks[-1]).merge(m.coverage),
+                SlicedMetrics(ks=ks, slice_of=calendar_month_start).merge(m.slices),
+            )
+        return BacktestResult(
+            config=self.config,
+            catalog_size=len(self.catalog),
+            counts=dict(self._counts),
+            methods=methods,
+            latency=latency_summary(self._latencies),
+            per_event=None if self._per_event is None else list(self._per_event),
+        )
+
+
+# --------------------------------------------------------------------------- the two sources
+
+
+def _time_ordered(events: Iterable[Event]) -> list[Event]:
+    return sorted(events, key=lambda e: e.ts)  # stable: ties keep the given order
+
+
+def recommendations_by_event_id(records: Iterable[Recommendation]) -> dict[str, Recommendation]:
+    """Index ``recommendations`` records by ``trigger.event_id`` (records without one are
+    dropped).  The first record of an event wins: a redelivered event is emitted again
+    from a state that may already include later events."""
+    out: dict[str, Recommendation] = {}
+    for rec in records:
+        eid = rec.trigger.event_id
+        if eid is not None and eid not in out:
+            out[eid] = rec
+    return out
+
+
+def evaluate_records(
+    events: Iterable[Event],
+    recommendations: Iterable[Recommendation] | Mapping[str, Recommendation | Sequence[str]],
+    catalog_ids: Collection[str],
+    config: BacktestConfig,
+    *,
+    exclude_seen: bool = True,
+    history_len: int = 50,
+    latencies_ms: Mapping[str, float] | None = None,
+    baselines: Sequence[Recommender] | None = None,
+    keep_lists: bool = False,
+) -> BacktestResult:
+    """The backtest of recommendations produced elsewhere (read back from Kafka).
+
+    Args:
+        events: the replayed events (each with an ``event_id``; taken in time order).
+        recommendations: the records read back (indexed with
+            :func:`recommendations_by_event_id`), or an ``event id -> record or item ids``
+            mapping.  An event without a recommendation makes its user's next target
+            *missing*.
+        catalog_ids: the catalog the worker held.
+        config: the protocol.
+        exclude_seen, history_len: the worker's settings (for the exclusion sets).
+        latencies_ms: measured latency per event id, if any.
+        baselines: as for :class:`Backtest`.
+        keep_lists: as for :class:`Backtest`.
+    """
+    by_id: Mapping[str, Recommendation | Sequence[str]]
+    by_id = recommendations if isinstance(recommendations, Mapping) else recommendations_by_event_id(recommendations)
+    bt = Backtest(config, catalog_ids, baselines, keep_lists=keep_lists)
+    tracker = ExclusionTracker(exclude_seen, history_len)
+    for ev in _time_ordered(events):
+        eid = ev.event_id
+        rec = by_id.get(eid) if eid is not None else None
+        latency = latencies_ms.get(eid) if (latencies_ms is not None and eid is not None) else None
+        bt.observe(ev, rec, exclude_before=tracker.exclusion(ev.user_id), latency_ms=latency)
+        tracker.observe(ev)
+    return bt.result()
+
+
+def run_offline(
+    events: Iterable[Event],
+    catalog: Sequence[Item],
+    config: BacktestConfig,
+    *,
+    encoder: TextEncoder,
+    engine_config: EngineConfig | None = None,
+    profile_config: ProfileConfig | None = None,
+    batch_size: int = 512,
+    item_fields: Sequence[str] | None = None,
+    device: Any = None,
+    baselines: Sequence[Recommender] | None = None,
+    keep_lists: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> BacktestResult:
+    """The backtest of recstream's engine run here, on the events in time order.
+
+    The catalog (last entry per item id wins) is embedded with ``encoder`` from
+    :func:`~encoders.text.item_text` of ``item_fields`` (default: title, categories,
+    description, as the worker) into an :class:`~scoring.topk.ItemMatrix` on ``device``
+    (default: the encoder's).  :class:`~scoring.engine.Engine` then applies the events in
+    batches of ``batch_size`` with ``engine_config`` forced to ``emit="per-event"`` and
+    ``k = max(ks)`` (per-event emission from a batch equals one-at-a-time processing), and
+    a :class:`~encoders.profile.DecayedProfileModel` with ``profile_config``.  The
+    exclusion sets come from :class:`ExclusionTracker` with the engine's settings.
+
+    ``progress`` is called with the number of events done after each batch.  The latency
+    recorded per event is the engine time of its batch.
+    """
+    import numpy as np
+
+    from encoders.profile import DecayedProfileModel
+    from encoders.text import ITEM_TEXT_FIELDS, item_text
+    from scoring.engine import Engine, EngineConfig, Incoming
+    from scoring.popularity import DecayedPopularity
+    from scoring.topk import ItemMatrix
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    ecfg = replace(engine_config or EngineConfig(), emit="per-event", k=config.max_k)
+    if config.popularity_half_life_ms is None:
+        config = replace(config, popularity_half_life_ms=ecfg.popularity_half_life_ms)
+
+    items = list({item.item_id: item for item in catalog}.values())
+    fields = tuple(item_fields) if item_fields is not None else ITEM_TEXT_FIELDS
+    matrix = ItemMatrix(encoder.dim, device if device is not None else encoder.device)
+    chunk = 4096
+    for start in range(0, len(items), chunk):
+        part = items[start : start + chunk]
+        texts = [item_text(it.title, it.categories, it.description, fields=fields) for it in part]
+        matrix.upsert([it.item_id for it in part], np.asarray(encoder.encode_numpy(texts), dtype=np.float32))
+
+    model = DecayedProfileModel(profile_config, dim=encoder.dim)
+    engine = Engine(
+        model=model,
+        matrix=matrix,
+        popularity=DecayedPopularity(ecfg.popularity_half_life_ms),
+        texts=encoder,
+        config=ecfg,
+    )
+    bt = Backtest(config, [it.item_id for it in items], baselines, keep_lists=keep_lists)
+    tracker = ExclusionTracker(ecfg.exclude_seen, model.config.history_len)
+    offsets = dict.fromkeys(_EVENT_TOPICS.values(), 0)
+    profiles: dict = {}
+
+    ordered = _time_ordered(events)
+    for start in range(0, len(ordered), batch_size):
+        batch = []
+        for ev in ordered[start : start + batch_size]:
+            topic = _EVENT_TOPICS[ev.kind]
+            batch.append(Incoming(ev, topic, 0, offsets[topic]))
+            offsets[topic] += 1
+        t0 = time.perf_counter()
+        res = engine.process(batch, profiles, now_ms=batch[-1].event.ts)
+        latency = (time.perf_counter() - t0) * 1000.0
+        profiles.update(res.profiles)
+        if len(res.recommendations) != len(batch):  # per-event emission: one per event
+            raise RuntimeError(f"engine emitted {len(res.recommendations)} records for {len(batch)} events")
+        for inc, rec in zip(batch, res.recommendations):
+            ev = inc.event
+            bt.observe(ev, rec, exclude_before=tracker.exclusion(ev.user_id), latency_ms=latency)
+            tracker.observe(ev)
+        if progress is not None:
+            progress(len(batch))
+    return bt.result()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def format_table(
+    result: BacktestResult,
+    ks: Sequence[int] | None = None,
+    metrics: Sequence[str] = ("hit_rate", "ndcg", "mrr"),
+) -> str:
+    """A terminal table: one row per method, ``metric@k`` columns for each ``k`` of ``ks``
+    (default: every cut-off of the backtest), then catalog coverage at each ``k``."""
+    ks = tuple(result.config.ks if ks is None else ks)
+    missing = [k for k in ks if k not in result.config.ks]
+    if missing:
+        raise ValueError(f"k {missing} not among the backtest's cut-offs {result.config.ks}")
+    short = {"hit_rate": "HR", "recall": "Recall", "precision": "Prec", "ndcg": "NDCG", "mrr": "MRR"}
+    header = ["method", "cases"]
+    header += [f"{short.get(m, m)}@{k}" for k in ks for m in metrics]
+    header += [f"cov@{k}" for k in ks]
+    rows = [header]
+    for name, m in result.methods.items():
+        flat = m.metrics.flat()
+        cov = m.coverage_summary(result.catalog_size, ks)
+        row = [name, str(flat["cases"])]
+        for k in ks:
+            for metric in metrics:
+                v = flat[f"{metric}@{k}"]
+                row.append("-" if v is None else f"{v:.4f}")
+        for k in ks:
+            v = cov[str(k)]["coverage"]
+            row.append("-" if v is None else f"{v:.3f}")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = []
+    for n, r in enumerate(rows):
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        lines.append("  ".join(cells))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    c = result.counts
+    summary = (
+        f"{c['cases']} cases of {c['targets']} targets ({c['cold']} cold, {c['missing']} missing); "
+        f"{c['skipped']} test events skipped (not targets); {c['warm']} warm-up events; "
+        f"catalog {result.catalog_size} items"
+    )
+    notes = []
+    if c["excluded_targets"]:
+        notes.append(f"{c['excluded_targets']} cases target an excluded item")
+    if c["unknown_targets"]:
+        notes.append(f"{c['unknown_targets']} cases target an item outside the catalog")
+    if c["fallback_cases"]:
+        notes.append(f"recstream held a popularity fallback in {c['fallback_cases']} cases")
+    lat = result.latency
+    if lat.get("count"):
+        notes.append(f"latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
+    out = [summary, *lines]
+    if notes:
+        out.append("; ".join(notes))
+    return "\n".join(out)
