@@ -68,9 +68,10 @@ def cmd_topics(args: argparse.Namespace) -> int:
         if not args.yes:
             print("refusing to delete without --yes", file=sys.stderr)
             return 2
-        names = [s.name for s in topics.topic_specs(settings)]
-        topics.delete_topics(settings, names)
-        print("deleted: " + ", ".join(names))
+        names = sorted(topics.list_topics(settings))
+        if names:
+            topics.delete_topics(settings, names)
+        print("deleted: " + (", ".join(names) or "nothing (no topic of this deployment exists)"))
         return 0
     raise AssertionError(args.action)
 

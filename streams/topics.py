@@ -176,11 +176,21 @@ def delete_topics(settings: KafkaSettings, names: Iterable[str], *, timeout_s: f
         admin.close()
 
 
+def belongs_to(settings: KafkaSettings, name: str) -> bool:
+    """Is ``name`` one of this deployment's topics: a recstream topic under its prefix, or a
+    topic of its Faust application (changelogs, faust's own ``<app id>-__assignor-__leader``)?
+
+    Never other topics that merely share an empty prefix.
+    """
+    own = {settings.topic(t) for t in (ITEMS, *EVENT_TOPICS, RECOMMENDATIONS, DLQ)}
+    return name in own or name.startswith(f"{settings.app_id}-")
+
+
 def list_topics(settings: KafkaSettings, *, timeout_s: float = 30.0) -> dict[str, int]:
     """Topic name → partition count for the deployment's topics present on the cluster."""
     admin = _admin(settings, timeout_s)
     try:
-        names = sorted(n for n in admin.list_topics() if n.startswith(settings.topic_prefix) or n.startswith(settings.app_id))
+        names = sorted(n for n in admin.list_topics() if belongs_to(settings, n))
         return {d["name"]: len(d["partitions"]) for d in admin.describe_topics(names)} if names else {}
     finally:
         admin.close()

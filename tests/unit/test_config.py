@@ -56,3 +56,16 @@ def test_topic_specs_cover_every_topic_with_compaction_where_state_lives():
     assert specs["p.items"].partitions == specs[s.changelog("item-embeddings")].partitions == 1
     with pytest.raises(ValueError, match="partitions"):
         topic_specs(s, partitions=0)
+
+
+def test_a_deployment_owns_its_topics_and_its_apps_internal_topics_only():
+    from streams.topics import belongs_to
+
+    plain = KafkaSettings()
+    assert belongs_to(plain, "clicks") and belongs_to(plain, "recstream-profiles-changelog")
+    assert belongs_to(plain, "recstream-__assignor-__leader")
+    # an empty prefix must not claim the rest of the cluster
+    assert not belongs_to(plain, "payments") and not belongs_to(plain, "other-app-changelog")
+    staged = KafkaSettings(topic_prefix="stage.")
+    assert belongs_to(staged, "stage.items") and not belongs_to(staged, "items")
+    assert not belongs_to(staged, "stage.unrelated")
