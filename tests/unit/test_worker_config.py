@@ -1,0 +1,37 @@
+import pytest
+
+from streams.app import WorkerConfig
+from streams.cli import build_parser, worker_config
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"partitions": 0}, "partitions"),
+        ({"emit": "sometimes"}, "emit"),
+        ({"batch_max": 0}, "batch sizes"),
+        ({"batch_within_s": 0}, "batch window"),
+        ({"processing_guarantee": "maybe"}, "processing guarantee"),
+        ({"item_fields": ("title", "price")}, "item fields"),
+        ({"torch_threads": 0}, "torch threads"),
+    ],
+)
+def test_bad_worker_settings_are_refused_with_the_reason(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        WorkerConfig(**kwargs)
+
+
+def test_worker_flags_and_environment(monkeypatch):
+    monkeypatch.setenv("RECSTREAM_K", "7")
+    monkeypatch.setenv("RECSTREAM_EMIT", "per-event")
+    monkeypatch.setenv("RECSTREAM_EXCLUDE_SEEN", "false")
+    monkeypatch.setenv("RECSTREAM_TORCH_THREADS", "1")
+    args = build_parser().parse_args(["worker", "--topic-prefix", "p.", "--batch-within-ms", "20", "--item-fields", "title, description"])
+    cfg = worker_config(args)
+    assert (cfg.k, cfg.emit, cfg.exclude_seen, cfg.torch_threads) == (7, "per-event", False, 1)
+    assert cfg.batch_within_s == pytest.approx(0.02)
+    assert cfg.item_fields == ("title", "description")
+    assert cfg.kafka.topic("clicks") == "p.clicks" and cfg.kafka.app_id == "p.recstream"
+    # a flag beats the environment
+    cfg = worker_config(build_parser().parse_args(["worker", "-k", "3", "--exclude-seen"]))
+    assert cfg.k == 3 and cfg.exclude_seen is True
