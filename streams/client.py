@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.partitioner.default import murmur2
 
 from . import topics as T
 from .config import KafkaSettings
@@ -49,19 +50,26 @@ def send_records(prod: KafkaProducer, settings: KafkaSettings, records: Iterable
     return futures
 
 
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner gives ``key``, in every client."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 def tail(
     settings: KafkaSettings,
     topic: str,
     *,
     from_beginning: bool = True,
-    poll_ms: int = 200,
+    key: bytes | None = None,
 ) -> KafkaConsumer:
-    """A consumer assigned to every partition of ``topic`` (no group), at the start or the end."""
+    """A consumer (no group) on every partition of ``topic``, or only on ``key``'s, at the start or the end."""
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
     partitions = consumer.partitions_for_topic(topic) or set()
     if not partitions:
         consumer.close()
         raise ValueError(f"topic {topic!r} does not exist on {settings.broker}")
+    if key is not None:
+        partitions = {partition_for(key, len(partitions))}
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(tps)
     if from_beginning:

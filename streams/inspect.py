@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
-from kafka.partitioner.default import murmur2
 
 from encoders.profile import UserProfile
 
 from . import topics as T
+from .client import partition_for
 from .config import KafkaSettings
 from .records import Recommendation, decode_recommendation
 from .state import decode_item
@@ -56,10 +56,6 @@ class UserView:
         }
 
 
-def _partition_for(key: bytes, partitions: int) -> int:
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
 def _read_partition(consumer: KafkaConsumer, tp: TopicPartition, start: int | None = None):
     """Every record of ``tp`` from ``start`` (default: the beginning) up to its current end."""
     consumer.assign([tp])
@@ -83,7 +79,7 @@ def inspect_user(settings: KafkaSettings, user_id: str) -> UserView:
         partitions = consumer.partitions_for_topic(changelog)
         if not partitions:
             raise ValueError(f"no profiles changelog {changelog!r} on {settings.broker}: has a worker with app id {settings.app_id!r} run?")
-        tp = TopicPartition(changelog, _partition_for(key, len(partitions)))
+        tp = TopicPartition(changelog, partition_for(key, len(partitions)))
         raw = None
         for record in _read_partition(consumer, tp):
             if record.key == key:
@@ -94,7 +90,7 @@ def inspect_user(settings: KafkaSettings, user_id: str) -> UserView:
         recs_topic = settings.topic(T.RECOMMENDATIONS)
         rec_partitions = consumer.partitions_for_topic(recs_topic)
         if rec_partitions:
-            rtp = TopicPartition(recs_topic, _partition_for(key, len(rec_partitions)))
+            rtp = TopicPartition(recs_topic, partition_for(key, len(rec_partitions)))
             end = consumer.end_offsets([rtp])[rtp]
             for record in _read_partition(consumer, rtp, start=end - RECENT_RECOMMENDATIONS_SCAN):
                 if record.key == key:

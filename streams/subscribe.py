@@ -12,9 +12,9 @@ import time
 from typing import Callable, TextIO
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.partitioner.default import murmur2
 
 from . import topics as T
+from .client import tail
 from .config import KafkaSettings
 from .records import Recommendation, ValidationError, decode_recommendation
 from .state import decode_item
@@ -88,24 +88,13 @@ def subscribe(
 ) -> int:
     """Print recommendations until Ctrl-C, ``limit`` records, or ``idle_exit_s`` without any."""
     topic = settings.topic(T.RECOMMENDATIONS)
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
+    try:
+        consumer = tail(settings, topic, from_beginning=from_beginning, key=None if user is None else user.encode())
+    except ValueError as exc:
+        print(f"recstream subscribe: {exc}", file=sys.stderr)
+        return 1
     titles = None
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            print(f"recstream subscribe: topic {topic!r} does not exist on {settings.broker}", file=sys.stderr)
-            return 1
-        if user is not None:
-            key = user.encode()
-            partitions = {(murmur2(key) & 0x7FFFFFFF) % len(partitions)}
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        if from_beginning:
-            consumer.seek_to_beginning(*tps)
-        else:
-            consumer.seek_to_end(*tps)
-            for tp in tps:
-                consumer.position(tp)
         if not as_json:
             titles = Titles(settings)
         shown, last_seen = 0, time.monotonic()

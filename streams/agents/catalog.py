@@ -15,7 +15,7 @@ from encoders.text import item_text
 
 from ..records import Item, ItemDeleted, ValidationError, parse_item
 from ..state import StoredItem, as_event, encode_item
-from . import reject, send_dead_letter
+from . import apply_or_isolate, reject
 
 if TYPE_CHECKING:
     from faust.types import EventT
@@ -39,17 +39,7 @@ async def handle_catalog_batch(pipeline: "Pipeline", events: Sequence["EventT"])
     entries = list(latest.values())
     if not entries:
         return
-    try:
-        await apply_catalog(pipeline, entries)
-    except Exception:
-        # never lose catalog updates to one bad record: retry one by one, dead-letter failures
-        log.exception("catalog batch of %d records failed; retrying them one by one", len(entries))
-        for entry in entries:
-            try:
-                await apply_catalog(pipeline, [entry])
-            except Exception as exc:
-                log.exception("catalog record %s failed on its own; dead-lettered", entry[1].item_id)
-                await send_dead_letter(pipeline, entry[0].message, f"processing failed: {type(exc).__name__}: {exc}", "processing")
+    await apply_or_isolate(pipeline, entries, lambda batch: apply_catalog(pipeline, batch))
 
 
 async def apply_catalog(pipeline: "Pipeline", entries: Sequence[tuple["EventT", Item | ItemDeleted]]) -> None:

@@ -20,7 +20,7 @@ from scoring.engine import Incoming
 
 from ..records import ValidationError, encode, parse_event
 from ..state import as_event, encode_log2, popularity_key
-from . import reject, send_dead_letter
+from . import apply_or_isolate, reject
 
 if TYPE_CHECKING:
     from faust.types import EventT
@@ -43,20 +43,7 @@ async def handle_event_batch(pipeline: "Pipeline", events: Sequence["EventT"]) -
         parsed.append((event, Incoming(record, message.topic, message.partition, message.offset)))
     if not parsed:
         return
-    try:
-        await apply_batch(pipeline, parsed)
-    except Exception:
-        # A failure inside the encoder, scoring or state must not lose the batch: retry its
-        # events one at a time (profiles remember applied offsets, so nothing is applied
-        # twice), and dead-letter only the events that fail on their own.
-        log.exception("micro-batch of %d events failed; retrying them one by one", len(parsed))
-        pipeline.metrics.counts["batch_failures"] += 1
-        for item in parsed:
-            try:
-                await apply_batch(pipeline, [item])
-            except Exception as exc:
-                log.exception("event %s@%d:%d failed on its own; dead-lettered", item[1].topic, item[1].partition, item[1].offset)
-                await send_dead_letter(pipeline, item[0].message, f"processing failed: {type(exc).__name__}: {exc}", "processing")
+    await apply_or_isolate(pipeline, parsed, lambda batch: apply_batch(pipeline, batch))
 
 
 async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Incoming]]) -> None:
