@@ -33,7 +33,8 @@ def _now() -> int:
 
 
 class Pipeline:
-    def __init__(self, broker: str, workdir: Path) -> None:
+    def __init__(self, broker: str, workdir: Path, emit: str = "per-event") -> None:
+        self.emit = emit
         self.settings = KafkaSettings(broker=broker, topic_prefix=f"e2e{uuid.uuid4().hex[:8]}.")
         self.workdir = workdir
         T.ensure_topics(self.settings, T.topic_specs(self.settings, partitions=2))
@@ -43,7 +44,7 @@ class Pipeline:
         self.worker = self.new_worker(workdir / "state")
 
     def new_worker(self, data_dir: Path) -> WorkerProcess:
-        return WorkerProcess(self.settings, data_dir, "--partitions", "2", "--emit", "per-event", "-k", str(K),
+        return WorkerProcess(self.settings, data_dir, "--partitions", "2", "--emit", self.emit, "-k", str(K),
                              log_path=self.workdir / "worker.log")
 
     def start(self) -> None:
@@ -263,3 +264,37 @@ def test_subscribe_shows_a_users_recommendations_with_titles(pipeline, watcher):
         assert pipeline.titles[item.item_id] in shown
     assert f"because: {pipeline.titles['jazz-03']}" in shown
     assert [orjson.loads(line)["trigger"]["event_id"] for line in lines.getvalue().splitlines()] == [click.event_id]
+
+
+def test_per_user_mode_publishes_each_touched_users_latest_state(kafka_broker, tmp_path):
+    """Production mode: one record per touched user per micro-batch, reflecting the user's last event."""
+    p = Pipeline(kafka_broker, tmp_path, emit="per-user")
+    try:
+        p.start()
+        p.load_catalog()
+        ts = _now()
+        users = {_user(): topic for topic in ("scifi", "jazz", "garden")}
+        events = [
+            Click(user, f"{topic}-{i:02d}", ts + i, f"{user}-{i}")
+            for i in range(1, 9) for user, topic in users.items()
+        ]
+        w = RecommendationWatcher(p.settings)
+        try:
+            p.send(*events)
+            last = {user: f"{user}-8" for user in users}
+            w.wait_for(lambda w: all(any(r.trigger.event_id == last[u] for r in w.by_user.get(u, [])) for u in users),
+                       DEADLINE_S, "a recommendation after each user's last event")
+            recs = {user: w.by_user[user] for user in users}
+        finally:
+            w.close()
+        total = sum(len(r) for r in recs.values())
+        assert len(users) <= total <= len(events)
+        for user, topic in users.items():
+            assert all(r.trigger.event_id.startswith(user) for r in recs[user])
+            final = recs[user][-1]
+            assert final.trigger.event_id == last[user]
+            ids = [i.item_id for i in final.items]
+            assert not {f"{topic}-{i:02d}" for i in range(1, 9)} & set(ids)
+            assert topic_of(ids[0]) == topic
+    finally:
+        p.close()
