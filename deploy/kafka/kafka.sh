@@ -79,7 +79,7 @@ transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
-# topics are created by `recstream topics create` / the worker with the right partitions
+# topics are created by "recstream topics create" or the worker, with the right partitions
 # and compaction; a typo in a topic name fails instead of creating a wrongly laid out topic
 auto.create.topics.enable=false
 log.retention.hours=-1

@@ -43,6 +43,7 @@ def run_demo(settings: KafkaSettings, *, pace_s: float = 0.5, keep: bool = False
     workdir = Path(tempfile.mkdtemp(prefix="recstream-demo-"))
     worker = WorkerProcess(settings, workdir / "state", "--partitions", "2", "--emit", "per-event", "-k", "5", log_path=workdir / "worker.log")
     watcher = None
+    prod = None
     try:
         _say(f"== topics with prefix {settings.topic_prefix!r}")
         T.ensure_topics(settings, T.topic_specs(settings, partitions=2))
@@ -84,6 +85,8 @@ def run_demo(settings: KafkaSettings, *, pace_s: float = 0.5, keep: bool = False
     finally:
         if watcher is not None:
             watcher.close()
+        if prod is not None:
+            prod.close()
         code = worker.stop()
         _say(f"== worker stopped (exit {code})")
         if not keep:
