@@ -1,0 +1,169 @@
+"""``recstream replay``: a time range of the event topics through an isolated pipeline.
+
+The catalog (as it stands) and the events of ``[start, end)`` are copied from the live
+topics into a separate namespace (its own topic prefix, hence its own application id,
+state tables and recommendations topic): each event keeps its partition, key, value and
+timestamp, and the start offsets are found by timestamp (``offsets_for_times``). A worker
+then runs on that namespace with per-event emission until every copied event has its
+recommendation (or dead letter). The live topics, their consumer group and their state
+are only read, never written.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka import KafkaConsumer, TopicPartition
+from tqdm import tqdm
+
+from . import topics as T
+from .client import WorkerProcess, producer
+from .config import KafkaSettings
+
+
+@dataclass(slots=True)
+class ReplayStats:
+    target_prefix: str
+    items: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+    recommendations: int = 0
+    dead_letters: int = 0
+    seconds: float = 0.0
+
+    @property
+    def events_total(self) -> int:
+        return sum(self.events.values())
+
+
+def _ranges(consumer: KafkaConsumer, topic: str, start_ms: int | None) -> dict[TopicPartition, tuple[int, int]]:
+    """Per partition of ``topic``: the offsets to scan, [first record at or after start_ms, log end).
+
+    Kafka's ``offsets_for_times`` gives the earliest offset whose timestamp is at or after
+    the start, so nothing before it is in the range. The end is not cut by offset: a record
+    appended late with an in-range timestamp sits after later records in the log, so the
+    scan runs to the log end and the copy keeps records by timestamp.
+    """
+    partitions = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    if not tps:
+        return {}
+    begin, end = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+    if start_ms is None:
+        first = begin
+    else:
+        found = consumer.offsets_for_times({tp: start_ms for tp in tps})
+        first = {tp: (found[tp].offset if found.get(tp) is not None else end[tp]) for tp in tps}
+    return {tp: (first[tp], end[tp]) for tp in tps if first[tp] < end[tp]}
+
+
+def _in_range(ts: int, start_ms: int | None, end_ms: int | None) -> bool:
+    return (start_ms is None or ts >= start_ms) and (end_ms is None or ts < end_ms)
+
+
+def copy_range(
+    source: KafkaSettings,
+    target: KafkaSettings,
+    *,
+    start_ms: int | None,
+    end_ms: int | None,
+    partitions: int,
+    show_progress: bool = True,
+) -> ReplayStats:
+    """Copy the catalog and the events of [start_ms, end_ms) from ``source`` to ``target``."""
+    stats = ReplayStats(target.topic_prefix)
+    T.ensure_topics(target, T.topic_specs(target, partitions=partitions))
+    consumer = KafkaConsumer(bootstrap_servers=source.bootstrap_servers, enable_auto_commit=False, group_id=None)
+    prod = producer(target, linger_ms=20, batch_size=256 * 1024)
+    failures: list[BaseException] = []
+    try:
+        jobs = [(T.ITEMS, _ranges(consumer, source.topic(T.ITEMS), None))]
+        jobs += [(t, _ranges(consumer, source.topic(t), start_ms)) for t in T.EVENT_TOPICS]
+        total = sum(last - first for _, ranges in jobs for first, last in ranges.values())
+        with tqdm(total=total, desc="scanning", unit="rec", file=sys.stderr, disable=not show_progress) as bar:
+            for logical, ranges in jobs:
+                copied = 0
+                for tp, (first, last) in ranges.items():
+                    consumer.assign([tp])
+                    consumer.seek(tp, first)
+                    while consumer.position(tp) < last:
+                        for records in consumer.poll(timeout_ms=1000).values():
+                            for r in records:
+                                if r.offset >= last:
+                                    break
+                                bar.update(1)
+                                if logical != T.ITEMS and not _in_range(r.timestamp, start_ms, end_ms):
+                                    continue
+                                # same partition number: one user's events stay in order, together
+                                future = prod.send(target.topic(logical), key=r.key, value=r.value,
+                                                   partition=tp.partition if logical != T.ITEMS else None,
+                                                   timestamp_ms=r.timestamp)
+                                future.add_errback(failures.append)
+                                copied += 1
+                if logical == T.ITEMS:
+                    stats.items = copied
+                else:
+                    stats.events[logical] = copied
+        prod.flush()
+    finally:
+        prod.close()
+        consumer.close()
+    if failures:
+        raise RuntimeError(f"Kafka refused {len(failures)} copied records, the first: {failures[0]}")
+    return stats
+
+
+def _count(settings: KafkaSettings, logical: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
+    try:
+        topic = settings.topic(logical)
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return sum(consumer.end_offsets(tps).values()) if tps else 0
+    finally:
+        consumer.close()
+
+
+def run_replay(
+    source: KafkaSettings,
+    target: KafkaSettings,
+    *,
+    start_ms: int | None,
+    end_ms: int | None,
+    partitions: int,
+    worker_args: list[str] | None = None,
+    timeout_s: float = 3600.0,
+    show_progress: bool = True,
+) -> ReplayStats:
+    """Copy the range, then run an isolated worker (per-event emission) until it has answered every event."""
+    if target.topic_prefix == source.topic_prefix or target.app_id == source.app_id:
+        raise ValueError("the replay needs its own topic prefix and application id, not the live ones")
+    t0 = time.monotonic()
+    stats = copy_range(source, target, start_ms=start_ms, end_ms=end_ms, partitions=partitions, show_progress=show_progress)
+    data_dir = Path(tempfile.mkdtemp(prefix="recstream-replay-"))
+    worker = WorkerProcess(target, data_dir, "--partitions", str(partitions), "--emit", "per-event", *(worker_args or []))
+    answered = 0
+    try:
+        worker.start()
+        worker.wait_ready()
+        deadline = time.monotonic() + timeout_s
+        with tqdm(total=stats.events_total, desc="replaying", unit="ev", file=sys.stderr, disable=not show_progress) as bar:
+            while answered < stats.events_total:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the replay worker answered {answered} of {stats.events_total} events in {timeout_s:.0f}s")
+                if worker.proc is not None and worker.proc.poll() is not None:
+                    raise RuntimeError(f"the replay worker exited:\n{worker.log_text()[-2000:]}")
+                now = _count(target, T.RECOMMENDATIONS) + _count(target, T.DLQ)
+                bar.update(now - answered)
+                answered = now
+                if answered < stats.events_total:
+                    time.sleep(0.5)
+    finally:
+        worker.stop()
+    stats.recommendations = _count(target, T.RECOMMENDATIONS)
+    stats.dead_letters = _count(target, T.DLQ)
+    stats.seconds = time.monotonic() - t0
+    return stats
+
