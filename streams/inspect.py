@@ -130,7 +130,7 @@ def format_view(view: UserView) -> str:
         lines += [
             f"  events applied: {p.applied}   last event: {_when(p.updated_ts)}   profile vector norm: {float(np.linalg.norm(p.vector)):.3f}",
             f"  purchased ({len(p.purchased)}): " + (", ".join(view.titles.get(i, i) for i in sorted(p.purchased)) or "-"),
-            f"  last offsets: " + (", ".join(f"{k}@{v}" for k, v in sorted(p.offsets.items())) or "-"),
+            "  last offsets: " + (", ".join(f"{k}@{v}" for k, v in sorted(p.offsets.items())) or "-"),
             f"  recent history ({len(p.history)}, most recent last):",
         ]
         for h in p.history[-15:]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 
-import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
