@@ -21,8 +21,9 @@ from kafka import KafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from . import topics as T
-from .client import WorkerProcess, producer
+from .client import WorkerProcess, producer, wait_catalog
 from .config import KafkaSettings
+from .records import Item, ValidationError, parse_item
 
 
 @dataclass(slots=True)
@@ -33,6 +34,8 @@ class ReplayStats:
     recommendations: int = 0
     dead_letters: int = 0
     seconds: float = 0.0
+    #: catalog keys copied → whether the worker will hold them (a valid item, not a tombstone)
+    item_ids: dict[bytes, bool] = field(default_factory=dict)
 
     @property
     def events_total(self) -> int:
@@ -60,6 +63,14 @@ def _ranges(consumer: KafkaConsumer, topic: str, start_ms: int | None) -> dict[T
     return {tp: (first[tp], end[tp]) for tp in tps if first[tp] < end[tp]}
 
 
+def _embeddable(key: bytes | None, value: bytes | None) -> bool:
+    """Will the worker embed this catalog record (a valid item, not a tombstone)?"""
+    try:
+        return isinstance(parse_item(key, value), Item)
+    except ValidationError:
+        return False
+
+
 def _in_range(ts: int, start_ms: int | None, end_ms: int | None) -> bool:
     return (start_ms is None or ts >= start_ms) and (end_ms is None or ts < end_ms)
 
@@ -71,21 +82,26 @@ def copy_range(
     start_ms: int | None,
     end_ms: int | None,
     partitions: int,
+    catalog: bool = True,
+    events: bool = True,
     show_progress: bool = True,
+    stats: ReplayStats | None = None,
 ) -> ReplayStats:
-    """Copy the catalog and the events of [start_ms, end_ms) from ``source`` to ``target``."""
-    stats = ReplayStats(target.topic_prefix)
+    """Copy the catalog and/or the events of [start_ms, end_ms) from ``source`` to ``target``."""
+    stats = stats or ReplayStats(target.topic_prefix)
     T.ensure_topics(target, T.topic_specs(target, partitions=partitions))
     consumer = KafkaConsumer(bootstrap_servers=source.bootstrap_servers, enable_auto_commit=False, group_id=None)
     prod = producer(target, linger_ms=20, batch_size=256 * 1024)
     failures: list[BaseException] = []
     try:
-        jobs = [(T.ITEMS, _ranges(consumer, source.topic(T.ITEMS), None))]
-        jobs += [(t, _ranges(consumer, source.topic(t), start_ms)) for t in T.EVENT_TOPICS]
+        jobs = [(T.ITEMS, _ranges(consumer, source.topic(T.ITEMS), None))] if catalog else []
+        if events:
+            jobs += [(t, _ranges(consumer, source.topic(t), start_ms)) for t in T.EVENT_TOPICS]
         total = sum(last - first for _, ranges in jobs for first, last in ranges.values())
         with tqdm(total=total, desc="scanning", unit="rec", file=sys.stderr, disable=not show_progress) as bar:
             for logical, ranges in jobs:
                 copied = 0
+                item_ids: dict[bytes, bool] = {}
                 for tp, (first, last) in ranges.items():
                     consumer.assign([tp])
                     consumer.seek(tp, first)
@@ -103,8 +119,11 @@ def copy_range(
                                                    timestamp_ms=r.timestamp)
                                 future.add_errback(failures.append)
                                 copied += 1
+                                if logical == T.ITEMS:
+                                    item_ids[r.key] = _embeddable(r.key, r.value)
                 if logical == T.ITEMS:
                     stats.items = copied
+                    stats.item_ids = item_ids
                 else:
                     stats.events[logical] = copied
         prod.flush()
@@ -141,13 +160,21 @@ def run_replay(
     if target.topic_prefix == source.topic_prefix or target.app_id == source.app_id:
         raise ValueError("the replay needs its own topic prefix and application id, not the live ones")
     t0 = time.monotonic()
-    stats = copy_range(source, target, start_ms=start_ms, end_ms=end_ms, partitions=partitions, show_progress=show_progress)
+    # the catalog first, embedded before any event is read: otherwise early events would
+    # find their items missing and the replay would depend on the machine's speed
+    stats = copy_range(source, target, start_ms=start_ms, end_ms=end_ms, partitions=partitions,
+                       events=False, show_progress=show_progress)
     data_dir = Path(tempfile.mkdtemp(prefix="recstream-replay-"))
     worker = WorkerProcess(target, data_dir, "--partitions", str(partitions), "--emit", "per-event", *(worker_args or []))
     answered = 0
     try:
         worker.start()
         worker.wait_ready()
+        present = [key.decode() for key, alive in stats.item_ids.items() if alive]
+        with tqdm(total=len(present), desc="embedding the catalog", unit="item", file=sys.stderr, disable=not show_progress) as bar:
+            wait_catalog(target, present, timeout_s=timeout_s, progress=bar)
+        copy_range(source, target, start_ms=start_ms, end_ms=end_ms, partitions=partitions,
+                   catalog=False, show_progress=show_progress, stats=stats)
         deadline = time.monotonic() + timeout_s
         with tqdm(total=stats.events_total, desc="replaying", unit="ev", file=sys.stderr, disable=not show_progress) as bar:
             while answered < stats.events_total:
