@@ -72,7 +72,7 @@ def run_demo(settings: KafkaSettings, *, pace_s: float = 0.5, keep: bool = False
             prod.flush()
             rec = watcher.wait_event(event.event_id, timeout_s=60)
             latency_ms = (watcher.received_at[event.event_id] - sent) * 1000
-            what = event.kind if not isinstance(event, Review) else f"review ({event.rating:g} stars)"
+            what = event.kind if not isinstance(event, Review) else f"review ({event.rating:g} star{'' if event.rating == 1 else 's'})"
             _say(f"\n{event.user_id} {what}: {titles.get(event.item_id, event.item_id)!r}   "
                  f"[recommendations in {latency_ms:.0f} ms, model {rec.model}]")
             for rank, item in enumerate(rec.items, 1):
