@@ -8,7 +8,6 @@ on exactly the same test cases.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer, TopicPartition
@@ -16,6 +15,7 @@ from kafka import KafkaConsumer, TopicPartition
 from scoring.backtest import BacktestConfig, BacktestResult, evaluate_records
 
 from . import topics as T
+from .client import read_to_end
 from .config import KafkaSettings
 from .records import Item, ItemDeleted, Recommendation, ValidationError, decode_recommendation, parse_event, parse_item
 
@@ -29,18 +29,7 @@ class ReplayContents:
 
 
 def _records(consumer: KafkaConsumer, topic: str):
-    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-    if not tps:
-        return
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    end = consumer.end_offsets(tps)
-    deadline = time.monotonic() + 600
-    while any(consumer.position(tp) < end[tp] for tp in tps):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"reading {topic} took more than 600 s")
-        for batch in consumer.poll(timeout_ms=1000).values():
-            yield from batch
+    return read_to_end(consumer, [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())])
 
 
 def read_replay(settings: KafkaSettings) -> ReplayContents:

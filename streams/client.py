@@ -81,6 +81,29 @@ def tail(
     return consumer
 
 
+def read_to_end(
+    consumer: KafkaConsumer,
+    tps: Sequence[TopicPartition],
+    *,
+    start: int | None = None,
+    timeout_s: float = 600.0,
+) -> Iterator:
+    """Every record of ``tps`` from ``start`` (default: the beginning) up to each partition's
+    end as it stands now; raises :class:`Timeout` when that takes longer than ``timeout_s``."""
+    if not tps:
+        return
+    consumer.assign(list(tps))
+    begin, end = consumer.beginning_offsets(list(tps)), consumer.end_offsets(list(tps))
+    for tp in tps:
+        consumer.seek(tp, max(begin[tp], start if start is not None else begin[tp]))
+    deadline = time.monotonic() + timeout_s
+    while any(consumer.position(tp) < end[tp] for tp in tps):
+        if time.monotonic() > deadline:
+            raise Timeout(f"reading {', '.join(sorted({tp.topic for tp in tps}))} took more than {timeout_s:.0f}s")
+        for tp, records in consumer.poll(timeout_ms=500).items():
+            yield from (r for r in records if r.offset < end[tp])
+
+
 def poll_records(consumer: KafkaConsumer, timeout_s: float) -> Iterator:
     """Records from ``consumer`` until ``timeout_s`` passes without the caller stopping."""
     deadline = time.monotonic() + timeout_s

@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, TopicPartition
 from encoders.profile import UserProfile
 
 from . import topics as T
-from .client import partition_for
+from .client import partition_for, read_to_end
 from .config import KafkaSettings
 from .records import Recommendation, decode_recommendation
 from .state import decode_item
@@ -56,21 +56,6 @@ class UserView:
         }
 
 
-def _read_partition(consumer: KafkaConsumer, tp: TopicPartition, start: int | None = None):
-    """Every record of ``tp`` from ``start`` (default: the beginning) up to its current end."""
-    consumer.assign([tp])
-    end = consumer.end_offsets([tp])[tp]
-    begin = consumer.beginning_offsets([tp])[tp]
-    consumer.seek(tp, max(begin, start if start is not None else begin))
-    deadline = time.monotonic() + 120
-    while consumer.position(tp) < end and time.monotonic() < deadline:
-        for records in consumer.poll(timeout_ms=500).values():
-            for record in records:
-                if record.offset >= end:
-                    return
-                yield record
-
-
 def inspect_user(settings: KafkaSettings, user_id: str) -> UserView:
     key = user_id.encode()
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
@@ -81,7 +66,7 @@ def inspect_user(settings: KafkaSettings, user_id: str) -> UserView:
             raise ValueError(f"no profiles changelog {changelog!r} on {settings.broker}: has a worker with app id {settings.app_id!r} run?")
         tp = TopicPartition(changelog, partition_for(key, len(partitions)))
         raw = None
-        for record in _read_partition(consumer, tp):
+        for record in read_to_end(consumer, [tp]):
             if record.key == key:
                 raw = record.value
         profile = UserProfile.from_bytes(raw) if raw is not None else None
@@ -92,7 +77,7 @@ def inspect_user(settings: KafkaSettings, user_id: str) -> UserView:
         if rec_partitions:
             rtp = TopicPartition(recs_topic, partition_for(key, len(rec_partitions)))
             end = consumer.end_offsets([rtp])[rtp]
-            for record in _read_partition(consumer, rtp, start=end - RECENT_RECOMMENDATIONS_SCAN):
+            for record in read_to_end(consumer, [rtp], start=end - RECENT_RECOMMENDATIONS_SCAN):
                 if record.key == key:
                     recommendation = decode_recommendation(record.value)
 
@@ -105,7 +90,7 @@ def inspect_user(settings: KafkaSettings, user_id: str) -> UserView:
         items_changelog = settings.changelog(T.ITEMS_TABLE)
         if wanted and consumer.partitions_for_topic(items_changelog):
             for p in sorted(consumer.partitions_for_topic(items_changelog)):
-                for record in _read_partition(consumer, TopicPartition(items_changelog, p)):
+                for record in read_to_end(consumer, [TopicPartition(items_changelog, p)]):
                     item_id = record.key.decode()
                     if item_id in wanted:
                         if record.value is None:
