@@ -14,17 +14,30 @@ list recstream emitted right after that event, and asks its baselines itself.
 The protocol
 ============
 
-Events (clicks, purchases, reviews) are taken in time order (ties keep the given order).
+Events (clicks, purchases, reviews) are taken in time order; ties are broken by user, item,
+kind (click, purchase, review: the order :mod:`streams.sources` produces them in) and
+event id, so the order does not depend on how the events were read.
 Events with ``ts < split_ms`` only warm up the state.  Every later event is a *test event*;
 a test event is a *target* when its kind is one of :attr:`BacktestConfig.targets`:
 ``"click"``, ``"purchase"``, or ``"positive"`` (a review rated at least
 ``positive_threshold``).  Test events that are not targets are *skipped* (counted, and
 still applied to every method's state).
 
+One user's events at one time on one item are one *interaction* (a MovieLens rating is a
+click and, when positive, also a purchase; a verified Amazon review is also a purchase).
+The interaction is tested once, at its first event, as a target of the first target kind
+among its events (:func:`interaction_kinds`); the other events are *companions*, skipped.
+So no method is ever scored on a state that has already seen part of the interaction.
+
 For a target event of user ``u`` on item ``i`` at time ``t``:
 
-* **recstream** is scored on the list ``u`` *held* just before the event: the per-event
-  recommendation emitted after ``u``'s previous event, warm-up or test, however long ago;
+* **recstream** is scored on the list ``u`` *held* when the event was processed: the
+  per-event recommendation emitted after the event of ``u`` processed just before it,
+  warm-up or test, however long ago.  Offline, the engine takes the events in time order
+  (or in a given order); a worker consumes the three event topics independently and may
+  take one user's events out of time order across topics, so the records read back are
+  paired in the order the worker emitted them (:func:`held_before`), never with a list
+  that already reflects the event itself;
 * each **baseline** (default: :class:`~scoring.baselines.PopularityBaseline` and
   :class:`~scoring.baselines.ItemKNNBaseline`) is asked for ``u``'s top ``max(ks)`` at
   ``now_ms=t``, after it has observed every earlier event and before it observes this one;
@@ -39,9 +52,11 @@ For a target event of user ``u`` on item ``i`` at time ``t``:
   catalog items only) and to its
   calendar-month :class:`~scoring.metrics.SlicedMetrics` (for plots).
 
-A target whose user has no previous event is **cold**: counted, not a case, for every
-method.  A target whose previous event has no recommendation (``rec_after=None``, e.g. no
-record was read back for it) is **missing**: counted, not a case, for every method.  So all
+A target whose user has no previously processed event is **cold**: counted, not a case,
+for every method.  A target whose held list is unavailable is **missing** (offline: the
+previous event has no recommendation, ``rec_after=None``; read back from Kafka: the event
+has no record of its own, so when it was processed is unknown): counted, not a case, for
+every method.  So all
 methods are scored on exactly the same cases.  A target item that is excluded for the user
 (a repeat interaction under ``exclude_seen``) or not in the catalog stays a case that no
 method can hit; such cases are counted (``excluded_targets``, ``unknown_targets``).
@@ -55,9 +70,11 @@ Agreement of the two paths
 
 :func:`run_offline` and a replay through a worker give the same lists when the worker runs
 with ``--emit per-event``, ``k = max(ks)``, the same ``exclude_seen``, history length and
-half-lives, the same catalog, and sees each user's events in the same order (they share a
-key, hence a partition).  Popularity fallbacks (users without a usable profile) depend on
-the interleaving of *all* users' events, so they agree exactly on a one-partition replay.
+half-lives, the same catalog, and takes each user's events in the same order: pass the
+worker's order (the ``trigger.event_id`` of its records) as ``run_offline(order=...)``.
+Popularity fallbacks (users without a usable profile) depend on the interleaving of *all*
+users' events, so they agree exactly on a one-partition replay, whose recommendations
+topic gives the whole processing order.
 Keep the per-event lists with ``keep_lists=True`` and compare
 :meth:`BacktestResult.lists_by_event_id`.
 """
@@ -79,7 +96,14 @@ from scoring.baselines import (
     Recommender,
     observe_event,
 )
-from scoring.metrics import Coverage, RankingMetrics, SlicedMetrics, calendar_month_start, latency_summary
+from scoring.metrics import (
+    Coverage,
+    RankingMetrics,
+    SlicedMetrics,
+    calendar_month_start,
+    latency_histogram,
+    latency_summary,
+)
 from streams.records import Click, Item, Purchase, Recommendation, Review
 
 if TYPE_CHECKING:  # the engine side imports torch; only run_offline needs it
@@ -88,6 +112,8 @@ if TYPE_CHECKING:  # the engine side imports torch; only run_offline needs it
     from scoring.engine import EngineConfig
 
 __all__ = [
+    "COLD",
+    "FOLLOW",
     "POPULARITY_MODEL",
     "RECSTREAM",
     "TARGET_KINDS",
@@ -96,9 +122,14 @@ __all__ = [
     "BacktestResult",
     "ExclusionTracker",
     "MethodResult",
+    "KIND_RANK",
     "default_baselines",
     "evaluate_records",
+    "event_order_key",
     "format_table",
+    "held_before",
+    "interaction_kinds",
+    "record_latency_ms",
     "recommendations_by_event_id",
     "run_offline",
     "target_kind",
@@ -111,15 +142,35 @@ RECSTREAM: Final = "recstream"
 #: ``Recommendation.model`` of a popularity fallback (= :data:`scoring.engine.POPULARITY_MODEL`,
 #: repeated here so that this module does not import torch).
 POPULARITY_MODEL: Final = "popularity"
+
+
+class _Marker:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+#: ``held`` of a target whose user had no recommendation before it (a *cold* target).
+COLD: Final = _Marker("COLD")
+#: ``held`` default of :meth:`Backtest.observe`: follow the events in time order.
+FOLLOW: Final = _Marker("FOLLOW")
 #: The values :attr:`BacktestConfig.targets` may hold.
 TARGET_KINDS: Final = frozenset({"click", "purchase", "positive"})
 _EVENT_TOPICS: Final = {"click": "clicks", "purchase": "purchases", "review": "reviews"}
+#: Ties at one time: a click before a purchase before a review (as MovieLens' rating = click
+#: + purchase is produced).
+KIND_RANK: Final = {"click": 0, "purchase": 1, "review": 2}
 _COUNT_NAMES: Final = (
     "events",
     "warm",
     "test",
     "targets",
     "skipped",
+    "companions",
     "cold",
     "missing",
     "cases",
@@ -319,8 +370,9 @@ class BacktestResult:
         config: the protocol's settings.
         catalog_size: items in the catalog (the coverage denominator).
         counts: ``events`` (all observed), ``warm`` (before the split), ``test`` (the
-            rest), ``targets`` (test events of a target kind), ``skipped`` (test events
-            that are not targets), ``cold`` (targets of users without a previous event),
+            rest), ``targets`` (test interactions of a target kind), ``skipped`` (test
+            events that are not targets, companions included), ``companions`` (test
+            events sharing user, time and item with the previous one), ``cold`` (targets of users without a previous event),
             ``missing`` (targets whose held recommendation was unavailable), ``cases``
             (``targets - cold - missing``, the same for every method),
             ``excluded_targets`` / ``unknown_targets`` (cases whose item was excluded for
@@ -329,7 +381,9 @@ class BacktestResult:
             known).
         methods: per method, recstream first, then the baselines in the given order.
         latency: :func:`~scoring.metrics.latency_summary` of the latencies given
-            (:func:`run_offline`: engine time of the batch each event was in).
+            (:func:`run_offline`: engine time of the batch each event was in;
+            :func:`evaluate_records`: :func:`record_latency_ms`), with their
+            :func:`~scoring.metrics.latency_histogram` under ``"histogram"``.
         per_event: with ``keep_lists``, ``(event, recstream's list after it)`` for every
             event in processing order (``None`` list: none available).
     """
@@ -409,6 +463,8 @@ class Backtest:
         #: user -> recstream's list after the user's latest event (None: unavailable)
         self._held: dict[str, tuple[str, ...] | None] = {}
         self._held_fallback: dict[str, bool] = {}
+        #: user -> (ts, item) of the user's latest event (companions share it)
+        self._interaction: dict[str, tuple[int, str]] = {}
         self._latencies: list[float] = []
         self._last_ts: int | None = None
         self._per_event: list[tuple[Event, tuple[str, ...] | None]] | None = [] if keep_lists else None
@@ -426,6 +482,8 @@ class Backtest:
         *,
         exclude_before: Collection[str],
         latency_ms: float | None = None,
+        held: Sequence[str] | Recommendation | None | object = FOLLOW,
+        kind: str | None | object = FOLLOW,
     ) -> None:
         """Account for one event; call once per event, in time order.
 
@@ -437,9 +495,27 @@ class Backtest:
             exclude_before: the user's exclusion set in force just before this event
                 (:meth:`ExclusionTracker.exclusion`); given to the baselines.
             latency_ms: recstream's latency for this event, if measured.
+            held: the list the user held when this event was processed, when the caller
+                knows it (a worker may process one user's events out of time order: see
+                :func:`held_before`): a list or record, ``None`` (*missing*) or
+                :data:`COLD`.  The default, :data:`FOLLOW`, takes the list emitted after
+                the user's previous event in time order (``rec_after`` of earlier calls).
+            kind: the target kind of the interaction this event starts (see
+                :func:`interaction_kinds`); default :data:`FOLLOW`: the event's own
+                :func:`target_kind`.
+
+        An event with the same user, time and item as the user's previous event is a
+        *companion* of it (one interaction: MovieLens' rating is a click and, when
+        positive, a purchase; a verified Amazon review is also a purchase): counted under
+        ``companions`` and ``skipped``, never a case, since the interaction was already
+        tested at its first event, before any state had seen it.
         """
         cfg = self.config
-        kind = target_kind(event, cfg)  # also rejects non-events
+        own_kind = target_kind(event, cfg)  # also rejects non-events
+        if kind is FOLLOW:
+            kind = own_kind
+        elif kind is not None and kind not in TARGET_KINDS:
+            raise ValueError(f"kind: one of {sorted(TARGET_KINDS)} or None, got {kind!r}")
         if isinstance(rec_after, str):
             raise TypeError("rec_after: a sequence of item ids (or a Recommendation), not a single string")
         ts = int(event.ts)
@@ -451,25 +527,38 @@ class Backtest:
         c = self._counts
         c["events"] += 1
         user, item = event.user_id, event.item_id
+        companion = self._interaction.get(user) == (ts, item)
+        self._interaction[user] = (ts, item)
         if ts < cfg.split_ms:
             c["warm"] += 1
         else:
             c["test"] += 1
-            if kind is None:
+            if companion:
+                c["companions"] += 1
+                c["skipped"] += 1
+            elif kind is None:
                 c["skipped"] += 1
             else:
                 c["targets"] += 1
-                if user not in self._held:
+                if held is FOLLOW:
+                    held, fallback = self._held.get(user, COLD), self._held_fallback.get(user, False)
+                elif isinstance(held, Recommendation):
+                    held, fallback = tuple(r.item_id for r in held.items), held.model == POPULARITY_MODEL
+                else:
+                    fallback = False
+                if held is COLD:
                     c["cold"] += 1
-                elif (held := self._held[user]) is None:
+                elif held is None:
                     c["missing"] += 1
                 else:
+                    if isinstance(held, str) or not isinstance(held, Sequence):
+                        raise TypeError(f"held: a sequence of item ids, a Recommendation, None or COLD, got {held!r}")
                     c["cases"] += 1
                     if item in exclude_before:
                         c["excluded_targets"] += 1
                     if item not in self.catalog:
                         c["unknown_targets"] += 1
-                    if self._held_fallback.get(user):
+                    if fallback:
                         c["fallback_cases"] += 1
                     self._add_case(RECSTREAM, ts, held, item)
                     for b in self.baselines:
@@ -505,7 +594,7 @@ class Backtest:
             catalog_size=len(self.catalog),
             counts=dict(self._counts),
             methods=methods,
-            latency=latency_summary(self._latencies),
+            latency={**latency_summary(self._latencies), "histogram": latency_histogram(self._latencies)},
             per_event=None if self._per_event is None else list(self._per_event),
         )
 
@@ -513,8 +602,30 @@ class Backtest:
 # --------------------------------------------------------------------------- the two sources
 
 
+def event_order_key(event: Event) -> tuple[int, str, str, int, str]:
+    """The protocol's order: time, then user, item, kind (click, purchase, review), event id."""
+    return (int(event.ts), event.user_id, event.item_id, KIND_RANK[event.kind], event.event_id or "")
+
+
 def _time_ordered(events: Iterable[Event]) -> list[Event]:
-    return sorted(events, key=lambda e: e.ts)  # stable: ties keep the given order
+    return sorted(events, key=event_order_key)
+
+
+def interaction_kinds(ordered: Sequence[Event], config: BacktestConfig) -> list[str | None]:
+    """The ``kind`` to pass to :meth:`Backtest.observe` for each event of ``ordered`` (in
+    :func:`event_order_key` order, where one user's events at one time on one item are
+    adjacent): for the first event of an interaction, the first target kind among all its
+    events (a MovieLens rating of 5 is a click and a purchase: a purchase target when
+    only purchases are targets); ``None`` for its companions (never cases)."""
+    kinds: list[str | None] = [None] * len(ordered)
+    first = 0
+    for i, ev in enumerate(ordered):
+        head = ordered[first]
+        if i == 0 or (ev.user_id, int(ev.ts), ev.item_id) != (head.user_id, int(head.ts), head.item_id):
+            first = i
+        if kinds[first] is None:
+            kinds[first] = target_kind(ev, config)
+    return kinds
 
 
 def recommendations_by_event_id(records: Iterable[Recommendation]) -> dict[str, Recommendation]:
@@ -529,15 +640,83 @@ def recommendations_by_event_id(records: Iterable[Recommendation]) -> dict[str, 
     return out
 
 
+class _Holdings:
+    """What each user holds as their events are processed, one by one.
+
+    Events of one user at the same time on the same item are one interaction (MovieLens'
+    rating is a click and, when positive, a purchase; an Amazon review is also a purchase
+    when verified): each of them is scored on the list held before the first of them, not
+    on a list that already excludes the item because its companion was applied.
+    """
+
+    __slots__ = ("_last", "_start")
+
+    def __init__(self) -> None:
+        self._last: dict[str, Recommendation] = {}
+        self._start: dict[str, tuple[tuple[int, str], Recommendation | _Marker]] = {}
+
+    def before(self, event: Event) -> Recommendation | _Marker:
+        """The list ``event``'s user holds when it is processed (:data:`COLD`: none)."""
+        user, key = event.user_id, (int(event.ts), event.item_id)
+        start = self._start.get(user)
+        if start is not None and start[0] == key:
+            return start[1]
+        held = self._last.get(user, COLD)
+        self._start[user] = (key, held)
+        return held
+
+    def after(self, user_id: str, rec: Recommendation) -> None:
+        """``rec`` was emitted for ``user_id``."""
+        self._last[user_id] = rec
+
+
+def held_before(
+    records: Iterable[Recommendation], events: Mapping[str, Event]
+) -> dict[str, Recommendation | _Marker]:
+    """For each event of ``events`` (by event id) answered in ``records``, the record its
+    user held when the worker processed it: the user's previous record, or :data:`COLD`
+    before the user's first.
+
+    ``records`` must come in the order the worker emitted them, which is the order of the
+    ``recommendations`` topic within each partition (a user's records share a key, hence
+    a partition): read each partition by offset.  This is the processing order, which
+    can differ from event-time order: the worker consumes the clicks, purchases and
+    reviews topics independently, so a user's purchase may be processed before a click
+    with an earlier time.  Pairing by processing order never shows a list computed from
+    the event itself (or from later events of the user on the same topic).  Events of a
+    user at one time on one item are one interaction, scored on the list held before the
+    first of them (see :class:`_Holdings`).  The first record of an event wins, as in
+    :func:`recommendations_by_event_id`; a redelivery's record is still what the user held
+    afterwards.  Records of events not in ``events`` only count as held lists.
+    """
+    holdings = _Holdings()
+    out: dict[str, Recommendation | _Marker] = {}
+    for rec in records:
+        eid = rec.trigger.event_id
+        event = events.get(eid) if eid is not None else None
+        if event is not None and eid not in out:
+            out[eid] = holdings.before(event)
+        holdings.after(rec.user_id, rec)
+    return out
+
+
+def record_latency_ms(rec: Recommendation | None) -> float | None:
+    """The worker's latency for the event ``rec`` answers: ``emitted_ts`` minus
+    ``trigger.received_ts`` (``None`` when the record does not carry the reception time;
+    0 if a step of the worker's wall clock made it negative)."""
+    if rec is None or rec.trigger.received_ts is None:
+        return None
+    return float(max(0, rec.emitted_ts - rec.trigger.received_ts))
+
+
 def evaluate_records(
     events: Iterable[Event],
-    recommendations: Iterable[Recommendation] | Mapping[str, Recommendation | Sequence[str]],
+    recommendations: Iterable[Recommendation],
     catalog_ids: Collection[str],
     config: BacktestConfig,
     *,
     exclude_seen: bool = True,
     history_len: int = 50,
-    latencies_ms: Mapping[str, float] | None = None,
     baselines: Sequence[Recommender] | None = None,
     keep_lists: bool = False,
 ) -> BacktestResult:
@@ -545,28 +724,51 @@ def evaluate_records(
 
     Args:
         events: the replayed events (each with an ``event_id``; taken in time order).
-        recommendations: the records read back (indexed with
-            :func:`recommendations_by_event_id`), or an ``event id -> record or item ids``
-            mapping.  An event without a recommendation makes its user's next target
-            *missing*.
+        recommendations: the records read back, in the order the worker emitted them
+            (see :func:`held_before`): each target is scored on the record its user held
+            when the worker processed it.  A target without a record of its own is
+            *missing*; one whose record is its user's first is *cold*.
         catalog_ids: the catalog the worker held.
         config: the protocol.
-        exclude_seen, history_len: the worker's settings (for the exclusion sets).
-        latencies_ms: measured latency per event id, if any.
+        exclude_seen, history_len: the worker's settings (for the baselines' exclusion sets).
         baselines: as for :class:`Backtest`.
         keep_lists: as for :class:`Backtest`.
+
+    The latency of an event is :func:`record_latency_ms` of its record.
     """
-    by_id: Mapping[str, Recommendation | Sequence[str]]
-    by_id = recommendations if isinstance(recommendations, Mapping) else recommendations_by_event_id(recommendations)
+    ordered = _time_ordered(events)
+    records = list(recommendations)
+    held = held_before(records, {ev.event_id: ev for ev in ordered if ev.event_id is not None})
+    own = recommendations_by_event_id(records)
     bt = Backtest(config, catalog_ids, baselines, keep_lists=keep_lists)
     tracker = ExclusionTracker(exclude_seen, history_len)
-    for ev in _time_ordered(events):
+    for ev, kind in zip(ordered, interaction_kinds(ordered, config)):
         eid = ev.event_id
-        rec = by_id.get(eid) if eid is not None else None
-        latency = latencies_ms.get(eid) if (latencies_ms is not None and eid is not None) else None
-        bt.observe(ev, rec, exclude_before=tracker.exclusion(ev.user_id), latency_ms=latency)
+        rec = own.get(eid) if eid is not None else None
+        bt.observe(
+            ev,
+            rec,
+            exclude_before=tracker.exclusion(ev.user_id),
+            latency_ms=record_latency_ms(rec),
+            held=held.get(eid) if eid is not None else None,
+            kind=kind,
+        )
         tracker.observe(ev)
     return bt.result()
+
+
+def _processing_order(ordered: Sequence[Event], order: Sequence[str] | None) -> list[int]:
+    """Indices into ``ordered`` in processing order: time order, or the given event ids."""
+    if order is None:
+        return list(range(len(ordered)))
+    index: dict[str, int] = {}
+    for i, ev in enumerate(ordered):
+        if ev.event_id is None or ev.event_id in index:
+            raise ValueError(f"order: needs events with distinct event ids, got {ev.event_id!r} twice or none")
+        index[ev.event_id] = i
+    if len(order) != len(ordered) or set(order) != index.keys():
+        raise ValueError(f"order: must name every event exactly once ({len(order)} ids for {len(ordered)} events)")
+    return [index[eid] for eid in order]
 
 
 def run_offline(
@@ -582,9 +784,10 @@ def run_offline(
     device: Any = None,
     baselines: Sequence[Recommender] | None = None,
     keep_lists: bool = False,
+    order: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> BacktestResult:
-    """The backtest of recstream's engine run here, on the events in time order.
+    """The backtest of recstream's engine run here.
 
     The catalog (last entry per item id wins) is embedded with ``encoder`` from
     :func:`~encoders.text.item_text` of ``item_fields`` (default: title, categories,
@@ -592,11 +795,16 @@ def run_offline(
     (default: the encoder's).  :class:`~scoring.engine.Engine` then applies the events in
     batches of ``batch_size`` with ``engine_config`` forced to ``emit="per-event"`` and
     ``k = max(ks)`` (per-event emission from a batch equals one-at-a-time processing), and
-    a :class:`~encoders.profile.DecayedProfileModel` with ``profile_config``.  The
-    exclusion sets come from :class:`ExclusionTracker` with the engine's settings.
+    a :class:`~encoders.profile.DecayedProfileModel` with ``profile_config``.
 
-    ``progress`` is called with the number of events done after each batch.  The latency
-    recorded per event is the engine time of its batch.
+    The engine takes the events in time order, or in ``order`` (every event id once: the
+    order a worker processed them, to reproduce its lists); each target is scored on the
+    list its user held when the engine took it, as :func:`held_before` does for a worker.
+    The evaluation itself, the baselines and the exclusion sets
+    (:class:`ExclusionTracker`, with the engine's settings) follow time order.
+
+    ``progress`` is called with the number of events done after each engine batch.  The
+    latency recorded per event is the engine time of its batch.
     """
     import numpy as np
 
@@ -611,6 +819,8 @@ def run_offline(
     ecfg = replace(engine_config or EngineConfig(), emit="per-event", k=config.max_k)
     if config.popularity_half_life_ms is None:
         config = replace(config, popularity_half_life_ms=ecfg.popularity_half_life_ms)
+    ordered = _time_ordered(events)
+    processing = _processing_order(ordered, order)
 
     items = list({item.item_id: item for item in catalog}.values())
     fields = tuple(item_fields) if item_fields is not None else ITEM_TEXT_FIELDS
@@ -629,30 +839,40 @@ def run_offline(
         texts=encoder,
         config=ecfg,
     )
-    bt = Backtest(config, [it.item_id for it in items], baselines, keep_lists=keep_lists)
-    tracker = ExclusionTracker(ecfg.exclude_seen, model.config.history_len)
+    n = len(ordered)
+    after: list[Recommendation | None] = [None] * n
+    held: list[Recommendation | _Marker] = [COLD] * n
+    latency = [0.0] * n
+    holdings = _Holdings()
     offsets = dict.fromkeys(_EVENT_TOPICS.values(), 0)
     profiles: dict = {}
-
-    ordered = _time_ordered(events)
-    for start in range(0, len(ordered), batch_size):
+    for start in range(0, n, batch_size):
+        chunk_idx = processing[start : start + batch_size]
         batch = []
-        for ev in ordered[start : start + batch_size]:
-            topic = _EVENT_TOPICS[ev.kind]
-            batch.append(Incoming(ev, topic, 0, offsets[topic]))
+        for i in chunk_idx:
+            topic = _EVENT_TOPICS[ordered[i].kind]
+            batch.append(Incoming(ordered[i], topic, 0, offsets[topic]))
             offsets[topic] += 1
         t0 = time.perf_counter()
-        res = engine.process(batch, profiles, now_ms=batch[-1].event.ts)
-        latency = (time.perf_counter() - t0) * 1000.0
+        res = engine.process(batch, profiles, now_ms=max(inc.event.ts for inc in batch))
+        elapsed_ms = (time.perf_counter() - t0) * 1000.0
         profiles.update(res.profiles)
         if len(res.recommendations) != len(batch):  # per-event emission: one per event
             raise RuntimeError(f"engine emitted {len(res.recommendations)} records for {len(batch)} events")
-        for inc, rec in zip(batch, res.recommendations):
-            ev = inc.event
-            bt.observe(ev, rec, exclude_before=tracker.exclusion(ev.user_id), latency_ms=latency)
-            tracker.observe(ev)
+        for i, rec in zip(chunk_idx, res.recommendations):
+            held[i] = holdings.before(ordered[i])
+            holdings.after(ordered[i].user_id, rec)
+            after[i] = rec
+            latency[i] = elapsed_ms
         if progress is not None:
             progress(len(batch))
+
+    bt = Backtest(config, [it.item_id for it in items], baselines, keep_lists=keep_lists)
+    tracker = ExclusionTracker(ecfg.exclude_seen, model.config.history_len)
+    for i, kind in enumerate(interaction_kinds(ordered, config)):
+        ev = ordered[i]
+        bt.observe(ev, after[i], exclude_before=tracker.exclusion(ev.user_id), latency_ms=latency[i], held=held[i], kind=kind)
+        tracker.observe(ev)
     return bt.result()
 
 
@@ -697,7 +917,7 @@ def format_table(
     c = result.counts
     summary = (
         f"{c['cases']} cases of {c['targets']} targets ({c['cold']} cold, {c['missing']} missing); "
-        f"{c['skipped']} test events skipped (not targets); {c['warm']} warm-up events; "
+        f"{c['skipped']} test events skipped (not targets, or companions of one); {c['warm']} warm-up events; "
         f"catalog {result.catalog_size} items"
     )
     notes = []

@@ -41,12 +41,14 @@ from typing import Final
 import numpy as np
 
 __all__ = [
+    "DEFAULT_LATENCY_EDGES_MS",
     "METRIC_NAMES",
     "Coverage",
     "RankingMetrics",
     "SlicedMetrics",
     "calendar_month_start",
     "hit_rate_at_k",
+    "latency_histogram",
     "latency_summary",
     "mrr_at_k",
     "ndcg_at_k",
@@ -431,3 +433,41 @@ class SlicedMetrics:
                 mine = self._slices[start] = RankingMetrics(self._ks)
             mine.merge(metrics)
         return self
+
+
+# --------------------------------------------------------------------------- latency histogram
+
+#: Bin edges (ms) of :func:`latency_histogram`: roughly 1-2-5 steps from 0 to one minute.
+DEFAULT_LATENCY_EDGES_MS: Final = (
+    0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0,
+    1000.0, 2000.0, 5000.0, 10000.0, 30000.0, 60000.0,
+)  # fmt: skip
+
+
+def latency_histogram(
+    values_ms: Iterable[float], edges_ms: Sequence[float] = DEFAULT_LATENCY_EDGES_MS
+) -> dict[str, list]:
+    """``{"edges_ms": [...], "counts": [...]}``: how many latencies fall in each bin.
+
+    ``counts[i]`` is the number of values ``v`` with ``edges_ms[i] <= v < edges_ms[i + 1]``
+    (a value on an edge goes to the upper bin); the last count is the overflow bin,
+    ``v >= edges_ms[-1]``.  So ``len(counts) == len(edges_ms)`` and the counts sum to the
+    number of values (all zero with no values).  ``edges_ms`` must be non-empty, finite and
+    strictly increasing; a value below ``edges_ms[0]`` or a non-finite value raises
+    :class:`ValueError`.
+    """
+    edges = np.asarray(edges_ms, dtype=np.float64)
+    if edges.ndim != 1 or edges.size == 0:
+        raise ValueError("edges_ms must be a non-empty sequence of numbers")
+    if not np.all(np.isfinite(edges)):
+        raise ValueError("edges_ms must be finite numbers")
+    if not np.all(np.diff(edges) > 0):
+        raise ValueError("edges_ms must be strictly increasing")
+    arr = np.fromiter((float(v) for v in values_ms), dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("latencies must be finite numbers")
+    if arr.size and arr.min() < edges[0]:
+        raise ValueError(f"latency {float(arr.min())} ms is below the first edge {float(edges[0])} ms")
+    bins = np.searchsorted(edges, arr, side="right") - 1  # edges[i] <= v < edges[i + 1] -> i
+    counts = np.bincount(bins, minlength=edges.size)
+    return {"edges_ms": edges.tolist(), "counts": [int(c) for c in counts]}

@@ -233,6 +233,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     config = BacktestConfig(split_ms=parse_time(args.split), targets=frozenset(t.strip() for t in args.targets.split(",")),
                             positive_threshold=args.positive_threshold, ks=ks)
     source = settings_from(args)
+    started = _time.monotonic()
+    timings: dict[str, float] = {}
     if args.replay_prefix:
         target = KafkaSettings(broker=source.broker, topic_prefix=args.replay_prefix)
     else:
@@ -246,13 +248,21 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                            end_ms=parse_time(args.to) if args.to else None, partitions=partitions, worker_args=worker_args)
         print(f"replayed {stats.events_total} events into {target.topic_prefix!r} in {stats.seconds:.1f}s "
               f"({stats.events_total / max(stats.seconds, 1e-9):.0f} events/s)", file=sys.stderr)
+        timings.update(replay_s=round(stats.seconds, 3), replay_events_per_s=round(stats.events_total / max(stats.seconds, 1e-9), 1))
+    scored = _time.monotonic()
     result, contents = backtest_replay(target, config, history_len=args.history_len)
+    timings.update(scoring_s=round(_time.monotonic() - scored, 3), total_s=round(_time.monotonic() - started, 3))
     print(format_table(result, ks=[k for k in ks if k >= 10] or ks))
+    doc = {"replay_prefix": target.topic_prefix, "invalid_records": contents.invalid, "timings": timings, **result.to_dict()}
     if args.json:
         with open(args.json, "wb") as f:
-            f.write(orjson.dumps({"replay_prefix": target.topic_prefix, "invalid_records": contents.invalid, **result.to_dict()},
-                                 option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+            f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.html:
+        from scoring.report import write_html
+
+        write_html(doc, args.html)
+        print(f"wrote {args.html}", file=sys.stderr)
     return 0
 
 
@@ -354,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Replay the events of a time range through an isolated worker (per-event emission), then, "
                                    "for every target event after --split, rank the recommendation the user held just before "
                                    "it against the event's item; popularity and item-kNN baselines are scored on the same "
-                                   "cases. Prints a table; --json writes every figure.")
+                                   "cases. Prints a table; --json writes every figure, --html a report with plots.")
     p.add_argument("--split", required=True, metavar="DATE", help="events before it warm the state; later target events are test cases")
     p.add_argument("--from", dest="from_", metavar="DATE", help="first event of the replay (default: the beginning)")
     p.add_argument("--to", metavar="DATE", help="end of the replay, exclusive (default: now)")
@@ -364,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ks", default="5,10,20", help="cut-offs (default 5,10,20)")
     p.add_argument("--history-len", type=int, default=50, help="the worker's history length (default 50)")
     p.add_argument("--json", metavar="FILE", help="write the full result as JSON")
+    p.add_argument("--html", metavar="FILE", help="write a report with plots (metrics per month, latency, baselines) as one HTML file")
     p.set_defaults(func=cmd_backtest)
 
     p = sub.add_parser("subscribe", parents=[kafka_opts], help="tail the recommendations topic",

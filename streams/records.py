@@ -219,15 +219,28 @@ class RecItem:
 
 @dataclass(frozen=True, slots=True)
 class Trigger:
-    """The input record a recommendation answers (its real topic name, with any prefix)."""
+    """The input record a recommendation answers (its real topic name, with any prefix).
+
+    ``received_ts`` is when the worker received it (epoch ms, the worker's clock; ``None``
+    when not known): ``emitted_ts - received_ts`` is the time the event spent in the worker.
+    """
 
     topic: str
     partition: int
     offset: int
     event_id: str | None
+    received_ts: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"topic": self.topic, "partition": self.partition, "offset": self.offset, "event_id": self.event_id}
+        out: dict[str, Any] = {
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "event_id": self.event_id,
+        }
+        if self.received_ts is not None:
+            out["received_ts"] = self.received_ts
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,6 +638,7 @@ _SHAPES: Final[dict[str, Check]] = {
                         "partition": _Field(_integer(0)),
                         "offset": _Field(_integer(0)),
                         "event_id": _Field(_nullable(_check_id)),
+                        "received_ts": _Field(_check_millis, required=False),
                     },
                     Trigger,
                 )

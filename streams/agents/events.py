@@ -10,12 +10,14 @@ the recommendations are written back.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Sequence
 
 from encoders.profile import UserProfile
+from scoring.backtest import KIND_RANK
 from scoring.engine import Incoming
 
 from ..records import ValidationError, encode, parse_event
@@ -28,6 +30,15 @@ if TYPE_CHECKING:
     from ..app import Pipeline
 
 log = logging.getLogger("recstream.events")
+
+
+def received_ms(message: object, wall_s: float, mono_s: float) -> int:
+    """When the consumer received ``message``, in epoch ms: Faust's monitor stamps
+    ``time_in`` (monotonic) at fetch; without it, ``wall_s`` (now)."""
+    time_in = getattr(message, "time_in", None)
+    if time_in is None:
+        return int(wall_s * 1000)
+    return int((wall_s - max(0.0, mono_s - time_in)) * 1000)
 
 
 async def handle_event_batch(pipeline: "Pipeline", events: Sequence["EventT"]) -> None:
@@ -43,16 +54,35 @@ async def handle_event_batch(pipeline: "Pipeline", events: Sequence["EventT"]) -
         parsed.append((event, Incoming(record, message.topic, message.partition, message.offset)))
     if not parsed:
         return
-    await apply_or_isolate(pipeline, parsed, lambda batch: apply_batch(pipeline, batch))
+    await apply_or_isolate(pipeline, merge_by_time(parsed), lambda batch: apply_batch(pipeline, batch))
+
+
+def merge_by_time(parsed: Sequence[tuple["EventT", Incoming]]) -> list[tuple["EventT", Incoming]]:
+    """The batch's records of each topic partition, in offset order, merged by event time.
+
+    The three event topics are fetched independently, so a batch may hold a user's
+    purchase before a click with an earlier time; the merge applies them in time order.
+    Each partition's own order is kept (profiles skip an offset at or before the last
+    applied one, so reordering a partition would drop its events).  At one time, a click
+    goes before a purchase before a review (:data:`scoring.backtest.KIND_RANK`), then the
+    partition that came first in the batch.
+    """
+    by_source: dict[tuple[str, int], list[tuple["EventT", Incoming]]] = {}
+    for pair in parsed:
+        by_source.setdefault((pair[1].topic, pair[1].partition), []).append(pair)
+    return list(heapq.merge(*by_source.values(), key=lambda pair: (pair[1].event.ts, KIND_RANK[pair[1].event.kind])))
 
 
 async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Incoming]]) -> None:
     """Read the touched profiles, run the engine, write state back and publish."""
     user_event: dict[str, "EventT"] = {}
     partition_event: dict[int, "EventT"] = {}
+    received: dict[tuple[str, int, int], int] = {}
+    wall_s, mono_s = time.time(), time.monotonic()
     for event, inc in batch:
         user_event[inc.event.user_id] = event
         partition_event[inc.partition] = event
+        received[(inc.topic, inc.partition, inc.offset)] = received_ms(event.message, wall_s, mono_s)
 
     profiles: dict[str, UserProfile] = {}
     for user_id, event in user_event.items():
@@ -72,7 +102,9 @@ async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Inco
             pipeline.popularity_table[popularity_key(partition, item_id)] = encode_log2(log2)
     emitted = int(time.time() * 1000)  # the moment the records go out, after the state writes
     for rec in result.recommendations:
-        await pipeline.recs_topic.send(key=rec.user_id.encode(), value=encode(replace(rec, emitted_ts=emitted)))
+        t = rec.trigger
+        trigger = replace(t, received_ts=received.get((t.topic, t.partition, t.offset)))
+        await pipeline.recs_topic.send(key=rec.user_id.encode(), value=encode(replace(rec, trigger=trigger, emitted_ts=emitted)))
 
     stats, counts = result.stats, pipeline.metrics.counts
     counts["batches"] += 1

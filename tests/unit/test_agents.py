@@ -7,9 +7,11 @@ from types import SimpleNamespace
 
 import orjson
 
+from scoring.engine import Incoming
 from streams.agents import apply_or_isolate
+from streams.agents.events import merge_by_time, received_ms
 from streams.app import Metrics
-from streams.records import decode_dead_letter
+from streams.records import Click, Purchase, decode_dead_letter
 
 
 class FakeTopic:
@@ -55,3 +57,30 @@ def test_a_healthy_batch_is_applied_once_as_a_whole():
     asyncio.run(apply_or_isolate(pipeline, [_entry(i, b"{}") for i in range(3)], apply))
     assert calls == [[0, 1, 2]]
     assert pipeline.dlq_topic.sent == [] and pipeline.metrics.counts["batch_failures"] == 0
+
+
+def test_a_batch_is_merged_by_event_time_keeping_each_partitions_order():
+    def pair(topic, partition, offset, event):
+        return SimpleNamespace(name=event.event_id), Incoming(event, topic, partition, offset)
+
+    batch = [
+        pair("purchases", 0, 5, Purchase("u", "a", 90, "p5")),
+        pair("clicks", 0, 10, Click("u", "a", 100, "c10")),
+        pair("clicks", 0, 11, Click("u", "b", 50, "c11")),  # late in its partition: stays after c10
+        pair("purchases", 0, 6, Purchase("u", "c", 300, "p6")),  # same time as c12: the click goes first
+        pair("clicks", 0, 12, Click("u", "c", 300, "c12")),
+        pair("clicks", 1, 7, Click("v", "a", 95, "d7")),
+    ]
+    merged = [inc.event.event_id for _, inc in merge_by_time(batch)]
+    assert merged == ["p5", "d7", "c10", "c11", "c12", "p6"]
+    assert sorted(merged) == sorted(inc.event.event_id for _, inc in batch)
+    for source in (("clicks", 0), ("purchases", 0)):
+        offsets = [inc.offset for _, inc in merge_by_time(batch) if (inc.topic, inc.partition) == source]
+        assert offsets == sorted(offsets)
+
+
+def test_reception_time_comes_from_the_consumers_stamp():
+    wall, mono = 1_700_000_000.0, 500.0
+    assert received_ms(SimpleNamespace(time_in=499.75), wall, mono) == 1_699_999_999_750
+    assert received_ms(SimpleNamespace(time_in=None), wall, mono) == 1_700_000_000_000
+    assert received_ms(SimpleNamespace(), wall, mono) == 1_700_000_000_000

@@ -25,11 +25,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from scoring.backtest import (  # noqa: E402
     POPULARITY_MODEL,
     RECSTREAM,
+    COLD,
     Backtest,
     BacktestConfig,
     ExclusionTracker,
     evaluate_records,
     format_table,
+    held_before,
+    interaction_kinds,
     recommendations_by_event_id,
     run_offline,
     target_kind,
@@ -255,6 +258,83 @@ def test_recommendation_records_unreachable_targets_and_latency() -> None:
         bt.observe(Click("u", "a", 5, "x0"), None, exclude_before=set())
 
 
+def _record(ev, items, *, received=None, emitted=None, model="m") -> Recommendation:
+    return Recommendation(
+        ev.user_id,
+        [RecItem(i, 1.0, None) for i in items],
+        Trigger(f"{ev.kind}s", 0, 0, ev.event_id, received),
+        ev.ts,
+        ev.ts if emitted is None else emitted,
+        model,
+    )
+
+
+def test_records_are_paired_in_the_order_the_worker_processed_them() -> None:
+    # u bought "a" at minute 2, but the worker took that purchase before the click of
+    # minute 1 (the topics are consumed independently): the click is scored on the list
+    # held when it was processed, i.e. after the purchase, never on a list from the click
+    click = Click("u", "a", JAN31 + 1 * MINUTE, "c1")
+    purchase = Purchase("u", "a", JAN31 + 2 * MINUTE, "p1")
+    later = Click("u", "b", JAN31 + 3 * MINUTE, "c2")
+    other = Click("v", "b", JAN31, "v0")
+    in_topic_order = [
+        _record(other, ["a"], received=100, emitted=130),
+        _record(purchase, ["b", "a"], received=200, emitted=210),  # processed first
+        _record(click, ["c", "b"], received=205, emitted=215),
+        _record(later, ["d"], received=300, emitted=340),
+        _record(click, ["e"], received=400, emitted=401),  # a redelivery: the first record counts
+    ]
+    events = {ev.event_id: ev for ev in (click, purchase, later, other)}
+    held = held_before(in_topic_order, events)
+    assert held == {"v0": COLD, "p1": COLD, "c1": in_topic_order[1], "c2": in_topic_order[2]}
+
+    config = BacktestConfig(JAN31 + 1, targets=frozenset({"click", "purchase"}), ks=(1, 2))
+    result = evaluate_records([later, purchase, click, other], in_topic_order, CATALOG, config, baselines=[], keep_lists=True)
+    c = result.counts
+    # v0 is warm; p1 is cold (u's first processed event); c1 and c2 are cases
+    assert (c["warm"], c["targets"], c["cold"], c["missing"], c["cases"]) == (1, 3, 1, 0, 2)
+    m = result.metrics()
+    # c1 ("a") on ["b", "a"]: rank 2; c2 ("b") on ["c", "b"]: rank 2
+    assert m["hit_rate@1"] == 0.0 and m["hit_rate@2"] == 1.0 and m["mrr@2"] == 0.5
+    # the lists kept are the ones emitted after each event, in time order
+    assert result.lists_by_event_id() == {"v0": ("a",), "c1": ("c", "b"), "p1": ("b", "a"), "c2": ("d",)}
+    # latency: emitted - received of each event's own (first) record
+    assert result.latency["count"] == 4 and result.latency["max"] == 40.0 and result.latency["p50"] == 20.0
+
+    # without the record of c1 itself, c1 is missing (when it was processed is unknown)
+    partial = evaluate_records([later, purchase, click, other], [r for r in in_topic_order if r.trigger.event_id != "c1"],
+                               CATALOG, config, baselines=[])
+    assert (partial.counts["missing"], partial.counts["cases"]) == (1, 1)
+
+
+def test_one_interaction_is_tested_once_before_any_state_saw_it() -> None:
+    # a MovieLens rating of 5: a click and a purchase of "b" at one time.  The worker took
+    # the purchase first; the interaction is still scored on the list held before both
+    first = Click("u", "a", JAN31, "c0")
+    click = Click("u", "b", JAN31 + MINUTE, "c1")
+    purchase = Purchase("u", "b", JAN31 + MINUTE, "p1")
+    in_topic_order = [_record(first, ["b", "c"]), _record(purchase, ["c"]), _record(click, ["c", "d"])]
+    events = [purchase, click, first]
+    assert held_before(in_topic_order, {e.event_id: e for e in events}) == {
+        "c0": COLD, "p1": in_topic_order[0], "c1": in_topic_order[0],
+    }
+    for targets, kind in (({"click", "purchase"}, "click"), ({"purchase"}, "purchase")):
+        config = BacktestConfig(JAN31 + 1, targets=frozenset(targets), ks=(1,))
+        assert interaction_kinds([first, click, purchase], config) == [None if "click" not in targets else "click", kind, None]
+        result = evaluate_records(events, in_topic_order, CATALOG, config)
+        c = result.counts
+        # one case (on ["b", "c"]: a hit at 1) for every method, the purchase a companion
+        assert (c["targets"], c["cases"], c["companions"], c["skipped"]) == (1, 1, 1, 1)
+        assert result.metrics()["hit_rate@1"] == 1.0
+        # the baselines were asked before the interaction: "b" not excluded, and item-kNN
+        # has not seen the purchase
+        assert result.metrics("popularity")["cases"] == 1
+    # without the click, the purchase alone is the interaction
+    config = BacktestConfig(JAN31 + 1, targets=frozenset({"purchase"}), ks=(1,))
+    alone = evaluate_records([first, purchase], in_topic_order[:2], CATALOG, config)
+    assert (alone.counts["cases"], alone.counts["companions"]) == (1, 0)
+
+
 def test_result_is_a_json_snapshot_and_the_table_reads() -> None:
     bt = hand_backtest(BacktestConfig(SPLIT, ks=(5, 10, 20)))
     result = bt.result()
@@ -446,9 +526,8 @@ def test_offline_is_deterministic_and_batching_changes_nothing(encoder, stream, 
     assert sum(done) == 2 * len(events) and max(done) == 7
 
 
-def test_records_read_back_give_the_offline_result(encoder, stream, offline) -> None:
-    """What the Kafka path does: per-event Recommendation records from an engine (here run
-    directly, as a one-partition worker would), matched to events by trigger.event_id."""
+def engine_records(encoder, events, *, batch: int) -> list[Recommendation]:
+    """The records a one-partition worker emits for ``events`` taken in the given order."""
     import numpy as np
 
     from encoders.profile import DecayedProfileModel
@@ -457,7 +536,6 @@ def test_records_read_back_give_the_offline_result(encoder, stream, offline) -> 
     from scoring.popularity import DecayedPopularity
     from scoring.topk import ItemMatrix
 
-    events, split = stream
     cfg = EngineConfig(k=20, emit="per-event")
     matrix = ItemMatrix(encoder.dim, "cpu")
     texts = [item_text(i.title, i.categories, i.description) for i in REAL_CATALOG]
@@ -477,10 +555,19 @@ def test_records_read_back_give_the_offline_result(encoder, stream, offline) -> 
         offsets[topic] += 1
     records = []
     profiles: dict = {}
-    for start in range(0, len(incoming), 50):
-        res = engine.process(incoming[start : start + 50], profiles, now_ms=0)
+    for start in range(0, len(incoming), batch):
+        chunk = incoming[start : start + batch]
+        res = engine.process(chunk, profiles, now_ms=max(inc.event.ts for inc in chunk))
         profiles.update(res.profiles)
         records.extend(res.recommendations)
+    return records
+
+
+def test_records_read_back_give_the_offline_result(encoder, stream, offline) -> None:
+    """What the Kafka path does: per-event Recommendation records from an engine (here run
+    directly, as a one-partition worker would), matched to events by trigger.event_id."""
+    events, split = stream
+    records = engine_records(encoder, events, batch=50)
     # a redelivered record comes later: the first one per event wins
     records.append(replace(records[0], items=[]))
     assert recommendations_by_event_id(records)[events[0].event_id] is records[0]
@@ -492,7 +579,8 @@ def test_records_read_back_give_the_offline_result(encoder, stream, offline) -> 
     assert comparable(from_records.to_dict())["methods"] == comparable(offline.to_dict())["methods"]
     assert from_records.counts == offline.counts
 
-    # without a record for some events, their users' next targets are missing, for all methods
+    # a target without a record of its own is missing (when it was processed is unknown),
+    # for all methods
     dropped = {r.trigger.event_id for r in records[::5]}
     partial = evaluate_records(
         events,
@@ -500,9 +588,39 @@ def test_records_read_back_give_the_offline_result(encoder, stream, offline) -> 
         [i.item_id for i in REAL_CATALOG],
         BacktestConfig(split),
     )
-    assert partial.counts["missing"] > 0
-    assert partial.counts["cases"] == offline.counts["cases"] - partial.counts["missing"]
+    cfg = BacktestConfig(split)
+    dropped_targets = [e for e in events if e.event_id in dropped and e.ts >= split and target_kind(e, cfg)]
+    assert partial.counts["missing"] == len(dropped_targets) > 0
+    c = partial.counts
+    assert c["cases"] == c["targets"] - c["cold"] - c["missing"] < offline.counts["cases"]
     assert {m.metrics.cases for m in partial.methods.values()} == {partial.counts["cases"]}
+
+
+def test_offline_in_a_given_processing_order_equals_a_worker_that_took_it(encoder, stream) -> None:
+    """A worker that took some users' events out of time order: run_offline(order=...)
+    reproduces its records' result exactly."""
+    events, split = stream
+    rng = random.Random(8)
+    order = list(events)
+    for _ in range(60):  # swap neighbours of one user (as two topics fetched unevenly would)
+        i = rng.randrange(len(order) - 1)
+        j = next((j for j in range(i + 1, min(i + 6, len(order))) if order[j].user_id == order[i].user_id), None)
+        if j is not None:
+            order[i], order[j] = order[j], order[i]
+    assert [e.event_id for e in order] != [e.event_id for e in events]
+    records = engine_records(encoder, order, batch=16)
+    catalog_ids = [i.item_id for i in REAL_CATALOG]
+    from_records = evaluate_records(events, records, catalog_ids, BacktestConfig(split), keep_lists=True)
+    offline = run_offline(events, REAL_CATALOG, BacktestConfig(split), encoder=encoder, keep_lists=True,
+                          order=[e.event_id for e in order], batch_size=16)
+    assert from_records.lists_by_event_id() == offline.lists_by_event_id()
+    assert comparable(from_records.to_dict())["methods"] == comparable(offline.to_dict())["methods"]
+    assert from_records.counts == offline.counts
+    in_time = run_offline(events, REAL_CATALOG, BacktestConfig(split), encoder=encoder, keep_lists=True)
+    assert in_time.lists_by_event_id() != offline.lists_by_event_id()
+
+    with pytest.raises(ValueError, match="every event exactly once"):
+        run_offline(events, REAL_CATALOG, BacktestConfig(split), encoder=encoder, order=[e.event_id for e in order][1:])
 
 
 @pytest.mark.parametrize("exclude_seen", [True, False])

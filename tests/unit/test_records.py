@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -301,6 +302,18 @@ def test_recommendation_round_trips() -> None:
     empty = Recommendation("u1", [], Trigger("clicks", 0, 0, None), 0, 0, "popularity")
     assert decode_recommendation(encode(empty)) == empty
     assert record_key(RECOMMENDATION) == b"u1"
+
+
+def test_the_reception_time_is_optional_in_the_trigger() -> None:
+    stamped = replace(RECOMMENDATION, trigger=Trigger("prod.clicks", 3, 1234, "e-1", NOW - 7))
+    value = encode(stamped)
+    assert orjson.loads(value)["trigger"]["received_ts"] == NOW - 7
+    assert decode_recommendation(value) == stamped
+    assert decode_recommendation(encode(RECOMMENDATION)).trigger.received_ts is None
+    bad = orjson.loads(value)
+    bad["trigger"]["received_ts"] = -1
+    with pytest.raises(ValidationError, match="trigger.received_ts"):
+        decode_recommendation(orjson.dumps(bad))
 
 
 @pytest.mark.parametrize(
