@@ -664,7 +664,12 @@ def render_html(doc: Mapping[str, Any], *, title: str = "recstream backtest") ->
         ]
     else:
         sections.append('<h2>Metrics</h2><p class="muted">No method metrics in this document.</p>')
-    sections.append("<h2>Latency</h2>" + _latency(doc))
+    sections.append(
+        "<h2>Latency</h2>"
+        '<p class="note">Per event: from when the worker\'s consumer received it to when its recommendation '
+        "was published (offline: the engine time of its micro-batch). A replay runs as fast as the machine "
+        "allows, so the events wait in the worker's fetch buffer: this includes that backlog.</p>" + _latency(doc)
+    )
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
