@@ -216,6 +216,29 @@ class Engine:
         only through the model's in-place updates of the objects given, which the
         caller then writes back from :attr:`BatchResult.profiles`.
         """
+        saved: dict[tuple[int, str], tuple[DecayedPopularity, float | None, int | None]] = {}
+        try:
+            return self._process(batch, profiles, now_ms, saved)
+        except BaseException:
+            # profiles are the caller's to re-read; popularity lives here: roll it back so
+            # that a retried batch (or its records, one by one) is not counted twice
+            for (_, item_id), (pop, log2, last_ts) in reversed(saved.items()):
+                pop.restore(item_id, log2, last_ts)
+            raise
+
+    def _process(
+        self,
+        batch: Sequence[Incoming],
+        profiles: Mapping[str, UserProfile],
+        now_ms: int | None,
+        saved: dict[tuple[int, str], tuple[DecayedPopularity, float | None, int | None]],
+    ) -> BatchResult:
+        def count(pop: DecayedPopularity, item_id: str, ts: int) -> None:
+            key = (id(pop), item_id)
+            if key not in saved:
+                saved[key] = (pop, pop.log2_score(item_id), pop.last_ts)
+            pop.add(item_id, ts)
+
         stats = BatchStats(events=len(batch))
         t0 = time.perf_counter()
         review_texts = [inc.event.text for inc in batch if isinstance(inc.event, Review) and inc.event.text]
@@ -258,10 +281,10 @@ class Engine:
                     source=inc.source,
                     offset=inc.offset,
                 )
-                self.popularity.add(ev.item_id, ev.ts)
+                count(self.popularity, ev.item_id, ev.ts)
                 part_pop = self._popularity_for(inc.partition)
                 if part_pop is not None:
-                    part_pop.add(ev.item_id, ev.ts)
+                    count(part_pop, ev.item_id, ev.ts)
                     pop_touched.add((inc.partition, ev.item_id))
                 stats.applied += 1
             last_trigger[ev.user_id] = inc

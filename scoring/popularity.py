@@ -25,6 +25,8 @@ __all__ = ["DecayedPopularity", "PopularityFormatError"]
 
 _VERSION: Final = 1
 _LN2: Final = math.log(2.0)
+#: Counts are reported up to 2 ** this (far beyond any real count, far below overflow).
+_MAX_LOG2_COUNT: Final = 1000.0
 
 
 class PopularityFormatError(ValueError):
@@ -100,6 +102,15 @@ class DecayedPopularity:
             raise ValueError(f"log2 score must be finite, got {log2_score}")
         self._set(item_id, float(log2_score), self._log2.get(item_id))
 
+    def restore(self, item_id: str, log2_score: float | None, last_ts: int | None) -> None:
+        """Put back an item's earlier state: its :meth:`log2_score` (``None``: absent)
+        and :attr:`last_ts` (to roll back :meth:`add` calls)."""
+        if log2_score is None:
+            self.remove(item_id)
+        else:
+            self.set_log2(item_id, log2_score)
+        self._last_ts = last_ts
+
     def remove(self, item_id: str) -> bool:
         """Forget an item; returns whether it was present."""
         old = self._log2.pop(item_id, None)
@@ -125,11 +136,12 @@ class DecayedPopularity:
         return self._log2.get(item_id)
 
     def score(self, item_id: str, now_ms: int) -> float:
-        """The item's decayed count at ``now_ms`` (0.0 for an unknown item)."""
+        """The item's decayed count at ``now_ms`` (0.0 for an unknown item; capped, see
+        :meth:`top`)."""
         lg = self._log2.get(item_id)
         if lg is None:
             return 0.0
-        return _exp2(lg - now_ms / self._half_life)
+        return _exp2(lg - self._shift(now_ms))
 
     def top(
         self,
@@ -142,8 +154,9 @@ class DecayedPopularity:
 
         Ties are broken by item id (ascending).  ``exclude`` ids are skipped;
         ``allowed`` (a predicate or a container such as the catalog) restricts the
-        candidates.  Counts are taken at ``now_ms`` (default: :attr:`last_ts`); the
-        ranking itself does not depend on it.
+        candidates.  Counts are taken at ``now_ms`` (default: :attr:`last_ts`), the top
+        one capped at ``2 ** 1000`` (for a time long before the events) so that scores
+        stay finite; the ranking itself does not depend on it.
         """
         if k <= 0 or not self._order:
             return []
@@ -153,8 +166,7 @@ class DecayedPopularity:
             ok = allowed
         else:
             ok = allowed.__contains__
-        now = now_ms if now_ms is not None else (self._last_ts or 0)
-        shift = now / self._half_life
+        shift = self._shift(now_ms)
         out: list[tuple[str, float]] = []
         for neg, item_id in self._order:
             if item_id in exclude or (ok is not None and not ok(item_id)):
@@ -163,6 +175,16 @@ class DecayedPopularity:
             if len(out) == k:
                 break
         return out
+
+    def _shift(self, now_ms: int | None) -> float:
+        """``now / H`` for counts at ``now_ms``, but never so early that the top count
+        exceeds ``2 ** 1000``: counts "as of" a time long before their events grow
+        without bound, and a score must stay a finite number."""
+        now = float(now_ms if now_ms is not None else (self._last_ts or 0))
+        shift = now / self._half_life
+        if self._order:
+            shift = max(shift, -self._order[0][0] - _MAX_LOG2_COUNT)
+        return shift
 
     def items(self) -> Iterator[tuple[str, float]]:
         """``(item_id, log2 score)`` pairs, most popular first (for persistence)."""

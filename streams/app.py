@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import faust
 import numpy as np
@@ -214,6 +214,28 @@ class Pipeline:
         catalog.register(self)
         events.register(self)
         self.app.timer(config.stats_interval_s)(self.log_stats)
+
+    async def publish(self, topic: Any, key: bytes | None, value: bytes, *, source_topic: str, source_partition: int,
+                      partition: int | None = None) -> None:
+        """Send a record that answers the input record at ``source_topic``/``source_partition``.
+
+        Under exactly-once it joins the transaction of that input partition, the one that
+        commits the partition's offsets and its table writes, so the answer is committed
+        exactly when the input is consumed.  (faust picks a transaction by the *output*
+        partition and only for topics its consumer has metadata for; the recommendations
+        and dead-letter topics are not consumed, so ``topic.send`` would bypass the
+        transactions.)  The recommendations topic is co-partitioned with the events:
+        ``partition`` defaults to the input partition.
+        """
+        if not self.app.in_transaction:
+            await topic.send(key=key, value=value, partition=partition)
+            return
+        group = self.app.assignor.group_for_topic(source_topic)
+        tid = f"{self.app.conf.id}-{group}-{source_partition}"
+        await self.app.consumer.transactions.producer.send(
+            topic.get_topic_name(), key, value, partition if partition is not None else source_partition, None, None,
+            transactional_id=tid,
+        )
 
     async def compute(self, fn, *args):
         """Run ``fn(*args)`` on the compute thread and wait for it without blocking the loop."""

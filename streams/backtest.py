@@ -15,7 +15,7 @@ from kafka import KafkaConsumer, TopicPartition
 from scoring.backtest import BacktestConfig, BacktestResult, evaluate_records
 
 from . import topics as T
-from .client import read_to_end
+from .client import read_to_end, reader
 from .config import KafkaSettings
 from .records import Item, ItemDeleted, Recommendation, ValidationError, decode_recommendation, parse_event, parse_item
 
@@ -34,7 +34,7 @@ def _records(consumer: KafkaConsumer, topic: str):
 
 def read_replay(settings: KafkaSettings) -> ReplayContents:
     """The catalog ids, valid events and recommendation records of a (finished) replay namespace."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
+    consumer = reader(settings)
     try:
         catalog: set[str] = set()
         invalid = 0

@@ -55,6 +55,14 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def reader(settings: KafkaSettings) -> KafkaConsumer:
+    """A consumer without a group that sees committed records only (``read_committed``):
+    under exactly-once, a crashed attempt's records are aborted and stay invisible; under
+    at-least-once there are no transactions and it sees everything."""
+    return KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None,
+                         isolation_level="read_committed")
+
+
 def tail(
     settings: KafkaSettings,
     topic: str,
@@ -63,7 +71,7 @@ def tail(
     key: bytes | None = None,
 ) -> KafkaConsumer:
     """A consumer (no group) on every partition of ``topic``, or only on ``key``'s, at the start or the end."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
+    consumer = reader(settings)
     partitions = consumer.partitions_for_topic(topic) or set()
     if not partitions:
         consumer.close()

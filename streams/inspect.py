@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from encoders.profile import UserProfile
 
 from . import topics as T
-from .client import partition_for, read_to_end
+from .client import partition_for, read_to_end, reader
 from .config import KafkaSettings
 from .records import Recommendation, decode_recommendation
 from .state import decode_item
@@ -58,7 +58,7 @@ class UserView:
 
 def inspect_user(settings: KafkaSettings, user_id: str) -> UserView:
     key = user_id.encode()
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
+    consumer = reader(settings)
     try:
         changelog = settings.changelog(T.PROFILES_TABLE)
         partitions = consumer.partitions_for_topic(changelog)

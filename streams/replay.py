@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from . import topics as T
-from .client import WorkerProcess, producer, wait_catalog
+from .client import WorkerProcess, producer, reader, wait_catalog
 from .config import KafkaSettings
 from .records import Item, ValidationError, parse_item
 
@@ -90,7 +90,7 @@ def copy_range(
     """Copy the catalog and/or the events of [start_ms, end_ms) from ``source`` to ``target``."""
     stats = stats or ReplayStats(target.topic_prefix)
     T.ensure_topics(target, T.topic_specs(target, partitions=partitions))
-    consumer = KafkaConsumer(bootstrap_servers=source.bootstrap_servers, enable_auto_commit=False, group_id=None)
+    consumer = reader(source)
     prod = producer(target, linger_ms=20, batch_size=256 * 1024)
     failures: list[BaseException] = []
     try:
@@ -136,7 +136,7 @@ def copy_range(
 
 
 def _count(settings: KafkaSettings, logical: str) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
+    consumer = reader(settings)
     try:
         topic = settings.topic(logical)
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]

@@ -14,7 +14,7 @@ from typing import Callable, TextIO
 from kafka import KafkaConsumer, TopicPartition
 
 from . import topics as T
-from .client import tail
+from .client import reader, tail
 from .config import KafkaSettings
 from .records import Recommendation, ValidationError, decode_recommendation
 from .state import decode_item
@@ -27,7 +27,7 @@ class Titles:
         self.titles: dict[str, str] = {}
         self.consumer: KafkaConsumer | None = None
         topic = settings.changelog(T.ITEMS_TABLE)
-        consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
+        consumer = reader(settings)
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
             consumer.close()

@@ -104,7 +104,8 @@ async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Inco
     for rec in result.recommendations:
         t = rec.trigger
         trigger = replace(t, received_ts=received.get((t.topic, t.partition, t.offset)))
-        await pipeline.recs_topic.send(key=rec.user_id.encode(), value=encode(replace(rec, trigger=trigger, emitted_ts=emitted)))
+        await pipeline.publish(pipeline.recs_topic, rec.user_id.encode(), encode(replace(rec, trigger=trigger, emitted_ts=emitted)),
+                               source_topic=t.topic, source_partition=t.partition)
 
     stats, counts = result.stats, pipeline.metrics.counts
     counts["batches"] += 1

@@ -18,8 +18,12 @@ class FakeTopic:
     def __init__(self):
         self.sent = []
 
-    async def send(self, key, value):
-        self.sent.append((key, value))
+
+class FakePipeline(SimpleNamespace):
+    """What the agents use of a Pipeline: metrics and publish (records what is sent)."""
+
+    async def publish(self, topic, key, value, *, source_topic, source_partition, partition=None):
+        topic.sent.append((key, value))
 
 
 def _entry(offset: int, value: bytes):
@@ -28,7 +32,7 @@ def _entry(offset: int, value: bytes):
 
 
 def test_a_failing_batch_is_retried_record_by_record_and_only_the_poison_is_dead_lettered():
-    pipeline = SimpleNamespace(metrics=Metrics(), dlq_topic=FakeTopic())
+    pipeline = FakePipeline(metrics=Metrics(), dlq_topic=FakeTopic())
     entries = [_entry(i, orjson.dumps({"n": i})) for i in range(5)]
     applied: list[int] = []
 
@@ -48,7 +52,7 @@ def test_a_failing_batch_is_retried_record_by_record_and_only_the_poison_is_dead
 
 
 def test_a_healthy_batch_is_applied_once_as_a_whole():
-    pipeline = SimpleNamespace(metrics=Metrics(), dlq_topic=FakeTopic())
+    pipeline = FakePipeline(metrics=Metrics(), dlq_topic=FakeTopic())
     calls = []
 
     async def apply(batch):

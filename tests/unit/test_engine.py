@@ -786,6 +786,40 @@ def test_redelivery_is_applied_once_but_still_emits(encoder: TextEncoder, catalo
     assert res.stats.applied == 1 and res.profiles["hal"].applied == before[0] + 1
 
 
+def test_a_failed_batch_leaves_popularity_as_it_was(
+    encoder: TextEncoder, catalog: Catalog, stream: list[Incoming], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that fails (here in scoring, after the events were counted) is retried by
+    the worker: the engine must not have counted it already."""
+    engine = make_engine(encoder, catalog, k=8)
+    engine.partition_popularity = {}
+    profiles: dict[str, UserProfile] = {}
+    warm, batch = stream[:80], stream[80:140]
+    profiles.update(engine.process(warm, profiles, now_ms=NOW).profiles)
+    before = (list(engine.popularity.items()), engine.popularity.last_ts,
+              {p: list(pop.items()) for p, pop in engine.partition_popularity.items()})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("scoring failed")
+
+    import scoring.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "score_topk", broken)
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        engine.process(batch, {u: UserProfile.from_bytes(p.to_bytes()) for u, p in profiles.items()}, now_ms=NOW)
+    after = (list(engine.popularity.items()), engine.popularity.last_ts,
+             {p: list(pop.items()) for p, pop in engine.partition_popularity.items() if len(pop)})
+    assert after == before
+    monkeypatch.undo()
+    # and the retry counts each event once, as a batch that never failed would
+    reference = make_engine(encoder, catalog, k=8)
+    ref_profiles: dict[str, UserProfile] = {}
+    ref_profiles.update(reference.process(warm, ref_profiles, now_ms=NOW).profiles)
+    reference.process(batch, ref_profiles, now_ms=NOW)
+    engine.process(batch, profiles, now_ms=NOW)
+    assert list(engine.popularity.items()) == list(reference.popularity.items())
+
+
 # --------------------------------------------------------------------------- 7. per-user emission
 
 

@@ -128,3 +128,28 @@ def test_bad_input() -> None:
     p.add("a", T0)
     p.add("b", T0 + 1)
     assert p.remove("a") is True and [i for i, _ in p.top(5)] == ["b"]
+
+
+def test_counts_long_before_the_events_stay_finite() -> None:
+    pop = DecayedPopularity(7 * 86_400_000)
+    now = 1_800_000_000_000
+    pop.add("a", now)
+    pop.add("b", now - 1000)
+    # at the epoch, 56 years before the events: 2 ** 2900 would overflow; scores are capped
+    top = pop.top(2, now_ms=0)
+    assert [i for i, _ in top] == ["a", "b"] and all(math.isfinite(s) and s > 0 for _, s in top)
+    assert math.isfinite(pop.score("a", 0)) and pop.score("a", 0) >= pop.score("b", 0)
+    # near the events nothing is capped
+    assert pop.score("a", now) == pytest.approx(1.0)
+
+
+def test_restore_rolls_an_add_back() -> None:
+    pop = DecayedPopularity(1000)
+    pop.add("a", 5000)
+    state = (list(pop.items()), pop.last_ts)
+    old_a, old_b, last = pop.log2_score("a"), pop.log2_score("b"), pop.last_ts
+    pop.add("a", 9000)
+    pop.add("b", 9500)
+    pop.restore("b", old_b, last)
+    pop.restore("a", old_a, last)
+    assert (list(pop.items()), pop.last_ts) == state and "b" not in pop

@@ -35,3 +35,23 @@ def test_worker_flags_and_environment(monkeypatch):
     # a flag beats the environment
     cfg = worker_config(build_parser().parse_args(["worker", "-k", "3", "--exclude-seen"]))
     assert cfg.k == 3 and cfg.exclude_seen is True
+
+
+def test_local_state_is_discarded_only_after_an_unclean_stop(tmp_path):
+    from streams.config import KafkaSettings
+    from streams.worker import claim_state
+
+    config = WorkerConfig(kafka=KafkaSettings(topic_prefix="p."), data_dir=tmp_path)
+    state = tmp_path / config.kafka.app_id
+    (state / "tables").mkdir(parents=True)
+    (state / "tables" / "profiles.db").write_bytes(b"rocksdb")
+
+    marker = claim_state(config)  # no marker yet: the previous stop was clean
+    assert marker.exists() and (state / "tables" / "profiles.db").exists()
+    marker.unlink()  # what a clean stop does
+    marker = claim_state(config)
+    assert (state / "tables" / "profiles.db").exists()
+
+    # the marker is still there: the worker was killed; its RocksDB files go
+    marker = claim_state(config)
+    assert marker.exists() and not state.exists()

@@ -1,0 +1,284 @@
+"""Helpers shared by the fault-injection integration tests (bad input, poison batches).
+
+Everything here observes the pipeline from outside, as an operator would: raw records are
+produced with kafka-python, and the outcome is read back from the output topics (the
+recommendations and the dead-letter topic) and from the ``profiles`` changelog (the same
+source ``recstream profile`` reads). Nothing here reaches into the worker process.
+
+The test modules import this file by path (the test tree is not a package and pytest runs
+in ``importlib`` mode), see :func:`load`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from encoders.profile import UserProfile
+from streams import topics as T
+from streams.client import WorkerProcess, partition_for, producer, read_to_end, send_records, wait_catalog
+from streams.config import KafkaSettings
+from streams.demo.data import load_catalog
+from streams.records import DeadLetter, Item, Recommendation, ValidationError, decode_dead_letter, decode_recommendation
+
+#: A topic/partition/offset triple: where a record lives, and how outputs point back at it.
+Coord = tuple[str, int, int]
+
+PARTITIONS = 2
+BATCH_FAILED = re.compile(r"a micro-batch of (\d+) records failed")
+
+
+class Deadline:
+    """A bounded wait: ``while not done: deadline.check(what)``; never a fixed sleep."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.end = time.monotonic() + timeout_s
+
+    def expired(self) -> bool:
+        return time.monotonic() > self.end
+
+    def check(self, what: Callable[[], str] | str) -> None:
+        if self.expired():
+            raise AssertionError(f"timed out after {self.timeout_s:.0f}s waiting for {what() if callable(what) else what}")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A raw record as produced, and where the broker put it."""
+
+    kind: str  # logical topic: clicks, purchases or reviews
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def coord(self) -> Coord:
+        return (self.topic, self.partition, self.offset)
+
+
+def send_raw(prod: KafkaProducer, settings: KafkaSettings, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> list[Sent]:
+    """Produce ``(kind, key, value)`` byte records in order, flush, and return where each landed."""
+    pending = []
+    for kind, key, value in records:
+        pending.append((kind, key, value, prod.send(settings.topic(kind), key=key, value=value)))
+    prod.flush()
+    sent = []
+    for kind, key, value, future in pending:
+        meta = future.get(timeout=60)
+        sent.append(Sent(kind, key, value, meta.topic, meta.partition, meta.offset))
+    return sent
+
+
+def key_on_partition(prefix: str, partition: int, partitions: int = PARTITIONS) -> str:
+    """A user id starting with ``prefix`` whose key the default partitioner puts on ``partition``."""
+    for i in range(10_000):
+        candidate = f"{prefix}-{i}"
+        if partition_for(candidate.encode(), partitions) == partition:
+            return candidate
+    raise AssertionError("no key found")  # pragma: no cover - murmur2 spreads keys
+
+
+class TopicLog:
+    """Every record of an output topic from the beginning, decoded as read.
+
+    ``poll`` reads what has arrived; ``read_to_end`` reads up to the topic's end as it is now,
+    so counts taken after it include everything written before the call. A value the contract's
+    decoder rejects is kept in ``rejected`` with the error, not raised: the tests report it.
+    """
+
+    def __init__(self, settings: KafkaSettings, topic: str, decode: Callable[[bytes], object]) -> None:
+        self.consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
+        partitions = self.consumer.partitions_for_topic(topic)
+        if not partitions:
+            self.consumer.close()
+            raise ValueError(f"topic {topic!r} does not exist")
+        self.tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        self.consumer.assign(self.tps)
+        self.consumer.seek_to_beginning(*self.tps)
+        self.decode = decode
+        self.entries: list = []
+        self.rejected: list[tuple[bytes, ValidationError]] = []
+
+    def poll(self, timeout_ms: int = 200) -> int:
+        got = 0
+        for records in self.consumer.poll(timeout_ms=timeout_ms, max_records=5000).values():
+            for record in records:
+                try:
+                    self.entries.append(self.decode(record.value))
+                except ValidationError as exc:
+                    self.rejected.append((record.value, exc))
+                got += 1
+        return got
+
+    def read_to_end(self, timeout_s: float = 60.0) -> None:
+        end = self.consumer.end_offsets(self.tps)
+        deadline = Deadline(timeout_s)
+        while any(self.consumer.position(tp) < end[tp] for tp in self.tps):
+            deadline.check(f"the end of {self.tps[0].topic}")
+            self.poll()
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class Outputs:
+    """The pipeline's two output topics, indexed by the input record each entry points at."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.recs = TopicLog(settings, settings.topic(T.RECOMMENDATIONS), decode_recommendation)
+        self.dlq = TopicLog(settings, settings.topic(T.DLQ), decode_dead_letter)
+
+    def poll(self) -> None:
+        self.recs.poll(100)
+        self.dlq.poll(100)
+
+    def read_to_end(self) -> None:
+        self.recs.read_to_end()
+        self.dlq.read_to_end()
+
+    def recs_by_coord(self) -> dict[Coord, list[Recommendation]]:
+        out: dict[Coord, list[Recommendation]] = {}
+        for rec in self.recs.entries:
+            t = rec.trigger
+            out.setdefault((t.topic, t.partition, t.offset), []).append(rec)
+        return out
+
+    def rejected_recs_by_coord(self) -> dict[Coord, list[str]]:
+        """Recommendations that break the contract, by the trigger they name (read leniently)."""
+        out: dict[Coord, list[str]] = {}
+        for raw, exc in self.recs.rejected:
+            trigger = orjson.loads(raw).get("trigger", {})
+            out.setdefault((trigger.get("topic"), trigger.get("partition"), trigger.get("offset")), []).append(
+                f"{exc} in {raw[:300]!r}")
+        return out
+
+    def letters_by_coord(self) -> dict[Coord, list[DeadLetter]]:
+        out: dict[Coord, list[DeadLetter]] = {}
+        for letter in self.dlq.entries:
+            out.setdefault((letter.topic, letter.partition, letter.offset), []).append(letter)
+        return out
+
+    def wait_for(self, recs: Iterable[Coord], letters: Iterable[Coord], timeout_s: float, alive: Callable[[], None]) -> None:
+        """Poll until every coord in ``recs`` has a recommendation and every one in ``letters`` a
+        dead letter; ``alive`` is called on each round (to fail fast if the worker died)."""
+        want_recs, want_letters = set(recs), set(letters)
+        deadline = Deadline(timeout_s)
+        while True:
+            missing_recs = want_recs - self.recs_by_coord().keys() - self.rejected_recs_by_coord().keys()
+            missing_letters = want_letters - self.letters_by_coord().keys()
+            if not missing_recs and not missing_letters:
+                return
+            alive()
+            deadline.check(lambda: f"{len(missing_recs)} of {len(want_recs)} recommendations and "
+                                   f"{len(missing_letters)} of {len(want_letters)} dead letters")
+            self.poll()
+
+    def close(self) -> None:
+        self.recs.close()
+        self.dlq.close()
+
+
+def read_profiles(settings: KafkaSettings, timeout_s: float = 60.0) -> dict[str, UserProfile]:
+    """Every user's latest profile, from the ``profiles`` changelog (what ``recstream profile``
+    reads, for all users at once)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
+    try:
+        changelog = settings.changelog(T.PROFILES_TABLE)
+        partitions = consumer.partitions_for_topic(changelog) or set()
+        latest: dict[bytes, bytes | None] = {}
+        tps = [TopicPartition(changelog, p) for p in sorted(partitions)]
+        for record in read_to_end(consumer, tps, timeout_s=timeout_s):
+            latest[record.key] = record.value
+        return {k.decode(): UserProfile.from_bytes(v) for k, v in latest.items() if v is not None}
+    finally:
+        consumer.close()
+
+
+def wait_applied(settings: KafkaSettings, expected: dict[str, int], timeout_s: float, alive: Callable[[], None]) -> dict[str, UserProfile]:
+    """Re-read the profiles changelog until each user's ``applied`` count is as ``expected``
+    (0: no profile at all), or the deadline passes; returns the last profiles read."""
+    deadline = Deadline(timeout_s)
+    while True:
+        profiles = read_profiles(settings)
+        got = {user: profiles[user].applied if user in profiles else 0 for user in expected}
+        if got == expected:
+            return profiles
+        alive()
+        if deadline.expired():
+            diff = {u: (got[u], n) for u, n in expected.items() if got[u] != n}
+            raise AssertionError(f"profile 'applied' counts (got, expected) differ for {len(diff)} users: {dict(list(diff.items())[:10])}")
+        time.sleep(0.5)  # between two full reads of the changelog: a poll interval, not a wait for an outcome
+
+
+@dataclass
+class Worker:
+    """A ``recstream worker`` subprocess in its own topic namespace, with the demo catalog loaded."""
+
+    settings: KafkaSettings
+    workdir: Path
+    args: Sequence[str]
+    env: dict[str, str] | None = None
+    catalog: list[Item] = field(default_factory=list)
+    process: WorkerProcess | None = None
+    producer: KafkaProducer | None = None
+
+    def start(self) -> "Worker":
+        T.ensure_topics(self.settings, T.topic_specs(self.settings, partitions=PARTITIONS))
+        # 1.1 MB: room for values just over the contract's 1,000,000-byte limit
+        self.producer = producer(self.settings, max_request_size=1_100_000)
+        self.process = WorkerProcess(
+            self.settings, self.workdir / "state", "--partitions", str(PARTITIONS), *self.args,
+            log_path=self.workdir / "worker.log", env=self.env,
+        )
+        self.process.start()
+        self.process.wait_ready()
+        self.catalog = load_catalog(ts=now_ms())
+        send_records(self.producer, self.settings, self.catalog)
+        self.producer.flush()
+        wait_catalog(self.settings, [i.item_id for i in self.catalog], timeout_s=120)
+        return self
+
+    def assert_alive(self) -> None:
+        assert self.process is not None
+        code = self.process.proc.poll() if self.process.proc is not None else None
+        if code is not None:
+            raise AssertionError(f"the worker exited with status {code}:\n{self.process.log_text()[-3000:]}")
+
+    def log(self) -> str:
+        return self.process.log_text() if self.process is not None else ""
+
+    def failed_batch_sizes(self) -> list[int]:
+        """Sizes of the micro-batches the worker logged as failed (and retried one by one)."""
+        return [int(n) for n in BATCH_FAILED.findall(self.log())]
+
+    def stop(self) -> None:
+        if self.producer is not None:
+            self.producer.close()
+        if self.process is not None:
+            self.process.stop()
+        leftovers = list(T.list_topics(self.settings))
+        if leftovers:
+            T.delete_topics(self.settings, leftovers)
+
+
+def fresh_settings(broker: str, tag: str) -> KafkaSettings:
+    return KafkaSettings(broker=broker, topic_prefix=f"{tag}{uuid.uuid4().hex[:8]}.")
+
+
+def count(items: Iterable[str]) -> dict[str, int]:
+    return dict(Counter(items))
