@@ -220,11 +220,12 @@ class Pipeline:
         """Send a record that answers the input record at ``source_topic``/``source_partition``.
 
         Under exactly-once it joins the transaction of that input partition, the one that
-        commits the partition's offsets and its table writes, so the answer is committed
-        exactly when the input is consumed.  (faust picks a transaction by the *output*
-        partition and only for topics its consumer has metadata for; the recommendations
-        and dead-letter topics are not consumed, so ``topic.send`` would bypass the
-        transactions.)  The recommendations topic is co-partitioned with the events:
+        commits the partition's offsets and its table writes.  (faust picks a transaction
+        by the *output* partition and only for topics its consumer has metadata for; the
+        recommendations and dead-letter topics are not consumed, so ``topic.send`` would
+        bypass the transactions.)  This alone does not make a micro-batch atomic: faust
+        commits on a timer, possibly in the middle of a batch (see the README's
+        guarantees).  The recommendations topic is co-partitioned with the events:
         ``partition`` defaults to the input partition.
         """
         if not self.app.in_transaction:
