@@ -17,6 +17,7 @@ tables from their changelogs.  Afterwards:
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,6 +35,9 @@ from streams import topics as T
 from streams.client import WorkerProcess, producer, read_to_end, reader, send_records, wait_catalog
 from streams.demo.data import load_catalog
 from streams.records import Click, Purchase, decode_recommendation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import faults  # noqa: E402  (tests/ is not a package)
 
 pytestmark = pytest.mark.integration
 
@@ -90,14 +94,6 @@ def _offline_profiles(catalog, placed: list[tuple[Click | Purchase, str, int, in
     for start in range(0, len(batch), 1000):
         profiles.update(engine.process(batch[start : start + 1000], profiles, now_ms=0).profiles)
     return profiles
-
-
-def _profiles(settings) -> dict[str, UserProfile]:
-    """The profiles as the changelog holds them: the latest entry per user."""
-    latest: dict[bytes, bytes | None] = {}
-    for r in _records(settings, settings.changelog(T.PROFILES_TABLE)):
-        latest[r.key] = r.value
-    return {k.decode(): UserProfile.from_bytes(v) for k, v in latest.items() if v is not None}
 
 
 def test_sigkilled_worker_loses_and_doubles_nothing(kafka_settings, tmp_path: Path) -> None:
@@ -161,7 +157,7 @@ def test_sigkilled_worker_loses_and_doubles_nothing(kafka_settings, tmp_path: Pa
     answered_again = sum(1 for n in per_event.values() if n > 1)
 
     expected = _offline_profiles(catalog, placed)
-    got = _profiles(settings)
+    got = faults.read_profiles(settings)
     assert got.keys() == expected.keys()
     counts = Counter(ev.user_id for ev in events)
     for user, want in expected.items():
