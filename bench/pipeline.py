@@ -58,7 +58,6 @@ import threading
 import time
 import traceback
 import uuid
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -72,6 +71,7 @@ import orjson  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import catalog_gen as gen  # noqa: E402
+from machine import cpu_model, mem_total_gib, pkg_version  # noqa: E402
 from streams import topics as T  # noqa: E402
 from streams.config import KafkaSettings  # noqa: E402
 
@@ -117,33 +117,6 @@ def ms_pct(values_ms) -> dict:
 
 
 # ------------------------------------------------------------------------------ environment
-
-def pkg_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def mem_total_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024 / 1024, 1)
-    except (OSError, ValueError):
-        pass
-    return None
-
 
 def torch_info(device: str | None) -> dict:
     """torch facts from a short subprocess (this process never imports torch)."""

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# GPU check for the scoring path, meant for a machine with an NVIDIA GPU; takes under 8 minutes.
+#
+# It prints the GPU (nvidia-smi), runs the unit tests of the text encoder, the top-k scorer and this
+# benchmark (their CUDA tests run only when torch sees a GPU), and then runs the scoring benchmark with
+# recstream's ItemMatrix/score_topk and plain torch.topk on the GPU (fp16, the worker's default
+# there) against faiss IndexFlatIP on the CPU (faiss-gpu is not installed), at N = 10k, 100k and 1M
+# items, d = 384, batches 1 to 1,024, plus IVF and HNSW (200k subsample) with their recall@10.
+# The JSON goes to $OUT/topk_cuda.json (default bench/results/). See docs/benchmarks.md.
+#
+# Usage, from the repository root:  OUT=/some/dir bash bench/gpu_check.sh
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+OUT_DIR="${OUT:-bench/results}"
+mkdir -p "$OUT_DIR"
+if [[ -n "${PYTHON:-}" ]]; then
+    PY="$PYTHON"
+elif [[ -x .venv/bin/python ]]; then
+    PY=.venv/bin/python
+else
+    PY=python
+fi
+
+echo "== nvidia-smi"
+nvidia-smi
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())'
+
+echo "== unit tests (CUDA tests included when a GPU is visible)"
+timeout 180 "$PY" -m pytest -q -p no:cacheprovider tests/unit/test_text_encoder.py tests/unit/test_topk.py tests/unit/test_bench_topk.py -rs
+
+echo "== scoring benchmark on cuda"
+timeout 270 "$PY" bench/topk.py --device cuda --sizes 10000,100000,1000000 \
+    --output "$OUT_DIR/topk_cuda.json" > /dev/null
+"$PY" - "$OUT_DIR/topk_cuda.json" <<'EOF'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+if "error" in doc:
+    sys.exit(f"benchmark error: {doc['error']}")
+print("machine:", doc["machine"].get("gpu"), "|", doc["machine"]["cpu_model"], "x", doc["machine"]["threads"], "threads")
+for r in doc["results"]["exact"]:
+    print(f"N={r['n']:>8} B={r['batch']:>5} {r['label']:<24} {r['engine']:<6} {r['users_per_s']:>12.0f} users/s")
+for r in doc["ratios"]["approximate_over_exact"]:
+    print(f"N={r['n']:>8} B={r['batch']:>5} {r['label']:<34} recall {r['recall_at_k']}  x{r['speedup_vs_faiss_flat']} vs faiss flat")
+print("wall", doc["wall_s"], "s")
+EOF
+echo "== done: $OUT_DIR/topk_cuda.json"
