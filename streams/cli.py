@@ -362,9 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backtest", parents=[kafka_opts], help="replay a time range and score the recommendations against what users did next",
                        description="Replay the events of a time range through an isolated worker (per-event emission), then, "
-                                   "for every target event after --split, rank the recommendation the user held just before "
-                                   "it against the event's item; popularity and item-kNN baselines are scored on the same "
-                                   "cases. Prints a table; --json writes every figure, --html a report with plots.")
+                                   "for every target interaction after --split, rank the recommendation the user held when the "
+                                   "worker processed it against the event's item; popularity and item-kNN baselines are scored "
+                                   "on the same cases. Prints a table; --json writes every figure, --html a report with plots.")
     p.add_argument("--split", required=True, metavar="DATE", help="events before it warm the state; later target events are test cases")
     p.add_argument("--from", dest="from_", metavar="DATE", help="first event of the replay (default: the beginning)")
     p.add_argument("--to", metavar="DATE", help="end of the replay, exclusive (default: now)")
