@@ -71,7 +71,7 @@ import orjson  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import catalog_gen as gen  # noqa: E402
-from machine import cpu_model, mem_total_gib, pkg_version  # noqa: E402
+from common import cpu_model, emit_result, mem_total_gib, pkg_version  # noqa: E402
 from streams import topics as T  # noqa: E402
 from streams.config import KafkaSettings  # noqa: E402
 
@@ -956,15 +956,7 @@ def main(argv=None) -> int:
         finally:
             signal.signal(signal.SIGINT, old_int)
         result["wall_s"] = round(time.perf_counter() - t_start, 1)
-        doc = json.dumps(result, indent=2, default=str)
-        print(doc)
-        sys.stdout.flush()
-        if args.output:
-            try:
-                args.output.parent.mkdir(parents=True, exist_ok=True)
-                args.output.write_text(doc + "\n")
-            except OSError as exc:
-                log(f"could not write {args.output}: {exc}")
+        emit_result(result, args.output, log)
     return status
 
 

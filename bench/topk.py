@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
 import platform
@@ -64,7 +63,7 @@ from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-for _p in (str(HERE), str(ROOT)):  # bench/ (machine.py), then the checkout first
+for _p in (str(HERE), str(ROOT)):  # bench/ (common.py), then the checkout first
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
@@ -73,7 +72,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from scoring.topk import ItemMatrix, default_dtype, score_topk  # noqa: E402
-from machine import cpu_model, mem_total_gib, pkg_version  # noqa: E402
+from common import cpu_model, emit_result, mem_total_gib, pkg_version  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -922,15 +921,7 @@ def main(argv=None) -> int:
         result["error"] = f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    doc = json.dumps(result, indent=2, default=str)
-    print(doc)
-    sys.stdout.flush()
-    if args.output:
-        try:
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(doc + "\n")
-        except OSError as exc:
-            log(f"could not write {args.output}: {exc}")
+    emit_result(result, args.output, log)
     return status
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kafka import KafkaConsumer, TopicPartition
 
 from scoring.backtest import BacktestConfig, BacktestResult, evaluate_records
 
 from . import topics as T
-from .client import read_to_end, reader
+from .client import read_topic, reader
 from .config import KafkaSettings
 from .records import Item, ItemDeleted, Recommendation, ValidationError, decode_recommendation, parse_event, parse_item
 
@@ -28,17 +27,13 @@ class ReplayContents:
     invalid: int
 
 
-def _records(consumer: KafkaConsumer, topic: str):
-    return read_to_end(consumer, [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())])
-
-
 def read_replay(settings: KafkaSettings) -> ReplayContents:
     """The catalog ids, valid events and recommendation records of a (finished) replay namespace."""
     consumer = reader(settings)
     try:
         catalog: set[str] = set()
         invalid = 0
-        for r in _records(consumer, settings.topic(T.ITEMS)):
+        for r in read_topic(consumer, settings.topic(T.ITEMS)):
             try:
                 item = parse_item(r.key, r.value)
             except ValidationError:
@@ -50,12 +45,12 @@ def read_replay(settings: KafkaSettings) -> ReplayContents:
                 catalog.add(item.item_id)
         events = []
         for logical in T.EVENT_TOPICS:
-            for r in _records(consumer, settings.topic(logical)):
+            for r in read_topic(consumer, settings.topic(logical)):
                 try:
                     events.append(parse_event(logical, r.key, r.value))
                 except ValidationError:
                     invalid += 1
-        recs = [decode_recommendation(r.value) for r in _records(consumer, settings.topic(T.RECOMMENDATIONS))]
+        recs = [decode_recommendation(r.value) for r in read_topic(consumer, settings.topic(T.RECOMMENDATIONS))]
         return ReplayContents(catalog, events, recs, invalid)
     finally:
         consumer.close()

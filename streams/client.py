@@ -112,6 +112,23 @@ def read_to_end(
             yield from (r for r in records if r.offset < end[tp])
 
 
+def read_topic(consumer: KafkaConsumer, topic: str) -> Iterator:
+    """Every record of every partition of ``topic``, up to its end as it stands now
+    (:func:`read_to_end`; partitions in order, each by offset)."""
+    return read_to_end(consumer, [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())])
+
+
+def topic_size(settings: KafkaSettings, logical: str) -> int:
+    """Records appended to the ``logical`` topic so far: the sum of its partitions' end offsets."""
+    consumer = reader(settings)
+    try:
+        topic = settings.topic(logical)
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return sum(consumer.end_offsets(tps).values()) if tps else 0
+    finally:
+        consumer.close()
+
+
 def poll_records(consumer: KafkaConsumer, timeout_s: float) -> Iterator:
     """Records from ``consumer`` until ``timeout_s`` passes without the caller stopping."""
     deadline = time.monotonic() + timeout_s

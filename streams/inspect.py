@@ -18,7 +18,7 @@ from kafka import TopicPartition
 from encoders.profile import UserProfile
 
 from . import topics as T
-from .client import partition_for, read_to_end, reader
+from .client import partition_for, read_to_end, read_topic, reader
 from .config import KafkaSettings
 from .records import Recommendation, decode_recommendation
 from .state import decode_item
@@ -88,15 +88,14 @@ def inspect_user(settings: KafkaSettings, user_id: str) -> UserView:
             wanted |= {i.item_id for i in recommendation.items} | {i.because for i in recommendation.items if i.because}
         titles: dict[str, str] = {}
         items_changelog = settings.changelog(T.ITEMS_TABLE)
-        if wanted and consumer.partitions_for_topic(items_changelog):
-            for p in sorted(consumer.partitions_for_topic(items_changelog)):
-                for record in read_to_end(consumer, [TopicPartition(items_changelog, p)]):
-                    item_id = record.key.decode()
-                    if item_id in wanted:
-                        if record.value is None:
-                            titles.pop(item_id, None)
-                        else:
-                            titles[item_id] = decode_item(item_id, record.value).title
+        if wanted:
+            for record in read_topic(consumer, items_changelog):
+                item_id = record.key.decode()
+                if item_id in wanted:
+                    if record.value is None:
+                        titles.pop(item_id, None)
+                    else:
+                        titles[item_id] = decode_item(item_id, record.value).title
         return UserView(user_id, profile, recommendation, titles)
     finally:
         consumer.close()

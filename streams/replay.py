@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from . import topics as T
-from .client import WorkerProcess, producer, reader, wait_catalog
+from .client import WorkerProcess, producer, reader, topic_size, wait_catalog
 from .config import KafkaSettings
 from .records import Item, ValidationError, parse_item
 
@@ -135,16 +135,6 @@ def copy_range(
     return stats
 
 
-def _count(settings: KafkaSettings, logical: str) -> int:
-    consumer = reader(settings)
-    try:
-        topic = settings.topic(logical)
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        return sum(consumer.end_offsets(tps).values()) if tps else 0
-    finally:
-        consumer.close()
-
-
 def run_replay(
     source: KafkaSettings,
     target: KafkaSettings,
@@ -182,15 +172,15 @@ def run_replay(
                     raise TimeoutError(f"the replay worker answered {answered} of {stats.events_total} events in {timeout_s:.0f}s")
                 if worker.proc is not None and worker.proc.poll() is not None:
                     raise RuntimeError(f"the replay worker exited:\n{worker.log_text()[-2000:]}")
-                now = _count(target, T.RECOMMENDATIONS) + _count(target, T.DLQ)
+                now = topic_size(target, T.RECOMMENDATIONS) + topic_size(target, T.DLQ)
                 bar.update(now - answered)
                 answered = now
                 if answered < stats.events_total:
                     time.sleep(0.5)
     finally:
         worker.stop()
-    stats.recommendations = _count(target, T.RECOMMENDATIONS)
-    stats.dead_letters = _count(target, T.DLQ)
+    stats.recommendations = topic_size(target, T.RECOMMENDATIONS)
+    stats.dead_letters = topic_size(target, T.DLQ)
     stats.seconds = time.monotonic() - t0
     return stats
 

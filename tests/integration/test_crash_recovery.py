@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from encoders.profile import DecayedProfileModel, UserProfile
 from encoders.text import TextEncoder, item_text
@@ -32,7 +31,7 @@ from scoring.engine import Engine, EngineConfig, Incoming
 from scoring.popularity import DecayedPopularity
 from scoring.topk import ItemMatrix
 from streams import topics as T
-from streams.client import WorkerProcess, producer, read_to_end, reader, send_records, wait_catalog
+from streams.client import WorkerProcess, producer, read_topic, reader, send_records, topic_size, wait_catalog
 from streams.demo.data import load_catalog
 from streams.records import Click, Purchase, decode_recommendation
 
@@ -60,7 +59,7 @@ def _events(catalog_ids: list[str], start_ms: int) -> list[Click | Purchase]:
 def _records(settings, topic: str) -> list:
     consumer = reader(settings)
     try:
-        return list(read_to_end(consumer, [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]))
+        return list(read_topic(consumer, topic))
     finally:
         consumer.close()
 
@@ -68,17 +67,6 @@ def _records(settings, topic: str) -> list:
 def _answered(settings) -> int:
     """Distinct events with a recommendation."""
     return len({decode_recommendation(r.value).trigger.event_id for r in _records(settings, settings.topic(T.RECOMMENDATIONS))})
-
-
-def _written(settings) -> int:
-    """Records written to the recommendations topic, committed or not (cheap: end offsets)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
-    try:
-        topic = settings.topic(T.RECOMMENDATIONS)
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        return sum(consumer.end_offsets(tps).values())
-    finally:
-        consumer.close()
 
 
 def _offline_profiles(catalog, placed: list[tuple[Click | Purchase, str, int, int]]) -> dict[str, UserProfile]:
@@ -126,7 +114,7 @@ def test_sigkilled_worker_loses_and_doubles_nothing(kafka_settings, tmp_path: Pa
         prod.close()
         for n, point in enumerate(kill_points):
             deadline = time.monotonic() + DEADLINE_S
-            while (done := _written(settings)) < point:
+            while (done := topic_size(settings, T.RECOMMENDATIONS)) < point:
                 assert worker.proc.poll() is None, worker.log_text()[-3000:]
                 assert time.monotonic() < deadline, f"stuck at {done} of {point} events"
                 time.sleep(0.2)
@@ -137,8 +125,8 @@ def test_sigkilled_worker_loses_and_doubles_nothing(kafka_settings, tmp_path: Pa
             t0 = time.monotonic()
             worker.start()
             worker.wait_ready()
-            before = _written(settings)
-            while _written(settings) == before:
+            before = topic_size(settings, T.RECOMMENDATIONS)
+            while topic_size(settings, T.RECOMMENDATIONS) == before:
                 assert worker.proc.poll() is None, worker.log_text()[-3000:]
                 assert time.monotonic() - t0 < DEADLINE_S
                 time.sleep(0.2)

@@ -1,8 +1,12 @@
-"""Facts about the machine and the installed packages, for the benchmarks' JSON documents."""
+"""Shared by the benchmarks: facts about the machine and the installed packages, and the
+output of their JSON document."""
 
 from __future__ import annotations
 
+import json
 import platform
+import sys
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -32,3 +36,17 @@ def mem_total_gib() -> float | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def emit_result(result: dict, output: Path | None, log: Callable[[str], None]) -> None:
+    """Print the JSON document on stdout and, with ``output``, also write it there (a write
+    failure is logged, the printed document stands)."""
+    doc = json.dumps(result, indent=2, default=str)
+    print(doc)
+    sys.stdout.flush()
+    if output:
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(doc + "\n")
+        except OSError as exc:
+            log(f"could not write {output}: {exc}")
