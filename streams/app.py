@@ -16,30 +16,39 @@ counts are rebuilt from the tables.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import faust
 import numpy as np
+from faust.types import TP
 
 from encoders.profile import DecayedProfileModel, ProfileConfig
 from encoders.text import TextEncoder, resolve_device
+from scoring.ann import DEFAULT_MIN_ITEMS, DEFAULT_NPROBE, INDEX_KINDS, make_item_matrix
 from scoring.engine import EMIT_MODES, Engine, EngineConfig
 from scoring.popularity import DecayedPopularity
-from scoring.topk import ItemMatrix
 
 from . import topics as T
 from .config import KafkaSettings
-from .state import ObservedGlobalTable, decode_item, decode_log2, split_popularity_key
+from .metrics import pipeline_metrics
+from .security import faust_credentials
+from .state import ObservedGlobalTable, as_event, decode_item, decode_log2, split_popularity_key
 
 log = logging.getLogger("recstream.worker")
 
 DAY_MS = 24 * 3600 * 1000
+#: Most bytes in one produce batch (one partition).  The producer sends at most one batch
+#: per partition per round trip to the broker, and faust's default (16 KiB, about four
+#: profiles) made the profiles changelog a bottleneck; the broker takes up to 1 MB.
+PRODUCER_BATCH_BYTES = 512 * 1024
 GUARANTEES = ("at_least_once", "exactly_once")
 ITEM_FIELDS = ("title", "categories", "description")
 
@@ -70,6 +79,20 @@ class WorkerConfig:
     create_topics: bool = True
     stats_interval_s: float = 10.0
     torch_threads: int | None = None
+    # torch threads while an event batch is scored (scoring.engine.EngineConfig.score_threads;
+    # None: torch_threads / torch's own)
+    score_threads: int | None = 1
+    # scoring index (scoring/ann.py): auto = IVF from index_min_items live items on the CPU
+    index: str = "auto"
+    index_min_items: int = DEFAULT_MIN_ITEMS
+    ivf_nprobe: int = DEFAULT_NPROBE
+    # monitoring (streams/metrics.py, streams/logs.py): metrics_port None is the default
+    # port, skipped with a warning when taken; 0 turns the endpoint off
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    stall_timeout_s: float = 60.0
+    broker_grace_s: float = 30.0
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         problems = []
@@ -83,8 +106,20 @@ class WorkerConfig:
             problems.append(f"batch window must be positive, got {self.batch_within_s}s")
         if self.torch_threads is not None and self.torch_threads < 1:
             problems.append(f"torch threads must be at least 1, got {self.torch_threads}")
+        if self.score_threads is not None and self.score_threads < 1:
+            problems.append(f"score threads must be at least 1, got {self.score_threads}")
+        if self.index not in INDEX_KINDS:
+            problems.append(f"index must be one of {', '.join(INDEX_KINDS)}, got {self.index!r}")
+        if self.index_min_items < 1 or self.ivf_nprobe < 1:
+            problems.append(f"index min items and IVF nprobe must be at least 1, got {self.index_min_items} and {self.ivf_nprobe}")
         if self.processing_guarantee not in GUARANTEES:
             problems.append(f"processing guarantee must be one of {', '.join(GUARANTEES)}, got {self.processing_guarantee!r}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            problems.append(f"metrics port must be between 0 (off) and 65535, got {self.metrics_port}")
+        if not self.stall_timeout_s > 0 or not self.broker_grace_s > 0:
+            problems.append(f"stall timeout and broker grace must be positive, got {self.stall_timeout_s}s and {self.broker_grace_s}s")
+        if self.log_format not in ("text", "json"):
+            problems.append(f"log format must be text or json, got {self.log_format!r}")
         unknown = [f for f in self.item_fields if f not in ITEM_FIELDS]
         if unknown or not self.item_fields:
             problems.append(f"item fields must be a non-empty subset of {', '.join(ITEM_FIELDS)}, got {', '.join(self.item_fields)}")
@@ -136,6 +171,7 @@ class Pipeline:
         # event loop keeps fetching, committing and heartbeating meanwhile (torch releases
         # the GIL), and the single thread orders every access to the matrix and popularity.
         self.compute_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recstream-compute")
+        self._startup_heap_frozen = False
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.device = resolve_device(config.device)
         if config.torch_threads is not None:
@@ -145,7 +181,9 @@ class Pipeline:
         self.encoder = encoder or TextEncoder(
             config.model, device=str(self.device), max_length=config.max_length, batch_size=config.encode_batch
         )
-        self.matrix = ItemMatrix(self.encoder.dim, self.device)
+        self.matrix = make_item_matrix(
+            self.encoder.dim, self.device, config.index, min_items=config.index_min_items, nprobe=config.ivf_nprobe
+        )
         pop_half_life = int(config.popularity_half_life_days * DAY_MS)
         self.popularity = DecayedPopularity(pop_half_life)
         self.partition_popularity: dict[int, DecayedPopularity] = {}
@@ -160,7 +198,7 @@ class Pipeline:
             texts=self.encoder,
             config=EngineConfig(
                 k=config.k, emit=config.emit, exclude_seen=config.exclude_seen,  # type: ignore[arg-type]
-                popularity_half_life_ms=pop_half_life,
+                popularity_half_life_ms=pop_half_life, score_threads=config.score_threads,
             ),
             partition_popularity=self.partition_popularity,
         )
@@ -169,6 +207,7 @@ class Pipeline:
         self.app = faust.App(
             s.app_id,
             broker=[f"kafka://{server}" for server in s.bootstrap_servers],
+            broker_credentials=faust_credentials(s.security),  # TLS/SASL; None: PLAINTEXT
             store="rocksdb://",
             datadir=str(config.data_dir / s.app_id),
             topic_partitions=config.partitions,
@@ -181,7 +220,11 @@ class Pipeline:
             producer_acks=-1,
             producer_linger_ms=2,
             producer_max_request_size=T.DLQ_MAX_MESSAGE_BYTES,
-            stream_wait_empty=False,
+            producer_max_batch_size=PRODUCER_BATCH_BYTES,
+            # a rebalance or a stop waits for the micro-batch in flight and commits it before
+            # the partitions go: no table writes to partitions another worker now owns, and no
+            # event answered by both (at-least-once otherwise redelivers the batch)
+            stream_wait_empty=True,
         )
         # recstream reads and writes bytes and does its own (de)serialization: never pickle.
         # Topics get the serializers as arguments, not as a faust.Schema: with tables in
@@ -214,6 +257,8 @@ class Pipeline:
         catalog.register(self)
         events.register(self)
         self.app.timer(config.stats_interval_s)(self.log_stats)
+        # Prometheus metrics (per worker registry); served by run_worker when enabled
+        self.telemetry = pipeline_metrics(self)
 
     async def publish(self, topic: Any, key: bytes | None, value: bytes, *, source_topic: str, source_partition: int,
                       partition: int | None = None) -> None:
@@ -237,6 +282,106 @@ class Pipeline:
             topic.get_topic_name(), key, value, partition if partition is not None else source_partition, None, None,
             transactional_id=tid,
         )
+
+    async def publish_many(self, topic: Any, records: Sequence[tuple[bytes | None, bytes, str, int]]) -> None:
+        """Send records that answer input records, in order: ``(key, value, source_topic,
+        source_partition)`` each, to the source partition (``topic`` is co-partitioned with
+        the events, as in :meth:`publish`).
+
+        At least once: one produce batch per partition instead of one faust send per
+        record (faust's per-record path cost more than the rest of an event's processing).
+        The batches go to faust's own producer, and faust flushes that producer before it
+        commits input offsets, so an input offset is committed only after its answer was
+        delivered, as with ``topic.send``.  Under exactly-once every record joins its input
+        partition's transaction (:meth:`publish`).
+        """
+        if self.app.in_transaction:
+            for key, value, source_topic, source_partition in records:
+                await self.publish(topic, key, value, source_topic=source_topic, source_partition=source_partition)
+            return
+        by_partition: dict[int, list[tuple[bytes | None, bytes]]] = {}
+        for key, value, _, source_partition in records:
+            by_partition.setdefault(source_partition, []).append((key, value))
+        await self._send_batches(topic.get_topic_name(), by_partition)
+
+    async def write_table(self, table: Any, writes: Mapping[int, Sequence[tuple[bytes, bytes]]],
+                          events: Mapping[int, Any]) -> None:
+        """Set keys of a raw-bytes table: ``writes`` by partition, in order; ``events[p]`` is
+        an input event of partition ``p`` (faust routes a table write by the current event).
+
+        The same as ``table[key] = value`` for each (the local store, then a changelog record
+        on the partition, and the changelog offset persisted in the store once delivered),
+        with one changelog batch per partition instead of one faust send per key.  faust
+        flushes the producer before it commits input offsets, so state reaches the changelog
+        first, as before.  Under exactly-once: faust's own writes (they join its transactions).
+        """
+        if not writes:
+            return
+        if self.app.in_transaction:
+            for partition, kvs in writes.items():
+                with as_event(events[partition]):
+                    for key, value in kvs:
+                        table[key] = value
+            return
+        store = table.data
+        for partition, kvs in writes.items():
+            with as_event(events[partition]):
+                for key, value in kvs:
+                    store[key] = value
+        changelog = table.changelog_topic.get_topic_name()
+
+        def persisted(partition: int, offset: int) -> None:
+            store.set_persisted_offset(TP(changelog, partition), offset)
+
+        await self._send_batches(changelog, writes, on_delivered=persisted)
+
+    async def _send_batches(self, topic_name: str, by_partition: Mapping[int, Sequence[tuple[bytes | None, bytes]]],
+                            on_delivered: Callable[[int, int], None] | None = None) -> None:
+        """Queue records on faust's producer as record batches, in order within each partition."""
+        producer = self.app.producer._ensure_producer()  # faust's aiokafka producer; faust has no batch API
+        for partition, records in by_partition.items():
+            start, total = 0, len(records)
+            while start < total:
+                batch = producer.create_batch()
+                n = 0
+                while start + n < total:
+                    key, value = records[start + n]
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        break  # full: the rest goes in the next batch
+                    n += 1
+                if n == 0:
+                    raise ValueError(f"a record of {len(records[start][1])} bytes does not fit a produce batch for {topic_name}")
+                batch.close()
+                delivery = await producer.send_batch(batch, topic_name, partition=partition)
+                delivery.add_done_callback(partial(self._batch_delivered, topic_name, partition, n, on_delivered))
+                start += n
+
+    def _batch_delivered(self, topic_name: str, partition: int, n: int, on_delivered: Callable[[int, int], None] | None,
+                         delivery: asyncio.Future) -> None:
+        if delivery.cancelled() or delivery.exception() is not None:
+            error = "cancelled" if delivery.cancelled() else repr(delivery.exception())
+            log.error("%d records for %s[%d] were not delivered: %s", n, topic_name, partition, error)
+            self.metrics.counts["send_failures"] += n
+            return
+        if on_delivered is not None:
+            on_delivered(partition, delivery.result().offset + n - 1)
+
+    def freeze_startup_heap(self) -> None:
+        """Once, at the first event batch: hand every object allocated so far (torch, the
+        transformer, faust, the catalog, about half a million) to the garbage collector's
+        permanent generation (:func:`gc.freeze`).  Each full collection walked all of them,
+        every few thousand events, holding the GIL for 0.1-2 s (measured on the 2-core
+        development machine); reference counting still frees them, only cycles among them
+        are no longer collected.  The youngest generation is also collected every 10,000
+        allocations instead of 700: a micro-batch allocates far more than 700 short-lived
+        objects, and each collection found them alive.  Later calls do nothing.
+        """
+        if not self._startup_heap_frozen:
+            self._startup_heap_frozen = True
+            gc.freeze()
+            young, middle, old = gc.get_threshold()
+            gc.set_threshold(max(young, 10_000), middle, old)
+            log.info("garbage collector: %d startup objects frozen", gc.get_freeze_count())
 
     async def compute(self, fn, *args):
         """Run ``fn(*args)`` on the compute thread and wait for it without blocking the loop."""
@@ -274,15 +419,21 @@ class Pipeline:
         stored = list(stored)
         if deletes:
             self.matrix.remove([d for d in deletes if d in self.matrix])
-        if stored:
-            self.matrix.upsert([s.item_id for s in stored], np.stack([s.vector for s in stored]))
+        if stored:  # the vectors as a list: the matrix stacks them a slice at a time (no full-size copy)
+            self.matrix.upsert([s.item_id for s in stored], [s.vector for s in stored])
 
     async def rebuild_items(self) -> None:
         """After recovery: the item matrix is exactly the catalog table."""
+        # Free the matrix (and its index) that the changelog records of the recovery filled
+        # before the catalog is decoded: otherwise both, and the decoded catalog, are held at
+        # once. Streams are paused until the recovery callbacks return, so nothing scores the
+        # empty matrix; the snapshot below and its submission are not interleaved with changes.
+        await self.compute(self.matrix.clear)
         stored = [decode_item(k.decode(), v) for k, v in self.items_table.items()]
 
         def rebuild() -> None:
             self.matrix.clear()
+            self.matrix.reserve(len(stored))  # one allocation of the final size, no doubling and copying
             self.apply_items(stored, [])
 
         await self.compute(rebuild)

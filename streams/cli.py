@@ -3,7 +3,9 @@
 Every command that talks to Kafka takes ``--broker`` (``RECSTREAM_BROKER``),
 ``--topic-prefix`` (``RECSTREAM_TOPIC_PREFIX``) and ``--app-id`` (``RECSTREAM_APP_ID``);
 flags win over environment variables, which win over the defaults (the local broker on
-127.0.0.1:9092, no prefix, app id ``recstream``).
+127.0.0.1:9092, no prefix, app id ``recstream``). TLS and SASL settings, and a TOML config
+file for all of these (``--config``), are described in :mod:`streams.config` and
+:mod:`streams.security`; passwords are read from a file or the environment, never from a flag.
 """
 
 from __future__ import annotations
@@ -32,11 +34,31 @@ def _kafka_options() -> argparse.ArgumentParser:
     group.add_argument("--broker", metavar="HOST:PORT[,...]", help="bootstrap servers (env RECSTREAM_BROKER; default 127.0.0.1:9092)")
     group.add_argument("--topic-prefix", metavar="PREFIX", help="prefix of every topic name (env RECSTREAM_TOPIC_PREFIX; default none)")
     group.add_argument("--app-id", metavar="ID", help="Faust application id: consumer group and changelog names (env RECSTREAM_APP_ID; default <prefix>recstream)")
+    group.add_argument("--config", metavar="FILE", help="TOML file with a [kafka] table of these settings; flags and env win over it (env RECSTREAM_CONFIG)")
+    sec = parent.add_argument_group("Kafka security (TLS and SASL)")
+    sec.add_argument("--security-protocol", metavar="P", type=str.upper, choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+                     help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (env RECSTREAM_SECURITY_PROTOCOL; default PLAINTEXT)")
+    sec.add_argument("--sasl-mechanism", metavar="M", type=str.upper, choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
+                     help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (env RECSTREAM_SASL_MECHANISM)")
+    sec.add_argument("--sasl-username", metavar="USER", help="SASL user name (env RECSTREAM_SASL_USERNAME)")
+    sec.add_argument("--sasl-password-file", metavar="FILE", help="file whose first line is the SASL password (env RECSTREAM_SASL_PASSWORD_FILE, "
+                                                                  "or the password itself in RECSTREAM_SASL_PASSWORD; there is no password flag: "
+                                                                  "command lines are visible to every user of the machine)")
+    sec.add_argument("--ssl-cafile", metavar="PEM", help="CA certificates that signed the brokers' certificates (env RECSTREAM_SSL_CAFILE; default the system's)")
+    sec.add_argument("--ssl-certfile", metavar="PEM", help="client certificate, for brokers that require one (env RECSTREAM_SSL_CERTFILE)")
+    sec.add_argument("--ssl-keyfile", metavar="PEM", help="the client certificate's private key (env RECSTREAM_SSL_KEYFILE)")
+    sec.add_argument("--ssl-check-hostname", action=argparse.BooleanOptionalAction, default=None,
+                     help="check that the broker's certificate names its host (env RECSTREAM_SSL_CHECK_HOSTNAME; default on)")
     return parent
 
 
 def settings_from(args: argparse.Namespace) -> KafkaSettings:
-    return KafkaSettings.from_env(broker=args.broker, topic_prefix=args.topic_prefix, app_id=args.app_id)
+    return KafkaSettings.from_env(
+        broker=args.broker, topic_prefix=args.topic_prefix, app_id=args.app_id, config_file=args.config,
+        security_protocol=args.security_protocol, sasl_mechanism=args.sasl_mechanism, sasl_username=args.sasl_username,
+        sasl_password_file=args.sasl_password_file, ssl_cafile=args.ssl_cafile, ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile, ssl_check_hostname=args.ssl_check_hostname,
+    )
 
 
 # --- recstream kafka -------------------------------------------------------------------
@@ -108,10 +130,22 @@ def worker_config(args: argparse.Namespace):
         data_dir=Path(args.data_dir),
         processing_guarantee=args.processing_guarantee,
         torch_threads=args.torch_threads,
+        index=args.index,
+        index_min_items=args.index_min_items,
+        ivf_nprobe=args.ivf_nprobe,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        stall_timeout_s=args.stall_timeout,
+        broker_grace_s=args.broker_grace,
+        log_format=args.log_format,
     )
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from .security import check_connection
+
+    settings = settings_from(args)
+    check_connection(settings.bootstrap_servers, settings.security)  # before torch and the model load
     from .worker import run_worker
 
     return run_worker(worker_config(args), loglevel=args.loglevel)
@@ -132,12 +166,22 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=_env("DEVICE", "auto"), help="auto, cpu, cuda or cuda:N (env RECSTREAM_DEVICE; default auto: CUDA when present)")
     g.add_argument("--torch-threads", type=int, default=int(_env("TORCH_THREADS")) if _env("TORCH_THREADS") else None, help="CPU threads for the encoder and scoring (env RECSTREAM_TORCH_THREADS; default: torch's, one per core)")
     g.add_argument("--max-length", type=int, default=int(_env("MAX_LENGTH", "256")), help="token limit per text (env RECSTREAM_MAX_LENGTH; default 256)")
+    g = p.add_argument_group("scoring index")
+    g.add_argument("--index", choices=["auto", "exact", "ivf"], default=_env("INDEX", "auto"), help="exact top-k, or an approximate faiss IVF index once the catalog holds --index-min-items items; auto = ivf on the CPU when faiss is installed, exact on CUDA (env RECSTREAM_INDEX; default auto; see docs/benchmarks.md)")
+    g.add_argument("--index-min-items", type=int, default=int(_env("INDEX_MIN_ITEMS", "100000")), help="live items from which the IVF index is searched; exact below (env RECSTREAM_INDEX_MIN_ITEMS; default 100000)")
+    g.add_argument("--ivf-nprobe", type=int, default=int(_env("IVF_NPROBE", "16")), help="IVF lists probed per query: recall@10 0.96 at 1M items with 16 (env RECSTREAM_IVF_NPROBE; default 16)")
     g = p.add_argument_group("micro-batches and state")
     g.add_argument("--batch-max", type=int, default=int(_env("BATCH_MAX", "512")), help="most events per micro-batch (env RECSTREAM_BATCH_MAX; default 512)")
     g.add_argument("--batch-within-ms", type=float, default=float(_env("BATCH_WITHIN_MS", "50")), help="longest wait to fill a micro-batch (env RECSTREAM_BATCH_WITHIN_MS; default 50)")
     g.add_argument("--catalog-batch-max", type=int, default=int(_env("CATALOG_BATCH_MAX", "256")), help="most catalog records per micro-batch (env RECSTREAM_CATALOG_BATCH_MAX; default 256)")
     g.add_argument("--data-dir", default=_env("DATA_DIR", ".recstream"), help="local RocksDB state (env RECSTREAM_DATA_DIR; default .recstream)")
     g.add_argument("--processing-guarantee", choices=["at_least_once", "exactly_once"], default=_env("PROCESSING_GUARANTEE", "at_least_once"), help="(env RECSTREAM_PROCESSING_GUARANTEE; default at_least_once)")
+    g = p.add_argument_group("monitoring")
+    g.add_argument("--metrics-port", type=int, metavar="PORT", default=int(_env("METRICS_PORT")) if _env("METRICS_PORT") else None, help="HTTP port of /metrics (Prometheus), /health and /ready; 0 turns them off (env RECSTREAM_METRICS_PORT; default 9108, skipped with a warning when another process holds it; a port set by flag or env must be free)")
+    g.add_argument("--metrics-host", metavar="HOST", default=_env("METRICS_HOST", "127.0.0.1"), help="address the endpoint listens on; 0.0.0.0 in a container, for a scraper outside it (env RECSTREAM_METRICS_HOST; default 127.0.0.1)")
+    g.add_argument("--stall-timeout", type=float, default=float(_env("STALL_TIMEOUT", "60")), metavar="SECONDS", help="/health turns unhealthy when input waits and no micro-batch completed for this long (env RECSTREAM_STALL_TIMEOUT; default 60)")
+    g.add_argument("--broker-grace", type=float, default=float(_env("BROKER_GRACE", "30")), metavar="SECONDS", help="/health turns unhealthy when the broker has not answered for this long (env RECSTREAM_BROKER_GRACE; default 30)")
+    g.add_argument("--log-format", choices=["text", "json"], default=_env("LOG_FORMAT", "text"), help="text, or json: one JSON object per line (env RECSTREAM_LOG_FORMAT; default text); secrets and review texts are masked in both")
 
 
 # --- recstream profile -----------------------------------------------------------------
@@ -186,14 +230,13 @@ def cmd_produce(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     import time as _time
 
-    from .config import KafkaSettings
     from .produce import parse_time
     from . import topics
     from .replay import copy_range, run_replay
 
     source = settings_from(args)
     prefix = args.target_prefix or f"{source.topic_prefix}replay-{int(_time.time())}."
-    target = KafkaSettings(broker=source.broker, topic_prefix=prefix)
+    target = source.with_prefix(prefix)
     start = parse_time(args.from_) if args.from_ else None
     end = parse_time(args.to) if args.to else None
     live = topics.list_topics(source)
@@ -225,7 +268,6 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
     from . import topics
     from .backtest import backtest_replay
-    from .config import KafkaSettings
     from .produce import parse_time
     from .replay import run_replay
 
@@ -236,9 +278,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     started = _time.monotonic()
     timings: dict[str, float] = {}
     if args.replay_prefix:
-        target = KafkaSettings(broker=source.broker, topic_prefix=args.replay_prefix)
+        target = source.with_prefix(args.replay_prefix)
     else:
-        target = KafkaSettings(broker=source.broker, topic_prefix=f"{source.topic_prefix}backtest-{int(_time.time())}.")
+        target = source.with_prefix(f"{source.topic_prefix}backtest-{int(_time.time())}.")
         partitions = topics.list_topics(source).get(source.topic(topics.CLICKS))
         if not partitions:
             print(f"recstream backtest: no topic {source.topic(topics.CLICKS)!r} on {source.broker}", file=sys.stderr)
@@ -399,6 +441,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _authorization_message(exc: Exception) -> str:
+    """One line for an ACL refusal (kafka-python's errors carry the topics or a description)."""
+    import re
+
+    name = type(exc).__name__
+    detail = re.sub(r"^\[Error \d+\] \w+: ", "", str(exc).strip())  # kafka-python repeats the class
+    if len(detail) > 300:
+        detail = detail[:300] + "..."
+    what = {"TopicAuthorizationFailedError": "the user may not use these topics",
+            "GroupAuthorizationFailedError": "the user may not use this consumer group (the app id)",
+            "ClusterAuthorizationFailedError": "the user may not perform this cluster operation",
+            "TransactionalIdAuthorizationFailedError": "the user may not use these transactional ids"}.get(name, "refused by the broker's ACLs")
+    return f"{what} ({name}{': ' + detail if detail and detail != name else ''}); ask the cluster's operators for ACLs"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -416,8 +473,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:  # the message, not a traceback, for expected failures
-        from kafka.errors import KafkaError
+        from kafka.errors import AuthorizationError, KafkaError
 
+        from .security import AuthenticationFailed, BrokerUnreachable
+
+        if isinstance(exc, (AuthenticationFailed, BrokerUnreachable)):
+            parser.exit(1, f"recstream: {exc}\n")
+        if isinstance(exc, AuthorizationError):
+            parser.exit(1, f"recstream: not authorized: {_authorization_message(exc)}\n")
         if isinstance(exc, (KafkaError, FileNotFoundError, ValueError)):
             parser.exit(1, f"recstream: error: {exc}\n")
         raise

@@ -19,6 +19,7 @@ from kafka.partitioner.default import murmur2
 
 from . import topics as T
 from .config import KafkaSettings
+from .security import check_connection, kafka_python_kwargs
 from .records import Item, ItemDeleted, Recommendation, decode_recommendation, encode, record_key
 
 
@@ -26,9 +27,18 @@ class Timeout(RuntimeError):
     """A bounded wait ran out; the message says what was awaited."""
 
 
+def connection_options(settings: KafkaSettings) -> dict:
+    """``bootstrap_servers`` and the TLS/SASL arguments of a kafka-python client, after
+    checking (once per process, TLS and SASL only) that the broker accepts the credentials:
+    a refused password is a clear :class:`streams.security.AuthenticationFailed`, not a
+    bootstrap timeout."""
+    check_connection(settings.bootstrap_servers, settings.security)
+    return {"bootstrap_servers": settings.bootstrap_servers, **kafka_python_kwargs(settings.security)}
+
+
 def producer(settings: KafkaSettings, **overrides) -> KafkaProducer:
     options = {"acks": "all", "linger_ms": 5, **overrides}
-    return KafkaProducer(bootstrap_servers=settings.bootstrap_servers, **options)
+    return KafkaProducer(**connection_options(settings), **options)
 
 
 def send_records(prod: KafkaProducer, settings: KafkaSettings, records: Iterable) -> list:
@@ -59,7 +69,7 @@ def reader(settings: KafkaSettings) -> KafkaConsumer:
     """A consumer without a group that sees committed records only (``read_committed``):
     under exactly-once, a crashed attempt's records are aborted and stay invisible; under
     at-least-once there are no transactions and it sees everything."""
-    return KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None,
+    return KafkaConsumer(**connection_options(settings), enable_auto_commit=False, group_id=None,
                          isolation_level="read_committed")
 
 
@@ -75,7 +85,9 @@ def tail(
     partitions = consumer.partitions_for_topic(topic) or set()
     if not partitions:
         consumer.close()
-        raise ValueError(f"topic {topic!r} does not exist on {settings.broker}")
+        # Kafka does not tell a topic the user may not describe from a missing one
+        who = f", or user {settings.security.sasl_username!r} may not see it (ACLs)" if settings.security.uses_sasl else ""
+        raise ValueError(f"topic {topic!r} does not exist on {settings.broker}{who}")
     if key is not None:
         partitions = {partition_for(key, len(partitions))}
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
@@ -223,7 +235,10 @@ class WorkerProcess:
             "--loglevel", "info",
             *self.args,
         ]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(self.env or {})}
+        # TLS/SASL settings (the password included) reach the worker through its environment,
+        # never its command line
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **self.settings.security.to_env(),
+               **(self.env or {})}
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)

@@ -95,8 +95,12 @@ class TopicStatus:
 def _admin(settings: KafkaSettings, timeout_s: float):
     from kafka.admin import KafkaAdminClient
 
+    from .security import check_connection, kafka_python_kwargs
+
+    check_connection(settings.bootstrap_servers, settings.security)
     return KafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers,
+        **kafka_python_kwargs(settings.security),
         client_id=f"{settings.app_id}-admin",
         request_timeout_ms=int(timeout_s * 1000),
     )
@@ -110,7 +114,7 @@ def ensure_topics(settings: KafkaSettings, specs: Iterable[TopicSpec], *, timeou
     changing the partition count of a keyed topic would move keys between partitions).
     """
     from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from kafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError
 
     specs = list(specs)
     admin = _admin(settings, timeout_s)
@@ -123,6 +127,9 @@ def ensure_topics(settings: KafkaSettings, specs: Iterable[TopicSpec], *, timeou
             try:
                 admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
                 created = {s.name for s in missing}
+            except TopicAuthorizationFailedError:
+                # kafka-python's message repeats the whole request; name the topics instead
+                raise TopicAuthorizationFailedError(f"creating {', '.join(s.name for s in missing)}") from None
             except TopicAlreadyExistsError:
                 # a concurrent creator won the race for some of them: create the rest one by one
                 for topic in new:

@@ -39,7 +39,7 @@ def run_demo(settings: KafkaSettings, *, pace_s: float = 0.5, keep: bool = False
             return 1
         started_broker = True
     if not settings.topic_prefix:
-        settings = KafkaSettings(broker=settings.broker, topic_prefix=f"demo-{int(time.time())}.")
+        settings = settings.with_prefix(f"demo-{int(time.time())}.")
     workdir = Path(tempfile.mkdtemp(prefix="recstream-demo-"))
     worker = WorkerProcess(settings, workdir / "state", "--partitions", "2", "--emit", "per-event", "-k", "5", log_path=workdir / "worker.log")
     watcher = None
