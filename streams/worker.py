@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
+
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 
 from .app import Pipeline, WorkerConfig
 
@@ -32,27 +35,126 @@ def claim_state(config: WorkerConfig) -> Path:
     return marker
 
 
+class CommitBeforeRevoke:
+    """Consumer mixin: finish and commit the work in flight before a rebalance takes the
+    partitions away.
+
+    Faust 0.15 first forgets the acknowledged, not yet committed offsets of the revoked
+    partitions, and only then runs the revocation handler that stops the flow, waits for the
+    streams and commits (``stream_wait_empty``).  What was processed since the last periodic
+    commit (every 2.8 s), and the micro-batch that finished meanwhile, were then processed,
+    and answered, again after the rebalance, by whichever worker got the partition.  This
+    runs the handler's first steps before Faust forgets anything: stop the flow, empty the
+    stream buffers (their records are fetched again from the committed offset), wait for the
+    micro-batch in flight and commit, as Kafka's own clients commit in their revocation
+    callback; the group waits for its members' callbacks before it reassigns.
+    """
+
+    async def on_partitions_revoked(self, revoked: set) -> None:
+        if revoked:
+            app = self.app  # type: ignore[attr-defined]
+            self.stop_flow()  # type: ignore[attr-defined]
+            app.flow_control.suspend()
+            app.flow_control.clear()
+            await self.wait_empty()  # type: ignore[attr-defined]  # commits as the acks arrive, then once more
+        await super().on_partitions_revoked(revoked)  # type: ignore[misc]
+
+
+class HoldFlowDuringSeek:
+    """Consumer mixin: no record reaches the streams while the partitions are sought back to
+    their committed offsets.
+
+    Faust 0.15 ends every rebalance with ``perform_seek`` (seek each partition to its
+    committed offset, then set its read offset to that offset) followed by
+    ``flow_control.resume()``, which empties the stream buffers, and ``resume_flow()``.
+    Recovery has already resumed the flow to read the changelogs, so during the seek the
+    fetch loop keeps going, and it delivers a record only at or after the partition's read
+    offset (the last offset it delivered), dropping the others silently (a debug line):
+
+    * a record whose delivery the rebalance interrupted sets its offset as the read offset
+      after the rebalance cleared them, though it was never delivered; when the worker keeps
+      that partition, every re-fetched record below that offset is dropped during the seek;
+    * records delivered during the seek are emptied out of the buffers right after it, their
+      offsets already counted as read.
+
+    Either way those events are never processed nor answered, and the next record looks like
+    a jump past the read offset, which Faust counts as a gap and commits over: even a
+    restart does not bring them back.  Stopping the flow for the seek leaves nothing to drop
+    or to empty: the callers resume the flow right after (both places in
+    ``faust.tables.recovery`` call ``flow_control.resume()`` then ``resume_flow()``; the
+    third caller, ``getmany``, runs only while the flow is already stopped).
+    """
+
+    async def perform_seek(self) -> None:
+        self.stop_flow()  # type: ignore[attr-defined]
+        await super().perform_seek()  # type: ignore[misc]
+
+
+class RebalanceSafeConsumer(CommitBeforeRevoke, HoldFlowDuringSeek, AIOKafkaConsumer):
+    """Faust's aiokafka consumer with :class:`CommitBeforeRevoke` and :class:`HoldFlowDuringSeek`:
+    a partition changes hands (or stays) without losing an event or answering one twice."""
+
+
+def install_consumer_fixes(app: Any) -> None:
+    """Make ``app`` (a faust.App on the aiokafka transport) create a :class:`RebalanceSafeConsumer`;
+    call before the app starts (its consumer is created on first use)."""
+    if app._consumer is not None:
+        raise RuntimeError("the app's consumer already exists: install the consumer fixes before starting it")
+    transport = app.transport
+    if not issubclass(transport.Consumer, AIOKafkaConsumer):
+        raise RuntimeError(f"unexpected Faust consumer class {transport.Consumer!r} (recstream runs on aiokafka)")
+    transport.Consumer = RebalanceSafeConsumer
+
+
 def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
     """Run until SIGINT/SIGTERM; returns the process exit status."""
     import faust
 
+    from .logs import install as install_logging
+    from .metrics import HealthPolicy, MonitoringService, metrics_socket
+    from .security import check_connection
+
+    install_logging(config.log_format)
+    root = logging.getLogger()  # --loglevel covers the start-up lines too, not only Faust's own
+    root.setLevel(min(root.getEffectiveLevel(), logging.getLevelName(loglevel.upper())))
+    # a refused password or an unreachable broker stops here, with one line, instead of
+    # Faust retrying its bootstrap forever
+    check_connection(config.kafka.bootstrap_servers, config.kafka.security)
+    try:  # bound before the model loads: a busy --metrics-port is reported at once
+        sock = metrics_socket(config.metrics_port, config.metrics_host)
+    except OSError as exc:
+        log.error("cannot serve metrics on %s:%s: %s", config.metrics_host, config.metrics_port, exc.strerror or exc)
+        return 1
     marker = claim_state(config)
     pipeline = Pipeline(config)
+    install_consumer_fixes(pipeline.app)  # rebalances neither lose events nor answer them twice
     if config.create_topics and not pipeline.create_topics():
         log.error("refusing to start: fix the topics above or point --topic-prefix at a fresh namespace")
         marker.unlink(missing_ok=True)
         return 1
     log.info(
-        "recstream worker: app %s, broker %s, topics prefix %r, %d partitions, device %s, model %s, emit %s",
-        config.kafka.app_id, config.kafka.broker, config.kafka.topic_prefix, config.partitions,
+        "recstream worker: app %s, broker %s (%s), topics prefix %r, %d partitions, device %s, model %s, emit %s",
+        config.kafka.app_id, config.kafka.broker, config.kafka.security.describe(), config.kafka.topic_prefix, config.partitions,
         pipeline.device, pipeline.encoder.name, config.emit,
     )
-    worker = faust.Worker(pipeline.app, loglevel=loglevel, quiet=True)
+    services = []
+    if sock is not None:
+        services.append(MonitoringService(pipeline, sock, HealthPolicy(config.stall_timeout_s, config.broker_grace_s)))
+
+    class Worker(faust.Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            install_logging(config.log_format, logger)  # faust replaced the handlers
+
+    worker = Worker(pipeline.app, *services, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()
         code = 0
     except SystemExit as exc:
         code = int(exc.code or 0)
+    finally:
+        if sock is not None:
+            sock.close()
     if code == 0:
         marker.unlink(missing_ok=True)
     return code

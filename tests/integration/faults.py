@@ -1,4 +1,5 @@
-"""Helpers shared by the fault-injection integration tests (bad input, poison batches).
+"""Helpers shared by the fault-injection integration tests (bad input, poison batches,
+broker restarts) and the multi-worker tests (two and three workers in one group).
 
 Everything here observes the pipeline from outside, as an operator would: raw records are
 produced with kafka-python, and the outcome is read back from the output topics (the
@@ -11,11 +12,13 @@ in ``importlib`` mode), see :func:`load`.
 
 from __future__ import annotations
 
+import random
 import re
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -27,7 +30,7 @@ from streams import topics as T
 from streams.client import WorkerProcess, partition_for, producer, read_to_end, send_records, wait_catalog
 from streams.config import KafkaSettings
 from streams.demo.data import load_catalog
-from streams.records import DeadLetter, Item, Recommendation, ValidationError, decode_dead_letter, decode_recommendation
+from streams.records import Click, DeadLetter, Item, Recommendation, ValidationError, decode_dead_letter, decode_recommendation
 
 #: A topic/partition/offset triple: where a record lives, and how outputs point back at it.
 Coord = tuple[str, int, int]
@@ -91,6 +94,24 @@ def key_on_partition(prefix: str, partition: int, partitions: int = PARTITIONS) 
         if partition_for(candidate.encode(), partitions) == partition:
             return candidate
     raise AssertionError("no key found")  # pragma: no cover - murmur2 spreads keys
+
+
+def describe_coords(coords: Iterable[Coord], limit: int = 12) -> str:
+    """Coords as offset ranges per topic partition, for failure messages:
+    ``"clicks:2@310-337, clicks:3@12"`` (the topic's prefix dropped)."""
+    by_tp: dict[tuple[str, int], list[int]] = {}
+    for topic, partition, offset in coords:
+        by_tp.setdefault((topic.rsplit(".", 1)[-1], partition), []).append(offset)
+    parts = []
+    for (topic, partition), offsets in sorted(by_tp.items()):
+        offsets.sort()
+        runs, start = [], offsets[0]
+        for prev, cur in zip(offsets, offsets[1:] + [None]):
+            if cur != prev + 1:
+                runs.append(f"{start}" if start == prev else f"{start}-{prev}")
+                start = cur
+        parts.append(f"{topic}:{partition}@{','.join(runs)}")
+    return ", ".join(parts[:limit]) + (f", ... {len(parts) - limit} more partitions" if len(parts) > limit else "") if parts else "none"
 
 
 class TopicLog:
@@ -184,8 +205,9 @@ class Outputs:
             if not missing_recs and not missing_letters:
                 return
             alive()
-            deadline.check(lambda: f"{len(missing_recs)} of {len(want_recs)} recommendations and "
-                                   f"{len(missing_letters)} of {len(want_letters)} dead letters")
+            deadline.check(lambda: f"{len(missing_recs)} of {len(want_recs)} recommendations "
+                                   f"({describe_coords(missing_recs)}) and {len(missing_letters)} of "
+                                   f"{len(want_letters)} dead letters ({describe_coords(missing_letters)})")
             self.poll()
 
     def close(self) -> None:
@@ -282,3 +304,195 @@ def fresh_settings(broker: str, tag: str) -> KafkaSettings:
 
 def count(items: Iterable[str]) -> dict[str, int]:
     return dict(Counter(items))
+
+
+# --------------------------------------------------------------------------- several workers
+
+_LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
+
+
+def _log_ms(line: str) -> int | None:
+    """Epoch ms of a Faust text log line (its time is the machine's local time), else None."""
+    m = _LOG_TIME.match(line)
+    if m is None:
+        return None
+    return int(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() * 1000)
+
+
+def _partition_set(text: str) -> set[int]:
+    """``"0-1, 3"`` (how Faust prints a partition set) as {0, 1, 3}."""
+    out: set[int] = set()
+    for part in text.split(","):
+        if part.strip():
+            lo, _, hi = part.strip().partition("-")
+            out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _table_row(topic: str) -> re.Pattern[str]:
+    return re.compile(rf"^\| {re.escape(topic)} +\| \{{([^}}]*)\}} +\|")
+
+
+def assignments(log: str, topic: str) -> list[tuple[int, set[int]]]:
+    """Every assignment the worker logged, as (epoch ms, partitions of ``topic``).
+
+    Faust logs "Setting newly assigned partitions" with the partitions as a table on the
+    following lines (``| topic | {0-1, 3} |``), or inline as ``TopicPartition(topic='...',
+    partition=3)`` items when the log formatter renders the arguments itself.
+    """
+    row = _table_row(topic)
+    inline = re.compile(rf"TopicPartition\(topic='{re.escape(topic)}', partition=(\d+)\)")
+    out: list[tuple[int, set[int]]] = []
+    in_table = False
+    last_ms = 0
+    for line in log.splitlines():
+        ms = _log_ms(line)
+        if ms is not None:
+            last_ms = ms
+        if in_table:
+            m = row.match(line)
+            if m is not None:
+                out[-1][1].update(_partition_set(m.group(1)))
+            if "for group" in line:
+                in_table = False
+        elif "Setting newly assigned partitions" in line:
+            out.append((last_ms, {int(p) for p in inline.findall(line)}))
+            in_table = "for group" not in line
+    return out
+
+
+def assigned_partitions(log: str, topic: str) -> set[int]:
+    """The partitions of ``topic`` in the worker's latest logged assignment."""
+    found = assignments(log, topic)
+    return found[-1][1] if found else set()
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """A worker held ``partitions`` of a topic from ``start_ms`` to ``end_ms`` (None: still)."""
+
+    partitions: frozenset[int]
+    start_ms: int
+    end_ms: int | None
+
+    def holds(self, partition: int, ms: int) -> bool:
+        return partition in self.partitions and self.start_ms <= ms and (self.end_ms is None or ms <= self.end_ms)
+
+
+def holdings(log: str, topic: str) -> list[Holding]:
+    """The worker's partitions of ``topic`` over time, read from its log.
+
+    A holding starts at "Setting newly assigned partitions" (before the worker processes
+    anything of the new assignment) and ends when the worker gives the partitions up: after
+    its revocation handler ran ("(Re-)joining group" follows "Revoking previously assigned
+    partitions"), or when it left the group on stop ("LeaveGroup request succeeded", or at
+    the latest when its process ended). An answer the worker emitted for a partition outside
+    its holdings was emitted by a worker that no longer owned that partition.
+    """
+    starts = iter(assignments(log, topic))
+    out: list[Holding] = []
+    current: tuple[frozenset[int], int] | None = None
+    revoking = False
+    last_ms = 0
+
+    def close(at: int) -> None:
+        nonlocal current
+        if current is not None:
+            out.append(Holding(current[0], current[1], at))
+            current = None
+
+    for line in log.splitlines():
+        ms = _log_ms(line)
+        if ms is not None:
+            last_ms = ms
+        if "Setting newly assigned partitions" in line:
+            close(last_ms)  # a worker killed without leaving: its next start takes over
+            at, partitions = next(starts)
+            current = (frozenset(partitions), at)
+        elif "Revoking previously assigned partitions" in line:
+            revoking = True
+        elif "(Re-)joining group" in line and revoking:
+            revoking = False
+            close(last_ms)
+        elif "LeaveGroup request succeeded" in line or "[^Worker]: Closing event loop" in line:
+            close(last_ms)
+    if current is not None:
+        out.append(Holding(current[0], current[1], None))
+    return [h for h in out if h.partitions]
+
+
+class WorkerGroup:
+    """Several ``recstream worker`` processes of one deployment (one consumer group), each
+    with its own state folder and log, for the multi-worker tests."""
+
+    def __init__(self, settings: KafkaSettings, root: Path, names: Sequence[str], args: Sequence[str]) -> None:
+        self.settings = settings
+        self.workers = {name: WorkerProcess(settings, root / name, *args, log_path=root / f"{name}.log") for name in names}
+        self.running: list[str] = []
+
+    def start(self, *names: str, timeout_s: float = 600.0) -> None:
+        """Start the workers together (they load their models in parallel), then wait for each."""
+        for name in names:
+            self.workers[name].start()
+            self.running.append(name)
+        for name in names:
+            self.workers[name].wait_ready(timeout_s)
+
+    def stop(self, name: str) -> int:
+        """SIGTERM one worker (a clean stop) and wait for it; returns its exit status."""
+        self.running.remove(name)
+        return self.workers[name].stop()
+
+    def alive(self) -> None:
+        for name in self.running:
+            proc = self.workers[name].proc
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"worker {name} exited with status {proc.returncode}:\n{self.log(name)[-3000:]}")
+
+    def log(self, name: str) -> str:
+        """Everything the worker logged in this test (all its starts)."""
+        path = self.workers[name].log_path
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def shares(self, topic: str) -> dict[str, set[int]]:
+        """The latest assignment of every running worker."""
+        return {name: assigned_partitions(self.log(name), topic) for name in self.running}
+
+    def wait_balanced(self, topic: str, partitions: int, timeout_s: float) -> dict[str, set[int]]:
+        """Wait until the running workers' latest assignments are non-empty, disjoint and cover
+        every partition of ``topic``; returns them."""
+        deadline = Deadline(timeout_s)
+        while True:
+            shares = self.shares(topic)
+            if partitions_split(shares, partitions):
+                return shares
+            self.alive()
+            deadline.check(lambda: f"a balanced assignment of {partitions} partitions, have {shares}")
+            time.sleep(0.5)  # between two reads of the logs: a poll interval
+
+    def holdings(self, topic: str) -> dict[str, list[Holding]]:
+        return {name: holdings(self.log(name), topic) for name in self.workers}
+
+    def close(self) -> None:
+        for name in list(self.running):
+            self.stop(name)
+
+
+def partitions_split(shares: dict[str, set[int]], partitions: int) -> bool:
+    """True when every worker holds something, no partition twice, and all of them."""
+    held = [p for share in shares.values() for p in share]
+    return all(shares.values()) and len(held) == len(set(held)) and set(held) == set(range(partitions))
+
+
+def random_clicks(n: int, users: int, item_ids: Sequence[str], start_ms: int, tag: str) -> list[Click]:
+    """``n`` clicks of users ``u0``..``u{users-1}`` on random catalog items, one ms apart,
+    event ids ``<tag><i>``; the same ``tag`` gives the same clicks."""
+    rng = random.Random(tag)
+    return [Click(f"u{rng.randrange(users)}", rng.choice(item_ids), start_ms + i, f"{tag}{i}") for i in range(n)]
+
+
+def send_events(prod: KafkaProducer, settings: KafkaSettings, events: Sequence) -> list[Coord]:
+    """Produce contract records, flush, and return where each landed."""
+    futures = send_records(prod, settings, events)
+    prod.flush()
+    return [(m.topic, m.partition, m.offset) for m in (f.get(timeout=60) for f in futures)]
