@@ -362,7 +362,7 @@ class DecayedProfileModel:
     def query(self, profile: UserProfile) -> np.ndarray | None:
         """``vector / ||vector||`` as float32, or ``None`` if the norm is below ``min_norm``."""
         vec = profile.vector.astype(np.float64)
-        norm = float(np.linalg.norm(vec))
+        norm = math.sqrt(float(vec.dot(vec)))  # what np.linalg.norm computes for a vector, without its checks
         if not math.isfinite(norm) or norm < self.config.min_norm or norm == 0.0:
             return None
         return (vec / norm).astype(np.float32)

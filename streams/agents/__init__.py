@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
+from ..metrics import reason_code
 from ..records import ValidationError, dead_letter, encode
 
 log = logging.getLogger("recstream.agents")
@@ -16,14 +17,15 @@ if TYPE_CHECKING:
 
 
 def error_reason(exc: ValidationError) -> str:
-    """A short label for metrics: the field that failed, or ``value`` for the whole record."""
-    return exc.field or "value"
+    """A short label for metrics: the contract field that failed, or a code for the whole
+    record (a bounded set, :data:`streams.metrics.REASON_CODES`, never text from the input)."""
+    return reason_code(exc)
 
 
 async def send_dead_letter(pipeline: "Pipeline", message: "Message", error: str, reason: str) -> None:
     """Publish a record that cannot be processed, with ``error`` and its original bytes.
 
-    ``reason`` is a short label for the worker's dead-letter counts (the failing field,
+    ``reason`` is a short label for the worker's dead-letter counts (:func:`error_reason`,
     or ``processing``).
     """
     letter = dead_letter(message.topic, message.partition, message.offset, error, message.key, message.value)

@@ -9,6 +9,7 @@ and to the in-memory item matrix; tombstones remove the item from both.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Sequence
 
 from encoders.text import item_text
@@ -48,7 +49,10 @@ async def apply_catalog(pipeline: "Pipeline", entries: Sequence[tuple["EventT", 
     deletes = [(ev, rec) for ev, rec in entries if isinstance(rec, ItemDeleted)]
     fields = pipeline.config.item_fields
     texts = [item_text(rec.title, rec.categories, rec.description, fields=fields) for _, rec in upserts]
+    started = time.perf_counter()
     vectors = await pipeline.compute(pipeline.encoder.encode_numpy, texts) if texts else None
+    if texts:
+        pipeline.telemetry.on_encoded("catalog", time.perf_counter() - started)
     table = pipeline.items_table
     stored = []
     for i, (event, rec) in enumerate(upserts):
@@ -75,3 +79,4 @@ def register(pipeline: "Pipeline") -> None:
     async def catalog(stream):  # pragma: no cover - exercised end to end
         async for events in stream.take_events(config.catalog_batch_max, within=config.batch_within_s):
             await handle_catalog_batch(pipeline, events)
+            pipeline.telemetry.on_batch("catalog", events)

@@ -13,14 +13,13 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING, Sequence
 
 from encoders.profile import UserProfile
 from scoring.backtest import KIND_RANK
 from scoring.engine import Incoming
 
-from ..records import ValidationError, encode, parse_event
+from ..records import ValidationError, encode_emitted, parse_event
 from ..state import as_event, encode_log2, popularity_key
 from . import apply_or_isolate, reject
 
@@ -70,42 +69,60 @@ def merge_by_time(parsed: Sequence[tuple["EventT", Incoming]]) -> list[tuple["Ev
     by_source: dict[tuple[str, int], list[tuple["EventT", Incoming]]] = {}
     for pair in parsed:
         by_source.setdefault((pair[1].topic, pair[1].partition), []).append(pair)
+    if len(by_source) == 1:
+        return list(parsed)
     return list(heapq.merge(*by_source.values(), key=lambda pair: (pair[1].event.ts, KIND_RANK[pair[1].event.kind])))
 
 
 async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Incoming]]) -> None:
-    """Read the touched profiles, run the engine, write state back and publish."""
-    user_event: dict[str, "EventT"] = {}
+    """Read the touched profiles, run the engine, write state back and publish.
+
+    A user's profile lives in the partition of the user's (last) event of the batch; table
+    reads and writes are routed by an event of that partition (:func:`streams.state.as_event`),
+    and the writes and recommendations of the batch go out as one produce batch per
+    partition (:meth:`streams.app.Pipeline.write_table`, :meth:`~streams.app.Pipeline.publish_many`).
+    """
+    user_partition: dict[str, int] = {}
     partition_event: dict[int, "EventT"] = {}
     received: dict[tuple[str, int, int], int] = {}
     wall_s, mono_s = time.time(), time.monotonic()
     for event, inc in batch:
-        user_event[inc.event.user_id] = event
+        user_partition[inc.event.user_id] = inc.partition
         partition_event[inc.partition] = event
         received[(inc.topic, inc.partition, inc.offset)] = received_ms(event.message, wall_s, mono_s)
 
+    users_by_partition: dict[int, list[str]] = {}
+    for user_id, partition in user_partition.items():
+        users_by_partition.setdefault(partition, []).append(user_id)
     profiles: dict[str, UserProfile] = {}
-    for user_id, event in user_event.items():
-        with as_event(event):
-            raw = pipeline.profiles.get(user_id.encode())
-        if raw is not None:
-            profiles[user_id] = UserProfile.from_bytes(raw)
+    # the table's store: ``profiles.get`` looks a missing-or-present key up twice (faust's
+    # Table has a ``__missing__``), the store once
+    table_get = pipeline.profiles.data.get
+    for partition, users in users_by_partition.items():
+        with as_event(partition_event[partition]):
+            for user_id in users:
+                raw = table_get(user_id.encode())
+                if raw is not None:
+                    profiles[user_id] = UserProfile.from_bytes(raw)
 
     result = await pipeline.compute(pipeline.engine.process, [inc for _, inc in batch], profiles)
 
+    profile_writes: dict[int, list[tuple[bytes, bytes]]] = {}
     for user_id, profile in result.profiles.items():
-        with as_event(user_event[user_id]):
-            pipeline.profiles[user_id.encode()] = profile.to_bytes()
+        profile_writes.setdefault(user_partition[user_id], []).append((user_id.encode(), profile.to_bytes()))
+    popularity_writes: dict[int, list[tuple[bytes, bytes]]] = {}
     for partition, item_id in result.popularity_touched:
         log2 = pipeline.partition_popularity[partition].log2_score(item_id)
-        with as_event(partition_event[partition]):
-            pipeline.popularity_table[popularity_key(partition, item_id)] = encode_log2(log2)
+        popularity_writes.setdefault(partition, []).append((popularity_key(partition, item_id), encode_log2(log2)))
+    await pipeline.write_table(pipeline.profiles, profile_writes, partition_event)
+    await pipeline.write_table(pipeline.popularity_table, popularity_writes, partition_event)
     emitted = int(time.time() * 1000)  # the moment the records go out, after the state writes
+    answers = []
     for rec in result.recommendations:
         t = rec.trigger
-        trigger = replace(t, received_ts=received.get((t.topic, t.partition, t.offset)))
-        await pipeline.publish(pipeline.recs_topic, rec.user_id.encode(), encode(replace(rec, trigger=trigger, emitted_ts=emitted)),
-                               source_topic=t.topic, source_partition=t.partition)
+        value = encode_emitted(rec, emitted_ts=emitted, received_ts=received.get((t.topic, t.partition, t.offset)))
+        answers.append((rec.user_id.encode(), value, t.topic, t.partition))
+    await pipeline.publish_many(pipeline.recs_topic, answers)
 
     stats, counts = result.stats, pipeline.metrics.counts
     counts["batches"] += 1
@@ -117,6 +134,7 @@ async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Inco
     counts["recommendations"] += len(result.recommendations)
     pipeline.metrics.encode_s += stats.encode_s
     pipeline.metrics.score_s += stats.score_s
+    pipeline.telemetry.on_event_batch(result, profiles, received, emitted)
 
 
 def register(pipeline: "Pipeline") -> None:
@@ -125,4 +143,6 @@ def register(pipeline: "Pipeline") -> None:
     @pipeline.app.agent(pipeline.events_topic, name="recstream.events")
     async def process_events(stream):  # pragma: no cover - exercised end to end
         async for events in stream.take_events(config.batch_max, within=config.batch_within_s):
+            pipeline.freeze_startup_heap()
             await handle_event_batch(pipeline, events)
+            pipeline.telemetry.on_batch("events", events)

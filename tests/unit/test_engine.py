@@ -912,11 +912,26 @@ def test_recommendation_records_carry_their_trigger(encoder: TextEncoder, catalo
         ({"emit": "per-batch"}, "emit"),
         ({"emit": "PER-USER"}, "emit"),
         ({"popularity_half_life_ms": 0}, "half-life"),
+        ({"score_threads": 0}, "score threads"),
     ],
 )
 def test_config_validation(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         EngineConfig(**kwargs)
+
+
+@pytest.mark.parametrize("threads", [None, 2])
+def test_scoring_threads_change_nothing_and_are_restored(
+    encoder: TextEncoder, catalog: Catalog, stream: list[Incoming], single_event_run, threads: int | None
+) -> None:
+    import torch
+
+    _, ref_recs, _, _ = single_event_run  # scored with the default, one thread
+    before = torch.get_num_threads()
+    engine = make_engine(encoder, catalog, emit="per-event", k=8, score_threads=threads)
+    recs, _, _ = run_batches(engine, split(stream, [40] * 10))
+    assert torch.get_num_threads() == before
+    assert_same_recs(recs, ref_recs)
 
 
 def test_config_defaults_and_accepted_values() -> None:
