@@ -20,6 +20,9 @@ import torch
 
 __all__ = ["ItemMatrix", "Recommendation", "TopK", "default_dtype", "score_topk"]
 
+#: Rows normalized and written at a time by :meth:`ItemMatrix.upsert`.
+UPSERT_SLICE = 8192
+
 
 class Recommendation(NamedTuple):
     """One scored item (a plain tuple ``(item_id, score, because)``)."""
@@ -136,21 +139,34 @@ class ItemMatrix:
         return self._row_to_id[row] if 0 <= row < len(self._row_to_id) else None
 
     # ------------------------------------------------------------------ mutation
-    def upsert(self, ids: Sequence[str], vecs: torch.Tensor | np.ndarray) -> None:
+    def upsert(self, ids: Sequence[str], vecs: torch.Tensor | np.ndarray | Sequence[np.ndarray]) -> None:
         """Insert new items and overwrite existing ones.
 
         ``vecs`` is ``(len(ids), dim)`` (a single ``(dim,)`` vector is accepted for
-        one id).  When an id repeats within one call, its last vector wins.
+        one id), or a sequence of ``len(ids)`` vectors of shape ``(dim,)``, which are
+        stacked here a slice at a time.  When an id repeats within one call, its last
+        vector wins.  Rows are normalized and written :data:`UPSERT_SLICE` at a time, so
+        a large upsert (a catalog rebuilt after a restart) makes no full-size copies.
         """
         if isinstance(ids, str):
             ids = [ids]
-        t = self._as_tensor(vecs)
-        if t.ndim == 1:
-            t = t.unsqueeze(0)
-        if t.ndim != 2 or t.shape[1] != self._dim:
-            raise ValueError(f"vectors have shape {tuple(t.shape)}, expected (n, {self._dim})")
-        if t.shape[0] != len(ids):
-            raise ValueError(f"{len(ids)} ids but {t.shape[0]} vectors")
+        t: torch.Tensor | None = None
+        seq: Sequence[np.ndarray] | None = None
+        if isinstance(vecs, (list, tuple)) and vecs and np.ndim(vecs[0]) == 1:  # a sequence of vectors
+            seq = vecs
+            for i, v in enumerate(seq):
+                if np.shape(v) != (self._dim,):
+                    raise ValueError(f"vector {i} has shape {np.shape(v)}, expected ({self._dim},)")
+            n = len(seq)
+        else:
+            t = self._as_tensor(vecs)
+            if t.ndim == 1:
+                t = t.unsqueeze(0)
+            if t.ndim != 2 or t.shape[1] != self._dim:
+                raise ValueError(f"vectors have shape {tuple(t.shape)}, expected (n, {self._dim})")
+            n = int(t.shape[0])
+        if n != len(ids):
+            raise ValueError(f"{len(ids)} ids but {n} vectors")
         if not ids:
             return
         # Last occurrence of each id wins.
@@ -177,13 +193,20 @@ class ItemMatrix:
                 self._id_to_row[item_id] = row
             rows.append(row)
 
-        if len(src) != t.shape[0]:
-            t = t[torch.tensor(src, device=t.device)]
-        t = t.to(device=self._device, dtype=torch.float32)
-        if self._normalize:
-            t = torch.nn.functional.normalize(t, p=2, dim=1)
         row_idx = torch.tensor(rows, dtype=torch.long, device=self._device)
-        self._data[row_idx] = t.to(self._dtype)
+        dense = len(src) == n  # no repeated id: source positions are 0..n-1
+        for start in range(0, len(src), UPSERT_SLICE):
+            stop = min(start + UPSERT_SLICE, len(src))
+            if seq is not None:
+                part = _to_tensor(np.stack([np.asarray(seq[i], dtype=np.float32) for i in src[start:stop]]))
+            elif dense:
+                part = t[start:stop]
+            else:
+                part = t[torch.tensor(src[start:stop], device=t.device)]
+            part = part.to(device=self._device, dtype=torch.float32)
+            if self._normalize:
+                part = torch.nn.functional.normalize(part, p=2, dim=1)
+            self._data[row_idx[start:stop]] = part.to(self._dtype)
         self._valid[row_idx] = True
 
     def remove(self, ids: Sequence[str] | str) -> int:
@@ -211,11 +234,21 @@ class ItemMatrix:
         """Remove every item and shrink back to the initial capacity."""
         self._alloc(self._initial_capacity)
 
+    def reserve(self, rows: int) -> None:
+        """Allocate room for ``rows`` items in all, exactly (e.g. before loading a catalog of
+        known size), so that upserts up to that size do not reallocate and copy the storage."""
+        if rows < 0:
+            raise ValueError(f"rows must be non-negative, got {rows}")
+        if rows > self.capacity:
+            self._grow(rows)
+
     def _reserve(self, rows: int) -> None:
         cap = self.capacity
         if rows <= cap:
             return
-        new_cap = max(rows, cap * 2)
+        self._grow(max(rows, cap * 2))
+
+    def _grow(self, new_cap: int) -> None:
         used = len(self._row_to_id)
         data = torch.zeros((new_cap, self._dim), dtype=self._dtype, device=self._device)
         valid = torch.zeros(new_cap, dtype=torch.bool, device=self._device)
@@ -303,31 +336,27 @@ def score_topk(
     max_excl = max(sum(1 for i in excl if i in matrix) for excl in exclude)
     kk = min(k + max_excl, live)
 
-    data, valid = matrix.data, matrix.valid
     q = q.detach().to(device=matrix.device, dtype=matrix.dtype)
-    with torch.inference_mode():
-        scores = q @ data.T  # (B, rows_used)
-        scores.masked_fill_(~valid, float("-inf"))
-        top_vals, top_rows = torch.topk(scores, kk, dim=1, largest=True, sorted=True)
-        vals = top_vals.float().cpu().tolist()
-        rows = top_rows.cpu().tolist()
+    # An approximate index (scoring.ann.IVFItemMatrix, once its catalog is large) proposes the
+    # candidates; a query it leaves short of k admissible items is answered exactly below.
+    approximate = bool(getattr(matrix, "approximate", False))
+    vals, rows = matrix.search(q, kk) if approximate else _exact_candidates(matrix, q, kk)
 
     picked_rows: list[list[int]] = []
     results: list[TopK] = []
+    short: list[int] = []
     for b in range(batch):
-        excl = exclude[b]
-        out_rows: list[int] = []
-        out: list[tuple[str, float]] = []
-        for v, r in zip(vals[b], rows[b]):
-            item_id = matrix.id_at(r)
-            if item_id is None or v == float("-inf") or item_id in excl:
-                continue
-            out_rows.append(r)
-            out.append((item_id, v))
-            if len(out) == k:
-                break
+        out_rows, out = _admissible(matrix, vals[b], rows[b], exclude[b], k)
+        if approximate and len(out) < min(k, live - sum(1 for i in exclude[b] if i in matrix)):
+            short.append(b)
         picked_rows.append(out_rows)
         results.append([Recommendation(i, s, None) for i, s in out])
+    if short:
+        exact_vals, exact_rows = _exact_candidates(matrix, q[short], kk)
+        for j, b in enumerate(short):
+            out_rows, out = _admissible(matrix, exact_vals[j], exact_rows[j], exclude[b], k)
+            picked_rows[b] = out_rows
+            results[b] = [Recommendation(i, s, None) for i, s in out]
 
     if history is not None:
         because = _because(matrix, picked_rows, history)
@@ -338,6 +367,32 @@ def score_topk(
     return results
 
 
+def _exact_candidates(matrix: ItemMatrix, q: torch.Tensor, kk: int) -> tuple[list[list[float]], list[list[int]]]:
+    """The ``kk`` best (score, row) per query over every live row: one matmul and a top-k."""
+    with torch.inference_mode():
+        scores = q @ matrix.data.T  # (B, rows_used)
+        scores.masked_fill_(~matrix.valid, float("-inf"))
+        top_vals, top_rows = torch.topk(scores, kk, dim=1, largest=True, sorted=True)
+        return top_vals.float().cpu().tolist(), top_rows.cpu().tolist()
+
+
+def _admissible(
+    matrix: ItemMatrix, vals: Sequence[float], rows: Sequence[int], excl: Collection[str], k: int
+) -> tuple[list[int], list[tuple[str, float]]]:
+    """The first ``k`` candidates that are live, scored and not excluded: (rows, (id, score))."""
+    out_rows: list[int] = []
+    out: list[tuple[str, float]] = []
+    for v, r in zip(vals, rows):
+        item_id = matrix.id_at(r)
+        if item_id is None or v == float("-inf") or item_id in excl:
+            continue
+        out_rows.append(r)
+        out.append((item_id, v))
+        if len(out) == k:
+            break
+    return out_rows, out
+
+
 def _because(
     matrix: ItemMatrix, picked_rows: list[list[int]], history: Sequence[Sequence[str]]
 ) -> list[list[str | None]]:
@@ -346,27 +401,27 @@ def _because(
     All queries are done in one padded ``bmm``: ``(B, R, d) @ (B, d, H) -> (B, R, H)``,
     with padding and "history item == recommended item" pairs masked out.
     """
-    hist_rows: list[list[int]] = []
+    # one matrix lookup per distinct history item of the batch (per-event snapshots of a
+    # user repeat most of the user's history); each query's rows in first-seen order
+    row_of: dict[str, int | None] = {}
     for h in history:
-        seen: dict[int, None] = {}
         for item_id in h:
-            row = matrix.row(item_id)
-            if row is not None:
-                seen[row] = None
-        hist_rows.append(list(seen))
+            if item_id not in row_of:
+                row_of[item_id] = matrix.row(item_id)
+    hist_rows: list[list[int]] = [
+        list(dict.fromkeys(row for row in map(row_of.__getitem__, h) if row is not None)) for h in history
+    ]
     out: list[list[str | None]] = [[None] * len(p) for p in picked_rows]
     active = [b for b in range(len(picked_rows)) if picked_rows[b] and hist_rows[b]]
     if not active:
         return out
     n_rec = max(len(picked_rows[b]) for b in active)
     n_hist = max(len(hist_rows[b]) for b in active)
-    rec_idx = torch.zeros((len(active), n_rec), dtype=torch.long)
-    hist_idx = torch.zeros((len(active), n_hist), dtype=torch.long)
-    hist_ok = torch.zeros((len(active), n_hist), dtype=torch.bool)
-    for a, b in enumerate(active):
-        rec_idx[a, : len(picked_rows[b])] = torch.tensor(picked_rows[b])
-        hist_idx[a, : len(hist_rows[b])] = torch.tensor(hist_rows[b])
-        hist_ok[a, : len(hist_rows[b])] = True
+    # padded index tensors built from Python lists in one call each (not a few tensor
+    # operations per query: with ~100 queries a batch those dominated this function)
+    rec_idx = torch.tensor([picked_rows[b] + [0] * (n_rec - len(picked_rows[b])) for b in active], dtype=torch.long)
+    hist_idx = torch.tensor([hist_rows[b] + [0] * (n_hist - len(hist_rows[b])) for b in active], dtype=torch.long)
+    hist_ok = torch.arange(n_hist).unsqueeze(0) < torch.tensor([len(hist_rows[b]) for b in active]).unsqueeze(1)
     dev = matrix.device
     rec_idx, hist_idx, hist_ok = rec_idx.to(dev), hist_idx.to(dev), hist_ok.to(dev)
     data = matrix.data

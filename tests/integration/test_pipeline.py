@@ -33,8 +33,9 @@ def _now() -> int:
 
 
 class Pipeline:
-    def __init__(self, broker: str, workdir: Path, emit: str = "per-event") -> None:
+    def __init__(self, broker: str, workdir: Path, emit: str = "per-event", extra_args: tuple[str, ...] = ()) -> None:
         self.emit = emit
+        self.extra_args = extra_args
         self.settings = KafkaSettings(broker=broker, topic_prefix=f"e2e{uuid.uuid4().hex[:8]}.")
         self.workdir = workdir
         T.ensure_topics(self.settings, T.topic_specs(self.settings, partitions=2))
@@ -45,7 +46,7 @@ class Pipeline:
 
     def new_worker(self, data_dir: Path) -> WorkerProcess:
         return WorkerProcess(self.settings, data_dir, "--partitions", "2", "--emit", self.emit, "-k", str(K),
-                             log_path=self.workdir / "worker.log")
+                             *self.extra_args, log_path=self.workdir / "worker.log")
 
     def start(self) -> None:
         self.worker.start()
@@ -70,7 +71,11 @@ class Pipeline:
 @pytest.fixture(scope="module")
 def pipeline(kafka_broker):
     workdir = Path(tempfile.mkdtemp(prefix="recstream-e2e-"))
-    p = Pipeline(kafka_broker, workdir)
+    # This module's worker scores through the approximate index (scoring/ann.py), built as soon as
+    # the catalog holds 10 items; probing all its lists keeps the answers exact, so the tests below
+    # check the IVF path end to end (build, catalog updates, exclusions) with exact expectations.
+    # The other workers here (restart, per-user) use the default, exact below 100k items.
+    p = Pipeline(kafka_broker, workdir, extra_args=("--index", "ivf", "--index-min-items", "10", "--ivf-nprobe", "64"))
     try:
         p.start()
         p.load_catalog()
@@ -225,6 +230,17 @@ def test_restarted_worker_recovers_profiles_and_catalog_from_changelogs(kafka_br
         assert view.profile.purchased == {"running-02"}
     finally:
         p.close()
+
+
+def test_the_module_worker_scores_through_the_ivf_index(pipeline):
+    built = f"IVF index built over {len(pipeline.catalog)} items"
+    deadline = time.monotonic() + DEADLINE_S  # the catalog is in the table; the index follows it
+    log = ""
+    while built not in log and time.monotonic() < deadline:
+        log = (pipeline.workdir / "worker.log").read_text(errors="replace")
+        time.sleep(0.1)
+    assert "scoring index: IVF from 10 items" in log
+    assert built in log
 
 
 def test_a_large_binary_record_reaches_the_dead_letter_topic_intact(pipeline):
