@@ -8,13 +8,31 @@ STAMP := $(VENV)/.recstream-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test setup kafka-start kafka-stop kafka-status clean
+.PHONY: demo test bench bench-quick setup kafka-start kafka-stop kafka-status clean
 
 demo: setup ## the main job: local broker, topics, worker, built-in catalog, recommendations
 	$(BIN)/recstream demo
 
 test: setup ## the test suite (starts the local broker when none answers)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+RESULTS := bench/results
+bench: setup ## the benchmarks of docs/benchmarks.md, one after the other (about 1 h on 2 cores); JSON in bench/results/
+	deploy/kafka/kafka.sh start
+	mkdir -p $(RESULTS)
+	$(BIN)/python bench/topk.py --output $(RESULTS)/topk.json > /dev/null
+	$(BIN)/python bench/encoders.py --output $(RESULTS)/encoders.json > /dev/null
+	$(BIN)/python bench/pipeline.py --output $(RESULTS)/pipeline.json > /dev/null
+	$(BIN)/python bench/memory.py --output $(RESULTS)/memory.json > /dev/null
+	OUT=$(RESULTS) bash bench/replay.sh > /dev/null
+
+bench-quick: setup ## smoke runs of the same scripts (minutes; figures not meaningful)
+	deploy/kafka/kafka.sh start
+	mkdir -p $(RESULTS)
+	$(BIN)/python bench/topk.py --quick --output $(RESULTS)/topk-quick.json > /dev/null
+	$(BIN)/python bench/encoders.py --quick --output $(RESULTS)/encoders-quick.json > /dev/null
+	$(BIN)/python bench/pipeline.py --quick --output $(RESULTS)/pipeline-quick.json > /dev/null
+	$(BIN)/python bench/memory.py --quick --output $(RESULTS)/memory-quick.json > /dev/null
 
 setup: $(STAMP)
 	deploy/kafka/kafka.sh fetch

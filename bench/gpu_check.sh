@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# GPU check for the scoring path, meant for a machine with an NVIDIA GPU; takes under 8 minutes.
+# GPU check for the CUDA paths, meant for a machine with an NVIDIA GPU; takes under 8 minutes.
 #
 # It prints the GPU (nvidia-smi), runs the unit tests of the text encoder, the top-k scorer and this
-# benchmark (their CUDA tests run only when torch sees a GPU), and then runs the scoring benchmark with
+# benchmark (their CUDA tests run only when torch sees a GPU), then the text-encoder benchmark on the
+# GPU (bench/encoders.py: catalog embedding by recstream's catalog path against sentence-transformers'
+# encode, same texts, same model, both fp16; review encoding by batch size up to 1,024), and then the
+# scoring benchmark with
 # recstream's ItemMatrix/score_topk and plain torch.topk on the GPU (fp16, the worker's default
 # there) against faiss IndexFlatIP on the CPU (faiss-gpu is not installed), at N = 10k, 100k and 1M
 # items, d = 384, batches 1 to 1,024, plus IVF and HNSW (200k subsample) with their recall@10.
-# The JSON goes to $OUT/topk_cuda.json (default bench/results/). See docs/benchmarks.md.
+# The JSON goes to $OUT/encoders_cuda.json and $OUT/topk_cuda.json (default bench/results/).
+# See docs/benchmarks.md.
 #
 # Usage, from the repository root:  OUT=/some/dir bash bench/gpu_check.sh
 set -euo pipefail
@@ -27,10 +31,21 @@ nvidia-smi
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())'
 
 echo "== unit tests (CUDA tests included when a GPU is visible)"
-timeout 180 "$PY" -m pytest -q -p no:cacheprovider tests/unit/test_text_encoder.py tests/unit/test_topk.py tests/unit/test_bench_topk.py -rs
+timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/unit/test_text_encoder.py tests/unit/test_topk.py tests/unit/test_bench_topk.py -rs
+
+echo "== text encoders on cuda"
+timeout 150 "$PY" bench/encoders.py --device cuda --catalog-texts 10000 --review-texts 2048 --reps 3 \
+    --batch-sizes 1,16,64,256,1024 --output "$OUT_DIR/encoders_cuda.json" > /dev/null
+"$PY" - "$OUT_DIR/encoders_cuda.json" <<'EOF'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+if "error" in doc:
+    sys.exit(f"encoder benchmark error: {doc['error']}")
+print(json.dumps({k: doc[k] for k in ("catalog", "reviews") if k in doc}, indent=1)[:6000])
+EOF
 
 echo "== scoring benchmark on cuda"
-timeout 270 "$PY" bench/topk.py --device cuda --sizes 10000,100000,1000000 \
+timeout 270 "$PY" bench/topk.py --device cuda --sizes 10000,100000,1000000 --cell-target-s 1 \
     --output "$OUT_DIR/topk_cuda.json" > /dev/null
 "$PY" - "$OUT_DIR/topk_cuda.json" <<'EOF'
 import json, sys
