@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Container, Iterable
 from typing import Final, Literal, Protocol, runtime_checkable
 
+from scoring.cooccurrence import RecentItems, bound_neighbours, is_positive
 from scoring.popularity import DecayedPopularity
 from streams.records import Click, Purchase, Review
 
@@ -197,8 +198,8 @@ class ItemKNNBaseline:
         self._count: dict[str, float] = {}
         #: item -> 1 / sqrt(count), for the cosine normalisation
         self._inv_sqrt: dict[str, float] = {}
-        #: user -> distinct positive items, oldest first (dict used as an ordered set)
-        self._history: dict[str, dict[str, None]] = {}
+        #: user -> distinct positive items, oldest first
+        self._history = RecentItems(history_len)
         self._ref_ts: int | None = None
 
     def __repr__(self) -> str:
@@ -210,7 +211,7 @@ class ItemKNNBaseline:
     # ------------------------------------------------------------------ inspection
     def history(self, user_id: str) -> list[str]:
         """The user's remembered positive items, oldest first."""
-        return list(self._history.get(user_id, ()))
+        return self._history.get(user_id)
 
     def neighbours(self, item_id: str) -> dict[str, float]:
         """``{j: co(item, j)}`` as stored (decayed weights in reference-time units)."""
@@ -233,9 +234,7 @@ class ItemKNNBaseline:
 
     # ------------------------------------------------------------------ updates
     def _is_positive(self, kind: str, rating: float | None) -> bool:
-        if kind == "review":
-            return rating is not None and rating >= self.positive_threshold
-        return True
+        return is_positive(kind, rating, self.positive_threshold)
 
     def _weight(self, ts: int) -> float:
         if self.half_life_ms is None:
@@ -276,8 +275,7 @@ class ItemKNNBaseline:
             row = self._co[i] = {}
         row[j] = row.get(j, 0.0) + w
         if len(row) > 2 * self.max_neighbours:
-            kept = sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))[: self.max_neighbours]
-            self._co[i] = dict(kept)
+            self._co[i] = bound_neighbours(row, self.max_neighbours)
 
     def observe(self, user_id: str, item_id: str, ts: int, kind: str, rating: float | None = None) -> None:
         _check_kind(kind, rating)
@@ -285,19 +283,13 @@ class ItemKNNBaseline:
         if not self._is_positive(kind, rating):
             return
         w = self._weight(ts)
-        hist = self._history.get(user_id)
-        if hist is None:
-            hist = self._history[user_id] = {}
-        for i in hist:
+        for i in self._history.view(user_id):
             if i != item_id:
                 self._bump(i, item_id, w)
                 self._bump(item_id, i, w)
         n = self._count[item_id] = self._count.get(item_id, 0.0) + w
         self._inv_sqrt[item_id] = 1.0 / math.sqrt(n)
-        hist.pop(item_id, None)
-        hist[item_id] = None
-        if len(hist) > self.history_len:
-            del hist[next(iter(hist))]
+        self._history.push(user_id, item_id)
 
     def observe_many(self, events: Iterable[Click | Purchase | Review]) -> None:
         """Observe :mod:`streams.records` events in the given order."""
@@ -311,7 +303,7 @@ class ItemKNNBaseline:
         co = self._co
         if self.normalize == "cosine":
             inv = self._inv_sqrt
-            for i in self._history.get(user_id, ()):
+            for i in self._history.view(user_id):
                 row = co.get(i)
                 inv_i = inv.get(i, 0.0)
                 if not row or inv_i == 0.0:
@@ -320,7 +312,7 @@ class ItemKNNBaseline:
                     # c / sqrt(n_i * n_j); a neighbour whose count underflowed to 0 scores 0
                     out[j] += c * inv_i * inv.get(j, 0.0)
         else:
-            for i in self._history.get(user_id, ()):
+            for i in self._history.view(user_id):
                 row = co.get(i)
                 if row:
                     for j, c in row.items():
@@ -336,7 +328,7 @@ class ItemKNNBaseline:
         _check_k(k)
         if k == 0:
             return []
-        hist = self._history.get(user_id, {})
+        hist = self._history.view(user_id)
         skip_hist = self.exclude_history
         catalog = self.catalog
 

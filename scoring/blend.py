@@ -1,0 +1,364 @@
+"""Hybrid scoring: text similarity, item co-occurrence and decayed popularity, blended.
+
+Pure code, no Kafka.  For a batch of ``B`` users and the ``N`` rows of the item matrix, the
+three signals are ``(B, N)`` score matrices (popularity may be one ``(N,)`` vector shared
+by every user):
+
+* **text**: the cosine of the user's profile query with each item
+  (``queries @ matrix.data.T``, :func:`text_scores`); a user without a usable profile
+  gets zeros;
+* **co-occurrence**: :class:`scoring.cooccurrence.CooccurrenceScorer`'s item-kNN scores
+  of the user's recent positive history;
+* **popularity**: ``log1p`` of the item's decayed event count at the scoring time
+  (:func:`popularity_vector`), the same for every user.
+
+Each signal is normalised *per user over that user's candidates* (every live item that is
+not excluded), then the blend is ``w_text * text' + w_co * co' + w_pop * pop'``, and
+:func:`blend_topk` takes the exact top-k (``torch.topk``) of the candidates.  Normalising
+makes the weights scale-free: the three signals live on unrelated scales (cosines around
+0.3-0.8, sums of similarities from 0 to several, log counts from 0 to ~8), and a
+normalisation per user keeps one user's sharply peaked co-occurrence from being drowned by
+another's.  Two normalisations (:data:`NORMALIZATIONS`):
+
+* ``"zscore"``: ``(s - mean) / std`` over the candidates (0 for a signal that is constant
+  over them, e.g. a user with no co-occurrence at all): a sparse signal such as
+  co-occurrence gets large values on its few non-zero items, so it dominates the ranking
+  where it has evidence and falls back to the others where it has none;
+* ``"rank"``: the candidate's mid-rank among the candidates, scaled to ``[0, 1]``: robust
+  to outliers, but it spreads the ties of a sparse signal evenly and keeps nothing of its
+  strength.
+
+Which is better is an empirical question; ``scoring.protocol``'s tuning measures both on a
+validation window (``bench/reference_protocol.py`` reports the figures).
+
+:class:`BlendWeights` holds the weights and the normalisation, validated, and is saved to /
+loaded from a small versioned JSON file (:meth:`BlendWeights.save`,
+:meth:`BlendWeights.load`) that ``recstream tune`` writes and the worker reads.
+Exclusions are as in :class:`scoring.engine.Engine`: the items a user purchased always,
+the items of their recent history by default (:func:`exclusion_set`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import orjson
+import torch
+
+from encoders.profile import UserProfile
+from scoring.popularity import DecayedPopularity
+from scoring.topk import ItemMatrix, Recommendation, TopK
+
+__all__ = [
+    "CONFIG_FORMAT",
+    "CONFIG_VERSION",
+    "EQUAL_WEIGHTS",
+    "NORMALIZATIONS",
+    "SIGNALS",
+    "BlendConfigError",
+    "BlendWeights",
+    "blend_score_topk",
+    "blend_scores",
+    "blend_topk",
+    "candidate_mask",
+    "exclusion_set",
+    "normalize_scores",
+    "popularity_vector",
+    "text_scores",
+]
+
+SIGNALS: Final = ("text", "cooccurrence", "popularity")
+NORMALIZATIONS: Final = ("zscore", "rank")
+#: The ``"format"`` field of a weights file, and the version this code reads and writes.
+CONFIG_FORMAT: Final = "recstream-blend-weights"
+CONFIG_VERSION: Final = 1
+# A signal whose spread over the candidates is below this fraction of its magnitude is
+# constant up to float32 rounding: it is given no influence.
+_REL_EPS: Final = 1e-5
+
+
+class BlendConfigError(ValueError):
+    """A blend weights file is unreadable, malformed or of an unknown version."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlendWeights:
+    """Weights of the three signals and the per-user normalisation.
+
+    Weights are finite and ``>= 0``, not all zero; a ranking only depends on their ratios
+    (see :meth:`normalized`).  A zero weight drops the signal.
+    """
+
+    text: float = 1.0
+    cooccurrence: float = 1.0
+    popularity: float = 1.0
+    normalization: str = "zscore"
+
+    def __post_init__(self) -> None:
+        for name in SIGNALS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"weight {name} must be a number, got {v!r}")
+            if not math.isfinite(v) or v < 0:
+                raise ValueError(f"weight {name} must be finite and >= 0, got {v!r}")
+        if all(getattr(self, name) == 0 for name in SIGNALS):
+            raise ValueError("at least one weight must be positive")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
+
+    def as_tuple(self) -> tuple[float, float, float]:
+        """``(text, cooccurrence, popularity)``."""
+        return (float(self.text), float(self.cooccurrence), float(self.popularity))
+
+    def normalized(self) -> BlendWeights:
+        """The same blend with weights summing to 1."""
+        total = sum(self.as_tuple())
+        if abs(total - 1.0) < 1e-9:
+            return self
+        t, c, p = (w / total for w in self.as_tuple())
+        return BlendWeights(t, c, p, self.normalization)
+
+    def label(self) -> str:
+        t, c, p = self.normalized().as_tuple()
+        return f"{self.normalization}(text={t:.3g}, co={c:.3g}, pop={p:.3g})"
+
+    # ------------------------------------------------------------------ files
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weights": {name: float(getattr(self, name)) for name in SIGNALS},
+            "normalization": self.normalization,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> BlendWeights:
+        """From :meth:`to_dict`'s form (missing weights are 0)."""
+        weights = doc.get("weights")
+        if not isinstance(weights, Mapping):
+            raise BlendConfigError("blend weights: 'weights' must be an object with text, cooccurrence, popularity")
+        unknown = sorted(set(weights) - set(SIGNALS))
+        if unknown:
+            raise BlendConfigError(f"blend weights: unknown signal(s) {unknown}; expected {list(SIGNALS)}")
+        try:
+            return cls(
+                **{name: weights.get(name, 0.0) for name in SIGNALS},
+                normalization=doc.get("normalization", "zscore"),
+            )
+        except ValueError as exc:
+            raise BlendConfigError(f"blend weights: {exc}") from exc
+
+    def save(self, path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
+        """Write ``{"format", "version", "weights", "normalization", "meta"}`` as JSON
+        (atomically: a temporary file renamed over ``path``).  ``meta`` records where the
+        weights come from (the tuning window, its metric...)."""
+        path = Path(path)
+        doc = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, **self.to_dict(), "meta": dict(meta or {})}
+        data = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> BlendWeights:
+        """Read a file written by :meth:`save`; :class:`BlendConfigError` when it is not one."""
+        path = Path(path)
+        try:
+            doc = orjson.loads(path.read_bytes())
+        except OSError as exc:
+            raise BlendConfigError(f"{path}: cannot read blend weights: {exc}") from exc
+        except orjson.JSONDecodeError as exc:
+            raise BlendConfigError(f"{path}: not JSON: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("format") != CONFIG_FORMAT:
+            raise BlendConfigError(f"{path}: not a blend weights file (expected \"format\": \"{CONFIG_FORMAT}\")")
+        if doc.get("version") != CONFIG_VERSION:
+            raise BlendConfigError(
+                f"{path}: unknown blend weights version {doc.get('version')!r} (this code reads version {CONFIG_VERSION})"
+            )
+        try:
+            return cls.from_dict(doc)
+        except BlendConfigError as exc:
+            raise BlendConfigError(f"{path}: {exc}") from exc
+
+
+#: The issue's "z-score blend of the three": equal weights after z-scoring.
+EQUAL_WEIGHTS: Final = BlendWeights(1.0, 1.0, 1.0, "zscore")
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def text_scores(matrix: ItemMatrix, queries: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``(B, rows_used)`` float32 cosines of unit ``queries`` with the matrix rows (a zero
+    query, for a user without a usable profile, gives zeros)."""
+    q = torch.from_numpy(np.array(queries, dtype=np.float32)) if isinstance(queries, np.ndarray) else queries.detach()
+    if q.ndim == 1:
+        q = q.unsqueeze(0)
+    if q.ndim != 2 or q.shape[1] != matrix.dim:
+        raise ValueError(f"queries have shape {tuple(q.shape)}, expected (B, {matrix.dim})")
+    with torch.inference_mode():
+        return (q.to(device=matrix.device, dtype=matrix.dtype) @ matrix.data.T).float()
+
+
+def popularity_vector(
+    popularity: DecayedPopularity, ids: Sequence[str | None], now_ms: int
+) -> np.ndarray:
+    """``log1p`` of each item's decayed count at ``now_ms``, float32, in the order of ``ids``
+    (``None`` and unknown items: 0)."""
+    out = np.zeros(len(ids), dtype=np.float32)
+    for r, item_id in enumerate(ids):
+        if item_id is not None:
+            c = popularity.score(item_id, now_ms)
+            if c > 0.0:
+                out[r] = math.log1p(c)
+    return out
+
+
+def exclusion_set(profile: UserProfile, exclude_seen: bool = True) -> frozenset[str]:
+    """What a user's list must not contain, as in :class:`scoring.engine.Engine`: the items
+    they purchased, plus (``exclude_seen``) the items of their recent history."""
+    if exclude_seen:
+        return frozenset(profile.purchased).union(h.item_id for h in profile.history)
+    return frozenset(profile.purchased)
+
+
+def candidate_mask(valid: torch.Tensor, exclude_rows: Sequence[Collection[int]]) -> torch.Tensor:
+    """``(B, N)`` bool: the valid rows minus each user's excluded rows."""
+    n = int(valid.shape[0])
+    mask = valid.to(torch.bool).unsqueeze(0).repeat(len(exclude_rows), 1)
+    for b, rows in enumerate(exclude_rows):
+        if rows:
+            idx = torch.as_tensor(list(rows), dtype=torch.long, device=mask.device)
+            if int(idx.min()) < 0 or int(idx.max()) >= n:
+                raise ValueError(f"excluded row out of range 0..{n - 1}")
+            mask[b, idx] = False
+    return mask
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+def _as_batch(scores: torch.Tensor | np.ndarray, shape: tuple[int, int], what: str) -> torch.Tensor:
+    t = torch.as_tensor(scores)
+    if t.ndim == 1:
+        t = t.unsqueeze(0).expand(shape[0], -1)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{what} scores have shape {tuple(t.shape)}, expected {shape} or ({shape[1]},)")
+    return t.float()
+
+
+def normalize_scores(scores: torch.Tensor, candidates: torch.Tensor, method: str = "zscore") -> torch.Tensor:
+    """Per row, ``scores`` normalised over the row's candidates (see the module doc);
+    float32, 0 outside the candidates and for a signal that is constant over them.
+    Candidate scores must be finite."""
+    if method not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {method!r}")
+    s = _as_batch(scores, tuple(candidates.shape), "the")  # type: ignore[arg-type]
+    cand = candidates.to(torch.bool)
+    s = torch.where(cand, s, torch.zeros((), dtype=s.dtype))
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError("candidate scores must be finite")
+    cnt = cand.sum(dim=1, keepdim=True)
+    if method == "zscore":
+        m = cand.float()
+        n = cnt.clamp(min=1).float()
+        mean = s.sum(dim=1, keepdim=True) / n
+        dev = (s - mean) * m
+        std = torch.sqrt((dev * dev).sum(dim=1, keepdim=True) / n)
+        scale = torch.maximum(mean.abs(), s.abs().amax(dim=1, keepdim=True))
+        ok = std > _REL_EPS * scale
+        return torch.where(ok, dev / torch.where(ok, std, torch.ones_like(std)), torch.zeros_like(dev))
+    # mid-rank among the candidates, scaled to [0, 1]
+    x = torch.where(cand, s, torch.full((), math.inf))
+    ordered = x.sort(dim=1).values.contiguous()
+    x = x.contiguous()
+    left = torch.searchsorted(ordered, x, side="left")
+    right = torch.searchsorted(ordered, x, side="right")
+    denom = (cnt - 1).clamp(min=1).float()
+    r = (left.float() + (right - left - 1).float() * 0.5) / denom
+    ok = cand & (cnt > 1)
+    # a signal constant over the candidates gets 0.5 everywhere: equal for all, no influence
+    return torch.where(ok, r, torch.zeros_like(r))
+
+
+def blend_scores(
+    candidates: torch.Tensor,
+    weights: BlendWeights,
+    text: torch.Tensor | np.ndarray | None = None,
+    cooccurrence: torch.Tensor | np.ndarray | None = None,
+    popularity: torch.Tensor | np.ndarray | None = None,
+) -> torch.Tensor:
+    """``(B, N)`` blended scores, ``-inf`` outside the candidates.  A signal that is
+    ``None`` or has a zero weight is left out."""
+    cand = candidates.to(torch.bool)
+    out = torch.zeros(cand.shape, dtype=torch.float32)
+    for w, sig in zip(weights.as_tuple(), (text, cooccurrence, popularity)):
+        if sig is None or w == 0:
+            continue
+        out += w * normalize_scores(_as_batch(sig, tuple(cand.shape), "signal"), cand, weights.normalization)  # type: ignore[arg-type]
+    return out.masked_fill_(~cand, -math.inf)
+
+
+def blend_topk(
+    candidates: torch.Tensor,
+    weights: BlendWeights,
+    k: int,
+    text: torch.Tensor | np.ndarray | None = None,
+    cooccurrence: torch.Tensor | np.ndarray | None = None,
+    popularity: torch.Tensor | np.ndarray | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-``k`` of :func:`blend_scores`: ``(values, rows)``, each ``(B, min(k, N))``,
+    best first.  Where a user has fewer than ``k`` candidates the tail has value ``-inf``
+    (drop those entries)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+    scores = blend_scores(candidates, weights, text, cooccurrence, popularity)
+    kk = min(k, int(scores.shape[1]))
+    return torch.topk(scores, kk, dim=1, largest=True, sorted=True)
+
+
+def blend_score_topk(
+    matrix: ItemMatrix,
+    queries: torch.Tensor | np.ndarray,
+    k: int,
+    exclude: Sequence[Collection[str]],
+    weights: BlendWeights,
+    cooccurrence: torch.Tensor | np.ndarray | None = None,
+    popularity: torch.Tensor | np.ndarray | None = None,
+) -> list[TopK]:
+    """:func:`scoring.topk.score_topk`'s counterpart for the blend: per query, up to ``k``
+    :class:`~scoring.topk.Recommendation` (``because`` is ``None``) over the matrix's live
+    rows minus ``exclude``.  ``cooccurrence`` is ``(B, rows_used)``, ``popularity``
+    ``(rows_used,)`` or ``(B, rows_used)``, both in the matrix's row order; pass a zero
+    query for a user without a usable profile."""
+    text = text_scores(matrix, queries)
+    batch = int(text.shape[0])
+    if len(exclude) != batch:
+        raise ValueError(f"exclude has {len(exclude)} entries for {batch} queries")
+    if batch == 0 or k <= 0 or len(matrix) == 0:
+        return [[] for _ in range(batch)]
+    rows = [[r for r in (matrix.row(i) for i in excl) if r is not None] for excl in exclude]
+    cand = candidate_mask(matrix.valid.cpu(), rows)
+    values, top = blend_topk(cand, weights, k, text.cpu(), cooccurrence, popularity)
+    out: list[TopK] = []
+    for vals, rs in zip(values.tolist(), top.tolist()):
+        recs: TopK = []
+        for v, r in zip(vals, rs):
+            item_id = matrix.id_at(r)
+            if v == -math.inf or item_id is None:
+                break
+            recs.append(Recommendation(item_id, float(v), None))
+        out.append(recs)
+    return out

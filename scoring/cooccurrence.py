@@ -1,0 +1,627 @@
+"""Incremental, decayed item-to-item co-occurrence of positive events, bounded per item.
+
+Pure code, no Kafka.  :class:`CooccurrenceModel` is the streaming counterpart of
+:class:`scoring.baselines.ItemKNNBaseline`'s neighbourhood ("people who liked i also liked
+j"), with a state made to live in a keyed, changelogged table (one value per item) and a
+vectorised scorer that gives a dense score vector over the item matrix's rows, so that
+blending it with the text scores (:mod:`scoring.blend`) is one array operation per batch.
+
+Definitions
+===========
+
+A *positive* event is a click, a purchase, or a review rated at least the positive
+threshold (:func:`is_positive`).  Each user's *history* is their last ``history_len``
+distinct positive items, oldest first (:class:`RecentItems`; the worker can derive it from
+the stored profile instead, see :func:`positive_history`).
+
+On a positive event of a user on item ``j`` at time ``ts`` with weight ``w`` (1 by
+default), given the user's history *before* the event: for every other item ``i`` of the
+history, ``co(i, j)`` and ``co(j, i)`` grow by ``w``, and the item's positive count ``n_j``
+grows by ``w``: exactly :class:`~scoring.baselines.ItemKNNBaseline`'s update.  With
+``half_life_ms`` set, every co-occurrence and count decays with that half-life.
+
+The cosine similarity ``sim(i, j) = co(i, j) / sqrt(n_i * n_j)`` does not depend on the
+time it is read at (the decay factor cancels), and a user's score for ``j`` is the sum of
+``sim(i, j)`` over the items ``i`` of their history (:meth:`CooccurrenceModel.scores`,
+:class:`CooccurrenceScorer`).
+
+State: one row per item, in log2 units of a fixed reference time
+=================================================================
+
+Each item has one :class:`CooccurrenceRow`: its count and its neighbours' co-occurrences,
+all kept as ``log2`` of the decayed value *at the epoch t = 0*, which is
+:class:`scoring.popularity.DecayedPopularity`'s representation: an event at ``ts`` adds
+``2 ** (log2(w) + ts / H)``, accumulated with ``logaddexp2``; the value at time ``now`` is
+``2 ** (L - now / H)``.  No stored number ever needs re-decaying or rescaling, so a row
+changes only when an event touches its item, and rows written at different times (or by
+different partitions) are directly comparable and can be summed.  (Without a half-life,
+``L`` is the plain ``log2`` of the count.)  :class:`ItemKNNBaseline` instead keeps linear
+weights relative to one global reference time and rescales *every* row when that
+reference moves: fine in memory, but in a table it would rewrite every row at once.
+
+**Bound.**  A row's neighbours are cut back to its ``max_neighbours`` largest
+co-occurrences (ties by item id) as soon as it holds more than ``2 * max_neighbours``
+(:func:`bound_neighbours`, shared with the baseline); pruning ``i -> j`` does not remove
+``j -> i``, and a pruned pair that co-occurs again restarts from that occurrence.
+
+**Serialisation.**  :meth:`CooccurrenceRow.to_bytes`: ``b"RC"``, a format version byte,
+the length of an orjson list of the neighbour ids, that list, then the count and the
+neighbour weights as little-endian float64 (numpy bytes).  Never pickle.
+:meth:`CooccurrenceRow.from_bytes` raises :class:`CooccurrenceFormatError` on malformed
+bytes or an unknown version.  The model's parameters (half-life, bound, history length)
+are configuration, not row data.
+
+Partitions: where one item's row is written and read
+====================================================
+
+A worker partitions *users*: the events of one user all arrive on one partition of the
+event topics, but any partition may produce co-occurrences of any item.  Chosen design:
+**per-partition partial rows, summed on read** (the scheme the worker already uses for
+popularity, ``streams.app``'s ``"<partition>:<item>"`` popularity table):
+
+* the worker that holds input partition ``p`` keeps one :class:`CooccurrenceModel` per
+  held partition, fed only by ``p``'s events; the rows a micro-batch touched (returned by
+  :meth:`CooccurrenceModel.observe`) are written to a RocksDB-backed table keyed
+  ``"<p>:<item id>"`` in the same micro-batch (and transaction) as the profiles, with the
+  changelog partition ``p``.  So each key has exactly one writer, exactly-once holds per
+  input partition, and a restarted or rebalanced worker recovers partition ``p``'s partials
+  from ``p``'s changelog alone;
+* scoring uses the sum of the partials (:func:`merge_rows`, a ``logaddexp2`` per entry,
+  then the same bound), loaded into one read-side model with
+  :meth:`CooccurrenceModel.set_row`.  With one worker that is the whole stream's
+  co-occurrence; with several workers each sums the partitions it holds (as popularity
+  does today), and a worker that should see every partition's evidence reads the other
+  partitions' changelogs as standby replicas (faust ``standby_replicas``) and sums those
+  too: no extra topic, eventually consistent across partitions.
+
+Rejected: a repartition topic keyed by item (one writer per item row, exact bounded rows).
+It needs a second hop per event (latency, a second transaction) and fans each positive
+event out to ``history_len`` pair updates, and the scoring side still reads the rows of a
+user's history items, which then live on other partitions, so it needs a replicated read
+copy anyway.  The price of partials: pruning is per partial row, so a neighbour kept by one
+partition and pruned by another is under-counted in the sum (it never invents a pair).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import orjson
+
+from scoring.popularity import _logaddexp2 as logaddexp2
+
+__all__ = [
+    "MAX_LOG2_SIMILARITY",
+    "CooccurrenceFormatError",
+    "CooccurrenceModel",
+    "CooccurrenceRow",
+    "CooccurrenceScorer",
+    "RecentItems",
+    "bound_neighbours",
+    "is_positive",
+    "merge_rows",
+    "positive_history",
+]
+
+# Binary layout: MAGIC (2 bytes) | version (1 byte) | ids length (uint32 LE)
+#                | orjson list of neighbour ids | float64 LE: count, then one weight per id.
+_MAGIC: Final = b"RC"
+_VERSION: Final = 1
+_HEADER = struct.Struct("<2sBI")
+_F64_LE: Final = np.dtype("<f8")
+_NEG_INF: Final = -math.inf
+#: Similarities are capped at 2 ** this (see :meth:`CooccurrenceModel.similarity`).
+MAX_LOG2_SIMILARITY: Final = 64.0
+
+
+class CooccurrenceFormatError(ValueError):
+    """Serialized co-occurrence bytes are malformed or of an unknown format version."""
+
+
+# --------------------------------------------------------------------------- shared pieces
+# (also used by scoring.baselines.ItemKNNBaseline)
+
+
+def is_positive(kind: str, rating: float | None, threshold: float) -> bool:
+    """Clicks and purchases are positive; a review is positive when ``rating >= threshold``."""
+    if kind == "review":
+        return rating is not None and rating >= threshold
+    return True
+
+
+def bound_neighbours(row: dict[str, float], max_neighbours: int) -> dict[str, float]:
+    """``row`` itself while it holds at most ``2 * max_neighbours`` entries, else a new dict
+    of its ``max_neighbours`` largest values (ties by key, ascending)."""
+    if len(row) <= 2 * max_neighbours:
+        return row
+    return dict(sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))[:max_neighbours])
+
+
+class RecentItems:
+    """Per key (a user), the last ``limit`` *distinct* items, oldest first.
+
+    A repeated item moves to the most recent position.
+    """
+
+    __slots__ = ("limit", "_by_key")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"history_len must be at least 1, got {limit}")
+        self.limit = limit
+        self._by_key: dict[str, dict[str, None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def view(self, key: str) -> Mapping[str, None]:
+        """The key's items as an ordered mapping (read-only by convention; do not keep it
+        across :meth:`push`)."""
+        return self._by_key.get(key, {})
+
+    def get(self, key: str) -> list[str]:
+        """The key's items, oldest first."""
+        return list(self._by_key.get(key, ()))
+
+    def push(self, key: str, item: str) -> None:
+        items = self._by_key.get(key)
+        if items is None:
+            items = self._by_key[key] = {}
+        items.pop(item, None)
+        items[item] = None
+        if len(items) > self.limit:
+            del items[next(iter(items))]
+
+
+def positive_history(
+    entries: Iterable[Any], history_len: int, positive_threshold: float = 4.0
+) -> list[str]:
+    """The last ``history_len`` distinct positive items of a profile's history entries
+    (objects with ``item_id``, ``kind`` and ``rating``, oldest first, as
+    :attr:`encoders.profile.UserProfile.history`), oldest first.
+
+    The worker can feed :meth:`CooccurrenceModel.observe` from the stored profile with it
+    instead of keeping a second per-user history.  (The profile keeps its last 50 events of
+    any kind, so with many non-positive events it can hold fewer positives than a
+    dedicated :class:`RecentItems` would.)
+    """
+    recent = RecentItems(history_len)
+    for e in entries:
+        if is_positive(e.kind, e.rating, positive_threshold):
+            recent.push("", e.item_id)
+    return recent.get("")
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass(slots=True, eq=False)
+class CooccurrenceRow:
+    """One item's state: ``log2`` of its decayed positive count and of each neighbour's
+    decayed co-occurrence, at the epoch (see the module doc)."""
+
+    log2_count: float = _NEG_INF
+    neighbours: dict[str, float] = field(default_factory=dict)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CooccurrenceRow):
+            return NotImplemented
+        return self.log2_count == other.log2_count and self.neighbours == other.neighbours
+
+    def __repr__(self) -> str:
+        return f"CooccurrenceRow(log2_count={self.log2_count:.6g}, neighbours={len(self.neighbours)})"
+
+    def to_bytes(self) -> bytes:
+        """Versioned binary form (orjson ids + little-endian float64 numbers)."""
+        ids = orjson.dumps(list(self.neighbours))
+        nums = np.empty(1 + len(self.neighbours), dtype=_F64_LE)
+        nums[0] = self.log2_count
+        nums[1:] = np.fromiter(self.neighbours.values(), dtype=np.float64, count=len(self.neighbours))
+        return _HEADER.pack(_MAGIC, _VERSION, len(ids)) + ids + nums.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> CooccurrenceRow:
+        """Inverse of :meth:`to_bytes`; raises :class:`CooccurrenceFormatError` on bad input."""
+        buf = bytes(data)
+        if len(buf) < _HEADER.size:
+            raise CooccurrenceFormatError(f"co-occurrence row bytes too short ({len(buf)} bytes)")
+        magic, version, ids_len = _HEADER.unpack_from(buf)
+        if magic != _MAGIC:
+            raise CooccurrenceFormatError(f"not a serialized co-occurrence row (magic {magic!r})")
+        if version != _VERSION:
+            raise CooccurrenceFormatError(
+                f"unknown co-occurrence row format version {version} (this code reads version {_VERSION})"
+            )
+        start = _HEADER.size
+        try:
+            ids = orjson.loads(buf[start : start + ids_len])
+        except orjson.JSONDecodeError as exc:
+            raise CooccurrenceFormatError(f"malformed co-occurrence row ids: {exc}") from exc
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise CooccurrenceFormatError("malformed co-occurrence row: the ids are not a list of strings")
+        raw = buf[start + ids_len :]
+        if len(raw) != 8 * (1 + len(ids)):
+            raise CooccurrenceFormatError(
+                f"co-occurrence row has {len(raw)} bytes of numbers, expected {8 * (1 + len(ids))} for {len(ids)} neighbours"
+            )
+        nums = np.frombuffer(raw, dtype=_F64_LE).astype(np.float64)
+        if np.isnan(nums).any() or np.isposinf(nums).any():
+            raise CooccurrenceFormatError("malformed co-occurrence row: a weight is NaN or +inf")
+        if len(set(ids)) != len(ids):
+            raise CooccurrenceFormatError("malformed co-occurrence row: repeated neighbour id")
+        return cls(float(nums[0]), dict(zip(ids, nums[1:].tolist())))
+
+
+def merge_rows(rows: Iterable[CooccurrenceRow], max_neighbours: int | None = None) -> CooccurrenceRow:
+    """The sum of partial rows of one item (e.g. one per partition): counts and
+    co-occurrences add up (``logaddexp2``); with ``max_neighbours`` the result is bounded
+    like any row (:func:`bound_neighbours`)."""
+    out = CooccurrenceRow()
+    acc = out.neighbours
+    for row in rows:
+        out.log2_count = logaddexp2(out.log2_count, row.log2_count) if out.log2_count != _NEG_INF else row.log2_count
+        for j, lw in row.neighbours.items():
+            old = acc.get(j)
+            acc[j] = lw if old is None else logaddexp2(old, lw)
+    if max_neighbours is not None:
+        out.neighbours = bound_neighbours(acc, max_neighbours)
+    return out
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class CooccurrenceModel:
+    """Item-to-item co-occurrence of positive events (see the module doc).
+
+    Args:
+        max_neighbours: neighbours kept per item (``M``; a row holds at most ``2 M``).
+        half_life_ms: decay of co-occurrences and counts; ``None`` for plain counts.
+        history_len: positive items per user kept by :meth:`observe_event`'s own
+            histories (the worker passes histories to :meth:`observe` instead).
+        positive_threshold: the lowest positive review rating.
+
+    Every item the model knows gets a *slot* (a dense index, in order of first sight);
+    the counts are mirrored in a float64 array by slot, and each row caches its neighbours
+    as ``(slots, log2 weights)`` arrays until it changes, which is what
+    :class:`CooccurrenceScorer` reads.
+    """
+
+    def __init__(
+        self,
+        max_neighbours: int = 100,
+        half_life_ms: float | None = None,
+        history_len: int = 20,
+        positive_threshold: float = 4.0,
+    ) -> None:
+        if isinstance(max_neighbours, bool) or not isinstance(max_neighbours, int) or max_neighbours < 1:
+            raise ValueError(f"max_neighbours must be an integer >= 1, got {max_neighbours!r}")
+        if half_life_ms is not None and not (half_life_ms > 0 and math.isfinite(half_life_ms)):
+            raise ValueError(f"half_life_ms must be positive and finite, got {half_life_ms}")
+        self.max_neighbours = max_neighbours
+        self.half_life_ms = half_life_ms
+        self.positive_threshold = positive_threshold
+        self.histories = RecentItems(history_len)
+        self._rows: dict[str, CooccurrenceRow] = {}
+        self._slot: dict[str, int] = {}
+        self._slot_ids: list[str] = []
+        self._log2_count = np.full(64, _NEG_INF, dtype=np.float64)
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # cache, dropped on change
+        self._last_ts: int | None = None
+
+    @property
+    def history_len(self) -> int:
+        return self.histories.limit
+
+    @property
+    def last_ts(self) -> int | None:
+        """Latest event time observed (ms), ``None`` before any."""
+        return self._last_ts
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._rows
+
+    def __repr__(self) -> str:
+        return (
+            f"CooccurrenceModel(max_neighbours={self.max_neighbours}, half_life_ms={self.half_life_ms}, "
+            f"items={len(self._rows)})"
+        )
+
+    # ------------------------------------------------------------------ rows
+    def row(self, item_id: str) -> CooccurrenceRow | None:
+        """The item's row (the live object: do not modify it; use :meth:`set_row`)."""
+        return self._rows.get(item_id)
+
+    def rows(self) -> Iterator[tuple[str, CooccurrenceRow]]:
+        """``(item id, row)`` for every item (for persistence)."""
+        return iter(self._rows.items())
+
+    def set_row(self, item_id: str, row: CooccurrenceRow) -> None:
+        """Put a stored (e.g. recovered or merged) row in place of the item's row."""
+        self._rows[item_id] = row
+        self._changed(item_id, row)
+
+    def remove_row(self, item_id: str) -> bool:
+        """Forget an item's row (its slot stays); returns whether it was present."""
+        if self._rows.pop(item_id, None) is None:
+            return False
+        self._arrays.pop(item_id, None)
+        self._log2_count[self._slot[item_id]] = _NEG_INF
+        return True
+
+    def slot(self, item_id: str) -> int:
+        """The item's slot, assigned on first sight."""
+        s = self._slot.get(item_id)
+        if s is None:
+            s = self._slot[item_id] = len(self._slot_ids)
+            self._slot_ids.append(item_id)
+            if s >= self._log2_count.shape[0]:
+                grown = np.full(2 * self._log2_count.shape[0], _NEG_INF, dtype=np.float64)
+                grown[:s] = self._log2_count[:s]
+                self._log2_count = grown
+        return s
+
+    @property
+    def slot_ids(self) -> Sequence[str]:
+        """Item id of every slot, in slot order (read-only)."""
+        return self._slot_ids
+
+    def log2_counts(self) -> np.ndarray:
+        """``log2`` count at the epoch by slot (``-inf`` for no count); a read-only view."""
+        view = self._log2_count[: len(self._slot_ids)]
+        view.flags.writeable = False
+        return view
+
+    def neighbour_arrays(self, item_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(slots int64, log2 weights float64)`` of the item's neighbours (cached)."""
+        cached = self._arrays.get(item_id)
+        if cached is not None:
+            return cached
+        row = self._rows.get(item_id)
+        if row is None or not row.neighbours:
+            out = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
+        else:
+            nb = row.neighbours
+            n = len(nb)
+            try:  # every neighbour usually has its slot already: plain lookups
+                slots = np.fromiter(map(self._slot.__getitem__, nb), dtype=np.int64, count=n)
+            except KeyError:  # a stored row naming items this model has not seen
+                slots = np.fromiter((self.slot(j) for j in nb), dtype=np.int64, count=n)
+            out = (slots, np.fromiter(nb.values(), dtype=np.float64, count=n))
+        self._arrays[item_id] = out
+        return out
+
+    def _changed(self, item_id: str, row: CooccurrenceRow) -> None:
+        self._arrays.pop(item_id, None)
+        slot = self.slot(item_id)  # may grow the array: index it afterwards
+        self._log2_count[slot] = row.log2_count
+
+    # ------------------------------------------------------------------ updates
+    def _term(self, ts: int, weight: float) -> float:
+        if not (weight > 0 and math.isfinite(weight)):
+            raise ValueError(f"weight must be positive and finite, got {weight}")
+        term = math.log2(weight)
+        if self.half_life_ms is not None:
+            term += ts / self.half_life_ms
+        if not math.isfinite(term):
+            raise ValueError(f"timestamp {ts!r} out of range")
+        return term
+
+    def _row_for_update(self, item_id: str) -> CooccurrenceRow:
+        row = self._rows.get(item_id)
+        if row is None:
+            row = self._rows[item_id] = CooccurrenceRow()
+        return row
+
+    def _bump(self, row: CooccurrenceRow, j: str, term: float) -> None:
+        nb = row.neighbours
+        old = nb.get(j)
+        nb[j] = term if old is None else logaddexp2(old, term)
+        if len(nb) > 2 * self.max_neighbours:
+            row.neighbours = bound_neighbours(nb, self.max_neighbours)
+
+    def observe(self, history: Iterable[str], item_id: str, ts: int, weight: float = 1.0) -> list[str]:
+        """Count one positive event of a user on ``item_id`` at ``ts`` (ms), given the
+        user's positive history *before* it (any order; repeats and ``item_id`` itself
+        are ignored).  Returns the items whose rows changed (``item_id`` first), i.e.
+        the table keys to write for this event."""
+        term = self._term(ts, weight)
+        row_j = self._row_for_update(item_id)
+        row_j.log2_count = term if row_j.log2_count == _NEG_INF else logaddexp2(row_j.log2_count, term)
+        touched = [item_id]
+        for i in dict.fromkeys(history):
+            if i == item_id:
+                continue
+            row_i = self._row_for_update(i)
+            self._bump(row_i, item_id, term)
+            self._bump(row_j, i, term)
+            self._changed(i, row_i)
+            touched.append(i)
+        self._changed(item_id, row_j)
+        if self._last_ts is None or ts > self._last_ts:
+            self._last_ts = int(ts)
+        return touched
+
+    def observe_event(
+        self, user_id: str, item_id: str, ts: int, kind: str, rating: float | None = None
+    ) -> list[str]:
+        """Like :meth:`observe`, keeping the users' histories here (:attr:`histories`):
+        a non-positive event changes nothing and returns ``[]``."""
+        if not is_positive(kind, rating, self.positive_threshold):
+            return []
+        touched = self.observe(self.histories.view(user_id), item_id, ts)
+        self.histories.push(user_id, item_id)
+        return touched
+
+    # ------------------------------------------------------------------ queries
+    def count(self, item_id: str, now_ms: int | None = None) -> float:
+        """The item's decayed positive count at ``now_ms`` (default :attr:`last_ts`)."""
+        row = self._rows.get(item_id)
+        return 0.0 if row is None else self._value(row.log2_count, now_ms)
+
+    def cooccurrence(self, i: str, j: str, now_ms: int | None = None) -> float:
+        """``co(i, j)`` as stored in ``i``'s row, decayed to ``now_ms`` (default
+        :attr:`last_ts`); 0.0 when absent or pruned."""
+        row = self._rows.get(i)
+        lw = None if row is None else row.neighbours.get(j)
+        return 0.0 if lw is None else self._value(lw, now_ms)
+
+    def neighbours(self, item_id: str, now_ms: int | None = None) -> dict[str, float]:
+        """``{j: co(item, j)}`` decayed to ``now_ms`` (default :attr:`last_ts`)."""
+        row = self._rows.get(item_id)
+        if row is None:
+            return {}
+        return {j: self._value(lw, now_ms) for j, lw in row.neighbours.items()}
+
+    def _value(self, log2_value: float, now_ms: int | None) -> float:
+        if log2_value == _NEG_INF:
+            return 0.0
+        shift = 0.0
+        if self.half_life_ms is not None:
+            now = now_ms if now_ms is not None else (self._last_ts or 0)
+            shift = now / self.half_life_ms
+        try:
+            return 2.0 ** (log2_value - shift)
+        except OverflowError:
+            return math.inf
+
+    def similarity(self, i: str, j: str) -> float:
+        """``sim(i, j) = co(i, j) / sqrt(n_i * n_j)`` (does not depend on the time).
+
+        Usually at most about 1, but not bounded: repeated positives, and with decay a
+        stale history item (its count decayed away) meeting a fresh item, push it above;
+        it is capped at ``2 ** MAX_LOG2_SIMILARITY`` so that scores stay finite.
+        """
+        row_i, row_j = self._rows.get(i), self._rows.get(j)
+        if row_i is None or row_j is None:
+            return 0.0
+        lw = row_i.neighbours.get(j)
+        if lw is None or row_i.log2_count == _NEG_INF or row_j.log2_count == _NEG_INF:
+            return 0.0
+        return 2.0 ** min(lw - 0.5 * (row_i.log2_count + row_j.log2_count), MAX_LOG2_SIMILARITY)
+
+    def scores(self, history: Iterable[str]) -> dict[str, float]:
+        """``{j: sum over i in history of sim(i, j)}`` for every neighbour ``j`` (history
+        items included, nothing excluded): the scalar reference of
+        :class:`CooccurrenceScorer`."""
+        out: dict[str, float] = {}
+        for i in dict.fromkeys(history):
+            row = self._rows.get(i)
+            if row is None:
+                continue
+            for j in row.neighbours:
+                s = self.similarity(i, j)
+                if s > 0.0:
+                    out[j] = out.get(j, 0.0) + s
+        return out
+
+
+# --------------------------------------------------------------------------- vectorised scoring
+
+
+class CooccurrenceScorer:
+    """Dense co-occurrence scores over a fixed item order (e.g. an ItemMatrix's rows).
+
+    Args:
+        model: the co-occurrence model (read, never changed).
+        row_of: item id -> row in the target order, ``None`` for items outside it
+            (``ItemMatrix.row`` as is, or ``dict.get`` of a mapping).
+        n_rows: the length of the score vectors (``ItemMatrix.rows_used``).
+
+    Row ``r`` of a score vector holds ``sum over i in history of sim(i, item at r)``, as
+    :meth:`CooccurrenceModel.scores` (float32; 0 where there is no co-occurrence).  The
+    model's slot -> row mapping is cached and extended as the model learns new items; call
+    :meth:`reindex` after the target order changes (items added to or removed from the
+    matrix).
+    """
+
+    def __init__(self, model: CooccurrenceModel, row_of: Callable[[str], int | None], n_rows: int) -> None:
+        self.model = model
+        self._row_of = row_of
+        self._n_rows = int(n_rows)
+        self._slot_row = np.empty(0, dtype=np.int64)
+
+    @property
+    def n_rows(self) -> int:
+        return self._n_rows
+
+    def reindex(self, row_of: Callable[[str], int | None] | None = None, n_rows: int | None = None) -> None:
+        """Forget the slot -> row mapping (and optionally change the target order)."""
+        if row_of is not None:
+            self._row_of = row_of
+        if n_rows is not None:
+            self._n_rows = int(n_rows)
+        self._slot_row = np.empty(0, dtype=np.int64)
+
+    def _sync(self) -> np.ndarray:
+        ids = self.model.slot_ids
+        known = self._slot_row.shape[0]
+        if known < len(ids):
+            row_of = self._row_of
+            new = np.fromiter(
+                ((-1 if (r := row_of(ids[s])) is None else r) for s in range(known, len(ids))),
+                dtype=np.int64,
+                count=len(ids) - known,
+            )
+            if new.size and new.max(initial=-1) >= self._n_rows:
+                raise ValueError(f"row_of gave row {int(new.max())} but the score vectors have {self._n_rows} rows")
+            self._slot_row = np.concatenate([self._slot_row, new])
+        return self._slot_row
+
+    def sparse(self, history: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows int64, scores float64)`` of one history: rows unique and ascending, only
+        the rows with a positive score."""
+        model = self.model
+        slot_parts: list[np.ndarray] = []
+        log_parts: list[np.ndarray] = []
+        for i in dict.fromkeys(history):
+            row = model.row(i)
+            if row is None or row.log2_count == _NEG_INF or not row.neighbours:
+                continue
+            slots, lw = model.neighbour_arrays(i)
+            slot_parts.append(slots)
+            log_parts.append(lw - 0.5 * row.log2_count)
+        if not slot_parts:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+        slots = np.concatenate(slot_parts)
+        slot_row = self._sync()
+        half_j = 0.5 * model.log2_counts()[slots]
+        # sim(i, j) = 2 ** (log2 co_ij - log2 n_i / 2 - log2 n_j / 2); 0 when j has no count
+        vals = np.exp2(np.minimum(np.concatenate(log_parts) - half_j, MAX_LOG2_SIMILARITY))
+        vals[half_j == _NEG_INF] = 0.0
+        rows = slot_row[slots]
+        keep = rows >= 0
+        uniq, inv = np.unique(rows[keep], return_inverse=True)
+        sums = np.bincount(inv, weights=vals[keep], minlength=uniq.shape[0])
+        pos = sums > 0.0
+        return uniq[pos], sums[pos]
+
+    def dense(self, history: Iterable[str], out: np.ndarray | None = None) -> np.ndarray:
+        """Scores of one history as a float32 ``(n_rows,)`` vector (written into ``out``
+        when given, which is zeroed first)."""
+        if out is None:
+            out = np.zeros(self._n_rows, dtype=np.float32)
+        else:
+            if out.shape != (self._n_rows,):
+                raise ValueError(f"out has shape {out.shape}, expected ({self._n_rows},)")
+            out[:] = 0.0
+        rows, vals = self.sparse(history)
+        out[rows] = vals
+        return out
+
+    def batch(self, histories: Sequence[Iterable[str]]) -> np.ndarray:
+        """Scores of many histories as a float32 ``(B, n_rows)`` matrix."""
+        out = np.zeros((len(histories), self._n_rows), dtype=np.float32)
+        for b, history in enumerate(histories):
+            rows, vals = self.sparse(history)
+            out[b, rows] = vals
+        return out
+

@@ -1,0 +1,259 @@
+"""Incremental co-occurrence: counts, decay, the neighbour bound, rows on the wire, scoring."""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+
+import numpy as np
+import pytest
+
+from encoders.profile import HistoryEntry
+from scoring.baselines import ItemKNNBaseline
+from scoring.cooccurrence import (
+    MAX_LOG2_SIMILARITY,
+    CooccurrenceFormatError,
+    CooccurrenceModel,
+    CooccurrenceRow,
+    CooccurrenceScorer,
+    RecentItems,
+    bound_neighbours,
+    merge_rows,
+    positive_history,
+)
+
+H = 1000  # a 1-second half-life keeps the decay arithmetic readable
+
+# The stream of tests/unit/test_baselines.py, worked out there:
+# final co(a,b) = 1, co(a,c) = 2, co(b,c) = 2 (symmetric); n_a = 2, n_b = 2, n_c = 3
+STREAM = [
+    ("u1", "a", "click", None),
+    ("u1", "b", "click", None),
+    ("u1", "c", "purchase", None),
+    ("u2", "a", "click", None),
+    ("u2", "c", "click", None),
+    ("u3", "b", "click", None),
+    ("u3", "d", "review", 2.0),  # not positive: ignored
+    ("u3", "c", "review", 5.0),
+]
+
+
+def feed(model: CooccurrenceModel, stream=STREAM, ts: int = 0) -> None:
+    for user, item, kind, rating in stream:
+        model.observe_event(user, item, ts, kind, rating)
+
+
+def test_counts_match_the_worked_example() -> None:
+    m = CooccurrenceModel()
+    feed(m)
+    assert m.neighbours("a") == pytest.approx({"b": 1.0, "c": 2.0})
+    assert m.neighbours("b") == pytest.approx({"a": 1.0, "c": 2.0})
+    assert m.neighbours("c") == pytest.approx({"a": 2.0, "b": 2.0})
+    assert "d" not in m and m.neighbours("d") == {}
+    assert [m.count(i) for i in "abcd"] == pytest.approx([2.0, 2.0, 3.0, 0.0])
+    assert m.histories.get("u3") == ["b", "c"]
+    # cosine: co(a,c) / sqrt(n_a n_c) = 2 / sqrt(6)
+    assert m.similarity("a", "c") == pytest.approx(2 / math.sqrt(6))
+    # u1's history [a, b, c]: d gets nothing; c gets sim(a,c) + sim(b,c)
+    assert m.scores(["a", "b"]) == pytest.approx(
+        {"a": 1 / 2, "b": 1 / 2, "c": 4 / math.sqrt(6)}  # a: sim(b,a); b: sim(a,b)
+    )
+
+
+def test_observe_returns_the_rows_it_changed() -> None:
+    m = CooccurrenceModel()
+    assert m.observe([], "a", 0) == ["a"]
+    assert m.observe(["a", "b", "a", "x"], "x", 0) == ["x", "a", "b"]  # repeats and the item itself ignored
+    assert m.observe_event("u", "a", 0, "review", 3.0) == []  # not positive
+
+
+def test_same_scores_as_the_item_knn_baseline_on_a_random_stream() -> None:
+    rng = random.Random(7)
+    knn = ItemKNNBaseline(history_len=5, max_neighbours=4)
+    m = CooccurrenceModel(max_neighbours=4, history_len=5)
+    for t in range(2000):
+        user, item = f"u{rng.randrange(30)}", f"i{rng.randrange(60)}"
+        kind, rating = rng.choice([("click", None), ("purchase", None), ("review", 2.0), ("review", 4.5)])
+        knn.observe(user, item, t, kind, rating)
+        m.observe_event(user, item, t, kind, rating)
+    for n in range(30):
+        user = f"u{n}"
+        assert m.histories.get(user) == knn.history(user)
+        assert m.scores(m.histories.get(user)) == pytest.approx(knn.scores(user), rel=1e-9)
+    for n in range(60):
+        assert m.neighbours(f"i{n}") == pytest.approx(knn.neighbours(f"i{n}"), rel=1e-9)
+
+
+def test_decay() -> None:
+    # (a,b) co-occurs twice at t=0, (a,c) once at t=3000 (as in test_baselines.test_knn_decay)
+    m = CooccurrenceModel(half_life_ms=H)
+    for user, item, ts in [("u1", "a", 0), ("u1", "b", 0), ("u2", "a", 0), ("u2", "b", 0), ("u3", "c", 3000), ("u3", "a", 3000)]:
+        m.observe_event(user, item, ts, "click")
+    # read at t=3000 (the last event): co(a,b) = 2 * 0.5**3, co(a,c) = 1; n_a = 2 * 0.5**3 + 1
+    assert m.cooccurrence("a", "b") == pytest.approx(0.25)
+    assert m.cooccurrence("a", "c") == pytest.approx(1.0)
+    assert m.count("a") == pytest.approx(1.25)
+    assert m.cooccurrence("a", "b", now_ms=0) == pytest.approx(2.0)
+    # the stored form is log2 at the epoch: co(a,c) = 2 ** (3000 / 1000)
+    assert m.row("a").neighbours["c"] == pytest.approx(3.0)
+    # similarities do not depend on the reading time: co(a,c) / sqrt(n_a n_c) = 1 / sqrt(1.25 * 1)
+    assert m.similarity("a", "c") == pytest.approx(1 / math.sqrt(1.25))
+    assert m.scores(["a"])["c"] > m.scores(["a"])["b"]
+
+
+def test_decay_needs_no_rescaling_over_thousands_of_half_lives() -> None:
+    m = CooccurrenceModel(half_life_ms=1.0)
+    m.observe_event("u1", "a", 0, "click")
+    m.observe_event("u1", "b", 0, "click")
+    before = m.row("a").to_bytes()
+    m.observe_event("u2", "e", 5000, "click")  # 5000 half-lives later
+    m.observe_event("u2", "f", 5000, "click")
+    assert m.row("a").to_bytes() == before  # untouched rows are never rewritten
+    assert m.cooccurrence("a", "b") == 0.0  # underflows when read at t=5000
+    assert m.cooccurrence("e", "f") == 1.0
+    assert m.similarity("a", "b") == pytest.approx(1.0)  # still finite and time-free
+    # u1's stale history [a, b] meets e: co(e, a) = 1 now, but n_a = 2 ** -5000 now, so the
+    # cosine is astronomically large: it is capped, and every score stays finite
+    m.observe_event("u1", "e", 5000, "click")
+    assert m.similarity("e", "a") == 2.0**MAX_LOG2_SIMILARITY
+    scorer = CooccurrenceScorer(m, {"a": 0, "b": 1, "e": 2, "f": 3}.get, 4)
+    assert np.isfinite(scorer.dense(["a", "b", "e"])).all()
+    assert all(math.isfinite(v) for v in m.scores(["a", "b", "e"]).values())
+
+
+def test_neighbour_bound_keeps_the_strongest_and_breaks_ties_by_id() -> None:
+    m = CooccurrenceModel(max_neighbours=2)
+    for n, x in enumerate(["n1", "n1", "n1", "n2", "n2", "n3", "n4"]):
+        m.observe([], "h", 0)
+        m.observe(["h"], x, 0)
+    assert m.neighbours("h") == pytest.approx({"n1": 3.0, "n2": 2.0, "n3": 1.0, "n4": 1.0})  # 4 = 2M: kept
+    m.observe(["h"], "n5", 0)
+    assert m.neighbours("h") == pytest.approx({"n1": 3.0, "n2": 2.0})  # 5 > 2M: cut to M
+    assert m.neighbours("n5") == pytest.approx({"h": 1.0})  # the reverse direction is untouched
+    ties = CooccurrenceModel(max_neighbours=1)
+    for x in ["z", "y", "x"]:
+        ties.observe(["h"], x, 0)
+    assert list(ties.neighbours("h")) == ["x"]
+    assert bound_neighbours({"b": 1.0, "a": 1.0}, 1) == {"b": 1.0, "a": 1.0}  # 2 = 2M: kept
+    assert bound_neighbours({"b": 1.0, "a": 1.0, "c": 0.5}, 1) == {"a": 1.0}  # tie by id
+
+
+def test_memory_bound_on_a_random_stream() -> None:
+    rng = random.Random(3)
+    m = CooccurrenceModel(max_neighbours=5, history_len=10)
+    for t in range(3000):
+        m.observe_event(f"u{rng.randrange(40)}", f"i{rng.randrange(200)}", t, "click")
+    assert all(len(row.neighbours) <= 10 for _, row in m.rows())
+
+
+def test_row_serialisation_round_trip() -> None:
+    m = CooccurrenceModel(half_life_ms=H)
+    feed(m, ts=1234)
+    for item, row in m.rows():
+        data = row.to_bytes()
+        assert data[:3] == b"RC\x01"
+        back = CooccurrenceRow.from_bytes(data)
+        assert back == row and list(back.neighbours) == list(row.neighbours)
+    empty = CooccurrenceRow()
+    assert CooccurrenceRow.from_bytes(empty.to_bytes()) == empty  # -inf count survives
+    unicode = CooccurrenceRow(1.5, {"é-1": -2.0, "x": 3.25})
+    assert CooccurrenceRow.from_bytes(memoryview(unicode.to_bytes())) == unicode
+
+
+def test_row_format_errors() -> None:
+    data = CooccurrenceRow(0.0, {"a": 1.0}).to_bytes()
+    with pytest.raises(CooccurrenceFormatError, match="unknown co-occurrence row format version 2"):
+        CooccurrenceRow.from_bytes(data[:2] + b"\x02" + data[3:])
+    with pytest.raises(CooccurrenceFormatError, match="magic"):
+        CooccurrenceRow.from_bytes(b"XX" + data[2:])
+    with pytest.raises(CooccurrenceFormatError, match="too short"):
+        CooccurrenceRow.from_bytes(b"RC")
+    with pytest.raises(CooccurrenceFormatError, match="bytes of numbers"):
+        CooccurrenceRow.from_bytes(data[:-1])
+    ids = b'["a"'
+    with pytest.raises(CooccurrenceFormatError, match="ids"):
+        CooccurrenceRow.from_bytes(struct.pack("<2sBI", b"RC", 1, len(ids)) + ids + bytes(16))
+
+
+def test_partial_rows_of_two_partitions_sum_to_the_whole() -> None:
+    rng = random.Random(11)
+    whole = CooccurrenceModel(half_life_ms=50.0)
+    parts = [CooccurrenceModel(half_life_ms=50.0), CooccurrenceModel(half_life_ms=50.0)]
+    for t in range(600):
+        user, item = rng.randrange(12), f"i{rng.randrange(15)}"
+        whole.observe_event(f"u{user}", item, t, "click")
+        parts[user % 2].observe_event(f"u{user}", item, t, "click")  # users partitioned
+    merged = CooccurrenceModel(half_life_ms=50.0)
+    for item, _ in whole.rows():
+        rows = [CooccurrenceRow.from_bytes(p.row(item).to_bytes()) for p in parts if p.row(item) is not None]
+        merged.set_row(item, merge_rows(rows))
+    for item, row in whole.rows():
+        assert merged.row(item).log2_count == pytest.approx(row.log2_count)
+        assert merged.row(item).neighbours == pytest.approx(row.neighbours)
+    assert merged.scores(["i1", "i2"]) == pytest.approx(whole.scores(["i1", "i2"]))
+    assert len(merge_rows([CooccurrenceRow(0.0, {f"j{n}": float(n) for n in range(9)})], max_neighbours=2).neighbours) == 2
+
+
+def test_dense_scores_follow_the_given_row_order() -> None:
+    m = CooccurrenceModel()
+    feed(m)
+    order = ["c", "zz", "a", "b"]  # "zz" never seen, "d" not in the order
+    row_of = {item: r for r, item in enumerate(order)}.get
+    scorer = CooccurrenceScorer(m, row_of, len(order))
+    ref = m.scores(["a", "b"])
+    dense = scorer.dense(["a", "b"])
+    assert dense.dtype == np.float32 and dense.shape == (4,)
+    assert dense.tolist() == pytest.approx([ref["c"], 0.0, ref["a"], ref["b"]])
+    rows, vals = scorer.sparse(["a", "b"])
+    assert rows.tolist() == [0, 2, 3]
+    batch = scorer.batch([["a", "b"], [], ["unknown"]])
+    assert batch.shape == (3, 4) and batch[0].tolist() == pytest.approx(dense.tolist())
+    assert not batch[1:].any()
+    # items learned after the scorer was made are picked up; a changed order needs reindex()
+    m.observe_event("u9", "zz", 1, "click")
+    m.observe_event("u9", "a", 1, "click")
+    assert scorer.dense(["a"])[1] > 0.0
+    scorer.reindex({"zz": 0}.get, 1)
+    assert scorer.dense(["a"]).tolist() == pytest.approx([m.similarity("a", "zz")])
+    with pytest.raises(ValueError, match="out has shape"):
+        scorer.dense(["a"], out=np.zeros(3, dtype=np.float32))
+
+
+def test_dense_scores_match_the_scalar_ones_on_a_decayed_random_stream() -> None:
+    rng = random.Random(5)
+    m = CooccurrenceModel(max_neighbours=6, half_life_ms=200.0, history_len=8)
+    for t in range(3000):
+        m.observe_event(f"u{rng.randrange(25)}", f"i{rng.randrange(80)}", t * 3, "click")
+    ids = [f"i{n}" for n in range(80)]
+    scorer = CooccurrenceScorer(m, {i: r for r, i in enumerate(ids)}.get, len(ids))
+    for n in range(25):
+        hist = m.histories.get(f"u{n}")
+        ref = m.scores(hist)
+        assert scorer.dense(hist).tolist() == pytest.approx([ref.get(i, 0.0) for i in ids], rel=1e-5, abs=1e-12)
+
+
+def test_histories_and_profile_history() -> None:
+    r = RecentItems(3)
+    for item in ["a", "b", "a", "c", "d"]:
+        r.push("u", item)
+    assert r.get("u") == ["a", "c", "d"] and r.get("nobody") == []
+    entries = [
+        HistoryEntry("a", 1, "click"),
+        HistoryEntry("b", 2, "review", 2.0),  # not positive
+        HistoryEntry("c", 3, "purchase"),
+        HistoryEntry("a", 4, "review", 5.0),  # a again: moves to the end
+    ]
+    assert positive_history(entries, 5) == ["c", "a"]
+    assert positive_history(entries, 1) == ["a"]
+
+
+def test_validation() -> None:
+    with pytest.raises(ValueError, match="max_neighbours"):
+        CooccurrenceModel(max_neighbours=0)
+    with pytest.raises(ValueError, match="half_life_ms"):
+        CooccurrenceModel(half_life_ms=-1.0)
+    with pytest.raises(ValueError, match="history_len"):
+        CooccurrenceModel(history_len=0)
+    with pytest.raises(ValueError, match="weight"):
+        CooccurrenceModel().observe([], "a", 0, weight=0.0)
