@@ -50,6 +50,7 @@ import argparse
 import os
 import platform
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -87,6 +88,7 @@ DEFAULT_CONFIGS = ((10_000, 10_000), (100_000, 10_000), (10_000, 100_000), (100_
 QUICK_CONFIGS = ((10_000, 10_000),)
 DIM = 384  # all-MiniLM-L6-v2, the worker's default model
 PROBE_USER = "mem-probe"
+REBUILT = re.compile(r"item matrix rebuilt from the catalog table: (\d+) items")  # the worker's log line
 
 
 class MemoryBenchError(RuntimeError):
@@ -361,9 +363,14 @@ class Group:
         what = "worker start-up" + (f" and recovery of {self.n_items} items" if a.catalog == "seed" else "")
         self.wait_for(what, self.answered, 1, "probe", stall_s=a.start_timeout)
         self.answered_base = 1
-        self.end_phase("start-up", time.perf_counter() - t0,
-                       **({"catalog": f"{self.n_items} items restored from the changelog"} if a.catalog == "seed"
-                          else {}))
+        extra = {}
+        if a.catalog == "seed":
+            restored = [int(n) for n in REBUILT.findall(self.worker.text())]
+            if restored and restored[-1] != self.n_items:
+                raise MemoryBenchError(f"the worker restored {restored[-1]} items, {self.n_items} were seeded")
+            extra = {"catalog": f"{self.n_items} items restored from the changelog",
+                     "items_in_matrix_logged": restored[-1] if restored else None}
+        self.end_phase("start-up", time.perf_counter() - t0, **extra)
         if a.catalog == "embed":
             self.set_phase("catalog")
             t0 = time.perf_counter()
