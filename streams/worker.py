@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 from pathlib import Path
@@ -155,6 +156,10 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
     finally:
         if sock is not None:
             sock.close()
+        # the startup objects frozen for the collector's sake (Pipeline.freeze_startup_heap) go
+        # back to it, so interpreter shutdown frees them (native extensions such as triton's
+        # nanobind types otherwise report them as leaked on stderr)
+        gc.unfreeze()
     if code == 0:
         marker.unlink(missing_ok=True)
     return code
