@@ -4,7 +4,6 @@ arguments, the generated texts, /proc parsing. No broker, no model."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -17,14 +16,8 @@ from encoders.text import item_text
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, file: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / file)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchload import load_bench as _load  # noqa: E402  (tests/ is not a package)
 
 
 be = _load("recstream_bench_encoders", "encoders.py")
