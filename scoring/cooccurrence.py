@@ -313,6 +313,8 @@ class CooccurrenceModel:
         self._log2_count = np.full(64, _NEG_INF, dtype=np.float64)
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # cache, dropped on change
         self._last_ts: int | None = None
+        #: how many times :meth:`clear` ran (slots are reassigned then: caches by slot are stale)
+        self.clears = 0
 
     @property
     def history_len(self) -> int:
@@ -348,6 +350,32 @@ class CooccurrenceModel:
         """Put a stored (e.g. recovered or merged) row in place of the item's row."""
         self._rows[item_id] = row
         self._changed(item_id, row)
+
+    def copy_row(self, item_id: str) -> CooccurrenceRow | None:
+        """A copy of the item's row (``None`` when it has none), for :meth:`restore_row`."""
+        row = self._rows.get(item_id)
+        return None if row is None else CooccurrenceRow(row.log2_count, dict(row.neighbours))
+
+    def restore_row(self, item_id: str, row: CooccurrenceRow | None, last_ts: int | None) -> None:
+        """Undo updates: put back a row saved by :meth:`copy_row` (``None``: the item had
+        no row) and the :attr:`last_ts` of that time (a failed micro-batch is rolled back
+        this way)."""
+        if row is None:
+            self.remove_row(item_id)
+        else:
+            self.set_row(item_id, row)
+        self._last_ts = last_ts
+
+    def clear(self) -> None:
+        """Forget every row, slot and history (before a rebuild from stored rows)."""
+        self.histories = RecentItems(self.histories.limit)
+        self._rows.clear()
+        self._slot.clear()
+        self._slot_ids = []
+        self._log2_count = np.full(64, _NEG_INF, dtype=np.float64)
+        self._arrays.clear()
+        self._last_ts = None
+        self.clears += 1
 
     def remove_row(self, item_id: str) -> bool:
         """Forget an item's row (its slot stays); returns whether it was present."""

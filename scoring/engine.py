@@ -17,6 +17,21 @@ One batch is processed as:
    top-k with head-room for the excluded items (see :func:`scoring.topk.score_topk`).
    Users without a usable profile get the most popular catalog items as of the snapshot.
 
+With blend weights configured (:attr:`EngineConfig.blend`), step 2 also updates an
+item-to-item co-occurrence model (:class:`scoring.cooccurrence.CooccurrenceModel`): every
+positive event (:func:`scoring.cooccurrence.is_positive`) pairs its item with the user's
+last ``cooc_history_len`` distinct positive items *before* it, read from the stored profile
+(:func:`scoring.cooccurrence.positive_history`); a positive event on the item that is
+already the user's latest positive (a MovieLens rating is a click and a purchase at once,
+a double click) adds nothing.  Step 4 then ranks with :func:`scoring.blend.blend_score_topk`:
+the profile's cosines, the co-occurrence scores of the user's positive history and the
+decayed popularity (``log1p`` of the count at the event's time), each normalised over the
+user's candidates and weighted; the records' ``model`` is ``"blend/<weights label>"``.
+A user without a usable text profile but with co-occurrence evidence is served by the
+blend too (the text signal is then left out); only a user with neither gets the popularity
+list.  The co-occurrence scores and the popularity counts are taken at the snapshot, so
+the invariant below holds for the blend as well.
+
 Because step 2 is sequential and step 4 only reads the snapshots, per-event emission from
 a batch equals what strictly one-at-a-time processing would emit.
 """
@@ -32,6 +47,8 @@ import numpy as np
 import torch
 
 from encoders.profile import ProfileModel, UserProfile
+from scoring.blend import BlendWeights, blend_score_topk
+from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, CooccurrenceScorer, is_positive, positive_history
 from scoring.popularity import DecayedPopularity
 from scoring.topk import ItemMatrix, score_topk
 from streams.records import Click, Purchase, RecItem, Recommendation, Review, Trigger
@@ -40,6 +57,8 @@ Event = Click | Purchase | Review
 EmitMode = Literal["per-user", "per-event"]
 EMIT_MODES: tuple[EmitMode, ...] = ("per-user", "per-event")
 POPULARITY_MODEL = "popularity"
+#: ``Recommendation.model`` prefix of a blended list (then the weights' label).
+BLEND_MODEL_PREFIX = "blend/"
 
 
 class TextEmbedder(Protocol):
@@ -81,6 +100,13 @@ class EngineConfig:
             threads costs more than it saves when the cores are busy (on the 2-core
             development machine two threads doubled both the CPU time and the time per
             batch, at 2,000 and at 10,000 items).  The text encoder keeps torch's setting.
+        blend: rank with the text/co-occurrence/popularity blend with these weights
+            (``None``: text similarity only, the default).
+        cooc_neighbours: co-occurrence neighbours kept per item (``M``).
+        cooc_history_len: positive items of the user's history paired with a new
+            positive event, and scored.
+        cooc_half_life_ms: decay of the co-occurrence counts (``None``: no decay).
+        positive_threshold: the lowest rating of a positive review.
     """
 
     k: int = 10
@@ -88,6 +114,11 @@ class EngineConfig:
     exclude_seen: bool = True
     popularity_half_life_ms: int = 7 * 24 * 3600 * 1000
     score_threads: int | None = 1
+    blend: BlendWeights | None = None
+    cooc_neighbours: int = 100
+    cooc_history_len: int = 20
+    cooc_half_life_ms: int | None = None
+    positive_threshold: float = 4.0
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -98,6 +129,16 @@ class EngineConfig:
             raise ValueError(f"popularity half-life: must be positive, got {self.popularity_half_life_ms}")
         if self.score_threads is not None and self.score_threads < 1:
             raise ValueError(f"score threads: must be at least 1, got {self.score_threads}")
+        if self.blend is not None and not isinstance(self.blend, BlendWeights):
+            raise ValueError(f"blend: must be BlendWeights or None, got {self.blend!r}")
+        if self.cooc_neighbours < 1 or self.cooc_history_len < 1:
+            raise ValueError(f"co-occurrence neighbours and history length: must be at least 1, got {self.cooc_neighbours} and {self.cooc_history_len}")
+        if self.cooc_half_life_ms is not None and self.cooc_half_life_ms <= 0:
+            raise ValueError(f"co-occurrence half-life: must be positive, got {self.cooc_half_life_ms}")
+
+    def new_cooccurrence(self) -> CooccurrenceModel:
+        """An empty co-occurrence model with these settings."""
+        return CooccurrenceModel(self.cooc_neighbours, self.cooc_half_life_ms, self.cooc_history_len, self.positive_threshold)
 
 
 @contextmanager
@@ -137,6 +178,8 @@ class BatchResult:
     #: (partition, item_id) whose popularity count changed
     popularity_touched: set[tuple[int, str]] = field(default_factory=set)
     stats: BatchStats = field(default_factory=BatchStats)
+    #: (partition, item_id) whose per-partition co-occurrence row changed
+    cooccurrence_touched: set[tuple[int, str]] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -147,6 +190,10 @@ class _Snapshot:
     history: list[str]
     trigger: Incoming
     fallback: list[RecItem] | None = None
+    #: blend only: the co-occurrence scores (matrix rows, values) and the length of the
+    #: batch's popularity journal at the snapshot
+    cooc: tuple[np.ndarray, np.ndarray] | None = None
+    pop_pos: int = 0
 
 
 class Engine:
@@ -160,6 +207,12 @@ class Engine:
         config: see :class:`EngineConfig`.
         partition_popularity: optional per-input-partition popularity (the worker
             persists these per partition); updated alongside ``popularity``.
+        cooccurrence: the co-occurrence model scored by the blend (default: a new one
+            when ``config.blend`` is set, none otherwise: then nothing is counted).
+        partition_cooccurrence: optional per-input-partition co-occurrence models (the
+            worker persists their rows, keyed ``"<partition>:<item>"``); updated alongside
+            ``cooccurrence``, their changed rows listed in
+            :attr:`BatchResult.cooccurrence_touched`.
     """
 
     def __init__(
@@ -171,6 +224,8 @@ class Engine:
         texts: TextEmbedder,
         config: EngineConfig | None = None,
         partition_popularity: dict[int, DecayedPopularity] | None = None,
+        cooccurrence: CooccurrenceModel | None = None,
+        partition_cooccurrence: dict[int, CooccurrenceModel] | None = None,
     ) -> None:
         self.model = model
         self.matrix = matrix
@@ -179,6 +234,14 @@ class Engine:
         self.config = config or EngineConfig()
         self.partition_popularity = partition_popularity
         self.model_name = f"{texts.name}/{model.name}"
+        blend = self.config.blend
+        if cooccurrence is None and blend is not None:
+            cooccurrence = self.config.new_cooccurrence()
+        self.cooccurrence = cooccurrence
+        self.partition_cooccurrence = partition_cooccurrence if cooccurrence is not None else None
+        self.blend_model_name = None if blend is None else BLEND_MODEL_PREFIX + blend.label()
+        self._cooc_scorer: CooccurrenceScorer | None = None
+        self._cooc_key: tuple[int, ...] | None = None
 
     # ------------------------------------------------------------------ helpers
     def _popularity_for(self, partition: int) -> DecayedPopularity | None:
@@ -188,6 +251,29 @@ class Engine:
         if pop is None:
             pop = self.partition_popularity[partition] = DecayedPopularity(self.config.popularity_half_life_ms)
         return pop
+
+    def _cooccurrence_for(self, partition: int) -> CooccurrenceModel | None:
+        if self.partition_cooccurrence is None:
+            return None
+        model = self.partition_cooccurrence.get(partition)
+        if model is None:
+            model = self.partition_cooccurrence[partition] = self.config.new_cooccurrence()
+        return model
+
+    def _scorer(self) -> CooccurrenceScorer:
+        """The co-occurrence scorer over the matrix rows, rebuilt when the matrix moved an
+        item (its generation) or the model was cleared (a recovery)."""
+        assert self.cooccurrence is not None
+        m = self.matrix
+        key = (id(m), m.generation, m.rows_used, id(self.cooccurrence), self.cooccurrence.clears)
+        if self._cooc_scorer is None or key != self._cooc_key:
+            self._cooc_scorer = CooccurrenceScorer(self.cooccurrence, m.row, m.rows_used)
+            self._cooc_key = key
+        return self._cooc_scorer
+
+    def positive_history(self, profile: UserProfile) -> list[str]:
+        """The user's last ``cooc_history_len`` distinct positive items, oldest first."""
+        return positive_history(profile.history, self.config.cooc_history_len, self.config.positive_threshold)
 
     def _exclusions(self, profile: UserProfile) -> frozenset[str]:
         if self.config.exclude_seen:
@@ -224,7 +310,7 @@ class Engine:
         top = self.popularity.top(self.config.k, exclude=exclude, allowed=self.matrix, now_ms=now_ms)
         return [RecItem(item_id, float(score), None) for item_id, score in top]
 
-    def _snapshot(self, profile: UserProfile, trigger: Incoming) -> _Snapshot:
+    def _snapshot(self, profile: UserProfile, trigger: Incoming, pop_pos: int = 0) -> _Snapshot:
         query = self.model.query(profile)
         exclude = self._exclusions(profile)
         snap = _Snapshot(
@@ -234,6 +320,13 @@ class Engine:
             history=self._liked_history(profile),
             trigger=trigger,
         )
+        if self.config.blend is not None:
+            # the co-occurrence scores as of this event: the model moves with every event
+            snap.cooc = self._scorer().sparse(self.positive_history(profile))
+            snap.pop_pos = pop_pos
+            if snap.query is None and len(snap.cooc[0]) == 0:
+                snap.fallback = self._fallback(exclude, trigger.event.ts)
+            return snap
         if snap.query is None:
             # popularity as of this event: computed now, it moves with every event
             snap.fallback = self._fallback(exclude, trigger.event.ts)
@@ -255,13 +348,17 @@ class Engine:
         caller then writes back from :attr:`BatchResult.profiles`.
         """
         saved: dict[tuple[int, str], tuple[DecayedPopularity, float | None, int | None]] = {}
+        saved_rows: dict[tuple[int, str], tuple[CooccurrenceModel, CooccurrenceRow | None, int | None]] = {}
         try:
-            return self._process(batch, profiles, now_ms, saved)
+            return self._process(batch, profiles, now_ms, saved, saved_rows)
         except BaseException:
-            # profiles are the caller's to re-read; popularity lives here: roll it back so
-            # that a retried batch (or its records, one by one) is not counted twice
+            # profiles are the caller's to re-read; popularity and co-occurrence live here:
+            # roll them back so that a retried batch (or its records, one by one) is not
+            # counted twice
             for (_, item_id), (pop, log2, last_ts) in reversed(saved.items()):
                 pop.restore(item_id, log2, last_ts)
+            for (_, item_id), (cooc, row, last_ts) in reversed(saved_rows.items()):
+                cooc.restore_row(item_id, row, last_ts)
             raise
 
     def _process(
@@ -270,12 +367,35 @@ class Engine:
         profiles: Mapping[str, UserProfile],
         now_ms: int | None,
         saved: dict[tuple[int, str], tuple[DecayedPopularity, float | None, int | None]],
+        saved_rows: dict[tuple[int, str], tuple[CooccurrenceModel, CooccurrenceRow | None, int | None]],
     ) -> BatchResult:
         def count(pop: DecayedPopularity, item_id: str, ts: int) -> None:
             key = (id(pop), item_id)
             if key not in saved:
                 saved[key] = (pop, pop.log2_score(item_id), pop.last_ts)
             pop.add(item_id, ts)
+
+        def observe(cooc: CooccurrenceModel, history: list[str], item_id: str, ts: int) -> list[str]:
+            for i in (item_id, *history):
+                key = (id(cooc), i)
+                if key not in saved_rows:
+                    saved_rows[key] = (cooc, cooc.copy_row(i), cooc.last_ts)
+            return cooc.observe(history, item_id, ts)
+
+        cfg = self.config
+        cooc = self.cooccurrence
+        blend = cfg.blend
+        # blend: popularity by matrix row (log2 at the epoch) at the batch's start, and the
+        # journal of its changes, so that each snapshot is scored with the counts of its time
+        pop_base: np.ndarray | None = None
+        journal: list[tuple[int, float]] = []
+        if blend is not None:
+            pop_base = np.full(self.matrix.rows_used, -np.inf, dtype=np.float64)
+            row_of = self.matrix.row
+            for item_id, lg in self.popularity.items():
+                r = row_of(item_id)
+                if r is not None:
+                    pop_base[r] = lg
 
         stats = BatchStats(events=len(batch))
         t0 = time.perf_counter()
@@ -297,6 +417,7 @@ class Engine:
         last_trigger: dict[str, Incoming] = {}
         snapshots: list[_Snapshot] = []
         pop_touched: set[tuple[int, str]] = set()
+        cooc_touched: set[tuple[int, str]] = set()
         per_event = self.config.emit == "per-event"
         for i, inc in enumerate(batch):
             ev = inc.event
@@ -310,6 +431,11 @@ class Engine:
                 item_vec = item_vecs.get(ev.item_id)
                 if item_vec is None:
                     stats.unknown_items += 1
+                cooc_history: list[str] | None = None
+                if cooc is not None and is_positive(ev.kind, ev.rating if isinstance(ev, Review) else None, cfg.positive_threshold):
+                    cooc_history = self.positive_history(profile)  # before the event
+                    if cooc_history and cooc_history[-1] == ev.item_id:
+                        cooc_history = None  # the latest positive again: no new evidence
                 self.model.apply(
                     profile,
                     kind=ev.kind,
@@ -322,20 +448,36 @@ class Engine:
                     offset=inc.offset,
                 )
                 count(self.popularity, ev.item_id, ev.ts)
+                if pop_base is not None:
+                    r = self.matrix.row(ev.item_id)
+                    if r is not None:
+                        journal.append((r, self.popularity.log2_score(ev.item_id)))  # type: ignore[arg-type]
                 part_pop = self._popularity_for(inc.partition)
                 if part_pop is not None:
                     count(part_pop, ev.item_id, ev.ts)
                     pop_touched.add((inc.partition, ev.item_id))
+                if cooc_history is not None and cooc is not None:
+                    observe(cooc, cooc_history, ev.item_id, ev.ts)
+                    part_cooc = self._cooccurrence_for(inc.partition)
+                    if part_cooc is not None:
+                        for item_id in observe(part_cooc, cooc_history, ev.item_id, ev.ts):
+                            cooc_touched.add((inc.partition, item_id))
                 stats.applied += 1
             last_trigger[ev.user_id] = inc
             if per_event:
-                snapshots.append(self._snapshot(profile, inc))
+                snapshots.append(self._snapshot(profile, inc, len(journal)))
         if not per_event:
-            snapshots = [self._snapshot(touched[user], inc) for user, inc in last_trigger.items()]
+            snapshots = [self._snapshot(touched[user], inc, len(journal)) for user, inc in last_trigger.items()]
         t2 = time.perf_counter()
 
-        scored = [s for s in snapshots if s.query is not None]
-        if scored:
+        results: list = []
+        if blend is not None:
+            assert pop_base is not None
+            scored = [s for s in snapshots if s.fallback is None]
+            if scored:
+                with intraop_threads(self.config.score_threads):
+                    results = self._blend_topk(scored, blend, pop_base, journal)
+        elif scored := [s for s in snapshots if s.query is not None]:
             with intraop_threads(self.config.score_threads):
                 results = score_topk(
                     self.matrix,
@@ -344,19 +486,17 @@ class Engine:
                     exclude=[s.exclude for s in scored],
                     history=[s.history for s in scored],
                 )
-        else:
-            results = []
         by_snapshot = {id(s): [RecItem(*r) for r in res] for s, res in zip(scored, results)}
         t3 = time.perf_counter()
 
         emitted = now_ms if now_ms is not None else int(time.time() * 1000)
         recs = []
         for snap in snapshots:
-            if snap.query is None:
+            if snap.fallback is not None or (blend is None and snap.query is None):
                 items, model = snap.fallback or [], POPULARITY_MODEL
                 stats.fallbacks += 1
             else:
-                items, model = by_snapshot[id(snap)], self.model_name
+                items, model = by_snapshot[id(snap)], self.blend_model_name or self.model_name
             inc = snap.trigger
             recs.append(
                 Recommendation(
@@ -369,4 +509,39 @@ class Engine:
                 )
             )
         stats.encode_s, stats.update_s, stats.score_s = t1 - t0, t2 - t1, t3 - t2
-        return BatchResult(recs, touched, pop_touched, stats)
+        return BatchResult(recs, touched, pop_touched, stats, cooc_touched)
+
+    #: snapshots blended together at most (bounds the (B, items) score matrices)
+    BLEND_CHUNK = 128
+
+    def _blend_topk(
+        self, scored: Sequence[_Snapshot], blend: BlendWeights, pop_base: np.ndarray, journal: Sequence[tuple[int, float]]
+    ) -> list[list[tuple[str, float, str | None]]]:
+        """The blend's top-k of each snapshot (see the module doc), in order."""
+        m = self.matrix
+        n = m.rows_used
+        dim = m.dim
+        half_life = self.popularity.half_life_ms
+        work = pop_base.copy()
+        applied = 0
+        out: list[list[tuple[str, float, str | None]]] = []
+        for start in range(0, len(scored), self.BLEND_CHUNK):
+            part = scored[start : start + self.BLEND_CHUNK]
+            b = len(part)
+            queries = np.zeros((b, dim), dtype=np.float32)
+            cooc = np.zeros((b, n), dtype=np.float32)
+            pop = np.empty((b, n), dtype=np.float32)
+            for j, snap in enumerate(part):
+                if snap.query is not None:
+                    queries[j] = snap.query
+                assert snap.cooc is not None
+                rows, vals = snap.cooc
+                cooc[j, rows] = vals
+                for r, lg in journal[applied : snap.pop_pos]:
+                    work[r] = lg
+                applied = max(applied, snap.pop_pos)
+                with np.errstate(over="ignore"):
+                    pop[j] = np.log1p(np.exp2(work - snap.trigger.event.ts / half_life))
+            res = blend_score_topk(m, queries, self.config.k, [s.exclude for s in part], blend, cooc, pop)
+            out.extend([(r.item_id, r.score, r.because) for r in recs] for recs in res)
+        return out

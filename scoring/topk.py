@@ -77,6 +77,9 @@ class ItemMatrix:
         self._id_to_row: dict[str, int] = {}
         self._row_to_id: list[str | None] = []  # length == high-water mark of used rows
         self._free: list[int] = []
+        # bumped whenever an id gets or loses a row (a cache keyed by row, such as the
+        # co-occurrence scorer's, is stale once it moves)
+        self.generation = getattr(self, "generation", 0) + 1
 
     # ------------------------------------------------------------------ properties
     @property
@@ -191,6 +194,7 @@ class ItemMatrix:
                     row = len(self._row_to_id)
                     self._row_to_id.append(item_id)
                 self._id_to_row[item_id] = row
+                self.generation += 1
             rows.append(row)
 
         row_idx = torch.tensor(rows, dtype=torch.long, device=self._device)
@@ -223,6 +227,7 @@ class ItemMatrix:
                 continue
             self._row_to_id[row] = None
             self._free.append(row)
+            self.generation += 1
             rows.append(row)
         if rows:
             row_idx = torch.tensor(rows, dtype=torch.long, device=self._device)
