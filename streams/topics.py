@@ -30,7 +30,9 @@ EVENT_TOPICS = (CLICKS, PURCHASES, REVIEWS)
 PROFILES_TABLE = "profiles"
 ITEMS_TABLE = "item-embeddings"
 POPULARITY_TABLE = "popularity"
-TABLES = (PROFILES_TABLE, ITEMS_TABLE, POPULARITY_TABLE)
+#: per-partition co-occurrence rows, key "<partition>:<item>" (written with --blend only)
+COOCCURRENCE_TABLE = "cooccurrence"
+TABLES = (PROFILES_TABLE, ITEMS_TABLE, POPULARITY_TABLE, COOCCURRENCE_TABLE)
 #: The catalog is small next to the event streams and replicated to every worker (a
 #: Faust global table): one partition keeps its topic, its changelog and the local store
 #: aligned, and one worker embeds each catalog update.

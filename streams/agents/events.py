@@ -5,7 +5,8 @@ One agent consumes the three event topics (keyed by user, co-partitioned with th
 records go to the dead-letter topic and never stop the stream), the profiles of the users
 it touches are read from the table, :class:`scoring.engine.Engine` applies the events and
 scores all snapshots in one batched pass, and the changed profiles, popularity counts and
-the recommendations are written back.
+the recommendations are written back; with blend weights, so are the co-occurrence
+rows the batch changed (``cooccurrence`` table, key ``"<partition>:<item>"``).
 """
 
 from __future__ import annotations
@@ -116,6 +117,13 @@ async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Inco
         popularity_writes.setdefault(partition, []).append((popularity_key(partition, item_id), encode_log2(log2)))
     await pipeline.write_table(pipeline.profiles, profile_writes, partition_event)
     await pipeline.write_table(pipeline.popularity_table, popularity_writes, partition_event)
+    if result.cooccurrence_touched:  # with blend weights: the partition's co-occurrence rows
+        cooc_writes: dict[int, list[tuple[bytes, bytes]]] = {}
+        for partition, item_id in result.cooccurrence_touched:
+            row = pipeline.partition_cooccurrence[partition].row(item_id)
+            if row is not None:
+                cooc_writes.setdefault(partition, []).append((popularity_key(partition, item_id), row.to_bytes()))
+        await pipeline.write_table(pipeline.cooccurrence_table, cooc_writes, partition_event)
     emitted = int(time.time() * 1000)  # the moment the records go out, after the state writes
     answers = []
     for rec in result.recommendations:
