@@ -786,6 +786,7 @@ def run_offline(
     keep_lists: bool = False,
     order: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
+    matrix: Any = None,
 ) -> BacktestResult:
     """The backtest of recstream's engine run here.
 
@@ -804,7 +805,9 @@ def run_offline(
     (:class:`ExclusionTracker`, with the engine's settings) follow time order.
 
     ``progress`` is called with the number of events done after each engine batch.  The
-    latency recorded per event is the engine time of its batch.
+    latency recorded per event is the engine time of its batch.  ``matrix``: an
+    :class:`~scoring.topk.ItemMatrix` of the catalog already embedded (it is only read),
+    instead of embedding it here.
     """
     import numpy as np
 
@@ -824,9 +827,11 @@ def run_offline(
 
     items = list({item.item_id: item for item in catalog}.values())
     fields = tuple(item_fields) if item_fields is not None else ITEM_TEXT_FIELDS
-    matrix = ItemMatrix(encoder.dim, device if device is not None else encoder.device)
+    prebuilt = matrix is not None
+    if matrix is None:
+        matrix = ItemMatrix(encoder.dim, device if device is not None else encoder.device)
     chunk = 4096
-    for start in range(0, len(items), chunk):
+    for start in range(0 if not prebuilt else len(items), len(items), chunk):
         part = items[start : start + chunk]
         texts = [item_text(it.title, it.categories, it.description, fields=fields) for it in part]
         matrix.upsert([it.item_id for it in part], np.asarray(encoder.encode_numpy(texts), dtype=np.float32))

@@ -165,6 +165,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(worker_config(args), loglevel=args.loglevel)
 
 
+def _method_names() -> list[str]:
+    from scoring.sidebyside import method_names
+
+    return method_names()
+
+
+def _engine_knobs(g) -> None:
+    """The worker settings that change what ``tune`` and ``backtest --dataset`` compute (same defaults and env)."""
+    g.add_argument("--item-fields", default=_env("ITEM_FIELDS", "title,categories,description"), help="item fields embedded, as the worker's (default title,categories,description)")
+    g.add_argument("--half-life-days", type=float, default=float(_env("HALF_LIFE_DAYS", "30")), help="profile half-life (default 30)")
+    g.add_argument("--popularity-half-life-days", type=float, default=float(_env("POPULARITY_HALF_LIFE_DAYS", "7")), help="popularity half-life (default 7)")
+    g.add_argument("--cooc-neighbours", type=int, default=int(_env("COOC_NEIGHBOURS", "100")), help="co-occurrence neighbours per item (default 100)")
+    g.add_argument("--cooc-history-len", type=int, default=int(_env("COOC_HISTORY_LEN", "20")), help="positives per user paired and scored (default 20)")
+    g.add_argument("--cooc-half-life-days", type=float, default=float(_env("COOC_HALF_LIFE_DAYS", "0")), help="co-occurrence half-life, 0 = none (default 0)")
+    if not any(a.dest == "history_len" for a in getattr(g, "_group_actions", ())):
+        try:
+            g.add_argument("--history-len", type=int, default=int(_env("HISTORY_LEN", "50")), help="recent events kept per user (default 50)")
+        except argparse.ArgumentError:
+            pass
+
+
 def _worker_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pipeline")
     g.add_argument("--partitions", type=int, default=int(_env("PARTITIONS", "4")), help="partitions of the event topics and tables (env RECSTREAM_PARTITIONS; default 4)")
@@ -293,6 +314,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     ks = tuple(sorted({int(k) for k in args.ks.split(",")}))
     config = BacktestConfig(split_ms=parse_time(args.split), targets=frozenset(t.strip() for t in args.targets.split(",")),
                             positive_threshold=args.positive_threshold, ks=ks)
+    if args.dataset:
+        return _backtest_dataset(args, config)
     source = settings_from(args)
     started = _time.monotonic()
     timings: dict[str, float] = {}
@@ -324,6 +347,107 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
         write_html(doc, args.html)
         print(f"wrote {args.html}", file=sys.stderr)
+    return 0
+
+
+def _backtest_dataset(args: argparse.Namespace, config) -> int:
+    """``backtest --dataset``: the engine's methods run offline side by side (scoring/sidebyside.py)."""
+    import time as _time
+    from dataclasses import replace
+
+    import orjson
+    from tqdm import tqdm
+
+    from encoders.profile import ProfileConfig
+    from encoders.text import TextEncoder
+    from scoring.backtest import format_table
+    from scoring.engine import EngineConfig
+    from scoring.sidebyside import METHODS, SideBySideOptions, side_by_side
+    from scoring.topk import ItemMatrix
+
+    from .tune import DAY_MS, catalog_embeddings, load_source
+
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise ValueError(f"--methods: unknown {unknown}; known: {', '.join(METHODS)}")
+    started = _time.monotonic()
+    end_ms = parse_time_opt(args.to)
+    src = load_source(args.dataset, end_ms=end_ms, positive_threshold=args.positive_threshold)
+    if args.from_:
+        start_ms = parse_time_opt(args.from_)
+        src.events = [e for e in src.events if e.ts >= start_ms]
+    fields = tuple(f.strip() for f in args.item_fields.split(",") if f.strip())
+    emb, info = catalog_embeddings(src.catalog, fields=fields)
+    encoder = TextEncoder()  # review texts: CUDA when present
+    matrix = ItemMatrix(encoder.dim, "cpu")
+    matrix.upsert([it.item_id for it in src.catalog], emb)
+    ecfg = EngineConfig(k=config.max_k, emit="per-event", popularity_half_life_ms=int(args.popularity_half_life_days * DAY_MS),
+                        cooc_neighbours=args.cooc_neighbours, cooc_history_len=args.cooc_history_len,
+                        cooc_half_life_ms=int(args.cooc_half_life_days * DAY_MS) or None)
+    opts = SideBySideOptions(encoder=encoder, engine_config=ecfg, profile_config=ProfileConfig(half_life_ms=int(args.half_life_days * DAY_MS), history_len=args.history_len),
+                             blend=_blend_weights(args.blend), item_fields=fields, matrix=matrix)
+    methods = [METHODS[m](opts) for m in names]
+    config = replace(config, popularity_half_life_ms=ecfg.popularity_half_life_ms)
+    bars: dict = {}
+
+    def progress(name: str, n: int) -> None:
+        if name not in bars:
+            for b in bars.values():
+                b.close()
+            bars[name] = tqdm(total=len(src.events), desc=name, unit=" ev", file=sys.stderr, mininterval=1.0)
+        bars[name].update(n)
+
+    result, seconds = side_by_side(src.events, src.catalog, config, methods, progress=progress)
+    for b in bars.values():
+        b.close()
+    total = round(_time.monotonic() - started, 1)
+    print(format_table(result, ks=[k for k in config.ks if k >= 10] or config.ks))
+    print(f"engine runs: {', '.join(f'{n} {s:.0f}s' for n, s in seconds.items())}; {total:.0f}s in all", file=sys.stderr)
+    if args.json:
+        doc = {"dataset": args.dataset, "methods": names, "blend": opts.blend.to_dict() if opts.blend else None,
+               "embeddings": info, "timings": {"engine_s": seconds, "total_s": total}, **result.to_dict()}
+        with open(args.json, "wb") as f:
+            f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def parse_time_opt(text: str | None) -> int | None:
+    from .produce import parse_time
+
+    return parse_time(text) if text else None
+
+
+# --- recstream tune --------------------------------------------------------------------
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from scoring.blend import BlendWeights
+
+    from .tune import catalog_embeddings, load_source, parse_grid, protocol_config, tune_weights
+
+    split_ms = parse_time_opt(args.split)
+    validation_from_ms = parse_time_opt(args.validation_from)
+    if split_ms is not None and validation_from_ms is not None and validation_from_ms >= split_ms:
+        raise ValueError("--validation-from must be before --split")
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    config = protocol_config(k=args.k, positive_threshold=args.positive_threshold,
+                             popularity_half_life_days=args.popularity_half_life_days, half_life_days=args.half_life_days,
+                             history_len=args.history_len, cooc_neighbours=args.cooc_neighbours,
+                             cooc_history_len=args.cooc_history_len, cooc_half_life_days=args.cooc_half_life_days)
+    grid = parse_grid(args.grid_step, args.normalizations)
+    src = load_source(args.dataset, None if args.dataset else settings_from(args), end_ms=split_ms,
+                      positive_threshold=args.positive_threshold)
+    fields = tuple(f.strip() for f in args.item_fields.split(",") if f.strip())
+    emb, info = catalog_embeddings(src.catalog, fields=fields, model=args.model)
+    weights, meta = tune_weights(src, emb, split_ms=split_ms, validation_from_ms=validation_from_ms, kinds=kinds,
+                                 config=config, grid=grid)
+    meta["embeddings"] = {"model": info["model"], "item_fields": list(fields)}
+    BlendWeights.save(weights, args.output, meta=meta)
+    v = meta["validation"]
+    k = args.k
+    print(f"{weights.label()}: HR@{k} {v[f'best_hr@{k}']:.4f}, NDCG@{k} {v[f'best_ndcg@{k}']:.4f} on {v['cases']} validation "
+          f"cases (interactions {v['interactions'][0]}-{v['interactions'][1]}); wrote {args.output}")
     return 0
 
 
@@ -436,7 +560,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history-len", type=int, default=50, help="the worker's history length (default 50)")
     p.add_argument("--json", metavar="FILE", help="write the full result as JSON")
     p.add_argument("--html", metavar="FILE", help="write a report with plots (metrics per month, latency, baselines) as one HTML file")
+    g = p.add_argument_group("side by side, offline (--dataset)", "Run recstream's engine here instead of a worker, once per "
+                             "method, over a dataset folder, and score every method and the baselines on the same cases.")
+    g.add_argument("--dataset", metavar="PATH", help="a dataset folder (formats of 'recstream produce'): no broker, no replay")
+    g.add_argument("--methods", default=",".join(_method_names()), help=f"methods, in table order (default {','.join(_method_names())})")
+    g.add_argument("--blend", metavar="PATH", help="the blend method's weights file from 'recstream tune' (default: equal weights, z-score)")
+    _engine_knobs(g)
     p.set_defaults(func=cmd_backtest)
+
+    p = sub.add_parser("tune", parents=[kafka_opts], help="pick blend weights on a validation window, write the --blend file",
+                       description="Replay the interactions before --split (a dataset folder with --dataset, else the "
+                                   "deployment's topics), score every positive interaction of the validation window under a "
+                                   "grid of blend weights (text similarity, item co-occurrence, popularity; z-score and rank "
+                                   "normalisations) and write the best, by NDCG@k then HR@k, as the weights file that "
+                                   "'recstream worker --blend' and 'recstream backtest --blend' read. Nothing at or after "
+                                   "--split is read: tune before the period you report on.")
+    p.add_argument("--dataset", metavar="PATH", help="a dataset folder (formats of 'recstream produce'; default: read the topics)")
+    p.add_argument("--split", metavar="DATE", help="start of the test period: nothing from it on is read (default: the 80%% point of the interactions)")
+    p.add_argument("--validation-from", metavar="DATE", help="start of the validation window (default: the last eighth of the interactions before --split)")
+    p.add_argument("-o", "--output", default="blend.json", help="weights file to write (default blend.json)")
+    p.add_argument("-k", "--k", type=int, default=10, help="list length of the metric (default 10)")
+    p.add_argument("--grid-step", type=float, default=0.1, help="weight grid step on the simplex (default 0.1: 66 points per normalisation)")
+    p.add_argument("--normalizations", default="zscore,rank", help="normalisations tried (default zscore,rank)")
+    p.add_argument("--kinds", default="click,purchase,review", help="event kinds that make interactions (default all three)")
+    p.add_argument("--positive-threshold", type=float, default=4.0, help="rating of a positive review (default 4)")
+    p.add_argument("--model", default=_env("MODEL"), help="text model directory (default the packaged all-MiniLM-L6-v2)")
+    _engine_knobs(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("subscribe", parents=[kafka_opts], help="tail the recommendations topic",
                        description="Print recommendations as they are published: with titles, scores and 'because' items, "
