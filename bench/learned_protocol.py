@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
     p.add_argument("--targets", choices=("positive", "all"), default="all", help="next interactions the loss counts (default all)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    p.add_argument("--grid-step", type=float, default=0.1, help="blend weight grid step (default 0.1)")
+    p.add_argument("--grid-step", type=float, default=0.1, help="3-signal blend weight grid step (default 0.1)")
+    p.add_argument("--grid4-step", type=float, default=0.2, help="4-signal blend weight grid step (default 0.2)")
     p.add_argument("--normalizations", default=",".join(NORMALIZATIONS), help="normalisations tried (default zscore,rank)")
     p.add_argument("--cache-dir", type=Path, default=ROOT / ".recstream" / "cache", help="embedding cache folder")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: the usable cores)")
@@ -224,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         k = config.k
         replay.advance(val_start, progress=progress)
         grid3 = weight_grid(step, norms)
-        replay.grid4 = simplex4(step, norms)
+        step4 = 0.5 if args.quick and args.grid4_step == 0.2 else args.grid4_step
+        replay.grid4 = simplex4(step4, norms)
         replay.grid4_sums = np.zeros((len(replay.grid4), 2))
         val = replay.evaluate(test_start, grid=grid3, blends={"blend-equal-zscore": EQUAL_WEIGHTS}, progress=progress)
         best3 = val.best()

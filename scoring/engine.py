@@ -41,7 +41,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, Cooccurrenc
 from scoring.popularity import DecayedPopularity
 from scoring.topk import ItemMatrix, score_topk
 from streams.records import Click, Purchase, RecItem, Recommendation, Review, Trigger
+
+if TYPE_CHECKING:
+    from scoring.learned import LearnedModel, LearnedUserEncoder
 
 Event = Click | Purchase | Review
 EmitMode = Literal["per-user", "per-event"]
@@ -194,6 +197,8 @@ class _Snapshot:
     #: batch's popularity journal at the snapshot
     cooc: tuple[np.ndarray, np.ndarray] | None = None
     pop_pos: int = 0
+    #: learned user encoder only: the model's input, ``(item_id, positive)`` oldest first
+    sequence: list[tuple[str, bool]] | None = None
 
 
 class Engine:
@@ -213,6 +218,10 @@ class Engine:
             worker persists their rows, keyed ``"<partition>:<item>"``); updated alongside
             ``cooccurrence``, their changed rows listed in
             :attr:`BatchResult.cooccurrence_touched`.
+        user_encoder: a learned user encoder (:mod:`scoring.learned`): it then ranks every
+            user with a history instead of the text profile or the blend; the users of a
+            batch are embedded in one forward pass, and the records' ``model`` names its
+            checkpoint.  One model serves a whole batch, even if a new one is loaded meanwhile.
     """
 
     def __init__(
@@ -226,6 +235,7 @@ class Engine:
         partition_popularity: dict[int, DecayedPopularity] | None = None,
         cooccurrence: CooccurrenceModel | None = None,
         partition_cooccurrence: dict[int, CooccurrenceModel] | None = None,
+        user_encoder: LearnedUserEncoder | None = None,
     ) -> None:
         self.model = model
         self.matrix = matrix
@@ -242,6 +252,8 @@ class Engine:
         self.blend_model_name = None if blend is None else BLEND_MODEL_PREFIX + blend.label()
         self._cooc_scorer: CooccurrenceScorer | None = None
         self._cooc_key: tuple[int, ...] | None = None
+        self.user_encoder = user_encoder
+        self._learned: LearnedModel | None = None  # the user encoder's model for the current batch
 
     # ------------------------------------------------------------------ helpers
     def _popularity_for(self, partition: int) -> DecayedPopularity | None:
@@ -311,6 +323,13 @@ class Engine:
         return [RecItem(item_id, float(score), None) for item_id, score in top]
 
     def _snapshot(self, profile: UserProfile, trigger: Incoming, pop_pos: int = 0) -> _Snapshot:
+        if self._learned is not None:
+            exclude = self._exclusions(profile)
+            snap = _Snapshot(profile.user_id, None, exclude, self._liked_history(profile), trigger,
+                             sequence=self._learned.sequence(profile, self.matrix))
+            if not snap.sequence:
+                snap.fallback = self._fallback(exclude, trigger.event.ts)
+            return snap
         query = self.model.query(profile)
         exclude = self._exclusions(profile)
         snap = _Snapshot(
@@ -385,6 +404,7 @@ class Engine:
         cfg = self.config
         cooc = self.cooccurrence
         blend = cfg.blend
+        learned = self._learned = self.user_encoder.current() if self.user_encoder is not None else None
         # blend: popularity by matrix row (log2 at the epoch) at the batch's start, and the
         # journal of its changes, so that each snapshot is scored with the counts of its time
         pop_base: np.ndarray | None = None
@@ -471,7 +491,13 @@ class Engine:
         t2 = time.perf_counter()
 
         results: list = []
-        if blend is not None:
+        if learned is not None:
+            scored = [s for s in snapshots if s.fallback is None]
+            if scored:
+                with intraop_threads(self.config.score_threads):
+                    results = learned.topk(self.matrix, [s.sequence or [] for s in scored], self.config.k,
+                                           exclude=[s.exclude for s in scored], history=[s.history for s in scored])
+        elif blend is not None:
             assert pop_base is not None
             scored = [s for s in snapshots if s.fallback is None]
             if scored:
@@ -492,11 +518,12 @@ class Engine:
         emitted = now_ms if now_ms is not None else int(time.time() * 1000)
         recs = []
         for snap in snapshots:
-            if snap.fallback is not None or (blend is None and snap.query is None):
+            if snap.fallback is not None or (blend is None and learned is None and snap.query is None):
                 items, model = snap.fallback or [], POPULARITY_MODEL
                 stats.fallbacks += 1
             else:
-                items, model = by_snapshot[id(snap)], self.blend_model_name or self.model_name
+                items = by_snapshot[id(snap)]
+                model = learned.name if learned is not None else self.blend_model_name or self.model_name
             inc = snap.trigger
             recs.append(
                 Recommendation(
