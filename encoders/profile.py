@@ -19,7 +19,7 @@ import bisect
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Final, Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import orjson
@@ -88,9 +88,13 @@ class ProfileConfig:
                 raise ValueError(f"{name} must be finite")
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    """One applied event, as kept in :attr:`UserProfile.history`."""
+class HistoryEntry(NamedTuple):
+    """One applied event, as kept in :attr:`UserProfile.history`.
+
+    An immutable named tuple ``(item_id, ts, kind, rating)``: a profile read from the table
+    builds up to ``history_len`` of them per event of the worker, and a tuple is built
+    several times faster than a frozen dataclass.
+    """
 
     item_id: str
     ts: int
@@ -159,7 +163,7 @@ class UserProfile:
                 "updated_ts": self.updated_ts,
                 "offsets": self.offsets,
                 "purchased": sorted(self.purchased),
-                "history": [[h.item_id, h.ts, h.kind, h.rating] for h in self.history],
+                "history": [list(h) for h in self.history],  # [item_id, ts, kind, rating]
             }
         )
         vec = np.ascontiguousarray(self.vector, dtype=_F32_LE).tobytes()
@@ -192,7 +196,7 @@ class UserProfile:
                 user_id=meta["user_id"],
                 vector=vector,
                 ref_ts=int(meta["ref_ts"]),
-                history=[HistoryEntry(h[0], int(h[1]), h[2], h[3]) for h in meta["history"]],
+                history=_history(meta["history"]),
                 purchased=set(meta["purchased"]),
                 applied=int(meta["applied"]),
                 offsets={str(k): int(v) for k, v in meta["offsets"].items()},
@@ -202,6 +206,17 @@ class UserProfile:
             raise
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
             raise ProfileFormatError(f"malformed UserProfile bytes: {exc}") from exc
+
+
+def _history(entries: list[Any]) -> list[HistoryEntry]:
+    """History entries from their serialized ``[item_id, ts, kind, rating]`` lists."""
+    history = list(map(_make_entry, entries))  # TypeError for a list of the wrong length
+    if not all(type(h[1]) is int for h in history):  # only what an older writer may have left
+        history = [HistoryEntry(h[0], int(h[1]), h[2], h[3]) for h in history]
+    return history
+
+
+_make_entry = HistoryEntry._make
 
 
 def new_profile(user_id: str, dim: int) -> UserProfile:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Final, NoReturn, TypeAlias
+from typing import Any, ClassVar, Final, NamedTuple, NoReturn, TypeAlias
 
 import orjson
 
@@ -206,9 +206,12 @@ class Review:
 Event: TypeAlias = Click | Purchase | Review
 
 
-@dataclass(frozen=True, slots=True)
-class RecItem:
-    """One recommended item; ``because`` is the history item that most explains it, if any."""
+class RecItem(NamedTuple):
+    """One recommended item; ``because`` is the history item that most explains it, if any.
+
+    An immutable named tuple ``(item_id, score, because)`` (the worker builds ``k`` of them
+    per event; a tuple is built several times faster than a frozen dataclass).
+    """
 
     item_id: str
     score: float
@@ -806,14 +809,20 @@ def encode_emitted(rec: Recommendation, *, emitted_ts: int, received_ts: int | N
     """``encode(rec)`` with ``emitted_ts`` and the trigger's ``received_ts`` set, as the worker
     stamps a recommendation when it goes out; the same bytes as encoding the record with
     both replaced (:func:`dataclasses.replace`), without copying it."""
-    value = rec.to_dict()
-    value["emitted_ts"] = emitted_ts
-    trigger = value["trigger"]
-    if received_ts is None:
-        trigger.pop("received_ts", None)
-    else:
+    t = rec.trigger
+    trigger = {"topic": t.topic, "partition": t.partition, "offset": t.offset, "event_id": t.event_id}
+    if received_ts is not None:
         trigger["received_ts"] = received_ts
-    return orjson.dumps(value)
+    # the same document as rec.to_dict() (same keys, same order), built without a call per item
+    return orjson.dumps({
+        "schema": rec.schema,
+        "user_id": rec.user_id,
+        "items": [{"item_id": i, "score": s, "because": b} for i, s, b in rec.items],
+        "trigger": trigger,
+        "event_ts": rec.event_ts,
+        "emitted_ts": emitted_ts,
+        "model": rec.model,
+    })
 
 
 def record_key(record: Item | ItemDeleted | Event | Recommendation) -> bytes:

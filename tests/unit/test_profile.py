@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import struct
 
 import numpy as np
 import pytest
@@ -250,3 +251,24 @@ def test_serialization_errors() -> None:
     good = new_profile("u", DIM).to_bytes()
     with pytest.raises(ProfileFormatError):
         UserProfile.from_bytes(good[:-4])
+
+
+def test_history_entries_from_bytes_checked() -> None:
+    """The history's [item_id, ts, kind, rating] lists become HistoryEntry tuples; a ts
+    written as a float or numeric text is read as an int, a malformed entry is a format error."""
+    import orjson
+
+    def with_history(history: object) -> bytes:
+        data = new_profile("u", DIM).to_bytes()
+        _, _, meta_len = struct.unpack_from("<2sBI", data)
+        meta = orjson.loads(data[7 : 7 + meta_len])
+        meta["history"] = history
+        raw = orjson.dumps(meta)
+        return data[:3] + struct.pack("<I", len(raw)) + raw + data[7 + meta_len :]
+
+    p = UserProfile.from_bytes(with_history([["a", 5, "click", None], ["b", 7.0, "review", 4.0], ["c", "9", "click", None]]))
+    assert p.history == [HistoryEntry("a", 5, "click"), HistoryEntry("b", 7, "review", 4.0), HistoryEntry("c", 9, "click")]
+    assert all(type(h) is HistoryEntry and type(h.ts) is int for h in p.history)
+    for bad in ([["a", 5, "click"]], [["a", "five", "click", None]], ["abcd"], [5]):
+        with pytest.raises(ProfileFormatError):
+            UserProfile.from_bytes(with_history(bad))
