@@ -549,7 +549,10 @@ class Engine:
         n = m.rows_used
         dim = m.dim
         half_life = self.popularity.half_life_ms
-        work = pop_base.copy()
+        # popularity of row r at time t: log1p(2 ** (log2 count at the epoch - t / H)), taken
+        # relative to a reference time in float64 so that float32 keeps its precision
+        ref = max(s.trigger.event.ts for s in scored) / half_life
+        work = torch.from_numpy((pop_base - ref).astype(np.float32))
         applied = 0
         out: list[list[tuple[str, float, str | None]]] = []
         for start in range(0, len(scored), self.BLEND_CHUNK):
@@ -557,18 +560,26 @@ class Engine:
             b = len(part)
             queries = np.zeros((b, dim), dtype=np.float32)
             cooc = np.zeros((b, n), dtype=np.float32)
-            pop = np.empty((b, n), dtype=np.float32)
+            shift = torch.tensor([s.trigger.event.ts / half_life - ref for s in part], dtype=torch.float32)
+            # one popularity state per run of snapshots taken at the same point of the batch
+            states: list[torch.Tensor] = []
+            state_of = np.empty(b, dtype=np.int64)
             for j, snap in enumerate(part):
                 if snap.query is not None:
                     queries[j] = snap.query
                 assert snap.cooc is not None
                 rows, vals = snap.cooc
                 cooc[j, rows] = vals
-                for r, lg in journal[applied : snap.pop_pos]:
-                    work[r] = lg
-                applied = max(applied, snap.pop_pos)
-                with np.errstate(over="ignore"):
-                    pop[j] = np.log1p(np.exp2(work - snap.trigger.event.ts / half_life))
+                if not states or snap.pop_pos != applied:
+                    if snap.pop_pos != applied:
+                        work = work.clone()
+                        for r, lg in journal[applied : snap.pop_pos]:
+                            work[r] = lg - ref
+                        applied = snap.pop_pos
+                    states.append(work)
+                state_of[j] = len(states) - 1
+            base = torch.stack(states)[torch.from_numpy(state_of)] if len(states) > 1 else states[0].unsqueeze(0)
+            pop = torch.log1p(torch.exp2(base - shift.unsqueeze(1)))
             res = blend_score_topk(m, queries, self.config.k, [s.exclude for s in part], blend, cooc, pop)
             out.extend([(r.item_id, r.score, r.because) for r in recs] for recs in res)
         return out
