@@ -787,6 +787,7 @@ def run_offline(
     order: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
     matrix: Any = None,
+    user_encoder: Any = None,
 ) -> BacktestResult:
     """The backtest of recstream's engine run here.
 
@@ -843,6 +844,7 @@ def run_offline(
         popularity=DecayedPopularity(ecfg.popularity_half_life_ms),
         texts=encoder,
         config=ecfg,
+        user_encoder=user_encoder,  # a scoring.learned.LearnedUserEncoder: the learned model ranks
     )
     n = len(ordered)
     after: list[Recommendation | None] = [None] * n

@@ -13,7 +13,10 @@ Methods are looked up by name in :data:`METHODS`, a registry of factories
 * ``text-only``: the engine as the worker runs it by default (text-profile similarity);
 * ``blend``: the engine with blend weights (``--blend PATH``, a file written by
   ``recstream tune``; without one, the issue's equal-weight z-score blend), as the worker
-  runs it with ``--blend``.
+  runs it with ``--blend``;
+* ``learned``: the engine with the learned user encoder of the checkpoint
+  ``options.extra["user_model"]`` (``--user-model CKPT``, written by ``recstream train``),
+  as the worker runs it with ``--user-model``; listed by default only when one is given.
 
 A learned user encoder is added by registering a factory here (e.g. ``METHODS["learned"]``)
 that returns an :class:`OfflineMethod` whose :meth:`~OfflineMethod.lists` gives the list
@@ -82,6 +85,7 @@ class EngineMethod:
     name: str
     options: SideBySideOptions
     engine_config: EngineConfig
+    user_encoder: Any = None
 
     def lists(self, events: Sequence[Event], catalog: Sequence[Item], config: BacktestConfig,
               progress: Callable[[int], None] | None = None) -> list[tuple[str, ...] | None]:
@@ -89,7 +93,7 @@ class EngineMethod:
         res = run_offline(
             events, catalog, config, encoder=o.encoder, engine_config=self.engine_config,
             profile_config=o.profile_config, batch_size=o.batch_size, item_fields=o.item_fields,
-            baselines=[], keep_lists=True, progress=progress, matrix=o.matrix,
+            baselines=[], keep_lists=True, progress=progress, matrix=o.matrix, user_encoder=self.user_encoder,
         )
         assert res.per_event is not None
         return [items for _, items in res.per_event]
@@ -105,10 +109,20 @@ def _blend(o: SideBySideOptions) -> OfflineMethod:
     return EngineMethod("blend", o, replace(o.engine_config, blend=o.blend or EQUAL_WEIGHTS))
 
 
+def _learned(o: SideBySideOptions) -> OfflineMethod:
+    from scoring.learned import LearnedUserEncoder
+
+    path = o.extra.get("user_model")
+    if not path:
+        raise ValueError("the learned method needs a checkpoint (--user-model CKPT, written by 'recstream train')")
+    return EngineMethod("learned", o, replace(o.engine_config, blend=None), user_encoder=LearnedUserEncoder(path))
+
+
 #: name -> factory; the order is the table's order (a learned encoder registers here too)
 METHODS: dict[str, Callable[[SideBySideOptions], OfflineMethod]] = {
     "text-only": _text_only,
     "blend": _blend,
+    "learned": _learned,
 }
 
 

@@ -372,6 +372,8 @@ def _backtest_dataset(args: argparse.Namespace, config) -> int:
 
     from .tune import DAY_MS, catalog_embeddings, load_source
 
+    if args.methods is None:
+        args.methods = ",".join(m for m in METHODS if m != "learned" or args.user_model)
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:
@@ -391,7 +393,8 @@ def _backtest_dataset(args: argparse.Namespace, config) -> int:
                         cooc_neighbours=args.cooc_neighbours, cooc_history_len=args.cooc_history_len,
                         cooc_half_life_ms=int(args.cooc_half_life_days * DAY_MS) or None)
     opts = SideBySideOptions(encoder=encoder, engine_config=ecfg, profile_config=ProfileConfig(half_life_ms=int(args.half_life_days * DAY_MS), history_len=args.history_len),
-                             blend=_blend_weights(args.blend), item_fields=fields, matrix=matrix)
+                             blend=_blend_weights(args.blend), item_fields=fields, matrix=matrix,
+                             extra={"user_model": args.user_model})
     methods = [METHODS[m](opts) for m in names]
     config = replace(config, popularity_half_life_ms=ecfg.popularity_half_life_ms)
     bars: dict = {}
@@ -409,12 +412,17 @@ def _backtest_dataset(args: argparse.Namespace, config) -> int:
     total = round(_time.monotonic() - started, 1)
     print(format_table(result, ks=[k for k in config.ks if k >= 10] or config.ks))
     print(f"engine runs: {', '.join(f'{n} {s:.0f}s' for n, s in seconds.items())}; {total:.0f}s in all", file=sys.stderr)
+    doc = {"dataset": args.dataset, "methods": names, "blend": opts.blend.to_dict() if opts.blend else None,
+           "embeddings": info, "timings": {"engine_s": seconds, "total_s": total}, **result.to_dict()}
     if args.json:
-        doc = {"dataset": args.dataset, "methods": names, "blend": opts.blend.to_dict() if opts.blend else None,
-               "embeddings": info, "timings": {"engine_s": seconds, "total_s": total}, **result.to_dict()}
         with open(args.json, "wb") as f:
             f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.html:
+        from scoring.report import write_html
+
+        write_html(doc, args.html)
+        print(f"wrote {args.html}", file=sys.stderr)
     return 0
 
 
@@ -576,7 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("side by side, offline (--dataset)", "Run recstream's engine here instead of a worker, once per "
                              "method, over a dataset folder, and score every method and the baselines on the same cases.")
     g.add_argument("--dataset", metavar="PATH", help="a dataset folder (formats of 'recstream produce'): no broker, no replay")
-    g.add_argument("--methods", default=",".join(_method_names()), help=f"methods, in table order (default {','.join(_method_names())})")
+    g.add_argument("--methods", help=f"methods, in table order (default {','.join(m for m in _method_names() if m != 'learned')}, and learned with --user-model)")
+    g.add_argument("--user-model", metavar="CKPT", help="the learned method's checkpoint from 'recstream train'")
     g.add_argument("--blend", metavar="PATH", help="the blend method's weights file from 'recstream tune' (default: equal weights, z-score)")
     _engine_knobs(g)
     p.set_defaults(func=cmd_backtest)
