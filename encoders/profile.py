@@ -350,9 +350,12 @@ class DecayedProfileModel:
         else:
             factor = self.decay(profile.ref_ts - ts)
         if terms and factor > 0.0:
-            acc = np.zeros(self.dim, dtype=np.float64)
-            for w, vec in terms:
-                acc += w * vec
+            if len(terms) == 1:  # a click or purchase: the same sum without the zeros to add to
+                acc = terms[0][0] * terms[0][1]
+            else:
+                acc = np.zeros(self.dim, dtype=np.float64)
+                for w, vec in terms:
+                    acc += w * vec
             profile.vector += (acc * factor).astype(np.float32)
 
         entry = HistoryEntry(
