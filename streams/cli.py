@@ -333,6 +333,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             print(f"recstream backtest: no topic {source.topic(topics.CLICKS)!r} on {source.broker}", file=sys.stderr)
             return 1
         worker_args = ["-k", str(max(ks)), "--history-len", str(args.history_len)]
+        if args.blend:  # the replay's worker ranks with the blend: its column is the blend's
+            _blend_weights(args.blend)  # a bad file fails here, not in the replay's worker
+            worker_args += ["--blend", args.blend]
         stats = run_replay(source, target, start_ms=parse_time(args.from_) if args.from_ else None,
                            end_ms=parse_time(args.to) if args.to else None, partitions=partitions, worker_args=worker_args)
         print(f"replayed {stats.events_total} events into {target.topic_prefix!r} in {stats.seconds:.1f}s "
@@ -586,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", metavar="PATH", help="a dataset folder (formats of 'recstream produce'): no broker, no replay")
     g.add_argument("--methods", help=f"methods, in table order (default {','.join(m for m in _method_names() if m != 'learned')}, and learned with --user-model)")
     g.add_argument("--user-model", metavar="CKPT", help="the learned method's checkpoint from 'recstream train'")
-    g.add_argument("--blend", metavar="PATH", help="the blend method's weights file from 'recstream tune' (default: equal weights, z-score)")
+    g.add_argument("--blend", metavar="PATH", help="the blend method's weights file from 'recstream tune' (default: equal weights, z-score); "
+                                                   "without --dataset, the replay's worker runs with it")
     _engine_knobs(g)
     p.set_defaults(func=cmd_backtest)
 
