@@ -1028,6 +1028,9 @@ class Bench:
             "mean_in_flight": round(float(np.mean(steady)), 1) if steady else None,
             "starved_fraction": round(float(np.mean(starved)), 3) if starved else None,
             "cpu": cpu,
+            # the most robust figure on a shared machine: the system's own CPU time per event
+            "system_cpu_s_per_1000_events": (None if cpu.get("system_cpu_s") is None
+                                             else round(1000 * cpu["system_cpu_s"] / sent, 3)),
             "first_recommendation_after_s": round(t_first - t0, 3),
             "empty_recommendations": sum(1 for x in meta if x[2] == 0),
             "popularity_fallbacks": sum(1 for x in meta if x[3] == "popularity"),
