@@ -42,6 +42,7 @@ from . import topics as T
 from .config import KafkaSettings
 from .metrics import pipeline_metrics
 from .security import faust_credentials
+from .transactions import PartitionTransactions, TransactionFailed
 from .state import ObservedGlobalTable, as_event, decode_item, decode_log2, split_popularity_key
 
 log = logging.getLogger("recstream.worker")
@@ -250,7 +251,9 @@ class Pipeline:
             datadir=str(config.data_dir / s.app_id),
             topic_partitions=config.partitions,
             topic_replication_factor=config.replication_factor,
-            processing_guarantee=config.processing_guarantee,
+            # exactly-once is recstream's own (streams/transactions.py): Faust's commits its
+            # transactions on a timer, in the middle of a micro-batch
+            processing_guarantee="at_least_once",
             key_serializer="raw",
             value_serializer="raw",
             consumer_auto_offset_reset="earliest",
@@ -275,6 +278,13 @@ class Pipeline:
         self.events_topic = self.app.topic(*self.event_topic_names, partitions=config.partitions, **raw_args)
         self.recs_topic = self.app.topic(s.topic(T.RECOMMENDATIONS), partitions=config.partitions, **raw_args)
         self.dlq_topic = self.app.topic(s.topic(T.DLQ), partitions=1, **raw_args)
+        # exactly-once: what a micro-batch produces waits here until its transactions commit
+        self.eos = config.processing_guarantee == "exactly_once"
+        self.transactions = PartitionTransactions(
+            app_id=s.app_id, input_topics=self.event_topic_names,
+            make_producer=lambda tid: self.app.producer._new_producer(transactional_id=tid),
+        ) if self.eos else None
+        self.uncommitted_writes = False  # local table writes whose transaction has not committed yet
 
         self.profiles = _raw(self.app.Table(T.PROFILES_TABLE, partitions=config.partitions, **raw))
         self.popularity_table = _raw(self.app.Table(T.POPULARITY_TABLE, partitions=config.partitions, **raw))
@@ -305,24 +315,16 @@ class Pipeline:
                       partition: int | None = None) -> None:
         """Send a record that answers the input record at ``source_topic``/``source_partition``.
 
-        Under exactly-once it joins the transaction of that input partition, the one that
-        commits the partition's offsets and its table writes.  (faust picks a transaction
-        by the *output* partition and only for topics its consumer has metadata for; the
-        recommendations and dead-letter topics are not consumed, so ``topic.send`` would
-        bypass the transactions.)  This alone does not make a micro-batch atomic: faust
-        commits on a timer, possibly in the middle of a batch (see the README's
-        guarantees).  The recommendations topic is co-partitioned with the events:
-        ``partition`` defaults to the input partition.
+        Under exactly-once, when the input is an event, it joins the transaction of that
+        input partition, the one that commits the partition's offsets and its table writes
+        when the micro-batch is done (:meth:`commit_batch`).  The recommendations topic is
+        co-partitioned with the events: ``partition`` defaults to the input partition.
         """
-        if not self.app.in_transaction:
+        if self.transactions is None or source_topic not in self.event_topic_names:
             await topic.send(key=key, value=value, partition=partition)
             return
-        group = self.app.assignor.group_for_topic(source_topic)
-        tid = f"{self.app.conf.id}-{group}-{source_partition}"
-        await self.app.consumer.transactions.producer.send(
-            topic.get_topic_name(), key, value, partition if partition is not None else source_partition, None, None,
-            transactional_id=tid,
-        )
+        self.transactions.add(source_partition, topic.get_topic_name(),
+                              partition if partition is not None else source_partition, [(key, value)])
 
     async def publish_many(self, topic: Any, records: Sequence[tuple[bytes | None, bytes, str, int]]) -> None:
         """Send records that answer input records, in order: ``(key, value, source_topic,
@@ -336,13 +338,13 @@ class Pipeline:
         delivered, as with ``topic.send``.  Under exactly-once every record joins its input
         partition's transaction (:meth:`publish`).
         """
-        if self.app.in_transaction:
-            for key, value, source_topic, source_partition in records:
-                await self.publish(topic, key, value, source_topic=source_topic, source_partition=source_partition)
-            return
         by_partition: dict[int, list[tuple[bytes | None, bytes]]] = {}
         for key, value, _, source_partition in records:
             by_partition.setdefault(source_partition, []).append((key, value))
+        if self.transactions is not None:
+            for partition, kvs in by_partition.items():
+                self.transactions.add(partition, topic.get_topic_name(), partition, kvs)
+            return
         await self._send_batches(topic.get_topic_name(), by_partition)
 
     async def write_table(self, table: Any, writes: Mapping[int, Sequence[tuple[bytes, bytes]]],
@@ -354,15 +356,10 @@ class Pipeline:
         on the partition, and the changelog offset persisted in the store once delivered),
         with one changelog batch per partition instead of one faust send per key.  faust
         flushes the producer before it commits input offsets, so state reaches the changelog
-        first, as before.  Under exactly-once: faust's own writes (they join its transactions).
+        first, as before.  Under exactly-once the changelog records join the transaction of
+        partition ``p`` (:meth:`commit_batch`), and the offset is persisted after the commit.
         """
         if not writes:
-            return
-        if self.app.in_transaction:
-            for partition, kvs in writes.items():
-                with as_event(events[partition]):
-                    for key, value in kvs:
-                        table[key] = value
             return
         store = table.data
         for partition, kvs in writes.items():
@@ -374,7 +371,34 @@ class Pipeline:
         def persisted(partition: int, offset: int) -> None:
             store.set_persisted_offset(TP(changelog, partition), offset)
 
+        if self.transactions is not None:
+            self.uncommitted_writes = True
+            for partition, kvs in writes.items():
+                self.transactions.add(partition, changelog, partition, kvs, on_delivered=persisted)
+            return
         await self._send_batches(changelog, writes, on_delivered=persisted)
+
+    async def commit_batch(self, events: Sequence[Any]) -> None:
+        """Exactly-once: commit what the micro-batch ``events`` produced, with its input
+        offsets, one transaction per input partition (at-least-once: nothing to do, faust
+        commits the offsets).
+
+        A transaction that fails (this worker was fenced by another holder of the partition,
+        or the broker refused) leaves the local tables ahead of the changelogs: the worker
+        then exits at once (status 70) without a clean stop, so its next start discards the
+        local state and restores it from the changelogs (:func:`streams.worker.claim_state`),
+        as after a crash; the batch is processed again from the committed offsets.
+        """
+        if self.transactions is None:
+            return
+        try:
+            await self.transactions.commit([event.message for event in events])
+        except TransactionFailed as exc:
+            log.critical("exiting: the micro-batch's transaction failed, local state is ahead of the changelogs: %s", exc)
+            logging.shutdown()
+            os._exit(70)
+        self.uncommitted_writes = False
+        self.metrics.counts["transactions"] = self.transactions.committed
 
     async def _send_batches(self, topic_name: str, by_partition: Mapping[int, Sequence[tuple[bytes | None, bytes]]],
                             on_delivered: Callable[[int, int], None] | None = None) -> None:

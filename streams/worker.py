@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from time import monotonic
+from typing import Any, Mapping
 
-from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+import aiokafka
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer as AIOKafkaConsumer
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 
 from .app import Pipeline, WorkerConfig
+from .transactions import PartitionTransactions, data_ends
 
 log = logging.getLogger("recstream.worker")
 
@@ -96,15 +101,92 @@ class RebalanceSafeConsumer(CommitBeforeRevoke, HoldFlowDuringSeek, AIOKafkaCons
     a partition changes hands (or stays) without losing an event or answering one twice."""
 
 
-def install_consumer_fixes(app: Any) -> None:
-    """Make ``app`` (a faust.App on the aiokafka transport) create a :class:`RebalanceSafeConsumer`;
-    call before the app starts (its consumer is created on first use)."""
+class _ReadCommittedThread(AIOKafkaConsumerThread):
+    """Faust's consumer thread with a ``read_committed`` aiokafka consumer (Faust asks for it
+    only under its own exactly-once mode, which recstream does not use)."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._isolation_level = "read_committed"  # read by start(), which builds the fetcher
+        return consumer
+
+
+class ExactlyOnceConsumer(RebalanceSafeConsumer):
+    """The consumer under ``--processing-guarantee exactly_once`` (:mod:`streams.transactions`):
+
+    * it reads ``read_committed``: table recovery restores no write of an aborted attempt;
+    * before Faust handles an assignment (recovery, then the seek to the committed offsets),
+      it starts the transactional producers of the assigned input partitions, which fences
+      their previous holders and completes their open transactions;
+    * it does not commit the event topics' offsets (the micro-batch transactions do), only
+      the others' (the catalog stays at-least-once);
+    * it tells Faust's recovery where each changelog's last data record is: a transactional
+      partition ends with a marker that no consumer receives, and Faust waits for the record
+      just below the end offset.
+    """
+
+    eos_transactions: PartitionTransactions  # set by install_consumer_fixes (faust has .transactions)
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return _ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def on_partitions_assigned(self, assigned: set, generation_id: int = 0) -> None:
+        await self.eos_transactions.on_assigned(assigned)
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def on_partitions_revoked(self, revoked: set) -> None:
+        await super().on_partitions_revoked(revoked)  # the batch in flight is committed by now
+        await self.eos_transactions.on_revoked(revoked)
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        await self.eos_transactions.close()
+        if self._tail is not None:
+            # in a task of its own: aiokafka's stop lets the CancelledError of an internal
+            # task escape, which would cancel this one
+            await asyncio.gather(asyncio.ensure_future(self._tail.stop()), return_exceptions=True)
+
+    async def _commit(self, offsets: Mapping[Any, int]) -> bool:
+        inputs = self.eos_transactions.input_topics
+        rest = {tp: offset for tp, offset in offsets.items() if tp.topic not in inputs}
+        now = monotonic()
+        self._thread.tp_last_committed_at.update({tp: now for tp in offsets if tp.topic in inputs})
+        return await super()._commit(rest) if rest else True
+
+    _tail: Any = None  # a read_committed consumer without a group, for data_ends
+
+    async def highwaters(self, *partitions: Any) -> Mapping[Any, int]:
+        ends = dict(await super().highwaters(*partitions))  # read_committed: the last stable offsets
+        changelogs = [tp for tp in partitions if self._is_changelog_tp(tp) and ends.get(tp) is not None]
+        if not changelogs:
+            return ends
+        begins = await self.earliest_offsets(*changelogs)
+        if self._tail is None:
+            conf = self.app.conf
+            self._tail = aiokafka.AIOKafkaConsumer(
+                bootstrap_servers=server_list(self.transport.url, self.transport.default_port),
+                enable_auto_commit=False, group_id=None, isolation_level="read_committed",
+                **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
+            )
+            await self._tail.start()
+        ends.update(await data_ends(self._tail, {tp: ends[tp] for tp in changelogs},
+                                    {tp: begins.get(tp) or 0 for tp in changelogs}))
+        return ends
+
+
+def install_consumer_fixes(app: Any, transactions: PartitionTransactions | None = None) -> None:
+    """Make ``app`` (a faust.App on the aiokafka transport) create a :class:`RebalanceSafeConsumer`,
+    or an :class:`ExactlyOnceConsumer` driving ``transactions``; call before the app starts (its
+    consumer is created on first use)."""
     if app._consumer is not None:
         raise RuntimeError("the app's consumer already exists: install the consumer fixes before starting it")
     transport = app.transport
     if not issubclass(transport.Consumer, AIOKafkaConsumer):
         raise RuntimeError(f"unexpected Faust consumer class {transport.Consumer!r} (recstream runs on aiokafka)")
-    transport.Consumer = RebalanceSafeConsumer
+    if transactions is None:
+        transport.Consumer = RebalanceSafeConsumer
+    else:
+        transport.Consumer = type("ExactlyOnceConsumer", (ExactlyOnceConsumer,), {"eos_transactions": transactions})
 
 
 def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
@@ -128,7 +210,8 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
         return 1
     marker = claim_state(config)
     pipeline = Pipeline(config)
-    install_consumer_fixes(pipeline.app)  # rebalances neither lose events nor answer them twice
+    # rebalances neither lose events nor answer them twice; exactly-once: the transactions
+    install_consumer_fixes(pipeline.app, pipeline.transactions)
     if config.create_topics and not pipeline.create_topics():
         log.error("refusing to start: fix the topics above or point --topic-prefix at a fresh namespace")
         marker.unlink(missing_ok=True)
@@ -160,6 +243,6 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
         # back to it, so interpreter shutdown frees them (native extensions such as triton's
         # nanobind types otherwise report them as leaked on stderr)
         gc.unfreeze()
-    if code == 0:
+    if code == 0 and not pipeline.uncommitted_writes:  # else the next start restores from the changelogs
         marker.unlink(missing_ok=True)
     return code

@@ -153,4 +153,5 @@ def register(pipeline: "Pipeline") -> None:
         async for events in stream.take_events(config.batch_max, within=config.batch_within_s):
             pipeline.freeze_startup_heap()
             await handle_event_batch(pipeline, events)
+            await pipeline.commit_batch(events)  # exactly-once: the batch's transactions
             pipeline.telemetry.on_batch("events", events)

@@ -18,6 +18,7 @@ import pytest
 from faust.streams import current_event
 
 from streams.app import Metrics, Pipeline
+from streams.transactions import PartitionTransactions
 from streams.records import Recommendation, RecItem, Trigger, decode_recommendation, encode, encode_emitted
 
 
@@ -110,11 +111,35 @@ class FakeTable:
         self.set_directly[key] = (value, current_event().message.partition)
 
 
-def fake_pipeline(producer: FakeProducer, *, in_transaction: bool = False) -> SimpleNamespace:
+class FakeTransactionalProducer(FakeProducer):
+    """aiokafka's transactional producer as :class:`streams.transactions.PartitionTransactions`
+    uses it: every call is logged in ``calls``."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self.calls: list[tuple] = []
+
+    async def send_batch(self, batch, topic, *, partition):
+        self.calls.append(("send", topic, partition, len(batch.records)))
+        return await super().send_batch(batch, topic, partition=partition)
+
+    async def send_offsets_to_transaction(self, offsets, group_id):
+        self.calls.append(("offsets", {(tp.topic, tp.partition): o for tp, o in offsets.items()}, group_id))
+
+    async def commit_transaction(self):
+        self.calls.append(("commit",))
+
+    async def begin_transaction(self):
+        self.calls.append(("begin",))
+
+
+def fake_pipeline(producer: FakeProducer, *, transactions: PartitionTransactions | None = None) -> SimpleNamespace:
     fake = SimpleNamespace(
-        app=SimpleNamespace(in_transaction=in_transaction, producer=SimpleNamespace(_ensure_producer=lambda: producer)),
+        app=SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: producer)),
         metrics=Metrics(),
         published=[],
+        transactions=transactions,
+        uncommitted_writes=False,
     )
 
     async def publish(topic, key, value, *, source_topic, source_partition, partition=None):
@@ -150,15 +175,25 @@ def test_recommendations_go_out_once_each_in_order_in_batches_per_partition():
     assert pipeline.published == [] and pipeline.metrics.counts["send_failures"] == 0
 
 
-def test_under_exactly_once_each_recommendation_joins_its_input_partition():
+def eos(capacity: int) -> tuple[PartitionTransactions, dict[int, FakeTransactionalProducer]]:
+    producers = {p: FakeTransactionalProducer(capacity) for p in (0, 1)}
+    transactions = PartitionTransactions(app_id="app", input_topics={"p.clicks", "p.purchases"}, make_producer=None)
+    transactions.producers.update(producers)
+    return transactions, producers
+
+
+def test_under_exactly_once_recommendations_wait_for_their_input_partitions_transaction():
     producer = FakeProducer(capacity=4)
-    pipeline = fake_pipeline(producer, in_transaction=True)
-    records = answers(5)
+    transactions, producers = eos(capacity=4)
+    pipeline = fake_pipeline(producer, transactions=transactions)
+    records = answers(9)
     asyncio.run(pipeline.publish_many(FakeTopic("p.recommendations"), records))
-    assert producer.sent == []
-    assert pipeline.published == [
-        ("p.recommendations", key, value, topic, partition, None) for key, value, topic, partition in records
-    ]
+    assert producer.sent == [] and pipeline.published == []
+    asyncio.run(transactions.commit([]))
+    for partition in (0, 1):
+        expected = [(key, value) for key, value, _, p in records if p == partition]
+        assert producers[partition].records("p.recommendations", partition) == expected
+        assert producers[partition].calls[-2:] == [("commit",), ("begin",)]
 
 
 def test_table_writes_reach_the_store_by_partition_and_the_changelog_in_batches():
@@ -181,12 +216,19 @@ def test_table_writes_reach_the_store_by_partition_and_the_changelog_in_batches(
     assert table.set_directly == {}
 
 
-def test_under_exactly_once_table_writes_use_faust_per_key():
+def test_under_exactly_once_table_writes_reach_the_store_now_and_the_changelog_at_the_commit():
     producer = FakeProducer(capacity=3)
-    pipeline = fake_pipeline(producer, in_transaction=True)
+    transactions, producers = eos(capacity=2)
+    pipeline = fake_pipeline(producer, transactions=transactions)
     table = FakeTable("app-popularity-changelog")
-    asyncio.run(pipeline.write_table(table, {1: [(b"1:i", b"v")]}, {1: Event("p.clicks", 1)}))
-    assert table.set_directly == {b"1:i": (b"v", 1)} and producer.sent == [] and table.data == {}
+    writes = [(b"1:i%d" % i, b"v%d" % i) for i in range(5)]
+    asyncio.run(pipeline.write_table(table, {1: writes}, {1: Event("p.clicks", 1)}))
+    assert table.data == dict(writes) and pipeline.uncommitted_writes
+    assert producer.sent == [] and producers[1].sent == [] and table.data.persisted == {}
+    asyncio.run(transactions.commit([]))
+    assert producers[1].records("app-popularity-changelog", 1) == writes
+    assert table.data.persisted == {("app-popularity-changelog", 1): 4}  # persisted once committed
+    assert table.set_directly == {} and producers[0].calls == []
 
 
 def test_a_failed_delivery_is_counted_and_persists_no_offset():
