@@ -8,8 +8,11 @@ per item (relative to the fixed epoch ``t = 0``), updated with
 ``L = logaddexp2(L, log2(w) + t / H)``.  Ranking by ``L`` is the ranking at any
 time, nothing is ever re-decayed, and working in log space never overflows.
 
-A sorted ``(-L, item_id)`` list is maintained on every ``add`` (binary search +
-one list move), so :meth:`DecayedPopularity.top` is O(k + skipped items).
+A sorted ``(-L, item_id)`` list gives :meth:`DecayedPopularity.top` in O(k + skipped
+items).  It is brought up to date when it is read, not on every ``add``: the worker counts
+every event (globally and per partition) and reads the ranking only for users without a
+profile, so the items changed since the last read are moved once (binary search + one list
+move each), or the list is re-sorted when most of it changed.
 """
 
 from __future__ import annotations
@@ -57,7 +60,10 @@ class DecayedPopularity:
             raise ValueError(f"half_life_ms must be positive and finite, got {half_life_ms}")
         self._half_life = half_life_ms
         self._log2: dict[str, float] = {}
-        self._order: list[tuple[float, str]] = []  # (-log2 score, item_id), ascending
+        self._order: list[tuple[float, str]] = []  # (-log2 score, item_id), ascending; see _ranked
+        # items changed since _order was last brought up to date, with their log2 score as it
+        # is in _order (None: not in it)
+        self._pending: dict[str, float | None] = {}
         self._last_ts: int | None = None
 
     @property
@@ -116,19 +122,35 @@ class DecayedPopularity:
         old = self._log2.pop(item_id, None)
         if old is None:
             return False
-        del self._order[bisect.bisect_left(self._order, (-old, item_id))]
+        self._pending.setdefault(item_id, old)
         return True
 
     def clear(self) -> None:
         self._log2.clear()
         self._order.clear()
+        self._pending.clear()
         self._last_ts = None
 
     def _set(self, item_id: str, new: float, old: float | None) -> None:
-        if old is not None:
-            del self._order[bisect.bisect_left(self._order, (-old, item_id))]
+        self._pending.setdefault(item_id, old)  # not pending yet: _order holds ``old``
         self._log2[item_id] = new
-        bisect.insort(self._order, (-new, item_id))
+
+    def _ranked(self) -> list[tuple[float, str]]:
+        """The ``(-log2 score, item_id)`` list, ascending, brought up to date."""
+        pending = self._pending
+        if pending:
+            if 4 * len(pending) > len(self._order):
+                self._order = sorted((-lg, item_id) for item_id, lg in self._log2.items())
+            else:
+                order = self._order
+                for item_id, in_order in pending.items():
+                    if in_order is not None:
+                        del order[bisect.bisect_left(order, (-in_order, item_id))]
+                    lg = self._log2.get(item_id)
+                    if lg is not None:
+                        bisect.insort(order, (-lg, item_id))
+            pending.clear()
+        return self._order
 
     # ------------------------------------------------------------------ queries
     def log2_score(self, item_id: str) -> float | None:
@@ -158,7 +180,8 @@ class DecayedPopularity:
         one capped at ``2 ** 1000`` (for a time long before the events) so that scores
         stay finite; the ranking itself does not depend on it.
         """
-        if k <= 0 or not self._order:
+        order = self._ranked()
+        if k <= 0 or not order:
             return []
         if allowed is None:
             ok: Callable[[str], bool] | None = None
@@ -168,7 +191,7 @@ class DecayedPopularity:
             ok = allowed.__contains__
         shift = self._shift(now_ms)
         out: list[tuple[str, float]] = []
-        for neg, item_id in self._order:
+        for neg, item_id in order:
             if item_id in exclude or (ok is not None and not ok(item_id)):
                 continue
             out.append((item_id, _exp2(-neg - shift)))
@@ -182,13 +205,14 @@ class DecayedPopularity:
         without bound, and a score must stay a finite number."""
         now = float(now_ms if now_ms is not None else (self._last_ts or 0))
         shift = now / self._half_life
-        if self._order:
-            shift = max(shift, -self._order[0][0] - _MAX_LOG2_COUNT)
+        order = self._ranked()
+        if order:
+            shift = max(shift, -order[0][0] - _MAX_LOG2_COUNT)
         return shift
 
     def items(self) -> Iterator[tuple[str, float]]:
         """``(item_id, log2 score)`` pairs, most popular first (for persistence)."""
-        return ((item_id, -neg) for neg, item_id in self._order)
+        return ((item_id, -neg) for neg, item_id in self._ranked())
 
     # ------------------------------------------------------------------ persistence
     @classmethod
@@ -201,7 +225,7 @@ class DecayedPopularity:
             if not math.isfinite(lg):
                 raise ValueError(f"log2 score of {item_id!r} must be finite, got {lg}")
             pop._log2[item_id] = float(lg)
-        pop._order = sorted((-lg, item_id) for item_id, lg in pop._log2.items())
+        pop._order = sorted((-lg, item_id) for item_id, lg in pop._log2.items())  # nothing pending
         pop._last_ts = last_ts
         return pop
 

@@ -153,3 +153,29 @@ def test_restore_rolls_an_add_back() -> None:
     pop.restore("b", old_b, last)
     pop.restore("a", old_a, last)
     assert (list(pop.items()), pop.last_ts) == state and "b" not in pop
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ranking_read_between_any_changes_equals_a_full_sort(seed: int) -> None:
+    """The ranking is brought up to date when read: after any mix of adds, removes,
+    restores and set_log2, read after each change, every few changes or only at the end,
+    it is the full sort of the scores."""
+    rng = random.Random(seed)
+    for read_every in (1, 7, 10_000):
+        pop = DecayedPopularity(H)
+        for step in range(600):
+            item = f"i{int(rng.paretovariate(1.2)) % 60}"
+            r = rng.random()
+            if r < 0.75:
+                pop.add(item, T0 + rng.randrange(0, 3 * H), rng.choice([1.0, 2.0, 0.5]))
+            elif r < 0.85:
+                pop.remove(item)
+            elif r < 0.95:
+                pop.restore(item, None if rng.random() < 0.3 else rng.uniform(0, 200), pop.last_ts)
+            else:
+                pop.set_log2(item, rng.uniform(0, 200))
+            if step % read_every == 0 or step == 599:
+                want = sorted(((-lg, i) for i, lg in ((i, pop.log2_score(i)) for i in {f"i{n}" for n in range(60)})
+                               if lg is not None))
+                assert list(pop.items()) == [(i, -neg) for neg, i in want]
+                assert [i for i, _ in pop.top(5, exclude={"i1"})] == [i for _, i in want if i != "i1"][:5]
