@@ -1245,6 +1245,7 @@ class Bench:
             out["catalog_embed_items_per_s"] = r.get("catalog_embed", {}).get("items_per_s")
         for kind, res in r.get("workloads", {}).items():
             out[f"{kind}_events_per_s"] = res.get("throughput", {}).get("events_per_s")
+            out[f"{kind}_cpu_s_per_1000_events"] = res.get("throughput", {}).get("system_cpu_s_per_1000_events")
             for step in res.get("latency", []):
                 lt = step["latency"]
                 out[f"{kind}_at_{step['offered_events_per_s']:g}_per_s"] = {
