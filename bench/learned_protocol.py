@@ -25,6 +25,7 @@ writes it); progress on stderr; exit status 0, 1 on an error, 130 when interrupt
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -50,9 +51,10 @@ import torch  # noqa: E402
 from common import cpu_model, emit_result, pkg_version  # noqa: E402
 from encoders.sasrec import SASRecConfig, checkpoint_hash, describe, load_checkpoint, save_checkpoint, sequence_from_history  # noqa: E402
 from encoders.train import CatalogScorer, TrainConfig, train  # noqa: E402
-from scoring.blend import EQUAL_WEIGHTS, NORMALIZATIONS, candidate_mask, normalize_scores  # noqa: E402
+from scoring.blend import EQUAL_WEIGHTS, NORMALIZATIONS, BlendWeights, candidate_mask, normalize_scores  # noqa: E402
 from scoring.metrics import RankingMetrics  # noqa: E402
 from scoring.protocol import (  # noqa: E402
+    GridPoint,
     ProtocolConfig,
     ProtocolData,
     Replay,
@@ -165,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
     p.add_argument("--targets", choices=("positive", "all"), default="all", help="next interactions the loss counts (default all)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--max-train-minutes", type=float, help="no new epoch after this much training time (default: none)")
+    p.add_argument("--blend-from", type=Path, help="take the 3-signal blend weights tuned on validation from this "
+                   "bench/reference_protocol.py result (same data, same validation window) instead of tuning them again")
     p.add_argument("--grid-step", type=float, default=0.1, help="3-signal blend weight grid step (default 0.1)")
     p.add_argument("--grid4-step", type=float, default=0.2, help="4-signal blend weight grid step (default 0.2)")
     p.add_argument("--normalizations", default=",".join(NORMALIZATIONS), help="normalisations tried (default zscore,rank)")
@@ -205,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             mc = SASRecConfig(vocab=(), dim=args.dim, layers=args.layers, heads=args.heads, max_len=args.max_len,
                               dropout=args.dropout, use_ids=not args.no_ids, text_model=emb_info["model"])
             tc = TrainConfig(epochs=1 if args.quick else args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             weight_decay=args.weight_decay, targets=args.targets, patience=args.patience, seed=args.seed)
+                             weight_decay=args.weight_decay, targets=args.targets, patience=args.patience, seed=args.seed,
+                             max_seconds=args.max_train_minutes * 60 if args.max_train_minutes else None)
             log(f"training on [0, {val_start}), validating on [{val_start}, {test_start})")
             trained = train(data.interactions, data.ids, emb, train_end=val_start, valid_end=test_start,
                             model_config=mc, config=tc, progress=progress, log=log)
@@ -224,17 +230,24 @@ def main(argv: list[str] | None = None) -> int:
         replay = LearnedReplay(data, emb, config, scorer)
         k = config.k
         replay.advance(val_start, progress=progress)
-        grid3 = weight_grid(step, norms)
+        grid3 = [] if args.blend_from else weight_grid(step, norms)
         step4 = 0.5 if args.quick and args.grid4_step == 0.2 else args.grid4_step
         replay.grid4 = simplex4(step4, norms)
         replay.grid4_sums = np.zeros((len(replay.grid4), 2))
         val = replay.evaluate(test_start, grid=grid3, blends={"blend-equal-zscore": EQUAL_WEIGHTS}, progress=progress)
-        best3 = val.best()
+        if args.blend_from:
+            ref = json.loads(args.blend_from.read_text())
+            best3 = GridPoint(BlendWeights.from_dict(ref["tuned_weights"]), float("nan"), float("nan"))
+        else:
+            best3 = val.best()
         cases = max(val.cases, 1)
         ranked4 = sorted(range(len(replay.grid4)), key=lambda g: (-replay.grid4_sums[g, 1], -replay.grid4_sums[g, 0], g))
         best4 = replay.grid4[ranked4[0]]
         val_doc = table(val, k)
-        val_doc["blend-tuned"] = {"weights": best3.weights.normalized().to_dict(), f"hr@{k}": best3.hit_rate, f"ndcg@{k}": best3.ndcg}
+        val_doc["blend-tuned"] = {"weights": best3.weights.normalized().to_dict(),
+                                  f"hr@{k}": None if math.isnan(best3.hit_rate) else best3.hit_rate,
+                                  f"ndcg@{k}": None if math.isnan(best3.ndcg) else best3.ndcg,
+                                  "tuned_in": str(args.blend_from) if args.blend_from else "this run"}
         val_doc["blend4_top5"] = [{"normalization": replay.grid4[g][0], "weights": dict(zip(SIGNALS, replay.grid4[g][1])),
                                    f"hr@{k}": replay.grid4_sums[g, 0] / cases, f"ndcg@{k}": replay.grid4_sums[g, 1] / cases}
                                   for g in ranked4[:5]]

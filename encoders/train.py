@@ -61,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None  # None: cuda when present, else cpu
     eval_batch: int = 512
+    max_seconds: float | None = None  # no new epoch starts after this much training time
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.k < 1 or self.patience < 1 or self.eval_batch < 1:
@@ -338,6 +339,9 @@ def train(
         say(f"epoch {epoch}: loss {row['loss']}, validation {m}{' (best)' if improved else ''} [{train_s:.1f}s]")
         if stale >= cfg.patience:
             say(f"no better validation NDCG for {cfg.patience} epochs: stopping")
+            break
+        if cfg.max_seconds is not None and time.perf_counter() - t_start >= cfg.max_seconds and epoch < cfg.epochs:
+            say(f"time budget of {cfg.max_seconds:.0f}s spent after epoch {epoch}: stopping")
             break
     assert best_state is not None
     model.load_state_dict(best_state)
