@@ -280,14 +280,21 @@ def normalize_scores(scores: torch.Tensor, candidates: torch.Tensor, method: str
         scale = torch.maximum(mean.abs(), s.abs().amax(dim=1, keepdim=True))
         ok = std > _REL_EPS * scale
         return torch.where(ok, dev / torch.where(ok, std, torch.ones_like(std)), torch.zeros_like(dev))
-    # mid-rank among the candidates, scaled to [0, 1]
+    # mid-rank among the candidates, scaled to [0, 1]: one sort, then each run of equal
+    # values gets the mean of its first and last position (a batched searchsorted of
+    # every value cost several times the sort)
     x = torch.where(cand, s, torch.full((), math.inf))
-    ordered = x.sort(dim=1).values.contiguous()
-    x = x.contiguous()
-    left = torch.searchsorted(ordered, x, side="left")
-    right = torch.searchsorted(ordered, x, side="right")
+    ordered, order = x.sort(dim=1)
+    n = int(ordered.shape[1])
+    pos = torch.arange(n).expand_as(ordered)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    first = torch.where(starts, pos, 0).cummax(dim=1).values
+    last = torch.where(ends, pos, n).flip(1).cummin(dim=1).values.flip(1)
     denom = (cnt - 1).clamp(min=1).float()
-    r = (left.float() + (right - left - 1).float() * 0.5) / denom
+    r = torch.empty_like(ordered).scatter_(1, order, (first + last).float() * 0.5) / denom
     ok = cand & (cnt > 1)
     # a signal constant over the candidates gets 0.5 everywhere: equal for all, no influence
     return torch.where(ok, r, torch.zeros_like(r))
