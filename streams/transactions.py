@@ -131,31 +131,34 @@ class PartitionTransactions:
 
     async def commit(self, messages: Iterable[Any]) -> None:
         """Commit the buffered records and the input offsets of ``messages`` (the micro-batch),
-        one transaction per input partition.  Raises :class:`TransactionFailed`."""
+        one transaction per input partition, the partitions concurrently (each transaction
+        takes a few round trips to the broker).  Raises :class:`TransactionFailed`."""
         offsets = batch_offsets(messages, self.input_topics)
         pending, self.pending = self.pending, {}
         started = time.perf_counter()
-        for partition in sorted(offsets.keys() | pending.keys()):
-            producer = self.producers.get(partition)
-            if producer is None:
-                raise TransactionFailed(f"no transactional producer for input partition {partition} (not assigned to this worker)")
-            try:
-                deliveries = []
-                for (topic, out_partition), chunk in pending.get(partition, {}).items():
-                    deliveries.append((out_partition, chunk, await send_batches(producer, topic, out_partition, chunk.records)))
-                if offsets.get(partition):
-                    await producer.send_offsets_to_transaction(offsets[partition], self.app_id)
-                await producer.commit_transaction()
-            except Exception as exc:
-                raise TransactionFailed(f"transaction {self.transactional_id(partition)}: {type(exc).__name__}: {exc}") from exc
+        partitions = sorted(offsets.keys() | pending.keys())
+        missing = [p for p in partitions if p not in self.producers]
+        if missing:
+            raise TransactionFailed(f"no transactional producer for input partition(s) {missing} (not assigned to this worker)")
+        await asyncio.gather(*(self._commit_partition(p, offsets.get(p, {}), pending.get(p, {})) for p in partitions))
+        self.commit_s += time.perf_counter() - started
+
+    async def _commit_partition(self, partition: int, offsets: dict[TopicPartition, int],
+                                pending: dict[tuple[str, int], _Pending]) -> None:
+        producer = self.producers[partition]
+        try:
+            deliveries = []
+            for (topic, out_partition), chunk in pending.items():
+                deliveries.append((out_partition, chunk, await send_batches(producer, topic, out_partition, chunk.records)))
+            if offsets:
+                await producer.send_offsets_to_transaction(offsets, self.app_id)
+            await producer.commit_transaction()
             self.committed += 1
             for out_partition, chunk, futures in deliveries:
                 _report_delivered(out_partition, chunk, futures)
-            try:
-                await producer.begin_transaction()
-            except Exception as exc:
-                raise TransactionFailed(f"transaction {self.transactional_id(partition)}: {type(exc).__name__}: {exc}") from exc
-        self.commit_s += time.perf_counter() - started
+            await producer.begin_transaction()
+        except Exception as exc:
+            raise TransactionFailed(f"transaction {self.transactional_id(partition)}: {type(exc).__name__}: {exc}") from exc
 
 
 async def send_batches(producer: Any, topic: str, partition: int, records: Sequence[tuple[bytes | None, bytes]]

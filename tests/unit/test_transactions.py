@@ -151,7 +151,7 @@ def test_a_failed_commit_is_reported_and_runs_no_delivery_callback():
 
 def test_a_partition_this_worker_does_not_hold_cannot_commit():
     tx, _ = manager()
-    with pytest.raises(TransactionFailed, match="input partition 3"):
+    with pytest.raises(TransactionFailed, match=r"input partition\(s\) \[3\]"):
         asyncio.run(tx.commit([msg("p.clicks", 3, 0)]))
 
 
