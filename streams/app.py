@@ -43,7 +43,7 @@ from .config import KafkaSettings
 from .metrics import pipeline_metrics
 from .security import faust_credentials
 from .transactions import PartitionTransactions, TransactionFailed
-from .state import ObservedGlobalTable, as_event, decode_item, decode_log2, split_popularity_key
+from .state import ObservedGlobalTable, decode_item, decode_log2, split_popularity_key, write_raw
 
 log = logging.getLogger("recstream.worker")
 
@@ -363,9 +363,7 @@ class Pipeline:
             return
         store = table.data
         for partition, kvs in writes.items():
-            with as_event(events[partition]):
-                for key, value in kvs:
-                    store[key] = value
+            write_raw(store, events[partition], kvs)  # one RocksDB write batch per partition
         changelog = table.changelog_topic.get_topic_name()
 
         def persisted(partition: int, offset: int) -> None:

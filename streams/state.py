@@ -23,11 +23,12 @@ import struct
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import faust
 import numpy as np
 import orjson
+import rocksdict
 from faust.streams import _current_event
 
 ITEM_FORMAT = 1
@@ -47,6 +48,55 @@ def as_event(event: faust.types.EventT) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+def _partition_db(store: Any, partition: int) -> Any | None:
+    """The RocksDB (rocksdict) database of ``partition`` behind a faust table's store, when
+    faust's own per-key path would go there too (a partitioned, non-global table); else None."""
+    db_for = getattr(store, "_db_for_partition", None)
+    table = getattr(store, "table", None)
+    if (db_for is None or not getattr(store, "use_rocksdict", False) or table is None
+            or table.is_global or table.use_partitioner):
+        return None
+    return db_for(partition)
+
+
+def read_raw(store: Any, event: faust.types.EventT, keys: Sequence[bytes]) -> list[bytes | None]:
+    """The stored values of ``keys`` (``None``: absent) in a raw-bytes table's store, in the
+    partition of ``event``.
+
+    The same as ``store.get(key)`` for each under :func:`as_event`, without faust's per-key
+    serializer and current-event lookups: one multi-get on the partition's database (faust's
+    key index is kept as its own reads keep it).
+    """
+    partition = event.message.partition
+    db = _partition_db(store, partition)
+    if db is None:
+        with as_event(event):
+            return [store.get(key) for key in keys]
+    values = db.get(list(keys))
+    store._key_index.update((key, partition) for key, value in zip(keys, values) if value is not None)
+    return values
+
+
+def write_raw(store: Any, event: faust.types.EventT, kvs: Sequence[tuple[bytes, bytes]]) -> None:
+    """Set keys of a raw-bytes table's store, in the partition of ``event``, in order.
+
+    The same as ``store[key] = value`` for each under :func:`as_event` (the local database
+    only: the changelog is the caller's), as one RocksDB write batch.
+    """
+    partition = event.message.partition
+    db = _partition_db(store, partition)
+    if db is None:
+        with as_event(event):
+            for key, value in kvs:
+                store[key] = value
+        return
+    batch = rocksdict.WriteBatch(raw_mode=True)
+    for key, value in kvs:
+        batch.put(key, value)
+    db.write(batch)
+    store._key_index.update((key, partition) for key, _ in kvs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from scoring.backtest import KIND_RANK
 from scoring.engine import Incoming
 
 from ..records import ValidationError, encode_emitted, parse_event
-from ..state import as_event, encode_log2, popularity_key
+from ..state import encode_log2, popularity_key, read_raw
 from . import apply_or_isolate, reject
 
 if TYPE_CHECKING:
@@ -96,15 +96,13 @@ async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Inco
     for user_id, partition in user_partition.items():
         users_by_partition.setdefault(partition, []).append(user_id)
     profiles: dict[str, UserProfile] = {}
-    # the table's store: ``profiles.get`` looks a missing-or-present key up twice (faust's
-    # Table has a ``__missing__``), the store once
-    table_get = pipeline.profiles.data.get
+    # the table's store, one multi-get per partition (``profiles.get`` looks a
+    # missing-or-present key up twice: faust's Table has a ``__missing__``)
     for partition, users in users_by_partition.items():
-        with as_event(partition_event[partition]):
-            for user_id in users:
-                raw = table_get(user_id.encode())
-                if raw is not None:
-                    profiles[user_id] = UserProfile.from_bytes(raw)
+        values = read_raw(pipeline.profiles.data, partition_event[partition], [u.encode() for u in users])
+        for user_id, raw in zip(users, values):
+            if raw is not None:
+                profiles[user_id] = UserProfile.from_bytes(raw)
 
     result = await pipeline.compute(pipeline.engine.process, [inc for _, inc in batch], profiles)
 
