@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalizations", default=",".join(NORMALIZATIONS), help="normalisations tried (default zscore,rank)")
     p.add_argument("--cache-dir", type=Path, default=ROOT / ".recstream" / "cache", help="embedding cache folder")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: the usable cores)")
+    p.add_argument("--test-only", action="store_true", help="no validation pass: warm to the test window and evaluate it "
+                   "(needs --blend-from; no 4-signal blend, whose weights are tuned on validation)")
     p.add_argument("--quick", action="store_true", help=f"smoke run: the first {QUICK_INTERACTIONS:,} ratings, 1 epoch, coarse grids")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--output", type=Path, help="also write the JSON document to this file")
@@ -229,30 +231,38 @@ def main(argv: list[str] | None = None) -> int:
         config = ProtocolConfig()
         replay = LearnedReplay(data, emb, config, scorer)
         k = config.k
-        replay.advance(val_start, progress=progress)
-        grid3 = [] if args.blend_from else weight_grid(step, norms)
-        step4 = 0.5 if args.quick and args.grid4_step == 0.2 else args.grid4_step
-        replay.grid4 = simplex4(step4, norms)
-        replay.grid4_sums = np.zeros((len(replay.grid4), 2))
-        val = replay.evaluate(test_start, grid=grid3, blends={"blend-equal-zscore": EQUAL_WEIGHTS}, progress=progress)
-        if args.blend_from:
+        if args.test_only:
+            if not args.blend_from:
+                raise ValueError("--test-only needs --blend-from (the 3-signal weights are not tuned here)")
+            replay.advance(test_start, progress=progress)
             ref = json.loads(args.blend_from.read_text())
             best3 = GridPoint(BlendWeights.from_dict(ref["tuned_weights"]), float("nan"), float("nan"))
+            val_doc, best4 = None, None
         else:
-            best3 = val.best()
-        cases = max(val.cases, 1)
-        ranked4 = sorted(range(len(replay.grid4)), key=lambda g: (-replay.grid4_sums[g, 1], -replay.grid4_sums[g, 0], g))
-        best4 = replay.grid4[ranked4[0]]
-        val_doc = table(val, k)
-        val_doc["blend-tuned"] = {"weights": best3.weights.normalized().to_dict(),
-                                  f"hr@{k}": None if math.isnan(best3.hit_rate) else best3.hit_rate,
-                                  f"ndcg@{k}": None if math.isnan(best3.ndcg) else best3.ndcg,
-                                  "tuned_in": str(args.blend_from) if args.blend_from else "this run"}
-        val_doc["blend4_top5"] = [{"normalization": replay.grid4[g][0], "weights": dict(zip(SIGNALS, replay.grid4[g][1])),
-                                   f"hr@{k}": replay.grid4_sums[g, 0] / cases, f"ndcg@{k}": replay.grid4_sums[g, 1] / cases}
-                                  for g in ranked4[:5]]
-        replay.grid4 = []
-        replay.blends4 = {"blend4-tuned": best4}
+            replay.advance(val_start, progress=progress)
+            grid3 = [] if args.blend_from else weight_grid(step, norms)
+            step4 = 0.5 if args.quick and args.grid4_step == 0.2 else args.grid4_step
+            replay.grid4 = simplex4(step4, norms)
+            replay.grid4_sums = np.zeros((len(replay.grid4), 2))
+            val = replay.evaluate(test_start, grid=grid3, blends={"blend-equal-zscore": EQUAL_WEIGHTS}, progress=progress)
+            if args.blend_from:
+                ref = json.loads(args.blend_from.read_text())
+                best3 = GridPoint(BlendWeights.from_dict(ref["tuned_weights"]), float("nan"), float("nan"))
+            else:
+                best3 = val.best()
+            cases = max(val.cases, 1)
+            ranked4 = sorted(range(len(replay.grid4)), key=lambda g: (-replay.grid4_sums[g, 1], -replay.grid4_sums[g, 0], g))
+            best4 = replay.grid4[ranked4[0]]
+            val_doc = table(val, k)
+            val_doc["blend-tuned"] = {"weights": best3.weights.normalized().to_dict(),
+                                      f"hr@{k}": None if math.isnan(best3.hit_rate) else best3.hit_rate,
+                                      f"ndcg@{k}": None if math.isnan(best3.ndcg) else best3.ndcg,
+                                      "tuned_in": str(args.blend_from) if args.blend_from else "this run"}
+            val_doc["blend4_top5"] = [{"normalization": replay.grid4[g][0], "weights": dict(zip(SIGNALS, replay.grid4[g][1])),
+                                       f"hr@{k}": replay.grid4_sums[g, 0] / cases, f"ndcg@{k}": replay.grid4_sums[g, 1] / cases}
+                                      for g in ranked4[:5]]
+            replay.grid4 = []
+            replay.blends4 = {"blend4-tuned": best4}
         test = replay.evaluate(n, blends={"blend-tuned": best3.weights, "blend-equal-zscore": EQUAL_WEIGHTS}, progress=progress)
         test_doc = table(test, k)
         knn = test_doc["table"]["item-knn"][f"ndcg@{k}"] or 0.0
@@ -261,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             "windows": {"train": [0, val_start], "validation": [val_start, test_start], "test": [test_start, n]},
             "validation": val_doc,
             "tuned": {"blend": best3.weights.normalized().to_dict(),
-                      "blend4": {"normalization": best4[0], "weights": dict(zip(SIGNALS, best4[1]))}},
+                      "blend4": None if best4 is None else {"normalization": best4[0], "weights": dict(zip(SIGNALS, best4[1]))}},
             "test": test_doc,
             "ratios_ndcg_vs_item_knn": {name: (row[f"ndcg@{k}"] / knn if knn else None) for name, row in test_doc["table"].items()},
             "seconds": {"train_or_load": round(t_train, 1), "total": round(time.perf_counter() - t_start, 1)},
