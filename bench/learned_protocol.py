@@ -25,6 +25,7 @@ writes it); progress on stderr; exit status 0, 1 on an error, 130 when interrupt
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -175,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalizations", default=",".join(NORMALIZATIONS), help="normalisations tried (default zscore,rank)")
     p.add_argument("--cache-dir", type=Path, default=ROOT / ".recstream" / "cache", help="embedding cache folder")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: the usable cores)")
+    p.add_argument("--refit-epochs", type=int, help="train on the first 80%% (train + validation) for this many epochs, "
+                   "chosen on validation beforehand, instead of on the first 70%% with early stopping")
     p.add_argument("--test-only", action="store_true", help="no validation pass: warm to the test window and evaluate it "
                    "(needs --blend-from; no 4-signal blend, whose weights are tuned on validation)")
     p.add_argument("--quick", action="store_true", help=f"smoke run: the first {QUICK_INTERACTIONS:,} ratings, 1 epoch, coarse grids")
@@ -215,8 +218,16 @@ def main(argv: list[str] | None = None) -> int:
                              weight_decay=args.weight_decay, targets=args.targets, patience=args.patience, seed=args.seed,
                              max_seconds=args.max_train_minutes * 60 if args.max_train_minutes else None)
             log(f"training on [0, {val_start}), validating on [{val_start}, {test_start})")
-            trained = train(data.interactions, data.ids, emb, train_end=val_start, valid_end=test_start,
-                            model_config=mc, config=tc, progress=progress, log=log)
+            if args.refit_epochs:
+                # hyper-parameters and epochs chosen on validation beforehand: train on everything before
+                # the test window (no validation left, the last epoch is kept)
+                log(f"refit: training on [0, {test_start}) for {args.refit_epochs} epochs, no validation")
+                tc = dataclasses.replace(tc, epochs=args.refit_epochs, patience=args.refit_epochs, max_seconds=None)
+                trained = train(data.interactions, data.ids, emb, train_end=test_start, valid_end=test_start,
+                                model_config=mc, config=tc, progress=progress, log=log)
+            else:
+                trained = train(data.interactions, data.ids, emb, train_end=val_start, valid_end=test_start,
+                                model_config=mc, config=tc, progress=progress, log=log)
             model = trained.model
             result["training"] = {"history": trained.history, "best_epoch": trained.best_epoch,
                                   "seconds": round(trained.seconds, 1), "untrained_validation": trained.untrained,
