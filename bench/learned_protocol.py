@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                              weight_decay=args.weight_decay, targets=args.targets, patience=args.patience, seed=args.seed,
                              max_seconds=args.max_train_minutes * 60 if args.max_train_minutes else None)
             log(f"training on [0, {val_start}), validating on [{val_start}, {test_start})")
+            if args.refit_epochs and not args.test_only:
+                raise ValueError("--refit-epochs trains on the validation window: use it with --test-only")
             if args.refit_epochs:
                 # hyper-parameters and epochs chosen on validation beforehand: train on everything before
                 # the test window (no validation left, the last epoch is kept)
