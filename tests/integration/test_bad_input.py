@@ -36,9 +36,9 @@ Proven, for every record, from outside the worker:
 Generation is deterministic (``derandomize=True``); a one-line summary gives the records tried per
 category and where they went.
 
-A second test pins a production bug found here (expected to fail until fixed): a valid event
-from long ago (1970), of a user on the popularity fallback, gets a recommendation whose scores
-are infinite, written as JSON null, which breaks the recommendations contract.
+A second test pins a production bug found here, since fixed: a valid event from long ago
+(1970), of a user on the popularity fallback, got a recommendation whose scores were infinite,
+written as JSON null, which broke the recommendations contract; its scores must be finite.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ Proven, from outside the worker (recommendations topic, dead-letter topic, profi
   and message and its original key and value bytes, and is applied to no profile;
 * a transient scoring fault: the whole batch is retried, nothing is dead-lettered, each event
   gets exactly one recommendation and is applied once to its profile;
-* (expected failure, a production bug) the popularity counts of a batch that failed in
-  scoring are not counted twice.
+* the popularity counts of a batch that failed in scoring are not counted twice (a
+  production bug found here, since fixed: the engine rolls them back).
 """
 
 from __future__ import annotations
