@@ -307,8 +307,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_backtest(args: argparse.Namespace) -> int:
     import time as _time
 
-    import orjson
-
     from scoring.backtest import BacktestConfig, format_table
 
     from . import topics
@@ -346,6 +344,14 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     timings.update(scoring_s=round(_time.monotonic() - scored, 3), total_s=round(_time.monotonic() - started, 3))
     print(format_table(result, ks=[k for k in ks if k >= 10] or ks))
     doc = {"replay_prefix": target.topic_prefix, "invalid_records": contents.invalid, "timings": timings, **result.to_dict()}
+    _write_reports(doc, args)
+    return 0
+
+
+def _write_reports(doc: dict, args: argparse.Namespace) -> None:
+    """The backtest's ``--json`` and ``--html`` files, when asked for."""
+    import orjson
+
     if args.json:
         with open(args.json, "wb") as f:
             f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
@@ -355,7 +361,6 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
         write_html(doc, args.html)
         print(f"wrote {args.html}", file=sys.stderr)
-    return 0
 
 
 def _backtest_dataset(args: argparse.Namespace, config) -> int:
@@ -363,7 +368,6 @@ def _backtest_dataset(args: argparse.Namespace, config) -> int:
     import time as _time
     from dataclasses import replace
 
-    import orjson
     from tqdm import tqdm
 
     from encoders.profile import ProfileConfig
@@ -417,15 +421,7 @@ def _backtest_dataset(args: argparse.Namespace, config) -> int:
     print(f"engine runs: {', '.join(f'{n} {s:.0f}s' for n, s in seconds.items())}; {total:.0f}s in all", file=sys.stderr)
     doc = {"dataset": args.dataset, "methods": names, "blend": opts.blend.to_dict() if opts.blend else None,
            "embeddings": info, "timings": {"engine_s": seconds, "total_s": total}, **result.to_dict()}
-    if args.json:
-        with open(args.json, "wb") as f:
-            f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
-        print(f"wrote {args.json}", file=sys.stderr)
-    if args.html:
-        from scoring.report import write_html
-
-        write_html(doc, args.html)
-        print(f"wrote {args.html}", file=sys.stderr)
+    _write_reports(doc, args)
     return 0
 
 
