@@ -30,7 +30,7 @@ from streams import topics as T
 from streams.client import WorkerProcess, partition_for, producer, read_to_end, send_records, wait_catalog
 from streams.config import KafkaSettings
 from streams.demo.data import load_catalog
-from streams.records import Click, DeadLetter, Item, Recommendation, ValidationError, decode_dead_letter, decode_recommendation
+from streams.records import Click, DeadLetter, Purchase, Item, Recommendation, ValidationError, decode_dead_letter, decode_recommendation
 
 #: A topic/partition/offset triple: where a record lives, and how outputs point back at it.
 Coord = tuple[str, int, int]
@@ -496,3 +496,28 @@ def send_events(prod: KafkaProducer, settings: KafkaSettings, events: Sequence) 
     futures = send_records(prod, settings, events)
     prod.flush()
     return [(m.topic, m.partition, m.offset) for m in (f.get(timeout=60) for f in futures)]
+
+
+def offline_profiles(catalog, placed: Sequence[tuple[Click | Purchase, str, int, int]]) -> dict[str, UserProfile]:
+    """Each user's profile as the worker's own pure engine computes it from ``placed`` (events with
+    their topic, partition and offset, in order), in batches of 1,000, with ``catalog`` embedded."""
+    import numpy as np
+
+    from encoders.profile import DecayedProfileModel
+    from encoders.text import TextEncoder, item_text
+    from scoring.engine import Engine, EngineConfig, Incoming
+    from scoring.popularity import DecayedPopularity
+    from scoring.topk import ItemMatrix
+
+    encoder = TextEncoder(device="cpu")
+    matrix = ItemMatrix(encoder.dim, "cpu")
+    texts = [item_text(i.title, i.categories, i.description) for i in catalog]
+    matrix.upsert([i.item_id for i in catalog], np.asarray(encoder.encode_numpy(texts), dtype=np.float32))
+    config = EngineConfig(k=5, emit="per-event")
+    engine = Engine(model=DecayedProfileModel(dim=encoder.dim), matrix=matrix,
+                    popularity=DecayedPopularity(config.popularity_half_life_ms), texts=encoder, config=config)
+    profiles: dict[str, UserProfile] = {}
+    batch = [Incoming(ev, topic, partition, offset) for ev, topic, partition, offset in placed]
+    for start in range(0, len(batch), 1000):
+        profiles.update(engine.process(batch[start : start + 1000], profiles, now_ms=0).profiles)
+    return profiles

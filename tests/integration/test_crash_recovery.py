@@ -25,11 +25,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders.profile import DecayedProfileModel, UserProfile
-from encoders.text import TextEncoder, item_text
-from scoring.engine import Engine, EngineConfig, Incoming
-from scoring.popularity import DecayedPopularity
-from scoring.topk import ItemMatrix
 from streams import topics as T
 from streams.client import WorkerProcess, producer, read_topic, reader, send_records, topic_size, wait_catalog
 from streams.demo.data import load_catalog
@@ -67,21 +62,6 @@ def _records(settings, topic: str) -> list:
 def _answered(settings) -> int:
     """Distinct events with a recommendation."""
     return len({decode_recommendation(r.value).trigger.event_id for r in _records(settings, settings.topic(T.RECOMMENDATIONS))})
-
-
-def _offline_profiles(catalog, placed: list[tuple[Click | Purchase, str, int, int]]) -> dict[str, UserProfile]:
-    encoder = TextEncoder(device="cpu")
-    matrix = ItemMatrix(encoder.dim, "cpu")
-    texts = [item_text(i.title, i.categories, i.description) for i in catalog]
-    matrix.upsert([i.item_id for i in catalog], np.asarray(encoder.encode_numpy(texts), dtype=np.float32))
-    config = EngineConfig(k=5, emit="per-event")
-    engine = Engine(model=DecayedProfileModel(dim=encoder.dim), matrix=matrix,
-                    popularity=DecayedPopularity(config.popularity_half_life_ms), texts=encoder, config=config)
-    profiles: dict[str, UserProfile] = {}
-    batch = [Incoming(ev, topic, partition, offset) for ev, topic, partition, offset in placed]
-    for start in range(0, len(batch), 1000):
-        profiles.update(engine.process(batch[start : start + 1000], profiles, now_ms=0).profiles)
-    return profiles
 
 
 def test_sigkilled_worker_loses_and_doubles_nothing(kafka_settings, tmp_path: Path) -> None:
@@ -144,7 +124,7 @@ def test_sigkilled_worker_loses_and_doubles_nothing(kafka_settings, tmp_path: Pa
     assert set(per_event) == {ev.event_id for ev in events}
     answered_again = sum(1 for n in per_event.values() if n > 1)
 
-    expected = _offline_profiles(catalog, placed)
+    expected = faults.offline_profiles(catalog, placed)
     got = faults.read_profiles(settings)
     assert got.keys() == expected.keys()
     counts = Counter(ev.user_id for ev in events)

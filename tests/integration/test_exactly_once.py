@@ -33,11 +33,7 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from encoders.profile import DecayedProfileModel, UserProfile
-from encoders.text import TextEncoder, item_text
-from scoring.engine import Engine, EngineConfig, Incoming
-from scoring.popularity import DecayedPopularity
-from scoring.topk import ItemMatrix
+from encoders.profile import UserProfile
 from streams import topics as T
 from streams.client import WorkerProcess, producer, read_to_end, reader, topic_size, wait_catalog
 from streams.demo.data import load_catalog
@@ -99,21 +95,6 @@ def _committed_profiles(settings) -> dict[str, UserProfile]:
     for record in _all(settings, settings.changelog(T.PROFILES_TABLE)):
         latest[record.key] = record.value
     return {k.decode(): UserProfile.from_bytes(v) for k, v in latest.items() if v is not None}
-
-
-def _offline_profiles(catalog, placed: list[tuple[Click | Purchase, str, int, int]]) -> dict[str, UserProfile]:
-    encoder = TextEncoder(device="cpu")
-    matrix = ItemMatrix(encoder.dim, "cpu")
-    texts = [item_text(i.title, i.categories, i.description) for i in catalog]
-    matrix.upsert([i.item_id for i in catalog], np.asarray(encoder.encode_numpy(texts), dtype=np.float32))
-    config = EngineConfig(k=5, emit="per-event")
-    engine = Engine(model=DecayedProfileModel(dim=encoder.dim), matrix=matrix,
-                    popularity=DecayedPopularity(config.popularity_half_life_ms), texts=encoder, config=config)
-    profiles: dict[str, UserProfile] = {}
-    batch = [Incoming(ev, topic, partition, offset) for ev, topic, partition, offset in placed]
-    for start in range(0, len(batch), 1000):
-        profiles.update(engine.process(batch[start : start + 1000], profiles, now_ms=0).profiles)
-    return profiles
 
 
 def test_sigkilled_exactly_once_worker_commits_each_effect_once(kafka_settings, tmp_path: Path) -> None:
@@ -197,7 +178,7 @@ def test_sigkilled_exactly_once_worker_commits_each_effect_once(kafka_settings, 
     letters = Counter((d.topic, d.partition, d.offset) for d in (decode_dead_letter(r.value) for r in _all(settings, T.DLQ)))
     assert set(letters) == bad and set(letters.values()) == {1}, faults.describe_coords(set(letters) ^ bad)
 
-    expected = _offline_profiles(catalog, placed)
+    expected = faults.offline_profiles(catalog, placed)
     got = _committed_profiles(settings)
     assert got.keys() == expected.keys()
     counts = Counter(ev.user_id for ev in valid)
