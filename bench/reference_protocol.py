@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalizations", default=",".join(NORMALIZATIONS), help="normalisations tried (default zscore,rank)")
     p.add_argument("--cooc-half-life-days", type=float, default=0.0, help="co-occurrence half-life in days, 0 = no decay (default 0)")
     p.add_argument("--cooc-neighbours", type=int, default=100, help="co-occurrence neighbours kept per item (default 100)")
+    p.add_argument("--cooc-events", choices=("positive", "all"), default="positive",
+                   help="the blend's co-occurrence counts positive ratings (default) or every rating")
+    p.add_argument("--cooc-pair-decay", type=float, default=1.0,
+                   help="co-occurrence pair weight per history position between the two items (default 1: none)")
+    p.add_argument("--cooc-recency", type=float, default=1.0,
+                   help="weight per position of a history item when scoring, the latest counts 1 (default 1: plain sum)")
+    p.add_argument("--cooc-history", type=int, default=20, help="history items paired and scored by the co-occurrence (default 20)")
     p.add_argument("--knn-neighbours", type=int, default=100, help="item-kNN baseline neighbours kept per item (default 100)")
     p.add_argument("--popularity-counts", choices=("positive", "all"), default="positive",
                    help="popularity counts positive ratings (default, as the issue's table) or all ratings")
@@ -111,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             knn_max_neighbours=args.knn_neighbours,
             popularity_counts=args.popularity_counts,
             cooc_half_life_ms=args.cooc_half_life_days * DAY_MS if args.cooc_half_life_days > 0 else None,
+            cooc_events=args.cooc_events,
+            cooc_pair_decay=args.cooc_pair_decay,
+            cooc_recency=args.cooc_recency,
+            cooc_history_len=args.cooc_history,
             batch_size=args.batch_size,
         )
         grid = weight_grid(step, norms)

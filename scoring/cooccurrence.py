@@ -20,6 +20,14 @@ history, ``co(i, j)`` and ``co(j, i)`` grow by ``w``, and the item's positive co
 grows by ``w``: exactly :class:`~scoring.baselines.ItemKNNBaseline`'s update.  With
 ``half_life_ms`` set, every co-occurrence and count decays with that half-life.
 
+Two optional weights make it sequence-aware (both 1 by default, which is the plain
+item-kNN above): with ``pair_decay`` below 1 a pair grows by ``w * pair_decay ** gap``,
+``gap`` counting the history items between ``i`` and the event (0 for the most recent),
+so items a user took up close together count more; with ``recency`` below 1 a user's score
+for ``j`` sums ``recency ** age(i) * sim(i, j)``, ``age`` 0 for the most recent history
+item.  On MovieLens ratings (issue 8's validation window) ``pair_decay=0.9, recency=0.8``
+gave 1.7x the plain neighbourhood's NDCG@10 (docs/quality.md).
+
 The cosine similarity ``sim(i, j) = co(i, j) / sqrt(n_i * n_j)`` does not depend on the
 time it is read at (the decay factor cancels), and a user's score for ``j`` is the sum of
 ``sim(i, j)`` over the items ``i`` of their history (:meth:`CooccurrenceModel.scores`,
@@ -285,6 +293,14 @@ class CooccurrenceModel:
         history_len: positive items per user kept by :meth:`observe_event`'s own
             histories (the worker passes histories to :meth:`observe` instead).
         positive_threshold: the lowest positive review rating.
+        pair_decay: weight of a pair by its distance in the user's history: the event's
+            item is paired with the history's most recent item at weight 1, the one before
+            at ``pair_decay``, then ``pair_decay ** 2``... (1.0, the default: every pair
+            counts 1, the issue's item-kNN; below 1, items rated close together in time
+            count more, a session-kNN's weighting).
+        recency: weight of a history item when scoring (:meth:`scores`,
+            :class:`CooccurrenceScorer`): the most recent counts 1, the one before
+            ``recency``, then ``recency ** 2``... (1.0, the default: a plain sum).
 
     Every item the model knows gets a *slot* (a dense index, in order of first sight);
     the counts are mirrored in a float64 array by slot, and each row caches its neighbours
@@ -298,7 +314,12 @@ class CooccurrenceModel:
         half_life_ms: float | None = None,
         history_len: int = 20,
         positive_threshold: float = 4.0,
+        pair_decay: float = 1.0,
+        recency: float = 1.0,
     ) -> None:
+        for name, v in (("pair_decay", pair_decay), ("recency", recency)):
+            if not (0.0 < v <= 1.0):
+                raise ValueError(f"{name} must be in (0, 1], got {v!r}")
         if isinstance(max_neighbours, bool) or not isinstance(max_neighbours, int) or max_neighbours < 1:
             raise ValueError(f"max_neighbours must be an integer >= 1, got {max_neighbours!r}")
         if half_life_ms is not None and not (half_life_ms > 0 and math.isfinite(half_life_ms)):
@@ -306,6 +327,8 @@ class CooccurrenceModel:
         self.max_neighbours = max_neighbours
         self.half_life_ms = half_life_ms
         self.positive_threshold = positive_threshold
+        self.pair_decay = float(pair_decay)
+        self.recency = float(recency)
         self.histories = RecentItems(history_len)
         self._rows: dict[str, CooccurrenceRow] = {}
         self._slot: dict[str, int] = {}
@@ -458,19 +481,22 @@ class CooccurrenceModel:
 
     def observe(self, history: Iterable[str], item_id: str, ts: int, weight: float = 1.0) -> list[str]:
         """Count one positive event of a user on ``item_id`` at ``ts`` (ms), given the
-        user's positive history *before* it (any order; repeats and ``item_id`` itself
-        are ignored).  Returns the items whose rows changed (``item_id`` first), i.e.
-        the table keys to write for this event."""
+        user's positive history *before* it, oldest first (repeats and ``item_id`` itself
+        are ignored; the order matters only with ``pair_decay`` below 1).  Returns the
+        items whose rows changed (``item_id`` first), i.e. the table keys to write for
+        this event."""
         term = self._term(ts, weight)
         row_j = self._row_for_update(item_id)
         row_j.log2_count = term if row_j.log2_count == _NEG_INF else logaddexp2(row_j.log2_count, term)
         touched = [item_id]
-        for i in dict.fromkeys(history):
-            if i == item_id:
-                continue
+        others = [i for i in dict.fromkeys(history) if i != item_id]
+        step = math.log2(self.pair_decay)  # 0.0 without decay
+        last = len(others) - 1
+        for pos, i in enumerate(others):
+            pair_term = term + (last - pos) * step  # the most recent at weight 1
             row_i = self._row_for_update(i)
-            self._bump(row_i, item_id, term)
-            self._bump(row_j, i, term)
+            self._bump(row_i, item_id, pair_term)
+            self._bump(row_j, i, pair_term)
             self._changed(i, row_i)
             touched.append(i)
         self._changed(item_id, row_j)
@@ -537,16 +563,19 @@ class CooccurrenceModel:
         return 2.0 ** min(lw - 0.5 * (row_i.log2_count + row_j.log2_count), MAX_LOG2_SIMILARITY)
 
     def scores(self, history: Iterable[str]) -> dict[str, float]:
-        """``{j: sum over i in history of sim(i, j)}`` for every neighbour ``j`` (history
-        items included, nothing excluded): the scalar reference of
+        """``{j: sum over i in history of recency ** age(i) * sim(i, j)}`` for every
+        neighbour ``j`` (``history`` oldest first, ``age`` 0 for its most recent distinct
+        item; history items included, nothing excluded): the scalar reference of
         :class:`CooccurrenceScorer`."""
         out: dict[str, float] = {}
-        for i in dict.fromkeys(history):
+        distinct = list(dict.fromkeys(history))
+        for age, i in enumerate(reversed(distinct)):
             row = self._rows.get(i)
             if row is None:
                 continue
+            w = self.recency**age
             for j in row.neighbours:
-                s = self.similarity(i, j)
+                s = self.similarity(i, j) * w
                 if s > 0.0:
                     out[j] = out.get(j, 0.0) + s
         return out
@@ -564,8 +593,8 @@ class CooccurrenceScorer:
             (``ItemMatrix.row`` as is, or ``dict.get`` of a mapping).
         n_rows: the length of the score vectors (``ItemMatrix.rows_used``).
 
-    Row ``r`` of a score vector holds ``sum over i in history of sim(i, item at r)``, as
-    :meth:`CooccurrenceModel.scores` (float32; 0 where there is no co-occurrence).  The
+    Row ``r`` of a score vector holds ``sum over i in history of recency ** age(i) *
+    sim(i, item at r)``, as :meth:`CooccurrenceModel.scores` (float32; 0 where there is no co-occurrence).  The
     model's slot -> row mapping is cached and extended as the model learns new items; call
     :meth:`reindex` after the target order changes (items added to or removed from the
     matrix).
@@ -610,13 +639,15 @@ class CooccurrenceScorer:
         model = self.model
         slot_parts: list[np.ndarray] = []
         log_parts: list[np.ndarray] = []
-        for i in dict.fromkeys(history):
+        distinct = list(dict.fromkeys(history))
+        step = math.log2(model.recency)  # 0.0 without recency weighting
+        for age, i in enumerate(reversed(distinct)):
             row = model.row(i)
             if row is None or row.log2_count == _NEG_INF or not row.neighbours:
                 continue
             slots, lw = model.neighbour_arrays(i)
             slot_parts.append(slots)
-            log_parts.append(lw - 0.5 * row.log2_count)
+            log_parts.append(lw - (0.5 * row.log2_count - age * step))
         if not slot_parts:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
         slots = np.concatenate(slot_parts)

@@ -109,6 +109,11 @@ class EngineConfig:
         cooc_history_len: positive items of the user's history paired with a new
             positive event, and scored.
         cooc_half_life_ms: decay of the co-occurrence counts (``None``: no decay).
+        cooc_pair_decay: weight of a pair by its distance in the user's history (1: the
+            plain item-kNN count; see :class:`~scoring.cooccurrence.CooccurrenceModel`).
+        cooc_recency: weight of an older history item's neighbours when scoring (1: a
+            plain sum).  The defaults (0.9, 0.8) were chosen on issue 8's validation
+            window (docs/quality.md).
         positive_threshold: the lowest rating of a positive review.
     """
 
@@ -121,6 +126,8 @@ class EngineConfig:
     cooc_neighbours: int = 100
     cooc_history_len: int = 20
     cooc_half_life_ms: int | None = None
+    cooc_pair_decay: float = 0.9
+    cooc_recency: float = 0.8
     positive_threshold: float = 4.0
 
     def __post_init__(self) -> None:
@@ -138,10 +145,16 @@ class EngineConfig:
             raise ValueError(f"co-occurrence neighbours and history length: must be at least 1, got {self.cooc_neighbours} and {self.cooc_history_len}")
         if self.cooc_half_life_ms is not None and self.cooc_half_life_ms <= 0:
             raise ValueError(f"co-occurrence half-life: must be positive, got {self.cooc_half_life_ms}")
+        for name in ("cooc_pair_decay", "cooc_recency"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: must be in (0, 1], got {getattr(self, name)}")
 
     def new_cooccurrence(self) -> CooccurrenceModel:
         """An empty co-occurrence model with these settings."""
-        return CooccurrenceModel(self.cooc_neighbours, self.cooc_half_life_ms, self.cooc_history_len, self.positive_threshold)
+        return CooccurrenceModel(
+            self.cooc_neighbours, self.cooc_half_life_ms, self.cooc_history_len, self.positive_threshold,
+            pair_decay=self.cooc_pair_decay, recency=self.cooc_recency,
+        )  # fmt: skip
 
 
 @contextmanager

@@ -45,7 +45,10 @@ Methods
   usable profile gets the popularity list);
 * blends (:mod:`scoring.blend`): the profile's cosines, :class:`CooccurrenceModel`'s
   item-kNN scores and ``log1p`` of the popularity baseline's decayed counts, normalised per
-  user over the candidates and weighted.
+  user over the candidates and weighted.  The co-occurrence model is fed the positive
+  interactions (default) or all of them (``cooc_events="all"``, as the engine does with
+  MovieLens ratings, which are clicks), with its ``pair_decay`` and ``recency`` weights
+  (default 1: the item-kNN baseline's neighbourhood, bounded the same way).
 
 The baselines are fed one event per interaction: a ``purchase`` when it is positive, else
 a review rated 1 (they only need to know which interactions are positive).
@@ -317,6 +320,9 @@ class ProtocolConfig:
     cooc_history_len: int = 20
     cooc_max_neighbours: int = 100
     cooc_half_life_ms: float | None = None
+    cooc_events: str = "positive"
+    cooc_pair_decay: float = 1.0
+    cooc_recency: float = 1.0
     profile: ProfileConfig = ProfileConfig()
     batch_size: int = 256
 
@@ -327,6 +333,11 @@ class ProtocolConfig:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.popularity_counts not in ("positive", "all"):
             raise ValueError(f"popularity_counts must be 'positive' or 'all', got {self.popularity_counts!r}")
+        if self.cooc_events not in ("positive", "all"):
+            raise ValueError(f"cooc_events must be 'positive' or 'all', got {self.cooc_events!r}")
+        for name in ("cooc_pair_decay", "cooc_recency"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
         if not (self.popularity_half_life_ms > 0 and math.isfinite(self.popularity_half_life_ms)):
             raise ValueError(f"popularity_half_life_ms must be positive, got {self.popularity_half_life_ms}")
 
@@ -341,6 +352,9 @@ class ProtocolConfig:
                 "history_len": self.cooc_history_len,
                 "max_neighbours": self.cooc_max_neighbours,
                 "half_life_days": None if self.cooc_half_life_ms is None else self.cooc_half_life_ms / DAY_MS,
+                "events": self.cooc_events,
+                "pair_decay": self.cooc_pair_decay,
+                "recency": self.cooc_recency,
             },
             "profile": {
                 "half_life_days": self.profile.half_life_ms / DAY_MS,
@@ -440,7 +454,10 @@ class Replay:
         )
         self.model = DecayedProfileModel(cfg.profile, dim=emb.shape[1])
         self.profiles: dict[str, UserProfile] = {}
-        self.cooc = CooccurrenceModel(cfg.cooc_max_neighbours, cfg.cooc_half_life_ms, cfg.cooc_history_len, cfg.positive_threshold)
+        self.cooc = CooccurrenceModel(
+            cfg.cooc_max_neighbours, cfg.cooc_half_life_ms, cfg.cooc_history_len, cfg.positive_threshold,
+            pair_decay=cfg.cooc_pair_decay, recency=cfg.cooc_recency,
+        )  # fmt: skip
         self.positives = RecentItems(cfg.cooc_history_len)
         self.cooc_scorer = CooccurrenceScorer(self.cooc, self.row_of.get, n)
         #: log2 of each row's decayed interaction count at the epoch (DecayedPopularity's key)
@@ -472,8 +489,8 @@ class Replay:
                 profile, kind=kind, item_id=it.item_id, ts=it.ts, item_vec=item_vec, text_vec=None,
                 rating=it.rating if kind == "review" else None,
             )  # fmt: skip
-        # the blend's co-occurrence and popularity
-        if it.positive:
+        # the blend's co-occurrence (positive events, or every event) and popularity
+        if it.positive or self.config.cooc_events == "all":
             self.cooc.observe(self.positives.view(it.user_id), it.item_id, it.ts)
             self.positives.push(it.user_id, it.item_id)
         if row is not None:

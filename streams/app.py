@@ -101,6 +101,8 @@ class WorkerConfig:
     cooc_neighbours: int = 100
     cooc_history_len: int = 20
     cooc_half_life_days: float = 0.0  # 0: no decay
+    cooc_pair_decay: float = 0.9  # 1: every pair of the history counts alike
+    cooc_recency: float = 0.8  # 1: every history item's neighbours count alike
     # learned user encoder (scoring/learned.py): a checkpoint of 'recstream train', None = off
     user_model: str | None = None
     user_model_check_s: float = 5.0
@@ -137,6 +139,9 @@ class WorkerConfig:
             problems.append(f"user model check interval must be positive, got {self.user_model_check_s}s")
         if not self.cooc_half_life_days >= 0:
             problems.append(f"co-occurrence half-life must be 0 (no decay) or positive, got {self.cooc_half_life_days}")
+        for name in ("cooc_pair_decay", "cooc_recency"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                problems.append(f"{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}")
         if self.log_format not in ("text", "json"):
             problems.append(f"log format must be text or json, got {self.log_format!r}")
         unknown = [f for f in self.item_fields if f not in ITEM_FIELDS]
@@ -237,6 +242,7 @@ class Pipeline:
                 popularity_half_life_ms=pop_half_life, score_threads=config.score_threads,
                 blend=config.blend, cooc_neighbours=config.cooc_neighbours, cooc_history_len=config.cooc_history_len,
                 cooc_half_life_ms=int(config.cooc_half_life_days * DAY_MS) or None,
+                cooc_pair_decay=config.cooc_pair_decay, cooc_recency=config.cooc_recency,
             ),
             partition_popularity=self.partition_popularity,
             partition_cooccurrence=self.partition_cooccurrence,

@@ -142,6 +142,8 @@ def worker_config(args: argparse.Namespace):
         cooc_neighbours=args.cooc_neighbours,
         cooc_history_len=args.cooc_history_len,
         cooc_half_life_days=args.cooc_half_life_days,
+        cooc_pair_decay=args.cooc_pair_decay,
+        cooc_recency=args.cooc_recency,
         user_model=args.user_model,
         user_model_check_s=args.user_model_check_s,
     )
@@ -181,6 +183,8 @@ def _engine_knobs(g) -> None:
     g.add_argument("--cooc-neighbours", type=int, default=int(_env("COOC_NEIGHBOURS", "100")), help="co-occurrence neighbours per item (default 100)")
     g.add_argument("--cooc-history-len", type=int, default=int(_env("COOC_HISTORY_LEN", "20")), help="positives per user paired and scored (default 20)")
     g.add_argument("--cooc-half-life-days", type=float, default=float(_env("COOC_HALF_LIFE_DAYS", "0")), help="co-occurrence half-life, 0 = none (default 0)")
+    g.add_argument("--cooc-pair-decay", type=float, default=float(_env("COOC_PAIR_DECAY", "0.9")), help="co-occurrence pair weight per history position between the two items, 1 = none (default 0.9)")
+    g.add_argument("--cooc-recency", type=float, default=float(_env("COOC_RECENCY", "0.8")), help="weight per position of an older history item when scoring co-occurrence, 1 = plain sum (default 0.8)")
     if not any(a.dest == "history_len" for a in getattr(g, "_group_actions", ())):
         try:
             g.add_argument("--history-len", type=int, default=int(_env("HISTORY_LEN", "50")), help="recent events kept per user (default 50)")
@@ -203,6 +207,8 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cooc-neighbours", type=int, metavar="M", default=int(_env("COOC_NEIGHBOURS", "100")), help="co-occurrence neighbours kept per item (env RECSTREAM_COOC_NEIGHBOURS; default 100)")
     g.add_argument("--cooc-history-len", type=int, metavar="N", default=int(_env("COOC_HISTORY_LEN", "20")), help="a user's latest distinct positive items paired with a new positive event, and scored (env RECSTREAM_COOC_HISTORY_LEN; default 20)")
     g.add_argument("--cooc-half-life-days", type=float, metavar="DAYS", default=float(_env("COOC_HALF_LIFE_DAYS", "0")), help="half-life of the co-occurrence counts in days of event time, 0 for none (env RECSTREAM_COOC_HALF_LIFE_DAYS; default 0)")
+    g.add_argument("--cooc-pair-decay", type=float, metavar="F", default=float(_env("COOC_PAIR_DECAY", "0.9")), help="a new positive is paired with the user's latest positive at weight 1, the one before at F, then F^2...; 1 weighs every pair alike (env RECSTREAM_COOC_PAIR_DECAY; default 0.9)")
+    g.add_argument("--cooc-recency", type=float, metavar="F", default=float(_env("COOC_RECENCY", "0.8")), help="when scoring, the user's latest positive's neighbours count 1, the one before F, then F^2...; 1 sums them alike (env RECSTREAM_COOC_RECENCY; default 0.8)")
     g = p.add_argument_group("learned user encoder (README: Learned user encoder)")
     g.add_argument("--user-model", metavar="CKPT", default=_env("USER_MODEL"), help="checkpoint written by 'recstream train': rank users with it (one forward pass per micro-batch), reloaded when the file changes (env RECSTREAM_USER_MODEL; default none)")
     g.add_argument("--user-model-check-s", type=float, metavar="SECONDS", default=float(_env("USER_MODEL_CHECK_S", "5")), help="how often the checkpoint file is checked for a new version (env RECSTREAM_USER_MODEL_CHECK_S; default 5)")
@@ -398,7 +404,8 @@ def _backtest_dataset(args: argparse.Namespace, config) -> int:
     matrix.upsert([it.item_id for it in src.catalog], emb)
     ecfg = EngineConfig(k=config.max_k, emit="per-event", popularity_half_life_ms=int(args.popularity_half_life_days * DAY_MS),
                         cooc_neighbours=args.cooc_neighbours, cooc_history_len=args.cooc_history_len,
-                        cooc_half_life_ms=int(args.cooc_half_life_days * DAY_MS) or None)
+                        cooc_half_life_ms=int(args.cooc_half_life_days * DAY_MS) or None,
+                        cooc_pair_decay=args.cooc_pair_decay, cooc_recency=args.cooc_recency)
     opts = SideBySideOptions(encoder=encoder, engine_config=ecfg, profile_config=ProfileConfig(half_life_ms=int(args.half_life_days * DAY_MS), history_len=args.history_len),
                              blend=_blend_weights(args.blend), item_fields=fields, matrix=matrix,
                              extra={"user_model": args.user_model})
@@ -446,7 +453,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     config = protocol_config(k=args.k, positive_threshold=args.positive_threshold,
                              popularity_half_life_days=args.popularity_half_life_days, half_life_days=args.half_life_days,
                              history_len=args.history_len, cooc_neighbours=args.cooc_neighbours,
-                             cooc_history_len=args.cooc_history_len, cooc_half_life_days=args.cooc_half_life_days)
+                             cooc_history_len=args.cooc_history_len, cooc_half_life_days=args.cooc_half_life_days,
+                             cooc_pair_decay=args.cooc_pair_decay, cooc_recency=args.cooc_recency)
     grid = parse_grid(args.grid_step, args.normalizations)
     src = load_source(args.dataset, None if args.dataset else settings_from(args), end_ms=split_ms,
                       positive_threshold=args.positive_threshold)

@@ -169,7 +169,8 @@ def tune_weights(
 
 
 def protocol_config(*, k: int, positive_threshold: float, popularity_half_life_days: float, half_life_days: float,
-                    history_len: int, cooc_neighbours: int, cooc_history_len: int, cooc_half_life_days: float):
+                    history_len: int, cooc_neighbours: int, cooc_history_len: int, cooc_half_life_days: float,
+                    cooc_pair_decay: float = 1.0, cooc_recency: float = 1.0):
     """The protocol's methods set up as the worker's engine."""
     from encoders.profile import ProfileConfig
     from scoring.protocol import ProtocolConfig
@@ -178,5 +179,6 @@ def protocol_config(*, k: int, positive_threshold: float, popularity_half_life_d
         k=k, positive_threshold=positive_threshold, popularity_half_life_ms=popularity_half_life_days * DAY_MS,
         popularity_counts="all", cooc_history_len=cooc_history_len, cooc_max_neighbours=cooc_neighbours,
         cooc_half_life_ms=cooc_half_life_days * DAY_MS if cooc_half_life_days > 0 else None,
+        cooc_events="all", cooc_pair_decay=cooc_pair_decay, cooc_recency=cooc_recency,
         profile=ProfileConfig(half_life_ms=int(half_life_days * DAY_MS), history_len=history_len),
     )

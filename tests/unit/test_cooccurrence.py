@@ -61,6 +61,26 @@ def test_counts_match_the_worked_example() -> None:
     )
 
 
+def test_pair_decay_and_recency_weight_by_position_in_the_history() -> None:
+    """u1 takes up a, b, c in that order: c pairs with b (the latest, weight 1) and with a
+    (one item between, weight 0.5); scoring with recency 0.25 weighs b's neighbours 1 and
+    a's 0.25 for a user whose history is [a, b]."""
+    m = CooccurrenceModel(pair_decay=0.5, recency=0.25)
+    for item in "abc":
+        m.observe_event("u1", item, 0, "click")
+    assert m.neighbours("c") == pytest.approx({"a": 0.5, "b": 1.0})
+    assert m.neighbours("a") == pytest.approx({"b": 1.0, "c": 0.5})
+    # every count is 1, so sim = co; score(c) = 1 * sim(b, c) + 0.25 * sim(a, c)
+    assert m.scores(["a", "b"]) == pytest.approx({"a": 1.0, "b": 0.25, "c": 1.0 + 0.25 * 0.5})
+    # the order of the history matters; with both weights at 1 it would not
+    assert m.scores(["b", "a"]) == pytest.approx({"a": 0.25, "b": 1.0, "c": 0.5 + 0.25 * 1.0})
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="pair_decay"):
+            CooccurrenceModel(pair_decay=bad)
+        with pytest.raises(ValueError, match="recency"):
+            CooccurrenceModel(recency=bad)
+
+
 def test_observe_returns_the_rows_it_changed() -> None:
     m = CooccurrenceModel()
     assert m.observe([], "a", 0) == ["a"]
@@ -220,9 +240,10 @@ def test_dense_scores_follow_the_given_row_order() -> None:
         scorer.dense(["a"], out=np.zeros(3, dtype=np.float32))
 
 
-def test_dense_scores_match_the_scalar_ones_on_a_decayed_random_stream() -> None:
+@pytest.mark.parametrize("pair_decay,recency", [(1.0, 1.0), (0.9, 0.8)])
+def test_dense_scores_match_the_scalar_ones_on_a_decayed_random_stream(pair_decay: float, recency: float) -> None:
     rng = random.Random(5)
-    m = CooccurrenceModel(max_neighbours=6, half_life_ms=200.0, history_len=8)
+    m = CooccurrenceModel(max_neighbours=6, half_life_ms=200.0, history_len=8, pair_decay=pair_decay, recency=recency)
     for t in range(3000):
         m.observe_event(f"u{rng.randrange(25)}", f"i{rng.randrange(80)}", t * 3, "click")
     ids = [f"i{n}" for n in range(80)]

@@ -140,7 +140,9 @@ def test_blend_lists_match_an_independent_computation() -> None:
     recs, _, _ = run(eng, [events[i : i + 50] for i in range(0, len(events), 50)])
     ids, vecs = catalog()
     row_of = {i: r for r, i in enumerate(ids)}
-    cooc = CooccurrenceModel(100, None, 20, 4.0)
+    cfg = eng.config
+    assert (cfg.cooc_pair_decay, cfg.cooc_recency) != (1.0, 1.0)  # the sequence-aware weights are exercised
+    cooc = CooccurrenceModel(100, None, 20, 4.0, pair_decay=cfg.cooc_pair_decay, recency=cfg.cooc_recency)
     scorer = CooccurrenceScorer(cooc, row_of.get, len(ids))
     pop = DecayedPopularity(eng.config.popularity_half_life_ms)
     profiles: dict[str, UserProfile] = {}
