@@ -55,6 +55,7 @@ from encoders.train import CatalogScorer, TrainConfig, train  # noqa: E402
 from scoring.blend import EQUAL_WEIGHTS, NORMALIZATIONS, BlendWeights, candidate_mask, normalize_scores  # noqa: E402
 from scoring.metrics import RankingMetrics  # noqa: E402
 from scoring.protocol import (  # noqa: E402
+    DAY_MS,
     GridPoint,
     ProtocolConfig,
     ProtocolData,
@@ -150,6 +151,21 @@ def table(res: WindowResult, k: int) -> dict:
             "cold_cases_skipped": res.cold, "table": res.table(k), "seconds": res.seconds}
 
 
+def protocol_config_from(reference: dict) -> ProtocolConfig:
+    """The protocol settings of a ``bench/reference_protocol.py`` output (its co-occurrence
+    shape; defaults for what it does not say)."""
+    co = reference.get("parameters", {}).get("protocol", {}).get("cooccurrence", {})
+    half_life = co.get("half_life_days")
+    return ProtocolConfig(
+        cooc_history_len=int(co.get("history_len", 20)),
+        cooc_max_neighbours=int(co.get("max_neighbours", 100)),
+        cooc_half_life_ms=None if half_life is None else float(half_life) * DAY_MS,
+        cooc_events=co.get("events", "positive"),
+        cooc_pair_decay=float(co.get("pair_decay", 1.0)),
+        cooc_recency=float(co.get("recency", 1.0)),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"dataset folder (default {DEFAULT_DATA})")
@@ -241,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
             result["model"] = describe(model)
         t_train = time.perf_counter() - t0
         scorer = CatalogScorer(model, data.ids, emb)
-        config = ProtocolConfig()
+        # the co-occurrence signal as the run that tuned the 3-signal weights had it
+        config = protocol_config_from(json.loads(args.blend_from.read_text())) if args.blend_from else ProtocolConfig()
+        result["protocol"] = config.to_dict()
         replay = LearnedReplay(data, emb, config, scorer)
         k = config.k
         if args.test_only:

@@ -50,6 +50,7 @@ import torch  # noqa: E402
 from common import cpu_model, emit_result, mem_total_gib, pkg_version  # noqa: E402
 from scoring.blend import NORMALIZATIONS, BlendWeights  # noqa: E402
 from scoring.protocol import (  # noqa: E402
+    COOC_EVENTS,
     DAY_MS,
     ProtocolConfig,
     ProtocolData,
@@ -75,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalizations", default=",".join(NORMALIZATIONS), help="normalisations tried (default zscore,rank)")
     p.add_argument("--cooc-half-life-days", type=float, default=0.0, help="co-occurrence half-life in days, 0 = no decay (default 0)")
     p.add_argument("--cooc-neighbours", type=int, default=100, help="co-occurrence neighbours kept per item (default 100)")
-    p.add_argument("--cooc-events", choices=("positive", "all"), default="positive",
-                   help="the blend's co-occurrence counts positive ratings (default) or every rating")
+    p.add_argument("--cooc-events", choices=COOC_EVENTS, default="positive",
+                   help="the blend's co-occurrence counts positive ratings (default), every rating, or the engine's positives")
     p.add_argument("--cooc-pair-decay", type=float, default=1.0,
                    help="co-occurrence pair weight per history position between the two items (default 1: none)")
     p.add_argument("--cooc-recency", type=float, default=1.0,

@@ -46,8 +46,9 @@ Methods
 * blends (:mod:`scoring.blend`): the profile's cosines, :class:`CooccurrenceModel`'s
   item-kNN scores and ``log1p`` of the popularity baseline's decayed counts, normalised per
   user over the candidates and weighted.  The co-occurrence model is fed the positive
-  interactions (default) or all of them (``cooc_events="all"``, as the engine does with
-  MovieLens ratings, which are clicks), with its ``pair_decay`` and ``recency`` weights
+  interactions (default), all of them (``cooc_events="all"``), or the engine's positives
+  (``"engine"``: the positive ones and those holding a click; on MovieLens, where a rating
+  is a click, that is all of them), with its ``pair_decay`` and ``recency`` weights
   (default 1: the item-kNN baseline's neighbourhood, bounded the same way).
 
 The baselines are fed one event per interaction: a ``purchase`` when it is positive, else
@@ -306,6 +307,10 @@ def embed_texts(
 
 # --------------------------------------------------------------------------- configuration
 
+#: What feeds the blend's co-occurrence: positive interactions, every interaction, or the
+#: engine's positive events (a click, a purchase, a review rated at least the threshold).
+COOC_EVENTS: Final = ("positive", "all", "engine")
+
 
 @dataclass(frozen=True, slots=True)
 class ProtocolConfig:
@@ -333,8 +338,8 @@ class ProtocolConfig:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.popularity_counts not in ("positive", "all"):
             raise ValueError(f"popularity_counts must be 'positive' or 'all', got {self.popularity_counts!r}")
-        if self.cooc_events not in ("positive", "all"):
-            raise ValueError(f"cooc_events must be 'positive' or 'all', got {self.cooc_events!r}")
+        if self.cooc_events not in COOC_EVENTS:
+            raise ValueError(f"cooc_events must be one of {', '.join(COOC_EVENTS)}, got {self.cooc_events!r}")
         for name in ("cooc_pair_decay", "cooc_recency"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
@@ -489,8 +494,9 @@ class Replay:
                 profile, kind=kind, item_id=it.item_id, ts=it.ts, item_vec=item_vec, text_vec=None,
                 rating=it.rating if kind == "review" else None,
             )  # fmt: skip
-        # the blend's co-occurrence (positive events, or every event) and popularity
-        if it.positive or self.config.cooc_events == "all":
+        # the blend's co-occurrence (see COOC_EVENTS) and popularity
+        events = self.config.cooc_events
+        if it.positive or events == "all" or (events == "engine" and "click" in it.kinds):
             self.cooc.observe(self.positives.view(it.user_id), it.item_id, it.ts)
             self.positives.push(it.user_id, it.item_id)
         if row is not None:

@@ -179,6 +179,6 @@ def protocol_config(*, k: int, positive_threshold: float, popularity_half_life_d
         k=k, positive_threshold=positive_threshold, popularity_half_life_ms=popularity_half_life_days * DAY_MS,
         popularity_counts="all", cooc_history_len=cooc_history_len, cooc_max_neighbours=cooc_neighbours,
         cooc_half_life_ms=cooc_half_life_days * DAY_MS if cooc_half_life_days > 0 else None,
-        cooc_events="all", cooc_pair_decay=cooc_pair_decay, cooc_recency=cooc_recency,
+        cooc_events="engine", cooc_pair_decay=cooc_pair_decay, cooc_recency=cooc_recency,
         profile=ProfileConfig(half_life_ms=int(half_life_days * DAY_MS), history_len=history_len),
     )

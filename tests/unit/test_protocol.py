@@ -11,6 +11,7 @@ import torch
 
 from scoring.blend import EQUAL_WEIGHTS, BlendWeights, popularity_vector
 from scoring.protocol import (
+    COOC_EVENTS,
     DAY_MS,
     Interaction,
     ProtocolConfig,
@@ -138,6 +139,24 @@ def test_state_is_every_event_before_the_case() -> None:
     res = replay.evaluate(4, progress=False)
     assert res.cases == 1 and res.table(1)["item-knn"]["hr@1"] == 1.0
     assert replay.knn.history("u1") == ["a", "b"]  # applied after it was scored
+
+
+def test_what_feeds_the_blend_cooccurrence() -> None:
+    """"positive": only positive interactions; "engine": those and any holding a click (a
+    MovieLens rating below 4 is a click); "all": everything, a review below 4 included."""
+    low_review = Interaction(2, "u1", "c", False, ("review",), 2.0)
+    rows = [it(0, "u1", "a"), it(1, "u1", "b", positive=False), low_review]
+    data = ProtocolData("t", catalog("abc"), rows)
+    counts = {}
+    for events in COOC_EVENTS:
+        replay = Replay(data, np.eye(3, 3, dtype=np.float32), ProtocolConfig(cooc_events=events))
+        replay.advance(3, progress=False)
+        counts[events] = [replay.cooc.count(i) for i in "abc"]
+    assert counts == {"positive": [1.0, 0.0, 0.0], "engine": [1.0, 1.0, 0.0], "all": [1.0, 1.0, 1.0]}
+    with pytest.raises(ValueError, match="cooc_events"):
+        ProtocolConfig(cooc_events="clicks")
+    with pytest.raises(ValueError, match="cooc_recency"):
+        ProtocolConfig(cooc_recency=0.0)
 
 
 @pytest.mark.parametrize("counts", ["positive", "all"])
