@@ -26,7 +26,7 @@ item-kNN above): with ``pair_decay`` below 1 a pair grows by ``w * pair_decay **
 so items a user took up close together count more; with ``recency`` below 1 a user's score
 for ``j`` sums ``recency ** age(i) * sim(i, j)``, ``age`` 0 for the most recent history
 item.  On MovieLens ratings (issue 8's validation window) ``pair_decay=0.9, recency=0.8``
-gave 1.7x the plain neighbourhood's NDCG@10 (docs/quality.md).
+gave 1.5x the plain item-kNN's NDCG@10 (docs/quality.md).
 
 The cosine similarity ``sim(i, j) = co(i, j) / sqrt(n_i * n_j)`` does not depend on the
 time it is read at (the decay factor cancels), and a user's score for ``j`` is the sum of
