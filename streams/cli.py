@@ -175,6 +175,20 @@ def _method_names() -> list[str]:
     return method_names()
 
 
+#: the destinations of :func:`_engine_knobs` that are worker flags of the same name
+_ENGINE_KNOBS = ("item_fields", "half_life_days", "popularity_half_life_days", "cooc_neighbours",
+                 "cooc_history_len", "cooc_half_life_days", "cooc_pair_decay", "cooc_recency")
+
+
+def engine_worker_args(args: argparse.Namespace) -> list[str]:
+    """``backtest``'s engine settings as flags of the replay's worker, so that it computes
+    what they say (their defaults and environment variables are the worker's own)."""
+    out: list[str] = []
+    for dest in _ENGINE_KNOBS:
+        out += ["--" + dest.replace("_", "-"), str(getattr(args, dest))]
+    return out
+
+
 def _engine_knobs(g) -> None:
     """The worker settings that change what ``tune`` and ``backtest --dataset`` compute (same defaults and env)."""
     g.add_argument("--item-fields", default=_env("ITEM_FIELDS", "title,categories,description"), help="item fields embedded, as the worker's (default title,categories,description)")
@@ -336,7 +350,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         if not partitions:
             print(f"recstream backtest: no topic {source.topic(topics.CLICKS)!r} on {source.broker}", file=sys.stderr)
             return 1
-        worker_args = ["-k", str(max(ks)), "--history-len", str(args.history_len)]
+        worker_args = ["-k", str(max(ks)), "--history-len", str(args.history_len), *engine_worker_args(args)]
         if args.blend:  # the replay's worker ranks with the blend: its column is the blend's
             _blend_weights(args.blend)  # a bad file fails here, not in the replay's worker
             worker_args += ["--blend", args.blend]
@@ -589,7 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write the full result as JSON")
     p.add_argument("--html", metavar="FILE", help="write a report with plots (metrics per month, latency, baselines) as one HTML file")
     g = p.add_argument_group("side by side, offline (--dataset)", "Run recstream's engine here instead of a worker, once per "
-                             "method, over a dataset folder, and score every method and the baselines on the same cases.")
+                             "method, over a dataset folder, and score every method and the baselines on the same cases. "
+                             "Without --dataset, the engine settings (--item-fields to --cooc-recency) are passed to "
+                             "the replay's worker.")
     g.add_argument("--dataset", metavar="PATH", help="a dataset folder (formats of 'recstream produce'): no broker, no replay")
     g.add_argument("--methods", help=f"methods, in table order (default {','.join(m for m in _method_names() if m != 'learned')}, and learned with --user-model)")
     g.add_argument("--user-model", metavar="CKPT", help="the learned method's checkpoint from 'recstream train'")
