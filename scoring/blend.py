@@ -318,6 +318,42 @@ def blend_scores(
     return out.masked_fill_(~cand, -math.inf)
 
 
+def _zscore_blend_topk(
+    cand: torch.Tensor, weights: BlendWeights, k: int, signals: Sequence[torch.Tensor | np.ndarray | None]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`blend_topk` for the z-score normalisation in a few passes over the scores.
+
+    ``sum_s w_s (x_s - mean_s) / std_s`` is ``sum_s (w_s / std_s) x_s`` minus a constant
+    per user, which does not change the user's ranking: the top-k is taken on the former
+    and the constant (``sum_s w_s mean_s / std_s``) subtracted from the k values only.
+    The per-user mean and deviation come from float64 sums and sums of squares over the
+    candidates, and a signal whose deviation is below ``_REL_EPS`` of its scale gets no
+    weight, as :func:`normalize_scores` decides."""
+    shape = tuple(cand.shape)
+    n = cand.sum(dim=1, keepdim=True).clamp(min=1).double()
+    total = torch.zeros(shape, dtype=torch.float32)
+    offset = torch.zeros((shape[0], 1), dtype=torch.float64)
+    zero = torch.zeros((), dtype=torch.float32)
+    for w, sig in zip(weights.as_tuple(), signals):
+        if sig is None or w == 0:
+            continue
+        x = torch.where(cand, _as_batch(sig, shape, "signal"), zero)  # type: ignore[arg-type]
+        peak = x.abs().amax(dim=1, keepdim=True).double()  # NaN or inf when a candidate's is
+        if not bool(torch.isfinite(peak).all()):
+            raise ValueError("candidate scores must be finite")
+        mean = x.sum(dim=1, keepdim=True, dtype=torch.float64) / n
+        var = (x * x).sum(dim=1, keepdim=True, dtype=torch.float64) / n - mean * mean
+        std = var.clamp(min=0.0).sqrt()
+        scale = torch.maximum(mean.abs(), peak)
+        ok = std > _REL_EPS * scale
+        coef = torch.where(ok, w / torch.where(ok, std, torch.ones_like(std)), torch.zeros_like(std))
+        total.addcmul_(x, coef.float())
+        offset += coef * mean
+    total.masked_fill_(~cand, -math.inf)
+    values, rows = torch.topk(total, min(k, shape[1]), dim=1, largest=True, sorted=True)
+    return (values.double() - offset).float(), rows
+
+
 def blend_topk(
     candidates: torch.Tensor,
     weights: BlendWeights,
@@ -331,6 +367,8 @@ def blend_topk(
     (drop those entries)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"k must be a non-negative integer, got {k!r}")
+    if weights.normalization == "zscore":
+        return _zscore_blend_topk(candidates.to(torch.bool), weights, k, (text, cooccurrence, popularity))
     scores = blend_scores(candidates, weights, text, cooccurrence, popularity)
     kk = min(k, int(scores.shape[1]))
     return torch.topk(scores, kk, dim=1, largest=True, sorted=True)

@@ -176,6 +176,38 @@ def test_batched_blend_equals_one_user_at_a_time() -> None:
         assert torch.allclose(full[b : b + 1], one, atol=1e-6)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_zscore_topk_equals_ranking_the_normalised_blend(seed: int) -> None:
+    """blend_topk's z-score path (scaled signals, per-user constant added back to the k
+    values) gives the lists and values of ranking blend_scores itself, including users
+    with few or no candidates, a signal constant over a user's candidates, a sparse
+    co-occurrence and one popularity vector for all users."""
+    rng = np.random.default_rng(seed)
+    b, n, k = 9, 300, 10
+    text = rng.standard_normal((b, n)).astype(np.float32)
+    co = (rng.random((b, n)) * (rng.random((b, n)) > 0.95)).astype(np.float32)
+    pop = np.log1p(rng.integers(0, 50, n)).astype(np.float32)
+    cand = torch.from_numpy(rng.random((b, n)) > 0.2)
+    cand[1] = False  # no candidate at all
+    cand[2] = False
+    cand[2, :4] = True  # fewer candidates than k
+    text[3] = 0.7  # constant text for user 3 (a user without a profile)
+    co[4] = 0.0  # no co-occurrence evidence
+    co[5, ~cand[5].numpy()] = 5.0  # evidence only on excluded items: constant over the candidates
+    for w in (BlendWeights(0.7, 0.2, 0.1), BlendWeights(0.0, 1.0, 0.0), BlendWeights(0.2, 0.6, 0.2), EQUAL_WEIGHTS):
+        ref = blend_scores(cand, w, text, co, pop)
+        ref_vals, _ = torch.topk(ref, k, dim=1)
+        vals, rows = blend_topk(cand, w, k, text, co, pop)
+        np.testing.assert_allclose(vals.numpy(), ref_vals.numpy(), rtol=1e-4, atol=1e-4)
+        # each listed item's reference score is the value given (ties may list either item)
+        got = torch.gather(ref, 1, rows)
+        np.testing.assert_allclose(got.numpy(), ref_vals.numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="finite"):
+        bad = text.copy()
+        bad[0, int(torch.nonzero(cand[0])[0])] = np.nan
+        blend_topk(cand, EQUAL_WEIGHTS, k, bad, co, pop)
+
+
 def test_candidate_mask() -> None:
     valid = mask([1, 1, 0, 1])
     m = candidate_mask(valid, [(), (0, 3), [1]])
