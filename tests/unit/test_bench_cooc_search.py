@@ -3,7 +3,6 @@ definitions say (scoring/cooccurrence.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -13,21 +12,10 @@ import pytest
 from scoring.protocol import Interaction, ProtocolData
 from streams.records import Item
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchload import load_bench  # noqa: E402  (tests/ is not a package)
 
-
-def _load():
-    name = "recstream_bench_cooc_search"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "cooc_search.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-cs = _load()
+cs = load_bench("recstream_bench_cooc_search", "cooc_search.py")
 
 
 def data(rows: list[tuple[str, str, bool]]) -> ProtocolData:
