@@ -257,18 +257,18 @@ def main(argv: list[str] | None = None) -> int:
             result["model"] = describe(model)
         t_train = time.perf_counter() - t0
         scorer = CatalogScorer(model, data.ids, emb)
-        # the co-occurrence signal as the run that tuned the 3-signal weights had it
-        config = protocol_config_from(json.loads(args.blend_from.read_text())) if args.blend_from else ProtocolConfig()
+        # the 3-signal weights, and the co-occurrence signal, of the run that tuned them
+        ref = json.loads(args.blend_from.read_text()) if args.blend_from else None
+        tuned3 = None if ref is None else GridPoint(BlendWeights.from_dict(ref["tuned_weights"]), float("nan"), float("nan"))
+        config = ProtocolConfig() if ref is None else protocol_config_from(ref)
         result["protocol"] = config.to_dict()
         replay = LearnedReplay(data, emb, config, scorer)
         k = config.k
         if args.test_only:
-            if not args.blend_from:
+            if tuned3 is None:
                 raise ValueError("--test-only needs --blend-from (the 3-signal weights are not tuned here)")
             replay.advance(test_start, progress=progress)
-            ref = json.loads(args.blend_from.read_text())
-            best3 = GridPoint(BlendWeights.from_dict(ref["tuned_weights"]), float("nan"), float("nan"))
-            val_doc, best4 = None, None
+            best3, val_doc, best4 = tuned3, None, None
         else:
             replay.advance(val_start, progress=progress)
             grid3 = [] if args.blend_from else weight_grid(step, norms)
@@ -276,11 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             replay.grid4 = simplex4(step4, norms)
             replay.grid4_sums = np.zeros((len(replay.grid4), 2))
             val = replay.evaluate(test_start, grid=grid3, blends={"blend-equal-zscore": EQUAL_WEIGHTS}, progress=progress)
-            if args.blend_from:
-                ref = json.loads(args.blend_from.read_text())
-                best3 = GridPoint(BlendWeights.from_dict(ref["tuned_weights"]), float("nan"), float("nan"))
-            else:
-                best3 = val.best()
+            best3 = val.best() if tuned3 is None else tuned3
             cases = max(val.cases, 1)
             ranked4 = sorted(range(len(replay.grid4)), key=lambda g: (-replay.grid4_sums[g, 1], -replay.grid4_sums[g, 0], g))
             best4 = replay.grid4[ranked4[0]]
