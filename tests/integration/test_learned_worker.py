@@ -7,6 +7,11 @@ event's list must equal what :class:`scoring.engine.Engine` with the same checkp
 from the same events, and name the checkpoint (``sasrec/<stem>@<hash>``).  Then a second
 checkpoint replaces the file; once the worker logs the reload, the next events' lists are the
 new model's (by name and by content), computed from the profiles the first phase left.
+
+The worker reads the clicks and purchases topics independently, so a user's click and the
+purchase that follows it may be applied in either order when both are waiting.  The events
+are therefore sent in runs of one topic, each run answered before the next is sent, which
+fixes the order the offline engine assumes.
 """
 
 from __future__ import annotations
@@ -43,16 +48,20 @@ def _checkpoint(path: Path, vocab: list[str], seed: int) -> Path:
 
 
 def _events(users: int, per_user: int, ids: list[str], start_ms: int, tag: str, seed: int) -> list[Click | Purchase]:
+    """``per_user`` steps; in each, every user clicks a random item, then about half of them
+    buy the item they clicked (a step's clicks first, then its purchases: two topic runs)."""
     rng = np.random.default_rng(seed)
     out: list[Click | Purchase] = []
     ts = start_ms
     for step in range(per_user):
+        purchases: list[Click | Purchase] = []
         for u in range(users):
             ts += 1000
             item = ids[int(rng.integers(len(ids)))]
-            out.append(Click(f"{tag}-u{u}", item, ts, f"{tag}-{step}-{u}-c"))
+            out.append(Click(f"{tag}-u{u}", item, ts, f"{tag}-{ts}-{u}-c"))
             if rng.random() < 0.5:
-                out.append(Purchase(f"{tag}-u{u}", item, ts, f"{tag}-{step}-{u}-p"))
+                purchases.append(Purchase(f"{tag}-u{u}", item, ts, f"{tag}-{ts}-{u}-p"))
+        out += purchases
     return out
 
 
@@ -80,10 +89,22 @@ class Offline:
         return res.recommendations
 
 
-def _answers(settings, coords, alive):
+def _answers(worker, settings, events):
+    """Each event's recommendation, the events sent in runs of one type (one topic), each run
+    answered before the next is sent: the order in which the worker applies them is theirs."""
+    runs: list[list[Click | Purchase]] = []
+    for ev in events:
+        if runs and type(runs[-1][-1]) is type(ev):
+            runs[-1].append(ev)
+        else:
+            runs.append([ev])
     out = faults.Outputs(settings)
     try:
-        out.wait_for(coords, [], timeout_s=180, alive=alive)
+        coords = []
+        for run in runs:
+            sent = faults.send_events(worker.producer, settings, run)
+            out.wait_for(sent, [], timeout_s=180, alive=worker.assert_alive)
+            coords += sent
         by = out.recs_by_coord()
         return [by[c][-1] for c in coords]
     finally:
@@ -103,7 +124,7 @@ def test_learned_worker_serves_the_checkpoint_and_reloads_it(kafka_broker: str, 
         offline = Offline(worker.catalog, ckpt)
         start = faults.now_ms() - 3_600_000
         phase1 = _events(6, 5, ids, start, "a", seed=1)
-        got = _answers(settings, faults.send_events(worker.producer, settings, phase1), worker.assert_alive)
+        got = _answers(worker, settings, phase1)
         want = offline.run(phase1)
         assert {r.model for r in got} == {first_name}
         assert [[i.item_id for i in r.items] for r in got] == [[i.item_id for i in r.items] for r in want]
@@ -121,7 +142,7 @@ def test_learned_worker_serves_the_checkpoint_and_reloads_it(kafka_broker: str, 
         assert f"-> {second_name}" in worker.log()
         offline.user_encoder.check()  # the offline engine takes the new file too
         phase2 = _events(6, 2, ids, start + 10**6, "a", seed=2)  # the same users, more events
-        got = _answers(settings, faults.send_events(worker.producer, settings, phase2), worker.assert_alive)
+        got = _answers(worker, settings, phase2)
         want = offline.run(phase2)
         assert {r.model for r in got} == {second_name}
         assert [[i.item_id for i in r.items] for r in got] == [[i.item_id for i in r.items] for r in want]
