@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""CPU cost per event of the engine's batch step with and without the learned user encoder.
+"""Cost per event of the engine's batch step with and without the learned user encoder.
 
 Engine-level, no Kafka: :meth:`scoring.engine.Engine.process` on the benchmark's click
 workload (bench/pipeline.py: a 10,000-item catalog, 2,000 users, 90% clicks and 10%
@@ -8,10 +8,13 @@ with ``user_encoder`` (scoring/learned.py; a SASRec checkpoint of the given shap
 weights: the cost does not depend on the weights) on the same events.  Profiles persist from
 batch to batch, so histories fill up as in a long run; the first ``--warmup`` batches are left
 out.  CPU time is ``time.process_time`` (all threads), scoring with one torch thread as in the
-worker; the figure is the median over ``--rounds`` rounds.  JSON on stdout.
+worker, and wall time ``time.perf_counter`` (what counts on a GPU, where the matrix products
+leave the CPU); each figure is the median over ``--rounds`` rounds.  ``--device cuda`` puts
+the item matrix (fp16, the worker's default there) and the model on the GPU.  JSON on stdout.
 
     .venv/bin/python bench/learned_serving.py                   # batches of 128 and 512
     .venv/bin/python bench/learned_serving.py --quick
+    python bench/learned_serving.py --device cuda               # on a GPU machine
 """
 
 from __future__ import annotations
@@ -66,19 +69,21 @@ def events(n: int, users: int, items: int, rng: np.random.Generator, start_ts: i
     return out
 
 
-def run(engine: Engine, batches: list[list[Incoming]], warmup: int) -> float:
+def run(engine: Engine, batches: list[list[Incoming]], warmup: int) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) per event after the first ``warmup`` batches."""
     profiles: dict = {}
-    cpu = 0.0
+    cpu = wall = 0.0
     counted = 0
     for b, batch in enumerate(batches):
-        t0 = time.process_time()
-        res = engine.process(batch, profiles)
-        dt = time.process_time() - t0
+        t0, w0 = time.process_time(), time.perf_counter()
+        res = engine.process(batch, profiles)  # returns Python lists: the GPU work is done
+        dt, dw = time.process_time() - t0, time.perf_counter() - w0
         profiles.update(res.profiles)
         if b >= warmup:
             cpu += dt
+            wall += dw
             counted += len(batch)
-    return cpu / max(counted, 1)
+    return cpu / max(counted, 1), wall / max(counted, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=2, help="blocks (default 2)")
     p.add_argument("--max-len", type=int, default=50, help="model max_len (default 50)")
     p.add_argument("--checkpoint", type=Path, help="serve this checkpoint instead of a random one of that shape")
+    p.add_argument("--device", default="cpu", help="torch device of the item matrix and the model (default cpu)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2,000 events, 1 round")
     p.add_argument("--output", type=Path)
     args = p.parse_args(argv)
@@ -110,13 +116,13 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(0)
             ckpt = save_checkpoint(SASRec(SASRecConfig(vocab=tuple(ids), text_dim=DIM, dim=args.dim, layers=args.layers,
                                                        max_len=args.max_len)), Path(tmp) / "random.ckpt")
-        encoder = LearnedUserEncoder(ckpt)
+        encoder = LearnedUserEncoder(ckpt, args.device)
         results: dict = {}
         for bs in [int(b) for b in args.batches.split(",")]:
             for mode in ("text-profile", "learned"):
-                per_event = []
+                per_event, wall_per_event = [], []
                 for r in range(args.rounds):
-                    m = ItemMatrix(DIM, "cpu")
+                    m = ItemMatrix(DIM, args.device)
                     m.upsert(ids, vecs)
                     cfg = EngineConfig(k=10, emit="per-user")
                     engine = Engine(model=DecayedProfileModel(ProfileConfig(history_len=args.history_len), dim=DIM), matrix=m,
@@ -124,18 +130,28 @@ def main(argv: list[str] | None = None) -> int:
                                     user_encoder=encoder if mode == "learned" else None)
                     evs = events(args.events, args.users, args.items, np.random.default_rng(100 + r), 1_700_000_000_000)
                     batches = [evs[i : i + bs] for i in range(0, len(evs), bs)]
-                    per_event.append(run(engine, batches, args.warmup))
-                    print(f"[learned_serving] batch {bs} {mode} round {r}: {per_event[-1] * 1e6:.0f} us CPU/event", file=sys.stderr, flush=True)
-                results.setdefault(f"batch_{bs}", {})[mode] = {"cpu_us_per_event_median": round(statistics.median(per_event) * 1e6, 1),
-                                                             "rounds_us": [round(x * 1e6, 1) for x in per_event]}
+                    cpu_s, wall_s = run(engine, batches, args.warmup)
+                    per_event.append(cpu_s)
+                    wall_per_event.append(wall_s)
+                    print(f"[learned_serving] batch {bs} {mode} round {r}: {cpu_s * 1e6:.0f} us CPU/event, "
+                          f"{wall_s * 1e6:.0f} us wall/event", file=sys.stderr, flush=True)
+                results.setdefault(f"batch_{bs}", {})[mode] = {
+                    "cpu_us_per_event_median": round(statistics.median(per_event) * 1e6, 1),
+                    "wall_us_per_event_median": round(statistics.median(wall_per_event) * 1e6, 1),
+                    "rounds_us": [round(x * 1e6, 1) for x in per_event],
+                    "rounds_wall_us": [round(x * 1e6, 1) for x in wall_per_event],
+                }
             row = results[f"batch_{bs}"]
-            row["learned_over_text_profile"] = round(row["learned"]["cpu_us_per_event_median"] / row["text-profile"]["cpu_us_per_event_median"], 3)
+            for what in ("cpu", "wall"):
+                key = f"{what}_us_per_event_median"
+                row[f"learned_over_text_profile_{what}"] = round(row["learned"][key] / row["text-profile"][key], 3)
         doc = {
             "benchmark": "learned encoder serving cost (bench/learned_serving.py)",
             "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "model": {"checkpoint": str(args.checkpoint) if args.checkpoint else "random weights", "dim": args.dim,
                       "layers": args.layers, "max_len": encoder.current().max_len},
-            "machine": {"cpu_model": cpu_model(), "loadavg": [round(x, 2) for x in os.getloadavg()]},
+            "machine": {"cpu_model": cpu_model(), "loadavg": [round(x, 2) for x in os.getloadavg()], "device": args.device,
+                        "gpu": torch.cuda.get_device_name(0) if torch.device(args.device).type == "cuda" else None},
             "results": results,
         }
     emit_result(doc, args.output, lambda m: print(f"[learned_serving] {m}", file=sys.stderr))

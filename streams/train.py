@@ -47,7 +47,8 @@ def cmd_train(args: argparse.Namespace, settings: Any) -> int:
                       dropout=args.dropout, use_ids=not args.no_ids, version=args.version or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                      targets=args.targets, k=args.k, patience=args.patience, seed=args.seed, device=args.device)
-    src = load_source(args.dataset, None if args.dataset else settings, end_ms=end_ms, positive_threshold=args.positive_threshold)
+    src = load_source(args.dataset, None if args.dataset else settings, end_ms=end_ms, positive_threshold=args.positive_threshold,
+                      progress=not args.no_progress)
     interactions = interactions_from_events(src.events, kinds=kinds, positive_threshold=args.positive_threshold)
     if start_ms is not None:
         interactions = [it for it in interactions if it.ts >= start_ms]
@@ -59,7 +60,7 @@ def cmd_train(args: argparse.Namespace, settings: Any) -> int:
     if train_end == len(interactions):
         print("recstream train: no interaction after --to: no validation, the last epoch is kept", file=sys.stderr)
     fields = tuple(f.strip() for f in args.item_fields.split(",") if f.strip())
-    emb, info = catalog_embeddings(src.catalog, fields=fields, model=args.model)
+    emb, info = catalog_embeddings(src.catalog, fields=fields, model=args.model, device=args.device, progress=not args.no_progress)
     mc = replace(mc, text_model=info["model"], training={"source": src.name, "from": args.from_, "to": args.to,
                                                          "validate_to": args.validate_to, "kinds": kinds, "item_fields": list(fields)})
     res = train(interactions, [it.item_id for it in src.catalog], emb, train_end=train_end, valid_end=len(interactions),

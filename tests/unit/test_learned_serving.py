@@ -60,9 +60,9 @@ class NoTexts:
         raise AssertionError("no review text in these streams")
 
 
-def make_engine(encoder: LearnedUserEncoder | None) -> Engine:
+def make_engine(encoder: LearnedUserEncoder | None, device: str = "cpu") -> Engine:
     ids, vecs = catalog()
-    m = ItemMatrix(DIM, "cpu")
+    m = ItemMatrix(DIM, device, torch.float32)
     m.upsert(ids, vecs)
     config = EngineConfig(k=5, emit="per-event")
     return Engine(model=DecayedProfileModel(ProfileConfig(history_len=1000), dim=DIM), matrix=m,
@@ -139,6 +139,21 @@ def test_serving_gives_the_offline_rankings(tmp_path):
     # the recommendations do not depend on how the stream was cut into micro-batches
     again = run(make_engine(LearnedUserEncoder(path)), events, sizes=(len(events),))
     assert [[r.item_id for r in rec.items] for rec in again] == want
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_serving_on_cuda_gives_the_offline_rankings(tmp_path):
+    """The worker's CUDA path: the model and the catalog on the GPU (fp32), the lists the
+    CPU's offline evaluation gives, scores within float tolerance."""
+    path = checkpoint(tmp_path / "gpu.ckpt")
+    events = stream()
+    encoder = LearnedUserEncoder(path, "cuda")
+    assert next(encoder.current().model.parameters()).device.type == "cuda"
+    recs = run(make_engine(encoder, "cuda"), events)
+    assert [[r.item_id for r in rec.items] for rec in recs] == offline(path, events)
+    on_cpu = run(make_engine(LearnedUserEncoder(path)), events)
+    np.testing.assert_allclose([r.score for rec in recs for r in rec.items], [r.score for rec in on_cpu for r in rec.items],
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_a_user_without_usable_history_gets_popularity(tmp_path):

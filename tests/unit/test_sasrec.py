@@ -169,6 +169,23 @@ def test_training_learns_a_sequential_pattern_that_an_untrained_model_does_not_k
     assert res.model.config.training["interactions"] == [0, split]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_on_cuda_learns_and_its_checkpoint_serves_on_the_cpu(tmp_path):
+    ids, emb = catalog()
+    log = cyclic_log(ids, users=16, length=12)
+    split = len(log) * 3 // 4
+    res = train(log, ids, emb, train_end=split, valid_end=len(log),
+                model_config=SASRecConfig(vocab=(), dim=16, heads=2, layers=1, max_len=6, dropout=0.0),
+                config=TrainConfig(epochs=25, batch_size=8, lr=1e-2, patience=25, seed=1, device="cuda"),
+                progress=False, log=lambda _: None)
+    assert next(res.model.parameters()).device.type == "cuda"
+    best = res.history[res.best_epoch - 1]["ndcg@10"]
+    assert best > 0.9 > res.untrained["ndcg@10"] + 0.3
+    on_cpu = load_checkpoint(save_checkpoint(res.model, tmp_path / "gpu.ckpt"), "cpu")
+    scorer = CatalogScorer(on_cpu, ids, emb)
+    assert evaluate(scorer, cases(log, split, len(log), scorer.row_of, 6))["ndcg@10"] == pytest.approx(best, abs=1e-3)
+
+
 def test_training_is_deterministic_with_a_seed():
     ids, emb = catalog()
     log = cyclic_log(ids, users=8, length=8)
