@@ -145,11 +145,13 @@ def cases(
 
 class CatalogScorer:
     """Scores histories against a catalog with a model: the batched path shared by the
-    validation, the offline protocol and (through the same methods) the worker."""
+    validation, the offline protocol and (through the same methods) the worker.  ``device``
+    defaults to the model's (a model trained on CUDA is scored there)."""
 
-    def __init__(self, model: SASRec, ids: Sequence[str], embeddings: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> None:
+    def __init__(self, model: SASRec, ids: Sequence[str], embeddings: np.ndarray | torch.Tensor,
+                 device: torch.device | str | None = None) -> None:
         self.model = model
-        self.device = torch.device(device)
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.ids = list(ids)
         self.row_of = {item_id: r for r, item_id in enumerate(self.ids)}
         emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32)) if not isinstance(embeddings, torch.Tensor) else embeddings
