@@ -52,9 +52,12 @@ __all__ = [
     "CheckpointError",
     "SASRec",
     "SASRecConfig",
+    "batch_inputs",
     "load_checkpoint",
+    "right_align",
     "save_checkpoint",
     "sequence_from_history",
+    "sequence_inputs",
 ]
 
 CHECKPOINT_FORMAT: Final = "recstream-sasrec"
@@ -201,15 +204,20 @@ class SASRec(nn.Module):
         output at position ``t`` only depends on positions ``<= t`` (causal mask; padding is
         never attended to, except by itself), and equals the last output of the same row
         cut after ``t``."""
-        b, t = index.shape
+        return self.encode_items(self.item_vectors(text, index), feedback, valid)
+
+    def encode_items(self, items: torch.Tensor, feedback: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode` from the history items' vectors ``r_i`` ``(B, T, dim)`` (what
+        :meth:`item_vectors` gives; the worker takes them from its item-vector matrix)."""
+        t = feedback.shape[1]
         if t > self.config.max_len:
             raise ValueError(f"sequences of length {t} exceed max_len {self.config.max_len}")
         pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # 0 = the oldest item read
-        x = self.item_vectors(text, index) + self.feedback_emb(feedback) + self.pos_emb(pos)
+        x = items + self.feedback_emb(feedback) + self.pos_emb(pos)
         x = x * valid.unsqueeze(-1)
         x = F.dropout(x, self.config.dropout, self.training)
-        causal = torch.ones(t, t, dtype=torch.bool, device=index.device).tril()
-        eye = torch.eye(t, dtype=torch.bool, device=index.device)
+        causal = torch.ones(t, t, dtype=torch.bool, device=feedback.device).tril()
+        eye = torch.eye(t, dtype=torch.bool, device=feedback.device)
         mask = (causal & valid.unsqueeze(1)) | eye  # (B, T, T): key j visible from query i
         mask = mask.unsqueeze(1)  # heads
         for block in self.blocks:
@@ -237,6 +245,31 @@ def sequence_from_history(entries: Iterable[tuple[str, bool]], max_len: int) -> 
     return out[-max_len:] if max_len > 0 else []
 
 
+def right_align(values: Sequence[Sequence[int]], width: int, pad: int = 0) -> torch.Tensor:
+    """``(len(values), width)`` long tensor: each row's values at its end, ``pad`` before."""
+    flat: list[int] = []
+    for row in values:
+        flat.extend([pad] * (width - len(row)))
+        flat.extend(row)
+    return torch.tensor(flat, dtype=torch.long).view(len(values), width)
+
+
+def sequence_inputs(
+    model: SASRec, sequences: Sequence[Sequence[tuple[str, bool]]]
+) -> tuple[list[list[tuple[str, bool]]], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The histories cut to ``max_len`` and their ``(index, feedback, valid)`` ``(B, T)``
+    tensors on the CPU, right-aligned to the longest (``T >= 1``)."""
+    max_len = model.config.max_len
+    seqs = [list(s)[-max_len:] for s in sequences]
+    t = max(1, max((len(s) for s in seqs), default=1))
+    index_of = model.index_of
+    index = right_align([[index_of.get(item_id, 0) for item_id, _ in s] for s in seqs], t)
+    feedback = right_align([[int(pos) for _, pos in s] for s in seqs], t)
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    valid = torch.arange(t).unsqueeze(0) >= (t - lengths).unsqueeze(1)
+    return seqs, index, feedback, valid
+
+
 def batch_inputs(
     model: SASRec,
     sequences: Sequence[Sequence[tuple[str, bool]]],
@@ -250,33 +283,30 @@ def batch_inputs(
     ``(item_id, positive)``, right-aligned to the longest (at most ``max_len``).
 
     Text embeddings come from ``text_of`` (id -> vector) or from ``text_table`` rows by
-    ``row_of``; an item with neither has a zero text vector (ID embedding only)."""
-    c = model.config
-    seqs = [list(s)[-c.max_len :] for s in sequences]
-    t = max(1, max((len(s) for s in seqs), default=1))
-    b = len(seqs)
-    index = torch.zeros(b, t, dtype=torch.long)
-    feedback = torch.zeros(b, t, dtype=torch.long)
-    valid = torch.zeros(b, t, dtype=torch.bool)
-    text = torch.zeros(b, t, c.text_dim)
-    rows = torch.full((b, t), -1, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        off = t - len(s)
-        for j, (item_id, pos) in enumerate(s):
-            index[i, off + j] = model.index_of.get(item_id, 0)
-            feedback[i, off + j] = int(pos)
-            valid[i, off + j] = True
-            if text_of is not None:
-                vec = text_of.get(item_id)
-                if vec is not None:
-                    text[i, off + j] = vec
-            elif row_of is not None:
-                rows[i, off + j] = row_of.get(item_id, -1)
-    if text_table is not None and row_of is not None:
-        has = rows >= 0
-        text[has] = text_table[rows[has]].float()
+    ``row_of`` (gathered where the table is); an item with neither has a zero text vector
+    (ID embedding only)."""
     dev = torch.device(device)
-    return text.to(dev), index.to(dev), feedback.to(dev), valid.to(dev)
+    d = model.config.text_dim
+    seqs, index, feedback, valid = sequence_inputs(model, sequences)
+    b, t = index.shape
+    if text_table is not None and row_of is not None:
+        rows = right_align([[row_of.get(item_id, -1) for item_id, _ in s] for s in seqs], t, pad=-1).to(text_table.device)
+        text = (text_table[rows.clamp(min=0)].float() * (rows >= 0).unsqueeze(-1)).to(dev)
+    else:
+        text = torch.zeros(b * t, d)
+        at: list[int] = []
+        vecs: list[torch.Tensor] = []
+        for i, s in enumerate(seqs):
+            off = i * t + t - len(s)
+            for j, (item_id, _) in enumerate(s):
+                vec = text_of.get(item_id) if text_of is not None else None
+                if vec is not None:
+                    at.append(off + j)
+                    vecs.append(vec)
+        if at:
+            text[torch.tensor(at)] = torch.stack(vecs).float().cpu()
+        text = text.view(b, t, d).to(dev)
+    return text, index.to(dev), feedback.to(dev), valid.to(dev)
 
 
 # --------------------------------------------------------------------------- checkpoints

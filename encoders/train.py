@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from encoders.sasrec import SASRec, SASRecConfig, sequence_from_history
+from encoders.sasrec import SASRec, SASRecConfig, batch_inputs, right_align, sequence_from_history
 
 __all__ = ["TrainConfig", "TrainResult", "cases", "evaluate", "resolve_device", "train"]
 
@@ -165,21 +165,8 @@ class CatalogScorer:
             self.items = self.model.item_vectors(self.text, self.index)
 
     def inputs(self, histories: Sequence[Sequence[tuple[str, bool]]]) -> tuple[torch.Tensor, ...]:
-        c = self.model.config
-        seqs = [list(h)[-c.max_len :] for h in histories]
-        t = max(1, max((len(s) for s in seqs), default=1))
-        b = len(seqs)
-        rows = torch.zeros(b, t, dtype=torch.long)
-        feedback = torch.zeros(b, t, dtype=torch.long)
-        valid = torch.zeros(b, t, dtype=torch.bool)
-        for i, s in enumerate(seqs):
-            off = t - len(s)
-            for j, (item_id, pos) in enumerate(s):
-                rows[i, off + j] = self.row_of[item_id]
-                feedback[i, off + j] = int(pos)
-                valid[i, off + j] = True
-        rows, feedback, valid = rows.to(self.device), feedback.to(self.device), valid.to(self.device)
-        return self.text[rows], self.index[rows], feedback, valid
+        """:func:`encoders.sasrec.batch_inputs` with the text from the catalog's rows."""
+        return batch_inputs(self.model, histories, text_table=self.text, row_of=self.row_of, device=self.device)
 
     def user_vectors(self, histories: Sequence[Sequence[tuple[str, bool]]]) -> torch.Tensor:
         with torch.inference_mode():
@@ -302,15 +289,9 @@ def train(
             for s in range(0, len(order), cfg.batch_size):
                 chunk = [windows[i] for i in order[s : s + cfg.batch_size]]
                 text, index, feedback, valid = scorer.inputs([w[:-1] for w in chunk])
-                t = index.shape[1]
-                tgt = torch.full((len(chunk), t), -100, dtype=torch.long)
-                for b, w in enumerate(chunk):
-                    nxt = w[1:]
-                    off = t - len(nxt)
-                    for j, (item_id, pos) in enumerate(nxt):
-                        if pos or cfg.targets == "all":
-                            tgt[b, off + j] = row_of[item_id]
-                tgt = tgt.to(device)
+                every = cfg.targets == "all"
+                tgt = right_align([[row_of[item_id] if pos or every else -100 for item_id, pos in w[1:]] for w in chunk],
+                                  index.shape[1], pad=-100).to(device)
                 if not bool((tgt >= 0).any()):
                     bar.update(len(chunk))
                     continue

@@ -7,7 +7,9 @@
   interaction, positive when one of them is, :func:`scoring.cooccurrence.is_positive`);
 * :meth:`LearnedModel.topk`: the user vectors of a whole micro-batch of snapshots in ONE
   forward pass, then the unchanged exact top-k (:func:`scoring.topk.score_topk`) against
-  an :class:`~scoring.topk.ItemMatrix` of the items' output vectors ``r_i = P e_i + v_i``.
+  an :class:`~scoring.topk.ItemMatrix` of the items' output vectors ``r_i = P e_i + v_i``,
+  whose rows are also the history items' inputs (the model's input for an item is its
+  ``r_i``: no text is projected per batch).
   That matrix is built from the worker's catalog matrix (its text vectors) and rebuilt when
   the catalog gains or loses items (``ItemMatrix.generation``; an item whose text vector
   is overwritten in place keeps its old output vector until the next such change).
@@ -31,7 +33,7 @@ from pathlib import Path
 import torch
 
 from encoders.profile import UserProfile
-from encoders.sasrec import MODEL_NAME, SASRec, batch_inputs, checkpoint_hash, load_checkpoint, sequence_from_history
+from encoders.sasrec import MODEL_NAME, SASRec, checkpoint_hash, load_checkpoint, right_align, sequence_from_history, sequence_inputs
 from scoring.cooccurrence import is_positive
 from scoring.topk import ItemMatrix, TopK, score_topk
 
@@ -93,12 +95,19 @@ class LearnedModel:
         return self._items
 
     def user_vectors(self, catalog: ItemMatrix, sequences: Sequence[Sequence[tuple[str, bool]]]) -> torch.Tensor:
-        """``(B, dim)`` user vectors in one forward pass; history text from the catalog
-        (items missing from it: ID embedding only)."""
-        known = sorted({item_id for s in sequences for item_id, _ in s if item_id in catalog})
-        text_of = dict(zip(known, catalog.get(known).to("cpu", torch.float32))) if known else {}
+        """``(B, dim)`` user vectors in one forward pass.  A history item's input is its row
+        of :meth:`item_matrix` (``r_i``, computed once per catalog change, not per batch);
+        an item missing from the catalog is its ID embedding alone (no text)."""
+        items = self.item_matrix(catalog)
+        seqs, index, feedback, valid = sequence_inputs(self.model, sequences)
+        row = items.row
+        rows = right_align([[-1 if (r := row(item_id)) is None else r for item_id, _ in s] for s in seqs],
+                           index.shape[1], pad=-1).to(self.device)
+        index, feedback, valid = index.to(self.device), feedback.to(self.device), valid.to(self.device)
         with torch.inference_mode():
-            return self.model.user_vectors(*batch_inputs(self.model, sequences, text_of, device=self.device))
+            known = (rows >= 0).unsqueeze(-1)
+            x = torch.where(known, items.data[rows.clamp(min=0)], self.model.id_emb(index))
+            return self.model.encode_items(x, feedback, valid)[:, -1]
 
     def topk(
         self,

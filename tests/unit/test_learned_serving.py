@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from encoders.profile import DecayedProfileModel, ProfileConfig
-from encoders.sasrec import SASRec, SASRecConfig, checkpoint_hash, load_checkpoint, save_checkpoint
+from encoders.sasrec import SASRec, SASRecConfig, batch_inputs, checkpoint_hash, load_checkpoint, save_checkpoint
 from encoders.train import CatalogScorer
 from scoring.engine import POPULARITY_MODEL, Engine, EngineConfig, Incoming
 from scoring.learned import LearnedUserEncoder
@@ -139,6 +139,26 @@ def test_serving_gives_the_offline_rankings(tmp_path):
     # the recommendations do not depend on how the stream was cut into micro-batches
     again = run(make_engine(LearnedUserEncoder(path)), events, sizes=(len(events),))
     assert [[r.item_id for r in rec.items] for rec in again] == want
+
+
+def test_served_user_vectors_equal_the_models_own_forward_pass(tmp_path):
+    """The worker feeds the model each history item's row of its item-vector matrix; that
+    must be what the model computes from the item's text and ID (the training path), also
+    for an item the model knows by ID but the catalog no longer holds (ID only, no text)."""
+    path = checkpoint(tmp_path / "m.ckpt")
+    ids, vecs = catalog()
+    gone = "i3"  # in the model's vocabulary, deleted from the catalog
+    m = ItemMatrix(DIM, "cpu", torch.float32)
+    m.upsert([i for i in ids if i != gone], np.stack([v for i, v in zip(ids, vecs) if i != gone]))
+    served = LearnedUserEncoder(path).current()
+    seqs = [[("i1", False), (gone, True), ("i35", False)], [("i7", True)], [("i2", False)] * 3 + [("i8", True)] * 4]
+    got = served.user_vectors(m, seqs)
+    model = load_checkpoint(path)
+    text_of = {i: torch.from_numpy(v) for i, v in zip(ids, vecs) if i != gone}
+    with torch.inference_mode():
+        want = model.user_vectors(*batch_inputs(model, seqs, text_of))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got[0], served.user_vectors(m, [[("i1", False), ("i35", False)]])[0])  # the ID-only item counts
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
