@@ -9,8 +9,11 @@
 # recstream's ItemMatrix/score_topk and plain torch.topk on the GPU (fp16, the worker's default
 # there) against faiss IndexFlatIP on the CPU (faiss-gpu is not installed), at N = 10k, 100k and 1M
 # items, d = 384, batches 1 to 1,024, plus IVF and HNSW (200k subsample) with their recall@10.
-# The JSON goes to $OUT/encoders_cuda.json and $OUT/topk_cuda.json (default bench/results/).
-# See docs/benchmarks.md.
+# Then the learned user encoder (issue 8): its serving cost per event on the GPU against the text
+# profile (bench/learned_serving.py --device cuda), and, when the MovieLens folder is there
+# ($ML, default ../shared/datasets/ml-latest-small), `recstream train` on CUDA for 8 epochs.
+# The JSON goes to $OUT/encoders_cuda.json, $OUT/topk_cuda.json and $OUT/learned_serving_cuda.json
+# (default bench/results/). See docs/benchmarks.md and docs/learned.md.
 #
 # Usage, from the repository root:  OUT=/some/dir bash bench/gpu_check.sh
 set -euo pipefail
@@ -31,7 +34,8 @@ nvidia-smi
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())'
 
 echo "== unit tests (CUDA tests included when a GPU is visible)"
-timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/unit/test_text_encoder.py tests/unit/test_topk.py tests/unit/test_bench_topk.py -rs
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/unit/test_text_encoder.py tests/unit/test_topk.py tests/unit/test_bench_topk.py \
+    tests/unit/test_sasrec.py tests/unit/test_learned_serving.py -rs
 
 echo "== text encoders on cuda"
 timeout 150 "$PY" bench/encoders.py --device cuda --catalog-texts 10000 --review-texts 2048 --reps 3 \
@@ -59,4 +63,15 @@ for r in doc["ratios"]["approximate_over_exact"]:
     print(f"N={r['n']:>8} B={r['batch']:>5} {r['label']:<34} recall {r['recall_at_k']}  x{r['speedup_vs_faiss_flat']} vs faiss flat")
 print("wall", doc["wall_s"], "s")
 EOF
+echo "== learned user encoder: serving cost on cuda"
+timeout 120 "$PY" bench/learned_serving.py --device cuda --rounds 2 --output "$OUT_DIR/learned_serving_cuda.json" 2>&1 \
+    | grep "\[learned_serving\]"
+ML="${ML:-../shared/datasets/ml-latest-small}"
+if [[ -d "$ML" ]]; then
+    echo "== recstream train on cuda ($ML)"
+    timeout 200 "$PY" -m streams.cli train --dataset "$ML" --to 2013-08-24 --validate-to 2016-03-22 \
+        --epochs 8 --patience 2 --threads 1 --device cuda --no-progress -o "$OUT_DIR/ml-sasrec-cuda.ckpt"
+else
+    echo "== no MovieLens folder at $ML: training on cuda skipped"
+fi
 echo "== done: $OUT_DIR/topk_cuda.json"
