@@ -105,8 +105,9 @@ class LearnedModel:
                            index.shape[1], pad=-1).to(self.device)
         index, feedback, valid = index.to(self.device), feedback.to(self.device), valid.to(self.device)
         with torch.inference_mode():
-            known = (rows >= 0).unsqueeze(-1)
-            x = torch.where(known, items.data[rows.clamp(min=0)], self.model.id_emb(index))
+            x = self.model.id_emb(index)
+            if items.rows_used:  # else no item has a row (an empty catalog): ID embeddings alone
+                x = torch.where((rows >= 0).unsqueeze(-1), items.data[rows.clamp(min=0)], x)
             return self.model.encode_items(x, feedback, valid)[:, -1]
 
     def topk(

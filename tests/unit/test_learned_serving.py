@@ -159,6 +159,11 @@ def test_served_user_vectors_equal_the_models_own_forward_pass(tmp_path):
         want = model.user_vectors(*batch_inputs(model, seqs, text_of))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got[0], served.user_vectors(m, [[("i1", False), ("i35", False)]])[0])  # the ID-only item counts
+    # before the catalog arrives, the items the model knows by ID are all it reads
+    empty = ItemMatrix(DIM, "cpu", torch.float32)
+    with torch.inference_mode():
+        want = model.user_vectors(*batch_inputs(model, [[("i1", False), ("i2", True)]], {}))
+    torch.testing.assert_close(served.user_vectors(empty, [[("i1", False), ("i2", True)]]), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
