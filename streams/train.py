@@ -105,7 +105,7 @@ def add_parser(sub: Any, parents: list) -> argparse.ArgumentParser:
     p.add_argument("--positive-threshold", type=float, default=4.0, help="rating of a positive review (default 4)")
     p.add_argument("--item-fields", default="title,categories,description", help="item fields embedded, as the worker's --item-fields")
     p.add_argument("--model", default=None, help="text model directory (default the packaged all-MiniLM-L6-v2)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--device", default=None, help="cpu or cuda, for training and for embedding the catalog (default: cuda when present)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default torch's)")
     p.add_argument("--version", help="version label stored in the checkpoint (default: the UTC time)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
