@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -53,6 +53,7 @@ __all__ = [
     "SASRec",
     "SASRecConfig",
     "batch_inputs",
+    "gather_rows",
     "load_checkpoint",
     "right_align",
     "save_checkpoint",
@@ -270,43 +271,37 @@ def sequence_inputs(
     return seqs, index, feedback, valid
 
 
+def gather_rows(
+    table: torch.Tensor, sequences: Sequence[Sequence[tuple[str, bool]]], width: int, row_of: Callable[[str], int | None]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, width, d)`` rows of ``table`` for the items of right-aligned histories (zeros
+    where ``row_of`` gives ``None``, and for padding), and the ``(B, width)`` mask of the
+    positions that have a row; both on the table's device."""
+    rows = right_align([[-1 if (r := row_of(item_id)) is None else r for item_id, _ in s] for s in sequences],
+                       width, pad=-1).to(table.device)
+    has = rows >= 0
+    if table.shape[0] == 0:  # no row to read: nothing has one
+        return torch.zeros(*rows.shape, table.shape[1], dtype=table.dtype, device=table.device), has
+    return table[rows.clamp(min=0)] * has.unsqueeze(-1), has
+
+
 def batch_inputs(
     model: SASRec,
     sequences: Sequence[Sequence[tuple[str, bool]]],
-    text_of: Mapping[str, torch.Tensor] | None = None,
+    text_table: torch.Tensor,
+    row_of: Callable[[str], int | None],
     *,
-    text_table: torch.Tensor | None = None,
-    row_of: Mapping[str, int] | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(text, index, feedback, valid)`` for :meth:`SASRec.encode` from histories of
     ``(item_id, positive)``, right-aligned to the longest (at most ``max_len``).
 
-    Text embeddings come from ``text_of`` (id -> vector) or from ``text_table`` rows by
-    ``row_of`` (gathered where the table is); an item with neither has a zero text vector
-    (ID embedding only)."""
+    Text embeddings are ``text_table``'s rows by ``row_of`` (gathered where the table is);
+    an item without a row has a zero text vector (ID embedding only)."""
     dev = torch.device(device)
-    d = model.config.text_dim
     seqs, index, feedback, valid = sequence_inputs(model, sequences)
-    b, t = index.shape
-    if text_table is not None and row_of is not None:
-        rows = right_align([[row_of.get(item_id, -1) for item_id, _ in s] for s in seqs], t, pad=-1).to(text_table.device)
-        text = (text_table[rows.clamp(min=0)].float() * (rows >= 0).unsqueeze(-1)).to(dev)
-    else:
-        text = torch.zeros(b * t, d)
-        at: list[int] = []
-        vecs: list[torch.Tensor] = []
-        for i, s in enumerate(seqs):
-            off = i * t + t - len(s)
-            for j, (item_id, _) in enumerate(s):
-                vec = text_of.get(item_id) if text_of is not None else None
-                if vec is not None:
-                    at.append(off + j)
-                    vecs.append(vec)
-        if at:
-            text[torch.tensor(at)] = torch.stack(vecs).float().cpu()
-        text = text.view(b, t, d).to(dev)
-    return text, index.to(dev), feedback.to(dev), valid.to(dev)
+    text, _ = gather_rows(text_table, seqs, index.shape[1], row_of)
+    return text.float().to(dev), index.to(dev), feedback.to(dev), valid.to(dev)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -166,7 +166,7 @@ class CatalogScorer:
 
     def inputs(self, histories: Sequence[Sequence[tuple[str, bool]]]) -> tuple[torch.Tensor, ...]:
         """:func:`encoders.sasrec.batch_inputs` with the text from the catalog's rows."""
-        return batch_inputs(self.model, histories, text_table=self.text, row_of=self.row_of, device=self.device)
+        return batch_inputs(self.model, histories, self.text, self.row_of.get, device=self.device)
 
     def user_vectors(self, histories: Sequence[Sequence[tuple[str, bool]]]) -> torch.Tensor:
         with torch.inference_mode():

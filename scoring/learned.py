@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from encoders.profile import UserProfile
-from encoders.sasrec import MODEL_NAME, SASRec, checkpoint_hash, load_checkpoint, right_align, sequence_from_history, sequence_inputs
+from encoders.sasrec import MODEL_NAME, SASRec, checkpoint_hash, gather_rows, load_checkpoint, sequence_from_history, sequence_inputs
 from scoring.cooccurrence import is_positive
 from scoring.topk import ItemMatrix, TopK, score_topk
 
@@ -100,14 +100,10 @@ class LearnedModel:
         an item missing from the catalog is its ID embedding alone (no text)."""
         items = self.item_matrix(catalog)
         seqs, index, feedback, valid = sequence_inputs(self.model, sequences)
-        row = items.row
-        rows = right_align([[-1 if (r := row(item_id)) is None else r for item_id, _ in s] for s in seqs],
-                           index.shape[1], pad=-1).to(self.device)
+        vecs, known = gather_rows(items.data, seqs, index.shape[1], items.row)
         index, feedback, valid = index.to(self.device), feedback.to(self.device), valid.to(self.device)
         with torch.inference_mode():
-            x = self.model.id_emb(index)
-            if items.rows_used:  # else no item has a row (an empty catalog): ID embeddings alone
-                x = torch.where((rows >= 0).unsqueeze(-1), items.data[rows.clamp(min=0)], x)
+            x = torch.where(known.unsqueeze(-1), vecs, self.model.id_emb(index))
             return self.model.encode_items(x, feedback, valid)[:, -1]
 
     def topk(

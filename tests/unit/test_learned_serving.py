@@ -154,15 +154,15 @@ def test_served_user_vectors_equal_the_models_own_forward_pass(tmp_path):
     seqs = [[("i1", False), (gone, True), ("i35", False)], [("i7", True)], [("i2", False)] * 3 + [("i8", True)] * 4]
     got = served.user_vectors(m, seqs)
     model = load_checkpoint(path)
-    text_of = {i: torch.from_numpy(v) for i, v in zip(ids, vecs) if i != gone}
+    row_of = {i: r for r, i in enumerate(ids) if i != gone}.get  # the text of every item but the deleted one
     with torch.inference_mode():
-        want = model.user_vectors(*batch_inputs(model, seqs, text_of))
+        want = model.user_vectors(*batch_inputs(model, seqs, torch.from_numpy(vecs), row_of))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got[0], served.user_vectors(m, [[("i1", False), ("i35", False)]])[0])  # the ID-only item counts
     # before the catalog arrives, the items the model knows by ID are all it reads
     empty = ItemMatrix(DIM, "cpu", torch.float32)
     with torch.inference_mode():
-        want = model.user_vectors(*batch_inputs(model, [[("i1", False), ("i2", True)]], {}))
+        want = model.user_vectors(*batch_inputs(model, [[("i1", False), ("i2", True)]], torch.from_numpy(vecs), {}.get))
     torch.testing.assert_close(served.user_vectors(empty, [[("i1", False), ("i2", True)]]), want, rtol=1e-5, atol=1e-5)
 
 

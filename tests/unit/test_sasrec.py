@@ -44,8 +44,7 @@ def model(vocab: tuple[str, ...] = ("m0", "m1", "m2", "m3"), seed: int = 0, **kw
 
 
 def inputs(m: SASRec, seqs, emb: np.ndarray, ids: list[str]):
-    text_of = {i: torch.from_numpy(emb[r]) for r, i in enumerate(ids)}
-    return batch_inputs(m, seqs, text_of)
+    return batch_inputs(m, seqs, torch.from_numpy(emb), {i: r for r, i in enumerate(ids)}.get)
 
 
 def test_sequence_from_history_merges_repeats_and_keeps_the_latest():
