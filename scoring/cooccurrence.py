@@ -112,6 +112,7 @@ __all__ = [
     "RecentItems",
     "bound_neighbours",
     "is_positive",
+    "weight_problem",
     "merge_rows",
     "positive_history",
 ]
@@ -140,6 +141,12 @@ def is_positive(kind: str, rating: float | None, threshold: float) -> bool:
     if kind == "review":
         return rating is not None and rating >= threshold
     return True
+
+
+def weight_problem(name: str, value: float) -> str | None:
+    """What is wrong with a sequence weight (``pair_decay``, ``recency``) named ``name``:
+    ``None`` when it is in (0, 1], else the message that says so."""
+    return None if 0.0 < value <= 1.0 else f"{name} must be in (0, 1], got {value!r}"
 
 
 def bound_neighbours(row: dict[str, float], max_neighbours: int) -> dict[str, float]:
@@ -318,8 +325,8 @@ class CooccurrenceModel:
         recency: float = 1.0,
     ) -> None:
         for name, v in (("pair_decay", pair_decay), ("recency", recency)):
-            if not (0.0 < v <= 1.0):
-                raise ValueError(f"{name} must be in (0, 1], got {v!r}")
+            if problem := weight_problem(name, v):
+                raise ValueError(problem)
         if isinstance(max_neighbours, bool) or not isinstance(max_neighbours, int) or max_neighbours < 1:
             raise ValueError(f"max_neighbours must be an integer >= 1, got {max_neighbours!r}")
         if half_life_ms is not None and not (half_life_ms > 0 and math.isfinite(half_life_ms)):

@@ -48,7 +48,7 @@ import torch
 
 from encoders.profile import ProfileModel, UserProfile
 from scoring.blend import BlendWeights, blend_score_topk
-from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, CooccurrenceScorer, is_positive, positive_history
+from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, CooccurrenceScorer, is_positive, positive_history, weight_problem
 from scoring.popularity import DecayedPopularity
 from scoring.topk import ItemMatrix, score_topk
 from streams.records import Click, Purchase, RecItem, Recommendation, Review, Trigger
@@ -146,8 +146,8 @@ class EngineConfig:
         if self.cooc_half_life_ms is not None and self.cooc_half_life_ms <= 0:
             raise ValueError(f"co-occurrence half-life: must be positive, got {self.cooc_half_life_ms}")
         for name in ("cooc_pair_decay", "cooc_recency"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"{name}: must be in (0, 1], got {getattr(self, name)}")
+            if problem := weight_problem(name, getattr(self, name)):
+                raise ValueError(problem)
 
     def new_cooccurrence(self) -> CooccurrenceModel:
         """An empty co-occurrence model with these settings."""

@@ -85,7 +85,7 @@ from encoders.profile import DecayedProfileModel, ProfileConfig, UserProfile
 from encoders.text import item_text
 from scoring.baselines import ItemKNNBaseline, PopularityBaseline
 from scoring.blend import EQUAL_WEIGHTS, NORMALIZATIONS, BlendWeights, blend_topk, candidate_mask, normalize_scores
-from scoring.cooccurrence import CooccurrenceModel, CooccurrenceScorer, RecentItems, is_positive
+from scoring.cooccurrence import CooccurrenceModel, CooccurrenceScorer, RecentItems, is_positive, weight_problem
 from scoring.metrics import RankingMetrics
 from streams.records import Item
 
@@ -341,8 +341,8 @@ class ProtocolConfig:
         if self.cooc_events not in COOC_EVENTS:
             raise ValueError(f"cooc_events must be one of {', '.join(COOC_EVENTS)}, got {self.cooc_events!r}")
         for name in ("cooc_pair_decay", "cooc_recency"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
+            if problem := weight_problem(name, getattr(self, name)):
+                raise ValueError(problem)
         if not (self.popularity_half_life_ms > 0 and math.isfinite(self.popularity_half_life_ms)):
             raise ValueError(f"popularity_half_life_ms must be positive, got {self.popularity_half_life_ms}")
 

@@ -34,7 +34,7 @@ from encoders.profile import DecayedProfileModel, ProfileConfig
 from encoders.text import TextEncoder, resolve_device
 from scoring.ann import DEFAULT_MIN_ITEMS, DEFAULT_NPROBE, INDEX_KINDS, make_item_matrix
 from scoring.blend import BlendWeights
-from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, merge_rows
+from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, merge_rows, weight_problem
 from scoring.engine import EMIT_MODES, Engine, EngineConfig
 from scoring.popularity import DecayedPopularity
 
@@ -140,8 +140,8 @@ class WorkerConfig:
         if not self.cooc_half_life_days >= 0:
             problems.append(f"co-occurrence half-life must be 0 (no decay) or positive, got {self.cooc_half_life_days}")
         for name in ("cooc_pair_decay", "cooc_recency"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                problems.append(f"{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}")
+            if problem := weight_problem(name.replace("_", "-"), getattr(self, name)):
+                problems.append(problem)
         if self.log_format not in ("text", "json"):
             problems.append(f"log format must be text or json, got {self.log_format!r}")
         unknown = [f for f in self.item_fields if f not in ITEM_FIELDS]
