@@ -10,10 +10,10 @@ same cases, with the same exclusions and the same protocol (see :mod:`scoring.ba
 Methods are looked up by name in :data:`METHODS`, a registry of factories
 ``(options) -> OfflineMethod``:
 
-* ``text-only``: the engine as the worker runs it by default (text-profile similarity);
+* ``text-only``: the engine as the worker runs it with ``--ranker text`` (text-profile similarity);
 * ``blend``: the engine with blend weights (``--blend PATH``, a file written by
-  ``recstream tune``; without one, the issue's equal-weight z-score blend), as the worker
-  runs it with ``--blend``;
+  ``recstream tune``; without one, :data:`scoring.blend.DEFAULT_WEIGHTS`), as the worker
+  runs it by default (``--ranker blend``);
 * ``learned``: the engine with the learned user encoder of the checkpoint
   ``options.extra["user_model"]`` (``--user-model CKPT``, written by ``recstream train``),
   as the worker runs it with ``--user-model``; listed by default only when one is given.
@@ -104,9 +104,9 @@ def _text_only(o: SideBySideOptions) -> OfflineMethod:
 
 
 def _blend(o: SideBySideOptions) -> OfflineMethod:
-    from scoring.blend import EQUAL_WEIGHTS
+    from scoring.blend import DEFAULT_WEIGHTS
 
-    return EngineMethod("blend", o, replace(o.engine_config, blend=o.blend or EQUAL_WEIGHTS))
+    return EngineMethod("blend", o, replace(o.engine_config, blend=o.blend or DEFAULT_WEIGHTS))
 
 
 def _learned(o: SideBySideOptions) -> OfflineMethod:

@@ -33,7 +33,7 @@ from faust.types import TP
 from encoders.profile import DecayedProfileModel, ProfileConfig
 from encoders.text import TextEncoder, resolve_device
 from scoring.ann import DEFAULT_MIN_ITEMS, DEFAULT_NPROBE, INDEX_KINDS, make_item_matrix
-from scoring.blend import BlendWeights
+from scoring.blend import DEFAULT_WEIGHTS, BlendWeights
 from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, merge_rows, weight_problem
 from scoring.engine import EMIT_MODES, Engine, EngineConfig
 from scoring.popularity import DecayedPopularity
@@ -43,6 +43,7 @@ from .config import KafkaSettings
 from .metrics import pipeline_metrics
 from .security import faust_credentials
 from .transactions import PartitionTransactions, TransactionFailed
+from .streamtime import StreamTimeMerger, StreamTimeScheduler
 from .state import ObservedGlobalTable, decode_item, decode_log2, split_popularity_key, write_raw
 
 log = logging.getLogger("recstream.worker")
@@ -53,6 +54,9 @@ DAY_MS = 24 * 3600 * 1000
 #: profiles) made the profiles changelog a bottleneck; the broker takes up to 1 MB.
 PRODUCER_BATCH_BYTES = 512 * 1024
 GUARANTEES = ("at_least_once", "exactly_once")
+#: How the worker ranks (``--ranker``): the blend of text similarity, item co-occurrence and
+#: popularity (the default), the text profile alone, or a learned user encoder.
+RANKERS = ("blend", "text", "learned")
 ITEM_FIELDS = ("title", "categories", "description")
 
 
@@ -79,6 +83,10 @@ class WorkerConfig:
     history_len: int = 50
     data_dir: Path = Path(".recstream")
     processing_guarantee: str = "at_least_once"
+    # stream-time order of the event partitions (streams/streamtime.py): how long a caught-up
+    # partition with nothing buffered holds the others back; 0: only while it has unfetched
+    # records on the broker; -1: no ordering (records go to the agent as fetched)
+    max_task_idle_ms: int = 0
     create_topics: bool = True
     stats_interval_s: float = 10.0
     torch_threads: int | None = None
@@ -96,7 +104,9 @@ class WorkerConfig:
     stall_timeout_s: float = 60.0
     broker_grace_s: float = 30.0
     log_format: str = "text"
-    # hybrid scoring (scoring/blend.py, scoring/cooccurrence.py): None = text similarity only
+    # ranking: see RANKERS; the blend's weights (None: scoring.blend.DEFAULT_WEIGHTS) and
+    # co-occurrence (scoring/blend.py, scoring/cooccurrence.py)
+    ranker: str = "blend"
     blend: BlendWeights | None = None
     cooc_neighbours: int = 100
     cooc_history_len: int = 20
@@ -125,6 +135,8 @@ class WorkerConfig:
             problems.append(f"index must be one of {', '.join(INDEX_KINDS)}, got {self.index!r}")
         if self.index_min_items < 1 or self.ivf_nprobe < 1:
             problems.append(f"index min items and IVF nprobe must be at least 1, got {self.index_min_items} and {self.ivf_nprobe}")
+        if self.max_task_idle_ms < -1:
+            problems.append(f"max task idle must be -1 (no stream-time order), 0 or a positive number of ms, got {self.max_task_idle_ms}")
         if self.processing_guarantee not in GUARANTEES:
             problems.append(f"processing guarantee must be one of {', '.join(GUARANTEES)}, got {self.processing_guarantee!r}")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
@@ -133,8 +145,12 @@ class WorkerConfig:
             problems.append(f"stall timeout and broker grace must be positive, got {self.stall_timeout_s}s and {self.broker_grace_s}s")
         if self.cooc_neighbours < 1 or self.cooc_history_len < 1:
             problems.append(f"co-occurrence neighbours and history length must be at least 1, got {self.cooc_neighbours} and {self.cooc_history_len}")
-        if self.user_model is not None and self.blend is not None:
-            problems.append("give a user model or blend weights, not both (the worker ranks with one of them)")
+        if self.ranker not in RANKERS:
+            problems.append(f"ranker must be one of {', '.join(RANKERS)}, got {self.ranker!r}")
+        elif self.blend is not None and self.ranker != "blend":
+            problems.append(f"blend weights are for the blend ranker, not --ranker {self.ranker}")
+        elif (self.user_model is not None) != (self.ranker == "learned"):
+            problems.append("the learned ranker needs a user model (--user-model CKPT), and a user model needs --ranker learned")
         if not self.user_model_check_s > 0:
             problems.append(f"user model check interval must be positive, got {self.user_model_check_s}s")
         if not self.cooc_half_life_days >= 0:
@@ -149,6 +165,13 @@ class WorkerConfig:
             problems.append(f"item fields must be a non-empty subset of {', '.join(ITEM_FIELDS)}, got {', '.join(self.item_fields)}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def blend_weights(self) -> BlendWeights | None:
+        """The weights the engine blends with (``None``: it does not blend)."""
+        if self.ranker != "blend":
+            return None
+        return self.blend or DEFAULT_WEIGHTS
 
 
 class Metrics:
@@ -240,7 +263,7 @@ class Pipeline:
             config=EngineConfig(
                 k=config.k, emit=config.emit, exclude_seen=config.exclude_seen,  # type: ignore[arg-type]
                 popularity_half_life_ms=pop_half_life, score_threads=config.score_threads,
-                blend=config.blend, cooc_neighbours=config.cooc_neighbours, cooc_history_len=config.cooc_history_len,
+                blend=config.blend_weights, cooc_neighbours=config.cooc_neighbours, cooc_history_len=config.cooc_history_len,
                 cooc_half_life_ms=int(config.cooc_half_life_days * DAY_MS) or None,
                 cooc_pair_decay=config.cooc_pair_decay, cooc_recency=config.cooc_recency,
             ),
@@ -272,6 +295,8 @@ class Pipeline:
             # the partitions go: no table writes to partitions another worker now owns, and no
             # event answered by both (at-least-once otherwise redelivers the batch)
             stream_wait_empty=True,
+            # the event records released by the stream-time merger go out in its order
+            ConsumerScheduler=StreamTimeScheduler,
         )
         # recstream reads and writes bytes and does its own (de)serialization: never pickle.
         # Topics get the serializers as arguments, not as a faust.Schema: with tables in
@@ -280,6 +305,9 @@ class Pipeline:
         raw_args = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
         raw = {"schema": faust.Schema(**raw_args)}
         self.event_topic_names = {s.topic(t): t for t in T.EVENT_TOPICS}
+        # the consumer holds the event records and releases them in stream-time order
+        self.stream_time = None if config.max_task_idle_ms < 0 else StreamTimeMerger(
+            self.event_topic_names, max_idle_s=config.max_task_idle_ms / 1000.0)
         self.items_topic = self.app.topic(s.topic(T.ITEMS), partitions=T.CATALOG_PARTITIONS, **raw_args)
         self.events_topic = self.app.topic(*self.event_topic_names, partitions=config.partitions, **raw_args)
         self.recs_topic = self.app.topic(s.topic(T.RECOMMENDATIONS), partitions=config.partitions, **raw_args)

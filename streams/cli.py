@@ -129,6 +129,7 @@ def worker_config(args: argparse.Namespace):
         history_len=args.history_len,
         data_dir=Path(args.data_dir),
         processing_guarantee=args.processing_guarantee,
+        max_task_idle_ms=args.max_task_idle_ms,
         torch_threads=args.torch_threads,
         index=args.index,
         index_min_items=args.index_min_items,
@@ -138,6 +139,7 @@ def worker_config(args: argparse.Namespace):
         stall_timeout_s=args.stall_timeout,
         broker_grace_s=args.broker_grace,
         log_format=args.log_format,
+        ranker=args.ranker or ("learned" if args.user_model else "blend"),
         blend=_blend_weights(args.blend),
         cooc_neighbours=args.cooc_neighbours,
         cooc_history_len=args.cooc_history_len,
@@ -216,8 +218,9 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--popularity-half-life-days", type=float, default=float(_env("POPULARITY_HALF_LIFE_DAYS", "7")), help="half-life of popularity counts (env RECSTREAM_POPULARITY_HALF_LIFE_DAYS; default 7)")
     g.add_argument("--history-len", type=int, default=int(_env("HISTORY_LEN", "50")), help="recent events kept per user (env RECSTREAM_HISTORY_LEN; default 50)")
     g.add_argument("--item-fields", default=_env("ITEM_FIELDS", "title,categories,description"), help="item fields embedded, in order (env RECSTREAM_ITEM_FIELDS; default title,categories,description)")
-    g = p.add_argument_group("hybrid scoring (README: Hybrid scoring)")
-    g.add_argument("--blend", metavar="PATH", default=_env("BLEND"), help="blend weights file written by 'recstream tune': rank by text similarity, item co-occurrence and popularity, and keep the co-occurrence table (env RECSTREAM_BLEND; default none: text similarity only)")
+    g = p.add_argument_group("ranking (README: Ranking)")
+    g.add_argument("--ranker", choices=["blend", "text", "learned"], default=_env("RANKER"), help="blend: text similarity, item co-occurrence and popularity, z-scored and weighted; text: the text profile alone; learned: the user encoder of --user-model (env RECSTREAM_RANKER; default learned with --user-model, else blend)")
+    g.add_argument("--blend", metavar="PATH", default=_env("BLEND"), help="the blend's weights, a file written by 'recstream tune' (env RECSTREAM_BLEND; default text .4, co-occurrence .5, popularity .1, z-score, chosen on two datasets' validation windows)")
     g.add_argument("--cooc-neighbours", type=int, metavar="M", default=int(_env("COOC_NEIGHBOURS", "100")), help="co-occurrence neighbours kept per item (env RECSTREAM_COOC_NEIGHBOURS; default 100)")
     g.add_argument("--cooc-history-len", type=int, metavar="N", default=int(_env("COOC_HISTORY_LEN", "20")), help="a user's latest distinct positive items paired with a new positive event, and scored (env RECSTREAM_COOC_HISTORY_LEN; default 20)")
     g.add_argument("--cooc-half-life-days", type=float, metavar="DAYS", default=float(_env("COOC_HALF_LIFE_DAYS", "0")), help="half-life of the co-occurrence counts in days of event time, 0 for none (env RECSTREAM_COOC_HALF_LIFE_DAYS; default 0)")
@@ -241,6 +244,7 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--catalog-batch-max", type=int, default=int(_env("CATALOG_BATCH_MAX", "256")), help="most catalog records per micro-batch (env RECSTREAM_CATALOG_BATCH_MAX; default 256)")
     g.add_argument("--data-dir", default=_env("DATA_DIR", ".recstream"), help="local RocksDB state (env RECSTREAM_DATA_DIR; default .recstream)")
     g.add_argument("--processing-guarantee", choices=["at_least_once", "exactly_once"], default=_env("PROCESSING_GUARANTEE", "at_least_once"), help="(env RECSTREAM_PROCESSING_GUARANTEE; default at_least_once)")
+    g.add_argument("--max-task-idle-ms", type=int, metavar="MS", default=int(_env("MAX_TASK_IDLE_MS", "0")), help="events of all the worker's partitions are applied in event-time order; a partition with nothing buffered holds the others back while it has unfetched records on the broker, and for this long more when caught up (waiting for its producers); -1 applies records as fetched, in no order across topics (env RECSTREAM_MAX_TASK_IDLE_MS; default 0; as Kafka Streams' max.task.idle.ms)")
     g = p.add_argument_group("monitoring")
     g.add_argument("--metrics-port", type=int, metavar="PORT", default=int(_env("METRICS_PORT")) if _env("METRICS_PORT") else None, help="HTTP port of /metrics (Prometheus), /health and /ready; 0 turns them off (env RECSTREAM_METRICS_PORT; default 9108, skipped with a warning when another process holds it; a port set by flag or env must be free)")
     g.add_argument("--metrics-host", metavar="HOST", default=_env("METRICS_HOST", "127.0.0.1"), help="address the endpoint listens on; 0.0.0.0 in a container, for a scraper outside it (env RECSTREAM_METRICS_HOST; default 127.0.0.1)")
@@ -325,6 +329,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 # --- recstream backtest ----------------------------------------------------------------
 
 def cmd_backtest(args: argparse.Namespace) -> int:
+    import collections
     import time as _time
 
     from scoring.backtest import BacktestConfig, format_table
@@ -351,9 +356,13 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             print(f"recstream backtest: no topic {source.topic(topics.CLICKS)!r} on {source.broker}", file=sys.stderr)
             return 1
         worker_args = ["-k", str(max(ks)), "--history-len", str(args.history_len), *engine_worker_args(args)]
-        if args.blend:  # the replay's worker ranks with the blend: its column is the blend's
+        if args.blend:  # the replay's worker ranks with these weights: its column is theirs
             _blend_weights(args.blend)  # a bad file fails here, not in the replay's worker
             worker_args += ["--blend", args.blend]
+        if args.user_model:
+            worker_args += ["--user-model", args.user_model]
+        if args.ranker:
+            worker_args += ["--ranker", args.ranker]
         stats = run_replay(source, target, start_ms=parse_time(args.from_) if args.from_ else None,
                            end_ms=parse_time(args.to) if args.to else None, partitions=partitions, worker_args=worker_args)
         print(f"replayed {stats.events_total} events into {target.topic_prefix!r} in {stats.seconds:.1f}s "
@@ -363,7 +372,10 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     result, contents = backtest_replay(target, config, history_len=args.history_len)
     timings.update(scoring_s=round(_time.monotonic() - scored, 3), total_s=round(_time.monotonic() - started, 3))
     print(format_table(result, ks=[k for k in ks if k >= 10] or ks))
-    doc = {"replay_prefix": target.topic_prefix, "invalid_records": contents.invalid, "timings": timings, **result.to_dict()}
+    # which ranker made the records (the popularity fallback included), as their ``model`` says
+    models = collections.Counter(rec.model for rec in contents.recommendations)
+    doc = {"replay_prefix": target.topic_prefix, "invalid_records": contents.invalid, "timings": timings,
+           "models": dict(models.most_common()), **result.to_dict()}
     _write_reports(doc, args)
     return 0
 
@@ -608,9 +620,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "the replay's worker.")
     g.add_argument("--dataset", metavar="PATH", help="a dataset folder (formats of 'recstream produce'): no broker, no replay")
     g.add_argument("--methods", help=f"methods, in table order (default {','.join(m for m in _method_names() if m != 'learned')}, and learned with --user-model)")
-    g.add_argument("--user-model", metavar="CKPT", help="the learned method's checkpoint from 'recstream train'")
-    g.add_argument("--blend", metavar="PATH", help="the blend method's weights file from 'recstream tune' (default: equal weights, z-score); "
-                                                   "without --dataset, the replay's worker runs with it")
+    g.add_argument("--user-model", metavar="CKPT", help="the learned method's checkpoint from 'recstream train'; without --dataset, "
+                                                        "the replay's worker ranks with it")
+    g.add_argument("--blend", metavar="PATH", help="the blend method's weights file from 'recstream tune' (default: the worker's default "
+                                                   "weights); without --dataset, the replay's worker runs with it")
+    g.add_argument("--ranker", choices=["blend", "text", "learned"], help="without --dataset: the replay worker's ranker (default: the "
+                                                                          "worker's, blend; learned with --user-model)")
     _engine_knobs(g)
     p.set_defaults(func=cmd_backtest)
 

@@ -4,8 +4,9 @@ The catalog (as it stands) and the events of ``[start, end)`` are copied from th
 topics into a separate namespace (its own topic prefix, hence its own application id,
 state tables and recommendations topic): each event keeps its partition, key, value and
 timestamp, and the start offsets are found by timestamp (``offsets_for_times``). A worker
-then runs on that namespace with per-event emission until every copied event has its
-recommendation (or dead letter). The live topics, their consumer group and their state
+on that namespace embeds the catalog first; once every event is copied it runs again,
+with per-event emission, until every copied event has its recommendation (or dead
+letter), taking the events in event-time order as the offline engine does. The live topics, their consumer group and their state
 are only read, never written.
 """
 
@@ -146,7 +147,8 @@ def run_replay(
     timeout_s: float = 3600.0,
     show_progress: bool = True,
 ) -> ReplayStats:
-    """Copy the range, then run an isolated worker (per-event emission) until it has answered every event."""
+    """Copy the catalog and let an isolated worker (per-event emission) embed it; stop it,
+    copy the events of the range, and run the worker again until it has answered every event."""
     if target.topic_prefix == source.topic_prefix or target.app_id == source.app_id:
         raise ValueError("the replay needs its own topic prefix and application id, not the live ones")
     t0 = time.monotonic()
@@ -155,16 +157,26 @@ def run_replay(
     stats = copy_range(source, target, start_ms=start_ms, end_ms=end_ms, partitions=partitions,
                        events=False, show_progress=show_progress)
     data_dir = Path(tempfile.mkdtemp(prefix="recstream-replay-"))
-    worker = WorkerProcess(target, data_dir, "--partitions", str(partitions), "--emit", "per-event", *(worker_args or []))
-    answered = 0
+    args = ["--partitions", str(partitions), "--emit", "per-event", *(worker_args or [])]
+    worker = WorkerProcess(target, data_dir, *args)
     try:
         worker.start()
         worker.wait_ready()
         present = [key.decode() for key, alive in stats.item_ids.items() if alive]
         with tqdm(total=len(present), desc="embedding the catalog", unit="item", file=sys.stderr, disable=not show_progress) as bar:
             wait_catalog(target, present, timeout_s=timeout_s, progress=bar)
-        copy_range(source, target, start_ms=start_ms, end_ms=end_ms, partitions=partitions,
-                   catalog=False, show_progress=show_progress, stats=stats)
+    finally:
+        worker.stop()
+    # Then every event, with no worker reading: the next one finds the whole range on the
+    # broker, so it applies the events in the offline engine's order (streams/streamtime.py:
+    # a partition with unfetched records holds the others back). Copied while a worker
+    # reads, a topic would look caught up before its records were copied, and the worker
+    # would take one topic's events ahead of another's.
+    copy_range(source, target, start_ms=start_ms, end_ms=end_ms, partitions=partitions,
+               catalog=False, show_progress=show_progress, stats=stats)
+    answered = 0
+    try:
+        worker.start()  # the same state folder: the catalog table and matrix come back
         deadline = time.monotonic() + timeout_s
         with tqdm(total=stats.events_total, desc="replaying", unit="ev", file=sys.stderr, disable=not show_progress) as bar:
             while answered < stats.events_total:

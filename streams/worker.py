@@ -15,6 +15,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer as
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 
 from .app import Pipeline, WorkerConfig
+from .streamtime import StreamTimeConsumer, StreamTimeMerger
 from .transactions import PartitionTransactions, data_ends
 
 log = logging.getLogger("recstream.worker")
@@ -96,9 +97,11 @@ class HoldFlowDuringSeek:
         await super().perform_seek()  # type: ignore[misc]
 
 
-class RebalanceSafeConsumer(CommitBeforeRevoke, HoldFlowDuringSeek, AIOKafkaConsumer):
+class RebalanceSafeConsumer(StreamTimeConsumer, CommitBeforeRevoke, HoldFlowDuringSeek, AIOKafkaConsumer):
     """Faust's aiokafka consumer with :class:`CommitBeforeRevoke` and :class:`HoldFlowDuringSeek`:
-    a partition changes hands (or stays) without losing an event or answering one twice."""
+    a partition changes hands (or stays) without losing an event or answering one twice; and
+    with :class:`~streams.streamtime.StreamTimeConsumer` when given a merger: the event
+    topics' records reach the events agent in stream-time order."""
 
 
 class _ReadCommittedThread(AIOKafkaConsumerThread):
@@ -174,19 +177,21 @@ class ExactlyOnceConsumer(RebalanceSafeConsumer):
         return ends
 
 
-def install_consumer_fixes(app: Any, transactions: PartitionTransactions | None = None) -> None:
+def install_consumer_fixes(app: Any, transactions: PartitionTransactions | None = None,
+                           merger: StreamTimeMerger | None = None) -> None:
     """Make ``app`` (a faust.App on the aiokafka transport) create a :class:`RebalanceSafeConsumer`,
-    or an :class:`ExactlyOnceConsumer` driving ``transactions``; call before the app starts (its
-    consumer is created on first use)."""
+    or an :class:`ExactlyOnceConsumer` driving ``transactions``, that delivers the event
+    topics in stream-time order through ``merger`` (``None``: as fetched); call before the
+    app starts (its consumer is created on first use)."""
     if app._consumer is not None:
         raise RuntimeError("the app's consumer already exists: install the consumer fixes before starting it")
     transport = app.transport
     if not issubclass(transport.Consumer, AIOKafkaConsumer):
         raise RuntimeError(f"unexpected Faust consumer class {transport.Consumer!r} (recstream runs on aiokafka)")
     if transactions is None:
-        transport.Consumer = RebalanceSafeConsumer
+        transport.Consumer = type("RebalanceSafeConsumer", (RebalanceSafeConsumer,), {"merger": merger})
     else:
-        transport.Consumer = type("ExactlyOnceConsumer", (ExactlyOnceConsumer,), {"eos_transactions": transactions})
+        transport.Consumer = type("ExactlyOnceConsumer", (ExactlyOnceConsumer,), {"eos_transactions": transactions, "merger": merger})
 
 
 def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
@@ -211,7 +216,7 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
     marker = claim_state(config)
     pipeline = Pipeline(config)
     # rebalances neither lose events nor answer them twice; exactly-once: the transactions
-    install_consumer_fixes(pipeline.app, pipeline.transactions)
+    install_consumer_fixes(pipeline.app, pipeline.transactions, pipeline.stream_time)
     if config.create_topics and not pipeline.create_topics():
         log.error("refusing to start: fix the topics above or point --topic-prefix at a fresh namespace")
         marker.unlink(missing_ok=True)

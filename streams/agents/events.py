@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Sequence
 
 from encoders.profile import UserProfile
-from scoring.backtest import KIND_RANK
+from scoring.backtest import event_order_key
 from scoring.engine import Incoming
 
 from ..records import ValidationError, encode_emitted, parse_event
@@ -58,21 +58,23 @@ async def handle_event_batch(pipeline: "Pipeline", events: Sequence["EventT"]) -
 
 
 def merge_by_time(parsed: Sequence[tuple["EventT", Incoming]]) -> list[tuple["EventT", Incoming]]:
-    """The batch's records of each topic partition, in offset order, merged by event time.
+    """The batch's records of each topic partition, in offset order, merged in the
+    protocol's event order (:func:`scoring.backtest.event_order_key`: time, user, item,
+    kind, event id).
 
-    The three event topics are fetched independently, so a batch may hold a user's
-    purchase before a click with an earlier time; the merge applies them in time order.
-    Each partition's own order is kept (profiles skip an offset at or before the last
-    applied one, so reordering a partition would drop its events).  At one time, a click
-    goes before a purchase before a review (:data:`scoring.backtest.KIND_RANK`), then the
-    partition that came first in the batch.
+    The consumer already delivers the event topics in that order
+    (:mod:`streams.streamtime`) unless told not to (``--max-task-idle-ms -1``); then a
+    batch may hold a user's purchase before a click with an earlier time, and the merge
+    applies them in time order.  Each partition's own order is kept (profiles skip an
+    offset at or before the last applied one, so reordering a partition would drop its
+    events).
     """
     by_source: dict[tuple[str, int], list[tuple["EventT", Incoming]]] = {}
     for pair in parsed:
         by_source.setdefault((pair[1].topic, pair[1].partition), []).append(pair)
     if len(by_source) == 1:
         return list(parsed)
-    return list(heapq.merge(*by_source.values(), key=lambda pair: (pair[1].event.ts, KIND_RANK[pair[1].event.kind])))
+    return list(heapq.merge(*by_source.values(), key=lambda pair: event_order_key(pair[1].event)))
 
 
 async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Incoming]]) -> None:

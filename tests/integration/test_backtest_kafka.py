@@ -9,6 +9,7 @@ import pytest
 
 from encoders.text import TextEncoder
 from scoring.backtest import BacktestConfig, run_offline
+from scoring.blend import DEFAULT_WEIGHTS
 from scoring.engine import EngineConfig
 from streams import topics as T
 from streams.backtest import backtest_replay
@@ -62,7 +63,9 @@ def test_backtest_through_kafka_equals_the_offline_protocol(kafka_settings):
         T.delete_topics(target, list(T.list_topics(target)))
     assert len(contents.events) == len(events) and len(contents.recommendations) == len(events)
 
-    offline = run_offline(events, catalog, config, encoder=TextEncoder(), engine_config=EngineConfig(k=20, emit="per-event"))
+    # the worker's default ranker, the blend, in event-time order over both partitions
+    offline = run_offline(events, catalog, config, encoder=TextEncoder(),
+                          engine_config=EngineConfig(k=20, emit="per-event", blend=DEFAULT_WEIGHTS))
     assert via_kafka.counts == offline.counts
     assert via_kafka.counts["cases"] > 20
     for method in ("recstream", "popularity", "item-knn"):
@@ -70,5 +73,5 @@ def test_backtest_through_kafka_equals_the_offline_protocol(kafka_settings):
         assert kafka_metrics.keys() == offline_metrics.keys()
         for key, value in offline_metrics.items():
             assert kafka_metrics[key] == pytest.approx(value, abs=1e-9), (method, key)
-    # users stick to a topic: the text profile beats popularity on this stream
+    # users stick to a topic: the default ranker beats popularity on this stream
     assert via_kafka.metrics("recstream")["hit_rate@5"] > via_kafka.metrics("popularity")["hit_rate@5"]

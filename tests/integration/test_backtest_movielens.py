@@ -19,6 +19,7 @@ import pytest
 
 from encoders.text import TextEncoder
 from scoring.backtest import BacktestConfig, run_offline
+from scoring.blend import DEFAULT_WEIGHTS
 from scoring.engine import EngineConfig
 from streams import topics as T
 from streams.backtest import read_replay
@@ -84,7 +85,7 @@ def test_backtest_of_a_movielens_slice_equals_the_offline_protocol(kafka_setting
     order = [r.trigger.event_id for r in contents.recommendations]  # one partition: the processing order
     config = BacktestConfig(split_ms=split, ks=(5, 10, 20))
     offline = run_offline(dataset.events, dataset.catalog, config, encoder=TextEncoder(),
-                          engine_config=EngineConfig(k=20, emit="per-event"), order=order)
+                          engine_config=EngineConfig(k=20, emit="per-event", blend=DEFAULT_WEIGHTS), order=order)
 
     assert doc["counts"] == offline.counts
     assert offline.counts["cases"] > 200

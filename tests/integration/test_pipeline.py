@@ -46,8 +46,10 @@ class Pipeline:
         self.worker = self.new_worker(workdir / "state")
 
     def new_worker(self, data_dir: Path) -> WorkerProcess:
+        # the text profile's behaviour is what these tests check (the default blend adds
+        # co-occurrence and popularity: test_backtest_kafka, test_worker_equals_engine)
         return WorkerProcess(self.settings, data_dir, "--partitions", "2", "--emit", self.emit, "-k", str(K),
-                             *self.extra_args, log_path=self.workdir / "worker.log")
+                             "--ranker", "text", *self.extra_args, log_path=self.workdir / "worker.log")
 
     def start(self) -> None:
         self.worker.start()

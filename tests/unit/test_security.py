@@ -94,6 +94,7 @@ def test_the_worker_startup_log_never_contains_the_password(monkeypatch, tmp_pat
             self.app, self.device = object(), "cpu"
             self.encoder = type("E", (), {"name": "fake-encoder"})()
             self.transactions, self.uncommitted_writes = None, False  # at-least-once
+            self.stream_time = None
 
         def create_topics(self) -> bool:
             return True
@@ -109,7 +110,7 @@ def test_the_worker_startup_log_never_contains_the_password(monkeypatch, tmp_pat
             logging.getLogger("recstream.worker").info("fake worker ran")
 
     monkeypatch.setattr(W, "Pipeline", FakePipeline)
-    monkeypatch.setattr(W, "install_consumer_fixes", lambda app, transactions=None: None)  # the fake app has no consumer
+    monkeypatch.setattr(W, "install_consumer_fixes", lambda app, transactions=None, merger=None: None)  # the fake app has no consumer
     monkeypatch.setattr(faust, "Worker", FakeWorker)
     with caplog.at_level(logging.DEBUG):
         assert W.run_worker(config) == 0

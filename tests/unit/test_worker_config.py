@@ -14,6 +14,10 @@ from streams.cli import build_parser, worker_config
         ({"processing_guarantee": "maybe"}, "processing guarantee"),
         ({"item_fields": ("title", "price")}, "item fields"),
         ({"torch_threads": 0}, "torch threads"),
+        ({"max_task_idle_ms": -2}, "max task idle"),
+        ({"ranker": "magic"}, "ranker must be one of blend, text, learned"),
+        ({"ranker": "learned"}, "the learned ranker needs a user model"),
+        ({"user_model": "m.ckpt"}, "a user model needs --ranker learned"),
     ],
 )
 def test_bad_worker_settings_are_refused_with_the_reason(kwargs, fragment):
@@ -55,3 +59,20 @@ def test_local_state_is_discarded_only_after_an_unclean_stop(tmp_path):
     # the marker is still there: the worker was killed; its RocksDB files go
     marker = claim_state(config)
     assert marker.exists() and not state.exists()
+
+
+def test_the_worker_ranks_with_the_blend_by_default_and_other_rankers_by_name(tmp_path):
+    from scoring.blend import DEFAULT_WEIGHTS, BlendWeights
+
+    cfg = worker_config(build_parser().parse_args(["worker"]))
+    assert cfg.ranker == "blend" and cfg.blend_weights == DEFAULT_WEIGHTS
+    assert worker_config(build_parser().parse_args(["worker", "--ranker", "text"])).blend_weights is None
+    weights = tmp_path / "w.json"
+    BlendWeights(1.0, 2.0, 0.5, "rank").save(weights)
+    cfg = worker_config(build_parser().parse_args(["worker", "--blend", str(weights)]))
+    assert cfg.ranker == "blend" and cfg.blend_weights == BlendWeights(1.0, 2.0, 0.5, "rank")
+    # the old way to ask for the learned encoder still works: --user-model alone
+    cfg = worker_config(build_parser().parse_args(["worker", "--user-model", "m.ckpt"]))
+    assert cfg.ranker == "learned" and cfg.blend_weights is None
+    with pytest.raises(ValueError, match="blend weights are for the blend ranker, not --ranker text"):
+        worker_config(build_parser().parse_args(["worker", "--ranker", "text", "--blend", str(weights)]))

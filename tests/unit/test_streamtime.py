@@ -1,0 +1,143 @@
+"""Stream-time order of the event partitions (streams/streamtime.py), without a broker."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import orjson
+import pytest
+
+from scoring.backtest import event_order_key
+from streams.records import parse_event
+from streams.streamtime import UNORDERED, ReleasedRecords, StreamTimeMerger, StreamTimeScheduler, record_key
+
+TP = namedtuple("TP", "topic partition")
+Rec = namedtuple("Rec", "offset value")
+TOPICS = {"x.clicks": "clicks", "x.purchases": "purchases", "x.reviews": "reviews"}
+CLICKS, PURCHASES, REVIEWS = TP("x.clicks", 0), TP("x.purchases", 0), TP("x.reviews", 0)
+
+
+def value(user: str, item: str, ts: int, eid: str, **extra) -> bytes:
+    return orjson.dumps({"user_id": user, "item_id": item, "ts": ts, "event_id": eid, **extra})
+
+
+def records(*events: tuple[str, str, int, str]) -> list[Rec]:
+    return [Rec(i, value(*e)) for i, e in enumerate(events)]
+
+
+def ids(released) -> list[str]:
+    return [orjson.loads(r.value)["event_id"] if r.value.startswith(b"{") else r.value.decode() for _, r in released]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_order_key_is_the_protocols_event_order():
+    raw = {"clicks": value("u1", "i2", 5, "c1"), "purchases": value("u1", "i2", 5, "p1"),
+           "reviews": value("u1", "i2", 5, "r1", rating=5, text="ok")}
+    ranks = {"clicks": 0, "purchases": 1, "reviews": 2}
+    for topic, v in raw.items():
+        assert record_key(ranks[topic], v) == event_order_key(parse_event(topic, b"u1", v, now_ms=10))
+    assert record_key(0, b"not json") == UNORDERED
+    assert record_key(0, b"[1, 2]") == UNORDERED
+    assert record_key(0, orjson.dumps({"user_id": "u", "ts": "soon"})) == UNORDERED
+    assert record_key(0, None) == UNORDERED
+
+
+def test_a_topic_fetched_far_ahead_waits_for_the_earlier_records_of_another():
+    m = StreamTimeMerger(TOPICS, clock=Clock())
+    caught_up = set()
+    lagging = lambda tp: tp not in caught_up  # noqa: E731
+    # the purchases partition was fetched to t=30, the clicks only to t=10
+    m.add(PURCHASES, records(("u1", "a", 10, "p10"), ("u1", "b", 20, "p20"), ("u1", "c", 30, "p30")))
+    m.add(CLICKS, records(("u1", "a", 10, "c10")))
+    caught_up.add(REVIEWS)  # nothing there
+    # the click at 10 goes; the purchases wait: the clicks partition has records on the
+    # broker that may come before them (another click at 10 of a user before u1)
+    assert ids(m.release([CLICKS, PURCHASES, REVIEWS], lagging)) == ["c10"]
+    assert m.held(PURCHASES) == 3
+    m.add(CLICKS, records(("u1", "b", 20, "c20"), ("u2", "z", 25, "c25"), ("u1", "c", 30, "c30")))
+    caught_up.add(CLICKS)
+    assert ids(m.release([CLICKS, PURCHASES, REVIEWS], lagging)) == ["p10", "c20", "p20", "c25", "c30", "p30"]
+    assert m.held() == 0
+
+
+def test_a_caught_up_partition_does_not_hold_the_others_back_by_default():
+    m = StreamTimeMerger(TOPICS, clock=Clock())
+    m.add(CLICKS, records(("u1", "a", 10, "c10"), ("u1", "b", 20, "c20")))
+    assert ids(m.release([CLICKS, PURCHASES, REVIEWS], lambda tp: False)) == ["c10", "c20"]
+
+
+def test_ties_follow_user_item_kind_and_event_id_across_partitions():
+    m = StreamTimeMerger(TOPICS, clock=Clock())
+    other = TP("x.clicks", 1)
+    m.add(CLICKS, records(("u2", "a", 5, "c-u2")))
+    m.add(other, records(("u1", "b", 5, "c-u1b"), ("u1", "c", 5, "c-u1c")))
+    m.add(PURCHASES, records(("u1", "b", 5, "p-u1b")))
+    out = ids(m.release([CLICKS, other, PURCHASES, REVIEWS], lambda tp: False))
+    assert out == ["c-u1b", "p-u1b", "c-u1c", "c-u2"]
+
+
+def test_a_lagging_partition_holds_the_others_back_at_most_the_lag_wait():
+    clock = Clock()
+    m = StreamTimeMerger(TOPICS, lag_wait_s=2.0, clock=clock)
+    m.add(PURCHASES, records(("u1", "a", 10, "p10")))
+    lagging = lambda tp: tp == CLICKS  # noqa: E731
+    assert m.release([CLICKS, PURCHASES], lagging) == []
+    assert m.wait_hint() == pytest.approx(2.0)
+    clock.now += 1.0
+    assert m.release([CLICKS, PURCHASES], lagging) == []
+    clock.now += 1.5
+    assert ids(m.release([CLICKS, PURCHASES], lagging)) == ["p10"]
+    assert m.enforced == 1
+
+
+def test_max_idle_makes_a_caught_up_partition_wait_for_its_producers():
+    clock = Clock()
+    m = StreamTimeMerger(TOPICS, max_idle_s=0.5, clock=clock)
+    m.add(CLICKS, records(("u1", "a", 10, "c10")))
+    assert m.release([CLICKS, PURCHASES], lambda tp: False) == []
+    clock.now += 0.2
+    m.add(PURCHASES, records(("u1", "a", 8, "p8")))  # arrived in time: goes first
+    clock.now += 0.4
+    assert ids(m.release([CLICKS, PURCHASES], lambda tp: False)) == ["p8"]
+    # the purchases partition is empty again: the click waits for it once more, in full
+    clock.now += 0.4
+    assert m.release([CLICKS, PURCHASES], lambda tp: False) == []
+    clock.now += 0.2
+    assert ids(m.release([CLICKS, PURCHASES], lambda tp: False)) == ["c10"]
+
+
+def test_records_that_are_not_events_go_first_and_offsets_keep_their_order():
+    m = StreamTimeMerger(TOPICS, clock=Clock())
+    m.add(CLICKS, [Rec(0, value("u1", "a", 50, "c50")), Rec(1, b"garbage"), Rec(2, value("u1", "b", 40, "c40"))])
+    m.add(PURCHASES, records(("u1", "a", 45, "p45")))
+    # a partition's own order is never changed: the garbage and the click at 40 wait behind the click at 50
+    assert ids(m.release([CLICKS, PURCHASES], lambda tp: False)) == ["p45", "c50", "garbage", "c40"]
+
+
+def test_full_partitions_stop_fetching_and_clear_forgets():
+    m = StreamTimeMerger(TOPICS, max_held=2, clock=Clock())
+    m.add(CLICKS, records(("u", "a", 1, "1"), ("u", "b", 2, "2")))
+    assert m.full(CLICKS) and not m.full(PURCHASES)
+    m.clear([CLICKS])
+    assert m.held() == 0 and not m.full(CLICKS)
+    assert not m.participates(TP("x.items", 0))
+
+
+def test_the_scheduler_delivers_other_topics_then_the_released_events_in_order():
+    items = TP("x.items", 0)
+    released = [(PURCHASES, "p"), (CLICKS, "c"), (PURCHASES, "p2")]
+    got = list(StreamTimeScheduler().iterate(ReleasedRecords({items: ["i1", "i2"]}, released)))
+    assert got == [(items, "i1"), (items, "i2"), *released]
+    assert list(StreamTimeScheduler().iterate({items: ["i1"]})) == [(items, "i1")]
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError):
+        StreamTimeMerger(TOPICS, max_idle_s=-1)
