@@ -65,6 +65,18 @@ Note the asymmetry this protocol keeps on purpose: recstream's list is the one i
 pushed after the user's previous event, while the baselines are asked at the event itself
 (they have also seen other users' events since).  It can only favour the baselines.
 
+Ratios and their intervals
+==========================
+
+Since every method is scored on the same cases, in the same order, each method keeps its
+NDCG@k (hence hit@k) case by case (:class:`~scoring.metrics.CaseMetrics`), and
+:meth:`BacktestResult.ratios` compares every method with every other one: the ratio of
+their mean NDCG@k (and hit rate@k) with a 95% *paired* bootstrap confidence interval,
+resampling the cases jointly for both methods (:func:`~scoring.metrics.paired_bootstrap_ratios`).
+On a small dataset a gain whose interval contains 1 cannot be told from noise.
+:meth:`BacktestResult.to_dict` reports them under ``"ratios"``; :func:`format_table`
+prints each method's NDCG@10 ratios to item-kNN and popularity under the table.
+
 Agreement of the two paths
 ==========================
 
@@ -97,12 +109,17 @@ from scoring.baselines import (
     observe_event,
 )
 from scoring.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CASE_METRICS,
+    CaseMetrics,
     Coverage,
     RankingMetrics,
     SlicedMetrics,
     calendar_month_start,
     latency_histogram,
     latency_summary,
+    paired_bootstrap_ratios,
 )
 from streams.records import Click, Item, Purchase, Recommendation, Review
 
@@ -336,12 +353,18 @@ def _month_label(start_ms: int) -> str:
 
 @dataclass
 class MethodResult:
-    """One method's accumulated cases."""
+    """One method's accumulated cases.
+
+    ``cases`` holds NDCG@k and hit@k of every case, in case order (the same cases and order
+    for every method of a backtest), for :meth:`BacktestResult.ratios`; ``None`` when not
+    kept (such a method has no ratios).
+    """
 
     name: str
     metrics: RankingMetrics
     coverage: Coverage
     slices: SlicedMetrics
+    cases: CaseMetrics | None = None
 
     def coverage_summary(self, catalog_size: int, ks: Iterable[int]) -> dict[str, dict[str, float | int | None]]:
         """``{str(k): {"items": distinct items in some top-k, "coverage": items / catalog_size}}``."""
@@ -409,15 +432,98 @@ class BacktestResult:
             raise ValueError("the per-event lists were not kept (pass keep_lists=True)")
         return {ev.event_id: items for ev, items in self.per_event if ev.event_id is not None}
 
+    def ratios(
+        self,
+        ks: Iterable[int] | None = None,
+        metrics: Sequence[str] = CASE_METRICS,
+        *,
+        resamples: int = BOOTSTRAP_RESAMPLES,
+        seed: int = BOOTSTRAP_SEED,
+    ) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+        """Every method's mean NDCG@k and hit@k relative to every other method's, with 95%
+        paired bootstrap confidence intervals over the cases.
+
+        Returns ``{"ndcg@10": {"recstream": {"item-knn": {"ratio": 1.23, "ci95": [1.10, 1.37]},
+        "popularity": {...}}, "item-knn": {"recstream": ..., ...}, ...}, "hit_rate@10": ...}``:
+        for each metric of ``metrics`` (``"ndcg"``, ``"hit_rate"``) at each ``k`` of ``ks``
+        (default: every cut-off of the backtest), for each method (numerator) and each
+        *other* method (denominator), in :attr:`methods` order, ``ratio`` = the method's
+        mean over the cases / the other's, and ``ci95`` = ``[low, high]``, the 2.5th and
+        97.5th percentiles of that ratio over ``resamples`` resamples of the cases with
+        replacement, each resample drawing the same cases for every method (see
+        :func:`~scoring.metrics.paired_bootstrap_ratios`).  An interval that excludes 1
+        tells a gain (or a loss) from noise.
+
+        ``ratio`` and ``ci95`` are ``None`` when the other method's mean is 0 (no case, or
+        no hit); a bound is ``None`` when not finite.  A method compared with one that
+        ranked identically on every case gets exactly 1 and ``[1, 1]``.  The resamples
+        depend only on the number of cases and ``seed``: the same backtest gives the same
+        intervals, and every metric and pair shares them.  Methods without per-case values
+        (:attr:`MethodResult.cases` ``None``) are left out.
+        """
+        ks = tuple(self.config.ks if ks is None else ks)
+        missing = [k for k in ks if k not in self.config.ks]
+        if missing:
+            raise ValueError(f"k {missing} not among the backtest's cut-offs {self.config.ks}")
+        unknown = [m for m in metrics if m not in CASE_METRICS]
+        if unknown:
+            raise ValueError(f"metrics: {unknown} not among {CASE_METRICS}")
+        kept = {name: m.cases for name, m in self.methods.items() if m.cases is not None}
+        counts = {name: c.cases for name, c in kept.items()}
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"the methods were not scored on the same cases: {counts}")
+        values: dict[tuple[str, str], Any] = {}
+        pairs: list[tuple[tuple[str, str], tuple[str, str]]] = []
+        for metric in metrics:
+            for k in ks:
+                key = f"{metric}@{k}"
+                for name, cases in kept.items():
+                    values[(key, name)] = cases.values(metric, k)
+                pairs += [((key, a), (key, b)) for a in kept for b in kept if a != b]
+        found = paired_bootstrap_ratios(values, pairs, resamples=resamples, seed=seed)
+        out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+        for ((key, a), (_, b)), interval in found.items():
+            out.setdefault(key, {}).setdefault(a, {})[b] = interval
+        for metric in metrics:  # every metric@k, even with fewer than two methods
+            for k in ks:
+                out.setdefault(f"{metric}@{k}", {})
+        return {key: out[key] for key in (f"{metric}@{k}" for metric in metrics for k in ks)}
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able document (string keys only)."""
+        """A JSON-able document (string keys only).
+
+        ``config``, ``catalog_size``, ``counts``, ``latency_ms`` and, per method,
+        ``methods[name]`` = ``{"metrics", "coverage", "slices"}``; then ``ratios``: each
+        method's NDCG@k and hit rate@k relative to every other method, with a 95% paired
+        bootstrap confidence interval, at every cut-off (:meth:`ratios`)::
+
+            "ratios": {"ndcg@10": {"recstream": {"item-knn": {"ratio": 1.23, "ci95": [1.10, 1.37]},
+                                                 "popularity": {"ratio": 2.01, "ci95": [1.72, 2.33]}},
+                                   "item-knn": {"recstream": {...}, "popularity": {...}}, ...},
+                       "hit_rate@10": {...}, ...}
+
+        (``None`` ratio and interval where the other method's mean is 0); and
+        ``ratios_bootstrap``: ``{"resamples", "seed", "cases", "confidence": 0.95}``, how
+        the intervals were made.
+        """
         return {
             "config": self.config.to_dict(),
             "catalog_size": self.catalog_size,
             "counts": dict(self.counts),
             "latency_ms": dict(self.latency),
             "methods": {name: m.to_dict(self.catalog_size) for name, m in self.methods.items()},
+            "ratios": self.ratios(),
+            "ratios_bootstrap": {
+                "resamples": BOOTSTRAP_RESAMPLES,
+                "seed": BOOTSTRAP_SEED,
+                "cases": self._case_count(),
+                "confidence": 0.95,
+            },
         }
+
+    def _case_count(self) -> int:
+        """The cases the ratios are over (those of the methods' per-case values)."""
+        return next((m.cases.cases for m in self.methods.values() if m.cases is not None), 0)
 
 
 # --------------------------------------------------------------------------- the protocol
@@ -455,7 +561,11 @@ class Backtest:
         ks = config.ks
         self._methods = {
             name: MethodResult(
-                name, RankingMetrics(ks), Coverage(max_k=ks[-1]), SlicedMetrics(ks=ks, slice_of=calendar_month_start)
+                name,
+                RankingMetrics(ks),
+                Coverage(max_k=ks[-1]),
+                SlicedMetrics(ks=ks, slice_of=calendar_month_start),
+                CaseMetrics(ks),
             )
             for name in names
         }
@@ -473,6 +583,8 @@ class Backtest:
         m = self._methods[name]
         m.metrics.add(ranked, (item_id,))
         m.slices.add(ts, ranked, (item_id,))
+        assert m.cases is not None
+        m.cases.add(ranked, (item_id,))
         m.coverage.add([i for i in ranked if i in self.catalog])
 
     def observe(
@@ -588,6 +700,7 @@ class Backtest:
                 RankingMetrics(ks).merge(m.metrics),
                 Coverage(max_k=ks[-1]).merge(m.coverage),
                 SlicedMetrics(ks=ks, slice_of=calendar_month_start).merge(m.slices),
+                None if m.cases is None else CaseMetrics(ks).merge(m.cases),
             )
         return BacktestResult(
             config=self.config,
@@ -937,7 +1050,49 @@ def format_table(
     lat = result.latency
     if lat.get("count"):
         notes.append(f"latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
-    out = [summary, *lines]
+    out = [summary, *lines, *_ratio_lines(result, ks)]
     if notes:
         out.append("; ".join(notes))
     return "\n".join(out)
+
+
+#: The baselines :func:`format_table` gives every method's ratio to.
+_TABLE_BASELINES: Final = ("item-knn", "popularity")
+
+
+def _ratio_text(interval: Mapping[str, Any] | None) -> str:
+    """``"1.234 [1.101, 1.372]"``; ``"-"`` for what is undefined."""
+    ratio = None if interval is None else interval.get("ratio")
+    if ratio is None:
+        return "-"
+    ci = interval.get("ci95") if interval is not None else None
+    lo, hi = ci if ci is not None else (None, None)
+    return f"{ratio:.3f} [{'-' if lo is None else f'{lo:.3f}'}, {'inf' if hi is None else f'{hi:.3f}'}]"
+
+
+def _ratio_lines(result: BacktestResult, ks: Sequence[int]) -> list[str]:
+    """Under the table: each method's NDCG@10 (else NDCG at the first ``k`` shown) relative
+    to item-kNN and popularity, with its 95% paired bootstrap interval; nothing when
+    neither baseline is there or there is no case."""
+    n = result._case_count()
+    if not ks or n == 0:
+        return []
+    k = 10 if 10 in ks else ks[0]
+    names = [name for name, m in result.methods.items() if m.cases is not None]
+    baselines = [b for b in _TABLE_BASELINES if b in names]
+    if not baselines:
+        return []
+    ratios = result.ratios(ks=(k,), metrics=("ndcg",))[f"ndcg@{k}"]
+    rows = []
+    for name in names:
+        cells = [f"vs {b} {_ratio_text(ratios.get(name, {}).get(b))}" for b in baselines if b != name]
+        if cells:
+            rows.append((name, cells))
+    if not rows:
+        return []
+    width = max(len(name) for name, _ in rows)
+    head = (
+        f"NDCG@{k} ratio to the baselines [95% paired bootstrap interval over the {n} cases, "
+        f"{BOOTSTRAP_RESAMPLES} resamples]:"
+    )
+    return [head, *(f"  {name.ljust(width)}  " + "   ".join(cells) for name, cells in rows)]

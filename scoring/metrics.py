@@ -28,21 +28,30 @@ With ``R`` the relevant set, ``T_k`` the top-k and ``rank(i)`` the rank of item 
 
 Accumulated metrics (:class:`RankingMetrics`, :class:`SlicedMetrics`) are the means of
 the per-case values over the cases added (macro average over cases).
+
+:class:`CaseMetrics` keeps NDCG@k (hence hit@k) of every case, in order, so that methods
+scored on the same cases can be compared by :func:`paired_bootstrap_ratios`: the ratio of
+their means with a percentile confidence interval from resampling the cases jointly.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Collection, Iterable, Sequence
+from array import array
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Final
 
 import numpy as np
 
 __all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_SEED",
+    "CASE_METRICS",
     "DEFAULT_LATENCY_EDGES_MS",
     "METRIC_NAMES",
+    "CaseMetrics",
     "Coverage",
     "RankingMetrics",
     "SlicedMetrics",
@@ -52,12 +61,18 @@ __all__ = [
     "latency_summary",
     "mrr_at_k",
     "ndcg_at_k",
+    "paired_bootstrap_ratios",
     "precision_at_k",
     "recall_at_k",
 ]
 
 #: The per-k metrics of :meth:`RankingMetrics.summary`, in report order.
 METRIC_NAMES: Final = ("hit_rate", "recall", "precision", "ndcg", "mrr")
+#: The metrics :class:`CaseMetrics` keeps per case.
+CASE_METRICS: Final = ("ndcg", "hit_rate")
+#: Defaults of :func:`paired_bootstrap_ratios`.
+BOOTSTRAP_RESAMPLES: Final = 1000
+BOOTSTRAP_SEED: Final = 0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -235,6 +250,187 @@ class RankingMetrics:
             for name in METRIC_NAMES:
                 out[f"{name}@{k}"] = row[name]
         return out
+
+
+class CaseMetrics:
+    """NDCG@k and hit@k of every case, in the order the cases were added.
+
+    What :class:`RankingMetrics` averages, kept case by case so that several methods scored
+    on the same cases, in the same order, can be resampled jointly
+    (:func:`paired_bootstrap_ratios`).  Only NDCG@k is stored, as float32 (4 bytes per case
+    per cut-off); hit@k is ``NDCG@k > 0`` (a case hits at ``k`` exactly when a relevant
+    item is in its top-k, and its DCG is then positive).
+
+    Args:
+        ks: the cut-offs, as for :class:`RankingMetrics`.
+    """
+
+    __slots__ = ("_ks", "_ndcg")
+
+    def __init__(self, ks: Iterable[int] = (5, 10, 20)) -> None:
+        self._ks: tuple[int, ...] = RankingMetrics(ks).ks
+        self._ndcg: dict[int, array] = {k: array("f") for k in self._ks}
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        return self._ks
+
+    @property
+    def cases(self) -> int:
+        return len(self._ndcg[self._ks[0]])
+
+    def __len__(self) -> int:
+        return self.cases
+
+    def __repr__(self) -> str:
+        return f"CaseMetrics(ks={self._ks}, cases={self.cases})"
+
+    def add(self, ranked: Sequence[str], relevant: Collection[str]) -> None:
+        """Add one case: the ranked list the user held and the relevant item ids."""
+        rel = _relevant_set(relevant)
+        ranks = _hit_ranks(ranked, rel, self._ks[-1])
+        for k in self._ks:
+            in_k = [r for r in ranks if r <= k]
+            value = math.fsum(_discount(r) for r in in_k) / _idcg(k, len(rel)) if in_k else 0.0
+            self._ndcg[k].append(value)
+
+    def values(self, metric: str, k: int) -> np.ndarray:
+        """The per-case values of ``metric`` (``"ndcg"`` or ``"hit_rate"``) at ``k``, in case
+        order, as a new float64 array (hit rate: 0.0 or 1.0)."""
+        if metric not in CASE_METRICS:
+            raise ValueError(f"metric: one of {CASE_METRICS}, got {metric!r}")
+        if k not in self._ndcg:
+            raise ValueError(f"k={k} is not among the cut-offs {self._ks}")
+        ndcg = np.frombuffer(self._ndcg[k], dtype=np.float32) if self.cases else np.zeros(0, np.float32)
+        return ndcg.astype(np.float64) if metric == "ndcg" else (ndcg > 0).astype(np.float64)
+
+    def merge(self, other: CaseMetrics) -> CaseMetrics:
+        """Append ``other``'s cases after this accumulator's (same ``ks`` required); returns ``self``."""
+        if other._ks != self._ks:
+            raise ValueError(f"cannot merge case metrics with ks={other._ks} into ks={self._ks}")
+        for k in self._ks:
+            self._ndcg[k].extend(other._ndcg[k])
+        return self
+
+
+# --------------------------------------------------------------------------- paired bootstrap
+
+#: Resampled cell budget per chunk (resamples x cases) of :func:`paired_bootstrap_ratios`.
+_BOOTSTRAP_CHUNK_CELLS: Final = 1 << 22
+
+
+def _resampled_sums(matrix: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """``(resamples, columns)``: the column sums of ``matrix`` (cases x columns) over
+    ``resamples`` draws of ``n`` cases with replacement, the same draws for every column.
+
+    Each draw is turned into per-case counts (how often each case was drawn), so one
+    matrix product sums every column; the draws depend only on ``n``, ``resamples`` and
+    ``seed``.
+    """
+    n = matrix.shape[0]
+    rng = np.random.default_rng(seed)
+    out = np.empty((resamples, matrix.shape[1]), dtype=np.float64)
+    chunk = max(1, min(resamples, _BOOTSTRAP_CHUNK_CELLS // n))
+    for start in range(0, resamples, chunk):
+        b = min(chunk, resamples - start)
+        idx = rng.integers(0, n, size=(b, n), dtype=np.int32)  # b * n < 2**31
+        idx += (np.arange(b, dtype=np.int32) * n)[:, None]
+        counts = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+        out[start : start + b] = counts @ matrix
+    return out
+
+
+def _quantile(sorted_values: np.ndarray, q: float) -> float | None:
+    """The ``q`` quantile of ascending values (may hold ``inf``), linear interpolation
+    between order statistics as :func:`numpy.quantile`; ``None`` when not finite."""
+    pos = q * (sorted_values.size - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    a, b = float(sorted_values[lo]), float(sorted_values[hi])
+    value = a if a == b else a + (b - a) * (pos - lo)
+    return value if math.isfinite(value) else None
+
+
+def _ratio_interval(
+    num_total: float, den_total: float, num_boot: np.ndarray, den_boot: np.ndarray
+) -> dict[str, float | list[float | None] | None]:
+    if den_total == 0:
+        return {"ratio": None, "ci95": None}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = num_boot / den_boot
+    ratios = np.sort(ratios[~np.isnan(ratios)])
+    ci = None if ratios.size == 0 else [_quantile(ratios, 0.025), _quantile(ratios, 0.975)]
+    return {"ratio": float(num_total / den_total), "ci95": ci}
+
+
+def paired_bootstrap_ratios(
+    values: Mapping[Hashable, Sequence[float] | np.ndarray],
+    pairs: Iterable[tuple[Hashable, Hashable]] | None = None,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[tuple[Hashable, Hashable], dict[str, float | list[float | None] | None]]:
+    """Ratios of means with 95% paired bootstrap confidence intervals.
+
+    Args:
+        values: per key (e.g. a method), its per-case values; every array has the same
+            length ``n`` and case ``i`` is the same case in all of them (as every method of
+            a backtest is scored on the same cases, in the same order).
+        pairs: ``(numerator, denominator)`` keys to compare; default: every ordered pair
+            of distinct keys.  A key may be compared with itself.
+        resamples: bootstrap resamples.
+        seed: the seed of the resampling (the result is a function of the values).
+
+    Returns:
+        per pair, ``{"ratio": mean(numerator) / mean(denominator), "ci95": [low, high]}``.
+        Each resample draws ``n`` case indices with replacement, *the same indices for every
+        key*, and takes the ratio of the two means over them; ``[low, high]`` are the 2.5th
+        and 97.5th percentiles of those ratios (linear interpolation, as
+        :func:`numpy.quantile`).  ``ratio`` and ``ci95`` are ``None`` when the denominator's
+        mean is 0 (no case, or no hit); a resample whose denominator is 0 counts as ``+inf``
+        when its numerator is positive and is left out when both are 0, and a bound that is
+        not finite is ``None``.  Identical values give exactly ``1.0`` and ``[1.0, 1.0]``.
+        All the pairs share the resamples, whose draws depend only on ``n``,
+        ``resamples`` and ``seed``: one call is deterministic, and comparing ``n`` cases
+        costs about ``resamples * n`` random draws whatever the number of pairs.
+    """
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"resamples must be an integer >= 1, got {resamples!r}")
+    arrays: dict[Hashable, np.ndarray] = {}
+    for key, v in values.items():
+        arr = np.asarray(v, dtype=np.float64)
+        if arr.ndim != 1:
+            raise ValueError(f"values[{key!r}]: expected a 1-D sequence of numbers, got shape {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"values[{key!r}]: values must be finite")
+        arrays[key] = arr
+    sizes = {arr.size for arr in arrays.values()}
+    if len(sizes) > 1:
+        raise ValueError(f"values: every key needs the same cases, got lengths {sorted(sizes)}")
+    pair_list = (
+        [(a, b) for a in arrays for b in arrays if a != b] if pairs is None else [tuple(p) for p in pairs]
+    )
+    for pair in pair_list:
+        if len(pair) != 2 or pair[0] not in arrays or pair[1] not in arrays:
+            raise ValueError(f"pairs: {pair!r} is not a pair of keys of values")
+    # one column per distinct array: identical values get bit-identical sums (ratio exactly 1)
+    column: dict[Hashable, int] = {}
+    by_bytes: dict[bytes, int] = {}
+    for key in dict.fromkeys(k for pair in pair_list for k in pair):
+        column[key] = by_bytes.setdefault(arrays[key].tobytes(), len(by_bytes))
+    n = sizes.pop() if sizes else 0
+    matrix = np.empty((n, len(by_bytes)), dtype=np.float64)
+    for key, c in column.items():
+        matrix[:, c] = arrays[key]
+    totals = matrix.sum(axis=0)
+    boot = _resampled_sums(matrix, resamples, seed) if n and matrix.shape[1] else None
+    out: dict[tuple[Hashable, Hashable], dict[str, float | list[float | None] | None]] = {}
+    for a, b in pair_list:
+        i, j = column[a], column[b]
+        if boot is None:
+            out[(a, b)] = {"ratio": None, "ci95": None}
+        else:
+            out[(a, b)] = _ratio_interval(float(totals[i]), float(totals[j]), boot[:, i], boot[:, j])
+    return out
 
 
 class Coverage:

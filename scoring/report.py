@@ -8,7 +8,10 @@ page with inline CSS and hand-built inline SVG charts; it fetches nothing (no sc
 fonts, no images).  :func:`write_html` writes it to a file.
 
 The page holds, in order: the protocol and the key counts; a table of every metric at every
-cut-off per method (best value per column highlighted); bar charts of HR, NDCG and MRR per
+cut-off per method (best value per column highlighted); when the document has ``ratios``
+(:meth:`scoring.backtest.BacktestResult.ratios`), tables of each method's NDCG and HR at
+k = 10 (else the largest cut-off up to 10) relative to every other method, with their 95%
+paired bootstrap intervals; bar charts of HR, NDCG and MRR per
 method at two cut-offs; line charts of NDCG and HR per calendar month; the latency
 percentiles and histogram; a footer.
 
@@ -71,6 +74,8 @@ th.group { text-align: center; border-left: 1px solid #d8dee4; }
 td.first, th.first { border-left: 1px solid #d8dee4; }
 td.name, th.name { text-align: left; }
 td.best { background: #dafbe1; font-weight: 700; }
+table.ratios td.up { background: #dafbe1; }
+table.ratios td.down { background: #ffebe9; }
 .swatch { display: inline-block; width: .8em; height: .8em; border-radius: 2px; margin-right: .4em;
   vertical-align: -1px; }
 .sub { color: #6e7781; font-size: .8em; }
@@ -550,6 +555,66 @@ def _metrics_table(methods: Mapping[str, Mapping[str, Any]], ks: Sequence[int], 
     )
 
 
+def _ratio_cell(entry: object) -> str:
+    """One ratio with its interval; green when the interval is above 1, red when below."""
+    entry = _mapping(entry)
+    ratio = _float(entry.get("ratio"))
+    if ratio is None:
+        return f"<td>{_DASH}</td>"
+    ci = entry.get("ci95")
+    if not (isinstance(ci, Sequence) and not isinstance(ci, str) and len(ci) == 2):
+        return f"<td>{ratio:.3f}</td>"  # no interval
+    lo, hi = _float(ci[0]), _float(ci[1])  # None: not finite (an upper bound: unbounded)
+    interval = f"[{_DASH if lo is None else f'{lo:.3f}'}, {'∞' if hi is None else f'{hi:.3f}'}]"
+    cls = ' class="up"' if lo is not None and lo > 1 else ' class="down"' if hi is not None and hi < 1 else ""
+    return f'<td{cls}>{ratio:.3f} <span class="sub">{_esc(interval)}</span></td>'
+
+
+def _ratios(
+    doc: Mapping[str, Any], methods: Mapping[str, Any], ks: Sequence[int], colours: Mapping[str, str]
+) -> str | None:
+    """Tables of the ratios of NDCG and HR at one cut-off, row method over column method;
+    ``None`` when the document has none."""
+    ratios = _mapping(doc.get("ratios"))
+    at = [k for k in ks if f"ndcg@{k}" in ratios or f"hit_rate@{k}" in ratios]
+    if not at:
+        return None
+    k = 10 if 10 in at else max((k for k in at if k <= 10), default=at[0])
+    tables = []
+    for metric in ("ndcg", "hit_rate"):
+        block = {str(name): _mapping(row) for name, row in _mapping(ratios.get(f"{metric}@{k}")).items()}
+        names = [n for n in methods if n in block] + [n for n in block if n not in methods]
+        others = list(dict.fromkeys(o for n in names for o in block[n]))
+        others = [n for n in methods if n in others] + [n for n in others if n not in methods]
+        if not names or not others:
+            continue
+        head = '<th class="name">method</th>' + "".join(f"<th>vs {_esc(o)}</th>" for o in others)
+        rows = []
+        for name in names:
+            swatch = f'<span class="swatch" style="background:{colours.get(name, _PALETTE[-1])}"></span>'
+            cells = [f'<td class="name">{swatch}{_esc(name)}</td>']
+            cells += [f"<td>{_DASH}</td>" if o == name else _ratio_cell(block[name].get(o)) for o in others]
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+        tables.append(
+            f"<h3>{_SHORT[metric]}@{k}</h3>"
+            f'<div class="scroll"><table class="ratios"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>"
+        )
+    if not tables:
+        return None
+    boot = _mapping(doc.get("ratios_bootstrap"))
+    cases, resamples = _float(boot.get("cases")), _float(boot.get("resamples"))
+    over = f" over the {_count(cases)} cases" if cases is not None else " over the cases"
+    draws = f" ({_count(resamples)} resamples)" if resamples is not None else ""
+    note = (
+        '<p class="note">Each cell is the row method\'s mean divided by the column method\'s mean, '
+        f"on the same cases; in brackets its 95% paired bootstrap interval{_esc(over)}{_esc(draws)}, "
+        "resampling the cases jointly for both methods. Green: the interval lies above 1 (a gain beyond noise); "
+        "red: below 1. The JSON document holds every cut-off.</p>"
+    )
+    return "\n".join(tables) + note
+
+
 def _comparison(methods: Mapping[str, Mapping[str, Any]], ks: Sequence[int], colours: Mapping[str, str]) -> str:
     small = max((k for k in ks if k <= 10), default=ks[0])
     names = list(methods)
@@ -659,6 +724,11 @@ def render_html(doc: Mapping[str, Any], *, title: str = "recstream backtest") ->
     if methods and ks:
         sections += [
             "<h2>Metrics</h2>" + _metrics_table(methods, ks, colours),
+            *(
+                [f"<h2>Ratios with 95% intervals</h2>{ratios}"]
+                if (ratios := _ratios(doc, methods, ks, colours)) is not None
+                else []
+            ),
             "<h2>Comparison with the baselines</h2>" + _comparison(methods, ks, colours),
             "<h2>Metrics per time slice</h2>" + _slices(methods, ks, colours),
         ]

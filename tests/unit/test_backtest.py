@@ -17,6 +17,7 @@ import os
 import random
 from dataclasses import replace
 
+import orjson
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -358,6 +359,121 @@ def test_result_is_a_json_snapshot_and_the_table_reads() -> None:
     assert set(rows) == {RECSTREAM, "popularity", "item-knn"}
     assert rows[RECSTREAM][header.index("HR@10")] == f"{result.metrics()['hit_rate@10']:.4f}"
     assert "NDCG@5" not in format_table(result, ks=(10, 20)).splitlines()[1].split()
+
+
+# --------------------------------------------------------------------------- ratios
+
+
+def test_every_method_has_its_ratio_to_every_other_with_an_interval() -> None:
+    bt = hand_backtest(BacktestConfig(SPLIT, ks=(1, 3)))
+    result = bt.result()
+    doc = orjson.loads(orjson.dumps(result.to_dict()))  # as the --json file holds it
+    assert {"config", "catalog_size", "counts", "latency_ms", "methods", "ratios", "ratios_bootstrap"} == set(doc)
+    assert doc["ratios_bootstrap"] == {"resamples": 1000, "seed": 0, "cases": 4, "confidence": 0.95}
+    ratios = doc["ratios"]
+    assert list(ratios) == ["ndcg@1", "ndcg@3", "hit_rate@1", "hit_rate@3"]
+    names = [RECSTREAM, "popularity", "item-knn"]
+    for key, block in ratios.items():
+        assert list(block) == names, key
+        for a in names:
+            assert list(block[a]) == [b for b in names if b != a], (key, a)  # never itself
+            for b, entry in block[a].items():
+                mean_a, mean_b = doc["methods"][a]["metrics"][key], doc["methods"][b]["metrics"][key]
+                assert entry["ratio"] == pytest.approx(mean_a / mean_b, rel=1e-6), (key, a, b)
+                lo, hi = entry["ci95"]
+                # 4 cases: where the other hits once, a resample may miss it (no upper bound)
+                assert lo <= entry["ratio"] <= (math.inf if hi is None else hi), (key, a, b)
+    assert ratios["hit_rate@1"][RECSTREAM]["popularity"]["ci95"][1] is None  # popularity hits 1 of 4 at 1
+    # by hand (see test_hand_stream_counts_and_every_method_by_hand): HR@3 recstream 4/4,
+    # popularity 3/4, item-kNN 3/4
+    assert ratios["hit_rate@3"][RECSTREAM]["popularity"]["ratio"] == pytest.approx(4 / 3)
+    assert ratios["hit_rate@3"]["popularity"]["item-knn"]["ratio"] == pytest.approx(1.0)
+    # the same backtest gives the same intervals; observing more does not change a result
+    assert hand_backtest(BacktestConfig(SPLIT, ks=(1, 3))).result().to_dict()["ratios"] == result.to_dict()["ratios"]
+    bt.observe(Click("u1", "b", JAN31 + 3 * DAY, "e12"), ["b"], exclude_before={"a"})
+    assert result.to_dict()["ratios"] == ratios
+    assert bt.result().to_dict()["ratios_bootstrap"]["cases"] == 5
+    # one metric at one cut-off, as the table asks for it
+    assert result.ratios(ks=(3,), metrics=("ndcg",)) == {"ndcg@3": ratios["ndcg@3"]}
+    with pytest.raises(ValueError, match="cut-offs"):
+        result.ratios(ks=(5,))
+    with pytest.raises(ValueError, match="metrics"):
+        result.ratios(metrics=("mrr",))
+
+
+def test_ratios_without_cases_or_baselines() -> None:
+    # every target before the split: no case, every ratio undefined
+    result = hand_backtest(BacktestConfig(JAN31 + 10 * DAY, ks=(10,))).result()
+    assert result.counts["cases"] == 0
+    doc = result.to_dict()
+    assert doc["ratios"]["ndcg@10"][RECSTREAM] == {
+        "popularity": {"ratio": None, "ci95": None},
+        "item-knn": {"ratio": None, "ci95": None},
+    }
+    assert doc["ratios_bootstrap"]["cases"] == 0
+    assert "ratio" not in format_table(result)
+    # recstream alone: nothing to compare
+    alone = hand_backtest(BacktestConfig(SPLIT, ks=(10,)), baselines=[]).result()
+    assert alone.to_dict()["ratios"] == {"ndcg@10": {}, "hit_rate@10": {}}
+    assert "ratio" not in format_table(alone)
+    # a result built without per-case values has no ratios (and no line under the table)
+    bare = replace(result, methods={n: replace(m, cases=None) for n, m in result.methods.items()})
+    assert bare.to_dict()["ratios"] == {"ndcg@10": {}, "hit_rate@10": {}}
+
+
+def test_the_table_prints_each_methods_ndcg_ratios_to_the_baselines() -> None:
+    result = hand_backtest(BacktestConfig(SPLIT, ks=(5, 10, 20))).result()
+    lines = format_table(result).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("NDCG@10 ratio"))
+    assert at == 6  # right under the table: summary, header, rule, three methods
+    assert "95% paired bootstrap interval over the 4 cases, 1000 resamples" in lines[at]
+    ratios = result.ratios()["ndcg@10"]
+
+    def cell(a: str, b: str) -> str:
+        r = ratios[a][b]
+        return f"vs {b} {r['ratio']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
+
+    rows = {line.split()[0]: line for line in lines[at + 1 : at + 4]}
+    assert set(rows) == {RECSTREAM, "popularity", "item-knn"}
+    assert cell(RECSTREAM, "item-knn") in rows[RECSTREAM] and cell(RECSTREAM, "popularity") in rows[RECSTREAM]
+    assert rows["popularity"].split()[1:] == cell("popularity", "item-knn").split()  # not against itself
+    assert rows["item-knn"].split()[1:] == cell("item-knn", "popularity").split()
+    # without k = 10 in the table, the first k shown
+    assert any(line.startswith("NDCG@20 ratio") for line in format_table(result, ks=(20,)).splitlines())
+
+
+class _Lists:
+    """An offline method of :func:`scoring.sidebyside.side_by_side` that emits given lists."""
+
+    def __init__(self, name: str, lists: dict[str, list[str]] | None) -> None:
+        self.name, self._lists = name, lists
+
+    def lists(self, events, catalog, config, progress=None):  # noqa: ANN001, ANN201
+        if self._lists is None:  # never recommends anything
+            return [() for _ in events]
+        return [tuple(self._lists.get(ev.event_id, ["a", "b", "c"])) for ev in events]
+
+
+def test_side_by_side_methods_get_ratios_under_their_own_names() -> None:
+    from scoring.sidebyside import side_by_side
+
+    catalog = [Item(i, i.upper()) for i in CATALOG]
+    methods = [_Lists("first", HAND_LISTS), _Lists("twin", HAND_LISTS), _Lists("mute", None)]
+    result, _ = side_by_side(HAND_EVENTS, catalog, BacktestConfig(SPLIT, ks=(3, 10)), methods)
+    assert list(result.methods) == ["first", "twin", "mute", "popularity", "item-knn"]
+    doc = orjson.loads(orjson.dumps(result.to_dict()))
+    ndcg = doc["ratios"]["ndcg@10"]
+    assert list(ndcg) == list(result.methods)
+    # the same lists on the same cases: exactly 1, whatever the resamples
+    assert ndcg["first"]["twin"] == ndcg["twin"]["first"] == {"ratio": 1.0, "ci95": [1.0, 1.0]}
+    # a method that never hits: 0 over the others, undefined under them
+    assert ndcg["mute"]["first"] == {"ratio": 0.0, "ci95": [0.0, 0.0]}
+    assert ndcg["first"]["mute"] == {"ratio": None, "ci95": None}
+    lines = format_table(result).splitlines()
+    rows = {line.split()[0]: line for line in lines if line.startswith("  ")}
+    assert list(rows) == ["first", "twin", "mute", "popularity", "item-knn"]
+    assert rows["first"].split()[1:] == rows["twin"].split()[1:]
+    assert rows["mute"].split()[1:] == "vs item-knn 0.000 [0.000, 0.000] vs popularity 0.000 [0.000, 0.000]".split()
 
 
 def test_config_validation() -> None:

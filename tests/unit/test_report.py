@@ -554,3 +554,78 @@ def test_report_of_a_real_backtest(via_json: bool) -> None:
     # latency of the 11 events: 2 .. 42 ms, p50 = 22 ms
     assert "<td>22.0 ms</td>" in page
     assert any(s.get("aria-label") == "latency histogram" for s in svgs(page))
+
+
+# --------------------------------------------------------------------------- ratios
+
+
+def ratios_table(page: str, metric: str) -> str:
+    match = re.search(rf'<h3>{metric}</h3><div class="scroll"><table class="ratios">.*?</table>', page, flags=re.S)
+    assert match is not None, metric
+    return match.group(0)
+
+
+def ratio_cells(table: str, name: str) -> list[str]:
+    row = re.search(rf"</span>{re.escape(name)}</td>(.*?)</tr>", table)
+    assert row is not None, name
+    return re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))
+
+
+@pytest.mark.parametrize("via_json", [False, True])
+def test_report_shows_the_ratios_of_a_real_backtest_with_their_intervals(via_json: bool) -> None:
+    doc = real_doc()
+    if via_json:
+        doc = json.loads(json.dumps(doc))
+    page = render_html(doc)
+    check_well_formed(page)
+    assert "<h2>Ratios with 95% intervals</h2>" in page
+    assert page.index("<h2>Metrics</h2>") < page.index("<h2>Ratios with 95% intervals</h2>") < page.index(
+        "<h2>Comparison with the baselines</h2>"
+    )
+    names = ["recstream", "popularity", "item-knn"]
+    # k = 3: the largest cut-off up to 10 (the JSON has k = 1 too)
+    for metric, short in (("ndcg", "NDCG"), ("hit_rate", "HR")):
+        table = ratios_table(page, f"{short}@3")
+        assert re.findall(r"<th>vs (.*?)</th>", table) == names
+        for a in names:
+            cells = ratio_cells(table, a)
+            expected = []
+            for b in names:
+                if a == b:
+                    expected.append("–")
+                    continue
+                entry = doc["ratios"][f"{metric}@3"][a][b]
+                lo, hi = entry["ci95"]
+                interval = f"[{lo:.3f}, {'∞' if hi is None else f'{hi:.3f}'}]"
+                expected.append(f'{entry["ratio"]:.3f} <span class="sub">{interval}</span>')
+            assert cells == expected, (metric, a)
+    assert "over the 4 cases (1,000 resamples)" in page
+    assert "<h3>NDCG@1</h3>" not in page
+
+
+def test_ratio_cells_are_coloured_by_where_the_interval_lies() -> None:
+    ks = (10,)
+    doc = make_doc({n: method(ks, {}) for n in ("new", "old", "<b>x</b>")}, ks=ks)
+    doc["ratios"] = {
+        "ndcg@10": {
+            "new": {"old": {"ratio": 1.5, "ci95": [1.2, 1.9]}, "<b>x</b>": {"ratio": 1.1, "ci95": [0.9, None]}},
+            "old": {"new": {"ratio": 0.66, "ci95": [0.52, 0.83]}, "<b>x</b>": {"ratio": None, "ci95": None}},
+            "<b>x</b>": {"new": {"ratio": "high", "ci95": "wide"}, "old": {"ratio": 2.0, "ci95": [1.0]}},
+        },
+        "hit_rate@10": None,
+    }
+    page = render_html(doc)
+    check_well_formed(page)
+    table = ratios_table(page, "NDCG@10")
+    assert "<h3>HR@10</h3>" not in page  # nothing for HR in this document
+    new = ratio_cells(table, "new")
+    assert new[1] == '1.500 <span class="sub">[1.200, 1.900]</span>'
+    assert new[2] == '1.100 <span class="sub">[0.900, ∞]</span>'
+    assert '<td class="up">1.500' in table and '<td class="down">0.660' in table
+    assert ratio_cells(table, "old")[2] == "–"  # undefined: the other never hits
+    assert ratio_cells(table, "&lt;b&gt;x&lt;/b&gt;")[:2] == ["–", "2.000"]  # malformed interval: left out
+    assert "<b>x</b>" not in page
+    # a document without ratios (an older one) has no such section
+    assert "Ratios with 95% intervals" not in render_html(standard_doc())
+    del doc["ratios"]["ndcg@10"]
+    assert "Ratios with 95% intervals" not in render_html(doc)
