@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""CPU time per event of the engine's batch step, text-only against the blend (issue 8).
+"""CPU time per event of the engine's batch step: text-only, the dense blend and the
+two-stage blend (the worker's default ranker), side by side.
 
 The benchmark's click workload (bench/pipeline.py): a generated catalog (default 10,000
 items, random unit vectors of the text model's size: the click path never runs the text
 model), 2,000 users clicking items (Zipf-like popularity, each user's clicks around a few
 favourite items), micro-batches of 512, per-user emission, as the worker runs by default.
-The same events go through :class:`scoring.engine.Engine` without and with blend weights;
-the blend's figure includes what the worker adds for it: serialising the co-occurrence
+The same events go through :class:`scoring.engine.Engine` without blend weights, with the
+default weights ranked densely (every item blended), and with the same weights in two
+stages (``EngineConfig.blend_candidates``, the default); the blends' figures include what the worker adds for it: serialising the co-occurrence
 rows the batch changed (``CooccurrenceRow.to_bytes``, the table writes).
 
 CPU time is the process's (``time.process_time``, every thread), after warm-up batches;
@@ -34,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from encoders.profile import DecayedProfileModel, UserProfile  # noqa: E402
-from scoring.blend import BlendWeights  # noqa: E402
+from scoring.blend import DEFAULT_WEIGHTS, BlendWeights  # noqa: E402
 from scoring.engine import Engine, EngineConfig, Incoming  # noqa: E402
 from scoring.popularity import DecayedPopularity  # noqa: E402
 from scoring.topk import ItemMatrix  # noqa: E402
@@ -67,10 +69,10 @@ def workload(items: int, users: int, events: int, seed: int) -> tuple[list[str],
     return ids, vecs, out
 
 
-def run(ids, vecs, events, blend: BlendWeights | None, batch: int, warm: int) -> dict:
+def run(ids, vecs, events, blend: BlendWeights | None, batch: int, warm: int, two_stage: bool = True) -> dict:
     matrix = ItemMatrix(DIM, "cpu")
     matrix.upsert(ids, vecs)
-    cfg = EngineConfig(k=10, emit="per-user", blend=blend)
+    cfg = EngineConfig(k=10, emit="per-user", blend=blend, blend_candidates=two_stage)
     engine = Engine(model=DecayedProfileModel(dim=DIM), matrix=matrix, popularity=DecayedPopularity(cfg.popularity_half_life_ms),
                     texts=NoTexts(), config=cfg, partition_popularity={}, partition_cooccurrence={} if blend else None)
     profiles: dict[str, UserProfile] = {}
@@ -101,6 +103,8 @@ def run(ids, vecs, events, blend: BlendWeights | None, batch: int, warm: int) ->
         "cooccurrence_rows_written_per_event": round(rows / len(events), 2) if blend else 0,
         "cooccurrence_bytes_per_row": round(row_bytes / rows) if rows else 0,
         "cooccurrence_items": len(engine.cooccurrence) if engine.cooccurrence is not None else 0,
+        "candidates_per_user": round(engine.candidate_stats.candidates / max(engine.candidate_stats.users, 1), 1),
+        "users_ranked_densely": round(engine.candidate_stats.dense / max(engine.candidate_stats.users, 1), 4),
     }
 
 
@@ -115,16 +119,19 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(1)
     ids, vecs, events = workload(args.items, args.users, args.events, args.seed)
-    weights = BlendWeights(0.7, 0.2, 0.1, "zscore")
     text = run(ids, vecs, events, None, args.batch, args.warm)
-    blend = run(ids, vecs, events, weights, args.batch, args.warm)
+    dense = run(ids, vecs, events, DEFAULT_WEIGHTS, args.batch, args.warm, two_stage=False)
+    blend = run(ids, vecs, events, DEFAULT_WEIGHTS, args.batch, args.warm)
     doc = {
         "benchmark": "engine CPU per event, text-only vs blend (bench/blend_cost.py)",
         "parameters": vars(args),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                     "load_avg_1m": os.getloadavg()[0]},
+        "weights": DEFAULT_WEIGHTS.label(),
         "text_only": text,
+        "blend_dense": dense,
         "blend": blend,
+        "blend_dense_over_text_cpu": round(dense["cpu_us_per_event"] / max(text["cpu_us_per_event"], 1e-9), 2),
         "blend_over_text_cpu": round(blend["cpu_us_per_event"] / max(text["cpu_us_per_event"], 1e-9), 2),
     }
     print(json.dumps(doc, indent=2))

@@ -66,6 +66,7 @@ __all__ = [
     "BlendConfigError",
     "BlendWeights",
     "blend_score_topk",
+    "candidate_blend_topk",
     "blend_scores",
     "blend_topk",
     "candidate_mask",
@@ -407,6 +408,194 @@ def blend_score_topk(
     values, top = blend_topk(cand, weights, k, text.cpu(), cooccurrence, popularity)
     out: list[TopK] = []
     for vals, rs in zip(values.tolist(), top.tolist()):
+        recs: TopK = []
+        for v, r in zip(vals, rs):
+            item_id = matrix.id_at(r)
+            if v == -math.inf or item_id is None:
+                break
+            recs.append(Recommendation(item_id, float(v), None))
+        out.append(recs)
+    return out
+
+
+# --------------------------------------------------------------------------- two stages
+
+#: Candidates the two-stage ranker takes from the text profile and from popularity (each
+#: on top of the user's excluded items), besides every item with co-occurrence evidence.
+TEXT_CANDIDATES: Final = 100
+POPULAR_CANDIDATES: Final = 100
+
+
+@dataclass(slots=True)
+class CandidateStats:
+    """What :func:`candidate_blend_topk` did: users ranked, their mean candidate count, and
+    the users whose candidates could not prove their top-k (ranked densely instead)."""
+
+    users: int = 0
+    candidates: int = 0
+    dense: int = 0
+
+
+def _padded_rows(rows: Sequence[np.ndarray], fill: int) -> torch.Tensor:
+    """``(B, width)`` long: each user's ascending rows, padded with ``fill`` (> every row)."""
+    width = max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), max(width, 1)), fill, dtype=torch.long)
+    for b, r in enumerate(rows):
+        out[b, : len(r)] = torch.from_numpy(np.asarray(r, dtype=np.int64))
+    return out
+
+
+def _member(rows: torch.Tensor, sorted_rows: torch.Tensor) -> torch.Tensor:
+    """``(B, C)`` bool: is ``rows[b, c]`` among the ascending ``sorted_rows[b]``?"""
+    at = torch.searchsorted(sorted_rows, rows).clamp(max=sorted_rows.shape[1] - 1)
+    return sorted_rows.gather(1, at) == rows
+
+
+def _lookup(rows: torch.Tensor, sorted_rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``(B, C)``: ``values[b]`` at ``rows[b, c]`` of the ascending ``sorted_rows[b]``, 0 where absent."""
+    at = torch.searchsorted(sorted_rows, rows).clamp(max=sorted_rows.shape[1] - 1)
+    return torch.where(sorted_rows.gather(1, at) == rows, values.gather(1, at), torch.zeros((), dtype=values.dtype))
+
+
+def _zscore_coefficients(
+    w: float, s1: torch.Tensor, s2: torch.Tensor, n: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(w / std, w * mean / std)`` per user from float64 sums and sums of squares over
+    ``n`` candidates; 0 for a signal that is constant over them (its deviation below
+    ``_REL_EPS`` of its root mean square)."""
+    mean = s1 / n
+    mean_sq = s2 / n
+    std = (mean_sq - mean * mean).clamp(min=0.0).sqrt()
+    ok = std > _REL_EPS * torch.maximum(mean.abs(), mean_sq.sqrt())
+    coef = torch.where(ok, w / torch.where(ok, std, torch.ones_like(std)), torch.zeros_like(std))
+    return coef, coef * mean
+
+
+def candidate_blend_topk(
+    matrix: ItemMatrix,
+    queries: np.ndarray,
+    k: int,
+    exclude: Sequence[Collection[str]],
+    weights: BlendWeights,
+    cooccurrence: Sequence[tuple[np.ndarray, np.ndarray]],
+    popularity: torch.Tensor,
+    popular_rows: torch.Tensor,
+    *,
+    text_candidates: int = TEXT_CANDIDATES,
+    stats: CandidateStats | None = None,
+) -> list[TopK]:
+    """The z-score blend's top-``k`` in two stages: candidates first, then only they are ranked.
+
+    Each user's candidates are every item with co-occurrence evidence (``cooccurrence``:
+    the sparse ``(rows, scores)`` of each user), their ``text_candidates`` nearest items
+    by text (so an item with text and no interactions yet can be found), and the rows of
+    ``popular_rows`` (``(B, P)``: the currently most popular items; any order), minus the
+    excluded items.  The z-score of each signal is still taken over *all* the user's
+    candidates of the dense ranking (every live item not excluded), from sums over the
+    catalog and the excluded items, so a candidate's blended score is the dense one.  An
+    item that is not a candidate has no co-occurrence and at most the smallest text and
+    popularity score of those taken, which bounds its blended score: a user whose k-th
+    candidate scores below that bound (rare: the sources miss an item that could rank)
+    is ranked densely, so the result is always the exact top-k of :func:`blend_score_topk`
+    (up to float rounding of ties).  ``popularity`` is ``(B, rows_used)``.
+
+    Only the z-score normalisation has this form (a rank needs every item's score): call
+    :func:`blend_score_topk` for ``"rank"``.
+    """
+    if weights.normalization != "zscore":
+        raise ValueError("the two-stage blend ranks the z-score normalisation only")
+    batch = len(exclude)
+    if len(cooccurrence) != batch or batch != len(queries):
+        raise ValueError(f"{len(queries)} queries, {len(exclude)} exclusion sets and {len(cooccurrence)} co-occurrence vectors")
+    if batch == 0 or k <= 0 or len(matrix) == 0:
+        return [[] for _ in range(batch)]
+    n_rows = matrix.rows_used
+    text = text_scores(matrix, queries).cpu()  # (B, n); 0 on free rows (their vectors are zeroed)
+    pop = _as_batch(popularity, (batch, n_rows), "popularity")
+    valid = matrix.valid.cpu()
+    w_text, w_co, w_pop = weights.as_tuple()
+
+    # the excluded rows of each user (live items only), flat and as padded sorted rows
+    ex_rows = [sorted({r for r in (matrix.row(i) for i in excl) if r is not None}) for excl in exclude]
+    ex_b = torch.tensor([b for b, rows in enumerate(ex_rows) for _ in rows], dtype=torch.long)
+    ex_r = torch.tensor([r for rows in ex_rows for r in rows], dtype=torch.long)
+    ex_pad = _padded_rows([np.asarray(rows, dtype=np.int64) for rows in ex_rows], n_rows)
+    n = (len(matrix) - torch.tensor([len(rows) for rows in ex_rows], dtype=torch.float64)).clamp(min=1).unsqueeze(1)
+
+    def sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float64 sums and sums of squares of the rows of dense ``x`` over each user's
+        candidates (free rows score 0: the catalog's sums minus the excluded rows')."""
+        s1 = x.sum(dim=1, keepdim=True, dtype=torch.float64)
+        s2 = (x * x).sum(dim=1, keepdim=True, dtype=torch.float64)
+        if len(ex_r):
+            e = x[ex_b, ex_r].double()
+            s1 = s1.index_add(0, ex_b, -e.unsqueeze(1))
+            s2 = s2.index_add(0, ex_b, -(e * e).unsqueeze(1))
+        return s1, s2
+
+    coef_t, off_t = _zscore_coefficients(w_text, *sums(text), n)
+    coef_p, off_p = _zscore_coefficients(w_pop, *sums(pop), n)
+    co1 = torch.zeros((batch, 1), dtype=torch.float64)
+    co2 = torch.zeros((batch, 1), dtype=torch.float64)
+    for b, (rows, vals) in enumerate(cooccurrence):
+        if len(rows):
+            v = vals[~np.isin(rows, ex_rows[b])] if ex_rows[b] else vals
+            co1[b, 0], co2[b, 0] = float(v.sum()), float((v * v).sum())
+    coef_c, off_c = _zscore_coefficients(w_co, co1, co2, n)
+    offset = off_t + off_c + off_p
+    co_rows = _padded_rows([rows for rows, _ in cooccurrence], n_rows)  # ascending, padded with n_rows
+    co_vals = torch.zeros(co_rows.shape, dtype=torch.float32)
+    for b, (_, vals) in enumerate(cooccurrence):
+        co_vals[b, : len(vals)] = torch.from_numpy(vals.astype(np.float32))
+
+    # stage 1: candidates (text head-room for the user's excluded items)
+    t_take = min(n_rows, text_candidates + max(len(rows) for rows in ex_rows))
+    text_top, text_rows = torch.topk(text, t_take, dim=1)
+    cand = torch.cat([text_rows, popular_rows.to(torch.long), co_rows], dim=1)
+    cand, _ = cand.sort(dim=1)
+    pad = cand >= n_rows
+    safe = torch.where(pad, 0, cand)
+    dup = torch.zeros_like(pad)
+    dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
+    usable = ~pad & ~dup & valid[safe] & ~_member(safe, ex_pad)
+
+    # stage 2: the blend of the candidates, as the dense ranking computes it
+    def blended(rows: torch.Tensor, co: torch.Tensor, b: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        total = text[b].gather(1, rows) * coef_t[b].float()
+        total.addcmul_(co, coef_c[b].float())
+        total.addcmul_(pop[b].gather(1, rows), coef_p[b].float())
+        return total
+
+    total = blended(safe, _lookup(safe, co_rows, co_vals)).masked_fill_(~usable, -math.inf)
+    kk = min(k, n_rows)
+    if total.shape[1] < kk:  # fewer candidates than k: pad (the dense ranking decides those users)
+        total = torch.nn.functional.pad(total, (0, kk - total.shape[1]), value=-math.inf)
+        safe = torch.nn.functional.pad(safe, (0, kk - safe.shape[1]), value=0)
+    values, pos = torch.topk(total, kk, dim=1)
+    rows = safe.gather(1, pos)
+    # an item that is no candidate has no co-occurrence, and text and popularity at most
+    # the smallest of those taken: its blended score is at most this
+    p_most = pop.gather(1, popular_rows.to(torch.long)).amin(dim=1) if popular_rows.shape[1] else pop.amax(dim=1)
+    bound = text_top[:, -1] * coef_t.squeeze(1).float() + p_most * coef_p.squeeze(1).float()
+    kth = values[:, -1]
+    unsure = ((kth < bound) | (kth == -math.inf)) if t_take < n_rows else torch.zeros(batch, dtype=torch.bool)
+    if bool(unsure.any()):
+        who = unsure.nonzero().squeeze(1)
+        everything = torch.arange(n_rows).expand(len(who), -1)
+        co = torch.zeros((len(who), n_rows), dtype=torch.float32)
+        off = torch.zeros((len(who), n_rows), dtype=torch.bool)
+        for j, b in enumerate(who.tolist()):
+            co[j, torch.from_numpy(cooccurrence[b][0])] = co_vals[b, : len(cooccurrence[b][0])]
+            off[j, ex_rows[b]] = True
+        dense_total = blended(everything, co, who).masked_fill_(~valid | off, -math.inf)
+        values[who], rows[who] = torch.topk(dense_total, kk, dim=1)
+    if stats is not None:
+        stats.users += batch
+        stats.candidates += int(usable.sum())
+        stats.dense += int(unsure.sum())
+
+    out: list[TopK] = []
+    for vals, rs in zip((values.double() - offset).float().tolist(), rows.tolist()):
         recs: TopK = []
         for v, r in zip(vals, rs):
             item_id = matrix.id_at(r)

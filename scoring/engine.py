@@ -47,9 +47,10 @@ import numpy as np
 import torch
 
 from encoders.profile import ProfileModel, UserProfile
-from scoring.blend import BlendWeights, blend_score_topk
+from scoring.blend import POPULAR_CANDIDATES, BlendWeights, CandidateStats, blend_score_topk, candidate_blend_topk
 from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, CooccurrenceScorer, is_positive, positive_history, weight_problem
 from scoring.popularity import DecayedPopularity
+from scoring.prequential import Prequential
 from scoring.topk import ItemMatrix, score_topk
 from streams.records import Click, Purchase, RecItem, Recommendation, Review, Trigger
 
@@ -60,6 +61,7 @@ Event = Click | Purchase | Review
 EmitMode = Literal["per-user", "per-event"]
 EMIT_MODES: tuple[EmitMode, ...] = ("per-user", "per-event")
 POPULARITY_MODEL = "popularity"
+LN2 = float(np.log(2.0))
 #: ``Recommendation.model`` prefix of a blended list (then the weights' label).
 BLEND_MODEL_PREFIX = "blend/"
 
@@ -115,6 +117,10 @@ class EngineConfig:
             plain sum).  The defaults (0.9, 0.8) were chosen on issue 8's validation
             window (docs/quality.md).
         positive_threshold: the lowest rating of a positive review.
+        blend_candidates: rank the z-score blend in two stages (candidates from the
+            co-occurrence, text and popularity, then only they are blended:
+            :func:`scoring.blend.candidate_blend_topk`, the same lists); ``False``: blend
+            every item (the dense reference).
     """
 
     k: int = 10
@@ -129,6 +135,7 @@ class EngineConfig:
     cooc_pair_decay: float = 0.9
     cooc_recency: float = 0.8
     positive_threshold: float = 4.0
+    blend_candidates: bool = True
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -267,6 +274,12 @@ class Engine:
         self._cooc_key: tuple[int, ...] | None = None
         self.user_encoder = user_encoder
         self._learned: LearnedModel | None = None  # the user encoder's model for the current batch
+        #: what the two-stage blend did (users ranked, candidates, users ranked densely)
+        self.candidate_stats = CandidateStats()
+        #: how the engine ranks users with evidence (the records of the others say "popularity")
+        self.ranker = "learned" if user_encoder is not None else "blend" if blend is not None else "text"
+        #: each applied target event tests the list its user held (scoring/prequential.py)
+        self.prequential = Prequential(positive_threshold=self.config.positive_threshold)
 
     # ------------------------------------------------------------------ helpers
     def _popularity_for(self, partition: int) -> DecayedPopularity | None:
@@ -452,13 +465,16 @@ class Engine:
         pop_touched: set[tuple[int, str]] = set()
         cooc_touched: set[tuple[int, str]] = set()
         per_event = self.config.emit == "per-event"
+        applied: list[bool] = []
         for i, inc in enumerate(batch):
             ev = inc.event
             profile = touched.get(ev.user_id)
             if profile is None:
                 profile = profiles.get(ev.user_id) or self.model.new_profile(ev.user_id)
                 touched[ev.user_id] = profile
-            if profile.is_duplicate(inc.source, inc.offset):
+            duplicate = profile.is_duplicate(inc.source, inc.offset)
+            applied.append(not duplicate)
+            if duplicate:
                 stats.duplicates += 1
             else:
                 item_vec = item_vecs.get(ev.item_id)
@@ -549,7 +565,34 @@ class Engine:
                 )
             )
         stats.encode_s, stats.update_s, stats.score_s = t1 - t0, t2 - t1, t3 - t2
+        self._judge(batch, applied, recs, per_event)
         return BatchResult(recs, touched, pop_touched, stats, cooc_touched)
+
+    def _judge(self, batch: Sequence[Incoming], applied: Sequence[bool], recs: Sequence[Recommendation], per_event: bool) -> None:
+        """Prequential evaluation: each applied event tests the list its user held before
+        it, then the batch's records become the held lists (per event: each event's own)."""
+        pq = self.prequential
+
+        def test(inc: Incoming) -> None:
+            ev = inc.event
+            pq.test(ev.user_id, ev.item_id, ev.ts, ev.kind, ev.rating if isinstance(ev, Review) else None)
+
+        def hold(rec: Recommendation) -> None:
+            pq.hold(rec.user_id, POPULARITY_MODEL if rec.model == POPULARITY_MODEL else self.ranker,
+                    [item.item_id for item in rec.items])
+
+        if per_event:
+            for inc, ok, rec in zip(batch, applied, recs):
+                if ok:
+                    test(inc)
+                hold(rec)
+        else:
+            for inc, ok in zip(batch, applied):
+                if ok:
+                    test(inc)
+            for rec in recs:
+                hold(rec)
+        pq.publish()
 
     #: snapshots blended together at most (bounds the (B, items) score matrices)
     BLEND_CHUNK = 128
@@ -567,12 +610,12 @@ class Engine:
         ref = max(s.trigger.event.ts for s in scored) / half_life
         work = torch.from_numpy((pop_base - ref).astype(np.float32))
         applied = 0
+        two_stage = self.config.blend_candidates and blend.normalization == "zscore"
         out: list[list[tuple[str, float, str | None]]] = []
         for start in range(0, len(scored), self.BLEND_CHUNK):
             part = scored[start : start + self.BLEND_CHUNK]
             b = len(part)
             queries = np.zeros((b, dim), dtype=np.float32)
-            cooc = np.zeros((b, n), dtype=np.float32)
             shift = torch.tensor([s.trigger.event.ts / half_life - ref for s in part], dtype=torch.float32)
             # one popularity state per run of snapshots taken at the same point of the batch
             states: list[torch.Tensor] = []
@@ -581,8 +624,6 @@ class Engine:
                 if snap.query is not None:
                     queries[j] = snap.query
                 assert snap.cooc is not None
-                rows, vals = snap.cooc
-                cooc[j, rows] = vals
                 if not states or snap.pop_pos != applied:
                     if snap.pop_pos != applied:
                         work = work.clone()
@@ -592,7 +633,20 @@ class Engine:
                     states.append(work)
                 state_of[j] = len(states) - 1
             base = torch.stack(states)[torch.from_numpy(state_of)] if len(states) > 1 else states[0].unsqueeze(0)
-            pop = torch.log1p(torch.exp2(base - shift.unsqueeze(1)))
+            # log1p(2 ** x), without overflow for a snapshot far older than the batch's latest
+            pop = torch.nn.functional.softplus((base - shift.unsqueeze(1)) * LN2)
+            if two_stage:
+                # the most popular rows of each state (decay keeps the order: by the log count)
+                popular = torch.stack([torch.topk(st, min(POPULAR_CANDIDATES, n)).indices for st in states])
+                res = candidate_blend_topk(m, queries, self.config.k, [s.exclude for s in part], blend,
+                                           [s.cooc for s in part], pop, popular[torch.from_numpy(state_of)],  # type: ignore[misc]
+                                           stats=self.candidate_stats)
+                out.extend([(r.item_id, r.score, r.because) for r in recs] for recs in res)
+                continue
+            cooc = np.zeros((b, n), dtype=np.float32)
+            for j, snap in enumerate(part):
+                rows, vals = snap.cooc  # type: ignore[misc]
+                cooc[j, rows] = vals
             res = blend_score_topk(m, queries, self.config.k, [s.exclude for s in part], blend, cooc, pop)
             out.extend([(r.item_id, r.score, r.because) for r in recs] for recs in res)
         return out

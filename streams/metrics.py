@@ -134,6 +134,9 @@ class WorkerState:
     #: 1/0 after the first broker probe, None before
     broker_up: bool | None = None
     healthy: bool | None = None
+    #: live quality (scoring/prequential.py): figures by ranker, and the cold target events
+    prequential: Mapping[str, Any] = field(default_factory=dict)
+    prequential_cold: int = 0
 
 
 class BatchHistogram(Collector):
@@ -210,6 +213,7 @@ class _StateCollector(Collector):
         catalog.add_metric(["upsert"], c.get("items_upserted", 0))
         catalog.add_metric(["delete"], c.get("items_deleted", 0))
         yield catalog
+        yield from _prequential_families(s)
         yield GaugeMetricFamily("recstream_items_held", "Catalog items in the scoring matrix.", value=s.items_held)
         yield GaugeMetricFamily("recstream_profiles_held", "User profiles in this worker's partitions of the profiles "
                                 "table (counted at recovery, then kept up to date).", value=m.profiles_held)
@@ -230,6 +234,31 @@ class _StateCollector(Collector):
         info = InfoMetricFamily("recstream_worker", "The worker: recstream version, model, emission mode, guarantee.")
         info.add_metric([], dict(m.info))
         yield info
+
+
+def _prequential_families(s: WorkerState) -> Iterator[Metric]:
+    """Live quality: each target event (a click, a purchase, a review rated 4 or more) tests
+    the list its user held, by the ranker that made that list (scoring/prequential.py)."""
+    cases = CounterMetricFamily("recstream_prequential_cases", "Target events that tested the list their user held, "
+                                "by the ranker of that list (blend, text, learned, popularity).", labels=["ranker"])
+    hits = CounterMetricFamily("recstream_prequential_hits_at_10", "Of those, the events whose item was in the top 10 "
+                               "of the list.", labels=["ranker"])
+    ndcg = CounterMetricFamily("recstream_prequential_ndcg_at_10", "Sum of the cases' NDCG@10 (1/log2(rank + 2) for a "
+                               "hit, else 0): over recstream_prequential_cases, the mean NDCG@10.", labels=["ranker"])
+    window_hr = GaugeMetricFamily("recstream_prequential_window_hit_rate_at_10", "HR@10 of the ranker's last 1,000 "
+                                  "cases.", labels=["ranker"])
+    window_ndcg = GaugeMetricFamily("recstream_prequential_window_ndcg_at_10", "NDCG@10 of the ranker's last 1,000 "
+                                    "cases.", labels=["ranker"])
+    for ranker, f in sorted(s.prequential.items()):
+        cases.add_metric([ranker], f.cases)
+        hits.add_metric([ranker], f.hits)
+        ndcg.add_metric([ranker], f.ndcg)
+        if f.window_cases:
+            window_hr.add_metric([ranker], f.window_hit_rate)
+            window_ndcg.add_metric([ranker], f.window_ndcg)
+    yield from (cases, hits, ndcg, window_hr, window_ndcg)
+    yield CounterMetricFamily("recstream_prequential_cold", "Target events of users who held no list yet (or whose "
+                              "list the worker no longer remembers).", value=s.prequential_cold)
 
 
 class WorkerMetrics:
@@ -517,6 +546,8 @@ def pipeline_metrics(pipeline: "Pipeline") -> WorkerMetrics:
             lag=consumer_lag(pipeline.app, topics),
             broker_up=health.broker_up() if health is not None else None,
             healthy=health.current().healthy if health is not None else None,
+            prequential=pipeline.engine.prequential.figures,
+            prequential_cold=pipeline.engine.prequential.cold,
         )
 
     async def count_profiles() -> None:

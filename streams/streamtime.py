@@ -116,6 +116,21 @@ class StreamTimeMerger:
     def full(self, tp: Any) -> bool:
         return self.held(tp) >= self.max_held
 
+    def to_fetch(self, partitions: Iterable[Any], lagging: Callable[[Any], bool]) -> set:
+        """Which of ``partitions`` to take fetched records from now: while an event partition
+        with nothing held has unfetched records (it holds the others back), only such
+        partitions and the other topics'; otherwise every partition not held full.
+
+        Kafka Streams pauses the partitions that have records buffered for the same
+        reason: the consumer returns a bounded number of records per poll, always first from
+        the same partitions, and a partition behind them would wait for the others' whole
+        backlog."""
+        partitions = list(partitions)
+        blocking = {tp for tp in partitions if self.participates(tp) and not self.held(tp) and lagging(tp)}
+        if blocking:
+            return blocking | {tp for tp in partitions if not self.participates(tp)}
+        return {tp for tp in partitions if not self.full(tp)}
+
     def add(self, tp: Any, records: Iterable[Any]) -> None:
         """Buffer ``records`` (fetched from ``tp``, in offset order; each with ``.value``)."""
         rank = self.ranks[tp.topic]
@@ -219,7 +234,7 @@ class StreamTimeConsumer:
         merger = self.merger
         if merger is None or not active_partitions:
             return await super()._getmany(active_partitions, timeout)  # type: ignore[misc]
-        fetch = {tp for tp in active_partitions if not merger.full(tp)}
+        fetch = merger.to_fetch(active_partitions, self._lagging)
         records: Mapping[Any, list] = {}
         if fetch:
             hint = merger.wait_hint()

@@ -210,7 +210,8 @@ def test_a_failed_batch_rolls_co_occurrence_back(monkeypatch: pytest.MonkeyPatch
     def broken(*args, **kwargs):
         raise RuntimeError("scoring failed")
 
-    monkeypatch.setattr(engine_module, "blend_score_topk", broken)
+    monkeypatch.setattr(engine_module, "blend_score_topk", broken)  # the dense ranking
+    monkeypatch.setattr(engine_module, "candidate_blend_topk", broken)  # the two-stage one (the default)
     with pytest.raises(RuntimeError, match="scoring failed"):
         eng.process(batch, {u: UserProfile.from_bytes(p.to_bytes()) for u, p in profiles.items()}, now_ms=T0)
     after = (rows(eng.cooccurrence), eng.cooccurrence.last_ts,

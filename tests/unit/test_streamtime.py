@@ -141,3 +141,14 @@ def test_the_scheduler_delivers_other_topics_then_the_released_events_in_order()
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError):
         StreamTimeMerger(TOPICS, max_idle_s=-1)
+
+
+def test_while_a_partition_holds_the_others_back_only_it_and_other_topics_are_fetched():
+    m = StreamTimeMerger(TOPICS, max_held=2, clock=Clock())
+    items = TP("x.items", 0)
+    m.add(PURCHASES, records(("u", "a", 5, "p")))
+    # the clicks partition is empty and has records on the broker: take only its records
+    assert m.to_fetch([CLICKS, PURCHASES, REVIEWS, items], lambda tp: tp == CLICKS) == {CLICKS, items}
+    # nothing holds back: every partition not held full
+    m.add(PURCHASES, records(("u", "b", 6, "p2")))
+    assert m.to_fetch([CLICKS, PURCHASES, REVIEWS, items], lambda tp: False) == {CLICKS, REVIEWS, items}

@@ -429,3 +429,22 @@ def test_a_bound_socket_listens():
             pass
     finally:
         sock.close()
+
+
+def test_live_quality_by_ranker_is_exported():
+    from scoring.prequential import Prequential
+
+    pq = Prequential(k=10)
+    pq.hold("u", "blend", ["a", "b"])
+    pq.test("u", "b", 1, "click")
+    pq.test("u", "z", 2, "click")
+    pq.test("w", "a", 3, "click")  # cold
+    pq.publish()
+    state = M.WorkerState(prequential=pq.figures, prequential_cold=pq.cold)
+    s = samples(M.WorkerMetrics(topics=TOPICS, state=lambda: state))
+    blend = (("ranker", "blend"),)
+    assert s[("recstream_prequential_cases_total", blend)] == 2
+    assert s[("recstream_prequential_hits_at_10_total", blend)] == 1
+    assert s[("recstream_prequential_ndcg_at_10_total", blend)] == pytest.approx(1 / 1.584962500721156)
+    assert s[("recstream_prequential_window_hit_rate_at_10", blend)] == 0.5
+    assert s[("recstream_prequential_cold_total", ())] == 1
