@@ -41,8 +41,10 @@ from . import topics as T
 log = logging.getLogger("recstream.streamtime")
 
 #: Longest a partition with data on the broker that is not fetched yet may hold back the
-#: others; past it the records buffered elsewhere are released anyway (and a warning says so).
-LAG_WAIT_S = 2.0
+#: others; past it the records buffered elsewhere are released anyway (and a warning says
+#: so).  A fetch takes milliseconds, or seconds on a loaded machine: this is a safety net
+#: against a partition that cannot be fetched at all (its leader gone), not a tuning knob.
+LAG_WAIT_S = 30.0
 #: Records held per partition before its fetching pauses (it resumes as they are released).
 MAX_HELD_PER_PARTITION = 10_000
 #: Order key of a record whose value is not a JSON object: released first (the events
@@ -99,7 +101,9 @@ class StreamTimeMerger:
         self.max_held = max_held
         self.clock = clock
         self._queues: dict[Any, deque[tuple[Key, Any]]] = {}
+        #: since when each partition with nothing held has been empty (caught up) or lagging
         self._empty_since: dict[Any, float] = {}
+        self._lagging_since: dict[Any, float] = {}
         #: times a lagging partition stopped holding back the others after lag_wait_s
         self.enforced = 0
 
@@ -139,6 +143,7 @@ class StreamTimeMerger:
         q.extend((record_key(rank, r.value), r) for r in records)
         if len(q) > before:
             self._empty_since.pop(tp, None)
+            self._lagging_since.pop(tp, None)
 
     def clear(self, tps: Iterable[Any] | None = None) -> None:
         """Forget what is held (for ``tps``, or all): the consumer sought back, or the
@@ -146,19 +151,21 @@ class StreamTimeMerger:
         for tp in list(self._queues) if tps is None else tps:
             self._queues.pop(tp, None)
             self._empty_since.pop(tp, None)
+            self._lagging_since.pop(tp, None)
 
     def _holds_back(self, tp: Any, lagging: Callable[[Any], bool], now: float) -> bool:
         """May the empty partition ``tp`` hold back the others now?"""
-        since = self._empty_since.setdefault(tp, now)
         if lagging(tp):
+            since = self._lagging_since.setdefault(tp, now)
             if now - since < self.lag_wait_s:
                 return True
             self.enforced += 1
-            log.warning("event partition %s[%d] has unfetched records after %.1fs: processing the other partitions "
+            log.warning("event partition %s[%d] has had unfetched records for %.1fs: processing the other partitions "
                         "without it (stream-time order may be broken)", tp.topic, tp.partition, now - since)
-            self._empty_since[tp] = now  # wait again, in full, before the next enforcement
+            self._lagging_since[tp] = now  # wait again, in full, before the next enforcement
             return False
-        return now - since < self.max_idle_s
+        self._lagging_since.pop(tp, None)
+        return now - self._empty_since.setdefault(tp, now) < self.max_idle_s
 
     def release(self, partitions: Iterable[Any], lagging: Callable[[Any], bool]) -> list[tuple[Any, Any]]:
         """Take the held records of ``partitions`` (every event partition the worker holds)
@@ -189,11 +196,13 @@ class StreamTimeMerger:
     def wait_hint(self) -> float | None:
         """Seconds until a partition that holds the others back stops doing so (``None``:
         nothing waits on a timer)."""
-        if not any(self._queues.values()) or not self._empty_since:
+        if not any(self._queues.values()):
             return None
         now = self.clock()
-        limit = max(self.max_idle_s, self.lag_wait_s)
-        return max(0.0, min(since + limit - now for since in self._empty_since.values()))
+        deadlines = [since + self.lag_wait_s for since in self._lagging_since.values()]
+        if self.max_idle_s:
+            deadlines += [since + self.max_idle_s for since in self._empty_since.values()]
+        return max(0.0, min(deadlines) - now) if deadlines else None
 
 
 class ReleasedRecords(dict):

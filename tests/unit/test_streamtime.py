@@ -152,3 +152,19 @@ def test_while_a_partition_holds_the_others_back_only_it_and_other_topics_are_fe
     # nothing holds back: every partition not held full
     m.add(PURCHASES, records(("u", "b", 6, "p2")))
     assert m.to_fetch([CLICKS, PURCHASES, REVIEWS, items], lambda tp: False) == {CLICKS, REVIEWS, items}
+
+
+def test_the_lag_wait_counts_from_when_the_partition_started_lagging():
+    clock = Clock()
+    m = StreamTimeMerger(TOPICS, lag_wait_s=2.0, clock=clock)
+    m.add(PURCHASES, records(("u1", "a", 10, "p10")))
+    m.add(CLICKS, records(("u1", "a", 5, "c5")))
+    state = {"lagging": False}
+    lag = lambda tp: tp == CLICKS and state["lagging"]  # noqa: E731
+    assert ids(m.release([CLICKS, PURCHASES], lag)) == ["c5", "p10"]  # clicks caught up: nothing waits
+    m.add(PURCHASES, records(("u1", "b", 20, "p20")))
+    clock.now += 60.0  # long empty and caught up; now it has records on the broker again
+    state["lagging"] = True
+    assert m.release([CLICKS, PURCHASES], lag) == []  # it holds the others back, in full
+    clock.now += 1.0
+    assert m.release([CLICKS, PURCHASES], lag) == [] and m.enforced == 0
