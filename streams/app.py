@@ -596,7 +596,7 @@ class Pipeline:
         log.info("co-occurrence rebuilt: %d items from partitions %s", len(engine.cooccurrence), sorted(active))
 
     async def log_stats(self) -> None:
-        live = "; ".join(f"{ranker} HR@10 {f.hits / f.cases:.4f} NDCG@10 {f.ndcg / f.cases:.4f} over {f.cases} events"
+        live = "; ".join(f"{ranker} HR@10 {f.hits / f.cases:.4f} NDCG@10 {f.ndcg / f.cases:.4f} over {f.cases} cases"
                          for ranker, f in sorted(self.engine.prequential.figures.items()) if f.cases)
         log.info("%s; %d items, %d partitions held%s", self.metrics.summary(), len(self.matrix), len(self.active_partitions()),
                  f"; live quality: {live}" if live else "")

@@ -231,7 +231,7 @@ class _StateCollector(Collector):
         device = InfoMetricFamily("recstream_device", "The torch device the encoder and scoring run on.")
         device.add_metric([], {"device": m.device, "name": m.device_name})
         yield device
-        info = InfoMetricFamily("recstream_worker", "The worker: recstream version, model, emission mode, guarantee.")
+        info = InfoMetricFamily("recstream_worker", "The worker: recstream version, model, ranker, emission mode, guarantee.")
         info.add_metric([], dict(m.info))
         yield info
 
@@ -531,6 +531,7 @@ def pipeline_metrics(pipeline: "Pipeline") -> WorkerMetrics:
         info={
             "version": recstream_version,
             "model": pipeline.engine.model_name,
+            "ranker": pipeline.engine.ranker,
             "app_id": s.app_id,
             "emit": config.emit,
             "processing_guarantee": config.processing_guarantee,
