@@ -341,7 +341,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
     ks = tuple(sorted({int(k) for k in args.ks.split(",")}))
     config = BacktestConfig(split_ms=parse_time(args.split), targets=frozenset(t.strip() for t in args.targets.split(",")),
-                            positive_threshold=args.positive_threshold, ks=ks)
+                            positive_threshold=args.positive_threshold, ks=ks, ease=args.ease)
     if args.dataset:
         return _backtest_dataset(args, config)
     source = settings_from(args)
@@ -612,6 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positive-threshold", type=float, default=4.0, help="rating of a positive review (default 4)")
     p.add_argument("--ks", default="5,10,20", help="cut-offs (default 5,10,20)")
     p.add_argument("--history-len", type=int, default=50, help="the worker's history length (default 50)")
+    p.add_argument("--ease", action="store_true", help="also score the recency-weighted EASE baseline, fit at --split on the "
+                                                       "interactions before it (seconds to minutes and GBs: it inverts an items x items matrix)")
     p.add_argument("--json", metavar="FILE", help="write the full result as JSON")
     p.add_argument("--html", metavar="FILE", help="write a report with plots (metrics per month, latency, baselines) as one HTML file")
     g = p.add_argument_group("side by side, offline (--dataset)", "Run recstream's engine here instead of a worker, once per "
