@@ -51,7 +51,7 @@ from scoring.blend import POPULAR_CANDIDATES, BlendWeights, CandidateStats, blen
 from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, CooccurrenceScorer, is_positive, positive_history, weight_problem
 from scoring.popularity import DecayedPopularity
 from scoring.prequential import Prequential
-from scoring.topk import ItemMatrix, score_topk
+from scoring.topk import ItemMatrix, explain, score_topk
 from streams.records import Click, Purchase, RecItem, Recommendation, Review, Trigger
 
 if TYPE_CHECKING:
@@ -641,12 +641,13 @@ class Engine:
                 res = candidate_blend_topk(m, queries, self.config.k, [s.exclude for s in part], blend,
                                            [s.cooc for s in part], pop, popular[torch.from_numpy(state_of)],  # type: ignore[misc]
                                            stats=self.candidate_stats)
-                out.extend([(r.item_id, r.score, r.because) for r in recs] for recs in res)
-                continue
-            cooc = np.zeros((b, n), dtype=np.float32)
-            for j, snap in enumerate(part):
-                rows, vals = snap.cooc  # type: ignore[misc]
-                cooc[j, rows] = vals
-            res = blend_score_topk(m, queries, self.config.k, [s.exclude for s in part], blend, cooc, pop)
-            out.extend([(r.item_id, r.score, r.because) for r in recs] for recs in res)
+            else:
+                cooc = np.zeros((b, n), dtype=np.float32)
+                for j, snap in enumerate(part):
+                    rows, vals = snap.cooc  # type: ignore[misc]
+                    cooc[j, rows] = vals
+                res = blend_score_topk(m, queries, self.config.k, [s.exclude for s in part], blend, cooc, pop)
+            # the history item that explains each recommendation, as the text ranking gives
+            whys = explain(m, [[r.item_id for r in recs] for recs in res], [s.history for s in part])
+            out.extend([(r.item_id, r.score, why) for r, why in zip(recs, ws)] for recs, ws in zip(res, whys))
         return out

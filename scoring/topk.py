@@ -489,6 +489,18 @@ def _because(
     return out
 
 
+def explain(matrix: ItemMatrix, picked: Sequence[Sequence[str]], history: Sequence[Sequence[str]]) -> list[list[str | None]]:
+    """``because`` for lists ranked elsewhere (the blend): for each item of ``picked[b]``,
+    the item of ``history[b]`` most similar to it (``None`` when there is none)."""
+    rows = [[r for r in (matrix.row(i) for i in items) if r is not None] for items in picked]
+    whys = _because(matrix, rows, history)
+    out: list[list[str | None]] = []
+    for items, why in zip(picked, whys):
+        it = iter(why)
+        out.append([next(it) if item in matrix else None for item in items])
+    return out
+
+
 def _padded(lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Non-empty int lists as one zero-padded ``(len(lists), longest)`` int64 array and the
     mask of its real entries."""

@@ -142,3 +142,11 @@ def test_a_batch_spanning_years_ranks_without_overflow():
     batch = [Incoming(ev, "clicks", 0, i) for i, ev in enumerate(events)]
     res = _engine(catalog(50, seed=2), True).process(batch, {}, now_ms=0)
     assert len(res.recommendations) == 200 and all(len(r.items) == 10 for r in res.recommendations[10:])
+
+
+def test_blended_recommendations_say_which_history_item_explains_them():
+    events = [Click("u", f"i{n}", 1_000_000 + n, f"c{n}") for n in (3, 7, 11)]
+    res = _engine(catalog(60, seed=8), True).process([Incoming(ev, "clicks", 0, i) for i, ev in enumerate(events)], {}, now_ms=0)
+    last = res.recommendations[-1]
+    assert last.model.startswith("blend/") and last.items
+    assert all(item.because in {"i3", "i7", "i11"} and item.because != item.item_id for item in last.items)
