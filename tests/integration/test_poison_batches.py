@@ -11,7 +11,8 @@ production code: a ``sitecustomize.py`` in a temporary folder, first on the work
 * ``encoders.text.TextEncoder.encode_numpy`` (review texts of a batch are embedded in one call
   by ``scoring.engine.Engine.process``) to raise whenever a text of the call contains
   :data:`POISON`: a *permanent* fault of the records that carry it;
-* ``scoring.engine.score_topk`` (imported by name into ``scoring.engine``) to raise once, on the
+* ``scoring.engine.score_topk`` and ``scoring.engine.candidate_blend_topk`` (the text and the
+  blend ranking, imported by name into ``scoring.engine``) to raise once, on the
   first call after the test creates an "arm" file: a *transient* fault.
 
 Every case produces exactly :data:`BATCH` event records in one burst to a worker started with
@@ -76,7 +77,6 @@ SITECUSTOMIZE = textwrap.dedent(
     _MARKER = os.environ["RECSTREAM_TEST_POISON_MARKER"]
     _ARM = Path(os.environ["RECSTREAM_TEST_SCORING_FAULT_FILE"])
     _encode_numpy = encoders.text.TextEncoder.encode_numpy
-    _score_topk = scoring.engine.score_topk
 
 
     def encode_numpy(self, texts):
@@ -86,16 +86,20 @@ SITECUSTOMIZE = textwrap.dedent(
         return _encode_numpy(self, texts)
 
 
-    def score_topk(*args, **kwargs):
-        try:
-            _ARM.unlink()  # armed: this call, and only this one, fails
-        except FileNotFoundError:
-            return _score_topk(*args, **kwargs)
-        raise RuntimeError("injected transient scoring fault")
+    def armed(rank):
+        def ranking(*args, **kwargs):
+            try:
+                _ARM.unlink()  # armed: this call, and only this one, fails
+            except FileNotFoundError:
+                return rank(*args, **kwargs)
+            raise RuntimeError("injected transient scoring fault")
+        return ranking
 
 
     encoders.text.TextEncoder.encode_numpy = encode_numpy
-    scoring.engine.score_topk = score_topk
+    # the text ranking's top-k and the blend's (the default ranker)
+    scoring.engine.score_topk = armed(scoring.engine.score_topk)
+    scoring.engine.candidate_blend_topk = armed(scoring.engine.candidate_blend_topk)
     print("recstream-test: faults injected", file=sys.stderr, flush=True)
     '''
 )
