@@ -406,8 +406,14 @@ def blend_score_topk(
     rows = [[r for r in (matrix.row(i) for i in excl) if r is not None] for excl in exclude]
     cand = candidate_mask(matrix.valid.cpu(), rows)
     values, top = blend_topk(cand, weights, k, text.cpu(), cooccurrence, popularity)
+    return _lists(matrix, values, top)
+
+
+def _lists(matrix: ItemMatrix, values: torch.Tensor, rows: torch.Tensor) -> list[TopK]:
+    """Each user's :class:`~scoring.topk.Recommendation` list from ``(B, k)`` values and
+    matrix rows, best first, cut at the first ``-inf`` (fewer candidates than k) or free row."""
     out: list[TopK] = []
-    for vals, rs in zip(values.tolist(), top.tolist()):
+    for vals, rs in zip(values.tolist(), rows.tolist()):
         recs: TopK = []
         for v, r in zip(vals, rs):
             item_id = matrix.id_at(r)
@@ -594,13 +600,4 @@ def candidate_blend_topk(
         stats.candidates += int(usable.sum())
         stats.dense += int(unsure.sum())
 
-    out: list[TopK] = []
-    for vals, rs in zip((values.double() - offset).float().tolist(), rows.tolist()):
-        recs: TopK = []
-        for v, r in zip(vals, rs):
-            item_id = matrix.id_at(r)
-            if v == -math.inf or item_id is None:
-                break
-            recs.append(Recommendation(item_id, float(v), None))
-        out.append(recs)
-    return out
+    return _lists(matrix, (values.double() - offset).float(), rows)
