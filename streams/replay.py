@@ -6,8 +6,8 @@ state tables and recommendations topic): each event keeps its partition, key, va
 timestamp, and the start offsets are found by timestamp (``offsets_for_times``). A worker
 on that namespace embeds the catalog first; once every event is copied it runs again,
 with per-event emission, until every copied event has its recommendation (or dead
-letter), taking the events in event-time order as the offline engine does. The live topics, their consumer group and their state
-are only read, never written.
+letter), taking the events in event-time order as the offline engine does. The live
+topics, their consumer group and their state are only read, never written.
 """
 
 from __future__ import annotations
