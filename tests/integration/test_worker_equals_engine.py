@@ -27,6 +27,7 @@ SPLIT, TRAIN_TO = "2017-10-29", "2017-04-03"
 
 
 @pytest.mark.skipif(not GIFT_CARDS.is_dir(), reason=f"no {GIFT_CARDS} (the shared datasets)")
+@pytest.mark.timeout(1800)  # three replays of the whole dataset: 6-10 minutes on 2 cores
 def test_every_ranker_through_kafka_scores_what_the_offline_engine_scores(kafka_settings, tmp_path):
     ckpt = tmp_path / "gc.ckpt"
     assert main(["train", "--dataset", str(GIFT_CARDS), "--to", TRAIN_TO, "--validate-to", SPLIT, "--epochs", "6",
