@@ -50,9 +50,13 @@ def test_every_ranker_through_kafka_scores_what_the_offline_engine_scores(kafka_
         # the same cases: the same targets, and the same users without a list before them
         assert doc["counts"] == offline["counts"], method
         assert offline["counts"]["cases"] > 400 and offline["counts"]["cold"] > 0
+        # within 1%, or one case's worth where a case weighs more (534 cases: one case is
+        # .0019, 2.4% of the text profile's NDCG): the text encoder's embeddings differ by
+        # ~3e-7 between micro-batch compositions (padding and GEMM blocking), which can flip
+        # a near-tie in a list (measured: 113 of 200 review vectors differ, by at most 2.8e-7)
         got = doc["methods"]["recstream"]["metrics"]["ndcg@10"]
         want = offline["methods"][method]["metrics"]["ndcg@10"]
-        assert got == pytest.approx(want, rel=0.01), (method, got, want)
+        assert abs(got - want) <= max(0.01 * want, 1.0 / offline["counts"]["cases"]), (method, got, want)
         for baseline in ("popularity", "item-knn"):
             assert doc["methods"][baseline]["metrics"] == offline["methods"][baseline]["metrics"]
         # and the records say which ranker made them
