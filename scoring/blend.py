@@ -350,14 +350,10 @@ def _zscore_blend_topk(
         peak = x.abs().amax(dim=1, keepdim=True).double()  # NaN or inf when a candidate's is
         if not bool(torch.isfinite(peak).all()):
             raise ValueError("candidate scores must be finite")
-        mean = x.sum(dim=1, keepdim=True, dtype=torch.float64) / n
-        var = (x * x).sum(dim=1, keepdim=True, dtype=torch.float64) / n - mean * mean
-        std = var.clamp(min=0.0).sqrt()
-        scale = torch.maximum(mean.abs(), peak)
-        ok = std > _REL_EPS * scale
-        coef = torch.where(ok, w / torch.where(ok, std, torch.ones_like(std)), torch.zeros_like(std))
+        coef, shift = _zscore_coefficients(w, x.sum(dim=1, keepdim=True, dtype=torch.float64),
+                                           (x * x).sum(dim=1, keepdim=True, dtype=torch.float64), n, peak)
         total.addcmul_(x, coef.float())
-        offset += coef * mean
+        offset += shift
     total.masked_fill_(~cand, -math.inf)
     values, rows = torch.topk(total, min(k, shape[1]), dim=1, largest=True, sorted=True)
     return (values.double() - offset).float(), rows
@@ -464,15 +460,16 @@ def _lookup(rows: torch.Tensor, sorted_rows: torch.Tensor, values: torch.Tensor)
 
 
 def _zscore_coefficients(
-    w: float, s1: torch.Tensor, s2: torch.Tensor, n: torch.Tensor
+    w: float, s1: torch.Tensor, s2: torch.Tensor, n: torch.Tensor, peak: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(w / std, w * mean / std)`` per user from float64 sums and sums of squares over
     ``n`` candidates; 0 for a signal that is constant over them (its deviation below
-    ``_REL_EPS`` of its root mean square)."""
+    ``_REL_EPS`` of its scale: the larger of ``|mean|`` and ``peak``, the largest magnitude,
+    or without it the root mean square)."""
     mean = s1 / n
     mean_sq = s2 / n
     std = (mean_sq - mean * mean).clamp(min=0.0).sqrt()
-    ok = std > _REL_EPS * torch.maximum(mean.abs(), mean_sq.sqrt())
+    ok = std > _REL_EPS * torch.maximum(mean.abs(), mean_sq.sqrt() if peak is None else peak)
     coef = torch.where(ok, w / torch.where(ok, std, torch.ones_like(std)), torch.zeros_like(std))
     return coef, coef * mean
 
