@@ -913,6 +913,7 @@ def run_offline(
     progress: Callable[[int], None] | None = None,
     matrix: Any = None,
     user_encoder: Any = None,
+    partition_of: Callable[[str], int] | None = None,
 ) -> BacktestResult:
     """The backtest of recstream's engine run here.
 
@@ -933,7 +934,9 @@ def run_offline(
     ``progress`` is called with the number of events done after each engine batch.  The
     latency recorded per event is the engine time of its batch.  ``matrix``: an
     :class:`~scoring.topk.ItemMatrix` of the catalog already embedded (it is only read),
-    instead of embedding it here.
+    instead of embedding it here.  ``partition_of``: the input partition of a user's
+    events, as a worker's topics would have it (default: all on partition 0); it matters
+    only for state kept per partition (the adaptive blend's weights).
     """
     import numpy as np
 
@@ -976,15 +979,17 @@ def run_offline(
     held: list[Recommendation | _Marker] = [COLD] * n
     latency = [0.0] * n
     holdings = _Holdings()
-    offsets = dict.fromkeys(_EVENT_TOPICS.values(), 0)
+    offsets: dict[tuple[str, int], int] = {}
     profiles: dict = {}
     for start in range(0, n, batch_size):
         chunk_idx = processing[start : start + batch_size]
         batch = []
         for i in chunk_idx:
             topic = _EVENT_TOPICS[ordered[i].kind]
-            batch.append(Incoming(ordered[i], topic, 0, offsets[topic]))
-            offsets[topic] += 1
+            partition = partition_of(ordered[i].user_id) if partition_of is not None else 0
+            offset = offsets.get((topic, partition), 0)
+            batch.append(Incoming(ordered[i], topic, partition, offset))
+            offsets[(topic, partition)] = offset + 1
         t0 = time.perf_counter()
         res = engine.process(batch, profiles, now_ms=max(inc.event.ts for inc in batch))
         elapsed_ms = (time.perf_counter() - t0) * 1000.0

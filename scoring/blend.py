@@ -486,6 +486,9 @@ def candidate_blend_topk(
     *,
     text_candidates: int = TEXT_CANDIDATES,
     stats: CandidateStats | None = None,
+    row_weights: np.ndarray | None = None,
+    grid: np.ndarray | None = None,
+    alternatives: list[np.ndarray] | None = None,
 ) -> list[TopK]:
     """The z-score blend's top-``k`` in two stages: candidates first, then only they are ranked.
 
@@ -504,6 +507,12 @@ def candidate_blend_topk(
 
     Only the z-score normalisation has this form (a rank needs every item's score): call
     :func:`blend_score_topk` for ``"rank"``.
+
+    ``row_weights`` (``(B, 3)``: text, co-occurrence, popularity) ranks each user with its
+    own weights instead of ``weights``'.  With ``grid`` (``(B, G, 3)``: other weightings of
+    each user, :mod:`scoring.adapt`), the top-``k`` of every one of them over the user's
+    candidates is appended to ``alternatives``: one ``(G, k)`` int32 array of matrix rows per
+    user (-1 past the user's candidates).
     """
     if weights.normalization != "zscore":
         raise ValueError("the two-stage blend ranks the z-score normalisation only")
@@ -516,7 +525,13 @@ def candidate_blend_topk(
     text = text_scores(matrix, queries).cpu()  # (B, n); 0 on free rows (their vectors are zeroed)
     pop = _as_batch(popularity, (batch, n_rows), "popularity")
     valid = matrix.valid.cpu()
-    w_text, w_co, w_pop = weights.as_tuple()
+    if row_weights is None:
+        w_text, w_co, w_pop = weights.as_tuple()
+    else:
+        if row_weights.shape != (batch, 3):
+            raise ValueError(f"row_weights: expected shape ({batch}, 3), got {row_weights.shape}")
+        w = torch.from_numpy(np.asarray(row_weights, dtype=np.float64))
+        w_text, w_co, w_pop = w[:, 0:1], w[:, 1:2], w[:, 2:3]  # type: ignore[assignment]
 
     # the excluded rows of each user (live items only), flat and as padded sorted rows
     ex_rows = [sorted({r for r in (matrix.row(i) for i in excl) if r is not None}) for excl in exclude]
@@ -573,6 +588,7 @@ def candidate_blend_topk(
     kk = min(k, n_rows)
     if total.shape[1] < kk:  # fewer candidates than k: pad (the dense ranking decides those users)
         total = torch.nn.functional.pad(total, (0, kk - total.shape[1]), value=-math.inf)
+        usable = torch.cat([usable, torch.zeros((batch, kk - safe.shape[1]), dtype=torch.bool)], dim=1)
         safe = torch.nn.functional.pad(safe, (0, kk - safe.shape[1]), value=0)
     values, pos = torch.topk(total, kk, dim=1)
     rows = safe.gather(1, pos)
@@ -592,9 +608,35 @@ def candidate_blend_topk(
             off[j, ex_rows[b]] = True
         dense_total = blended(everything, co, who).masked_fill_(~valid | off, -math.inf)
         values[who], rows[who] = torch.topk(dense_total, kk, dim=1)
+    if grid is not None and alternatives is not None:
+        alternatives.extend(_grid_lists(grid, k, usable, safe, [
+            (text.gather(1, safe), _zscore_coefficients(1.0, *sums(text), n)[0]),
+            (_lookup(safe, co_rows, co_vals), _zscore_coefficients(1.0, co1, co2, n)[0]),
+            (pop.gather(1, safe), _zscore_coefficients(1.0, *sums(pop), n)[0]),
+        ]))  # fmt: skip
     if stats is not None:
         stats.users += batch
         stats.candidates += int(usable.sum())
         stats.dense += int(unsure.sum())
 
     return _lists(matrix, (values.double() - offset).float(), rows)
+
+
+def _grid_lists(
+    grid: np.ndarray, k: int, usable: torch.Tensor, rows: torch.Tensor, signals: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> list[np.ndarray]:
+    """Each user's top-``k`` candidate rows under each of its ``grid`` weightings
+    (``(B, G, 3)``), from the candidates' ``(values, 1 / std)`` of every signal."""
+    batch = int(rows.shape[0])
+    g = torch.from_numpy(np.asarray(grid, dtype=np.float32))
+    if tuple(g.shape[::2]) != (batch, 3):
+        raise ValueError(f"grid: expected shape ({batch}, G, 3), got {tuple(g.shape)}")
+    z = torch.stack([values * inv_std.float() for values, inv_std in signals], dim=2)  # (B, C, 3)
+    scores = torch.einsum("bcs,bgs->bgc", z, g).masked_fill_(~usable.unsqueeze(1), -math.inf)
+    kk = min(k, int(scores.shape[2]))
+    values, pos = torch.topk(scores, kk, dim=2)
+    top = rows.unsqueeze(1).expand(-1, g.shape[1], -1).gather(2, pos)
+    top = torch.where(values == -math.inf, -1, top).to(torch.int32)
+    if kk < k:
+        top = torch.nn.functional.pad(top, (0, k - kk), value=-1)
+    return list(top.numpy())

@@ -38,6 +38,7 @@ a batch equals what strictly one-at-a-time processing would emit.
 
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 
 from encoders.profile import ProfileModel, UserProfile
+from scoring.adapt import AdaptConfig, AdaptiveWeights, WeightAdapter
 from scoring.blend import POPULAR_CANDIDATES, BlendWeights, CandidateStats, blend_score_topk, candidate_blend_topk
 from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, CooccurrenceScorer, is_positive, positive_history, weight_problem
 from scoring.popularity import DecayedPopularity
@@ -121,6 +123,9 @@ class EngineConfig:
             co-occurrence, text and popularity, then only they are blended:
             :func:`scoring.blend.candidate_blend_topk`, the same lists); ``False``: blend
             every item (the dense reference).
+        adapt: move the blend's weights online from the prequential tests, per input
+            partition, starting from ``blend`` (:mod:`scoring.adapt`); ``None``: the
+            weights stay as given.  Needs the two-stage z-score blend.
     """
 
     k: int = 10
@@ -136,6 +141,7 @@ class EngineConfig:
     cooc_recency: float = 0.8
     positive_threshold: float = 4.0
     blend_candidates: bool = True
+    adapt: AdaptConfig | None = None
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -155,6 +161,8 @@ class EngineConfig:
         for name in ("cooc_pair_decay", "cooc_recency"):
             if problem := weight_problem(name, getattr(self, name)):
                 raise ValueError(problem)
+        if self.adapt is not None and (self.blend is None or self.blend.normalization != "zscore" or not self.blend_candidates):
+            raise ValueError("adapt: needs blend weights with the z-score normalisation, ranked in two stages")
 
     def new_cooccurrence(self) -> CooccurrenceModel:
         """An empty co-occurrence model with these settings."""
@@ -203,6 +211,8 @@ class BatchResult:
     stats: BatchStats = field(default_factory=BatchStats)
     #: (partition, item_id) whose per-partition co-occurrence row changed
     cooccurrence_touched: set[tuple[int, str]] = field(default_factory=set)
+    #: partitions whose adaptive weights state changed (:attr:`Engine.adaptive`)
+    adaptive_touched: set[int] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -219,6 +229,11 @@ class _Snapshot:
     pop_pos: int = 0
     #: learned user encoder only: the model's input, ``(item_id, positive)`` oldest first
     sequence: list[tuple[str, bool]] | None = None
+    #: adaptive blend only: the weights ranking this snapshot, its grid of neighbouring
+    #: weightings and their lists (``(G, k)`` matrix rows, -1 past the candidates)
+    weights: np.ndarray | None = None
+    grid: np.ndarray | None = None
+    alternatives: np.ndarray | None = None
 
 
 class Engine:
@@ -269,7 +284,9 @@ class Engine:
             cooccurrence = self.config.new_cooccurrence()
         self.cooccurrence = cooccurrence
         self.partition_cooccurrence = partition_cooccurrence if cooccurrence is not None else None
-        self.blend_model_name = None if blend is None else BLEND_MODEL_PREFIX + blend.label()
+        #: the records' ``model`` of a blended list: the weights, or where adaptation starts
+        self.blend_model_name = None if blend is None else BLEND_MODEL_PREFIX + (
+            blend.label() if self.config.adapt is None else f"adaptive from {blend.label()}")
         self._cooc_scorer: CooccurrenceScorer | None = None
         self._cooc_key: tuple[int, ...] | None = None
         self.user_encoder = user_encoder
@@ -280,6 +297,21 @@ class Engine:
         self.ranker = "learned" if user_encoder is not None else "blend" if blend is not None else "text"
         #: each applied target event tests the list its user held (scoring/prequential.py)
         self.prequential = Prequential(positive_threshold=self.config.positive_threshold)
+        #: the blend's weights per input partition, moved by those tests (scoring/adapt.py)
+        self.adaptive = AdaptiveWeights(blend, self.config.adapt) if blend is not None and self.config.adapt is not None else None
+        # the batch being processed: popularity by matrix row at its start, and the journal
+        # of its changes (blend only)
+        self._pop_base: np.ndarray | None = None
+        self._journal: list[tuple[int, float]] = []
+
+    def describe_ranker(self) -> str:
+        """The ranker in words, for logs: ``blend/zscore(...)``, adaptive with its settings."""
+        if self.blend_model_name is None:
+            return self.ranker
+        if self.adaptive is None:
+            return self.blend_model_name
+        a = self.adaptive.config
+        return f"{self.blend_model_name}, adapted online (step {a.step:g}, rate {a.rate:g}, epoch {a.epoch} target events)"
 
     # ------------------------------------------------------------------ helpers
     def _popularity_for(self, partition: int) -> DecayedPopularity | None:
@@ -394,17 +426,29 @@ class Engine:
         """
         saved: dict[tuple[int, str], tuple[DecayedPopularity, float | None, int | None]] = {}
         saved_rows: dict[tuple[int, str], tuple[CooccurrenceModel, CooccurrenceRow | None, int | None]] = {}
+        adaptive = self.adaptive
+        saved_adapters = copy.deepcopy((adaptive.adapters, adaptive.touched)) if adaptive is not None else None
+        self.prequential.begin()
         try:
-            return self._process(batch, profiles, now_ms, saved, saved_rows)
+            result = self._process(batch, profiles, now_ms, saved, saved_rows)
         except BaseException:
-            # profiles are the caller's to re-read; popularity and co-occurrence live here:
-            # roll them back so that a retried batch (or its records, one by one) is not
-            # counted twice
+            # profiles are the caller's to re-read; popularity, co-occurrence, the live
+            # tests and the adaptive weights live here: roll them back so that a retried
+            # batch (or its records, one by one) is not counted twice
             for (_, item_id), (pop, log2, last_ts) in reversed(saved.items()):
                 pop.restore(item_id, log2, last_ts)
             for (_, item_id), (cooc, row, last_ts) in reversed(saved_rows.items()):
                 cooc.restore_row(item_id, row, last_ts)
+            self.prequential.rollback()
+            if adaptive is not None and saved_adapters is not None:
+                adaptive.adapters, adaptive.touched = saved_adapters
             raise
+        self.prequential.commit()
+        self.prequential.publish()
+        if adaptive is not None:
+            result.adaptive_touched, adaptive.touched = adaptive.touched, set()
+            adaptive.publish()
+        return result
 
     def _process(
         self,
@@ -443,6 +487,7 @@ class Engine:
                 if r is not None:
                     pop_base[r] = lg
 
+        self._pop_base, self._journal = pop_base, journal
         stats = BatchStats(events=len(batch))
         t0 = time.perf_counter()
         review_texts = [inc.event.text for inc in batch if isinstance(inc.event, Review) and inc.event.text]
@@ -466,6 +511,10 @@ class Engine:
         cooc_touched: set[tuple[int, str]] = set()
         per_event = self.config.emit == "per-event"
         applied: list[bool] = []
+        adaptive = self.adaptive
+        #: adaptive weights: indices just past an event that ends its partition's epoch
+        epoch_ends: list[int] = []
+        targets_left: dict[int, int] = {}
         for i, inc in enumerate(batch):
             ev = inc.event
             profile = touched.get(ev.user_id)
@@ -512,6 +561,12 @@ class Engine:
                         for item_id in observe(part_cooc, cooc_history, ev.item_id, ev.ts):
                             cooc_touched.add((inc.partition, item_id))
                 stats.applied += 1
+                if adaptive is not None and self.prequential.is_target(ev.kind, ev.rating if isinstance(ev, Review) else None):
+                    left = targets_left.get(inc.partition, adaptive.targets_left(inc.partition)) - 1
+                    if left <= 0:
+                        epoch_ends.append(i + 1)
+                        left = adaptive.config.epoch
+                    targets_left[inc.partition] = left
             last_trigger[ev.user_id] = inc
             if per_event:
                 snapshots.append(self._snapshot(profile, inc, len(journal)))
@@ -519,32 +574,71 @@ class Engine:
             snapshots = [self._snapshot(touched[user], inc, len(journal)) for user, inc in last_trigger.items()]
         t2 = time.perf_counter()
 
+        emitted = now_ms if now_ms is not None else int(time.time() * 1000)
+        if adaptive is None:
+            recs = self._rank(snapshots, learned, emitted, stats)
+            self._judge(batch, applied, recs, per_event, snapshots)
+        elif per_event:
+            # an epoch's end moves its partition's weights for the snapshots after it: rank
+            # and judge the batch in segments cut there (so the weights do not depend on how
+            # the events were cut into batches)
+            recs = []
+            start = 0
+            for end in [*epoch_ends, len(batch)]:
+                if end > start:
+                    part = self._rank(snapshots[start:end], learned, emitted, stats)
+                    self._judge(batch[start:end], applied[start:end], part, True, snapshots[start:end])
+                    recs.extend(part)
+                if end in epoch_ends:
+                    adaptive.end_epoch(batch[end - 1].partition)
+                start = end
+        else:
+            # per user: the batch's events test the lists held before it, then its lists are held
+            ends = set(epoch_ends)
+            for i, (inc, ok) in enumerate(zip(batch, applied)):
+                if ok:
+                    self._test(inc)
+                if i + 1 in ends:
+                    adaptive.end_epoch(inc.partition)
+            recs = self._rank(snapshots, learned, emitted, stats)
+            for snap, rec in zip(snapshots, recs):
+                self._hold(rec, snap)
+        stats.encode_s, stats.update_s, stats.score_s = t1 - t0, t2 - t1, time.perf_counter() - t2
+        return BatchResult(recs, touched, pop_touched, stats, cooc_touched)
+
+    def _rank(self, snapshots: Sequence[_Snapshot], learned: LearnedModel | None, emitted: int, stats: BatchStats) -> list[Recommendation]:
+        """The records of ``snapshots``, in order: each ranked by the engine's ranker, or
+        the popularity list of a user without evidence."""
+        cfg = self.config
+        blend = cfg.blend
+        adaptive = self.adaptive
         results: list = []
         if learned is not None:
             scored = [s for s in snapshots if s.fallback is None]
             if scored:
-                with intraop_threads(self.config.score_threads):
-                    results = learned.topk(self.matrix, [s.sequence or [] for s in scored], self.config.k,
+                with intraop_threads(cfg.score_threads):
+                    results = learned.topk(self.matrix, [s.sequence or [] for s in scored], cfg.k,
                                            exclude=[s.exclude for s in scored], history=[s.history for s in scored])
         elif blend is not None:
-            assert pop_base is not None
             scored = [s for s in snapshots if s.fallback is None]
+            if adaptive is not None:
+                for s in scored:
+                    s.weights = adaptive[s.trigger.partition].weights
+                    s.grid = adaptive.grid(s.trigger.partition)
             if scored:
-                with intraop_threads(self.config.score_threads):
-                    results = self._blend_topk(scored, blend, pop_base, journal)
+                with intraop_threads(cfg.score_threads):
+                    results = self._blend_topk(scored, blend, self._pop_base, self._journal)
         elif scored := [s for s in snapshots if s.query is not None]:
-            with intraop_threads(self.config.score_threads):
+            with intraop_threads(cfg.score_threads):
                 results = score_topk(
                     self.matrix,
                     np.stack([s.query for s in scored]),
-                    self.config.k,
+                    cfg.k,
                     exclude=[s.exclude for s in scored],
                     history=[s.history for s in scored],
                 )
         by_snapshot = {id(s): [RecItem(*r) for r in res] for s, res in zip(scored, results)}
-        t3 = time.perf_counter()
 
-        emitted = now_ms if now_ms is not None else int(time.time() * 1000)
         recs = []
         for snap in snapshots:
             if snap.fallback is not None or (blend is None and learned is None and snap.query is None):
@@ -564,35 +658,38 @@ class Engine:
                     model=model,
                 )
             )
-        stats.encode_s, stats.update_s, stats.score_s = t1 - t0, t2 - t1, t3 - t2
-        self._judge(batch, applied, recs, per_event)
-        return BatchResult(recs, touched, pop_touched, stats, cooc_touched)
+        return recs
 
-    def _judge(self, batch: Sequence[Incoming], applied: Sequence[bool], recs: Sequence[Recommendation], per_event: bool) -> None:
+    def _test(self, inc: Incoming) -> None:
+        """``inc`` tests the list its user holds; an adaptive blend credits its grid."""
+        ev = inc.event
+        gains = self.prequential.test(ev.user_id, ev.item_id, ev.ts, ev.kind, ev.rating if isinstance(ev, Review) else None,
+                                      item_row=self.matrix.row(ev.item_id) if self.adaptive is not None else None)
+        if self.adaptive is not None and self.prequential.is_target(ev.kind, ev.rating if isinstance(ev, Review) else None):
+            self.adaptive.target(inc.partition)
+            if gains is not None:
+                self.adaptive.credit(inc.partition, gains)
+
+    def _hold(self, rec: Recommendation, snap: _Snapshot | None = None) -> None:
+        self.prequential.hold(rec.user_id, POPULARITY_MODEL if rec.model == POPULARITY_MODEL else self.ranker,
+                              [item.item_id for item in rec.items], snap.alternatives if snap is not None else None)
+
+    def _judge(self, batch: Sequence[Incoming], applied: Sequence[bool], recs: Sequence[Recommendation], per_event: bool,
+               snapshots: Sequence[_Snapshot] | None = None) -> None:
         """Prequential evaluation: each applied event tests the list its user held before
         it, then the batch's records become the held lists (per event: each event's own)."""
-        pq = self.prequential
-
-        def test(inc: Incoming) -> None:
-            ev = inc.event
-            pq.test(ev.user_id, ev.item_id, ev.ts, ev.kind, ev.rating if isinstance(ev, Review) else None)
-
-        def hold(rec: Recommendation) -> None:
-            pq.hold(rec.user_id, POPULARITY_MODEL if rec.model == POPULARITY_MODEL else self.ranker,
-                    [item.item_id for item in rec.items])
-
         if per_event:
-            for inc, ok, rec in zip(batch, applied, recs):
+            assert snapshots is not None
+            for inc, ok, rec, snap in zip(batch, applied, recs, snapshots):
                 if ok:
-                    test(inc)
-                hold(rec)
+                    self._test(inc)
+                self._hold(rec, snap)
         else:
             for inc, ok in zip(batch, applied):
                 if ok:
-                    test(inc)
+                    self._test(inc)
             for rec in recs:
-                hold(rec)
-        pq.publish()
+                self._hold(rec)
 
     #: snapshots blended together at most (bounds the (B, items) score matrices)
     BLEND_CHUNK = 128
@@ -638,9 +735,16 @@ class Engine:
             if two_stage:
                 # the most popular rows of each state (decay keeps the order: by the log count)
                 popular = torch.stack([torch.topk(st, min(POPULAR_CANDIDATES, n)).indices for st in states])
+                adaptive = part[0].weights is not None
+                alternatives: list[np.ndarray] = []
                 res = candidate_blend_topk(m, queries, self.config.k, [s.exclude for s in part], blend,
                                            [s.cooc for s in part], pop, popular[torch.from_numpy(state_of)],  # type: ignore[misc]
-                                           stats=self.candidate_stats)
+                                           stats=self.candidate_stats,
+                                           row_weights=np.stack([s.weights for s in part]) if adaptive else None,  # type: ignore[misc]
+                                           grid=np.stack([s.grid for s in part]) if adaptive else None,  # type: ignore[misc]
+                                           alternatives=alternatives if adaptive else None)
+                for snap, alt in zip(part, alternatives):
+                    snap.alternatives = alt
             else:
                 cooc = np.zeros((b, n), dtype=np.float32)
                 for j, snap in enumerate(part):

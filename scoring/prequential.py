@@ -22,7 +22,9 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 __all__ = ["Prequential", "PrequentialFigures"]
 
@@ -67,57 +69,133 @@ class Prequential:
         self.window = window
         self.max_users = max_users
         self.positive_threshold = positive_threshold
-        #: user -> (the held list's ranker, its item ids, the (ts, item) of the user's last event)
-        self._held: OrderedDict[str, tuple[str, tuple[str, ...]]] = OrderedDict()
+        #: user -> (the held list's ranker, its item ids, the lists of the ranker's other
+        #: weightings as matrix rows, or None)
+        self._held: OrderedDict[str, tuple[str, tuple[str, ...], np.ndarray | None]] = OrderedDict()
         self._last: dict[str, tuple[int, str]] = {}
         self._totals: dict[str, _Totals] = {}
         self.cold = 0
         #: the figures by ranker as of the last batch (a new mapping each time: safe to
         #: read from another thread)
         self.figures: Mapping[str, PrequentialFigures] = {}
+        #: while a batch is open (:meth:`begin`): how to undo each change, newest last
+        self._undo: list[tuple[Any, ...]] | None = None
 
-    def _is_target(self, kind: str, rating: float | None) -> bool:
+    def is_target(self, kind: str, rating: float | None) -> bool:
         return kind != "review" or (rating is not None and rating >= self.positive_threshold)
 
-    def test(self, user_id: str, item_id: str, ts: int, kind: str, rating: float | None = None) -> None:
-        """An applied event of ``user_id``: a case against the list they hold, if it is a target."""
+    def _gain(self, rank: int) -> float:
+        return 1.0 / math.log2(rank + 2) if rank >= 0 else 0.0
+
+    def test(self, user_id: str, item_id: str, ts: int, kind: str, rating: float | None = None,
+             item_row: int | None = None) -> np.ndarray | None:
+        """An applied event of ``user_id``: a case against the list they hold, if it is a target.
+
+        Returns, for a case whose held list came with other weightings' lists (see
+        :meth:`hold`), the NDCG@k gain of each of them (``item_row``: the item's matrix row;
+        ``None`` gains nothing)."""
         key = (int(ts), item_id)
+        undo = self._undo
+        if undo is not None:
+            undo.append(("last", user_id, self._last.get(user_id)))
         companion = self._last.get(user_id) == key
         self._last[user_id] = key
-        if companion or not self._is_target(kind, rating):
-            return
+        if companion or not self.is_target(kind, rating):
+            return None
         held = self._held.get(user_id)
         if held is None:
             self.cold += 1
-            return
-        ranker, items = held
+            if undo is not None:
+                undo.append(("cold",))
+            return None
+        ranker, items, alternatives = held
         try:
             rank = items.index(item_id, 0, self.k)
         except ValueError:
             rank = -1
         hit = rank >= 0
-        gain = 1.0 / math.log2(rank + 2) if hit else 0.0
+        gain = self._gain(rank)
         t = self._totals.get(ranker)
         if t is None:
             t = self._totals[ranker] = _Totals()
+        before = (t.ndcg, t.window_ndcg)
         t.cases += 1
         t.hits += hit
         t.ndcg += gain
         t.window.append((hit, gain))
         t.window_hits += hit
         t.window_ndcg += gain
+        dropped = None
         if len(t.window) > self.window:
-            old_hit, old_gain = t.window.popleft()
+            dropped = old_hit, old_gain = t.window.popleft()
             t.window_hits -= old_hit
             t.window_ndcg -= old_gain
+        if undo is not None:
+            undo.append(("case", t, hit, before, dropped))
+        if alternatives is None:
+            return None
+        gains = np.zeros(len(alternatives))
+        if item_row is not None:
+            for g, rank in zip(*np.nonzero(alternatives[:, : self.k] == item_row)):
+                gains[g] = self._gain(int(rank))
+        return gains
 
-    def hold(self, user_id: str, ranker: str, items: Sequence[str]) -> None:
-        """``user_id`` was sent ``items`` (best first), ranked by ``ranker``."""
-        self._held[user_id] = (ranker, tuple(items[: self.k]))
+    def hold(self, user_id: str, ranker: str, items: Sequence[str], alternatives: np.ndarray | None = None) -> None:
+        """``user_id`` was sent ``items`` (best first), ranked by ``ranker``; ``alternatives``
+        (``(G, k)`` matrix rows) are the lists other weightings of the ranker would have sent."""
+        undo = self._undo
+        if undo is not None:
+            undo.append(("held", user_id, self._held.get(user_id)))
+        self._held[user_id] = (ranker, tuple(items[: self.k]), alternatives)
         self._held.move_to_end(user_id)
         if len(self._held) > self.max_users:
-            forgotten, _ = self._held.popitem(last=False)
-            self._last.pop(forgotten, None)
+            forgotten, value = self._held.popitem(last=False)
+            last = self._last.pop(forgotten, None)
+            if undo is not None:
+                undo.append(("forgot", forgotten, value, last))
+
+    def begin(self) -> None:
+        """Open a batch: its tests and held lists can be undone (:meth:`rollback`)."""
+        self._undo = []
+
+    def commit(self) -> None:
+        self._undo = None
+
+    def rollback(self) -> None:
+        """Undo every test and hold since :meth:`begin` (a batch that failed is retried)."""
+        undo, self._undo = self._undo or [], None
+        for entry in reversed(undo):
+            what = entry[0]
+            if what == "last":
+                _, user, old = entry
+                if old is None:
+                    self._last.pop(user, None)
+                else:
+                    self._last[user] = old
+            elif what == "cold":
+                self.cold -= 1
+            elif what == "case":
+                _, t, hit, sums, dropped = entry
+                t.ndcg, t.window_ndcg = sums  # the sums as they were (not subtracted: no rounding)
+                t.cases -= 1
+                t.hits -= hit
+                t.window.pop()
+                t.window_hits -= hit
+                if dropped is not None:
+                    t.window.appendleft(dropped)
+                    t.window_hits += dropped[0]
+            elif what == "held":
+                _, user, old = entry
+                if old is None:
+                    self._held.pop(user, None)
+                else:
+                    self._held[user] = old
+            else:  # "forgot"
+                _, user, value, last = entry
+                self._held[user] = value
+                self._held.move_to_end(user, last=False)
+                if last is not None:
+                    self._last[user] = last
 
     def publish(self) -> None:
         """Refresh :attr:`figures` (call after each batch)."""

@@ -12,8 +12,9 @@ Methods are looked up by name in :data:`METHODS`, a registry of factories
 
 * ``text-only``: the engine as the worker runs it with ``--ranker text`` (text-profile similarity);
 * ``blend``: the engine with blend weights (``--blend PATH``, a file written by
-  ``recstream tune``; without one, :data:`scoring.blend.DEFAULT_WEIGHTS`), as the worker
-  runs it by default (``--ranker blend``);
+  ``recstream tune``; without one, :data:`scoring.blend.DEFAULT_WEIGHTS`), adapted online
+  with ``options.adapt`` (:mod:`scoring.adapt`), as the worker runs it by default
+  (``--ranker blend``);
 * ``learned``: the engine with the learned user encoder of the checkpoint
   ``options.extra["user_model"]`` (``--user-model CKPT``, written by ``recstream train``),
   as the worker runs it with ``--user-model``; listed by default only when one is given.
@@ -44,6 +45,7 @@ from streams.records import Click, Item, Purchase, Review
 
 if TYPE_CHECKING:
     from encoders.profile import ProfileConfig
+    from scoring.adapt import AdaptConfig
     from encoders.text import TextEncoder
     from scoring.blend import BlendWeights
     from scoring.engine import EngineConfig
@@ -61,9 +63,12 @@ class SideBySideOptions:
     engine_config: EngineConfig
     profile_config: ProfileConfig | None = None
     blend: BlendWeights | None = None
+    #: how the blend's weights adapt online (``None``: they stay as given)
+    adapt: AdaptConfig | None = None
     item_fields: Sequence[str] | None = None
     batch_size: int = 512
     matrix: Any = None  # a prebuilt ItemMatrix of the catalog (saves embedding it per method)
+    partition_of: Callable[[str], int] | None = None  # a user's input partition (run_offline)
     extra: Mapping[str, Any] = field(default_factory=dict)  # for registered methods (e.g. a checkpoint path)
 
 
@@ -94,19 +99,20 @@ class EngineMethod:
             events, catalog, config, encoder=o.encoder, engine_config=self.engine_config,
             profile_config=o.profile_config, batch_size=o.batch_size, item_fields=o.item_fields,
             baselines=[], keep_lists=True, progress=progress, matrix=o.matrix, user_encoder=self.user_encoder,
+            partition_of=o.partition_of,
         )
         assert res.per_event is not None
         return [items for _, items in res.per_event]
 
 
 def _text_only(o: SideBySideOptions) -> OfflineMethod:
-    return EngineMethod("text-only", o, replace(o.engine_config, blend=None))
+    return EngineMethod("text-only", o, replace(o.engine_config, blend=None, adapt=None))
 
 
 def _blend(o: SideBySideOptions) -> OfflineMethod:
     from scoring.blend import DEFAULT_WEIGHTS
 
-    return EngineMethod("blend", o, replace(o.engine_config, blend=o.blend or DEFAULT_WEIGHTS))
+    return EngineMethod("blend", o, replace(o.engine_config, blend=o.blend or DEFAULT_WEIGHTS, adapt=o.adapt))
 
 
 def _learned(o: SideBySideOptions) -> OfflineMethod:
@@ -115,7 +121,7 @@ def _learned(o: SideBySideOptions) -> OfflineMethod:
     path = o.extra.get("user_model")
     if not path:
         raise ValueError("the learned method needs a checkpoint (--user-model CKPT, written by 'recstream train')")
-    return EngineMethod("learned", o, replace(o.engine_config, blend=None), user_encoder=LearnedUserEncoder(path))
+    return EngineMethod("learned", o, replace(o.engine_config, blend=None, adapt=None), user_encoder=LearnedUserEncoder(path))
 
 
 #: name -> factory; the order is the table's order (a learned encoder registers here too)

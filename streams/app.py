@@ -32,6 +32,7 @@ from faust.types import TP
 
 from encoders.profile import DecayedProfileModel, ProfileConfig
 from encoders.text import TextEncoder, resolve_device
+from scoring.adapt import AdaptConfig, AdaptFormatError, WeightAdapter
 from scoring.ann import DEFAULT_MIN_ITEMS, DEFAULT_NPROBE, INDEX_KINDS, make_item_matrix
 from scoring.blend import DEFAULT_WEIGHTS, BlendWeights
 from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, merge_rows, weight_problem
@@ -58,6 +59,7 @@ GUARANTEES = ("at_least_once", "exactly_once")
 #: popularity (the default), the text profile alone, or a learned user encoder.
 RANKERS = ("blend", "text", "learned")
 ITEM_FIELDS = ("title", "categories", "description")
+ADAPT_DEFAULTS = AdaptConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,11 @@ class WorkerConfig:
     metrics_host: str = "127.0.0.1"
     stall_timeout_s: float = 60.0
     broker_grace_s: float = 30.0
+    # consumer group membership (faust's broker_session_timeout / broker_heartbeat_interval):
+    # a worker that sends no heartbeat for session_timeout_s (killed, frozen, cut off) is
+    # dropped from the group and its partitions go to the others
+    session_timeout_s: float = 60.0
+    heartbeat_interval_s: float = 3.0
     log_format: str = "text"
     # ranking: see RANKERS; the blend's weights (None: scoring.blend.DEFAULT_WEIGHTS) and
     # co-occurrence (scoring/blend.py, scoring/cooccurrence.py)
@@ -113,6 +120,13 @@ class WorkerConfig:
     cooc_half_life_days: float = 0.0  # 0: no decay
     cooc_pair_decay: float = 0.9  # 1: every pair of the history counts alike
     cooc_recency: float = 0.8  # 1: every history item's neighbours count alike
+    # online weight adaptation (scoring/adapt.py): None = on for the blend ranker unless a
+    # --blend file pins the weights; the grid step, the rate and the epoch (target events of
+    # a partition between two moves)
+    adapt: bool | None = None
+    adapt_step: float = ADAPT_DEFAULTS.step
+    adapt_rate: float = ADAPT_DEFAULTS.rate
+    adapt_epoch: int = ADAPT_DEFAULTS.epoch
     # learned user encoder (scoring/learned.py): a checkpoint of 'recstream train', None = off
     user_model: str | None = None
     user_model_check_s: float = 5.0
@@ -143,6 +157,11 @@ class WorkerConfig:
             problems.append(f"metrics port must be between 0 (off) and 65535, got {self.metrics_port}")
         if not self.stall_timeout_s > 0 or not self.broker_grace_s > 0:
             problems.append(f"stall timeout and broker grace must be positive, got {self.stall_timeout_s}s and {self.broker_grace_s}s")
+        if not self.session_timeout_s > 0 or not self.heartbeat_interval_s > 0:
+            problems.append(f"session timeout and heartbeat interval must be positive, got {self.session_timeout_s}s and {self.heartbeat_interval_s}s")
+        elif self.heartbeat_interval_s > self.session_timeout_s / 3:
+            problems.append(f"heartbeat interval must be at most a third of the session timeout (Kafka's advice: a few heartbeats "
+                            f"can be lost before the worker is dropped), got {self.heartbeat_interval_s}s and {self.session_timeout_s}s")
         if self.cooc_neighbours < 1 or self.cooc_history_len < 1:
             problems.append(f"co-occurrence neighbours and history length must be at least 1, got {self.cooc_neighbours} and {self.cooc_history_len}")
         if self.ranker not in RANKERS:
@@ -151,6 +170,14 @@ class WorkerConfig:
             problems.append(f"blend weights are for the blend ranker, not --ranker {self.ranker}")
         elif (self.user_model is not None) != (self.ranker == "learned"):
             problems.append("the learned ranker needs a user model (--user-model CKPT), and a user model needs --ranker learned")
+        if self.adapt and self.ranker != "blend":
+            problems.append(f"weight adaptation (--adapt) is for the blend ranker, not --ranker {self.ranker}")
+        elif self.adapt and self.blend is not None and self.blend.normalization != "zscore":
+            problems.append("weight adaptation (--adapt) needs z-score blend weights")
+        try:
+            AdaptConfig(step=self.adapt_step, rate=self.adapt_rate, epoch=self.adapt_epoch)
+        except ValueError as exc:
+            problems.append(str(exc))
         if not self.user_model_check_s > 0:
             problems.append(f"user model check interval must be positive, got {self.user_model_check_s}s")
         if not self.cooc_half_life_days >= 0:
@@ -172,6 +199,15 @@ class WorkerConfig:
         if self.ranker != "blend":
             return None
         return self.blend or DEFAULT_WEIGHTS
+
+    @property
+    def adapt_config(self) -> AdaptConfig | None:
+        """How the blend's weights adapt online (``None``: they stay as given)."""
+        weights = self.blend_weights
+        on = self.adapt if self.adapt is not None else self.blend is None
+        if weights is None or not on or weights.normalization != "zscore":
+            return None
+        return AdaptConfig(step=self.adapt_step, rate=self.adapt_rate, epoch=self.adapt_epoch)
 
 
 class Metrics:
@@ -266,6 +302,7 @@ class Pipeline:
                 blend=config.blend_weights, cooc_neighbours=config.cooc_neighbours, cooc_history_len=config.cooc_history_len,
                 cooc_half_life_ms=int(config.cooc_half_life_days * DAY_MS) or None,
                 cooc_pair_decay=config.cooc_pair_decay, cooc_recency=config.cooc_recency,
+                adapt=config.adapt_config,
             ),
             partition_popularity=self.partition_popularity,
             partition_cooccurrence=self.partition_cooccurrence,
@@ -283,6 +320,10 @@ class Pipeline:
             # exactly-once is recstream's own (streams/transactions.py): Faust's commits its
             # transactions on a timer, in the middle of a micro-batch
             processing_guarantee="at_least_once",
+            broker_session_timeout=config.session_timeout_s,
+            broker_heartbeat_interval=config.heartbeat_interval_s,
+            # faust refuses a session timeout above its request timeout (default 90 s)
+            broker_request_timeout=max(90.0, config.session_timeout_s),
             key_serializer="raw",
             value_serializer="raw",
             consumer_auto_offset_reset="earliest",
@@ -324,6 +365,8 @@ class Pipeline:
         self.popularity_table = _raw(self.app.Table(T.POPULARITY_TABLE, partitions=config.partitions, **raw))
         # always declared (a fixed topic layout); written only with blend weights
         self.cooccurrence_table = _raw(self.app.Table(T.COOCCURRENCE_TABLE, partitions=config.partitions, **raw))
+        # the adaptive blend's weights (scoring/adapt.py), one key per input partition
+        self.weights_table = _raw(self.app.Table(T.WEIGHTS_TABLE, partitions=config.partitions, **raw))
         # faust's advice for global tables shared by several workers: one partition and a
         # recovery buffer of one
         self.items_table = self.app.tables.add(
@@ -333,6 +376,7 @@ class Pipeline:
         self.items_table.on_recover(self.rebuild_items)
         self.profiles.on_recover(self.rebuild_popularity)
         self.profiles.on_recover(self.rebuild_cooccurrence)
+        self.profiles.on_recover(self.rebuild_weights)
         # table writes of one micro-batch (profiles, popularity) go through faust's producer
         # buffer; let it hold a few batches before the conductor waits for it to drain
         self.app.producer.buffer.max_messages = max(1000, 4 * config.batch_max)
@@ -595,8 +639,36 @@ class Pipeline:
         await self.compute(rebuild)
         log.info("co-occurrence rebuilt: %d items from partitions %s", len(engine.cooccurrence), sorted(active))
 
+    async def rebuild_weights(self) -> None:
+        """After recovery or a rebalance: the adaptive weights of the partitions held, as
+        their last micro-batch left them (a partition without a stored state starts from
+        the configured weights)."""
+        adaptive = self.engine.adaptive
+        if adaptive is None:
+            return
+        active = self.active_partitions()
+        stored: dict[int, WeightAdapter] = {}
+        for key, value in self.weights_table.items():
+            partition = int(key)
+            if partition in active:
+                try:
+                    stored[partition] = WeightAdapter.from_bytes(value)
+                except AdaptFormatError as exc:
+                    log.warning("blend weights of partition %d not restored (%s): they start again from %s",
+                                partition, exc, adaptive.initial.label())
+
+        def rebuild() -> None:
+            adaptive.adapters = stored
+            adaptive.publish()
+
+        await self.compute(rebuild)
+        if stored:
+            log.info("blend weights restored: %s", adaptive.describe())
+
     async def log_stats(self) -> None:
         live = "; ".join(f"{ranker} HR@10 {f.hits / f.cases:.4f} NDCG@10 {f.ndcg / f.cases:.4f} over {f.cases} cases"
                          for ranker, f in sorted(self.engine.prequential.figures.items()) if f.cases)
-        log.info("%s; %d items, %d partitions held%s", self.metrics.summary(), len(self.matrix), len(self.active_partitions()),
-                 f"; live quality: {live}" if live else "")
+        adaptive = self.engine.adaptive
+        weights = f"; blend weights {adaptive.describe()}" if adaptive is not None and adaptive.published else ""
+        log.info("%s; %d items, %d partitions held%s%s", self.metrics.summary(), len(self.matrix), len(self.active_partitions()),
+                 f"; live quality: {live}" if live else "", weights)

@@ -138,6 +138,8 @@ def worker_config(args: argparse.Namespace):
         metrics_host=args.metrics_host,
         stall_timeout_s=args.stall_timeout,
         broker_grace_s=args.broker_grace,
+        session_timeout_s=args.session_timeout,
+        heartbeat_interval_s=args.heartbeat_interval,
         log_format=args.log_format,
         ranker=args.ranker or ("learned" if args.user_model else "blend"),
         blend=_blend_weights(args.blend),
@@ -146,9 +148,31 @@ def worker_config(args: argparse.Namespace):
         cooc_half_life_days=args.cooc_half_life_days,
         cooc_pair_decay=args.cooc_pair_decay,
         cooc_recency=args.cooc_recency,
+        adapt=args.adapt,
+        adapt_step=args.adapt_step,
+        adapt_rate=args.adapt_rate,
+        adapt_epoch=args.adapt_epoch,
         user_model=args.user_model,
         user_model_check_s=args.user_model_check_s,
     )
+
+
+def _partitioner(partitions: int | None):
+    """A user's partition among ``partitions``, as Kafka's default partitioner keys it."""
+    if not partitions or partitions == 1:
+        return None
+    from .client import partition_for
+
+    return lambda user_id: partition_for(user_id.encode(), partitions)
+
+
+def _adapt_config(args: argparse.Namespace):
+    """``backtest --dataset``'s adaptation of the blend, as the worker would run it
+    (:attr:`streams.app.WorkerConfig.adapt_config`)."""
+    from .app import WorkerConfig
+
+    return WorkerConfig(blend=_blend_weights(args.blend), adapt=args.adapt, adapt_step=args.adapt_step,
+                        adapt_rate=args.adapt_rate, adapt_epoch=args.adapt_epoch).adapt_config
 
 
 def _blend_weights(path: str | None):
@@ -188,7 +212,34 @@ def engine_worker_args(args: argparse.Namespace) -> list[str]:
     out: list[str] = []
     for dest in _ENGINE_KNOBS:
         out += ["--" + dest.replace("_", "-"), str(getattr(args, dest))]
+    for dest in ("adapt_step", "adapt_rate", "adapt_epoch"):
+        out += ["--" + dest.replace("_", "-"), str(getattr(args, dest))]
+    if args.adapt is not None:
+        out.append("--adapt" if args.adapt else "--no-adapt")
     return out
+
+
+def _env_flag(name: str) -> bool | None:
+    """A boolean ``RECSTREAM_*`` variable: ``None`` when unset (the setting's own default)."""
+    value = _env(name)
+    if value is None or not value.strip():
+        return None
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"RECSTREAM_{name}: expected true or false, got {value!r}")
+
+
+def _adapt_knobs(g) -> None:
+    """The online weight adaptation of the blend (scoring/adapt.py): worker and backtest."""
+    from .app import ADAPT_DEFAULTS as D
+
+    g.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=_env_flag("ADAPT"), help="move the blend's weights online, per partition, towards the weightings that would have ranked the next events higher (env RECSTREAM_ADAPT; default on unless --blend pins the weights)")
+    g.add_argument("--adapt-step", type=float, metavar="W", default=float(_env("ADAPT_STEP", str(D.step))), help=f"weight moved between two signals by a neighbouring weighting (env RECSTREAM_ADAPT_STEP; default {D.step:g})")
+    g.add_argument("--adapt-rate", type=float, metavar="R", default=float(_env("ADAPT_RATE", str(D.rate))), help=f"how strongly an epoch's gains pull the weights, 0 = never move (env RECSTREAM_ADAPT_RATE; default {D.rate:g})")
+    g.add_argument("--adapt-epoch", type=int, metavar="N", default=int(_env("ADAPT_EPOCH", str(D.epoch))), help=f"target events of a partition between two moves of its weights (env RECSTREAM_ADAPT_EPOCH; default {D.epoch})")
 
 
 def _engine_knobs(g) -> None:
@@ -226,6 +277,7 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cooc-half-life-days", type=float, metavar="DAYS", default=float(_env("COOC_HALF_LIFE_DAYS", "0")), help="half-life of the co-occurrence counts in days of event time, 0 for none (env RECSTREAM_COOC_HALF_LIFE_DAYS; default 0)")
     g.add_argument("--cooc-pair-decay", type=float, metavar="F", default=float(_env("COOC_PAIR_DECAY", "0.9")), help="a new positive is paired with the user's latest positive at weight 1, the one before at F, then F^2...; 1 weighs every pair alike (env RECSTREAM_COOC_PAIR_DECAY; default 0.9)")
     g.add_argument("--cooc-recency", type=float, metavar="F", default=float(_env("COOC_RECENCY", "0.8")), help="when scoring, the user's latest positive's neighbours count 1, the one before F, then F^2...; 1 sums them alike (env RECSTREAM_COOC_RECENCY; default 0.8)")
+    _adapt_knobs(g)
     g = p.add_argument_group("learned user encoder (README: Learned user encoder)")
     g.add_argument("--user-model", metavar="CKPT", default=_env("USER_MODEL"), help="checkpoint written by 'recstream train': rank users with it (one forward pass per micro-batch), reloaded when the file changes (env RECSTREAM_USER_MODEL; default none)")
     g.add_argument("--user-model-check-s", type=float, metavar="SECONDS", default=float(_env("USER_MODEL_CHECK_S", "5")), help="how often the checkpoint file is checked for a new version (env RECSTREAM_USER_MODEL_CHECK_S; default 5)")
@@ -251,6 +303,9 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stall-timeout", type=float, default=float(_env("STALL_TIMEOUT", "60")), metavar="SECONDS", help="/health turns unhealthy when input waits and no micro-batch completed for this long (env RECSTREAM_STALL_TIMEOUT; default 60)")
     g.add_argument("--broker-grace", type=float, default=float(_env("BROKER_GRACE", "30")), metavar="SECONDS", help="/health turns unhealthy when the broker has not answered for this long (env RECSTREAM_BROKER_GRACE; default 30)")
     g.add_argument("--log-format", choices=["text", "json"], default=_env("LOG_FORMAT", "text"), help="text, or json: one JSON object per line (env RECSTREAM_LOG_FORMAT; default text); secrets and review texts are masked in both")
+    g = p.add_argument_group("consumer group membership (README: Guarantees, crashes and bad input)")
+    g.add_argument("--session-timeout", type=float, default=float(_env("SESSION_TIMEOUT", "60")), metavar="SECONDS", help="a worker that sends no heartbeat for this long (killed, frozen, cut off from the broker) is dropped from the group and its partitions go to the others: shorter fails over faster, and drops a worker paused by GC or a busy CPU sooner (a spurious rebalance); the broker accepts 6 to 1800 by default (env RECSTREAM_SESSION_TIMEOUT; default 60)")
+    g.add_argument("--heartbeat-interval", type=float, default=float(_env("HEARTBEAT_INTERVAL", "3")), metavar="SECONDS", help="how often the worker sends its heartbeat; at most a third of --session-timeout (env RECSTREAM_HEARTBEAT_INTERVAL; default 3)")
 
 
 # --- recstream profile -----------------------------------------------------------------
@@ -433,7 +488,8 @@ def _backtest_dataset(args: argparse.Namespace, config) -> int:
                         cooc_half_life_ms=int(args.cooc_half_life_days * DAY_MS) or None,
                         cooc_pair_decay=args.cooc_pair_decay, cooc_recency=args.cooc_recency)
     opts = SideBySideOptions(encoder=encoder, engine_config=ecfg, profile_config=ProfileConfig(half_life_ms=int(args.half_life_days * DAY_MS), history_len=args.history_len),
-                             blend=_blend_weights(args.blend), item_fields=fields, matrix=matrix,
+                             blend=_blend_weights(args.blend), adapt=_adapt_config(args), item_fields=fields, matrix=matrix,
+                             partition_of=_partitioner(args.partitions),
                              extra={"user_model": args.user_model})
     methods = [METHODS[m](opts) for m in names]
     config = replace(config, popularity_half_life_ms=ecfg.popularity_half_life_ms)
@@ -621,6 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "Without --dataset, the engine settings (--item-fields to --cooc-recency) are passed to "
                              "the replay's worker.")
     g.add_argument("--dataset", metavar="PATH", help="a dataset folder (formats of 'recstream produce'): no broker, no replay")
+    g.add_argument("--partitions", type=int, default=1, metavar="N", help="with --dataset: key each user's events to one of N input "
+                                                                           "partitions, as a worker's topics would (the adaptive weights "
+                                                                           "are kept per partition; default 1)")
     g.add_argument("--methods", help=f"methods, in table order (default {','.join(m for m in _method_names() if m != 'learned')}, and learned with --user-model)")
     g.add_argument("--user-model", metavar="CKPT", help="the learned method's checkpoint from 'recstream train'; without --dataset, "
                                                         "the replay's worker ranks with it")
@@ -629,6 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ranker", choices=["blend", "text", "learned"], help="without --dataset: the replay worker's ranker (default: the "
                                                                           "worker's, blend; learned with --user-model)")
     _engine_knobs(g)
+    _adapt_knobs(g)
     p.set_defaults(func=cmd_backtest)
 
     p = sub.add_parser("tune", parents=[kafka_opts], help="pick blend weights on a validation window, write the --blend file",

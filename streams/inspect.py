@@ -2,7 +2,8 @@
 
 A running worker owns its RocksDB files, so this reads the same state from the topics
 that back it: the user's entry in the ``profiles`` changelog, the user's latest record
-on the recommendations topic, and item titles from the catalog table's changelog. It
+on the recommendations topic, the adaptive blend weights of the user's partition (the
+``blend-weights`` changelog), and item titles from the catalog table's changelog. It
 works whether or not a worker runs, from any machine that reaches the cluster.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 from kafka import TopicPartition
 
 from encoders.profile import UserProfile
+from scoring.adapt import AdaptFormatError, WeightAdapter
 
 from . import topics as T
 from .client import partition_for, read_to_end, read_topic, reader
@@ -32,6 +34,9 @@ class UserView:
     profile: UserProfile | None
     recommendation: Recommendation | None
     titles: dict[str, str]
+    #: the user's partition and, when the blend adapts its weights, that partition's state
+    partition: int | None = None
+    weights: WeightAdapter | None = None
 
     def to_dict(self) -> dict[str, Any]:
         p = self.profile
@@ -49,6 +54,11 @@ class UserView:
                     for h in p.history
                 ],
             },
+            "partition": self.partition,
+            "blend_weights": None if self.weights is None else {
+                **dict(zip(("text", "cooccurrence", "popularity"), map(float, self.weights.weights))),
+                "epochs": self.weights.epochs,
+            },
             "recommendation": None if self.recommendation is None else {
                 **self.recommendation.to_dict(),
                 "titles": {i.item_id: self.titles.get(i.item_id) for i in self.recommendation.items},
@@ -64,12 +74,25 @@ def inspect_user(settings: KafkaSettings, user_id: str) -> UserView:
         partitions = consumer.partitions_for_topic(changelog)
         if not partitions:
             raise ValueError(f"no profiles changelog {changelog!r} on {settings.broker}: has a worker with app id {settings.app_id!r} run?")
-        tp = TopicPartition(changelog, partition_for(key, len(partitions)))
+        partition = partition_for(key, len(partitions))
+        tp = TopicPartition(changelog, partition)
         raw = None
         for record in read_to_end(consumer, [tp]):
             if record.key == key:
                 raw = record.value
         profile = UserProfile.from_bytes(raw) if raw is not None else None
+
+        weights = None
+        weights_changelog = settings.changelog(T.WEIGHTS_TABLE)
+        if partition in (consumer.partitions_for_topic(weights_changelog) or ()):
+            stored = None
+            for record in read_to_end(consumer, [TopicPartition(weights_changelog, partition)]):
+                if record.key == str(partition).encode():
+                    stored = record.value
+            try:
+                weights = WeightAdapter.from_bytes(stored) if stored is not None else None
+            except AdaptFormatError:
+                weights = None
 
         recommendation = None
         recs_topic = settings.topic(T.RECOMMENDATIONS)
@@ -96,7 +119,7 @@ def inspect_user(settings: KafkaSettings, user_id: str) -> UserView:
                         titles.pop(item_id, None)
                     else:
                         titles[item_id] = decode_item(item_id, record.value).title
-        return UserView(user_id, profile, recommendation, titles)
+        return UserView(user_id, profile, recommendation, titles, partition, weights)
     finally:
         consumer.close()
 
@@ -120,6 +143,10 @@ def format_view(view: UserView) -> str:
         for h in p.history[-15:]:
             rating = f" {h.rating:g}*" if h.rating is not None else ""
             lines.append(f"    {_when(h.ts)}  {h.kind:8}{rating:5}  {view.titles.get(h.item_id, h.item_id + ' (not in catalog)')}")
+    if view.weights is not None:
+        t, c, pop = view.weights.weights
+        lines.append(f"  blend weights of partition {view.partition}: text {t:.3f}, co-occurrence {c:.3f}, popularity {pop:.3f} "
+                     f"(adapted online over {view.weights.epochs} epochs)")
     r = view.recommendation
     if r is None:
         lines.append("  no recommendation found on the recommendations topic")

@@ -137,6 +137,8 @@ class WorkerState:
     #: live quality (scoring/prequential.py): figures by ranker, and the cold target events
     prequential: Mapping[str, Any] = field(default_factory=dict)
     prequential_cold: int = 0
+    #: the adaptive blend's weights and epochs by input partition held (scoring/adapt.py)
+    blend_weights: Mapping[int, tuple[tuple[float, float, float], int]] = field(default_factory=dict)
 
 
 class BatchHistogram(Collector):
@@ -214,6 +216,16 @@ class _StateCollector(Collector):
         catalog.add_metric(["delete"], c.get("items_deleted", 0))
         yield catalog
         yield from _prequential_families(s)
+        if s.blend_weights:
+            weight = GaugeMetricFamily("recstream_blend_weight", "The blend's weight of each signal in use for an input "
+                                       "partition held, as adapted online (the weights sum to 1).", labels=["partition", "signal"])
+            epochs = CounterMetricFamily("recstream_blend_weight_epochs", "Epochs of online adaptation the partition's weights "
+                                         "went through.", labels=["partition"])
+            for partition, (ws, n) in sorted(s.blend_weights.items()):
+                for signal, w in zip(("text", "cooccurrence", "popularity"), ws):
+                    weight.add_metric([str(partition), signal], w)
+                epochs.add_metric([str(partition)], n)
+            yield from (weight, epochs)
         yield GaugeMetricFamily("recstream_items_held", "Catalog items in the scoring matrix.", value=s.items_held)
         yield GaugeMetricFamily("recstream_profiles_held", "User profiles in this worker's partitions of the profiles "
                                 "table (counted at recovery, then kept up to date).", value=m.profiles_held)
@@ -549,6 +561,7 @@ def pipeline_metrics(pipeline: "Pipeline") -> WorkerMetrics:
             healthy=health.current().healthy if health is not None else None,
             prequential=pipeline.engine.prequential.figures,
             prequential_cold=pipeline.engine.prequential.cold,
+            blend_weights=pipeline.engine.adaptive.published if pipeline.engine.adaptive is not None else {},
         )
 
     async def count_profiles() -> None:

@@ -32,7 +32,8 @@ ITEMS_TABLE = "item-embeddings"
 POPULARITY_TABLE = "popularity"
 #: per-partition co-occurrence rows, key "<partition>:<item>" (written with --blend only)
 COOCCURRENCE_TABLE = "cooccurrence"
-TABLES = (PROFILES_TABLE, ITEMS_TABLE, POPULARITY_TABLE, COOCCURRENCE_TABLE)
+WEIGHTS_TABLE = "blend-weights"
+TABLES = (PROFILES_TABLE, ITEMS_TABLE, POPULARITY_TABLE, COOCCURRENCE_TABLE, WEIGHTS_TABLE)
 #: The catalog is small next to the event streams and replicated to every worker (a
 #: Faust global table): one partition keeps its topic, its changelog and the local store
 #: aligned, and one worker embeds each catalog update.

@@ -224,7 +224,7 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
     log.info(
         "recstream worker: app %s, broker %s (%s), topics prefix %r, %d partitions, device %s, model %s, ranker %s, emit %s",
         config.kafka.app_id, config.kafka.broker, config.kafka.security.describe(), config.kafka.topic_prefix, config.partitions,
-        pipeline.device, pipeline.encoder.name, pipeline.engine.blend_model_name or pipeline.engine.ranker, config.emit,
+        pipeline.device, pipeline.encoder.name, pipeline.engine.describe_ranker(), config.emit,
     )
     services = []
     if sock is not None:

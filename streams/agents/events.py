@@ -124,6 +124,11 @@ async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Inco
             if row is not None:
                 cooc_writes.setdefault(partition, []).append((popularity_key(partition, item_id), row.to_bytes()))
         await pipeline.write_table(pipeline.cooccurrence_table, cooc_writes, partition_event)
+    adaptive = pipeline.engine.adaptive
+    if result.adaptive_touched and adaptive is not None:  # the adaptive blend's weights, one key per partition
+        await pipeline.write_table(pipeline.weights_table, {
+            p: [(str(p).encode(), adaptive.adapters[p].to_bytes())] for p in result.adaptive_touched if p in partition_event
+        }, partition_event)
     emitted = int(time.time() * 1000)  # the moment the records go out, after the state writes
     answers = []
     for rec in result.recommendations:

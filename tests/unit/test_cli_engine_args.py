@@ -15,3 +15,23 @@ def test_backtest_engine_settings_become_the_replay_workers_flags() -> None:
     # the defaults are the worker's: passing them changes nothing
     defaults = worker_config(parser.parse_args(["worker", *engine_worker_args(parser.parse_args(["backtest", "--split", "2016-03-22"]))]))
     assert defaults == worker_config(parser.parse_args(["worker"]))
+
+
+def test_the_weight_adaptation_settings_reach_the_replays_worker() -> None:
+    parser = build_parser()
+    bt = parser.parse_args(["backtest", "--split", "2016-03-22", "--no-adapt", "--adapt-rate", "2", "--adapt-epoch", "50"])
+    worker = worker_config(parser.parse_args(["worker", *engine_worker_args(bt)]))
+    assert (worker.adapt, worker.adapt_rate, worker.adapt_epoch) == (False, 2.0, 50)
+    assert worker.adapt_config is None
+    on = worker_config(parser.parse_args(["worker", "--adapt-step", "0.05"]))
+    assert on.adapt is None and on.adapt_config is not None and on.adapt_config.step == 0.05  # on by default
+
+
+def test_a_blend_file_pins_the_weights_unless_adaptation_is_asked_for(tmp_path) -> None:
+    from scoring.blend import BlendWeights
+
+    path = BlendWeights(0.2, 0.7, 0.1).save(tmp_path / "w.json")
+    parser = build_parser()
+    assert worker_config(parser.parse_args(["worker", "--blend", str(path)])).adapt_config is None
+    assert worker_config(parser.parse_args(["worker", "--blend", str(path), "--adapt"])).adapt_config is not None
+    assert worker_config(parser.parse_args(["worker", "--ranker", "text"])).adapt_config is None

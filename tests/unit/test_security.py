@@ -95,7 +95,7 @@ def test_the_worker_startup_log_never_contains_the_password(monkeypatch, tmp_pat
             self.encoder = type("E", (), {"name": "fake-encoder"})()
             self.transactions, self.uncommitted_writes = None, False  # at-least-once
             self.stream_time = None
-            self.engine = type("Engine", (), {"ranker": "blend", "blend_model_name": "blend/zscore(text=0.4, co=0.5, pop=0.1)"})()
+            self.engine = type("Engine", (), {"describe_ranker": lambda self: "blend/zscore(text=0.4, co=0.5, pop=0.1)"})()
 
         def create_topics(self) -> bool:
             return True

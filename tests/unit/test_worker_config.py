@@ -18,6 +18,9 @@ from streams.cli import build_parser, worker_config
         ({"ranker": "magic"}, "ranker must be one of blend, text, learned"),
         ({"ranker": "learned"}, "the learned ranker needs a user model"),
         ({"user_model": "m.ckpt"}, "a user model needs --ranker learned"),
+        ({"session_timeout_s": 0}, "session timeout and heartbeat interval must be positive"),
+        ({"heartbeat_interval_s": -1}, "session timeout and heartbeat interval must be positive"),
+        ({"session_timeout_s": 6, "heartbeat_interval_s": 3}, "heartbeat interval must be at most a third of the session timeout"),
     ],
 )
 def test_bad_worker_settings_are_refused_with_the_reason(kwargs, fragment):
@@ -76,3 +79,46 @@ def test_the_worker_ranks_with_the_blend_by_default_and_other_rankers_by_name(tm
     assert cfg.ranker == "learned" and cfg.blend_weights is None
     with pytest.raises(ValueError, match="blend weights are for the blend ranker, not --ranker text"):
         worker_config(build_parser().parse_args(["worker", "--ranker", "text", "--blend", str(weights)]))
+
+
+def test_session_timeout_and_heartbeat_are_worker_settings_passed_to_faust(monkeypatch, tmp_path):
+    from streams.config import KafkaSettings
+
+    cfg = worker_config(build_parser().parse_args(["worker"]))
+    assert (cfg.session_timeout_s, cfg.heartbeat_interval_s) == (60.0, 3.0)  # faust's own defaults
+    monkeypatch.setenv("RECSTREAM_SESSION_TIMEOUT", "12")
+    monkeypatch.setenv("RECSTREAM_HEARTBEAT_INTERVAL", "2")
+    cfg = worker_config(build_parser().parse_args(["worker"]))
+    assert (cfg.session_timeout_s, cfg.heartbeat_interval_s) == (12.0, 2.0)
+    cfg = worker_config(build_parser().parse_args(["worker", "--session-timeout", "9", "--heartbeat-interval", "1.5"]))
+    assert (cfg.session_timeout_s, cfg.heartbeat_interval_s) == (9.0, 1.5)  # a flag beats the environment
+    with pytest.raises(ValueError, match="at most a third"):
+        worker_config(build_parser().parse_args(["worker", "--session-timeout", "3"]))  # with the env's 2 s heartbeat
+
+    # what the Faust app (and so its aiokafka consumer) is given; a session timeout above
+    # faust's 90 s request timeout raises the request timeout with it (faust refuses it otherwise)
+    from streams.app import Pipeline
+
+    class _Encoder:  # no model load: the app's settings are all this test reads
+        dim, name = 8, "stub"
+
+    for session, heartbeat in ((9.0, 1.5), (120.0, 10.0)):
+        config = WorkerConfig(kafka=KafkaSettings(topic_prefix="p."), data_dir=tmp_path, device="cpu",
+                              session_timeout_s=session, heartbeat_interval_s=heartbeat)
+        conf = Pipeline(config, encoder=_Encoder()).app.conf
+        assert (conf.broker_session_timeout, conf.broker_heartbeat_interval) == (session, heartbeat)
+        assert conf.broker_request_timeout >= conf.broker_session_timeout
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(adapt=True, ranker="text"), "weight adaptation (--adapt) is for the blend ranker, not --ranker text"),
+    (dict(adapt_rate=-1.0), "adaptation rate: must be finite and >= 0"),
+    (dict(adapt_epoch=0), "adaptation epoch and k: must be at least 1"),
+    (dict(adapt_step=0.9), "adaptation step: must be in (0, 0.5]"),
+])
+def test_bad_adaptation_settings_are_refused_with_their_reason(kwargs, message) -> None:
+    from streams.app import WorkerConfig
+
+    with pytest.raises(ValueError) as err:
+        WorkerConfig(**kwargs)
+    assert message in str(err.value)

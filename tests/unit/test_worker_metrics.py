@@ -448,3 +448,24 @@ def test_live_quality_by_ranker_is_exported():
     assert s[("recstream_prequential_ndcg_at_10_total", blend)] == pytest.approx(1 / 1.584962500721156)
     assert s[("recstream_prequential_window_hit_rate_at_10", blend)] == 0.5
     assert s[("recstream_prequential_cold_total", ())] == 1
+
+
+def test_the_adaptive_weights_in_use_are_exported_per_partition():
+    import numpy as np
+
+    from scoring.adapt import AdaptConfig, AdaptiveWeights
+    from scoring.blend import BlendWeights
+
+    aw = AdaptiveWeights(BlendWeights(0.4, 0.5, 0.1), AdaptConfig(step=0.1, rate=5.0, epoch=1))
+    aw.credit(3, np.array([0, 0, 0, 0, 0, 1.0, 0]))  # one grid point earned a gain
+    aw.end_epoch(3)
+    aw.grid(1)  # partition 1: no epoch yet
+    aw.publish()
+    state = M.WorkerState(blend_weights=aw.published)
+    s = samples(M.WorkerMetrics(topics=TOPICS, state=lambda: state))
+    got = {sig: s[("recstream_blend_weight", (("partition", "3"), ("signal", sig)))] for sig in ("text", "cooccurrence", "popularity")}
+    assert sum(got.values()) == pytest.approx(1.0)
+    assert got != pytest.approx({"text": 0.4, "cooccurrence": 0.5, "popularity": 0.1})
+    assert s[("recstream_blend_weight", (("partition", "1"), ("signal", "text")))] == pytest.approx(0.4)
+    assert s[("recstream_blend_weight_epochs_total", (("partition", "3"),))] == 1
+    assert s[("recstream_blend_weight_epochs_total", (("partition", "1"),))] == 0
