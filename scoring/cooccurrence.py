@@ -102,6 +102,7 @@ import numpy as np
 import orjson
 
 from scoring.popularity import _logaddexp2 as logaddexp2
+from scoring.popularity import _logsubexp2 as logsubexp2
 
 __all__ = [
     "MAX_LOG2_SIMILARITY",
@@ -380,6 +381,37 @@ class CooccurrenceModel:
         """Put a stored (e.g. recovered or merged) row in place of the item's row."""
         self._rows[item_id] = row
         self._changed(item_id, row)
+
+    def replace_partial(self, item_id: str, old: CooccurrenceRow | None, new: CooccurrenceRow | None) -> None:
+        """One part of the item's row changed from ``old`` to ``new`` (``None``: no part),
+        e.g. another worker's partition's row: this model's row is the sum of such parts
+        (and of what it observed itself), so the old part is taken out and the new one
+        added, entry by entry, then the row is bounded as usual.  An entry the row had
+        already pruned is not taken out again (it is not there)."""
+        cur = self._rows.get(item_id)
+        row = CooccurrenceRow() if cur is None else CooccurrenceRow(cur.log2_count, dict(cur.neighbours))
+        nb = row.neighbours
+        if old is not None:
+            row.log2_count = logsubexp2(row.log2_count, old.log2_count) if row.log2_count != _NEG_INF else _NEG_INF
+            for j, lw in old.neighbours.items():
+                have = nb.get(j)
+                if have is not None:
+                    left = logsubexp2(have, lw)
+                    if left == _NEG_INF:
+                        del nb[j]
+                    else:
+                        nb[j] = left
+        if new is not None:
+            row.log2_count = new.log2_count if row.log2_count == _NEG_INF else logaddexp2(row.log2_count, new.log2_count)
+            for j, lw in new.neighbours.items():
+                have = nb.get(j)
+                nb[j] = lw if have is None else logaddexp2(have, lw)
+        if len(nb) > 2 * self.max_neighbours:
+            row.neighbours = bound_neighbours(nb, self.max_neighbours)
+        if row.log2_count == _NEG_INF and not row.neighbours:
+            self.remove_row(item_id)
+        else:
+            self.set_row(item_id, row)
 
     def copy_row(self, item_id: str) -> CooccurrenceRow | None:
         """A copy of the item's row (``None`` when it has none), for :meth:`restore_row`."""

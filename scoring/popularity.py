@@ -41,6 +41,16 @@ def _logaddexp2(a: float, b: float) -> float:
     return hi + math.log1p(2.0 ** (lo - hi)) / _LN2
 
 
+def _logsubexp2(a: float, b: float) -> float:
+    """``log2(2 ** a - 2 ** b)``; ``-inf`` when ``b`` is not below ``a`` (never negative: a
+    partial count removed is at most the sum it is part of, up to rounding)."""
+    if b == -math.inf:
+        return a
+    if not b < a - 1e-12:
+        return -math.inf
+    return a + math.log1p(-(2.0 ** (b - a))) / _LN2
+
+
 def _exp2(x: float) -> float:
     try:
         return 2.0**x
@@ -116,6 +126,21 @@ class DecayedPopularity:
         else:
             self.set_log2(item_id, log2_score)
         self._last_ts = last_ts
+
+    def replace_partial(self, item_id: str, old: float | None, new: float | None) -> None:
+        """One part of an item's score changed from ``old`` to ``new`` (log2 scores;
+        ``None``: no part), e.g. another worker's partition: the score is the sum of
+        such parts, so the old one is taken out and the new one added."""
+        cur = self._log2.get(item_id)
+        value = -math.inf if cur is None else cur
+        if old is not None:
+            value = _logsubexp2(value, old)
+        if new is not None:
+            value = new if value == -math.inf else _logaddexp2(value, new)
+        if value == -math.inf:
+            self.remove(item_id)
+        else:
+            self._set(item_id, value, cur)
 
     def remove(self, item_id: str) -> bool:
         """Forget an item; returns whether it was present."""

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import os
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ from scoring.popularity import DecayedPopularity
 
 from . import topics as T
 from .config import KafkaSettings
+from .evidence import EvidenceFollower
 from .metrics import pipeline_metrics
 from .security import faust_credentials
 from .transactions import PartitionTransactions, TransactionFailed
@@ -60,6 +63,8 @@ GUARANTEES = ("at_least_once", "exactly_once")
 RANKERS = ("blend", "text", "learned")
 ITEM_FIELDS = ("title", "categories", "description")
 ADAPT_DEFAULTS = AdaptConfig()
+#: how often the other partitions' followed evidence is added to the scored models (seconds)
+EVIDENCE_APPLY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +382,17 @@ class Pipeline:
         self.profiles.on_recover(self.rebuild_popularity)
         self.profiles.on_recover(self.rebuild_cooccurrence)
         self.profiles.on_recover(self.rebuild_weights)
+        # the other partitions' popularity and co-occurrence, followed from their changelogs
+        # (streams/evidence.py) and added to the scored models as partial rows
+        self.foreign_popularity: dict[int, dict[str, float]] = {}
+        self.foreign_cooccurrence: dict[int, dict[str, CooccurrenceRow]] = {}
+        self.own_partitions: frozenset[int] = frozenset()
+        followed = {T.POPULARITY_TABLE: s.changelog(T.POPULARITY_TABLE)}
+        if self.engine.cooccurrence is not None:
+            followed[T.COOCCURRENCE_TABLE] = s.changelog(T.COOCCURRENCE_TABLE)
+        self.evidence = EvidenceFollower(s, followed)
+        self.profiles.on_recover(self.follow_evidence)
+        self.app.timer(EVIDENCE_APPLY_S)(self.apply_foreign_evidence)
         # table writes of one micro-batch (profiles, popularity) go through faust's producer
         # buffer; let it hold a few batches before the conductor waits for it to drain
         self.app.producer.buffer.max_messages = max(1000, 4 * config.batch_max)
@@ -584,8 +600,9 @@ class Pipeline:
         return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic in self.event_topic_names}
 
     async def rebuild_popularity(self) -> None:
-        """After recovery or a rebalance: popularity = the sum over the partitions held."""
-        active = self.active_partitions()
+        """After recovery or a rebalance: popularity = the sum over the partitions held,
+        and the other partitions' as far as they were followed (streams/evidence.py)."""
+        active = self.own_partitions = frozenset(self.active_partitions())
         per_partition: dict[int, list[tuple[str, float]]] = {}
         for key, value in self.popularity_table.items():
             partition, item_id = split_popularity_key(key)
@@ -603,6 +620,12 @@ class Pipeline:
             self.popularity.clear()  # the engine holds this object: refill it in place
             for item_id, lg in merged.items():
                 self.popularity.set_log2(item_id, lg)
+            for partition in list(self.foreign_popularity):
+                if partition in active:  # now held: its table is the truth
+                    del self.foreign_popularity[partition]
+                else:
+                    for item_id, lg in self.foreign_popularity[partition].items():
+                        self.popularity.replace_partial(item_id, None, lg)
 
         await self.compute(rebuild)
         log.info("popularity rebuilt: %d items from partitions %s", len(self.popularity), sorted(active))
@@ -635,9 +658,60 @@ class Pipeline:
             for item_id, rows in merged.items():
                 # a copy: the partition's model updates its own rows in place
                 total.set_row(item_id, merge_rows(rows, total.max_neighbours if len(rows) > 1 else None))
+            for partition in list(self.foreign_cooccurrence):
+                if partition in active:  # now held: its table is the truth
+                    del self.foreign_cooccurrence[partition]
+                else:
+                    for item_id, row in self.foreign_cooccurrence[partition].items():
+                        total.replace_partial(item_id, None, row)
 
         await self.compute(rebuild)
         log.info("co-occurrence rebuilt: %d items from partitions %s", len(engine.cooccurrence), sorted(active))
+
+    async def follow_evidence(self) -> None:
+        """After recovery or a rebalance: follow the partitions this worker does not hold."""
+        others = set(range(self.config.partitions)) - self.own_partitions
+        self.evidence.follow(others)
+        self.evidence.start()
+
+    async def apply_foreign_evidence(self) -> None:
+        """Add what the followed partitions' changelogs brought to the scored models."""
+        updates = self.evidence.drain()
+        if updates:
+            await self.compute(self._apply_foreign, updates)
+
+    def _apply_foreign(self, updates: Mapping[tuple[str, int, bytes], bytes | None]) -> None:
+        """(compute thread) Replace each followed row's old part of the scored models by its new one."""
+        own = self.own_partitions
+        cooc = self.engine.cooccurrence
+        bad = 0
+        for (table, partition, key), value in updates.items():
+            if partition in own:  # held here since: its own table counts it
+                continue
+            try:
+                _, item_id = split_popularity_key(key)
+                if table == T.POPULARITY_TABLE:
+                    part = self.foreign_popularity.setdefault(partition, {})
+                    new = None if value is None else decode_log2(value)
+                    if new is not None and not math.isfinite(new):
+                        raise ValueError(f"popularity {new} is not finite")
+                    old = part.pop(item_id, None)
+                    if new is not None:
+                        part[item_id] = new
+                    self.popularity.replace_partial(item_id, old, new)
+                elif cooc is not None:
+                    rows = self.foreign_cooccurrence.setdefault(partition, {})
+                    new_row = None if value is None else CooccurrenceRow.from_bytes(value)
+                    old_row = rows.pop(item_id, None)
+                    if new_row is not None:
+                        rows[item_id] = new_row
+                    cooc.replace_partial(item_id, old_row, new_row)
+            except (ValueError, struct.error) as exc:
+                bad += 1
+                if bad == 1:
+                    log.warning("skipped an unreadable %s record of partition %d (%s)", table, partition, exc)
+        if bad > 1:
+            log.warning("skipped %d unreadable records of other partitions' evidence", bad)
 
     async def rebuild_weights(self) -> None:
         """After recovery or a rebalance: the adaptive weights of the partitions held, as

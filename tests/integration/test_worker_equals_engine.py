@@ -2,9 +2,9 @@
 
 Amazon 2018 Gift Cards from ``../shared/datasets`` (every review: 5,810 events on the three
 topics) is produced to two partitions and replayed by ``recstream backtest`` through a real
-worker, once per ranker (the default blend, the text profile, the learned encoder), and
-the same events go through the engine offline (``recstream backtest --dataset``), in time
-order.  The worker reads three topics and two partitions independently; only if it applies
+worker, once per ranker (the default blend, adapted online, the text profile, the learned
+encoder), and the same events go through the engine offline (``recstream backtest
+--dataset --partitions 2``), in time order.  The worker reads three topics and two partitions independently; only if it applies
 the events in event-time order (streams/streamtime.py) do the two agree: the same cases,
 the same cold users, and the same NDCG@10 (within 1%).
 """
@@ -33,8 +33,9 @@ def test_every_ranker_through_kafka_scores_what_the_offline_engine_scores(kafka_
     assert main(["train", "--dataset", str(GIFT_CARDS), "--to", TRAIN_TO, "--validate-to", SPLIT, "--epochs", "6",
                  "--threads", "1", "--no-progress", "-o", str(ckpt)]) == 0
     offline_json = tmp_path / "offline.json"
+    # the users keyed to the replay's two partitions, whose adaptive blend weights are kept apart
     assert main(["backtest", "--dataset", str(GIFT_CARDS), "--split", SPLIT, "--ks", "10", "--methods", "blend,text-only,learned",
-                 "--user-model", str(ckpt), "--json", str(offline_json)]) == 0
+                 "--user-model", str(ckpt), "--partitions", "2", "--json", str(offline_json)]) == 0
     offline = json.loads(offline_json.read_text())
 
     common = ["--broker", kafka_settings.broker, "--topic-prefix", kafka_settings.topic_prefix]
