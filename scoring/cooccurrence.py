@@ -77,10 +77,11 @@ popularity, ``streams.app``'s ``"<partition>:<item>"`` popularity table):
 * scoring uses the sum of the partials (:func:`merge_rows`, a ``logaddexp2`` per entry,
   then the same bound), loaded into one read-side model with
   :meth:`CooccurrenceModel.set_row`.  With one worker that is the whole stream's
-  co-occurrence; with several workers each sums the partitions it holds (as popularity
-  does today), and a worker that should see every partition's evidence reads the other
-  partitions' changelogs as standby replicas (faust ``standby_replicas``) and sums those
-  too: no extra topic, eventually consistent across partitions.
+  co-occurrence; with several, each worker also follows the other partitions' changelogs
+  (``streams/evidence.py``, read_committed) and adds their rows as partial rows
+  (:meth:`CooccurrenceModel.replace_partial`: the old part out, the new one in), so every
+  worker ranks from every partition's evidence: no extra topic, its own partitions up to
+  the last event, the others up to their last committed micro-batch.
 
 Rejected: a repartition topic keyed by item (one writer per item row, exact bounded rows).
 It needs a second hop per event (latency, a second transaction) and fans each positive
