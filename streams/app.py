@@ -442,7 +442,7 @@ class Pipeline:
         await self._send_batches(topic.get_topic_name(), by_partition)
 
     async def write_table(self, table: Any, writes: Mapping[int, Sequence[tuple[bytes, bytes]]],
-                          events: Mapping[int, Any]) -> None:
+                          events: Mapping[int, Any], event_time: Mapping[int, int] | None = None) -> None:
         """Set keys of a raw-bytes table: ``writes`` by partition, in order; ``events[p]`` is
         an input event of partition ``p`` (faust routes a table write by the current event).
 
@@ -452,12 +452,17 @@ class Pipeline:
         flushes the producer before it commits input offsets, so state reaches the changelog
         first, as before.  Under exactly-once the changelog records join the transaction of
         partition ``p`` (:meth:`commit_batch`), and the offset is persisted after the commit.
+        With ``event_time`` (ms, by partition) the changelog records carry it as their
+        timestamp: the latest event time the written values include (streams/evidence.py
+        reads no value before its own stream time has reached it).
         """
         if not writes:
             return
         store = table.data
         for partition, kvs in writes.items():
             write_raw(store, events[partition], kvs)  # one RocksDB write batch per partition
+        if event_time is not None:
+            writes = {p: [(k, v, event_time[p]) for k, v in kvs] for p, kvs in writes.items()}
         changelog = table.changelog_topic.get_topic_name()
 
         def persisted(partition: int, offset: int) -> None:
@@ -502,8 +507,8 @@ class Pipeline:
                 batch = producer.create_batch()
                 n = 0
                 while start + n < total:
-                    key, value = records[start + n]
-                    if batch.append(key=key, value=value, timestamp=None) is None:
+                    key, value, *ts = records[start + n]  # (key, value[, timestamp ms])
+                    if batch.append(key=key, value=value, timestamp=ts[0] if ts else None) is None:
                         break  # full: the rest goes in the next batch
                     n += 1
                 if n == 0:

@@ -419,7 +419,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         if args.ranker:
             worker_args += ["--ranker", args.ranker]
         stats = run_replay(source, target, start_ms=parse_time(args.from_) if args.from_ else None,
-                           end_ms=parse_time(args.to) if args.to else None, partitions=partitions, worker_args=worker_args)
+                           end_ms=parse_time(args.to) if args.to else None, partitions=partitions, worker_args=worker_args,
+                           workers=args.workers)
         print(f"replayed {stats.events_total} events into {target.topic_prefix!r} in {stats.seconds:.1f}s "
               f"({stats.events_total / max(stats.seconds, 1e-9):.0f} events/s)", file=sys.stderr)
         timings.update(replay_s=round(stats.seconds, 3), replay_events_per_s=round(stats.events_total / max(stats.seconds, 1e-9), 1))
@@ -664,6 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_", metavar="DATE", help="first event of the replay (default: the beginning)")
     p.add_argument("--to", metavar="DATE", help="end of the replay, exclusive (default: now)")
     p.add_argument("--replay-prefix", help="score an existing replay namespace instead of running a new one")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="replay through N workers of one group sharing the "
+                                                                      "partitions (default 1; at most the partitions)")
     p.add_argument("--targets", default="click,purchase,positive", help="which events are test cases: click, purchase, positive (reviews at or above the threshold); default all")
     p.add_argument("--positive-threshold", type=float, default=4.0, help="rating of a positive review (default 4)")
     p.add_argument("--ks", default="5,10,20", help="cut-offs (default 5,10,20)")

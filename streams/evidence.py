@@ -12,6 +12,15 @@ models it scores with, as partial rows (:meth:`scoring.cooccurrence.Cooccurrence
 the whole stream's, whatever the number of workers, its own partitions' up to the last
 event and the others' up to their last committed micro-batch (about a second behind).
 
+**Never ahead of its own stream time.**  The counts' changelog records carry, as their
+timestamp, the latest event time they include (:meth:`streams.app.Pipeline.write_table`),
+and a worker takes another partition's record only once its own stream time (the latest
+event time it applied) has reached it: until then the follower holds it and pauses that
+partition.  In real time the workers' stream times are close to the clock and nothing
+waits; in a replay or a catch-up, where one worker can run far ahead of another in event
+time, a worker still never ranks with evidence from its own future (it may lag behind the
+others' evidence instead).
+
 A worker that holds every partition follows nothing (no cost).  After a rebalance the
 worker rebuilds its own partitions from its tables and follows the rest: a partition it
 just gave away is read again from the start of its changelog.
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Iterable, Mapping
 
 from kafka import TopicPartition
@@ -36,6 +46,13 @@ log = logging.getLogger("recstream.evidence")
 
 #: a followed record: (table, partition, key) -> value (``None``: a tombstone)
 Updates = dict[tuple[str, int, bytes], "bytes | None"]
+
+
+def _due(record, stream_time_ms: int) -> bool:
+    """May the worker take this record at this stream time?  Its timestamp is the event
+    time its values include; a topic that stamps records with the broker's clock
+    (``LogAppendTime``, timestamp type 1) says nothing about event time: taken at once."""
+    return record.timestamp_type == 1 or record.timestamp <= stream_time_ms
 
 
 class EvidenceFollower:
@@ -55,6 +72,8 @@ class EvidenceFollower:
         self._lock = threading.Lock()
         self._pending: Updates = {}
         self._wanted: frozenset[int] = frozenset()
+        #: the worker's stream time: no record with a later timestamp is handed out
+        self._watermark = -1
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -85,6 +104,12 @@ class EvidenceFollower:
             self._pending = {k: v for k, v in self._pending.items() if k[1] in wanted}
         self._wake.set()
 
+    def advance(self, stream_time_ms: int) -> None:
+        """The worker has applied events up to ``stream_time_ms``: records up to it may go."""
+        if stream_time_ms > self._watermark:
+            self._watermark = stream_time_ms
+            self._wake.set()
+
     def drain(self) -> Updates:
         """The latest value of every key changed since the last call."""
         with self._lock:
@@ -92,42 +117,79 @@ class EvidenceFollower:
         return out
 
     # ------------------------------------------------------------------ the thread
+    def _take(self, tp: TopicPartition, records: Iterable) -> None:
+        """(under the lock) Records become pending updates, in order."""
+        table = self._table_of[tp.topic]
+        n = 0
+        for r in records:
+            n += 1
+            if r.key is not None:
+                self._pending[(table, tp.partition, r.key)] = r.value
+        self.records += n
+
+    def _release(self, consumer, held: dict[TopicPartition, deque]) -> None:
+        """Hand out the held records the stream time has reached; resume their partitions."""
+        mark = self._watermark
+        for tp, queue in list(held.items()):
+            ready = []
+            while queue and _due(queue[0], mark):
+                ready.append(queue.popleft())
+            if ready:
+                with self._lock:
+                    self._take(tp, ready)
+            if not queue:
+                del held[tp]
+                consumer.resume(tp)
+
     def _run(self) -> None:
         consumer = None
         assigned: frozenset[int] = frozenset()
+        held: dict[TopicPartition, deque] = {}  # records ahead of the stream time, by partition (paused)
         while not self._stop.is_set():
             try:
                 wanted = self._wanted
                 if not wanted:
                     if assigned and consumer is not None:
                         consumer.assign([])
-                        assigned = frozenset()
+                        assigned, held = frozenset(), {}
                     self._wake.wait(1.0)
                     self._wake.clear()
                     continue
                 if consumer is None:
                     consumer = reader(self.settings)
-                    assigned = frozenset()
+                    assigned, held = frozenset(), {}
                 if wanted != assigned:
                     tps = [TopicPartition(topic, p) for topic in self.changelogs.values() for p in sorted(wanted)]
-                    consumer.assign(tps)
+                    consumer.assign(tps)  # also resumes every partition
                     new = [tp for tp in tps if tp.partition not in assigned]
                     if new:
                         consumer.seek_to_beginning(*new)
+                    held = {tp: q for tp, q in held.items() if tp.partition in wanted}
+                    for tp in held:
+                        consumer.pause(tp)
                     assigned = wanted
                     log.info("following the evidence of partitions %s (the partitions other workers hold)", sorted(wanted))
+                self._release(consumer, held)
                 batch = consumer.poll(timeout_ms=self.poll_ms, max_records=10_000)
                 if not batch:
+                    if held:  # everything fetched is ahead of the stream time: wait for it to move
+                        self._wake.wait(self.poll_ms / 1000)
+                        self._wake.clear()
                     continue
-                with self._lock:
-                    if self._wanted != assigned:
-                        continue  # re-assigned meanwhile: these may be partitions no longer followed
-                    for tp, records in batch.items():
-                        table = self._table_of[tp.topic]
-                        for r in records:
-                            if r.key is not None:
-                                self._pending[(table, tp.partition, r.key)] = r.value
-                        self.records += len(records)
+                if self._wanted != assigned:
+                    continue  # re-assigned meanwhile: these may be partitions no longer followed
+                mark = self._watermark
+                for tp, records in batch.items():
+                    queue = held.get(tp)
+                    if queue is None:
+                        cut = next((i for i, r in enumerate(records) if not _due(r, mark)), len(records))
+                        with self._lock:
+                            self._take(tp, records[:cut])
+                        if cut < len(records):
+                            held[tp] = deque(records[cut:])
+                            consumer.pause(tp)
+                    else:
+                        queue.extend(records)
             except Exception as exc:  # the broker went away, a topic is not there yet...: retry
                 log.warning("following the other partitions' evidence failed (%s: %s); retrying in 5 s", type(exc).__name__, exc)
                 if consumer is not None:

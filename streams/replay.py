@@ -146,9 +146,13 @@ def run_replay(
     worker_args: list[str] | None = None,
     timeout_s: float = 3600.0,
     show_progress: bool = True,
+    workers: int = 1,
 ) -> ReplayStats:
     """Copy the catalog and let an isolated worker (per-event emission) embed it; stop it,
-    copy the events of the range, and run the worker again until it has answered every event."""
+    copy the events of the range, and run the worker again (with ``workers`` > 1, that many
+    workers of one group sharing the partitions) until every event is answered."""
+    if workers < 1 or workers > partitions:
+        raise ValueError(f"workers: 1 to the {partitions} partitions, got {workers}")
     if target.topic_prefix == source.topic_prefix or target.app_id == source.app_id:
         raise ValueError("the replay needs its own topic prefix and application id, not the live ones")
     t0 = time.monotonic()
@@ -175,22 +179,27 @@ def run_replay(
     copy_range(source, target, start_ms=start_ms, end_ms=end_ms, partitions=partitions,
                catalog=False, show_progress=show_progress, stats=stats)
     answered = 0
+    # the others recover the catalog table (the embeddings) from its changelog
+    group = [worker] + [WorkerProcess(target, Path(tempfile.mkdtemp(prefix="recstream-replay-")), *args) for _ in range(workers - 1)]
     try:
-        worker.start()  # the same state folder: the catalog table and matrix come back
+        for w in group:
+            w.start()  # the first on the same state folder: the catalog table and matrix come back
         deadline = time.monotonic() + timeout_s
         with tqdm(total=stats.events_total, desc="replaying", unit="ev", file=sys.stderr, disable=not show_progress) as bar:
             while answered < stats.events_total:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the replay worker answered {answered} of {stats.events_total} events in {timeout_s:.0f}s")
-                if worker.proc is not None and worker.proc.poll() is not None:
-                    raise RuntimeError(f"the replay worker exited:\n{worker.log_text()[-2000:]}")
+                for w in group:
+                    if w.proc is not None and w.proc.poll() is not None:
+                        raise RuntimeError(f"a replay worker exited:\n{w.log_text()[-2000:]}")
                 now = topic_size(target, T.RECOMMENDATIONS) + topic_size(target, T.DLQ)
                 bar.update(now - answered)
                 answered = now
                 if answered < stats.events_total:
                     time.sleep(0.5)
     finally:
-        worker.stop()
+        for w in group:
+            w.stop()
     stats.recommendations = topic_size(target, T.RECOMMENDATIONS)
     stats.dead_letters = topic_size(target, T.DLQ)
     stats.seconds = time.monotonic() - t0

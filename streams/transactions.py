@@ -161,18 +161,19 @@ class PartitionTransactions:
             raise TransactionFailed(f"transaction {self.transactional_id(partition)}: {type(exc).__name__}: {exc}") from exc
 
 
-async def send_batches(producer: Any, topic: str, partition: int, records: Sequence[tuple[bytes | None, bytes]]
+async def send_batches(producer: Any, topic: str, partition: int, records: Sequence[tuple[bytes | None, bytes] | tuple[bytes | None, bytes, int]]
                        ) -> list[tuple[int, asyncio.Future]]:
     """Queue ``records`` on ``producer`` as record batches, in order; returns (index of each
-    batch's first record, its delivery future)."""
+    batch's first record, its delivery future).  A record is ``(key, value)`` (timestamped
+    when sent) or ``(key, value, timestamp_ms)``."""
     out = []
     start, total = 0, len(records)
     while start < total:
         batch = producer.create_batch()
         n = 0
         while start + n < total:
-            key, value = records[start + n]
-            if batch.append(key=key, value=value, timestamp=None) is None:
+            key, value, *ts = records[start + n]
+            if batch.append(key=key, value=value, timestamp=ts[0] if ts else None) is None:
                 break  # full: the rest goes in the next batch
             n += 1
         if n == 0:

@@ -116,14 +116,19 @@ async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Inco
         log2 = pipeline.partition_popularity[partition].log2_score(item_id)
         popularity_writes.setdefault(partition, []).append((popularity_key(partition, item_id), encode_log2(log2)))
     await pipeline.write_table(pipeline.profiles, profile_writes, partition_event)
-    await pipeline.write_table(pipeline.popularity_table, popularity_writes, partition_event)
+    # the counts' changelog records carry the event time they include (streams/evidence.py)
+    event_time: dict[int, int] = {}
+    for _, inc in batch:
+        event_time[inc.partition] = max(event_time.get(inc.partition, inc.event.ts), inc.event.ts)
+    await pipeline.write_table(pipeline.popularity_table, popularity_writes, partition_event, event_time)
     if result.cooccurrence_touched:  # with blend weights: the partition's co-occurrence rows
         cooc_writes: dict[int, list[tuple[bytes, bytes]]] = {}
         for partition, item_id in result.cooccurrence_touched:
             row = pipeline.partition_cooccurrence[partition].row(item_id)
             if row is not None:
                 cooc_writes.setdefault(partition, []).append((popularity_key(partition, item_id), row.to_bytes()))
-        await pipeline.write_table(pipeline.cooccurrence_table, cooc_writes, partition_event)
+        await pipeline.write_table(pipeline.cooccurrence_table, cooc_writes, partition_event, event_time)
+    pipeline.evidence.advance(max(event_time.values(), default=0))
     adaptive = pipeline.engine.adaptive
     if result.adaptive_touched and adaptive is not None:  # the adaptive blend's weights, one key per partition
         await pipeline.write_table(pipeline.weights_table, {
