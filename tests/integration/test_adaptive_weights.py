@@ -14,11 +14,14 @@ from the defaults.
 from __future__ import annotations
 
 import re
+import socket
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from encoders.profile import DecayedProfileModel, UserProfile
 from encoders.text import TextEncoder, item_text
@@ -27,7 +30,9 @@ from scoring.blend import DEFAULT_WEIGHTS
 from scoring.engine import BLEND_MODEL_PREFIX, Engine, EngineConfig, Incoming
 from scoring.popularity import DecayedPopularity
 from scoring.topk import ItemMatrix
+from scoring.backtest import BacktestConfig
 from streams import topics as T
+from streams.backtest import backtest_replay
 from streams.client import WorkerProcess, partition_for
 from streams.inspect import inspect_user
 from streams.records import Click
@@ -74,6 +79,19 @@ def _offline_weights(catalog, events: list[Click]) -> dict[int, np.ndarray]:
     return {p: a.weights for p, a in engine.adaptive.adapters.items()}
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        body = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body) for s in family.samples}
+
+
 def _stored(settings, users_by_partition: dict[int, str]):
     """Each partition's stored adaptive state, through ``recstream profile``'s reader."""
     out = {}
@@ -87,7 +105,8 @@ def _stored(settings, users_by_partition: dict[int, str]):
 @pytest.mark.timeout(900)
 def test_the_default_worker_adapts_its_weights_and_keeps_them_through_a_sigkill(kafka_broker: str, tmp_path: Path) -> None:
     settings = faults.fresh_settings(kafka_broker, "adapt")
-    worker = faults.Worker(settings, tmp_path, FLAGS)
+    port = _free_port()
+    worker = faults.Worker(settings, tmp_path, [*FLAGS, "--metrics-port", str(port)])
     restarted: WorkerProcess | None = None
     try:
         worker.start()
@@ -103,6 +122,18 @@ def test_the_default_worker_adapts_its_weights_and_keeps_them_through_a_sigkill(
         finally:
             out.close()
         assert models - {"popularity"} == {f"{BLEND_MODEL_PREFIX}adaptive from {DEFAULT_WEIGHTS.label()}"}
+
+        # live quality: what the worker exports is what the backtest computes on the same records
+        # (every event after the first a test event; the answers are all in, so the tests are too)
+        result, _ = backtest_replay(settings, BacktestConfig(split_ms=first[0].ts, ks=(10,)))
+        want_hr = result.metrics()["hit_rate@10"]
+        samples = _scrape(port)
+        cases = sum(v for (n, _), v in samples.items() if n == "recstream_prequential_cases_total")
+        hits = sum(v for (n, _), v in samples.items() if n == "recstream_prequential_hits_at_10_total")
+        assert cases == result.counts["cases"] > 200
+        assert hits / cases == pytest.approx(want_hr, abs=1e-12)
+        weights = {labels: v for (n, labels), v in samples.items() if n == "recstream_blend_weight"}
+        assert len(weights) == 3 * faults.PARTITIONS and sum(weights.values()) == pytest.approx(faults.PARTITIONS)
 
         users = {partition_for(ev.user_id.encode(), faults.PARTITIONS): ev.user_id for ev in first}
         stored = _stored(settings, users)
