@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from encoders.profile import ProfileModel, UserProfile
-from scoring.adapt import AdaptConfig, AdaptiveWeights, WeightAdapter
+from scoring.adapt import AdaptConfig, AdaptiveWeights
 from scoring.blend import POPULAR_CANDIDATES, BlendWeights, CandidateStats, blend_score_topk, candidate_blend_topk
 from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, CooccurrenceScorer, is_positive, positive_history, weight_problem
 from scoring.popularity import DecayedPopularity
