@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import struct
+import time
 from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from dataclasses import dataclass, field
@@ -462,7 +463,11 @@ class Pipeline:
         for partition, kvs in writes.items():
             write_raw(store, events[partition], kvs)  # one RocksDB write batch per partition
         if event_time is not None:
-            writes = {p: [(k, v, event_time[p]) for k, v in kvs] for p, kvs in writes.items()}
+            # never stamped ahead of the clock: brokers refuse records too far in the future
+            # (log.message.timestamp.after.max.ms); a worker then takes such a value once its
+            # stream time passes the moment it was written
+            now = int(time.time() * 1000)
+            writes = {p: [(k, v, max(0, min(event_time[p], now))) for k, v in kvs] for p, kvs in writes.items()}
         changelog = table.changelog_topic.get_topic_name()
 
         def persisted(partition: int, offset: int) -> None:
