@@ -190,6 +190,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     check_connection(settings.bootstrap_servers, settings.security)  # before torch and the model load
+    if args.processing_guarantee == "exactly_once":
+        # refused transactional ids would otherwise surface in a rebalance, where aiokafka
+        # logs the error and carries on: the worker would wait forever
+        from .security import check_transactional_ids
+        from .transactions import transactional_id
+
+        check_transactional_ids(settings.bootstrap_servers, settings.security, transactional_id(settings.app_id, 0))
     from .worker import run_worker
 
     return run_worker(worker_config(args), loglevel=args.loglevel)

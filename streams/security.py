@@ -15,8 +15,13 @@ out of the settings' ``repr``; only the client arguments hold it in clear.
 kafka-python 3.0 reports neither a refused password nor a failed TLS handshake: it sees a
 closed connection and retries until its bootstrap timeout. :func:`check_connection`
 therefore opens one authenticated connection (with aiokafka, which reads the broker's
-answer) before recstream's clients start, and raises :class:`AuthenticationFailed` or
-:class:`BrokerUnreachable` with a one-line message.
+answer) and sends one request past the handshakes before recstream's clients start, and
+raises :class:`AuthenticationFailed` or :class:`BrokerUnreachable` with a one-line message
+that says what failed (a certificate not signed by the CA file, expired, for another host; a
+client certificate the broker wants; a listener speaking another protocol) and what to change.
+
+:func:`check_transactional_ids` asks whether the broker's ACLs let the user use the
+exactly-once worker's transactional ids, before the worker starts.
 """
 
 from __future__ import annotations
@@ -332,41 +337,193 @@ def _auth_message(sec: SecuritySettings, detail: str) -> str:
             f"check the username and password (broker: {detail})")
 
 
+_HANDSHAKE_CA_CODES = {2, 18, 19, 20, 21}  # OpenSSL: the issuer is missing or not trusted
+_ALERT_ON_CLIENT_CERT = ("BAD_CERTIFICATE", "CERTIFICATE_REQUIRED", "HANDSHAKE_FAILURE", "UNKNOWN_CA",
+                         "CERTIFICATE_EXPIRED", "CERTIFICATE_UNKNOWN", "CERTIFICATE_REVOKED", "ACCESS_DENIED")
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST",
+            "UNKNOWN_PROTOCOL", "UNEXPECTED_EOF_WHILE_READING")
+
+
+def _ssl_words(exc: ssl.SSLError) -> str:
+    """OpenSSL's own words for an error (``sslv3 alert bad certificate``), without the
+    ``[SSL: ...]`` tag and the source location."""
+    text = str(exc)
+    if "] " in text:
+        text = text.split("] ", 1)[1]
+    return text.split(" (_ssl.c:", 1)[0].strip() or (exc.reason or type(exc).__name__)
+
+
+def _tls_problem(server: str, sec: SecuritySettings, exc: ssl.SSLError) -> str:
+    """One clause for a failed TLS handshake: what failed, against which CA file, what to do."""
+    cas = f"the CA file {sec.ssl_cafile}" if sec.ssl_cafile else "the system's CAs (no --ssl-cafile given)"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = (exc.verify_message or _ssl_words(exc)).rstrip(".")
+        code = exc.verify_code
+        if code in _HANDSHAKE_CA_CODES:
+            hint = f": the broker's certificate is not signed by a CA in {cas}; give the cluster's CA certificate with --ssl-cafile"
+        elif code == 10:
+            hint = (f" (checked against {cas}): the broker's certificate, or its CA's, has expired; the cluster's "
+                    "operators must renew it (or this machine's clock is wrong)")
+        elif code == 9:
+            hint = f" (checked against {cas}): the broker's certificate is not valid yet; is this machine's clock right?"
+        elif code in (62, 64):
+            hint = (f" (checked against {cas}, host name checking on): the broker's certificate is not for the host in "
+                    "--broker; connect with a name or address the certificate holds")
+        else:
+            hint = f" (checked against {cas})"
+        return f"{server}: TLS handshake failed: certificate verify failed ({detail}){hint}"
+    reason = (exc.reason or "").upper()
+    if "ALERT" in reason and any(word in reason for word in _ALERT_ON_CLIENT_CERT):
+        if not sec.ssl_certfile:
+            return (f"{server}: TLS handshake failed: the broker requires a client certificate (mutual TLS) and none "
+                    f"was given ({_ssl_words(exc)}): set --ssl-certfile and --ssl-keyfile")
+        return (f"{server}: TLS handshake failed: the broker refused the client certificate {sec.ssl_certfile} "
+                f"({_ssl_words(exc)}): is it signed by a CA the broker trusts, and still valid?")
+    if reason in _NOT_TLS:
+        return (f"{server}: TLS handshake failed ({_ssl_words(exc)}): the listener does not seem to speak TLS "
+                "(a PLAINTEXT or SASL_PLAINTEXT port?)")
+    return f"{server}: TLS handshake failed ({_ssl_words(exc)})"
+
+
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a connection error (aiokafka reports a TLS alert received after
+    the handshake, e.g. a refused client certificate, as a closed connection)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, ssl.SSLError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
 async def _probe(servers: list[str], sec: SecuritySettings, timeout_s: float) -> None:
     from aiokafka import errors as E
     from aiokafka.conn import create_conn
+    from aiokafka.protocol.metadata import MetadataRequest
 
     problems, closed = [], False
     for server in servers:
         host, _, port = server.rpartition(":")
+        conn = None
         try:
             conn = await asyncio.wait_for(
                 create_conn(host, int(port), client_id="recstream-check", request_timeout_ms=int(timeout_s * 1000),
                             **aiokafka_kwargs(sec)),
                 timeout_s,
             )
+            # one request past the handshakes, as every client's first: a listener that wants
+            # SASL answers ApiVersions to anyone but closes on this
+            await asyncio.wait_for(conn.send(MetadataRequest([])), timeout_s)
         except (E.SaslAuthenticationFailed, E.AuthenticationFailedError) as exc:
             raise AuthenticationFailed(_auth_message(sec, _detail(exc))) from None
         except E.UnsupportedSaslMechanismError:
             raise AuthenticationFailed(f"the broker at {server} does not accept SASL mechanism {sec.sasl_mechanism} "
                                        f"(user {sec.sasl_username!r}): choose another with --sasl-mechanism") from None
+        except E.IllegalSaslStateError:
+            problems.append(f"{server}: the listener does not take SASL (IllegalSaslStateError): use "
+                            f"{'SSL' if sec.uses_ssl else 'PLAINTEXT'}, or the cluster's SASL port")
         except ssl.SSLError as exc:
-            problems.append(f"{server}: TLS handshake failed ({exc.reason or exc})")
+            problems.append(_tls_problem(server, sec, exc))
         except (asyncio.TimeoutError, TimeoutError):
             problems.append(f"{server}: no answer within {timeout_s:.0f}s")
-        except ConnectionResetError:
-            closed = True
-            problems.append(f"{server}: the broker closed the connection")
+        except (ConnectionResetError, E.KafkaConnectionError) as exc:
+            cause = _ssl_cause(exc)
+            if cause is not None and sec.uses_ssl:
+                problems.append(_tls_problem(server, sec, cause))
+            elif isinstance(exc, ConnectionResetError) or "closed" in str(exc):
+                closed = True
+                problems.append(f"{server}: the broker closed the connection")
+            else:
+                problems.append(f"{server}: {_detail(exc)}")
         except (OSError, E.KafkaError) as exc:
             problems.append(f"{server}: {_detail(exc)}")
         else:
-            conn.close()
             return
+        finally:
+            if conn is not None:
+                conn.close()
     hint = ""
     if closed:
-        hint = (" (does the listener speak this protocol? a TLS client on a plain listener, or the reverse, "
-                "is closed like this)")
+        hint = (" (does the listener speak this protocol? TLS against a plain listener, SASL against one without "
+                "SASL, or the reverse, are closed like this)")
     raise BrokerUnreachable(f"cannot connect to Kafka with {sec.describe()}: {'; '.join(problems)}{hint}")
+
+
+def _in_thread(run_coro, timeout_s: float, what: str, sec: SecuritySettings) -> None:
+    """Run ``run_coro()`` in a fresh event loop on its own thread (callers may be inside one);
+    its exception, if any, is raised here."""
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(run_coro())
+        except BaseException as exc:  # handed to the calling thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name=f"recstream-kafka-{what}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise BrokerUnreachable(f"cannot connect to Kafka with {sec.describe()}: no answer within {timeout_s:.0f}s")
+    if outcome:
+        raise outcome[0]
+
+
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
+COORDINATOR_TYPE_TRANSACTION = 1
+
+
+async def _find_transaction_coordinator(servers: list[str], sec: SecuritySettings, transactional_id: str,
+                                        timeout_s: float) -> None:
+    from aiokafka import errors as E
+    from aiokafka.conn import create_conn
+    from aiokafka.protocol.coordination import FindCoordinatorRequest
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(host, int(port), client_id="recstream-check", request_timeout_ms=int(timeout_s * 1000),
+                            **aiokafka_kwargs(sec)), timeout_s)
+        except (OSError, E.KafkaError, ssl.SSLError, asyncio.TimeoutError):
+            continue  # check_connection reports an unreachable broker; this checks ACLs only
+        try:
+            while True:
+                response = await asyncio.wait_for(
+                    conn.send(FindCoordinatorRequest(transactional_id, COORDINATOR_TYPE_TRANSACTION)), timeout_s)
+                if response.error_code == TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+                    from kafka.errors import TransactionalIdAuthorizationFailedError
+
+                    raise TransactionalIdAuthorizationFailedError(
+                        f"transactional id {transactional_id!r}: --processing-guarantee exactly_once needs Write and "
+                        "Describe on the transactional ids that start with the app id")
+                if response.error_code == 0 or loop.time() > deadline:
+                    return  # found, or the broker is still making its transaction log: not an ACL matter
+                await asyncio.sleep(0.2)  # the coordinator is not available yet: ask again
+        except (OSError, E.KafkaError, asyncio.TimeoutError):
+            continue
+        finally:
+            conn.close()
+
+
+def check_transactional_ids(servers: list[str], sec: SecuritySettings, transactional_id: str, *,
+                            timeout_s: float = 15.0) -> None:
+    """Raise ``kafka.errors.TransactionalIdAuthorizationFailedError`` (an ``AuthorizationError``:
+    ``recstream: not authorized: the user may not use these transactional ids ...``) when the
+    broker's ACLs refuse ``transactional_id`` to this user.
+
+    For ``--processing-guarantee exactly_once``, before the worker starts: its transactional
+    producers start in the middle of a rebalance, where aiokafka logs an ACL refusal and
+    carries on, and the worker would wait forever. It asks for the transaction coordinator
+    of the id (``FindCoordinator``, which needs Describe on it), which neither creates nor
+    fences a producer. Reaching the broker at all is :func:`check_connection`'s business:
+    this one returns quietly when it cannot connect.
+    """
+    _in_thread(lambda: _find_transaction_coordinator(list(servers), sec, transactional_id, timeout_s),
+               timeout_s * (len(servers) + 1) + 5, "txn-check", sec)
 
 
 def check_connection(servers: list[str], sec: SecuritySettings, *, timeout_s: float = 15.0, cache: bool = True) -> None:
@@ -382,20 +539,6 @@ def check_connection(servers: list[str], sec: SecuritySettings, *, timeout_s: fl
     key = (tuple(servers), sec)
     if cache and key in _verified:
         return
-    outcome: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            asyncio.run(_probe(list(servers), sec, timeout_s))
-        except BaseException as exc:  # handed to the calling thread
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run, name="recstream-kafka-check", daemon=True)
-    thread.start()
-    thread.join(timeout_s * len(servers) + 5)
-    if thread.is_alive():
-        raise BrokerUnreachable(f"cannot connect to Kafka with {sec.describe()}: no answer within {timeout_s:.0f}s")
-    if outcome:
-        raise outcome[0]
+    _in_thread(lambda: _probe(list(servers), sec, timeout_s), timeout_s * len(servers) + 5, "check", sec)
     with _verified_lock:
         _verified.add(key)

@@ -65,6 +65,11 @@ def batch_offsets(messages: Iterable[Any], topics: Collection[str]) -> dict[int,
     return out
 
 
+def transactional_id(app_id: str, partition: int) -> str:
+    """The transactional id of input partition ``partition``'s producer (ACLs: prefix ``<app id>-``)."""
+    return f"{app_id}-events-{partition}"
+
+
 class PartitionTransactions:
     """Transactional producers by input partition, and the records a micro-batch buffers."""
 
@@ -78,7 +83,7 @@ class PartitionTransactions:
         self.commit_s = 0.0
 
     def transactional_id(self, partition: int) -> str:
-        return f"{self.app_id}-events-{partition}"
+        return transactional_id(self.app_id, partition)
 
     def input_partitions(self, tps: Iterable[Any]) -> set[int]:
         return {tp.partition for tp in tps if tp.topic in self.input_topics}

@@ -301,3 +301,127 @@ def test_the_connection_check_skips_plaintext_and_reports_an_unreachable_broker_
     message = str(err.value)
     assert message.startswith(f"cannot connect to Kafka with SASL_PLAINTEXT SCRAM-SHA-256 as 'alice': 127.0.0.1:{port}: ")
     assert "\n" not in message and PASSWORD not in message
+
+
+# --------------------------------------------------------------------------- TLS failures, one line each
+#
+# Real TLS handshakes against a local TLS server (Python's ssl module) with the certificates
+# deploy/kafka/kafka.sh makes: each failure happens in the handshake, before any Kafka request,
+# so no broker is needed to check how it is reported (tests/integration/test_tls.py checks the
+# same cases against the TLS broker, through the CLI).
+
+@pytest.fixture(scope="module")
+def tls_certs(tmp_path_factory) -> Path:
+    """The TLS broker's certificates (CA, broker, client, expired, wrong host), made by the script."""
+    import os
+    import shutil
+
+    from streams.localkafka import script_path
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the certificates")
+    data = tmp_path_factory.mktemp("tls-broker")
+    env = {**os.environ, "RECSTREAM_KAFKA_TLS_DATA": str(data), "RECSTREAM_KAFKA_TLS_BAD_CERTS": "1"}
+    made = subprocess.run(["bash", str(script_path()), "certs", "--tls"], env=env, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    return data / "tls"
+
+
+class _TlsServer:
+    """Accepts TLS connections on 127.0.0.1 with ``cert`` (and, with ``client_ca``, requires a
+    client certificate signed by it), or answers plain bytes when ``cert`` is None."""
+
+    def __init__(self, cert: Path | None, key: Path | None, client_ca: Path | None = None) -> None:
+        import threading
+
+        self.context = None
+        if cert is not None:
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.context.load_cert_chain(str(cert), str(key))
+            if client_ca is not None:
+                self.context.verify_mode = ssl.CERT_REQUIRED
+                self.context.load_verify_locations(str(client_ca))
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(10)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(5)
+            try:
+                if self.context is None:
+                    conn.recv(1024)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                    return
+                with self.context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1024)
+            except (OSError, ssl.SSLError):
+                pass  # the handshake failed: what the client reports is checked
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(10)
+
+
+def _failure(server: _TlsServer, sec: SecuritySettings) -> str:
+    try:
+        with pytest.raises(S.BrokerUnreachable) as err:
+            S.check_connection([f"127.0.0.1:{server.port}"], sec, timeout_s=5, cache=False)
+    finally:
+        server.close()
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"cannot connect to Kafka with SSL: 127.0.0.1:{server.port}: TLS handshake failed")
+    return message
+
+
+def test_a_broker_certificate_from_another_ca_names_the_ca_file(tls_certs, ca_file):
+    message = _failure(_TlsServer(tls_certs / "broker.pem", tls_certs / "broker.key"), SecuritySettings("SSL", ssl_cafile=str(ca_file)))
+    assert "certificate verify failed (" in message
+    assert f"the broker's certificate is not signed by a CA in the CA file {ca_file}; give the cluster's CA certificate" in message
+
+
+def test_an_expired_broker_certificate_says_so(tls_certs):
+    ca = tls_certs / "ca.pem"
+    message = _failure(_TlsServer(tls_certs / "expired.pem", tls_certs / "expired.key"), SecuritySettings("SSL", ssl_cafile=str(ca)))
+    assert f"certificate verify failed (certificate has expired) (checked against the CA file {ca})" in message
+
+
+def test_a_certificate_for_another_host_says_so_and_passes_without_host_name_checking(tls_certs):
+    ca = str(tls_certs / "ca.pem")
+    message = _failure(_TlsServer(tls_certs / "wronghost.pem", tls_certs / "wronghost.key"), SecuritySettings("SSL", ssl_cafile=ca))
+    assert "certificate verify failed (IP address mismatch, certificate is not valid for '127.0.0.1')" in message
+    assert "host name checking on): the broker's certificate is not for the host in --broker" in message
+    server = _TlsServer(tls_certs / "wronghost.pem", tls_certs / "wronghost.key")
+    try:  # the same certificate passes the handshake without the host name check (then no Kafka answers)
+        with pytest.raises(S.BrokerUnreachable) as err:
+            S.check_connection([f"127.0.0.1:{server.port}"], SecuritySettings("SSL", ssl_cafile=ca, ssl_check_hostname=False),
+                               timeout_s=5, cache=False)
+        assert "TLS handshake failed" not in str(err.value)
+    finally:
+        server.close()
+
+
+def test_mutual_tls_without_a_client_certificate_asks_for_one(tls_certs):
+    ca = tls_certs / "ca.pem"
+    server = _TlsServer(tls_certs / "broker.pem", tls_certs / "broker.key", client_ca=ca)
+    message = _failure(server, SecuritySettings("SSL", ssl_cafile=str(ca)))
+    assert "the broker requires a client certificate (mutual TLS) and none was given" in message
+    assert message.endswith("set --ssl-certfile and --ssl-keyfile")
+
+
+def test_tls_against_a_listener_without_tls_says_so(tls_certs):
+    message = _failure(_TlsServer(None, None), SecuritySettings("SSL", ssl_cafile=str(tls_certs / "ca.pem")))
+    assert "the listener does not seem to speak TLS" in message
+
+
+def test_the_transactional_id_check_leaves_an_unreachable_broker_to_the_connection_check():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once the block ends
+    assert S.check_transactional_ids([f"127.0.0.1:{port}"], sasl(), "app-events-0", timeout_s=3) is None
