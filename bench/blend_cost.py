@@ -1,21 +1,31 @@
 #!/usr/bin/env python
-"""CPU time per event of the engine's batch step: text-only, the dense blend and the
-two-stage blend (the worker's default ranker), side by side.
+"""CPU time per event of the engine's batch step: text-only, the dense blend, the
+two-stage blend with fixed weights and the default ranker (the two-stage blend with weights
+adapting online), side by side, at one or more catalog sizes.
 
-The benchmark's click workload (bench/pipeline.py): a generated catalog (default 10,000
-items, random unit vectors of the text model's size: the click path never runs the text
-model), 2,000 users clicking items (Zipf-like popularity, each user's clicks around a few
+The benchmark's click workload (bench/pipeline.py): a generated catalog (default 10,000 and
+100,000 items, random unit vectors of the text model's size: the click path never runs the text
+model; ``--index ivf``: the worker's IVF index, searched from 100,000 items), 2,000 users clicking items (Zipf-like popularity, each user's clicks around a few
 favourite items), micro-batches of 512, per-user emission, as the worker runs by default.
-The same events go through :class:`scoring.engine.Engine` without blend weights, with the
-default weights ranked densely (every item blended), and with the same weights in two
-stages (``EngineConfig.blend_candidates``, the default); the blends' figures include what the worker adds for it: serialising the co-occurrence
-rows the batch changed (``CooccurrenceRow.to_bytes``, the table writes).
+The same events go through :class:`scoring.engine.Engine` without blend weights (today's
+text-only path), with the default weights ranked densely (every item blended), with the same
+weights in two stages (``EngineConfig.blend_candidates``), and with the worker's default
+ranker: two stages and weights adapting online (``adapt=AdaptConfig()``, which also ranks
+each user's grid of neighbouring weightings, :mod:`scoring.adapt`); the blends' figures
+include what the worker adds for it: serialising the co-occurrence rows the batch changed
+(``CooccurrenceRow.to_bytes``, the table writes).
 
 CPU time is the process's (``time.process_time``, every thread), after warm-up batches;
-one scoring thread, as the worker's default.  Prints one JSON document.  The machine may
-be shared: repeat on a quiet one for figures to quote.
+one scoring thread, as the worker's default.  Each size's runs are made one after another
+in the same process and their ratios to the text-only run are reported (compare ratios of
+one run: the machine may be shared).  ``--repeat N`` runs each ranker N times, interleaved,
+and keeps each one's least CPU time.  Prints one JSON document.
 
-    .venv/bin/python bench/blend_cost.py [--items 10000] [--users 2000] [--events 20000]
+    .venv/bin/python bench/blend_cost.py [--items 10000 100000] [--users 2000] [--events N] [--warm N]
+                                         [--repeat N] [--rankers ...] [--index exact|auto|ivf]
+
+``--events`` and ``--warm`` default to 6,000 and 4 batches up to 20,000 items, 4,000 and 2
+beyond.
 """
 
 from __future__ import annotations
@@ -36,9 +46,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from encoders.profile import DecayedProfileModel, UserProfile  # noqa: E402
+from scoring.adapt import AdaptConfig  # noqa: E402
 from scoring.blend import DEFAULT_WEIGHTS, BlendWeights  # noqa: E402
 from scoring.engine import Engine, EngineConfig, Incoming  # noqa: E402
 from scoring.popularity import DecayedPopularity  # noqa: E402
+from scoring.ann import make_item_matrix  # noqa: E402
 from scoring.topk import ItemMatrix  # noqa: E402
 from streams.records import Click  # noqa: E402
 
@@ -69,10 +81,11 @@ def workload(items: int, users: int, events: int, seed: int) -> tuple[list[str],
     return ids, vecs, out
 
 
-def run(ids, vecs, events, blend: BlendWeights | None, batch: int, warm: int, two_stage: bool = True) -> dict:
-    matrix = ItemMatrix(DIM, "cpu")
+def run(ids, vecs, events, blend: BlendWeights | None, batch: int, warm: int, two_stage: bool = True,
+        adapt: AdaptConfig | None = None, index: str = "exact") -> dict:
+    matrix = ItemMatrix(DIM, "cpu") if index == "exact" else make_item_matrix(DIM, "cpu", index)
     matrix.upsert(ids, vecs)
-    cfg = EngineConfig(k=10, emit="per-user", blend=blend, blend_candidates=two_stage)
+    cfg = EngineConfig(k=10, emit="per-user", blend=blend, blend_candidates=two_stage, adapt=adapt)
     engine = Engine(model=DecayedProfileModel(dim=DIM), matrix=matrix, popularity=DecayedPopularity(cfg.popularity_half_life_ms),
                     texts=NoTexts(), config=cfg, partition_popularity={}, partition_cooccurrence={} if blend else None)
     profiles: dict[str, UserProfile] = {}
@@ -98,42 +111,74 @@ def run(ids, vecs, events, blend: BlendWeights | None, batch: int, warm: int, tw
             measured += len(chunk)
     return {
         "events_measured": measured,
+        "index": "ivf" if getattr(matrix, "approximate", False) else "exact",
         "cpu_us_per_event": round(1e6 * cpu / max(measured, 1), 1),
+        "cpu_s_per_1000_events": round(1e3 * cpu / max(measured, 1), 4),
         "wall_us_per_event": round(1e6 * wall / max(measured, 1), 1),
         "cooccurrence_rows_written_per_event": round(rows / len(events), 2) if blend else 0,
         "cooccurrence_bytes_per_row": round(row_bytes / rows) if rows else 0,
         "cooccurrence_items": len(engine.cooccurrence) if engine.cooccurrence is not None else 0,
         "candidates_per_user": round(engine.candidate_stats.candidates / max(engine.candidate_stats.users, 1), 1),
         "users_ranked_densely": round(engine.candidate_stats.dense / max(engine.candidate_stats.users, 1), 4),
+        "users_widened": round(getattr(engine.candidate_stats, "widened", 0) / max(engine.candidate_stats.users, 1), 4),
     }
+
+
+RUNS = {
+    # name: (blend weights, two stages, adaptation)
+    "text_only": (None, True, None),
+    "blend_dense": (DEFAULT_WEIGHTS, False, None),
+    "blend": (DEFAULT_WEIGHTS, True, None),
+    "default": (DEFAULT_WEIGHTS, True, AdaptConfig()),
+}
+
+
+def measure(items: int, args: argparse.Namespace) -> dict:
+    events_n = args.events or (6000 if items <= 20_000 else 4000)
+    warm = args.warm if args.warm is not None else (4 if items <= 20_000 else 2)
+    ids, vecs, events = workload(items, args.users, events_n, args.seed)
+    best: dict[str, dict] = {}
+    for _ in range(args.repeat):
+        for name in args.rankers:
+            blend, two_stage, adapt = RUNS[name]
+            res = run(ids, vecs, events, blend, args.batch, warm, two_stage=two_stage, adapt=adapt, index=args.index)
+            if name not in best or res["cpu_us_per_event"] < best[name]["cpu_us_per_event"]:
+                best[name] = res
+    doc: dict = {"items": items, "events": events_n, "warm_batches": warm, **best}
+    text = best.get("text_only")
+    if text is not None:
+        for name in ("blend_dense", "blend", "default"):
+            if name in best:
+                doc[f"{name}_over_text_cpu"] = round(best[name]["cpu_us_per_event"] / max(text["cpu_us_per_event"], 1e-9), 2)
+    return doc
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--items", type=int, default=10_000)
+    p.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000])
     p.add_argument("--users", type=int, default=2_000)
-    p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--events", type=int, default=None, help="events per size (default 6,000; 4,000 beyond 20,000 items)")
     p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--warm", type=int, default=4, help="batches not measured (default 4)")
+    p.add_argument("--warm", type=int, default=None, help="batches not measured (default 4; 2 beyond 20,000 items)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--repeat", type=int, default=1, help="runs of each ranker, interleaved; the least CPU time is kept")
+    p.add_argument("--rankers", nargs="+", choices=list(RUNS), default=list(RUNS))
+    p.add_argument("--index", choices=["exact", "auto", "ivf"], default="exact",
+                   help="the item matrix: exact (default), or the worker's --index auto/ivf (an IVF index from 100,000 items)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    ids, vecs, events = workload(args.items, args.users, args.events, args.seed)
-    text = run(ids, vecs, events, None, args.batch, args.warm)
-    dense = run(ids, vecs, events, DEFAULT_WEIGHTS, args.batch, args.warm, two_stage=False)
-    blend = run(ids, vecs, events, DEFAULT_WEIGHTS, args.batch, args.warm)
+    sizes = [measure(items, args) for items in args.items]
     doc = {
         "benchmark": "engine CPU per event, text-only vs blend (bench/blend_cost.py)",
         "parameters": vars(args),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                     "load_avg_1m": os.getloadavg()[0]},
         "weights": DEFAULT_WEIGHTS.label(),
-        "text_only": text,
-        "blend_dense": dense,
-        "blend": blend,
-        "blend_dense_over_text_cpu": round(dense["cpu_us_per_event"] / max(text["cpu_us_per_event"], 1e-9), 2),
-        "blend_over_text_cpu": round(blend["cpu_us_per_event"] / max(text["cpu_us_per_event"], 1e-9), 2),
+        "adapt": repr(AdaptConfig()),
+        "sizes": sizes,
     }
+    if len(sizes) == 1:  # the single-size layout of earlier versions, at the top level too
+        doc.update({k: v for k, v in sizes[0].items() if k != "items"})
     print(json.dumps(doc, indent=2))
     return 0
 

@@ -151,6 +151,7 @@ class IVFItemMatrix(ItemMatrix):
         self._index: Any = None
         self._built_size = 0
         self.builds = 0
+        self._moments: tuple[torch.Tensor, torch.Tensor] | None = None
         super().__init__(dim, device, dtype, capacity=capacity, normalize=normalize)
 
     # ------------------------------------------------------------------ state
@@ -167,6 +168,34 @@ class IVFItemMatrix(ItemMatrix):
         super()._alloc(capacity)
         self._index = None
         self._built_size = 0
+        self._moments = None
+
+    def text_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(S, G)``, float64 on the CPU: the sum of the live rows' vectors ``(dim,)`` and of
+        their outer products ``(dim, dim)``, so that a query's cosines with every item sum to
+        ``q . S`` and their squares to ``q G q`` without scoring the catalog (the two-stage
+        blend's z-scores, :func:`scoring.blend.candidate_blend_topk`).  Computed on first use
+        (and again after each index build), then kept up to date by :meth:`upsert` and
+        :meth:`remove`; do not modify."""
+        if self._moments is None:
+            s = torch.zeros(self.dim, dtype=torch.float64)
+            g = torch.zeros((self.dim, self.dim), dtype=torch.float64)
+            live = np.flatnonzero(self.valid.cpu().numpy())
+            for start in range(0, len(live), 8192):
+                v = self._data[torch.as_tensor(live[start : start + 8192], device=self.device)].to(device="cpu", dtype=torch.float32)
+                s += v.sum(dim=0, dtype=torch.float64)
+                g += (v.T @ v).double()  # float32 products of 8,192 rows, summed in float64
+            self._moments = (s, g)
+        return self._moments
+
+    def _move_moments(self, rows: Sequence[int], sign: float) -> None:
+        """Add (``sign`` 1) or take out (-1) the rows' vectors from :meth:`text_moments`."""
+        if self._moments is None or not len(rows):
+            return
+        v = self._data[torch.as_tensor(list(rows), dtype=torch.long, device=self.device)].to(device="cpu", dtype=torch.float64)
+        s, g = self._moments
+        s += sign * v.sum(dim=0)
+        g += sign * (v.T @ v)
 
     def _rows_f32(self, rows: np.ndarray) -> np.ndarray:
         idx = torch.as_tensor(rows, dtype=torch.long, device=self.device)
@@ -190,6 +219,7 @@ class IVFItemMatrix(ItemMatrix):
         index.nprobe = min(self.nprobe, nlist)
         self._index = index
         self._built_size = n
+        self._moments = None  # recomputed when next asked for (no drift from the updates)
         self.builds += 1
         log.info("IVF index built over %d items: %d lists, nprobe %d", n, nlist, index.nprobe)
 
@@ -207,7 +237,11 @@ class IVFItemMatrix(ItemMatrix):
     def upsert(self, ids: Sequence[str], vecs: torch.Tensor | np.ndarray) -> None:
         if isinstance(ids, str):
             ids = [ids]
+        if self._moments is not None:  # an update takes the old vector out
+            self._move_moments([r for r in (self.row(i) for i in dict.fromkeys(ids)) if r is not None], -1.0)
         super().upsert(ids, vecs)
+        if self._moments is not None and ids:
+            self._move_moments(self.rows_of(list(dict.fromkeys(ids))), 1.0)
         if self._index is not None and ids:
             rows = np.asarray(self.rows_of(list(dict.fromkeys(ids))), dtype=np.int64)
             self._index.remove_ids(rows)  # an update replaces the old vector
@@ -218,6 +252,7 @@ class IVFItemMatrix(ItemMatrix):
         if isinstance(ids, str):
             ids = [ids]
         rows = np.asarray([r for r in (self.row(i) for i in dict.fromkeys(ids)) if r is not None], dtype=np.int64)
+        self._move_moments(rows.tolist(), -1.0)
         removed = super().remove(ids)
         if self._index is not None and len(rows):
             self._index.remove_ids(rows)

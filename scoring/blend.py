@@ -40,6 +40,7 @@ the items of their recent history by default (:func:`exclusion_set`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import tempfile
@@ -409,23 +410,34 @@ def _lists(matrix: ItemMatrix, values: torch.Tensor, rows: torch.Tensor) -> list
     """Each user's :class:`~scoring.topk.Recommendation` list from ``(B, k)`` values and
     matrix rows, best first, cut at the first ``-inf`` (fewer candidates than k) or free row."""
     out: list[TopK] = []
+    id_at = matrix._row_to_id.__getitem__  # rows come from the matrix: in range
+    new = tuple.__new__  # Recommendation(*t) without the NamedTuple's Python-level __new__
     for vals, rs in zip(values.tolist(), rows.tolist()):
-        recs: TopK = []
-        for v, r in zip(vals, rs):
-            item_id = matrix.id_at(r)
-            if v == -math.inf or item_id is None:
-                break
-            recs.append(Recommendation(item_id, float(v), None))
-        out.append(recs)
+        ids = list(map(id_at, rs))
+        if None in ids or -math.inf in vals:
+            cut = next(j for j, (v, i) in enumerate(zip(vals, ids)) if v == -math.inf or i is None)
+            ids, vals = ids[:cut], vals[:cut]
+        out.append([new(Recommendation, t) for t in zip(ids, vals, itertools.repeat(None))])
     return out
 
 
 # --------------------------------------------------------------------------- two stages
 
 #: Candidates the two-stage ranker takes from the text profile and from popularity (each
-#: on top of the user's excluded items), besides every item with co-occurrence evidence.
+#: besides the user's excluded items), besides every item with co-occurrence evidence.
 TEXT_CANDIDATES: Final = 100
 POPULAR_CANDIDATES: Final = 100
+#: Candidates the two-stage ranker takes from the items most recently added to the catalog.
+NEW_CANDIDATES: Final = 20
+_LN2: Final = math.log(2.0)
+#: The popularity sums of a snapshot are a Taylor expansion (third order) around a centre
+#: time at most this far (in ``ln 2 * half-lives``) from the snapshot's time: a relative
+#: error below 1e-9, far below the float32 rounding of the popularity values themselves.
+_TAYLOR_RADIUS: Final = 0.01
+#: Items a second round may add to a user's candidates before the user is ranked densely.
+_WIDEN_MAX: Final = 2048
+#: A log2 count standing for "no count" where -inf means "no row" (its popularity is 0).
+_NO_COUNT: Final = -1e30
 
 
 @dataclass(slots=True)
@@ -436,42 +448,597 @@ class CandidateStats:
     users: int = 0
     candidates: int = 0
     dense: int = 0
-
-
-def _padded_rows(rows: Sequence[np.ndarray], fill: int) -> torch.Tensor:
-    """``(B, width)`` long: each user's ascending rows, padded with ``fill`` (> every row)."""
-    width = max((len(r) for r in rows), default=0)
-    out = torch.full((len(rows), max(width, 1)), fill, dtype=torch.long)
-    for b, r in enumerate(rows):
-        out[b, : len(r)] = torch.from_numpy(np.asarray(r, dtype=np.int64))
-    return out
-
-
-def _member(rows: torch.Tensor, sorted_rows: torch.Tensor) -> torch.Tensor:
-    """``(B, C)`` bool: is ``rows[b, c]`` among the ascending ``sorted_rows[b]``?"""
-    at = torch.searchsorted(sorted_rows, rows).clamp(max=sorted_rows.shape[1] - 1)
-    return sorted_rows.gather(1, at) == rows
-
-
-def _lookup(rows: torch.Tensor, sorted_rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``(B, C)``: ``values[b]`` at ``rows[b, c]`` of the ascending ``sorted_rows[b]``, 0 where absent."""
-    at = torch.searchsorted(sorted_rows, rows).clamp(max=sorted_rows.shape[1] - 1)
-    return torch.where(sorted_rows.gather(1, at) == rows, values.gather(1, at), torch.zeros((), dtype=values.dtype))
+    #: users whose candidates were widened (a second round) to prove their top-k
+    widened: int = 0
 
 
 def _zscore_coefficients(
-    w: float, s1: torch.Tensor, s2: torch.Tensor, n: torch.Tensor, peak: torch.Tensor | None = None
+    w: float | torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, n: torch.Tensor, peak: torch.Tensor | None = None,
+    center: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(w / std, w * mean / std)`` per user from float64 sums and sums of squares over
     ``n`` candidates; 0 for a signal that is constant over them (its deviation below
     ``_REL_EPS`` of its scale: the larger of ``|mean|`` and ``peak``, the largest magnitude,
-    or without it the root mean square)."""
-    mean = s1 / n
-    mean_sq = s2 / n
-    std = (mean_sq - mean * mean).clamp(min=0.0).sqrt()
-    ok = std > _REL_EPS * torch.maximum(mean.abs(), mean_sq.sqrt() if peak is None else peak)
+    or without it the root mean square).  With ``center``, the sums are of the scores minus
+    ``center`` (per user; summing deviations from about the mean keeps the precision of a
+    float32 sum of squares)."""
+    if center is None:
+        mean = s1 / n
+        mean_sq = s2 / n
+        std = (mean_sq - mean * mean).clamp(min=0.0).sqrt()
+        scale = torch.maximum(mean.abs(), mean_sq.sqrt() if peak is None else peak)
+    else:
+        dev = s1 / n
+        var = (s2 / n - dev * dev).clamp(min=0.0)
+        std = var.sqrt()
+        mean = dev + center
+        scale = torch.maximum(mean.abs(), (var + mean * mean).sqrt() if peak is None else peak)
+    ok = std > _REL_EPS * scale
     coef = torch.where(ok, w / torch.where(ok, std, torch.ones_like(std)), torch.zeros_like(std))
     return coef, coef * mean
+
+
+# ----------------------------------------------------------------- the popularity signal
+
+
+def _softplus_moments(y: np.ndarray) -> np.ndarray:
+    """``(8, len(y))`` float64: ``f, f', f'', f'''`` and ``g, g', g'', g'''`` at ``y`` for
+    ``f = softplus`` and ``g = f ** 2`` (0 at ``-inf``)."""
+    f = np.logaddexp(0.0, y)
+    s = np.exp(y - f)  # the logistic function
+    d2 = s * (1.0 - s)
+    d3 = d2 * (1.0 - 2.0 * s)
+    return np.stack([f, s, d2, d3, f * f, 2.0 * f * s, 2.0 * (s * s + f * d2), 2.0 * (3.0 * s * d2 + f * d3)])
+
+
+class PopularityStates:
+    """The blend's popularity signal over a batch's snapshots, without a ``(B, rows)`` tensor.
+
+    ``base`` (float32 ``(rows,)``) holds each matrix row's log2 decayed count at the batch's
+    start, relative to a reference time (``-inf``: no count), and ``rows``/``values`` the
+    batch's changes in order (row ``rows[e]`` took the log2 count ``values[e]``, same
+    reference).  A snapshot sees the state after the first ``pos`` changes at its own time
+    ``shift`` (half-lives after the reference), and the popularity of row ``r`` is
+    ``log1p(2 ** (state[r] - shift))``, computed as the dense engine does:
+    ``softplus((state[r] - shift) * ln 2)`` in float32 (see :meth:`view`).
+
+    What the two-stage ranking needs costs about the candidates, not the catalog: the values
+    at given rows (:meth:`state_at`, a lookup in the journal), the sums and sums of squares
+    over every row (a Taylor expansion of the sums around a few centre times, each
+    computed once over the catalog and corrected for the journal's changes), and each
+    state's most popular rows (the base's, merged with the rows the journal changed: a
+    count only grows within a batch).
+    """
+
+    #: spacing of the sums' expansion centres, in half-lives (every time lies within the radius of one)
+    step: Final = 2.0 * _TAYLOR_RADIUS / _LN2  # type: ignore[misc]
+
+    def __init__(self, base: torch.Tensor, rows: np.ndarray, values: np.ndarray, popular: int = POPULAR_CANDIDATES) -> None:
+        self.base = base.to(torch.float32).contiguous()
+        self._base = self.base.numpy()
+        self.n_rows = int(self._base.shape[0])
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.values = np.asarray(values, dtype=np.float32)
+        self.popular = min(int(popular), self.n_rows)
+        j = len(self.rows)
+        order = np.lexsort((np.arange(j), self.rows))  # by row, then by position in the journal
+        self._s_rows = self.rows[order]
+        self._s_vals = self.values[order]
+        self._keys = self._s_rows * (j + 1) + order
+        self._changed = np.zeros(self.n_rows, dtype=bool)
+        self._changed[self.rows] = True
+        first = np.ones(j, dtype=bool)
+        first[1:] = self._s_rows[1:] != self._s_rows[:-1]
+        prev = np.empty(j, dtype=np.float32)
+        prev[order] = np.where(first, self._base[self._s_rows], np.roll(self._s_vals, 1))
+        self._prev = prev
+        self._grows = bool((self.values >= prev).all())
+        self._base_top: torch.Tensor | None = None
+        self._popular_at: dict[int, torch.Tensor] = {}
+        self._moments: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._group_max: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._states: dict[int, torch.Tensor] = {}
+
+    def state_at(self, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """float32 log2 counts at ``rows`` (``(B, C)``) of the states after ``pos`` (``(B,)``) changes."""
+        out = self._base[rows]
+        j = len(self.rows)
+        if j:
+            hit = self._changed[rows] & (pos[:, None] > 0)
+            if hit.any():
+                bi, ci = np.nonzero(hit)
+                r = rows[bi, ci]
+                idx = np.searchsorted(self._keys, r * (j + 1) + (pos[bi] - 1), side="right") - 1
+                ok = (idx >= 0) & (self._s_rows[np.maximum(idx, 0)] == r)
+                out[bi[ok], ci[ok]] = self._s_vals[idx[ok]]
+        return out
+
+    def state(self, pos: int) -> torch.Tensor:
+        """The whole state after ``pos`` changes, float32 ``(rows,)`` (the last few are kept:
+        do not modify)."""
+        got = self._states.get(pos)
+        if got is not None:
+            return got
+        s = self.base.clone() if pos > 0 else self.base
+        if pos > 0:
+            r = self.rows[:pos][::-1]
+            _, last = np.unique(r, return_index=True)  # each row's last change
+            s[torch.from_numpy(r[last].copy())] = torch.from_numpy(self.values[:pos][::-1][last].copy())
+        if len(self._states) >= 4:
+            self._states.pop(next(iter(self._states)))
+        self._states[pos] = s
+        return s
+
+    def popular_rows(self, pos: int) -> torch.Tensor:
+        """``(P,)`` rows such that every other row's count is at most each of theirs, in
+        the state after ``pos`` changes (the most popular, in any order)."""
+        got = self._popular_at.get(pos)
+        if got is not None:
+            return got
+        if self._base_top is None:
+            self._base_top = torch.topk(self.base, self.popular, sorted=False).indices
+        if pos == 0 or not len(self.rows) or self.popular == 0:
+            got = self._base_top
+        elif self._grows:
+            # an unchanged row outside the base's top P is below all of them, and theirs only grew
+            union = np.unique(np.concatenate([self._base_top.numpy(), self.rows[:pos]]))
+            vals = self.state_at(union[None, :], np.array([pos]))[0]
+            top = np.argpartition(-vals, self.popular - 1)[: self.popular] if len(union) > self.popular else np.arange(len(union))
+            got = torch.from_numpy(union[top])
+        else:
+            got = torch.topk(self.state(pos), self.popular, sorted=False).indices
+        self._popular_at[pos] = got
+        return got
+
+    def group_max(self, pos: int, groups: _Groups) -> torch.Tensor:
+        """``(groups.count + 1,)``: the largest log2 count of each group's rows outside
+        :meth:`popular_rows` in the state after ``pos`` changes."""
+        key = (pos, groups.size, groups.count)
+        got = self._group_max.get(key)
+        if got is None:
+            w = self.state(pos).clone()
+            w.clamp_(min=_NO_COUNT)  # a row without a count: popularity 0, not "no row"
+            w[self.popular_rows(pos)] = -math.inf
+            got = self._group_max[key] = groups.maxima(w.unsqueeze(0))[0]
+        return got
+
+    def moments(self, center: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(8,)`` sums over the base's rows of :func:`_softplus_moments` at ``(count -
+        c) * ln 2`` (``c = center * step``), and ``(J + 1, 8)`` their changes after each
+        prefix of the journal."""
+        got = self._moments.get(center)
+        if got is None:
+            c = center * self.step
+            counted = self._base[np.isfinite(self._base)]  # a row without a count adds 0
+            base = _softplus_moments((counted.astype(np.float64) - c) * _LN2).sum(axis=1)
+            delta = (_softplus_moments((self.values.astype(np.float64) - c) * _LN2)
+                     - _softplus_moments((self._prev.astype(np.float64) - c) * _LN2))
+            cum = np.zeros((len(self.rows) + 1, 8))
+            np.cumsum(delta.T, axis=0, out=cum[1:])
+            got = self._moments[center] = (base, cum)
+        return got
+
+    def view(self, pos: np.ndarray, shift: torch.Tensor) -> SnapshotPopularity:
+        """The signal of ``B`` snapshots: each one's number of changes seen and time."""
+        return SnapshotPopularity(self, np.asarray(pos, dtype=np.int64), shift.to(torch.float32))
+
+
+class SnapshotPopularity:
+    """:class:`PopularityStates` as seen by ``B`` snapshots (see :meth:`PopularityStates.view`)."""
+
+    def __init__(self, states: PopularityStates, pos: np.ndarray, shift: torch.Tensor) -> None:
+        self.states = states
+        self.pos = pos
+        self.shift = shift
+        # every snapshot at the same point of the batch (per-user emission): one state, gathered from
+        self._state = states.state(int(pos[0])) if len(pos) and int(pos.min()) == int(pos.max()) else None
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+    def at(self, rows: torch.Tensor, who: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, C)`` float32 popularity of each snapshot (or of the snapshots ``who``) at
+        ``rows`` (``(B, C)`` or ``(len(who), C)``, valid rows)."""
+        shift = self.shift if who is None else self.shift[who]
+        if self._state is not None:
+            st = self._state[rows]
+        else:
+            st = torch.from_numpy(self.states.state_at(rows.numpy(), self.pos if who is None else self.pos[who.numpy()]))
+        return torch.nn.functional.softplus((st - shift.unsqueeze(1)) * _LN2)
+
+    def sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 1)`` float64 sums and sums of squares over every row."""
+        st = self.states
+        t = self.shift.double().numpy()
+        centers = np.rint(t / st.step).astype(np.int64)
+        out = np.zeros((len(t), 2))
+        fact = np.array([1.0, 1.0, 2.0, 6.0])
+        for c in np.unique(centers):
+            base, cum = st.moments(int(c))
+            who = np.nonzero(centers == c)[0]
+            d = base[None, :] + cum[self.pos[who]]  # (u, 8)
+            h = -(t[who] - c * st.step) * _LN2
+            powers = h[:, None] ** np.arange(4)[None, :] / fact[None, :]  # (u, 4)
+            out[who, 0] = (d[:, :4] * powers).sum(axis=1)
+            out[who, 1] = (d[:, 4:] * powers).sum(axis=1)
+        res = torch.from_numpy(out)
+        return res[:, :1], res[:, 1:]
+
+    def popular_rows(self) -> torch.Tensor:
+        """``(B, P)`` rows: every row outside a snapshot's is at most as popular as each of them."""
+        if not len(self.pos):
+            return torch.zeros((0, self.states.popular), dtype=torch.long)
+        by_pos = {int(p): self.states.popular_rows(int(p)) for p in np.unique(self.pos)}
+        return torch.stack([by_pos[int(p)] for p in self.pos])
+
+    def group_max(self, groups: _Groups) -> torch.Tensor:
+        """``(B, groups.count + 1)`` float32: at least each snapshot's largest popularity in
+        each group of rows, outside its :meth:`popular_rows` (``-inf``: none)."""
+        # one vector per state, at the earliest time of its snapshots (where each count is
+        # largest): at least every one of theirs
+        st = self.states
+        out = torch.empty((len(self.pos), groups.count + 1), dtype=torch.float32)
+        for p in np.unique(self.pos):
+            mine = torch.from_numpy(self.pos == p)
+            w = st.group_max(int(p), groups)
+            out[mine] = torch.nn.functional.softplus((w - self.shift[mine].min()) * _LN2).masked_fill_(w == -math.inf, -math.inf)
+        return out
+
+    def dense(self, who: torch.Tensor) -> torch.Tensor:
+        """``(len(who), rows)`` float32: the popularity of those snapshots at every row."""
+        if self._state is not None:
+            return torch.nn.functional.softplus((self._state.unsqueeze(0) - self.shift[who].unsqueeze(1)) * _LN2)
+        out = torch.empty((len(who), self.states.n_rows), dtype=torch.float32)
+        for j, b in enumerate(who.tolist()):
+            out[j] = torch.nn.functional.softplus((self.states.state(int(self.pos[b])) - self.shift[b]) * _LN2)
+        return out
+
+
+class _DensePopularity:
+    """A ``(B, rows)`` popularity tensor and its popular rows, as :class:`SnapshotPopularity`."""
+
+    def __init__(self, values: torch.Tensor, popular: torch.Tensor) -> None:
+        self.values = values
+        self.popular = popular.to(torch.long)
+
+    def at(self, rows: torch.Tensor, who: torch.Tensor | None = None) -> torch.Tensor:
+        return (self.values if who is None else self.values[who]).gather(1, rows)
+
+    def sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.values
+        return x.sum(dim=1, keepdim=True, dtype=torch.float64), (x * x).sum(dim=1, keepdim=True, dtype=torch.float64)
+
+    def popular_rows(self) -> torch.Tensor:
+        return self.popular
+
+    def group_max(self, groups: _Groups) -> torch.Tensor:
+        x = self.values.clone()
+        if self.popular.shape[1]:
+            x.scatter_(1, self.popular, -math.inf)
+        return groups.maxima(x)
+
+    def dense(self, who: torch.Tensor) -> torch.Tensor:
+        return self.values[who]
+
+
+# ----------------------------------------------------------------- candidates
+
+
+class NewItems:
+    """The items most recently added to an :class:`~scoring.topk.ItemMatrix`, for the
+    two-stage ranker's "new items" candidates (an item with neither interactions nor a text
+    profile close to the user's still gets a chance, e.g. under an approximate text index).
+
+    The matrix is polled (:meth:`rows`, cheap while its ``generation`` is unchanged): a row
+    past the last poll's ``rows_used``, or one that was free then and is live now, holds a new
+    item.  The first poll takes the last ``limit`` live rows as the newest.
+    """
+
+    def __init__(self, limit: int = NEW_CANDIDATES) -> None:
+        self.limit = int(limit)
+        self._key: tuple[int, int] | None = None
+        self._used = 0
+        self._free: np.ndarray = np.empty(0, dtype=np.int64)
+        self._recent: list[int] = []  # oldest first
+
+    def rows(self, matrix: ItemMatrix) -> np.ndarray:
+        """The rows of the newest live items, newest first (at most ``limit``)."""
+        if self.limit <= 0:
+            return np.empty(0, dtype=np.int64)
+        key = (id(matrix), matrix.generation)
+        if key != self._key:
+            used = matrix.rows_used
+            valid = matrix.valid.cpu().numpy()
+            if self._key is None or self._key[0] != key[0] or used < self._used:
+                self._recent = np.flatnonzero(valid)[-self.limit :].tolist()
+            else:
+                reused = self._free[self._free < used]
+                reused = reused[valid[reused]]
+                grown = np.flatnonzero(valid[self._used : used]) + self._used
+                self._recent = (self._recent + reused.tolist() + grown.tolist())[-self.limit :]
+            self._free = np.flatnonzero(~valid)
+            self._used = used
+            self._key = key
+        live = [r for r in reversed(self._recent) if matrix.id_at(r) is not None]
+        return np.asarray(live, dtype=np.int64)
+
+
+def _group_size(n: int, k: int) -> int:
+    """Rows per group of the text candidates' selection: a power of two up to 8, with at
+    least ``4 k`` groups (a top-k costs about 10 ns per score it looks at, a max far less)."""
+    return int(2 ** min(3, max(0, math.floor(math.log2(max(n / (4.0 * max(k, 1)), 1.0))))))
+
+
+def _text_candidates(x: torch.Tensor, k: int, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, _Groups]:
+    """Each user's text candidates among the finite scores of ``x`` (``(B, N)``; excluded and
+    free rows hold ``-inf``): ``(rows, bound, groups)``, ``rows`` ``(B, W)`` padded with ``N``,
+    ``bound`` ``(B,)`` at least the score of every finite row that is not among them, and the
+    groups the rows were cut into with each one's largest score.
+
+    The candidates contain the top ``k`` and the bound is at most the ``k``-th score: the rows
+    are cut into ``G`` groups of ``g`` (group ``j``: rows ``j, j + G, j + 2G...``, so that their
+    maxima are ``g - 1`` elementwise maxima of contiguous slices; the last ``N - G g`` rows
+    are a group of their own, always taken), the ``k`` groups with the largest maxima are kept
+    and, of their rows, those scoring at least the ``k``-th largest maximum (a few more than
+    ``k``).  Two small top-k selections (of ``G`` maxima and ``k g`` scores) instead of one
+    over every row.  ``skip`` (``(B,)`` bool): users given no candidates (their bound is
+    their largest score)."""
+    batch, n = int(x.shape[0]), int(x.shape[1])
+    groups = _Groups(n, _group_size(n, k))
+    g, count = groups.size, groups.count
+    gmax = groups.text_max = groups.maxima(x)
+    top = gmax.amax(dim=1)
+    if k <= 0:
+        return torch.full((batch, 0), n, dtype=torch.long), top, groups
+    if count <= k:  # every row
+        rows = torch.arange(n).expand(batch, n)
+        take = torch.isfinite(x) & ~skip.unsqueeze(1)
+        bound = torch.where(skip, top, torch.full_like(top, -math.inf))
+        groups.every = True
+    else:
+        kth, gi = torch.topk(gmax[:, :count], k, dim=1, sorted=False)
+        bound = kth.amin(dim=1)
+        rows = (gi.unsqueeze(2) + torch.arange(g) * count).view(batch, -1)
+        tail = n - count * g
+        if tail:
+            rows = torch.cat([rows, torch.arange(count * g, n).expand(batch, tail)], dim=1)
+        vals = x.gather(1, rows)
+        take = (vals >= bound.unsqueeze(1)) & (vals > -math.inf) & ~skip.unsqueeze(1)
+        if tail:
+            take[:, -tail:] = (vals[:, -tail:] > -math.inf) & ~skip.unsqueeze(1)
+        bound = torch.where(skip, top, bound)
+    width = int(take.sum(dim=1).max()) if batch else 0
+    # the taken rows first (any order): a top-k of the mask
+    _, at = torch.topk(take.to(torch.uint8), width, dim=1, sorted=False)
+    out = torch.where(take.gather(1, at), rows.gather(1, at), n)
+    return out, bound, groups
+
+
+@dataclass(slots=True)
+class _Groups:
+    """The text candidates' groups of rows (see :func:`_text_candidates`): ``count`` groups
+    of ``size`` rows (group ``j``: rows ``j + m * count``), then the remaining rows as one
+    more group (column ``count`` of :meth:`maxima`, ``-inf`` when there are none)."""
+
+    n: int
+    size: int
+    count: int = 0
+    every: bool = False  # every row is a text candidate
+    text_max: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.count = self.n // self.size
+
+    def maxima(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, count + 1)``: each group's largest value of ``x`` (``(B, N)``)."""
+        batch, end = int(x.shape[0]), self.count * self.size
+        out = torch.full((batch, self.count + 1), -math.inf, dtype=x.dtype)
+        if self.count:
+            out[:, : self.count] = x[:, :end].view(batch, self.size, self.count).amax(dim=1)
+        if end < self.n:
+            out[:, self.count] = x[:, end:].amax(dim=1)
+        return out
+
+
+def _flat_exclusions(matrix: ItemMatrix, exclude: Sequence[Collection[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(users, rows)`` int64 of every excluded live item, by user."""
+    row_of = matrix.row
+    lists = [[r for r in map(row_of, excl) if r is not None] for excl in exclude]
+    counts = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    rows = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=int(counts.sum()))
+    return np.repeat(np.arange(len(lists), dtype=np.int64), counts), rows
+
+
+def _member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """Is each of ``keys`` among the ascending ``sorted_keys``?"""
+    if not len(sorted_keys):
+        return np.zeros(keys.shape, dtype=bool)
+    at = np.searchsorted(sorted_keys, keys).clip(max=len(sorted_keys) - 1)
+    return sorted_keys[at] == keys
+
+
+def _member_t(rows: torch.Tensor, sorted_rows: torch.Tensor) -> torch.Tensor:
+    """``(B, C)`` bool: is ``rows[b, c]`` among the ascending ``sorted_rows[b]``?"""
+    if not sorted_rows.shape[1]:
+        return torch.zeros(rows.shape, dtype=torch.bool)
+    at = torch.searchsorted(sorted_rows, rows).clamp(max=sorted_rows.shape[1] - 1)
+    return sorted_rows.gather(1, at) == rows
+
+
+def _padded(users: np.ndarray, values: np.ndarray, batch: int, fill: float | int, dtype: torch.dtype) -> torch.Tensor:
+    """``(batch, width)``: each user's ``values`` (grouped by ``users``, ascending) in order, padded with ``fill``."""
+    counts = np.bincount(users, minlength=batch)
+    width = max(int(counts.max()) if batch else 0, 1)
+    out = torch.full((batch, width), fill, dtype=dtype)
+    if len(users):
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        col = np.arange(len(users)) - starts[users]
+        out[torch.from_numpy(users), torch.from_numpy(col)] = torch.from_numpy(values).to(dtype)
+    return out
+
+
+class _ExactText:
+    """The text signal of a batch from every row's cosine (one matrix product into a reused
+    buffer): exact sums, exact candidates and a bound on the others (:func:`_text_candidates`)."""
+
+    approximate = False
+
+    def __init__(self, matrix: ItemMatrix, q: torch.Tensor, ex_b: np.ndarray, ex_r: np.ndarray, valid: torch.Tensor,
+                 ws: BlendWorkspace) -> None:
+        batch, n_rows = int(q.shape[0]), matrix.rows_used
+        text = self.scores = ws.get("text", (batch, n_rows))
+        with torch.inference_mode():
+            data = matrix.data
+            if data.dtype == torch.float32 and data.device.type == "cpu":
+                torch.mm(q, data.T, out=text)
+            else:
+                text.copy_((q.to(device=data.device, dtype=data.dtype) @ data.T).float().cpu())
+        # the sums over the live rows less the excluded rows', of the deviations from about the
+        # mean (a float32 sum of squares keeps its precision); then the excluded and free rows -inf
+        live = len(matrix)
+        free = (~valid).nonzero().squeeze(1)  # their vectors are zeroed: they score 0
+        t1 = text.sum(dim=1, keepdim=True)
+        center = t1 / live
+        dev = torch.sub(text, center, out=ws.get("scratch", (batch, n_rows)))
+        if len(free):
+            dev[:, free] = 0.0
+        t2 = dev.square_().sum(dim=1, keepdim=True).double()
+        t1 = t1.double() - center.double() * live
+        if len(ex_r):
+            ex_bt, ex_rt = torch.from_numpy(ex_b), torch.from_numpy(ex_r)
+            e = text[ex_bt, ex_rt].double() - center.double()[ex_bt, 0]
+            t1 = t1.index_add(0, ex_bt, -e.unsqueeze(1))
+            t2 = t2.index_add(0, ex_bt, -(e * e).unsqueeze(1))
+            text[ex_bt, ex_rt] = -math.inf
+        if len(free):
+            text[:, free] = -math.inf
+        self.t1, self.t2, self.center = t1, t2, center.double()
+
+    def direct(self, who: torch.Tensor) -> None:
+        """Sum the rows left to ``who`` directly (users who excluded most of the catalog: the
+        difference of the sums over the catalog and over the excluded rows loses precision)."""
+        x = self.dense(who)
+        x = torch.where(torch.isfinite(x), x, 0.0)
+        self.t1[who] = x.sum(dim=1, keepdim=True, dtype=torch.float64)
+        self.t2[who] = (x * x).sum(dim=1, keepdim=True, dtype=torch.float64)
+        self.center[who] = 0.0
+
+    def candidates(self, k: int, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, _Groups | None]:
+        return _text_candidates(self.scores, k, skip)
+
+    def at(self, rows: torch.Tensor, who: torch.Tensor | None = None) -> torch.Tensor:
+        return (self.scores if who is None else self.scores[who]).gather(1, rows)
+
+    def dense(self, who: torch.Tensor) -> torch.Tensor:
+        """``(len(who), rows)``: those users' cosines, ``-inf`` at free and excluded rows."""
+        return self.scores[who]
+
+
+class _IndexText:
+    """The text signal of a batch from an approximate index (:class:`scoring.ann.IVFItemMatrix`
+    once its catalog is large): the candidates are the index's nearest items, their cosines
+    are computed one by one, and the sums over the catalog come from the sum of the item
+    vectors and of their outer products (``q . S`` and ``q G q``): no pass over the catalog.
+    There is no bound on the items the index did not propose: the ranking is approximate, as
+    the text ranking's is with the index."""
+
+    approximate = True
+
+    def __init__(self, matrix: ItemMatrix, q: torch.Tensor, ex_b: np.ndarray, ex_r: np.ndarray, valid: torch.Tensor,
+                 ex_keys: np.ndarray) -> None:
+        self.matrix, self.q, self.valid = matrix, q, valid
+        self.ex_b, self.ex_r, self.ex_keys = ex_b, ex_r, ex_keys
+        s, g = matrix.text_moments()  # type: ignore[attr-defined]
+        q64 = q.double()
+        t1 = (q64 @ s).unsqueeze(1)
+        t2 = ((q64 @ g) * q64).sum(dim=1, keepdim=True)
+        if len(ex_r):
+            ex_bt = torch.from_numpy(ex_b)
+            e = (matrix.data[torch.from_numpy(ex_r)].float().cpu() * q[ex_bt]).sum(dim=1).double()
+            t1 = t1.index_add(0, ex_bt, -e.unsqueeze(1))
+            t2 = t2.index_add(0, ex_bt, -(e * e).unsqueeze(1))
+        self.t1, self.t2, self.center = t1, t2, torch.zeros_like(t1)
+        self._found: torch.Tensor | None = None  # the index's rows (sorted) and scores: candidates()
+        self._found_vals: torch.Tensor | None = None
+        self._shared: torch.Tensor | None = None  # rows and scores of share()
+        self._shared_vals: torch.Tensor | None = None
+
+    def direct(self, who: torch.Tensor) -> None:
+        x = self.dense(who)
+        x = torch.where(torch.isfinite(x), x, 0.0)
+        self.t1[who] = x.sum(dim=1, keepdim=True, dtype=torch.float64)
+        self.t2[who] = (x * x).sum(dim=1, keepdim=True, dtype=torch.float64)
+
+    def candidates(self, k: int, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, _Groups | None]:
+        batch, n_rows = int(self.q.shape[0]), self.matrix.rows_used
+        if k <= 0:
+            return torch.full((batch, 0), n_rows, dtype=torch.long), torch.full((batch,), math.inf), None
+        head = int(np.bincount(self.ex_b, minlength=batch).max()) if len(self.ex_b) else 0
+        vals, found = self.matrix.search(self.q, min(k + head, len(self.matrix)))  # type: ignore[attr-defined]
+        rows = torch.tensor(found, dtype=torch.long).reshape(batch, -1)
+        rows = torch.where(rows < 0, n_rows, rows)
+        # the index's scores of its rows, kept (sorted by row) for at()
+        self._found, order = rows.sort(dim=1)
+        self._found_vals = torch.tensor(vals, dtype=torch.float32).reshape(batch, -1).gather(1, order)
+        keys = (torch.arange(batch).unsqueeze(1) * n_rows + rows).numpy()
+        rows = torch.where(torch.from_numpy(_member(keys, self.ex_keys)) | skip.unsqueeze(1), n_rows, rows)
+        return rows, torch.full((batch,), math.inf), None
+
+    def share(self, rows: torch.Tensor) -> None:
+        """Rows that many users have among their candidates (the popular and new items): their
+        cosines with every query in one matrix product, for :meth:`at`."""
+        self._shared = torch.unique(rows[rows < self.matrix.rows_used])
+        data = self.matrix.data
+        self._shared_vals = (self.q.to(device=data.device, dtype=data.dtype) @ data[self._shared.to(data.device)].T).float().cpu()
+
+    def at(self, rows: torch.Tensor, who: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, C)`` cosines at ``rows``: the index's score of a row it proposed, the
+        product of :meth:`share` for a shared row, else a product of the row's vector."""
+        q = self.q if who is None else self.q[who]
+        out = torch.full(rows.shape, math.nan, dtype=torch.float32)
+        if self._found is not None and self._found_vals is not None:
+            found = self._found if who is None else self._found[who]
+            vals = self._found_vals if who is None else self._found_vals[who]
+            at = torch.searchsorted(found, rows).clamp(max=found.shape[1] - 1)
+            hit = found.gather(1, at) == rows
+            out = torch.where(hit, vals.gather(1, at), out)
+        if self._shared is not None and self._shared_vals is not None and len(self._shared):
+            shared = self._shared
+            at = torch.searchsorted(shared, rows).clamp(max=len(shared) - 1)
+            hit = (shared[at] == rows) & torch.isnan(out)
+            vals = self._shared_vals if who is None else self._shared_vals[who]
+            out = torch.where(hit, vals.gather(1, at), out)
+        rest = torch.isnan(out).nonzero()
+        if len(rest):
+            data = self.matrix.data
+            b, c = rest[:, 0], rest[:, 1]
+            vec = data[rows[b, c].to(data.device)].float().cpu()
+            out[b, c] = (vec * q[b]).sum(dim=1)
+        return out
+
+    def dense(self, who: torch.Tensor) -> torch.Tensor:
+        m = self.matrix
+        x = (self.q[who].to(device=m.device, dtype=m.dtype) @ m.data.T).float().cpu()
+        x.masked_fill_(~self.valid.unsqueeze(0), -math.inf)
+        sel = np.isin(self.ex_b, who.numpy())
+        if sel.any():
+            x[torch.from_numpy(np.searchsorted(who.numpy(), self.ex_b[sel])), torch.from_numpy(self.ex_r[sel])] = -math.inf
+        return x
+
+
+class BlendWorkspace:
+    """Score buffers reused across calls of :func:`candidate_blend_topk` (a ``(B, N)``
+    allocation per call costs page faults of its own at large catalogs)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, int]) -> torch.Tensor:
+        buf = self._buffers.get(name)
+        size = shape[0] * shape[1]
+        if buf is None or buf.numel() < size:
+            buf = self._buffers[name] = torch.empty(size, dtype=torch.float32)
+        return buf[:size].view(shape)
 
 
 def candidate_blend_topk(
@@ -481,38 +1048,50 @@ def candidate_blend_topk(
     exclude: Sequence[Collection[str]],
     weights: BlendWeights,
     cooccurrence: Sequence[tuple[np.ndarray, np.ndarray]],
-    popularity: torch.Tensor,
-    popular_rows: torch.Tensor,
+    popularity: torch.Tensor | SnapshotPopularity,
+    popular_rows: torch.Tensor | None = None,
     *,
     text_candidates: int = TEXT_CANDIDATES,
     stats: CandidateStats | None = None,
     row_weights: np.ndarray | None = None,
     grid: np.ndarray | None = None,
     alternatives: list[np.ndarray] | None = None,
+    workspace: BlendWorkspace | None = None,
+    new_rows: np.ndarray | None = None,
 ) -> list[TopK]:
     """The z-score blend's top-``k`` in two stages: candidates first, then only they are ranked.
 
     Each user's candidates are every item with co-occurrence evidence (``cooccurrence``:
     the sparse ``(rows, scores)`` of each user), their ``text_candidates`` nearest items
-    by text (so an item with text and no interactions yet can be found), and the rows of
-    ``popular_rows`` (``(B, P)``: the currently most popular items; any order), minus the
-    excluded items.  The z-score of each signal is still taken over *all* the user's
-    candidates of the dense ranking (every live item not excluded), from sums over the
-    catalog and the excluded items, so a candidate's blended score is the dense one.  An
-    item that is not a candidate has no co-occurrence and at most the smallest text and
-    popularity score of those taken, which bounds its blended score: a user whose k-th
-    candidate scores below that bound (rare: the sources miss an item that could rank)
-    is ranked densely, so the result is always the exact top-k of :func:`blend_score_topk`
-    (up to float rounding of ties).  ``popularity`` is ``(B, rows_used)``.
+    by text (so an item with text and no interactions yet can be found; a few more where
+    that is free, see :func:`_text_candidates`), and the currently most popular items
+    (``popular_rows``, ``(B, P)`` in any order, or the popularity's own), minus the excluded
+    items.  The z-score of each signal is still taken over *all* the user's candidates of
+    the dense ranking (every live item not excluded), from sums over the catalog and the
+    excluded items, so a candidate's blended score is the dense one.  An item that is not a
+    candidate has no co-occurrence, text at most the text candidates' bound and popularity at
+    most the popular items', which bounds its blended score (per group of rows: see
+    :func:`_text_candidates`).  A user whose k-th candidate scores below that bound (the
+    sources miss an item that could rank) gets a second round: every item whose text could
+    still lift it above the k-th is added (a pass over the user's cosines), or, where that is
+    not possible (no text profile, fewer candidates than ``k``, too many items), the user is
+    ranked densely; so the result is always the exact top-k of :func:`blend_score_topk` (up
+    to float rounding of ties).  Where the matrix searches an approximate index
+    (:class:`scoring.ann.IVFItemMatrix` once its catalog is large), the text candidates are
+    the index's (no cosine of every row, no bound: the lists are approximate, as the text
+    ranking's are with the index).
 
-    Only the z-score normalisation has this form (a rank needs every item's score): call
-    :func:`blend_score_topk` for ``"rank"``.
+    ``popularity`` is ``(B, rows_used)`` (with ``popular_rows``), or a
+    :class:`SnapshotPopularity` (the engine's: the values of the candidates and the sums over
+    the catalog without a dense tensor).  Only the z-score normalisation has this form (a
+    rank needs every item's score): call :func:`blend_score_topk` for ``"rank"``.
 
     ``row_weights`` (``(B, 3)``: text, co-occurrence, popularity) ranks each user with its
     own weights instead of ``weights``'.  With ``grid`` (``(B, G, 3)``: other weightings of
     each user, :mod:`scoring.adapt`), the top-``k`` of every one of them over the user's
     candidates is appended to ``alternatives``: one ``(G, k)`` int32 array of matrix rows per
-    user (-1 past the user's candidates).
+    user (-1 past the user's candidates).  ``workspace`` keeps the score buffers between calls.
+    ``new_rows`` (matrix rows, e.g. :meth:`NewItems.rows`) are candidates of every user too.
     """
     if weights.normalization != "zscore":
         raise ValueError("the two-stage blend ranks the z-score normalisation only")
@@ -522,8 +1101,14 @@ def candidate_blend_topk(
     if batch == 0 or k <= 0 or len(matrix) == 0:
         return [[] for _ in range(batch)]
     n_rows = matrix.rows_used
-    text = text_scores(matrix, queries).cpu()  # (B, n); 0 on free rows (their vectors are zeroed)
-    pop = _as_batch(popularity, (batch, n_rows), "popularity")
+    if isinstance(popularity, SnapshotPopularity):
+        if len(popularity) != batch or popularity.states.n_rows != n_rows:
+            raise ValueError(f"popularity: {len(popularity)} snapshots over {popularity.states.n_rows} rows, expected {batch} over {n_rows}")
+        pop: SnapshotPopularity | _DensePopularity = popularity
+    else:
+        if popular_rows is None:
+            raise ValueError("popular_rows: needed with a popularity tensor")
+        pop = _DensePopularity(_as_batch(popularity, (batch, n_rows), "popularity"), popular_rows)
     valid = matrix.valid.cpu()
     if row_weights is None:
         w_text, w_co, w_pop = weights.as_tuple()
@@ -533,91 +1118,172 @@ def candidate_blend_topk(
         w = torch.from_numpy(np.asarray(row_weights, dtype=np.float64))
         w_text, w_co, w_pop = w[:, 0:1], w[:, 1:2], w[:, 2:3]  # type: ignore[assignment]
 
-    # the excluded rows of each user (live items only), flat and as padded sorted rows
-    ex_rows = [sorted({r for r in (matrix.row(i) for i in excl) if r is not None}) for excl in exclude]
-    ex_b = torch.tensor([b for b, rows in enumerate(ex_rows) for _ in rows], dtype=torch.long)
-    ex_r = torch.tensor([r for rows in ex_rows for r in rows], dtype=torch.long)
-    ex_pad = _padded_rows([np.asarray(rows, dtype=np.int64) for rows in ex_rows], n_rows)
-    n = (len(matrix) - torch.tensor([len(rows) for rows in ex_rows], dtype=torch.float64)).clamp(min=1).unsqueeze(1)
+    # the excluded live rows of each user, as sorted keys user * n_rows + row
+    ex_b, ex_r = _flat_exclusions(matrix, exclude)
+    ex_keys = np.sort(ex_b * n_rows + ex_r)
+    ex_n = np.bincount(ex_b, minlength=batch)
+    n = (len(matrix) - torch.from_numpy(ex_n).double()).clamp(min=1).unsqueeze(1)
+    ex_bt, ex_rt = torch.from_numpy(ex_b), torch.from_numpy(ex_r)
 
-    def sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float64 sums and sums of squares of the rows of dense ``x`` over each user's
-        candidates (free rows score 0: the catalog's sums minus the excluded rows')."""
-        s1 = x.sum(dim=1, keepdim=True, dtype=torch.float64)
-        s2 = (x * x).sum(dim=1, keepdim=True, dtype=torch.float64)
-        if len(ex_r):
-            e = x[ex_b, ex_r].double()
-            s1 = s1.index_add(0, ex_b, -e.unsqueeze(1))
-            s2 = s2.index_add(0, ex_b, -(e * e).unsqueeze(1))
-        return s1, s2
+    # text: exact (every row's cosine) or from an approximate index where the matrix has one
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    if q.ndim != 2 or q.shape[1] != matrix.dim:
+        raise ValueError(f"queries have shape {tuple(q.shape)}, expected (B, {matrix.dim})")
+    txt: _ExactText | _IndexText
+    if getattr(matrix, "approximate", False) and hasattr(matrix, "text_moments"):
+        txt = _IndexText(matrix, q, ex_b, ex_r, valid, ex_keys)
+    else:
+        txt = _ExactText(matrix, q, ex_b, ex_r, valid, workspace or BlendWorkspace())
+    live = len(matrix)
+    direct = torch.from_numpy(2 * ex_n > live).nonzero().squeeze(1)
+    if len(direct):
+        txt.direct(direct)
+    coef_t, off_t = _zscore_coefficients(w_text, txt.t1, txt.t2, n, center=txt.center)
+    inv_t = _zscore_coefficients(1.0, txt.t1, txt.t2, n, center=txt.center)[0]
 
-    coef_t, off_t = _zscore_coefficients(w_text, *sums(text), n)
-    coef_p, off_p = _zscore_coefficients(w_pop, *sums(pop), n)
-    co1 = torch.zeros((batch, 1), dtype=torch.float64)
-    co2 = torch.zeros((batch, 1), dtype=torch.float64)
-    for b, (rows, vals) in enumerate(cooccurrence):
-        if len(rows):
-            v = vals[~np.isin(rows, ex_rows[b])] if ex_rows[b] else vals
-            co1[b, 0], co2[b, 0] = float(v.sum()), float((v * v).sum())
-    coef_c, off_c = _zscore_coefficients(w_co, co1, co2, n)
+    # popularity: sums over the catalog less the excluded rows'
+    p1, p2 = pop.sums()
+    if len(ex_r):
+        e = pop.at(_padded(ex_b, ex_r, batch, 0, torch.long))
+        e = torch.where(torch.from_numpy(np.arange(e.shape[1])[None, :] < ex_n[:, None]), e, 0.0).double()
+        p1 = p1 - e.sum(dim=1, keepdim=True)
+        p2 = p2 - (e * e).sum(dim=1, keepdim=True)
+    if len(direct):
+        pd = torch.where(torch.isfinite(txt.dense(direct)), pop.dense(direct), 0.0)
+        p1[direct] = pd.sum(dim=1, keepdim=True, dtype=torch.float64)
+        p2[direct] = (pd * pd).sum(dim=1, keepdim=True, dtype=torch.float64)
+    coef_p, off_p = _zscore_coefficients(w_pop, p1, p2, n)
+    inv_p = _zscore_coefficients(1.0, p1, p2, n)[0]
+
+    # co-occurrence: the evidence of the rows that are not excluded
+    co_n = np.fromiter((len(r) for r, _ in cooccurrence), dtype=np.int64, count=batch)
+    co_b = np.repeat(np.arange(batch, dtype=np.int64), co_n)
+    co_r = np.concatenate([r for r, _ in cooccurrence]).astype(np.int64, copy=False) if co_n.sum() else np.empty(0, np.int64)
+    co_v = np.concatenate([v for _, v in cooccurrence]).astype(np.float64, copy=False) if co_n.sum() else np.empty(0)
+    keep = ~_member(co_b * n_rows + co_r, ex_keys)
+    co_b, co_r, co_v = co_b[keep], co_r[keep], co_v[keep]
+    c1 = torch.from_numpy(np.bincount(co_b, weights=co_v, minlength=batch)).unsqueeze(1)
+    c2 = torch.from_numpy(np.bincount(co_b, weights=co_v * co_v, minlength=batch)).unsqueeze(1)
+    coef_c, off_c = _zscore_coefficients(w_co, c1, c2, n)
+    inv_c = _zscore_coefficients(1.0, c1, c2, n)[0]
     offset = off_t + off_c + off_p
-    co_rows = _padded_rows([rows for rows, _ in cooccurrence], n_rows)  # ascending, padded with n_rows
-    co_vals = torch.zeros(co_rows.shape, dtype=torch.float32)
-    for b, (_, vals) in enumerate(cooccurrence):
-        co_vals[b, : len(vals)] = torch.from_numpy(vals.astype(np.float32))
 
-    # stage 1: candidates (text head-room for the user's excluded items)
-    t_take = min(n_rows, text_candidates + max(len(rows) for rows in ex_rows))
-    text_top, text_rows = torch.topk(text, t_take, dim=1)
-    cand = torch.cat([text_rows, popular_rows.to(torch.long), co_rows], dim=1)
-    cand, _ = cand.sort(dim=1)
+    # stage 1: candidates (co-occurrence first, so that a row's first occurrence carries its evidence)
+    ct = coef_t.squeeze(1).float()
+    no_text = (ct == 0) | (text_candidates <= 0)
+    t_rows, t_bound, groups = txt.candidates(text_candidates, ct == 0)
+    popular = pop.popular_rows().to(torch.long)
+    p_rows = popular
+    if p_rows.shape[1] and len(ex_keys):
+        pk = (torch.arange(batch).unsqueeze(1) * n_rows + p_rows).numpy()
+        p_rows = torch.where(torch.from_numpy(_member(pk, ex_keys)), n_rows, p_rows)
+    if new_rows is not None and len(new_rows):
+        nr = np.asarray(new_rows, dtype=np.int64)
+        nk = np.arange(batch, dtype=np.int64)[:, None] * n_rows + nr[None, :]
+        n_rows_t = torch.from_numpy(np.where(_member(nk, ex_keys), n_rows, nr[None, :]))
+        p_rows = torch.cat([p_rows, n_rows_t], dim=1)
+    if txt.approximate:
+        txt.share(p_rows)  # type: ignore[union-attr]
+    co_rows = _padded(co_b, co_r, batch, n_rows, torch.long)
+    co_vals = _padded(co_b, co_v, batch, 0.0, torch.float32)
+    cand, order = torch.sort(torch.cat([co_rows, t_rows, p_rows], dim=1), dim=1, stable=True)
+    co = torch.cat([co_vals, torch.zeros((batch, t_rows.shape[1] + p_rows.shape[1]))], dim=1).gather(1, order)
     pad = cand >= n_rows
     safe = torch.where(pad, 0, cand)
     dup = torch.zeros_like(pad)
     dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
-    usable = ~pad & ~dup & valid[safe] & ~_member(safe, ex_pad)
+    usable = ~pad & ~dup & valid[safe]
 
     # stage 2: the blend of the candidates, as the dense ranking computes it
-    def blended(rows: torch.Tensor, co: torch.Tensor, b: torch.Tensor | slice = slice(None)) -> torch.Tensor:
-        total = text[b].gather(1, rows) * coef_t[b].float()
-        total.addcmul_(co, coef_c[b].float())
-        total.addcmul_(pop[b].gather(1, rows), coef_p[b].float())
-        return total
-
-    total = blended(safe, _lookup(safe, co_rows, co_vals)).masked_fill_(~usable, -math.inf)
+    t_vals = torch.where(usable, txt.at(safe), 0.0)
+    p_vals = pop.at(safe)
+    total = t_vals * ct.unsqueeze(1)
+    total.addcmul_(co, coef_c.float())
+    total.addcmul_(p_vals, coef_p.float())
+    total.masked_fill_(~usable, -math.inf)
     kk = min(k, n_rows)
     if total.shape[1] < kk:  # fewer candidates than k: pad (the dense ranking decides those users)
         total = torch.nn.functional.pad(total, (0, kk - total.shape[1]), value=-math.inf)
-        usable = torch.cat([usable, torch.zeros((batch, kk - safe.shape[1]), dtype=torch.bool)], dim=1)
+        usable = torch.nn.functional.pad(usable, (0, kk - usable.shape[1]), value=False)
+        t_vals, co, p_vals = (torch.nn.functional.pad(v, (0, kk - v.shape[1])) for v in (t_vals, co, p_vals))
         safe = torch.nn.functional.pad(safe, (0, kk - safe.shape[1]), value=0)
     values, pos = torch.topk(total, kk, dim=1)
     rows = safe.gather(1, pos)
-    # an item that is no candidate has no co-occurrence, and text and popularity at most
-    # the smallest of those taken: its blended score is at most this
-    p_most = pop.gather(1, popular_rows.to(torch.long)).amin(dim=1) if popular_rows.shape[1] else pop.amax(dim=1)
-    bound = text_top[:, -1] * coef_t.squeeze(1).float() + p_most * coef_p.squeeze(1).float()
+    # an item that is no candidate has no co-occurrence, text at most the text bound and its
+    # group's largest (-inf: the group has no live item that is not excluded), popularity at
+    # most the largest of its group outside the popular rows: its blended score is at most
+    # the largest of these over the groups (-inf: every item is a candidate)
+    cp = coef_p.squeeze(1).float()
     kth = values[:, -1]
-    unsure = ((kth < bound) | (kth == -math.inf)) if t_take < n_rows else torch.zeros(batch, dtype=torch.bool)
-    if bool(unsure.any()):
+    widened = torch.zeros(batch, dtype=torch.bool)
+    if groups is None:
+        # an approximate index proposed the text candidates: no bound on the others; a user
+        # with fewer than k candidates while more items are left is ranked densely
+        left = (live - torch.from_numpy(ex_n)) > usable.sum(dim=1)
+        unsure = (kth == -math.inf) & left
+    else:
+        gx = groups.text_max
+        assert gx is not None
+        p_term = torch.where(cp.unsqueeze(1) > 0, pop.group_max(groups) * cp.unsqueeze(1), 0.0)
+        term = torch.where(gx > -math.inf, torch.minimum(gx, t_bound.unsqueeze(1)) * ct.unsqueeze(1) + p_term, -math.inf)
+        # the rows after the last full group (and every row, where all are) are text candidates
+        term[:, groups.count].masked_fill_(~no_text, -math.inf)
+        if groups.every:
+            term.masked_fill_(~no_text.unsqueeze(1), -math.inf)
+        bound = term.amax(dim=1)
+        bound = bound + 1e-6 * bound.abs()  # float rounding: the terms are not summed as the scores are
+        unsure = (kth < bound) | ((kth == -math.inf) & (bound > -math.inf))
+    if groups is not None and bool(unsure.any()):
+        # second round: an item that is no candidate scores at most ct * text + the largest
+        # popularity term outside the popular rows, so every item with text above
+        # (kth - that) / ct, taken too, proves the top-k (a pass over the user's scores)
         who = unsure.nonzero().squeeze(1)
-        everything = torch.arange(n_rows).expand(len(who), -1)
-        co = torch.zeros((len(who), n_rows), dtype=torch.float32)
+        p_max = p_term[who].amax(dim=1)
+        c_w, k_w = ct[who], kth[who]
+        limit = (k_w - p_max) / torch.where(c_w > 0, c_w, 1.0)
+        limit = limit - 1e-5 * (k_w.abs() + p_max.abs() + 1.0) / torch.where(c_w > 0, c_w, 1.0)  # float rounding
+        x = txt.dense(who)
+        above = x >= limit.unsqueeze(1)
+        count = above.sum(dim=1)
+        ok = (c_w > 0) & (k_w > -math.inf) & (p_max < math.inf) & (count <= _WIDEN_MAX)
+        if bool(ok.any()):
+            sel = ok.nonzero().squeeze(1)
+            w2 = who[sel]
+            width = max(int(count[sel].max()), 1)
+            _, at = torch.topk(above[sel].to(torch.uint8), min(width, n_rows), dim=1, sorted=False)
+            extra = at
+            fresh = above[sel].gather(1, at) & ~_member_t(extra, cand[w2])
+            # (no co-occurrence: a row with some is a candidate already)
+            e_total = torch.where(fresh, x[sel].gather(1, extra), 0.0) * ct[w2].unsqueeze(1)
+            e_total.addcmul_(pop.at(extra, w2), coef_p[w2].float())
+            e_total.masked_fill_(~fresh, -math.inf)
+            all_total = torch.cat([total[w2], e_total], dim=1)
+            all_rows = torch.cat([safe[w2], extra], dim=1)
+            v2, p2 = torch.topk(all_total, kk, dim=1)
+            values[w2], rows[w2] = v2, all_rows.gather(1, p2)
+            widened[w2] = True
+    if len(who := (unsure & ~widened).nonzero().squeeze(1)):
+        dense = txt.dense(who).mul_(ct[who].unsqueeze(1))
+        co_full = torch.zeros((len(who), n_rows), dtype=torch.float32)
+        sel = np.isin(co_b, who.numpy())
+        if sel.any():
+            j = np.searchsorted(who.numpy(), co_b[sel])
+            co_full[torch.from_numpy(j), torch.from_numpy(co_r[sel])] = torch.from_numpy(co_v[sel].astype(np.float32))
+        dense.addcmul_(co_full, coef_c[who].float())
+        dense.addcmul_(pop.dense(who), coef_p[who].float())
         off = torch.zeros((len(who), n_rows), dtype=torch.bool)
-        for j, b in enumerate(who.tolist()):
-            co[j, torch.from_numpy(cooccurrence[b][0])] = co_vals[b, : len(cooccurrence[b][0])]
-            off[j, ex_rows[b]] = True
-        dense_total = blended(everything, co, who).masked_fill_(~valid | off, -math.inf)
-        values[who], rows[who] = torch.topk(dense_total, kk, dim=1)
+        sel = np.isin(ex_b, who.numpy())
+        if sel.any():
+            off[torch.from_numpy(np.searchsorted(who.numpy(), ex_b[sel])), torch.from_numpy(ex_r[sel])] = True
+        dense.masked_fill_(~valid | off, -math.inf)
+        values[who], rows[who] = torch.topk(dense, kk, dim=1)
     if grid is not None and alternatives is not None:
-        alternatives.extend(_grid_lists(grid, k, usable, safe, [
-            (text.gather(1, safe), _zscore_coefficients(1.0, *sums(text), n)[0]),
-            (_lookup(safe, co_rows, co_vals), _zscore_coefficients(1.0, co1, co2, n)[0]),
-            (pop.gather(1, safe), _zscore_coefficients(1.0, *sums(pop), n)[0]),
-        ]))  # fmt: skip
+        alternatives.extend(_grid_lists(grid, k, usable, safe, [(t_vals, inv_t), (co, inv_c), (p_vals, inv_p)]))
     if stats is not None:
         stats.users += batch
         stats.candidates += int(usable.sum())
-        stats.dense += int(unsure.sum())
+        stats.dense += int((unsure & ~widened).sum())
+        stats.widened += int(widened.sum())
 
     return _lists(matrix, (values.double() - offset).float(), rows)
 

@@ -49,7 +49,16 @@ import torch
 
 from encoders.profile import ProfileModel, UserProfile
 from scoring.adapt import AdaptConfig, AdaptiveWeights
-from scoring.blend import POPULAR_CANDIDATES, BlendWeights, CandidateStats, blend_score_topk, candidate_blend_topk
+from scoring.blend import (
+    POPULAR_CANDIDATES,
+    BlendWeights,
+    BlendWorkspace,
+    CandidateStats,
+    NewItems,
+    PopularityStates,
+    blend_score_topk,
+    candidate_blend_topk,
+)
 from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, CooccurrenceScorer, is_positive, positive_history, weight_problem
 from scoring.popularity import DecayedPopularity
 from scoring.prequential import Prequential
@@ -303,6 +312,9 @@ class Engine:
         # of its changes (blend only)
         self._pop_base: np.ndarray | None = None
         self._journal: list[tuple[int, float]] = []
+        # the two-stage blend's reused score buffers and its "new items" candidate source
+        self._blend_workspace: BlendWorkspace | None = None
+        self._new_items: NewItems | None = None
 
     def describe_ranker(self) -> str:
         """The ranker in words, for logs: ``blend/zscore(...)``, adaptive with its settings."""
@@ -705,9 +717,10 @@ class Engine:
         # popularity of row r at time t: log1p(2 ** (log2 count at the epoch - t / H)), taken
         # relative to a reference time in float64 so that float32 keeps its precision
         ref = max(s.trigger.event.ts for s in scored) / half_life
+        if self.config.blend_candidates and blend.normalization == "zscore":
+            return self._two_stage_topk(scored, blend, pop_base, journal, ref)
         work = torch.from_numpy((pop_base - ref).astype(np.float32))
         applied = 0
-        two_stage = self.config.blend_candidates and blend.normalization == "zscore"
         out: list[list[tuple[str, float, str | None]]] = []
         for start in range(0, len(scored), self.BLEND_CHUNK):
             part = scored[start : start + self.BLEND_CHUNK]
@@ -732,25 +745,61 @@ class Engine:
             base = torch.stack(states)[torch.from_numpy(state_of)] if len(states) > 1 else states[0].unsqueeze(0)
             # log1p(2 ** x), without overflow for a snapshot far older than the batch's latest
             pop = torch.nn.functional.softplus((base - shift.unsqueeze(1)) * LN2)
-            if two_stage:
-                # the most popular rows of each state (decay keeps the order: by the log count)
-                popular = torch.stack([torch.topk(st, min(POPULAR_CANDIDATES, n)).indices for st in states])
-                adaptive = part[0].weights is not None
-                alternatives: list[np.ndarray] = []
-                res = candidate_blend_topk(m, queries, self.config.k, [s.exclude for s in part], blend,
-                                           [s.cooc for s in part], pop, popular[torch.from_numpy(state_of)],  # type: ignore[misc]
-                                           stats=self.candidate_stats,
-                                           row_weights=np.stack([s.weights for s in part]) if adaptive else None,  # type: ignore[misc]
-                                           grid=np.stack([s.grid for s in part]) if adaptive else None,  # type: ignore[misc]
-                                           alternatives=alternatives if adaptive else None)
-                for snap, alt in zip(part, alternatives):
-                    snap.alternatives = alt
-            else:
-                cooc = np.zeros((b, n), dtype=np.float32)
-                for j, snap in enumerate(part):
-                    rows, vals = snap.cooc  # type: ignore[misc]
-                    cooc[j, rows] = vals
-                res = blend_score_topk(m, queries, self.config.k, [s.exclude for s in part], blend, cooc, pop)
+            cooc = np.zeros((b, n), dtype=np.float32)
+            for j, snap in enumerate(part):
+                rows, vals = snap.cooc  # type: ignore[misc]
+                cooc[j, rows] = vals
+            res = blend_score_topk(m, queries, self.config.k, [s.exclude for s in part], blend, cooc, pop)
+            # the history item that explains each recommendation, as the text ranking gives
+            whys = explain(m, [[r.item_id for r in recs] for recs in res], [s.history for s in part])
+            out.extend([(r.item_id, r.score, why) for r, why in zip(recs, ws)] for recs, ws in zip(res, whys))
+        return out
+
+    def _two_stage_topk(
+        self, scored: Sequence[_Snapshot], blend: BlendWeights, pop_base: np.ndarray, journal: Sequence[tuple[int, float]],
+        ref: float,
+    ) -> list[list[tuple[str, float, str | None]]]:
+        """:meth:`_blend_topk` in two stages (:func:`candidate_blend_topk`).  The popularity
+        is the dense ranking's (the state of the batch's journal each snapshot saw, at its
+        time, relative to ``ref``) but looked up at the candidates and summed over the catalog
+        without a ``(B, items)`` tensor (:class:`scoring.blend.PopularityStates`)."""
+        m = self.matrix
+        dim = m.dim
+        half_life = self.popularity.half_life_ms
+        states = PopularityStates(
+            torch.from_numpy((pop_base - ref).astype(np.float32)),
+            np.fromiter((r for r, _ in journal), dtype=np.int64, count=len(journal)),
+            np.array([lg - ref for _, lg in journal], dtype=np.float32),
+            popular=POPULAR_CANDIDATES,
+        )
+        if self._blend_workspace is None:
+            self._blend_workspace, self._new_items = BlendWorkspace(), NewItems()
+        workspace = self._blend_workspace
+        new_rows = self._new_items.rows(m)  # the items added to the catalog most recently
+        # more snapshots at a time where the catalog is small (the (B, items) score buffers
+        # stay under 16 MiB): fewer passes of fixed cost
+        chunk = max(self.BLEND_CHUNK, min(1024, (1 << 22) // max(m.rows_used, 1)))
+        out: list[list[tuple[str, float, str | None]]] = []
+        for start in range(0, len(scored), chunk):
+            part = scored[start : start + chunk]
+            queries = np.zeros((len(part), dim), dtype=np.float32)
+            for j, snap in enumerate(part):
+                if snap.query is not None:
+                    queries[j] = snap.query
+                assert snap.cooc is not None
+            shift = torch.tensor([s.trigger.event.ts / half_life - ref for s in part], dtype=torch.float32)
+            pop = states.view(np.array([s.pop_pos for s in part], dtype=np.int64), shift)
+            adaptive = part[0].weights is not None
+            alternatives: list[np.ndarray] = []
+            res = candidate_blend_topk(m, queries, self.config.k, [s.exclude for s in part], blend,
+                                       [s.cooc for s in part], pop,  # type: ignore[misc]
+                                       stats=self.candidate_stats,
+                                       row_weights=np.stack([s.weights for s in part]) if adaptive else None,  # type: ignore[misc]
+                                       grid=np.stack([s.grid for s in part]) if adaptive else None,  # type: ignore[misc]
+                                       alternatives=alternatives if adaptive else None, workspace=workspace,
+                                       new_rows=new_rows)
+            for snap, alt in zip(part, alternatives):
+                snap.alternatives = alt
             # the history item that explains each recommendation, as the text ranking gives
             whys = explain(m, [[r.item_id for r in recs] for recs in res], [s.history for s in part])
             out.extend([(r.item_id, r.score, why) for r, why in zip(recs, ws)] for recs, ws in zip(res, whys))
