@@ -83,6 +83,7 @@ class WeightAdapter:
     cases: int = 0  # tests credited in the current epoch
     targets: int = 0  # target events in the current epoch
     epochs: int = 0  # epochs completed
+    _grid: tuple[float, np.ndarray] | None = field(default=None, repr=False, compare=False)  # (step, grid) of these weights
 
     @classmethod
     def start(cls, weights: BlendWeights) -> WeightAdapter:
@@ -91,13 +92,18 @@ class WeightAdapter:
 
     def grid(self, step: float) -> np.ndarray:
         """``(G, 3)`` float64: the weights in use, then the six moves (a move takes at most
-        what the giving signal has, so every point has non-negative weights summing to 1)."""
+        what the giving signal has, so every point has non-negative weights summing to 1).
+        Kept until the weights move (read-only)."""
+        if self._grid is not None and self._grid[0] == step:
+            return self._grid[1]
         out = np.repeat(self.weights[None, :], len(DIRECTIONS), axis=0)
         for g, d in enumerate(DIRECTIONS[1:], start=1):
             a, b = int(np.argmax(d)), int(np.argmin(d))
             moved = min(step, self.weights[b])
             out[g, a] += moved
             out[g, b] -= moved
+        out.flags.writeable = False
+        self._grid = (step, out)
         return out
 
     def credit(self, gains: np.ndarray) -> None:
@@ -118,6 +124,7 @@ class WeightAdapter:
             w = pi @ self.grid(config.step)
             w = np.clip(w, 0.0, None)
             self.weights = w / w.sum()
+            self._grid = None
         self.gains = np.zeros(len(DIRECTIONS))
         self.cases = 0
         self.targets = 0
