@@ -93,6 +93,12 @@ def test_a_lagging_partition_holds_the_others_back_at_most_the_lag_wait():
     clock.now += 1.0
     assert m.release([CLICKS, PURCHASES], lagging) == []
     clock.now += 1.5
+    # the time is up, but the worker fetched nothing meanwhile (it was busy): no evidence yet
+    assert m.release([CLICKS, PURCHASES], lagging) == [] and m.enforced == 0
+    for _ in range(m.min_fetch_attempts - 1):
+        m.fetched({CLICKS, PURCHASES}, {PURCHASES: ["x"]})  # fetches that bring nothing of the clicks
+    assert m.release([CLICKS, PURCHASES], lagging) == []
+    m.fetched({CLICKS}, {})
     assert ids(m.release([CLICKS, PURCHASES], lagging)) == ["p10"]
     assert m.enforced == 1
 
