@@ -165,6 +165,10 @@ class WorkerConfig:
             problems.append(f"stall timeout and broker grace must be positive, got {self.stall_timeout_s}s and {self.broker_grace_s}s")
         if not self.session_timeout_s > 0 or not self.heartbeat_interval_s > 0:
             problems.append(f"session timeout and heartbeat interval must be positive, got {self.session_timeout_s}s and {self.heartbeat_interval_s}s")
+        elif not 6 <= self.session_timeout_s <= 1800:
+            # outside the broker's default group.min/max.session.timeout.ms the group refuses the
+            # worker (InvalidSessionTimeoutError), which then waits forever without joining
+            problems.append(f"session timeout must be between 6 and 1800 seconds (what Kafka brokers accept by default), got {self.session_timeout_s}s")
         elif self.heartbeat_interval_s > self.session_timeout_s / 3:
             problems.append(f"heartbeat interval must be at most a third of the session timeout (Kafka's advice: a few heartbeats "
                             f"can be lost before the worker is dropped), got {self.heartbeat_interval_s}s and {self.session_timeout_s}s")

@@ -15,15 +15,21 @@ Faust's RocksDB store chooses the local database, and a table the changelog part
 from the *current event*. Inside ``stream.take_events`` the current event is whichever
 came last, so :func:`as_event` makes the event a write belongs to current for the
 duration of the write. Every table write and read in recstream goes through it.
+
+A write the local database refuses (a full volume, an I/O error) stops the worker at once
+with exit status 74 (:func:`state_write`): it is no fault of the record being processed,
+which must not be dead-lettered for it.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import struct
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, NoReturn, Sequence
 
 import faust
 import numpy as np
@@ -34,6 +40,11 @@ from faust.streams import _current_event
 ITEM_FORMAT = 1
 _ITEM_HEADER = struct.Struct("<BI")  # format, length of the orjson metadata
 _LOG2 = struct.Struct("<d")
+
+log = logging.getLogger("recstream.worker")
+
+#: Exit status of a worker whose local state cannot be written (sysexits' EX_IOERR).
+EXIT_STATE_WRITE = 74
 
 
 class StateFormatError(ValueError):
@@ -48,6 +59,60 @@ def as_event(event: faust.types.EventT) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is RocksDB refusing a write for a reason of its storage (rocksdict
+    raises RocksDB's status as a plain ``Exception``: "IO error: No space left on device:
+    While appending to file: ...", "Corruption: ..."); not the lock a database opened twice
+    waits for, which faust retries."""
+    text = str(exc)
+    return text.startswith(("IO error", "Corruption")) and "While lock file" not in text
+
+
+def state_write_failed(exc: BaseException, where: str) -> NoReturn:
+    """Log one line and end the process at once (status 74), as a crash would: no clean stop,
+    so nothing of the micro-batch in flight is committed (its input offsets included) and the
+    next start discards the local state and restores the tables from their changelogs
+    (:func:`streams.worker.claim_state`)."""
+    log.critical("exiting: cannot write the local state (%s): %s. Free space on that volume or point --data-dir "
+                 "elsewhere, then start the worker again: it restores the tables from their changelogs", where, exc)
+    logging.shutdown()
+    os._exit(EXIT_STATE_WRITE)
+
+
+@contextmanager
+def state_write(where: str) -> Iterator[None]:
+    """Around a write to a local database: a storage failure stops the worker
+    (:func:`state_write_failed`) instead of failing the micro-batch, whose records would be
+    retried one by one and dead-lettered, each for the same full disk."""
+    try:
+        yield
+    except Exception as exc:
+        if is_storage_failure(exc):
+            state_write_failed(exc, where)
+        raise
+
+
+def guard_faust_store_writes() -> None:
+    """Make the writes of faust's own RocksDB store (the catalog table, table recovery, the
+    changelog offsets it persists) stop the worker on a storage failure too; call once before
+    the app starts.  faust would otherwise crash an agent, or log the error of a delivery
+    callback and go on."""
+    from faust.stores import rocksdb as faust_rocksdb
+
+    store = faust_rocksdb.Store
+    if getattr(store, "_recstream_guarded", False):
+        return
+    for name in ("_set", "_del", "set_persisted_offset", "apply_changelog_batch"):
+        original = getattr(store, name)
+
+        def guarded(self: Any, *args: Any, _original: Callable = original, _name: str = name, **kwargs: Any) -> Any:
+            with state_write(f"table {getattr(self.table, 'name', '?')}, {_name}"):
+                return _original(self, *args, **kwargs)
+
+        setattr(store, name, guarded)
+    store._recstream_guarded = True
 
 
 def _partition_db(store: Any, partition: int) -> Any | None:
@@ -87,15 +152,17 @@ def write_raw(store: Any, event: faust.types.EventT, kvs: Sequence[tuple[bytes, 
     """
     partition = event.message.partition
     db = _partition_db(store, partition)
+    where = f"table {getattr(getattr(store, 'table', None), 'name', '?')}, partition {partition}"
     if db is None:
-        with as_event(event):
+        with as_event(event), state_write(where):
             for key, value in kvs:
                 store[key] = value
         return
     batch = rocksdict.WriteBatch(raw_mode=True)
     for key, value in kvs:
         batch.put(key, value)
-    db.write(batch)
+    with state_write(where):
+        db.write(batch)
     store._key_index.update((key, partition) for key, _ in kvs)
 
 
@@ -154,6 +221,17 @@ class ObservedGlobalTable(faust.GlobalTable):
     """
 
     on_changes: ChangeHandler | None = None
+
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        # What ``app.GlobalTable`` passes, and a table built directly (as here, to subclass it)
+        # lacks: without ``is_global`` faust assigns the changelog like any table's, to the
+        # worker reading the catalog and its one standby, so a third worker of a group never
+        # saw the catalog (its events all "unknown items", popularity lists, profiles without
+        # the items' text); and it applies the changelog records of a standby only once a
+        # buffer of 1,000 fills.
+        kwargs.setdefault("is_global", True)
+        kwargs.setdefault("standby_buffer_size", 1)
+        super().__init__(app, **kwargs)
 
     def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
         batch = list(batch)

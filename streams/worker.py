@@ -15,6 +15,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer as
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 
 from .app import Pipeline, WorkerConfig
+from .state import guard_faust_store_writes
 from .streamtime import StreamTimeConsumer, StreamTimeMerger
 from .transactions import PartitionTransactions, data_ends
 
@@ -157,6 +158,7 @@ class ExactlyOnceConsumer(RebalanceSafeConsumer):
         return await super()._commit(rest) if rest else True
 
     _tail: Any = None  # a read_committed consumer without a group, for data_ends
+    _tail_lock: asyncio.Lock | None = None
 
     async def highwaters(self, *partitions: Any) -> Mapping[Any, int]:
         ends = dict(await super().highwaters(*partitions))  # read_committed: the last stable offsets
@@ -164,16 +166,28 @@ class ExactlyOnceConsumer(RebalanceSafeConsumer):
         if not changelogs:
             return ends
         begins = await self.earliest_offsets(*changelogs)
-        if self._tail is None:
-            conf = self.app.conf
-            self._tail = aiokafka.AIOKafkaConsumer(
-                bootstrap_servers=server_list(self.transport.url, self.transport.default_port),
-                enable_auto_commit=False, group_id=None, isolation_level="read_committed",
-                **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
-            )
-            await self._tail.start()
-        ends.update(await data_ends(self._tail, {tp: ends[tp] for tp in changelogs},
-                                    {tp: begins.get(tp) or 0 for tp in changelogs}))
+        # One caller at a time, and the tail consumer kept only once started: a recovery after
+        # a rebalance (a worker of the group SIGKILLed) found it created but not started (a
+        # start cancelled with its recovery, or under way in another call) and crashed the
+        # worker ("'NoneType' object has no attribute 'seek_to'"); data_ends also reassigns it.
+        if self._tail_lock is None:
+            self._tail_lock = asyncio.Lock()
+        async with self._tail_lock:
+            if self._tail is None:
+                conf = self.app.conf
+                tail = aiokafka.AIOKafkaConsumer(
+                    bootstrap_servers=server_list(self.transport.url, self.transport.default_port),
+                    enable_auto_commit=False, group_id=None, isolation_level="read_committed",
+                    **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
+                )
+                try:
+                    await tail.start()
+                except BaseException:
+                    asyncio.ensure_future(tail.stop())  # not awaited: this task may be cancelled
+                    raise
+                self._tail = tail
+            ends.update(await data_ends(self._tail, {tp: ends[tp] for tp in changelogs},
+                                        {tp: begins.get(tp) or 0 for tp in changelogs}))
         return ends
 
 
@@ -214,6 +228,7 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
         log.error("cannot serve metrics on %s:%s: %s", config.metrics_host, config.metrics_port, exc.strerror or exc)
         return 1
     marker = claim_state(config)
+    guard_faust_store_writes()  # a full or failing state volume stops the worker (status 74), see streams.state
     pipeline = Pipeline(config)
     # rebalances neither lose events nor answer them twice; exactly-once: the transactions
     install_consumer_fixes(pipeline.app, pipeline.transactions, pipeline.stream_time)

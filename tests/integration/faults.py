@@ -1,5 +1,8 @@
 """Helpers shared by the fault-injection integration tests (bad input, poison batches,
-broker restarts) and the multi-worker tests (two and three workers in one group).
+broker restarts, the hard faults) and the multi-worker tests (two and three workers in one
+group): among them the exactly-once accounting (:func:`assert_answered_once`,
+:func:`assert_profiles_offline`) and a broker of a test's own (:class:`PrivateBroker`), for
+the tests that stop or kill it.
 
 Everything here observes the pipeline from outside, as an operator would: raw records are
 produced with kafka-python, and the outcome is read back from the output topics (the
@@ -12,8 +15,12 @@ in ``importlib`` mode), see :func:`load`.
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import signal
+import socket
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -122,8 +129,11 @@ class TopicLog:
     decoder rejects is kept in ``rejected`` with the error, not raised: the tests report it.
     """
 
-    def __init__(self, settings: KafkaSettings, topic: str, decode: Callable[[bytes], object]) -> None:
-        self.consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
+    def __init__(self, settings: KafkaSettings, topic: str, decode: Callable[[bytes], object], *, committed: bool = False) -> None:
+        # committed: only records of committed transactions (read_committed, as `recstream
+        # subscribe` reads); else every record appended, aborted attempts' included
+        self.consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None,
+                                      isolation_level="read_committed" if committed else "read_uncommitted")
         partitions = self.consumer.partitions_for_topic(topic)
         if not partitions:
             self.consumer.close()
@@ -158,11 +168,12 @@ class TopicLog:
 
 
 class Outputs:
-    """The pipeline's two output topics, indexed by the input record each entry points at."""
+    """The pipeline's two output topics, indexed by the input record each entry points at
+    (``committed``: as a ``read_committed`` reader sees them, for exactly-once)."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
-        self.recs = TopicLog(settings, settings.topic(T.RECOMMENDATIONS), decode_recommendation)
-        self.dlq = TopicLog(settings, settings.topic(T.DLQ), decode_dead_letter)
+    def __init__(self, settings: KafkaSettings, *, committed: bool = False) -> None:
+        self.recs = TopicLog(settings, settings.topic(T.RECOMMENDATIONS), decode_recommendation, committed=committed)
+        self.dlq = TopicLog(settings, settings.topic(T.DLQ), decode_dead_letter, committed=committed)
 
     def poll(self) -> None:
         self.recs.poll(100)
@@ -215,10 +226,11 @@ class Outputs:
         self.dlq.close()
 
 
-def read_profiles(settings: KafkaSettings, timeout_s: float = 60.0) -> dict[str, UserProfile]:
+def read_profiles(settings: KafkaSettings, timeout_s: float = 60.0, *, committed: bool = False) -> dict[str, UserProfile]:
     """Every user's latest profile, from the ``profiles`` changelog (what ``recstream profile``
-    reads, for all users at once)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
+    reads, for all users at once; ``committed``: committed transactions' records only)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None,
+                             isolation_level="read_committed" if committed else "read_uncommitted")
     try:
         changelog = settings.changelog(T.PROFILES_TABLE)
         partitions = consumer.partitions_for_topic(changelog) or set()
@@ -231,12 +243,13 @@ def read_profiles(settings: KafkaSettings, timeout_s: float = 60.0) -> dict[str,
         consumer.close()
 
 
-def wait_applied(settings: KafkaSettings, expected: dict[str, int], timeout_s: float, alive: Callable[[], None]) -> dict[str, UserProfile]:
+def wait_applied(settings: KafkaSettings, expected: dict[str, int], timeout_s: float, alive: Callable[[], None], *,
+                 committed: bool = False) -> dict[str, UserProfile]:
     """Re-read the profiles changelog until each user's ``applied`` count is as ``expected``
     (0: no profile at all), or the deadline passes; returns the last profiles read."""
     deadline = Deadline(timeout_s)
     while True:
-        profiles = read_profiles(settings)
+        profiles = read_profiles(settings, committed=committed)
         got = {user: profiles[user].applied if user in profiles else 0 for user in expected}
         if got == expected:
             return profiles
@@ -443,6 +456,13 @@ class WorkerGroup:
         self.running.remove(name)
         return self.workers[name].stop()
 
+    def kill(self, name: str) -> None:
+        """SIGKILL one worker (no clean stop: it neither commits nor leaves the group; the group
+        notices when its session times out) and wait for it. ``start(name)`` restarts it on
+        its own state folder, which it then discards (``streams.worker.claim_state``)."""
+        self.running.remove(name)
+        self.workers[name].kill()
+
     def alive(self) -> None:
         for name in self.running:
             proc = self.workers[name].proc
@@ -521,3 +541,150 @@ def offline_profiles(catalog, placed: Sequence[tuple[Click | Purchase, str, int,
     for start in range(0, len(batch), 1000):
         profiles.update(engine.process(batch[start : start + 1000], profiles, now_ms=0).profiles)
     return profiles
+
+
+# --------------------------------------------------------------------------- exactly-once accounting
+
+def assert_answered_once(outputs: Outputs, placed: Sequence[tuple[object, str, int, int]], bad: Iterable[Coord] = ()) -> None:
+    """Exactly one recommendation per valid event of ``placed`` (event, topic, partition,
+    offset) and nothing else, one dead letter per ``bad`` coord and nothing else, as read by
+    ``outputs`` to the end (``Outputs(committed=True)`` under exactly-once)."""
+    outputs.read_to_end()
+    want = {(topic, partition, offset) for _, topic, partition, offset in placed}
+    by_coord = outputs.recs_by_coord()
+    missing = want - by_coord.keys()
+    doubled = {c for c, recs in by_coord.items() if len(recs) > 1}
+    unknown = by_coord.keys() - want
+    assert not missing and not doubled and not unknown, (
+        f"{len(missing)} events without a recommendation ({describe_coords(missing)}), {len(doubled)} with several "
+        f"({describe_coords(doubled)}), {len(unknown)} recommendations for no event sent ({describe_coords(unknown)})")
+    assert not outputs.recs.rejected, outputs.recs.rejected[:3]
+    letters = outputs.letters_by_coord()
+    bad = set(bad)
+    assert letters.keys() == bad and all(len(v) == 1 for v in letters.values()), (
+        f"dead letters differ from the malformed records: {describe_coords(letters.keys() ^ bad)}; "
+        f"repeated: {describe_coords(c for c, v in letters.items() if len(v) > 1)}")
+
+
+def assert_profiles_offline(settings: KafkaSettings, catalog, placed: Sequence[tuple[Click | Purchase, str, int, int]]) -> None:
+    """Every user's committed profile (the ``profiles`` changelog, ``read_committed``) equals
+    the one the worker's pure engine computes offline from ``placed``: each event applied once."""
+    import numpy as np
+
+    expected = offline_profiles(catalog, placed)
+    got = read_profiles(settings, committed=True)
+    assert got.keys() == expected.keys(), f"users {sorted(got.keys() ^ expected.keys())[:10]} differ"
+    counts = Counter(event.user_id for event, *_ in placed)
+    for user, want in expected.items():
+        have = got[user]
+        assert have.applied == counts[user] == want.applied, (user, have.applied, counts[user])
+        assert have.offsets == want.offsets, user
+        assert have.purchased == want.purchased, user
+        assert [(h.item_id, h.ts, h.kind) for h in have.history] == [(h.item_id, h.ts, h.kind) for h in want.history], user
+        assert have.ref_ts == want.ref_ts, user
+        np.testing.assert_allclose(have.vector, want.vector, rtol=1e-4, atol=1e-5, err_msg=user)
+
+
+def place(prod: KafkaProducer, settings: KafkaSettings, events: Sequence) -> list[tuple[object, str, int, int]]:
+    """Produce contract events, flush, and return ``(event, topic, partition, offset)`` each."""
+    return [(event, *coord) for event, coord in zip(events, send_events(prod, settings, events))]
+
+
+def mixed_events(n: int, users: int, item_ids: Sequence[str], start_ms: int, tag: str) -> list[Click | Purchase]:
+    """``n`` clicks and purchases (one in five) of users ``u0``..``u{users-1}``, one second
+    apart (distinct times: a profile does not depend on arrival order), event ids ``<tag><i>``."""
+    rng = random.Random(tag)
+    return [(Purchase if rng.random() < 0.2 else Click)(f"u{rng.randrange(users)}", rng.choice(item_ids), start_ms + i * 1000, f"{tag}{i}")
+            for i in range(n)]
+
+
+# --------------------------------------------------------------------------- a broker of the test's own
+
+def free_port_pair() -> int:
+    """A free port whose successor is free too (kafka.sh puts the controller on PORT+1)."""
+    def free(port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port < 65535 and free(port + 1):
+            return port
+    raise RuntimeError("no free pair of ports")
+
+
+class PrivateBroker:
+    """A plain broker of the test's own (``deploy/kafka/kafka.sh`` with ``RECSTREAM_KAFKA_PORT``
+    and ``RECSTREAM_KAFKA_DATA``): its own free port pair and data folder, so that stopping or
+    killing it touches no other test and nobody's broker on 9092."""
+
+    def __init__(self, data: Path, start_timeout_s: float = 180.0) -> None:
+        from streams.localkafka import script_path
+
+        self.port = free_port_pair()
+        self.data = Path(data)
+        self.script = script_path()
+        self.start_timeout_s = start_timeout_s
+        self.env = {**os.environ, "RECSTREAM_KAFKA_PORT": str(self.port), "RECSTREAM_KAFKA_DATA": str(self.data),
+                    "RECSTREAM_KAFKA_START_TIMEOUT": str(int(start_timeout_s)), "RECSTREAM_KAFKA_SECURITY": "plain"}
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _run(self, action: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(self.script), action], env=self.env, capture_output=True, text=True,
+                              timeout=self.start_timeout_s + 90, check=False)
+
+    def start(self) -> float:
+        """Start it (on its existing data, if any) and wait until it answers; returns the seconds taken."""
+        t0 = time.monotonic()
+        done = self._run("start")
+        if done.returncode != 0:
+            raise AssertionError(f"the private broker did not start:\n{done.stderr[-3000:]}")
+        return time.monotonic() - t0
+
+    def stop(self) -> None:
+        """A clean stop (SIGTERM; kafka.sh kills it after 60 s)."""
+        done = self._run("stop")
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    def pid(self) -> int:
+        return int((self.data / "broker.pid").read_text().strip())
+
+    def kill(self, timeout_s: float = 30.0) -> int:
+        """SIGKILL the broker's java process (its pid from ``broker.pid``), wait until it is
+        gone, and return the pid. The pid file goes too: the process may stay a zombie where
+        nothing reaps it, and kafka.sh would take a zombie for a running broker."""
+        pid = self.pid()
+        os.kill(pid, signal.SIGKILL)
+        deadline = Deadline(timeout_s)
+        while _process_alive(pid) or self.answers():  # a dying JVM's listening socket outlives it briefly
+            deadline.check(f"broker process {pid} to die after SIGKILL")
+            time.sleep(0.1)  # poll interval
+        (self.data / "broker.pid").unlink(missing_ok=True)
+        return pid
+
+    def answers(self) -> bool:
+        from streams.localkafka import answers
+
+        return answers(self.bootstrap, timeout_s=1.0)
+
+    def log_tail(self, lines: int = 40) -> str:
+        path = self.data / "server.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def _process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, dead but not reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

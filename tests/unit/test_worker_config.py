@@ -21,6 +21,8 @@ from streams.cli import build_parser, worker_config
         ({"session_timeout_s": 0}, "session timeout and heartbeat interval must be positive"),
         ({"heartbeat_interval_s": -1}, "session timeout and heartbeat interval must be positive"),
         ({"session_timeout_s": 6, "heartbeat_interval_s": 3}, "heartbeat interval must be at most a third of the session timeout"),
+        ({"session_timeout_s": 3, "heartbeat_interval_s": 1}, "session timeout must be between 6 and 1800 seconds"),
+        ({"session_timeout_s": 3600}, "session timeout must be between 6 and 1800 seconds"),
     ],
 )
 def test_bad_worker_settings_are_refused_with_the_reason(kwargs, fragment):
@@ -93,7 +95,7 @@ def test_session_timeout_and_heartbeat_are_worker_settings_passed_to_faust(monke
     cfg = worker_config(build_parser().parse_args(["worker", "--session-timeout", "9", "--heartbeat-interval", "1.5"]))
     assert (cfg.session_timeout_s, cfg.heartbeat_interval_s) == (9.0, 1.5)  # a flag beats the environment
     with pytest.raises(ValueError, match="at most a third"):
-        worker_config(build_parser().parse_args(["worker", "--session-timeout", "3"]))  # with the env's 2 s heartbeat
+        worker_config(build_parser().parse_args(["worker", "--session-timeout", "6", "--heartbeat-interval", "2.5"]))
 
     # what the Faust app (and so its aiokafka consumer) is given; a session timeout above
     # faust's 90 s request timeout raises the request timeout with it (faust refuses it otherwise)
@@ -122,3 +124,43 @@ def test_bad_adaptation_settings_are_refused_with_their_reason(kwargs, message) 
     with pytest.raises(ValueError) as err:
         WorkerConfig(**kwargs)
     assert message in str(err.value)
+
+
+def test_a_failing_state_volume_stops_the_worker_with_status_74(monkeypatch, caplog):
+    """A write the local RocksDB refuses for its storage ends the process (no dead letters for
+    the records in hand); other errors, and the lock faust retries, propagate as before."""
+    from streams import state
+
+    exits = []
+
+    def fake_exit(code):
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(state.os, "_exit", fake_exit)
+    monkeypatch.setattr(state.logging, "shutdown", lambda: None)
+    full = Exception("IO error: No space left on device: While appending to file: /data/profiles-0.db/000004.log: No space left on device")
+    with pytest.raises(SystemExit), caplog.at_level("CRITICAL", logger="recstream.worker"):
+        with state.state_write("table profiles, partition 0"):
+            raise full
+    assert exits == [state.EXIT_STATE_WRITE] == [74]
+    assert "cannot write the local state (table profiles, partition 0): IO error: No space left on device" in caplog.text
+    for other in (ValueError("a poison record"), Exception("IO error: While lock file: /data/LOCK: Resource temporarily unavailable")):
+        with pytest.raises(type(other)):
+            with state.state_write("table profiles, partition 0"):
+                raise other
+    assert exits == [74]
+
+
+def test_the_catalog_table_is_a_global_table_for_faust(tmp_path):
+    """Every worker of a group gets the catalog changelog (faust assigns a global table's
+    changelog to all of them) and applies each record as it arrives."""
+    from streams.app import Pipeline
+    from streams.config import KafkaSettings
+
+    class _Encoder:
+        dim, name = 8, "stub"
+
+    pipeline = Pipeline(WorkerConfig(kafka=KafkaSettings(topic_prefix="p."), data_dir=tmp_path, device="cpu"), encoder=_Encoder())
+    assert pipeline.items_table.is_global and pipeline.items_table.standby_buffer_size == 1
+    assert not pipeline.profiles.is_global
