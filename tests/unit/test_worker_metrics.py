@@ -188,7 +188,8 @@ def test_every_metric_name_the_dashboard_uses_exists():
             walk(panel.get("panels", ()))
 
     walk(dashboard["panels"])
-    state = M.WorkerState(dead_letters={"rating": 1}, lag={("clicks", 0): 0}, broker_up=True, healthy=True)
+    state = M.WorkerState(dead_letters={"rating": 1}, lag={("clicks", 0): 0}, broker_up=True, healthy=True,
+                          blend_weights={0: ((0.4, 0.5, 0.1), 0)})  # exported while the blend adapts its weights
     known = M.WorkerMetrics(topics=TOPICS, state=lambda: state).metric_names()
     assert used, "the dashboard queries no recstream metric"
     assert used <= known, f"not exported: {sorted(used - known)}"
