@@ -12,8 +12,9 @@ from scoring.backtest import BacktestConfig, run_offline
 from scoring.blend import DEFAULT_WEIGHTS
 from scoring.engine import EngineConfig
 from streams import topics as T
+from streams.app import WorkerConfig  # the worker's defaults: the blend adapts its weights
 from streams.backtest import backtest_replay
-from streams.client import producer, send_records
+from streams.client import partition_for, producer, send_records
 from streams.config import KafkaSettings
 from streams.demo.data import load_catalog, topic_of
 from streams.produce import parse_time
@@ -63,9 +64,11 @@ def test_backtest_through_kafka_equals_the_offline_protocol(kafka_settings):
         T.delete_topics(target, list(T.list_topics(target)))
     assert len(contents.events) == len(events) and len(contents.recommendations) == len(events)
 
-    # the worker's default ranker, the blend, in event-time order over both partitions
+    # the worker's default ranker, the blend, in event-time order over both partitions (its
+    # weights adapted per partition: the users keyed as the topics key them)
     offline = run_offline(events, catalog, config, encoder=TextEncoder(),
-                          engine_config=EngineConfig(k=20, emit="per-event", blend=DEFAULT_WEIGHTS))
+                          engine_config=EngineConfig(k=20, emit="per-event", blend=DEFAULT_WEIGHTS, adapt=WorkerConfig().adapt_config),
+                          partition_of=lambda user: partition_for(user.encode(), 2))
     assert via_kafka.counts == offline.counts
     assert via_kafka.counts["cases"] > 20
     for method in ("recstream", "popularity", "item-knn"):

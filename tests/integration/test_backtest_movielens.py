@@ -24,6 +24,7 @@ from scoring.engine import EngineConfig
 from streams import topics as T
 from streams.backtest import read_replay
 from streams.cli import main
+from streams.app import WorkerConfig  # the worker's defaults: the blend adapts its weights
 from streams.config import KafkaSettings
 from streams.produce import parse_time
 from streams.sources import load_dataset
@@ -85,7 +86,7 @@ def test_backtest_of_a_movielens_slice_equals_the_offline_protocol(kafka_setting
     order = [r.trigger.event_id for r in contents.recommendations]  # one partition: the processing order
     config = BacktestConfig(split_ms=split, ks=(5, 10, 20))
     offline = run_offline(dataset.events, dataset.catalog, config, encoder=TextEncoder(),
-                          engine_config=EngineConfig(k=20, emit="per-event", blend=DEFAULT_WEIGHTS), order=order)
+                          engine_config=EngineConfig(k=20, emit="per-event", blend=DEFAULT_WEIGHTS, adapt=WorkerConfig().adapt_config), order=order)
 
     assert doc["counts"] == offline.counts
     assert offline.counts["cases"] > 200
