@@ -18,9 +18,11 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -600,23 +602,70 @@ def mixed_events(n: int, users: int, item_ids: Sequence[str], start_ms: int, tag
 
 # --------------------------------------------------------------------------- a broker of the test's own
 
-def free_port_pair() -> int:
-    """A free port whose successor is free too (kafka.sh puts the controller on PORT+1)."""
-    def free(port: int) -> bool:
+def ports_free(first: int, count: int) -> bool:
+    """Whether ports ``first`` .. ``first + count - 1`` can be bound on loopback (as a broker
+    binds them: a port in TIME_WAIT is no obstacle)."""
+    for port in range(first, first + count):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 return False
-        return True
+    return True
 
+
+def free_port_block(count: int, preferred: int | None = None) -> int:
+    """The first of ``count`` consecutive free ports: ``preferred`` when its block is free,
+    else one found from a port the system hands out."""
+    if preferred is not None and ports_free(preferred, count):
+        return preferred
     for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port < 65535 and free(port + 1):
+        if port + count <= 65536 and ports_free(port, count):
             return port
-    raise RuntimeError("no free pair of ports")
+    raise RuntimeError(f"no block of {count} free ports")
+
+
+def free_port_pair() -> int:
+    """A free port whose successor is free too (kafka.sh puts the controller on PORT+1)."""
+    return free_port_block(2)
+
+
+def kafka_sh(action: str, env: dict[str, str], timeout_s: float, *flags: str) -> subprocess.CompletedProcess:
+    """``deploy/kafka/kafka.sh ACTION [FLAGS]`` with ``env`` (which says which broker)."""
+    from streams.localkafka import script_path
+
+    return subprocess.run(["bash", str(script_path()), action, *flags], env=env, capture_output=True, text=True,
+                          timeout=timeout_s, check=False)
+
+
+def remove_broker(env: dict[str, str], data: Path, *flags: str) -> None:
+    """Stop a test's own broker (SIGKILL when the clean stop failed) and delete its data folder."""
+    try:
+        kafka_sh("stop", env, 90, *flags)
+    finally:
+        pidfile = data / "broker.pid"  # still there only when the clean stop failed
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text().strip()), 9)
+            except (OSError, ValueError):
+                pass
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def cli(args: list[str], env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess:
+    """``recstream ARGS`` in a subprocess with ``env``, from the repository."""
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env, cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=timeout_s, check=False)
+
+
+def jsonl(path: Path, records: list[dict]) -> Path:
+    """``records`` written as JSON lines (a dataset file for ``recstream produce``)."""
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    return path
 
 
 class PrivateBroker:

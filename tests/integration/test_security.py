@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,36 +36,20 @@ from streams import topics as T
 from streams.client import WorkerProcess, producer, read_to_end, reader, wait_catalog
 from streams.config import KafkaSettings
 from streams.demo.data import load_catalog
-from streams.localkafka import script_path
 from streams.security import SecuritySettings
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import faults  # noqa: E402  (tests/ is not a package)
+
 START_TIMEOUT_S = 180
 CLI_TIMEOUT_S = 90
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _free_port_pair() -> int:
     """19094 (and 19095 for the controller) when free, else another free pair."""
-    if _port_free(19094) and _port_free(19095):
-        return 19094
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < 65535 and _port_free(port) and _port_free(port + 1):
-            return port
-    raise RuntimeError("no free pair of ports for the secured broker")
+    return faults.free_port_block(2, preferred=19094)
 
 
 @dataclass(frozen=True)
@@ -89,8 +72,7 @@ class SecuredBroker:
 
 
 def _kafka_sh(action: str, env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(script_path()), action, "--scram"], env=env, capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
+    return faults.kafka_sh(action, env, timeout_s, "--scram")
 
 
 def _grant_alice(admin: KafkaSettings, prefix: str) -> None:
@@ -140,26 +122,14 @@ def secured() -> Iterator[SecuredBroker]:
         _grant_alice(admin, sb.prefix)
         yield sb
     finally:
-        try:
-            _kafka_sh("stop", env, 90)
-        finally:
-            pidfile = data / "broker.pid"  # still there only when the clean stop failed
-            if pidfile.exists():
-                try:
-                    os.kill(int(pidfile.read_text().strip()), 9)
-                except (OSError, ValueError):
-                    pass
-            shutil.rmtree(data, ignore_errors=True)
+        faults.remove_broker(env, data, "--scram")
 
 
 def _cli(args: list[str], env: dict[str, str], timeout_s: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
+    return faults.cli(args, env, timeout_s)
 
 
-def _jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
-    return path
+_jsonl = faults.jsonl
 
 
 def test_alice_runs_the_pipeline_end_to_end_with_her_password_only_in_the_environment(secured, tmp_path):

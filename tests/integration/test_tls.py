@@ -36,7 +36,6 @@ import os
 import random
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,7 +55,6 @@ from streams import topics as T
 from streams.client import WorkerProcess, connection_options, producer, read_to_end, wait_catalog
 from streams.config import KafkaSettings
 from streams.demo.data import load_catalog, topic_of
-from streams.localkafka import script_path
 from streams.produce import parse_time
 from streams.records import Click, Purchase, decode_dead_letter, decode_recommendation, encode, record_key
 from streams.security import SecuritySettings, check_transactional_ids, kafka_python_kwargs
@@ -74,28 +72,9 @@ OFFSETS = {"SSL": 0, "MTLS": 1, "SASL_PLAIN": 2, "SASL_SCRAM": 3, "EXPIRED": 5, 
 PORTS = 7  # the listeners above and the controller (PORT+4)
 
 
-def _ports_free(first: int) -> bool:
-    for port in range(first, first + PORTS):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the broker binds: TIME_WAIT is no obstacle
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
 def _free_port_block() -> int:
     """19097 (the script's default) when its 7 ports are free, else another free block."""
-    if _ports_free(19097):
-        return 19097
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + PORTS < 65536 and _ports_free(port):
-            return port
-    raise RuntimeError("no block of 7 free ports for the TLS broker")
+    return faults.free_port_block(PORTS, preferred=19097)
 
 
 @dataclass(frozen=True)
@@ -144,8 +123,7 @@ def env_of(settings: KafkaSettings) -> dict[str, str]:
 
 
 def _kafka_sh(action: str, env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(script_path()), action, "--tls"], env=env, capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
+    return faults.kafka_sh(action, env, timeout_s, "--tls")
 
 
 def grant(admin: KafkaSettings, principal: str, prefix: str, transactional_ids: bool = True) -> None:
@@ -205,26 +183,14 @@ def tls_broker() -> Iterator[TlsBroker]:
         grant(admin, "User:ANONYMOUS", f"{broker.prefix}anon.")
         yield broker
     finally:
-        try:
-            _kafka_sh("stop", env, 90)
-        finally:
-            pidfile = data / "broker.pid"  # still there only when the clean stop failed
-            if pidfile.exists():
-                try:
-                    os.kill(int(pidfile.read_text().strip()), 9)
-                except (OSError, ValueError):
-                    pass
-            shutil.rmtree(data, ignore_errors=True)
+        faults.remove_broker(env, data, "--tls")
 
 
 def _cli(args: list[str], env: dict[str, str], timeout_s: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
+    return faults.cli(args, env, timeout_s)
 
 
-def _jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
-    return path
+_jsonl = faults.jsonl
 
 
 def _produce(settings: KafkaSettings, path: Path, records: list[dict], *extra: str) -> None:
