@@ -98,9 +98,56 @@ class HoldFlowDuringSeek:
         await super().perform_seek()  # type: ignore[misc]
 
 
-class RebalanceSafeConsumer(StreamTimeConsumer, CommitBeforeRevoke, HoldFlowDuringSeek, AIOKafkaConsumer):
-    """Faust's aiokafka consumer with :class:`CommitBeforeRevoke` and :class:`HoldFlowDuringSeek`:
-    a partition changes hands (or stays) without losing an event or answering one twice; and
+class RewindUncommitted:
+    """Consumer mixin: a seek to the committed offsets also takes back the partitions that
+    have no committed offset yet.
+
+    Faust drops fetched records whenever it seeks back to the committed offsets (a
+    rebalance, a fetch that returned while the flow was stopped), and the stream-time
+    merger drops the records it holds at every seek: the seek is what brings them back.
+    But aiokafka's ``seek_to_committed`` moves only the partitions whose committed offset is
+    above 0; a partition with none (not one of its records processed yet) keeps the
+    position its fetches reached, and the dropped records are never read again nor
+    answered, while the later ones are, and committed.  Seen in a replay through three
+    workers: the first records of two of the six partitions of the reviews topic (sparse,
+    so held longest) were lost.  This remembers, per input partition, the offset of the
+    first record fetched since the last seek, and seeks an uncommitted partition back to
+    it (a partition whose committed offset is 0, to 0), as a Java consumer whose position
+    was reset by ``auto.offset.reset`` at assignment would read it again.
+    """
+
+    _fetch_origins: dict | None = None
+
+    async def _getmany(self, active_partitions: set | None, timeout: float) -> Any:
+        records = await super()._getmany(active_partitions, timeout)  # type: ignore[misc]
+        if self._fetch_origins is None:
+            self._fetch_origins = {}
+        for tp, recs in records.items():
+            if recs and tp not in self._fetch_origins and not self._is_changelog_tp(tp):  # type: ignore[attr-defined]
+                self._fetch_origins[tp] = recs[0].offset
+        return records
+
+    async def seek_to_committed(self) -> Mapping[Any, int]:
+        committed = await super().seek_to_committed()  # type: ignore[misc]
+        origins, self._fetch_origins = self._fetch_origins or {}, {}
+        for tp, offset in committed.items():
+            start = origins.get(tp)
+            if not offset and start is not None:  # None or 0: aiokafka left the position where fetching took it
+                target = start if offset is None else 0
+                log.debug("rewinding %s[%d], not committed yet, to offset %d", tp.topic, tp.partition, target)
+                await self._seek(tp, target)  # type: ignore[attr-defined]
+        return committed
+
+    async def on_partitions_revoked(self, revoked: set) -> None:
+        await super().on_partitions_revoked(revoked)  # type: ignore[misc]
+        for tp in revoked:
+            (self._fetch_origins or {}).pop(tp, None)
+
+
+class RebalanceSafeConsumer(StreamTimeConsumer, CommitBeforeRevoke, RewindUncommitted, HoldFlowDuringSeek, AIOKafkaConsumer):
+    """Faust's aiokafka consumer with :class:`CommitBeforeRevoke`, :class:`RewindUncommitted` and
+    :class:`HoldFlowDuringSeek`: a partition changes hands (or stays) without losing an event
+    or answering one twice; and
     with :class:`~streams.streamtime.StreamTimeConsumer` when given a merger: the event
     topics' records reach the events agent in stream-time order."""
 

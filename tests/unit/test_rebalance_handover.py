@@ -25,7 +25,7 @@ import pytest
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP, Message
 
-from streams.worker import HoldFlowDuringSeek, RebalanceSafeConsumer, install_consumer_fixes
+from streams.worker import HoldFlowDuringSeek, RebalanceSafeConsumer, RewindUncommitted, install_consumer_fixes
 
 CLICKS = TP("p.clicks", 3)
 END = 3420
@@ -184,3 +184,79 @@ def test_the_batch_in_flight_finishes_and_everything_is_committed_before_the_par
     committed, seen = revoke_after_processing(fixed=True)
     assert committed and committed[-1] == {CLICKS: 110}
     assert seen == []  # nothing left for Faust to forget
+
+
+REVIEWS = TP("p.reviews", 5)
+CHANGELOG = TP("p.recstream-profiles-changelog", 5)
+
+
+class Record:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+class AiokafkaModel:
+    """What :class:`streams.worker.RewindUncommitted` uses of Faust's aiokafka consumer: fetches
+    advance the position; ``seek_to_committed`` moves only partitions committed above 0."""
+
+    def __init__(self, committed: dict[TP, int | None]) -> None:
+        self.committed = committed
+        self.position = {tp: 0 if offset is None else offset for tp, offset in committed.items()}
+
+    async def _getmany(self, active_partitions: set | None, timeout: float) -> dict[TP, list[Record]]:
+        out = {}
+        for tp in self.position:
+            out[tp] = [Record(o) for o in range(self.position[tp], self.position[tp] + 4)]
+            self.position[tp] += 4
+        return out
+
+    async def seek_to_committed(self) -> dict[TP, int | None]:
+        for tp, offset in self.committed.items():
+            if offset and offset > 0:  # aiokafka's AIOKafkaConsumer.seek_to_committed
+                self.position[tp] = offset
+        return dict(self.committed)
+
+    async def _seek(self, tp: TP, offset: int) -> None:
+        self.position[tp] = offset
+
+    def _is_changelog_tp(self, tp: TP) -> bool:
+        return tp.topic.endswith("-changelog")
+
+    async def on_partitions_revoked(self, revoked: set) -> None:
+        return None
+
+
+class RewoundModel(RewindUncommitted, AiokafkaModel):
+    pass
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["aiokafka alone", "with RewindUncommitted"])
+def test_records_dropped_at_a_seek_are_read_again_though_nothing_was_committed(fixed: bool) -> None:
+    # the replay through 3 workers: the first reviews of a partition were held by the
+    # stream-time merger (dropped at the seek that ended a rebalance) and never answered
+    committed: dict[TP, int | None] = {REVIEWS: None, CLICKS: 40, CHANGELOG: None, TP("p.purchases", 5): 0}
+    consumer = (RewoundModel if fixed else AiokafkaModel)(committed)
+
+    async def run() -> None:
+        await consumer._getmany(None, 1.0)  # fetched, then dropped: Faust seeks back
+        await consumer._getmany(None, 1.0)
+        await consumer.seek_to_committed()
+
+    asyncio.run(run())
+    if fixed:
+        assert consumer.position == {REVIEWS: 0, CLICKS: 40, CHANGELOG: 8, TP("p.purchases", 5): 0}
+    else:
+        assert consumer.position[REVIEWS] == 8 and consumer.position[TP("p.purchases", 5)] == 8  # 0-7 never read again
+
+
+def test_a_revoked_partition_is_not_rewound_to_where_it_was_fetched_before() -> None:
+    consumer = RewoundModel({REVIEWS: None})
+
+    async def run() -> None:
+        await consumer._getmany(None, 1.0)  # 0-3
+        await consumer.on_partitions_revoked({REVIEWS})
+        consumer.position[REVIEWS] = 100  # assigned again: its position reset elsewhere
+        await consumer.seek_to_committed()
+
+    asyncio.run(run())
+    assert consumer.position[REVIEWS] == 100
