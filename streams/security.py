@@ -397,19 +397,31 @@ def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
-async def _probe(servers: list[str], sec: SecuritySettings, timeout_s: float) -> None:
+async def _probe(servers: list[str], sec: SecuritySettings, timeout_s: float, tls12: bool = False) -> None:
+    """Connect to each of ``servers`` and send one request; raises :class:`BrokerUnreachable`
+    or :class:`AuthenticationFailed` with one line that says what to change.
+
+    With TLS 1.3 a broker that wants a client certificate checks it after the handshake
+    has completed on the client's side, and its refusal reaches the client either as a TLS
+    alert or, depending on timing, as a plain closed connection.  So when an SSL connection
+    without a client certificate is closed, the probe asks again with TLS 1.2 at most
+    (``tls12``), where the certificate request is part of the handshake and a refusal is
+    always a TLS alert."""
     from aiokafka import errors as E
     from aiokafka.conn import create_conn
     from aiokafka.protocol.metadata import MetadataRequest
 
     problems, closed = [], False
+    kwargs = aiokafka_kwargs(sec)
+    if tls12:
+        kwargs["ssl_context"].maximum_version = ssl.TLSVersion.TLSv1_2
     for server in servers:
         host, _, port = server.rpartition(":")
         conn = None
         try:
             conn = await asyncio.wait_for(
                 create_conn(host, int(port), client_id="recstream-check", request_timeout_ms=int(timeout_s * 1000),
-                            **aiokafka_kwargs(sec)),
+                            **kwargs),
                 timeout_s,
             )
             # one request past the handshakes, as every client's first: a listener that wants
@@ -443,6 +455,14 @@ async def _probe(servers: list[str], sec: SecuritySettings, timeout_s: float) ->
         finally:
             if conn is not None:
                 conn.close()
+    if closed and sec.uses_ssl and not sec.ssl_certfile and not tls12:
+        try:
+            await _probe(servers, sec, timeout_s, tls12=True)
+        except BrokerUnreachable as again:
+            if "client certificate" in str(again):
+                raise
+        else:
+            return
     hint = ""
     if closed:
         hint = (" (does the listener speak this protocol? TLS against a plain listener, SASL against one without "

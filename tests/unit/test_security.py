@@ -341,30 +341,35 @@ class _TlsServer:
             if client_ca is not None:
                 self.context.verify_mode = ssl.CERT_REQUIRED
                 self.context.load_verify_locations(str(client_ca))
+        self.closed = threading.Event()
         self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(10)
+        self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(5)
+        while not self.closed.is_set():  # as a broker, every connection (a client may try again)
             try:
-                if self.context is None:
-                    conn.recv(1024)
-                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
-                    return
-                with self.context.wrap_socket(conn, server_side=True) as tls:
-                    tls.recv(1024)
-            except (OSError, ssl.SSLError):
-                pass  # the handshake failed: what the client reports is checked
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    if self.context is None:
+                        conn.recv(1024)
+                        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                        continue
+                    with self.context.wrap_socket(conn, server_side=True) as tls:
+                        tls.recv(1024)
+                except (OSError, ssl.SSLError):
+                    pass  # the handshake failed: what the client reports is checked
 
     def close(self) -> None:
+        self.closed.set()
         self.sock.close()
         self.thread.join(10)
 
