@@ -136,6 +136,13 @@ class WorkerConfig:
     # learned user encoder (scoring/learned.py): a checkpoint of 'recstream train', None = off
     user_model: str | None = None
     user_model_check_s: float = 5.0
+    # the HTTP API (streams/api.py) on the metrics endpoint's server: on unless switched off
+    # (--no-api) or the endpoint is off; the URL other workers reach this one at (None: the
+    # endpoint's address, set by run_worker); a bearer token required by every endpoint but
+    # /health, /ready and /metrics (None: none)
+    api: bool = True
+    api_url: str | None = None
+    api_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         problems = []
@@ -188,6 +195,8 @@ class WorkerConfig:
             AdaptConfig(step=self.adapt_step, rate=self.adapt_rate, epoch=self.adapt_epoch)
         except ValueError as exc:
             problems.append(str(exc))
+        if self.api_token is not None and (not self.api_token or any(c.isspace() or not c.isprintable() for c in self.api_token)):
+            problems.append("API token must be non-empty printable text without spaces")
         if not self.user_model_check_s > 0:
             problems.append(f"user model check interval must be positive, got {self.user_model_check_s}s")
         if not self.cooc_half_life_days >= 0:
@@ -319,6 +328,10 @@ class Pipeline:
         )
 
         (config.data_dir / s.app_id).mkdir(parents=True, exist_ok=True)
+        # where the other workers of the group send the API requests for this worker's users:
+        # faust shares each member's canonical URL in the group's assignment metadata
+        # (streams/api.py routes by it); faust's default is the same for every worker of a host
+        extra_conf = {"canonical_url": config.api_url} if config.api_url else {}
         self.app = faust.App(
             s.app_id,
             broker=[f"kafka://{server}" for server in s.bootstrap_servers],
@@ -348,6 +361,7 @@ class Pipeline:
             stream_wait_empty=True,
             # the event records released by the stream-time merger go out in its order
             ConsumerScheduler=StreamTimeScheduler,
+            **extra_conf,
         )
         # recstream reads and writes bytes and does its own (de)serialization: never pickle.
         # Topics get the serializers as arguments, not as a faust.Schema: with tables in
@@ -377,6 +391,8 @@ class Pipeline:
         self.cooccurrence_table = _raw(self.app.Table(T.COOCCURRENCE_TABLE, partitions=config.partitions, **raw))
         # the adaptive blend's weights (scoring/adapt.py), one key per input partition
         self.weights_table = _raw(self.app.Table(T.WEIGHTS_TABLE, partitions=config.partitions, **raw))
+        # each user's latest recommendation record, as published (the API's lookups)
+        self.latest_table = _raw(self.app.Table(T.LATEST_TABLE, partitions=config.partitions, **raw))
         # faust's advice for global tables shared by several workers: one partition and a
         # recovery buffer of one
         self.items_table = self.app.tables.add(
@@ -483,6 +499,36 @@ class Pipeline:
                 self.transactions.add(partition, changelog, partition, kvs, on_delivered=persisted)
             return
         await self._send_batches(changelog, writes, on_delivered=persisted)
+
+    async def delete_table_keys(self, table: Any, deletes: Mapping[int, Sequence[bytes]], events: Mapping[int, Any]) -> None:
+        """Delete keys of a raw-bytes table: ``deletes`` by partition; ``events[p]`` is an
+        input event of partition ``p``.  The same as ``del table[key]`` for each: the key
+        leaves the local store, and a tombstone (null value) goes to the changelog
+        partition, so compaction removes the key from the changelog and a restored worker
+        does not bring it back.  Under exactly-once the tombstones join the transaction of
+        partition ``p``, as :meth:`write_table`'s records do."""
+        if not deletes:
+            return
+        from .state import as_event, state_write
+
+        store = table.data
+        for partition, keys in deletes.items():
+            with as_event(events[partition]), state_write(f"table {table.name}, partition {partition}"):
+                for key in keys:
+                    store._del(key)  # faust's own delete: every database that may hold the key
+                    store._key_index.pop(key, None)
+        changelog = table.changelog_topic.get_topic_name()
+        tombstones = {p: [(key, None) for key in keys] for p, keys in deletes.items() if keys}
+
+        def persisted(partition: int, offset: int) -> None:
+            store.set_persisted_offset(TP(changelog, partition), offset)
+
+        if self.transactions is not None:
+            self.uncommitted_writes = True
+            for partition, kvs in tombstones.items():
+                self.transactions.add(partition, changelog, partition, kvs, on_delivered=persisted)  # type: ignore[arg-type]
+            return
+        await self._send_batches(changelog, tombstones, on_delivered=persisted)  # type: ignore[arg-type]
 
     async def commit_batch(self, events: Sequence[Any]) -> None:
         """Exactly-once: commit what the micro-batch ``events`` produced, with its input

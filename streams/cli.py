@@ -154,7 +154,16 @@ def worker_config(args: argparse.Namespace):
         adapt_epoch=args.adapt_epoch,
         user_model=args.user_model,
         user_model_check_s=args.user_model_check_s,
+        api=args.api,
+        api_url=args.api_url,
+        api_token=_api_token(args.api_token_file) if args.api_token_file else None,
     )
+
+
+def _api_token(path: str) -> str:
+    from .api import read_token_file
+
+    return read_token_file(path)  # ValueError with the reason: one line, exit status 1
 
 
 def _partitioner(partitions: int | None):
@@ -310,9 +319,52 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stall-timeout", type=float, default=float(_env("STALL_TIMEOUT", "60")), metavar="SECONDS", help="/health turns unhealthy when input waits and no micro-batch completed for this long (env RECSTREAM_STALL_TIMEOUT; default 60)")
     g.add_argument("--broker-grace", type=float, default=float(_env("BROKER_GRACE", "30")), metavar="SECONDS", help="/health turns unhealthy when the broker has not answered for this long (env RECSTREAM_BROKER_GRACE; default 30)")
     g.add_argument("--log-format", choices=["text", "json"], default=_env("LOG_FORMAT", "text"), help="text, or json: one JSON object per line (env RECSTREAM_LOG_FORMAT; default text); secrets and review texts are masked in both")
+    g = p.add_argument_group("HTTP API (docs/api.md), served on the metrics endpoint's port")
+    api_flag = _env_flag("API")
+    g.add_argument("--api", action=argparse.BooleanOptionalAction, default=True if api_flag is None else api_flag, help="serve /v1/ (latest recommendations, recommend on request, forget a user) beside /metrics; --no-api switches it off; off too when the metrics endpoint is (env RECSTREAM_API; default on)")
+    g.add_argument("--api-token-file", metavar="FILE", default=_env("API_TOKEN_FILE"), help="file whose first line is a bearer token every endpoint but /health, /ready and /metrics then requires (env RECSTREAM_API_TOKEN_FILE; default none: no token)")
+    g.add_argument("--api-url", metavar="URL", default=_env("API_URL"), help="the URL the other workers of the group forward this worker's users' requests to (env RECSTREAM_API_URL; default http://<metrics host>:<metrics port>, the host's name when listening on 0.0.0.0)")
     g = p.add_argument_group("consumer group membership (README: Guarantees, crashes and bad input)")
     g.add_argument("--session-timeout", type=float, default=float(_env("SESSION_TIMEOUT", "60")), metavar="SECONDS", help="a worker that sends no heartbeat for this long (killed, frozen, cut off from the broker) is dropped from the group and its partitions go to the others: shorter fails over faster, and drops a worker paused by GC or a busy CPU sooner (a spurious rebalance); 6 to 1800, what brokers accept by default (env RECSTREAM_SESSION_TIMEOUT; default 60)")
     g.add_argument("--heartbeat-interval", type=float, default=float(_env("HEARTBEAT_INTERVAL", "3")), metavar="SECONDS", help="how often the worker sends its heartbeat; at most a third of --session-timeout (env RECSTREAM_HEARTBEAT_INTERVAL; default 3)")
+
+
+# --- recstream forget ------------------------------------------------------------------
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    import time
+    import uuid
+
+    import orjson
+
+    from . import topics as T
+    from .client import partition_for, producer
+    from .records import Forget, encode
+
+    settings = settings_from(args)
+    user = args.user
+    if not user or len(user) > 256 or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in user):
+        raise ValueError("user: must have 1 to 256 characters and no control characters")
+    record = Forget(user, int(time.time() * 1000), args.request_id or uuid.uuid4().hex)
+    topic = settings.topic(T.CLICKS)
+    prod = producer(settings)
+    try:
+        partitions = prod.partitions_for(topic)
+        if not partitions:
+            raise ValueError(f"topic {topic!r} does not exist on {settings.broker}")
+        meta = prod.send(topic, key=user.encode(), value=encode(record),
+                         partition=partition_for(user.encode(), len(partitions))).get(timeout=60)
+    finally:
+        prod.close()
+    out = {"status": "accepted", "user_id": user, "request_id": record.request_id, "topic": topic,
+           "partition": meta.partition, "offset": meta.offset}
+    if args.json:
+        print(orjson.dumps(out).decode())
+    else:
+        print(f"forget request {record.request_id} for user {user!r} written to {topic}[{meta.partition}] at offset "
+              f"{meta.offset}; the worker holding that partition deletes the user's profile and latest "
+              f"recommendations when it reaches it (docs/api.md)")
+    return 0
 
 
 # --- recstream profile -----------------------------------------------------------------
@@ -621,6 +673,17 @@ def build_parser() -> argparse.ArgumentParser:
     _worker_options(p)
     p.add_argument("--loglevel", default=_env("LOGLEVEL", "info"), choices=["debug", "info", "warning", "error"], help="worker log level (env RECSTREAM_LOGLEVEL; default info)")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("forget", parents=[kafka_opts], help="forget a user: delete their profile and latest recommendations",
+                       description="Write a forget request for USER to the clicks topic (keyed by the user, so it is applied "
+                                   "in order with the user's events). The worker holding the user's partition deletes the "
+                                   "user's profile and latest recommendations, with tombstones on their changelogs, when it "
+                                   "reaches it; aggregate counts remain (docs/api.md: Forgetting a user). The same as "
+                                   "DELETE /v1/users/{user_id}.")
+    p.add_argument("user", help="user id")
+    p.add_argument("--request-id", help="an id for the request, for tracing (default: a random one)")
+    p.add_argument("--json", action="store_true", help="print the acknowledgement as JSON")
+    p.set_defaults(func=cmd_forget)
 
     p = sub.add_parser("profile", parents=[kafka_opts], help="show what the pipeline holds for a user",
                        description="Print a user's profile (events applied, last offsets, recent history, purchases) and latest "

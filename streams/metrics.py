@@ -610,10 +610,12 @@ class MonitoringService(Service):
     the broker probe. Started with the Faust worker, before the app (so it answers while
     tables recover); :meth:`mark_started` is called when start-up finishes."""
 
-    def __init__(self, pipeline: "Pipeline", sock: socket.socket, policy: HealthPolicy, **kwargs: Any) -> None:
+    def __init__(self, pipeline: "Pipeline", sock: socket.socket, policy: HealthPolicy, *, api: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pipeline = pipeline
         self.sock = sock
+        #: the HTTP API (:class:`streams.api.Api`) served on the same port, or None
+        self.api = api
         self.metrics: WorkerMetrics = pipeline.telemetry
         self.monitor = HealthMonitor(policy, time.monotonic())
         self.probe_interval_s = min(10.0, max(0.5, policy.broker_grace_s / 3))
@@ -669,16 +671,23 @@ class MonitoringService(Service):
         web_app.router.add_get("/metrics", metrics)
         web_app.router.add_get("/health", health)
         web_app.router.add_get("/ready", ready)
+        if self.api is not None:
+            self.api.install(web_app)
         self._runner = web.AppRunner(web_app, access_log=None)
         await self._runner.setup()
         await web.SockSite(self._runner, self.sock).start()
         host, port = self.address
         log.info("metrics on http://%s:%d/metrics, health on /health and /ready", host, port)
+        if self.api is not None:
+            log.info("API on http://%s:%d/v1/ (advertised to the group as %s; %s)", host, port, self.api.backend.own_url,
+                     "bearer token required" if self.api.token else "no token")
 
     async def on_stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.api is not None:
+            await self.api.backend.close()
 
     @Service.task
     async def _probe(self) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "Click",
     "DeadLetter",
     "Event",
+    "Forget",
     "Item",
     "ItemDeleted",
     "Purchase",
@@ -60,6 +61,7 @@ __all__ = [
     "encode",
     "encode_emitted",
     "parse_event",
+    "parse_input",
     "parse_item",
     "record_key",
     "schema_path",
@@ -69,7 +71,9 @@ SCHEMA_VERSION: Final = 1
 #: Logical kinds of the user-event topics (before any deployment prefix).
 EVENT_TOPICS: Final = ("clicks", "purchases", "reviews")
 #: Topic kinds that have a JSON Schema file (see :func:`schema_path`).
-SCHEMA_KINDS: Final = ("items", "clicks", "purchases", "reviews", "recommendations", "dlq")
+SCHEMA_KINDS: Final = ("items", "clicks", "purchases", "reviews", "recommendations", "dlq", "forget")
+#: ``type`` of a forget request, a control record on an event topic (see :class:`Forget`).
+FORGET_TYPE: Final = "forget"
 
 MAX_VALUE_BYTES: Final = 1_000_000  # an input value, encoded
 MAX_ID_CHARS: Final = 256  # user_id, item_id, event_id, because
@@ -206,6 +210,27 @@ class Review:
 Event: TypeAlias = Click | Purchase | Review
 
 
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """A request to forget a user (``recstream forget``, ``DELETE /v1/users/{user_id}``).
+
+    A control record on an event topic (``clicks`` by default), key = user_id, so that it is
+    ordered with the user's events and applied by the worker holding the user's partition,
+    in the same micro-batch transaction as the events around it.  On the wire:
+    ``{"type": "forget", "user_id", "ts", "request_id"?}`` (``schema`` 1 optional).  A worker
+    older than this record type dead-letters it (``unknown field "type"``): it is never
+    misread, and can be replayed from the dead-letter topic once the workers are upgraded.
+    """
+
+    kind: ClassVar[str] = "forget"
+    user_id: str
+    ts: int
+    request_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _without_none({"type": FORGET_TYPE, "user_id": self.user_id, "ts": self.ts, "request_id": self.request_id})
+
+
 class RecItem(NamedTuple):
     """One recommended item; ``because`` is the history item that most explains it, if any.
 
@@ -328,8 +353,8 @@ class DeadLetter:
 
 
 #: Everything :func:`encode` accepts.
-Record: TypeAlias = Item | Click | Purchase | Review | Recommendation | DeadLetter
-_ENCODABLE: Final = (Item, Click, Purchase, Review, Recommendation, DeadLetter)
+Record: TypeAlias = Item | Click | Purchase | Review | Forget | Recommendation | DeadLetter
+_ENCODABLE: Final = (Item, Click, Purchase, Review, Forget, Recommendation, DeadLetter)
 
 
 # --------------------------------------------------------------------------- field checks
@@ -622,6 +647,16 @@ _SHAPES: Final[dict[str, Check]] = {
         },
         _drop_schema(Review),
     ),
+    "forget": _object(
+        {
+            "schema": _OPTIONAL_SCHEMA,
+            "type": _Field(_one_of(FORGET_TYPE)),
+            "user_id": _ID,
+            "ts": _EVENT_TS,
+            "request_id": _OPTIONAL_ID,
+        },
+        lambda schema, type, **values: Forget(**values),
+    ),
     "recommendations": _object(
         {
             "schema": _Field(_check_schema),
@@ -779,6 +814,35 @@ def parse_event(
     return event
 
 
+def parse_input(
+    kind: str,
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    now_ms: int | None = None,
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
+) -> Event | Forget:
+    """:func:`parse_event`, or a :class:`Forget` request when the value is a JSON object
+    whose ``type`` is ``"forget"`` (on any event topic).  The same rules: key required and
+    equal to ``user_id``, exactly the listed fields, ``ts`` bounded.  Raises
+    :class:`ValidationError`."""
+    if value is None or b'"type"' not in value:  # no JSON object with a "type" key: not a control record
+        return parse_event(kind, key, value, now_ms=now_ms, max_future_ms=max_future_ms)
+    if kind not in EVENT_TOPICS:
+        raise ValueError(f"kind: must be one of {', '.join(EVENT_TOPICS)}, got {kind!r}")
+    key_text = _key_text(key, "user_id")
+    _check_size(value)
+    obj, pending = _loads(value)
+    if not (isinstance(obj, dict) and obj.get("type") == FORGET_TYPE):
+        return parse_event(kind, key, value, now_ms=now_ms, max_future_ms=max_future_ms)
+    forget: Forget = _SHAPES["forget"](obj, "", _clock(now_ms, max_future_ms))
+    if pending is not None:
+        raise pending
+    if key_text != forget.user_id:
+        _fail("key", f"must equal user_id {_preview(forget.user_id)}, got {_preview(key_text)}")
+    return forget
+
+
 def decode_recommendation(value: bytes) -> Recommendation:
     """Read a ``recommendations`` value back (for consumers and tests). Raises :class:`ValidationError`."""
     return _decode("recommendations", value, None)
@@ -825,11 +889,11 @@ def encode_emitted(rec: Recommendation, *, emitted_ts: int, received_ts: int | N
     })
 
 
-def record_key(record: Item | ItemDeleted | Event | Recommendation) -> bytes:
+def record_key(record: Item | ItemDeleted | Event | Forget | Recommendation) -> bytes:
     """The Kafka key of a record: item_id on ``items``, user_id everywhere else."""
     if isinstance(record, (Item, ItemDeleted)):
         return record.item_id.encode("utf-8")
-    if isinstance(record, (Click, Purchase, Review, Recommendation)):
+    if isinstance(record, (Click, Purchase, Review, Forget, Recommendation)):
         return record.user_id.encode("utf-8")
     raise TypeError(f"{type(record).__name__} has no contract key (a dead letter keeps the original key)")
 

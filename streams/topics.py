@@ -33,7 +33,10 @@ POPULARITY_TABLE = "popularity"
 #: per-partition co-occurrence rows, key "<partition>:<item>" (written with --blend only)
 COOCCURRENCE_TABLE = "cooccurrence"
 WEIGHTS_TABLE = "blend-weights"
-TABLES = (PROFILES_TABLE, ITEMS_TABLE, POPULARITY_TABLE, COOCCURRENCE_TABLE, WEIGHTS_TABLE)
+#: each user's latest recommendation record (the bytes published on ``recommendations``),
+#: key user id: served by ``GET /v1/users/{user_id}/recommendations`` (streams/api.py)
+LATEST_TABLE = "latest-recommendations"
+TABLES = (PROFILES_TABLE, ITEMS_TABLE, POPULARITY_TABLE, COOCCURRENCE_TABLE, WEIGHTS_TABLE, LATEST_TABLE)
 #: The catalog is small next to the event streams and replicated to every worker (a
 #: Faust global table): one partition keeps its topic, its changelog and the local store
 #: aligned, and one worker embeds each catalog update.
@@ -41,6 +44,13 @@ CATALOG_PARTITIONS = 1
 
 DEFAULT_PARTITIONS = 4
 COMPACTED = {"cleanup.policy": "compact"}
+#: The changelogs that hold per-user values (a forgotten user's old values stay in a log
+#: segment until the log cleaner compacts it, and the active segment is never compacted):
+#: Kafka rolls and compacts a segment at the latest this long after its first record
+#: (KIP-354), so a forgotten user's values are gone from the topic within about a day, and
+#: their tombstones a ``delete.retention.ms`` (default one day) later.
+PER_USER_TABLES = (PROFILES_TABLE, LATEST_TABLE)
+MAX_COMPACTION_LAG_MS = 24 * 3600 * 1000
 #: A dead letter carries the original value, base64-encoded when it is not UTF-8, so it can
 #: be a third larger than the largest record the broker accepted; the DLQ takes 4 MiB.
 DLQ_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -79,7 +89,8 @@ def topic_specs(
     specs.append(TopicSpec(settings.topic(DLQ), 1, {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}, rf))
     if include_changelogs:
         specs += [
-            TopicSpec(settings.changelog(t), CATALOG_PARTITIONS if t == ITEMS_TABLE else partitions, dict(COMPACTED), rf)
+            TopicSpec(settings.changelog(t), CATALOG_PARTITIONS if t == ITEMS_TABLE else partitions,
+                      {**COMPACTED, "max.compaction.lag.ms": str(MAX_COMPACTION_LAG_MS)} if t in PER_USER_TABLES else dict(COMPACTED), rf)
             for t in TABLES
         ]
     return specs

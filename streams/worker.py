@@ -274,6 +274,15 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
     except OSError as exc:
         log.error("cannot serve metrics on %s:%s: %s", config.metrics_host, config.metrics_port, exc.strerror or exc)
         return 1
+    if sock is not None and config.api and config.api_url is None:
+        # the address the other workers of the group forward this worker's users' requests to
+        import dataclasses
+        import socket as _socket
+
+        host, port = sock.getsockname()[:2]
+        if host in ("0.0.0.0", "::", ""):
+            host = _socket.getfqdn()
+        config = dataclasses.replace(config, api_url=f"http://{f'[{host}]' if ':' in host else host}:{port}")
     marker = claim_state(config)
     guard_faust_store_writes()  # a full or failing state volume stops the worker (status 74), see streams.state
     pipeline = Pipeline(config)
@@ -290,7 +299,15 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
     )
     services = []
     if sock is not None:
-        services.append(MonitoringService(pipeline, sock, HealthPolicy(config.stall_timeout_s, config.broker_grace_s)))
+        api = None
+        if config.api:
+            from .api import Api, PipelineBackend
+
+            assert config.api_url is not None
+            api = Api(PipelineBackend(pipeline, config.api_url), token=config.api_token, registry=pipeline.telemetry.registry)
+        services.append(MonitoringService(pipeline, sock, HealthPolicy(config.stall_timeout_s, config.broker_grace_s), api=api))
+    elif config.api:
+        log.warning("API off: it is served on the metrics endpoint's port, which is off")
 
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:

@@ -20,7 +20,7 @@ from encoders.profile import UserProfile
 from scoring.backtest import event_order_key
 from scoring.engine import Incoming
 
-from ..records import ValidationError, encode_emitted, parse_event
+from ..records import Forget, ValidationError, encode_emitted, parse_input
 from ..state import encode_log2, popularity_key, read_raw
 from . import apply_or_isolate, reject
 
@@ -42,14 +42,25 @@ def received_ms(message: object, wall_s: float, mono_s: float) -> int:
 
 
 async def handle_event_batch(pipeline: "Pipeline", events: Sequence["EventT"]) -> None:
+    """Validate a micro-batch and apply it.  Forget requests (:class:`streams.records.Forget`)
+    cut the batch: the events before one are applied first, then the user is forgotten,
+    then the events after it are applied (each part in the protocol's event order)."""
     parsed: list[tuple["EventT", Incoming]] = []
     for event in events:
         message = event.message
         kind = pipeline.event_topic_names[message.topic]
         try:
-            record = parse_event(kind, message.key, message.value)
+            record = parse_input(kind, message.key, message.value)
         except ValidationError as exc:
             await reject(pipeline, message, exc)
+            continue
+        if isinstance(record, Forget):
+            if parsed:
+                await apply_or_isolate(pipeline, merge_by_time(parsed), lambda batch: apply_batch(pipeline, batch))
+                parsed = []
+            from .forget import apply_forget
+
+            await apply_or_isolate(pipeline, [(event, record)], lambda batch: apply_forget(pipeline, batch))
             continue
         parsed.append((event, Incoming(record, message.topic, message.partition, message.offset)))
     if not parsed:
@@ -136,10 +147,18 @@ async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Inco
         }, partition_event)
     emitted = int(time.time() * 1000)  # the moment the records go out, after the state writes
     answers = []
+    latest: dict[str, tuple[int, bytes]] = {}  # each user's last record of the batch
     for rec in result.recommendations:
         t = rec.trigger
         value = encode_emitted(rec, emitted_ts=emitted, received_ts=received.get((t.topic, t.partition, t.offset)))
         answers.append((rec.user_id.encode(), value, t.topic, t.partition))
+        latest[rec.user_id] = (t.partition, value)
+    # the latest list per user (served by the API), the same bytes as the record published,
+    # in the batch's own writes (and transaction, under exactly-once)
+    latest_writes: dict[int, list[tuple[bytes, bytes]]] = {}
+    for user_id, (partition, value) in latest.items():
+        latest_writes.setdefault(partition, []).append((user_id.encode(), value))
+    await pipeline.write_table(pipeline.latest_table, latest_writes, partition_event)
     await pipeline.publish_many(pipeline.recs_topic, answers)
 
     stats, counts = result.stats, pipeline.metrics.counts

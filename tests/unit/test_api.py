@@ -1,0 +1,376 @@
+"""The HTTP API's layer (streams/api.py) without a broker: validation, JSON errors, auth,
+metrics and the OpenAPI document, through a real aiohttp server and client on loopback
+with a fake backend; and the ranking of requests (scoring/query.py) against the engine's
+own records.  The same API against a real worker: tests/integration/test_api.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from streams.api import (
+    MAX_BODY_BYTES,
+    MAX_K,
+    Api,
+    ApiError,
+    Owner,
+    QueryBatcher,
+    openapi_document,
+    parse_body,
+    read_token_file,
+)
+from scoring.query import QueryAnswer, QueryRequest, mix, rank_requests
+from streams.records import RecItem
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORD = {"schema": 1, "user_id": "u1", "items": [{"item_id": f"i{n}", "score": 1.0 - n / 10, "because": None} for n in range(5)],
+          "trigger": {"topic": "clicks", "partition": 0, "offset": 3, "event_id": None}, "event_ts": 1, "emitted_ts": 2,
+          "model": "blend/x"}
+
+
+class FakeBackend:
+    max_k = 5
+    own_url = "http://127.0.0.1:1"
+
+    def __init__(self) -> None:
+        self.forgotten: list[str] = []
+        self.requests: list[tuple[QueryRequest, str | None]] = []
+        self.busy: str | None = None
+
+    def unavailable(self) -> str | None:
+        return self.busy
+
+    def owner(self, user_id: str) -> Owner:
+        return Owner(0, True, self.own_url)
+
+    def latest(self, partition: int, user_id: str) -> bytes | None:
+        return orjson.dumps({**RECORD, "user_id": user_id}) if user_id == "u1" else None
+
+    def profile(self, partition: int, user_id: str):
+        return None
+
+    async def popular(self, k: int) -> list[dict[str, Any]]:
+        return [{"item_id": "p1", "score": 3.0, "because": None}][:k]
+
+    async def recommend(self, request: QueryRequest, text: str | None) -> QueryAnswer:
+        self.requests.append((request, text))
+        return QueryAnswer([RecItem("i1", 0.5, None)], "stub")
+
+    async def forget(self, user_id: str, request_id: str) -> dict[str, Any]:
+        self.forgotten.append(user_id)
+        return {"status": "accepted", "user_id": user_id, "request_id": request_id, "topic": "clicks", "partition": 0, "offset": 1}
+
+    async def forward(self, url, request, body):  # pragma: no cover - owner() is always local here
+        raise AssertionError("no forwarding in these tests")
+
+    async def close(self) -> None:
+        pass
+
+
+async def client_for(backend: FakeBackend, token: str | None = None, registry: CollectorRegistry | None = None) -> TestClient:
+    app = web.Application()
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", health)
+    Api(backend, token=token, registry=registry).install(app)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    return client
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("body, code, field", [
+    (b'{"query": "jazz"}', None, None),
+    (b'{"user_id": "u1", "k": 3, "exclude": ["a", "b"]}', None, None),
+    (b'{"query": "jazz", "colour": 1}', "unknown_field", "colour"),
+    (b'{"query": "jazz", "k": "5"}', "wrong_type", "k"),
+    (b'{"query": "jazz", "k": 5.0}', "wrong_type", "k"),
+    (b'{"query": "jazz", "k": true}', "wrong_type", "k"),
+    (b'{"query": "jazz", "k": 0}', "out_of_range", "k"),
+    (b'{"query": "jazz", "k": 101}', "out_of_range", "k"),
+    (b'{"query": 42}', "wrong_type", "query"),
+    (b'{"query": "   "}', "invalid_value", "query"),
+    (b'{"query": ""}', "out_of_range", "query"),
+    (b'{"user_id": "a\\u0000b"}', "invalid_value", "user_id"),
+    (b'{"user_id": ""}', "out_of_range", "user_id"),
+    (b'{"query": "x", "exclude": "i1"}', "wrong_type", "exclude"),
+    (b'{"query": "x", "exclude": [1]}', "wrong_type", "exclude[0]"),
+    (b'{}', "missing_field", None),
+    (b'{"k": 3}', "missing_field", None),
+    (b'', "invalid_json", None),
+    (b'{"query": ', "invalid_json", None),
+    (b'[1, 2]', "not_object", None),
+    (b'"jazz"', "not_object", None),
+    (b'{"query": "\xff"}', "invalid_utf8", None),
+])
+def test_parse_body(body: bytes, code: str | None, field: str | None) -> None:
+    if code is None:
+        parse_body(body)
+        return
+    with pytest.raises(ApiError) as info:
+        parse_body(body)
+    assert (info.value.code, info.value.field) == (code, field), info.value.message
+    assert info.value.status == 400
+    assert info.value.message
+
+
+def test_k_messages_name_the_range() -> None:
+    with pytest.raises(ApiError, match=rf"k: must be between 1 and {MAX_K}, got 500"):
+        parse_body(b'{"query": "x", "k": 500}')
+
+
+def test_token_file(tmp_path: Path) -> None:
+    f = tmp_path / "token"
+    f.write_text("s3cret-token\nignored\n")
+    assert read_token_file(str(f)) == "s3cret-token"
+    f.write_text("\n")
+    with pytest.raises(ValueError, match="first line"):
+        read_token_file(str(f))
+    with pytest.raises(ValueError, match="No such file"):
+        read_token_file(str(tmp_path / "missing"))
+
+
+def test_openapi_document_is_kept_in_docs() -> None:
+    doc = openapi_document()
+    on_disk = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    assert on_disk == json.loads(orjson.dumps(doc)), "regenerate: python -m streams.api > docs/openapi.json"
+    assert set(doc["paths"]) >= {"/v1/users/{user_id}/recommendations", "/v1/users/{user_id}", "/v1/recommend"}
+
+
+# --------------------------------------------------------------------------- over HTTP
+
+
+async def test_lookup_popularity_and_errors() -> None:
+    backend = FakeBackend()
+    registry = CollectorRegistry()
+    client = await client_for(backend, registry=registry)
+    try:
+        r = await client.get("/v1/users/u1/recommendations?k=2")
+        assert r.status == 200
+        doc = await r.json()
+        assert doc["items"] == RECORD["items"][:2] and doc["model"] == "blend/x"
+        assert r.headers["X-Recstream-Served-By"] == backend.own_url
+        r = await client.get("/v1/users/nobody/recommendations")
+        doc = await r.json()
+        assert (doc["model"], doc["trigger"], [i["item_id"] for i in doc["items"]]) == ("popularity", None, ["p1"])
+        for path, status, code in [
+            ("/v1/users/u1/recommendations?k=6", 400, "out_of_range"),
+            ("/v1/users/u1/recommendations?k=0", 400, "out_of_range"),
+            ("/v1/users/u1/recommendations?k=two", 400, "wrong_type"),
+            ("/v1/users/u1/recommendations?k=1&k=2", 400, "invalid_value"),
+            ("/v1/users/u1/recommendations?colour=red", 400, "unknown_parameter"),
+            ("/v1/users/a%00b/recommendations", 400, "invalid_value"),
+            ("/v1/users/" + "x" * 257 + "/recommendations", 400, "invalid_value"),
+            ("/v1/users/%ff/recommendations", 400, "invalid_utf8"),
+            ("/v1/nothing", 404, "not_found"),
+        ]:
+            r = await client.get(path)
+            doc = await r.json()
+            assert (r.status, doc["code"]) == (status, code), (path, doc)
+            assert doc["message"]
+        r = await client.put("/v1/recommend", data=b"{}")
+        assert (r.status, (await r.json())["code"]) == (405, "method_not_allowed")
+        r = await client.post("/v1/recommend", data=b"{}", headers={"Content-Type": "text/plain"})
+        assert (r.status, (await r.json())["code"]) == (415, "unsupported_media_type")
+        r = await client.post("/v1/recommend", data=b"{" + b" " * MAX_BODY_BYTES + b"}", headers={"Content-Type": "application/json"})
+        assert (r.status, (await r.json())["code"]) == (413, "body_too_large")
+        r = await client.get("/v1/users/a%2Fb/recommendations")  # an id with a slash, percent-encoded
+        assert r.status == 200 and (await r.json())["user_id"] == "a/b"
+        backend.busy = "rebalancing"
+        r = await client.get("/v1/users/u1/recommendations")
+        assert (r.status, (await r.json())["code"], r.headers["Retry-After"]) == (503, "unavailable", "1")
+        backend.busy = None
+        r = await client.delete("/v1/users/u-9")
+        assert r.status == 202 and (await r.json())["user_id"] == "u-9" and backend.forgotten == ["u-9"]
+        r = await client.post("/v1/recommend", json={"user_id": "u1", "query": "jazz", "k": 3, "exclude": ["i9"]})
+        doc = await r.json()
+        assert r.status == 200 and doc == {"user_id": "u1", "query": "jazz", "model": "stub",
+                                           "items": [{"item_id": "i1", "score": 0.5, "because": None}]}
+        request, text = backend.requests[-1]
+        assert (request.user_id, request.k, request.exclude, text) == ("u1", 3, frozenset({"i9"}), "jazz")
+        r = await client.get("/v1/openapi.json")
+        assert (await r.json())["openapi"].startswith("3.1")
+    finally:
+        await client.close()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for m in registry.collect() for s in m.samples}
+    key = ("recstream_api_requests_total", (("method", "GET"), ("route", "/v1/users/{user_id}/recommendations"), ("status", "200")))
+    assert samples[key] == 3
+    assert samples[("recstream_api_requests_total", (("method", "GET"), ("route", "other"), ("status", "404")))] == 1
+    assert samples[("recstream_api_request_duration_seconds_count", (("route", "/v1/recommend"),))] >= 3
+
+
+async def test_bearer_token() -> None:
+    client = await client_for(FakeBackend(), token="tok-123")
+    try:
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic dG9rLTEyMw=="}, {"Authorization": "Bearer"}):
+            r = await client.get("/v1/users/u1/recommendations", headers=headers)
+            doc = await r.json()
+            assert (r.status, doc["code"]) == (401, "unauthorized"), headers
+            assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        r = await client.get("/v1/openapi.json")
+        assert r.status == 401
+        r = await client.get("/v1/users/u1/recommendations", headers={"Authorization": "Bearer tok-123"})
+        assert r.status == 200
+        for path in ("/health", "/metrics"):
+            assert (await client.get(path)).status == 200
+    finally:
+        await client.close()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+FIELDS = st.sampled_from(["user_id", "query", "k", "exclude", "colour", "K", ""])
+BODIES = st.one_of(
+    st.binary(max_size=200),
+    st.dictionaries(FIELDS, JSON_VALUES, max_size=5).map(orjson.dumps),
+    JSON_VALUES.map(orjson.dumps),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=BODIES)
+def test_fuzzed_bodies_get_a_json_answer_never_a_500(body: bytes) -> None:
+    import asyncio
+
+    async def run() -> None:
+        client = await client_for(FakeBackend())
+        try:
+            r = await client.post("/v1/recommend", data=body, headers={"Content-Type": "application/json"})
+            doc = await r.json()
+            assert r.status in (200, 400), (body, r.status, doc)
+            if r.status == 400:
+                assert set(doc) <= {"code", "message", "field"} and doc["code"] and doc["message"]
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+
+
+async def test_batcher_groups_requests_in_flight() -> None:
+    import asyncio
+
+    sizes: list[int] = []
+    gate = asyncio.Event()
+
+    async def run(batch):
+        sizes.append(len(batch))
+        await gate.wait()
+        return [QueryAnswer([], t or "") for _, t in batch]
+
+    batcher = QueryBatcher(run, max_batch=8)
+    tasks = [asyncio.ensure_future(batcher.submit(QueryRequest(None, None, None, 1), f"q{n}")) for n in range(12)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    answers = await asyncio.gather(*tasks)
+    assert [a.model for a in answers] == [f"q{n}" for n in range(12)]
+    assert sizes == [8, 4]
+
+
+# --------------------------------------------------------------------------- scoring/query.py
+
+
+def test_mix() -> None:
+    q, p = np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32)
+    assert mix(None, None) is None
+    np.testing.assert_allclose(mix(q, None), q)
+    m = mix(q, p, 0.7)
+    assert abs(np.linalg.norm(m) - 1) < 1e-6 and m[0] > m[1] > 0
+
+
+def test_a_request_without_query_ranks_as_the_stream() -> None:
+    from tests.unit.test_engine_blend import make_engine, stream
+
+    engine = make_engine(emit="per-user")
+    batch = stream(200, repeats=False)
+    profiles: dict = {}
+    result = engine.process(batch, profiles)
+    last = batch[-1].event.user_id
+    [rec] = [r for r in result.recommendations if r.user_id == last]
+    [answer] = rank_requests(engine, [QueryRequest(last, result.profiles[last], None, engine.config.k)])
+    assert answer.model == rec.model
+    assert [i.item_id for i in answer.items] == [i.item_id for i in rec.items]
+    np.testing.assert_allclose([i.score for i in answer.items], [i.score for i in rec.items], rtol=1e-4, atol=1e-5)
+    assert [i.because for i in answer.items] == [i.because for i in rec.items]
+
+
+def test_query_and_semantic_search() -> None:
+    from tests.unit.test_engine_blend import make_engine, stream
+
+    engine = make_engine(emit="per-user")
+    batch = stream(100, repeats=False)
+    result = engine.process(batch, {})
+    user = batch[-1].event.user_id
+    profile = result.profiles[user]
+    target = next(i for i in engine.matrix.ids() if i not in {h.item_id for h in profile.history} | profile.purchased)
+    vec = engine.matrix.vector(target)
+    [search, blended, excluded] = rank_requests(engine, [
+        QueryRequest(None, None, vec, 3),
+        QueryRequest(user, profile, vec, 3),
+        QueryRequest(None, None, vec, 3, frozenset({target})),
+    ])
+    assert search.items[0].item_id == target and search.model == "stub/semantic-search"
+    assert all(i.because is None for i in search.items)
+    assert blended.model.endswith("+query")
+    assert target not in [i.item_id for i in excluded.items]
+    seen = {h.item_id for h in profile.history} | profile.purchased
+    assert not seen & {i.item_id for i in blended.items}
+    # an unknown user: the popularity list, or the query blended with popularity
+    [pop, new_with_query] = rank_requests(engine, [QueryRequest("nobody", None, None, 4), QueryRequest("nobody", None, vec, 4)])
+    assert pop.model == "popularity" and len(pop.items) == 4
+    assert new_with_query.model.endswith("+query")
+
+
+# --------------------------------------------------------------------------- the forget record
+
+
+def test_forget_record_round_trip_and_rules() -> None:
+    from streams.records import Click, Forget, ValidationError, encode, parse_input, record_key
+
+    f = Forget("u-1", 1_700_000_000_000, "req-1")
+    assert parse_input("clicks", record_key(f), encode(f)) == f
+    assert orjson.loads(encode(f)) == {"type": "forget", "user_id": "u-1", "ts": 1_700_000_000_000, "request_id": "req-1"}
+    click = Click("u-1", "i1", 1_700_000_000_000)
+    assert parse_input("clicks", b"u-1", encode(click)) == click
+    for key, value, field in [
+        (b"u-2", encode(f), "key"),
+        (b"u-1", b'{"type": "forget", "user_id": "u-1"}', "ts"),
+        (b"u-1", b'{"type": "forget", "user_id": "u-1", "ts": 1, "item_id": "x"}', "item_id"),
+        (b"u-1", b'{"type": "other", "user_id": "u-1", "ts": 1}', "type"),
+        (b"u-1", b'{"type": "forget", "user_id": "u-1", "ts": 1, "schema": 2}', "schema"),
+    ]:
+        with pytest.raises(ValidationError) as info:
+            parse_input("purchases", key, value)
+        assert info.value.field == field, info.value
+
+
+def test_batched_requests_rank_as_one_by_one() -> None:
+    from tests.unit.test_engine_blend import make_engine, stream
+
+    engine = make_engine(emit="per-user")
+    batch = stream(150, repeats=False)
+    result = engine.process(batch, {})
+    vec = engine.matrix.vector("i3")
+    requests = [QueryRequest(u, p, vec if n % 2 else None, 2 + n % 4, frozenset({"i5"}), 0)
+                for n, (u, p) in enumerate(sorted(result.profiles.items()))]
+    requests += [QueryRequest(None, None, vec, 3), QueryRequest("nobody", None, None, 2)]
+    together = rank_requests(engine, requests)
+    alone = [rank_requests(engine, [r])[0] for r in requests]
+    assert [(a.model, [i.item_id for i in a.items]) for a in together] == [(a.model, [i.item_id for i in a.items]) for a in alone]
