@@ -144,10 +144,29 @@ class RewindUncommitted:
             (self._fetch_origins or {}).pop(tp, None)
 
 
-class RebalanceSafeConsumer(StreamTimeConsumer, CommitBeforeRevoke, RewindUncommitted, HoldFlowDuringSeek, AIOKafkaConsumer):
-    """Faust's aiokafka consumer with :class:`CommitBeforeRevoke`, :class:`RewindUncommitted` and
-    :class:`HoldFlowDuringSeek`: a partition changes hands (or stays) without losing an event
-    or answering one twice; and
+class SeekWithinRange:
+    """Consumer mixin: Faust's table recovery never seeks a changelog partition to an
+    offset below 0.
+
+    Recovery starts a changelog partition with no persisted offset at its earliest offset
+    minus one, and seeks to that (``-1`` becomes 0).  For a changelog topic created moments
+    before (a replay's workers start together), the broker can answer the earliest-offset
+    lookup with -1, and the standby seek then asked aiokafka for offset -2: "Offset must be a
+    positive integer", and the worker crashed while starting its standby partitions (seen in
+    a replay through three workers).  An offset below 0 means "from the start": 0.
+    """
+
+    async def seek_wait(self, partitions: Mapping[Any, int]) -> None:
+        below = {tp: offset for tp, offset in partitions.items() if offset is None or offset < 0}
+        if below:
+            log.debug("seeking %s from their start (offsets %s)", sorted(below), sorted(below.values(), key=str))
+        await super().seek_wait({tp: 0 if tp in below else offset for tp, offset in partitions.items()})  # type: ignore[misc]
+
+
+class RebalanceSafeConsumer(StreamTimeConsumer, CommitBeforeRevoke, RewindUncommitted, HoldFlowDuringSeek, SeekWithinRange, AIOKafkaConsumer):
+    """Faust's aiokafka consumer with :class:`CommitBeforeRevoke`, :class:`RewindUncommitted`,
+    :class:`HoldFlowDuringSeek` and :class:`SeekWithinRange`: a partition changes hands (or
+    stays) without losing an event or answering one twice; and
     with :class:`~streams.streamtime.StreamTimeConsumer` when given a merger: the event
     topics' records reach the events agent in stream-time order."""
 

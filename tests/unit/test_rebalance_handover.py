@@ -25,7 +25,7 @@ import pytest
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP, Message
 
-from streams.worker import HoldFlowDuringSeek, RebalanceSafeConsumer, RewindUncommitted, install_consumer_fixes
+from streams.worker import HoldFlowDuringSeek, RebalanceSafeConsumer, RewindUncommitted, SeekWithinRange, install_consumer_fixes
 
 CLICKS = TP("p.clicks", 3)
 END = 3420
@@ -260,3 +260,24 @@ def test_a_revoked_partition_is_not_rewound_to_where_it_was_fetched_before() -> 
 
     asyncio.run(run())
     assert consumer.position[REVIEWS] == 100
+
+
+def test_table_recovery_never_seeks_below_offset_0() -> None:
+    # Faust's standby recovery asked for offset -2 (the earliest offset of a changelog created
+    # moments before, -1, minus one): aiokafka refused it and the worker crashed
+    sought: list[dict] = []
+
+    class Driver:
+        async def seek_wait(self, partitions: dict) -> None:
+            if any(not isinstance(o, int) or o < 0 for o in partitions.values()):
+                raise ValueError("Offset must be a positive integer")  # aiokafka's seek
+            sought.append(dict(partitions))
+
+    class Safe(SeekWithinRange, Driver):
+        pass
+
+    standby = {CHANGELOG: -2, TP("p.recstream-popularity-changelog", 1): None, REVIEWS: 17}
+    with pytest.raises(ValueError):
+        asyncio.run(Driver().seek_wait(standby))
+    asyncio.run(Safe().seek_wait(standby))
+    assert sought == [{CHANGELOG: 0, TP("p.recstream-popularity-changelog", 1): 0, REVIEWS: 17}]
