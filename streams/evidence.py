@@ -21,6 +21,17 @@ waits; in a replay or a catch-up, where one worker can run far ahead of another 
 time, a worker still never ranks with evidence from its own future (it may lag behind the
 others' evidence instead).
 
+**Workers in step (optional).**  In real time every worker's stream time is close to the
+clock, so the others' evidence is about a second old.  In a replay or a catch-up after
+downtime, where years of events go through in minutes, a worker that runs ahead of another
+by a few seconds is weeks ahead in event time, and ranks with evidence that old from the
+partitions of the slower one.  With ``max_skew_ms`` (``recstream worker --max-skew-ms``,
+set by ``recstream backtest --workers``), :meth:`EvidenceFollower.horizon` tells the
+stream-time merger how far it may go: no further than ``max_skew_ms`` past the slowest
+followed partition that is still progressing (a record of its changelog arrived within
+``idle_s``); a partition that went quiet (its worker caught up, stopped or idle) holds
+nobody back.  The slowest worker never waits, so the group cannot deadlock.
+
 A worker that holds every partition follows nothing (no cost).  After a rebalance the
 worker rebuilds its own partitions from its tables and follows the rest: a partition it
 just gave away is read again from the start of its changelog.
@@ -34,8 +45,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from kafka import TopicPartition
 
@@ -43,6 +55,10 @@ from .client import reader
 from .config import KafkaSettings
 
 log = logging.getLogger("recstream.evidence")
+
+#: a followed partition whose changelog brought nothing for this long (seconds) no longer holds
+#: the others back (``max_skew_ms``): its worker is caught up, idle or gone
+IDLE_S = 10.0
 
 #: a followed record: (table, partition, key) -> value (``None``: a tombstone)
 Updates = dict[tuple[str, int, bytes], "bytes | None"]
@@ -64,7 +80,15 @@ class EvidenceFollower:
         poll_ms: how long one poll waits for records.
     """
 
-    def __init__(self, settings: KafkaSettings, changelogs: Mapping[str, str], poll_ms: int = 200) -> None:
+    def __init__(self, settings: KafkaSettings, changelogs: Mapping[str, str], poll_ms: int = 200,
+                 max_skew_ms: int | None = None, idle_s: float = IDLE_S, clock: Callable[[], float] = time.monotonic) -> None:
+        if max_skew_ms is not None and max_skew_ms < 0:
+            raise ValueError(f"max_skew_ms must be >= 0 (or None: no bound), got {max_skew_ms}")
+        self.max_skew_ms = max_skew_ms
+        self.idle_s = idle_s
+        self.clock = clock
+        #: followed partition -> (latest event time its records include, when a record last arrived)
+        self._progress: dict[int, tuple[int, float]] = {}
         self.settings = settings
         self.changelogs = dict(changelogs)
         self._table_of = {topic: table for table, topic in self.changelogs.items()}
@@ -102,6 +126,7 @@ class EvidenceFollower:
         with self._lock:
             self._wanted = wanted
             self._pending = {k: v for k, v in self._pending.items() if k[1] in wanted}
+            self._progress = {p: v for p, v in self._progress.items() if p in wanted}
         self._wake.set()
 
     def advance(self, stream_time_ms: int) -> None:
@@ -109,6 +134,24 @@ class EvidenceFollower:
         if stream_time_ms > self._watermark:
             self._watermark = stream_time_ms
             self._wake.set()
+
+    def horizon(self) -> float | None:
+        """The latest event time this worker may apply now (``None``: no bound): ``max_skew_ms``
+        past the slowest followed partition that is still progressing."""
+        if self.max_skew_ms is None:
+            return None
+        now = self.clock()
+        with self._lock:
+            active = [ts for p, (ts, seen) in self._progress.items() if p in self._wanted and now - seen <= self.idle_s]
+        return min(active) + self.max_skew_ms if active else None
+
+    def _arrived(self, tp: TopicPartition, records: list) -> None:
+        """(the thread) Note how far ``tp``'s partition has got, from its records' timestamps."""
+        stamps = [r.timestamp for r in records if r.timestamp_type == 0]
+        if stamps:
+            with self._lock:
+                ts, _ = self._progress.get(tp.partition, (-1, 0.0))
+                self._progress[tp.partition] = (max(ts, max(stamps)), self.clock())
 
     def drain(self) -> Updates:
         """The latest value of every key changed since the last call."""
@@ -126,6 +169,13 @@ class EvidenceFollower:
             if r.key is not None:
                 self._pending[(table, tp.partition, r.key)] = r.value
         self.records += n
+
+    def _hold(self, consumer, tp: TopicPartition) -> None:
+        """``tp`` has records ahead of the stream time: stop fetching it, unless the workers
+        keep in step (:meth:`horizon` needs to see how far each partition has got; the
+        others keep within ``max_skew_ms`` of this worker, so what is held stays small)."""
+        if self.max_skew_ms is None:
+            consumer.pause(tp)
 
     def _release(self, consumer, held: dict[TopicPartition, deque]) -> None:
         """Hand out the held records the stream time has reached; resume their partitions."""
@@ -166,7 +216,7 @@ class EvidenceFollower:
                         consumer.seek_to_beginning(*new)
                     held = {tp: q for tp, q in held.items() if tp.partition in wanted}
                     for tp in held:
-                        consumer.pause(tp)
+                        self._hold(consumer, tp)
                     assigned = wanted
                     log.info("following the evidence of partitions %s (the partitions other workers hold)", sorted(wanted))
                 self._release(consumer, held)
@@ -180,6 +230,7 @@ class EvidenceFollower:
                     continue  # re-assigned meanwhile: these may be partitions no longer followed
                 mark = self._watermark
                 for tp, records in batch.items():
+                    self._arrived(tp, records)
                     queue = held.get(tp)
                     if queue is None:
                         cut = next((i for i, r in enumerate(records) if not _due(r, mark)), len(records))
@@ -187,7 +238,7 @@ class EvidenceFollower:
                             self._take(tp, records[:cut])
                         if cut < len(records):
                             held[tp] = deque(records[cut:])
-                            consumer.pause(tp)
+                            self._hold(consumer, tp)
                     else:
                         queue.extend(records)
             except Exception as exc:  # the broker went away, a topic is not there yet...: retry

@@ -162,6 +162,11 @@ def run_replay(
                        events=False, show_progress=show_progress)
     data_dir = Path(tempfile.mkdtemp(prefix="recstream-replay-"))
     args = ["--partitions", str(partitions), "--emit", "per-event", *(worker_args or [])]
+    if workers > 1 and "--max-skew-ms" not in args:
+        # years of events in minutes: unless they keep in step, a worker a few seconds ahead
+        # of another would rank with the other's evidence from weeks before (streams/evidence.py),
+        # which live workers, all close to the clock, never do
+        args += ["--max-skew-ms", "0"]
     worker = WorkerProcess(target, data_dir, *args)
     try:
         worker.start()

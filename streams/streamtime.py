@@ -53,6 +53,8 @@ LAG_WAIT_S = 30.0
 MIN_FETCH_ATTEMPTS = 10
 #: Records held per partition before its fetching pauses (it resumes as they are released).
 MAX_HELD_PER_PARTITION = 10_000
+#: How often a merger held at the other workers' horizon looks at it again (seconds).
+HORIZON_POLL_S = 0.05
 #: Order key of a record whose value is not a JSON object: released first (the events
 #: agent dead-letters it, so where it goes in time does not matter).
 UNORDERED: tuple = (float("-inf"), "", "", -1, "")
@@ -117,6 +119,11 @@ class StreamTimeMerger:
         self._lagging_since: dict[Any, float] = {}
         #: times a lagging partition stopped holding back the others after lag_wait_s
         self.enforced = 0
+        #: the latest event time that may be released now (``None``: no bound): the other
+        #: workers' progress, when the workers keep in step (:meth:`streams.evidence.EvidenceFollower.horizon`)
+        self.horizon: Callable[[], float | None] | None = None
+        #: the last release stopped at the horizon
+        self.at_horizon = False
 
     def participates(self, tp: Any) -> bool:
         return tp.topic in self.ranks
@@ -207,7 +214,12 @@ class StreamTimeMerger:
                 blocked = True
         heapq.heapify(heap)
         out: list[tuple[Any, Any]] = []
+        horizon = self.horizon() if self.horizon is not None and heap and not blocked else None
+        self.at_horizon = False
         while heap and not blocked:
+            if horizon is not None and heap[0][0][0] > horizon:
+                self.at_horizon = True  # another worker's partitions are behind: wait for them
+                break
             _, i, tp = heapq.heappop(heap)
             q = self._queues[tp]
             out.append((tp, q.popleft()[1]))
@@ -222,6 +234,8 @@ class StreamTimeMerger:
         nothing waits on a timer)."""
         if not any(self._queues.values()):
             return None
+        if self.at_horizon:
+            return HORIZON_POLL_S
         now = self.clock()
         deadlines = [since + self.lag_wait_s for since in self._lagging_since.values()]
         if self.max_idle_s:

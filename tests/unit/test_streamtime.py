@@ -174,3 +174,16 @@ def test_the_lag_wait_counts_from_when_the_partition_started_lagging():
     assert m.release([CLICKS, PURCHASES], lag) == []  # it holds the others back, in full
     clock.now += 1.0
     assert m.release([CLICKS, PURCHASES], lag) == [] and m.enforced == 0
+
+
+def test_events_past_the_other_workers_horizon_wait_for_them():
+    m = StreamTimeMerger(TOPICS, clock=Clock())
+    horizon: list[float | None] = [20]
+    m.horizon = lambda: horizon[0]
+    m.add(CLICKS, records(("u1", "a", 10, "c10"), ("u1", "b", 20, "c20"), ("u1", "c", 30, "c30")))
+    caught_up = lambda tp: False  # noqa: E731 - nothing more on the broker
+    assert ids(m.release([CLICKS, PURCHASES, REVIEWS], caught_up)) == ["c10", "c20"]
+    assert m.at_horizon and m.held() == 1 and m.wait_hint() == pytest.approx(0.05)
+    horizon[0] = None  # the slowest partition went quiet
+    assert ids(m.release([CLICKS, PURCHASES, REVIEWS], caught_up)) == ["c30"]
+    assert not m.at_horizon

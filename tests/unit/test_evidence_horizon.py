@@ -1,0 +1,65 @@
+"""How far a worker may go when the workers keep in step (streams/evidence.py), without a broker."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import pytest
+from kafka import TopicPartition
+
+from streams.config import KafkaSettings
+from streams.evidence import EvidenceFollower
+
+Rec = namedtuple("Rec", "timestamp timestamp_type key value")
+POP = "x.recstream-popularity-changelog"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def follower(max_skew_ms: int | None, clock: Clock) -> EvidenceFollower:
+    f = EvidenceFollower(KafkaSettings(), {"popularity": POP}, max_skew_ms=max_skew_ms, idle_s=10.0, clock=clock)
+    f.follow([1, 2, 3])
+    return f
+
+
+def arrive(f: EvidenceFollower, partition: int, *stamps: int, kind: int = 0) -> None:
+    f._arrived(TopicPartition(POP, partition), [Rec(ts, kind, b"k", b"v") for ts in stamps])
+
+
+def test_the_horizon_is_the_slowest_progressing_partition_plus_the_skew():
+    clock = Clock()
+    f = follower(500, clock)
+    assert f.horizon() is None  # nothing seen yet: nobody to wait for
+    arrive(f, 1, 9_000, 12_000)
+    arrive(f, 2, 7_000)
+    assert f.horizon() == 7_500
+    clock.now += 6
+    arrive(f, 1, 13_000)
+    clock.now += 5  # partition 2 quiet for 11 s: caught up, idle or its worker gone
+    assert f.horizon() == 13_500
+    arrive(f, 2, 8_000)  # progressing again
+    assert f.horizon() == 8_500
+
+
+def test_broker_stamped_records_and_unfollowed_partitions_do_not_count():
+    clock = Clock()
+    f = follower(0, clock)
+    arrive(f, 1, 5_000)
+    arrive(f, 2, 1_000, kind=1)  # LogAppendTime: not an event time
+    assert f.horizon() == 5_000
+    f.follow([2, 3])  # partition 1 is this worker's now
+    assert f.horizon() is None
+
+
+def test_without_a_skew_bound_there_is_no_horizon():
+    f = follower(None, Clock())
+    arrive(f, 1, 5_000)
+    assert f.horizon() is None
+    with pytest.raises(ValueError, match="max_skew_ms"):
+        EvidenceFollower(KafkaSettings(), {"popularity": POP}, max_skew_ms=-1)
