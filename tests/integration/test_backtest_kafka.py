@@ -78,3 +78,31 @@ def test_backtest_through_kafka_equals_the_offline_protocol(kafka_settings):
             assert kafka_metrics[key] == pytest.approx(value, abs=1e-9), (method, key)
     # users stick to a topic: the default ranker beats popularity on this stream
     assert via_kafka.metrics("recstream")["hit_rate@5"] > via_kafka.metrics("popularity")["hit_rate@5"]
+
+
+@pytest.mark.slow
+def test_a_replay_through_two_workers_in_step_answers_every_event(kafka_settings):
+    # `backtest --workers 2`: the workers keep in step (--max-skew-ms 0, each holding its
+    # events until the other's partition has caught up or gone quiet), and neither waits
+    # forever: at the end of the range, or while the other starts, nothing holds them back
+    catalog = load_catalog(ts=START)
+    events = _stream(catalog, seed=5)
+    T.ensure_topics(kafka_settings, T.topic_specs(kafka_settings, partitions=2))
+    prod = producer(kafka_settings)
+    send_records(prod, kafka_settings, catalog)
+    send_records(prod, kafka_settings, events)
+    prod.flush()
+    prod.close()
+
+    config = BacktestConfig(split_ms=START + 18 * 86_400_000, targets=frozenset({"click"}), ks=(10,))
+    target = KafkaSettings(broker=kafka_settings.broker, topic_prefix=f"{kafka_settings.topic_prefix}bt2.")
+    try:
+        stats = run_replay(kafka_settings, target, start_ms=None, end_ms=None, partitions=2, workers=2,
+                           worker_args=["-k", "20"], timeout_s=300, show_progress=False)
+        via_kafka, contents = backtest_replay(target, config)
+    finally:
+        T.delete_topics(target, list(T.list_topics(target)))
+    assert stats.recommendations == len(events) and stats.dead_letters == 0
+    assert len(contents.recommendations) == len(events)
+    assert {rec.model.split("/")[0] for rec in contents.recommendations} <= {"blend", "popularity"}
+    assert via_kafka.metrics("recstream")["hit_rate@10"] > via_kafka.metrics("popularity")["hit_rate@10"]
