@@ -842,7 +842,7 @@ class _Groups:
 
 def _flat_exclusions(matrix: ItemMatrix, exclude: Sequence[Collection[str]]) -> tuple[np.ndarray, np.ndarray]:
     """``(users, rows)`` int64 of every excluded live item, by user."""
-    row_of = matrix.row
+    row_of = matrix._id_to_row.get  # ItemMatrix.row without the method call
     lists = [[r for r in map(row_of, excl) if r is not None] for excl in exclude]
     counts = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
     rows = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=int(counts.sum()))
@@ -1058,7 +1058,8 @@ def candidate_blend_topk(
     alternatives: list[np.ndarray] | None = None,
     workspace: BlendWorkspace | None = None,
     new_rows: np.ndarray | None = None,
-) -> list[TopK]:
+    raw: bool = False,
+) -> list[TopK] | tuple[torch.Tensor, torch.Tensor]:
     """The z-score blend's top-``k`` in two stages: candidates first, then only they are ranked.
 
     Each user's candidates are every item with co-occurrence evidence (``cooccurrence``:
@@ -1092,6 +1093,9 @@ def candidate_blend_topk(
     candidates is appended to ``alternatives``: one ``(G, k)`` int32 array of matrix rows per
     user (-1 past the user's candidates).  ``workspace`` keeps the score buffers between calls.
     ``new_rows`` (matrix rows, e.g. :meth:`NewItems.rows`) are candidates of every user too.
+    ``raw``: return the ``(B, min(k, rows))`` float32 scores and matrix rows instead of the
+    lists (best first; cut each user's at its first ``-inf`` score or free row, as the lists
+    are).
     """
     if weights.normalization != "zscore":
         raise ValueError("the two-stage blend ranks the z-score normalisation only")
@@ -1099,6 +1103,8 @@ def candidate_blend_topk(
     if len(cooccurrence) != batch or batch != len(queries):
         raise ValueError(f"{len(queries)} queries, {len(exclude)} exclusion sets and {len(cooccurrence)} co-occurrence vectors")
     if batch == 0 or k <= 0 or len(matrix) == 0:
+        if raw:
+            return torch.zeros((batch, 0), dtype=torch.float32), torch.zeros((batch, 0), dtype=torch.long)
         return [[] for _ in range(batch)]
     n_rows = matrix.rows_used
     if isinstance(popularity, SnapshotPopularity):
@@ -1123,7 +1129,6 @@ def candidate_blend_topk(
     ex_keys = np.sort(ex_b * n_rows + ex_r)
     ex_n = np.bincount(ex_b, minlength=batch)
     n = (len(matrix) - torch.from_numpy(ex_n).double()).clamp(min=1).unsqueeze(1)
-    ex_bt, ex_rt = torch.from_numpy(ex_b), torch.from_numpy(ex_r)
 
     # text: exact (every row's cosine) or from an approximate index where the matrix has one
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
@@ -1193,7 +1198,6 @@ def candidate_blend_topk(
     dup = torch.zeros_like(pad)
     dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
     usable = ~pad & ~dup & valid[safe]
-
     # stage 2: the blend of the candidates, as the dense ranking computes it
     t_vals = torch.where(usable, txt.at(safe), 0.0)
     p_vals = pop.at(safe)
@@ -1285,6 +1289,8 @@ def candidate_blend_topk(
         stats.dense += int((unsure & ~widened).sum())
         stats.widened += int(widened.sum())
 
+    if raw:
+        return (values.double() - offset).float(), rows
     return _lists(matrix, (values.double() - offset).float(), rows)
 
 

@@ -93,6 +93,7 @@ partition and pruned by another is under-counted in the sum (it never invents a 
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -126,6 +127,9 @@ _VERSION: Final = 1
 _HEADER = struct.Struct("<2sBI")
 _F64_LE: Final = np.dtype("<f8")
 _NEG_INF: Final = -math.inf
+# keys of the journal's row entries (see CooccurrenceModel.rollback)
+_SWAP: Final = object()  # the row's neighbour dict was replaced: put the old one back
+_COUNT: Final = object()  # the row's log2 count changed
 #: Similarities are capped at 2 ** this (see :meth:`CooccurrenceModel.similarity`).
 MAX_LOG2_SIMILARITY: Final = 64.0
 
@@ -207,11 +211,23 @@ def positive_history(
     any kind, so with many non-positive events it can hold fewer positives than a
     dedicated :class:`RecentItems` would.)
     """
-    recent = RecentItems(history_len)
-    for e in entries:
-        if is_positive(e.kind, e.rating, positive_threshold):
-            recent.push("", e.item_id)
-    return recent.get("")
+    if history_len < 1:
+        raise ValueError(f"history_len must be at least 1, got {history_len}")
+    # what pushing every positive entry into a RecentItems(history_len) keeps, read from the
+    # newest entry back: each item at its last occurrence, the history_len most recent ones
+    seq = entries if isinstance(entries, Sequence) else list(entries)
+    recent: dict[str, None] = {}
+    for e in reversed(seq):
+        if e.kind == "review" and not (e.rating is not None and e.rating >= positive_threshold):
+            continue
+        item = e.item_id
+        if item not in recent:
+            recent[item] = None
+            if len(recent) >= history_len:
+                break
+    out = list(recent)
+    out.reverse()
+    return out
 
 
 # --------------------------------------------------------------------------- rows
@@ -347,6 +363,11 @@ class CooccurrenceModel:
         self._last_ts: int | None = None
         #: how many times :meth:`clear` ran (slots are reassigned then: caches by slot are stale)
         self.clears = 0
+        # while a journal is open (begin): how to undo observe's changes, as flat triples
+        # (target, key, old) newest last (see rollback), and the items they touched
+        self._undo: list[Any] | None = None
+        self._undo_items: list[str] = []
+        self._undo_last_ts: int | None = None
 
     @property
     def history_len(self) -> int:
@@ -380,6 +401,9 @@ class CooccurrenceModel:
 
     def set_row(self, item_id: str, row: CooccurrenceRow) -> None:
         """Put a stored (e.g. recovered or merged) row in place of the item's row."""
+        if self._undo is not None:
+            self._undo += (self._rows, item_id, self._rows.get(item_id))
+            self._undo_items.append(item_id)
         self._rows[item_id] = row
         self._changed(item_id, row)
 
@@ -429,8 +453,50 @@ class CooccurrenceModel:
             self.set_row(item_id, row)
         self._last_ts = last_ts
 
+    def begin(self) -> None:
+        """Open a journal: the changes :meth:`observe` makes from now on can be undone
+        (:meth:`rollback`; a failed micro-batch), at the cost of a few list entries per pair
+        instead of a copy of every row it touches (:meth:`copy_row`)."""
+        self._undo = []
+        self._undo_items = []
+        self._undo_last_ts = self._last_ts
+
+    def commit(self) -> None:
+        """Close the journal: keep the changes."""
+        self._undo = None
+        self._undo_items = []
+
+    def rollback(self) -> None:
+        """Undo every change of :meth:`observe` (and :meth:`set_row`, :meth:`remove_row`)
+        since :meth:`begin`, and close the journal: the rows, their neighbour order included,
+        the counts by slot and :attr:`last_ts` are as they were (new slots stay assigned)."""
+        undo, self._undo = self._undo, None
+        if undo is None:
+            return
+        for at in range(len(undo) - 3, -1, -3):
+            target, key, old = undo[at], undo[at + 1], undo[at + 2]
+            if type(target) is dict:  # a neighbour dict, or the rows by item
+                if old is None:
+                    del target[key]
+                else:
+                    target[key] = old
+            elif key is _SWAP:
+                target.neighbours = old
+            else:  # _COUNT
+                target.log2_count = old
+        for item_id in dict.fromkeys(self._undo_items):
+            self._arrays.pop(item_id, None)
+            slot = self._slot.get(item_id)
+            if slot is not None:
+                row = self._rows.get(item_id)
+                self._log2_count[slot] = _NEG_INF if row is None else row.log2_count
+        self._undo_items = []
+        self._last_ts = self._undo_last_ts
+
     def clear(self) -> None:
         """Forget every row, slot and history (before a rebuild from stored rows)."""
+        self._undo = None
+        self._undo_items = []
         self.histories = RecentItems(self.histories.limit)
         self._rows.clear()
         self._slot.clear()
@@ -442,6 +508,9 @@ class CooccurrenceModel:
 
     def remove_row(self, item_id: str) -> bool:
         """Forget an item's row (its slot stays); returns whether it was present."""
+        if self._undo is not None and item_id in self._rows:
+            self._undo += (self._rows, item_id, self._rows[item_id])
+            self._undo_items.append(item_id)
         if self._rows.pop(item_id, None) is None:
             return False
         self._arrays.pop(item_id, None)
@@ -526,20 +595,61 @@ class CooccurrenceModel:
         items whose rows changed (``item_id`` first), i.e. the table keys to write for
         this event."""
         term = self._term(ts, weight)
-        row_j = self._row_for_update(item_id)
+        rows = self._rows
+        undo = self._undo
+        row_j = rows.get(item_id)
+        if row_j is None:
+            row_j = rows[item_id] = CooccurrenceRow()
+            if undo is not None:
+                undo += (rows, item_id, None)
+        if undo is not None:
+            undo += (row_j, _COUNT, row_j.log2_count)
         row_j.log2_count = term if row_j.log2_count == _NEG_INF else logaddexp2(row_j.log2_count, term)
         touched = [item_id]
         others = [i for i in dict.fromkeys(history) if i != item_id]
         step = math.log2(self.pair_decay)  # 0.0 without decay
         last = len(others) - 1
+        # _row_for_update, _bump and _changed of every pair, inlined (the same updates; with
+        # a journal open, each change is recorded as (target, key, old value) first)
+        cap = 2 * self.max_neighbours
+        drop = self._arrays.pop
+        slot_of = self._slot.get
+        log2_count = self._log2_count
         for pos, i in enumerate(others):
             pair_term = term + (last - pos) * step  # the most recent at weight 1
-            row_i = self._row_for_update(i)
-            self._bump(row_i, item_id, pair_term)
-            self._bump(row_j, i, pair_term)
-            self._changed(i, row_i)
+            row_i = rows.get(i)
+            if row_i is None:
+                row_i = rows[i] = CooccurrenceRow()
+                if undo is not None:
+                    undo += (rows, i, None)
+            nb = row_i.neighbours
+            old = nb.get(item_id)
+            nb[item_id] = pair_term if old is None else logaddexp2(old, pair_term)
+            if undo is not None:
+                undo += (nb, item_id, old)
+            if len(nb) > cap:
+                row_i.neighbours = bound_neighbours(nb, self.max_neighbours)
+                if undo is not None:
+                    undo += (row_i, _SWAP, nb)
+            nb = row_j.neighbours
+            old = nb.get(i)
+            nb[i] = pair_term if old is None else logaddexp2(old, pair_term)
+            if undo is not None:
+                undo += (nb, i, old)
+            if len(nb) > cap:
+                row_j.neighbours = bound_neighbours(nb, self.max_neighbours)
+                if undo is not None:
+                    undo += (row_j, _SWAP, nb)
+            drop(i, None)
+            s = slot_of(i)
+            if s is None:
+                s = self.slot(i)  # may grow the array
+                log2_count = self._log2_count
+            log2_count[s] = row_i.log2_count
             touched.append(i)
         self._changed(item_id, row_j)
+        if undo is not None:
+            self._undo_items += touched
         if self._last_ts is None or ts > self._last_ts:
             self._last_ts = int(ts)
         return touched
@@ -702,6 +812,67 @@ class CooccurrenceScorer:
         sums = np.bincount(inv, weights=vals[keep], minlength=uniq.shape[0])
         pos = sums > 0.0
         return uniq[pos], sums[pos]
+
+    def sparse_batch(self, histories: Sequence[Iterable[str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`sparse` of every history, computed together (the same numbers: each
+        element is computed as :meth:`sparse` computes it, and each row's sum is added up in
+        the same order); the pairs are views into shared arrays (read-only by convention)."""
+        model = self.model
+        step = math.log2(model.recency)  # 0.0 without recency weighting
+        neg_inf = _NEG_INF
+        # per history item of the batch: (slots, log2 weights, 0.5 * log2 count), or None
+        known: dict[str, tuple[np.ndarray, np.ndarray, float] | None] = {}
+        get_row = model.row
+        arrays = model.neighbour_arrays
+        slot_parts: list[np.ndarray] = []
+        log_parts: list[np.ndarray] = []
+        shifts: list[float] = []
+        lengths: list[int] = []
+        owners: list[int] = []
+        for b, history in enumerate(histories):
+            distinct = list(dict.fromkeys(history))
+            for age, i in enumerate(reversed(distinct)):
+                got: Any = known.get(i, False)  # False: not looked up yet
+                if got is False:
+                    row = get_row(i)
+                    if row is None or row.log2_count == neg_inf or not row.neighbours:
+                        got = None
+                    else:
+                        slots, lw = arrays(i)
+                        got = (slots, lw, 0.5 * row.log2_count)
+                    known[i] = got
+                if got is None:
+                    continue
+                slot_parts.append(got[0])
+                log_parts.append(got[1])
+                shifts.append(got[2] - age * step)
+                lengths.append(len(got[0]))
+                owners.append(b)
+        batch = len(histories)
+        empty = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
+        if not slot_parts:
+            return [empty] * batch
+        slots = np.concatenate(slot_parts)
+        counts = np.asarray(lengths, dtype=np.int64)
+        slot_row = self._sync()
+        half_j = 0.5 * model.log2_counts()[slots]
+        # as sparse(): lw - (0.5 * log2 n_i - age * step), then - log2 n_j / 2, capped, 0 without a count
+        logs = np.concatenate(log_parts) - np.repeat(np.asarray(shifts, dtype=np.float64), counts)
+        vals = np.exp2(np.minimum(logs - half_j, MAX_LOG2_SIMILARITY))
+        vals[half_j == _NEG_INF] = 0.0
+        rows = slot_row[slots]
+        keep = rows >= 0
+        n = max(self._n_rows, 1)
+        keys = np.repeat(np.asarray(owners, dtype=np.int64), counts)[keep] * n + rows[keep]
+        # one row's terms keep their order (bincount adds them in order): the sums of sparse()
+        uniq, inv = np.unique(keys, return_inverse=True)
+        sums = np.bincount(inv, weights=vals[keep], minlength=uniq.shape[0])
+        pos = sums > 0.0
+        uniq, sums = uniq[pos], sums[pos]
+        users = uniq // n
+        out_rows = uniq - users * n
+        bounds = np.searchsorted(users, np.arange(batch + 1)).tolist()
+        return [(out_rows[s:e], sums[s:e]) for s, e in itertools.pairwise(bounds)]
 
     def dense(self, history: Iterable[str], out: np.ndarray | None = None) -> np.ndarray:
         """Scores of one history as a float32 ``(n_rows,)`` vector (written into ``out``

@@ -39,6 +39,7 @@ a batch equals what strictly one-at-a-time processing would emit.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -59,10 +60,10 @@ from scoring.blend import (
     blend_score_topk,
     candidate_blend_topk,
 )
-from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, CooccurrenceScorer, is_positive, positive_history, weight_problem
+from scoring.cooccurrence import CooccurrenceModel, CooccurrenceScorer, is_positive, positive_history, weight_problem
 from scoring.popularity import DecayedPopularity
 from scoring.prequential import Prequential
-from scoring.topk import ItemMatrix, explain, score_topk
+from scoring.topk import ItemMatrix, _because, explain, score_topk
 from streams.records import Click, Purchase, RecItem, Recommendation, Review, Trigger
 
 if TYPE_CHECKING:
@@ -392,7 +393,7 @@ class Engine:
         top = self.popularity.top(self.config.k, exclude=exclude, allowed=self.matrix, now_ms=now_ms)
         return [RecItem(item_id, float(score), None) for item_id, score in top]
 
-    def _snapshot(self, profile: UserProfile, trigger: Incoming, pop_pos: int = 0) -> _Snapshot:
+    def _snapshot(self, profile: UserProfile, trigger: Incoming, pop_pos: int = 0, with_cooc: bool = True) -> _Snapshot:
         if self._learned is not None:
             exclude = self._exclusions(profile)
             snap = _Snapshot(profile.user_id, None, exclude, self._liked_history(profile), trigger,
@@ -410,9 +411,11 @@ class Engine:
             trigger=trigger,
         )
         if self.config.blend is not None:
+            snap.pop_pos = pop_pos
+            if not with_cooc:
+                return snap
             # the co-occurrence scores as of this event: the model moves with every event
             snap.cooc = self._scorer().sparse(self.positive_history(profile))
-            snap.pop_pos = pop_pos
             if snap.query is None and len(snap.cooc[0]) == 0:
                 snap.fallback = self._fallback(exclude, trigger.event.ts)
             return snap
@@ -420,6 +423,21 @@ class Engine:
             # popularity as of this event: computed now, it moves with every event
             snap.fallback = self._fallback(exclude, trigger.event.ts)
         return snap
+
+    def _snapshots(self, pairs: Sequence[tuple[UserProfile, Incoming]], pop_pos: int) -> list[_Snapshot]:
+        """:meth:`_snapshot` of each ``(profile, trigger)``, all taken at the same point of the
+        batch (per-user emission): the blend's co-occurrence scores are computed for all of
+        them together (:meth:`CooccurrenceScorer.sparse_batch`, the same numbers)."""
+        if self._learned is not None or self.config.blend is None:
+            return [self._snapshot(profile, inc, pop_pos) for profile, inc in pairs]
+        snaps = [self._snapshot(profile, inc, pop_pos, with_cooc=False) for profile, inc in pairs]
+        history = self.positive_history
+        coocs = self._scorer().sparse_batch([history(profile) for profile, _ in pairs])
+        for snap, cooc in zip(snaps, coocs):
+            snap.cooc = cooc
+            if snap.query is None and len(cooc[0]) == 0:
+                snap.fallback = self._fallback(snap.exclude, snap.trigger.event.ts)
+        return snaps
 
     # ------------------------------------------------------------------ the batch step
     def process(
@@ -437,7 +455,8 @@ class Engine:
         caller then writes back from :attr:`BatchResult.profiles`.
         """
         saved: dict[tuple[int, str], tuple[DecayedPopularity, float | None, int | None]] = {}
-        saved_rows: dict[tuple[int, str], tuple[CooccurrenceModel, CooccurrenceRow | None, int | None]] = {}
+        # the co-occurrence models the batch changed, each with its journal open (rollback)
+        saved_rows: dict[int, CooccurrenceModel] = {}
         adaptive = self.adaptive
         saved_adapters = copy.deepcopy((adaptive.adapters, adaptive.touched)) if adaptive is not None else None
         self.prequential.begin()
@@ -449,12 +468,14 @@ class Engine:
             # batch (or its records, one by one) is not counted twice
             for (_, item_id), (pop, log2, last_ts) in reversed(saved.items()):
                 pop.restore(item_id, log2, last_ts)
-            for (_, item_id), (cooc, row, last_ts) in reversed(saved_rows.items()):
-                cooc.restore_row(item_id, row, last_ts)
+            for cooc in reversed(saved_rows.values()):
+                cooc.rollback()
             self.prequential.rollback()
             if adaptive is not None and saved_adapters is not None:
                 adaptive.adapters, adaptive.touched = saved_adapters
             raise
+        for cooc in saved_rows.values():
+            cooc.commit()
         self.prequential.commit()
         self.prequential.publish()
         if adaptive is not None:
@@ -468,7 +489,7 @@ class Engine:
         profiles: Mapping[str, UserProfile],
         now_ms: int | None,
         saved: dict[tuple[int, str], tuple[DecayedPopularity, float | None, int | None]],
-        saved_rows: dict[tuple[int, str], tuple[CooccurrenceModel, CooccurrenceRow | None, int | None]],
+        saved_rows: dict[int, CooccurrenceModel],
     ) -> BatchResult:
         def count(pop: DecayedPopularity, item_id: str, ts: int) -> None:
             key = (id(pop), item_id)
@@ -477,10 +498,9 @@ class Engine:
             pop.add(item_id, ts)
 
         def observe(cooc: CooccurrenceModel, history: list[str], item_id: str, ts: int) -> list[str]:
-            for i in (item_id, *history):
-                key = (id(cooc), i)
-                if key not in saved_rows:
-                    saved_rows[key] = (cooc, cooc.copy_row(i), cooc.last_ts)
+            if id(cooc) not in saved_rows:
+                saved_rows[id(cooc)] = cooc
+                cooc.begin()  # its changes can be undone (rollback): no copy of each row
             return cooc.observe(history, item_id, ts)
 
         cfg = self.config
@@ -583,7 +603,7 @@ class Engine:
             if per_event:
                 snapshots.append(self._snapshot(profile, inc, len(journal)))
         if not per_event:
-            snapshots = [self._snapshot(touched[user], inc, len(journal)) for user, inc in last_trigger.items()]
+            snapshots = self._snapshots([(touched[user], inc) for user, inc in last_trigger.items()], len(journal))
         t2 = time.perf_counter()
 
         emitted = now_ms if now_ms is not None else int(time.time() * 1000)
@@ -649,7 +669,8 @@ class Engine:
                     exclude=[s.exclude for s in scored],
                     history=[s.history for s in scored],
                 )
-        by_snapshot = {id(s): [RecItem(*r) for r in res] for s, res in zip(scored, results)}
+        by_snapshot = {id(s): res if not res or type(res[0]) is RecItem else [RecItem(*r) for r in res]  # type: ignore[misc]
+                       for s, res in zip(scored, results)}
 
         recs = []
         for snap in snapshots:
@@ -777,8 +798,10 @@ class Engine:
         workspace = self._blend_workspace
         new_rows = self._new_items.rows(m)  # the items added to the catalog most recently
         # more snapshots at a time where the catalog is small (the (B, items) score buffers
-        # stay under 16 MiB): fewer passes of fixed cost
-        chunk = max(self.BLEND_CHUNK, min(1024, (1 << 22) // max(m.rows_used, 1)))
+        # stay under 32 MiB, a micro-batch of 512 at 10,000 items in one pass): fewer passes of
+        # fixed cost, and one matrix product of many rows (a product of a few rows costs several
+        # times more per row)
+        chunk = max(self.BLEND_CHUNK, min(1024, (1 << 23) // max(m.rows_used, 1)))
         out: list[list[tuple[str, float, str | None]]] = []
         for start in range(0, len(scored), chunk):
             part = scored[start : start + chunk]
@@ -791,16 +814,35 @@ class Engine:
             pop = states.view(np.array([s.pop_pos for s in part], dtype=np.int64), shift)
             adaptive = part[0].weights is not None
             alternatives: list[np.ndarray] = []
-            res = candidate_blend_topk(m, queries, self.config.k, [s.exclude for s in part], blend,
-                                       [s.cooc for s in part], pop,  # type: ignore[misc]
-                                       stats=self.candidate_stats,
-                                       row_weights=np.stack([s.weights for s in part]) if adaptive else None,  # type: ignore[misc]
-                                       grid=np.stack([s.grid for s in part]) if adaptive else None,  # type: ignore[misc]
-                                       alternatives=alternatives if adaptive else None, workspace=workspace,
-                                       new_rows=new_rows)
+            values, rows = candidate_blend_topk(m, queries, self.config.k, [s.exclude for s in part], blend,
+                                                [s.cooc for s in part], pop,  # type: ignore[misc]
+                                                stats=self.candidate_stats,
+                                                row_weights=np.stack([s.weights for s in part]) if adaptive else None,  # type: ignore[misc]
+                                                grid=np.stack([s.grid for s in part]) if adaptive else None,  # type: ignore[misc]
+                                                alternatives=alternatives if adaptive else None, workspace=workspace,
+                                                new_rows=new_rows, raw=True)
             for snap, alt in zip(part, alternatives):
                 snap.alternatives = alt
-            # the history item that explains each recommendation, as the text ranking gives
-            whys = explain(m, [[r.item_id for r in recs] for recs in res], [s.history for s in part])
-            out.extend([(r.item_id, r.score, why) for r, why in zip(recs, ws)] for recs, ws in zip(res, whys))
+            out.extend(self._items(values, rows, [s.history for s in part]))  # type: ignore[arg-type]
         return out
+
+    def _items(self, values: torch.Tensor, rows: torch.Tensor, history: Sequence[Sequence[str]]) -> list[list[RecItem]]:
+        """Each user's :class:`RecItem` list from ``(B, k)`` scores and matrix rows, best first,
+        cut at the first ``-inf`` score or free row (as :func:`scoring.blend._lists`), with the
+        history item that explains each one (:func:`scoring.topk.explain`)."""
+        id_at = self.matrix._row_to_id.__getitem__
+        inf = -math.inf
+        picked: list[list[int]] = []
+        scores: list[list[float]] = []
+        ids: list[list[str | None]] = []  # no None once cut
+        for vals, rs in zip(values.tolist(), rows.tolist()):
+            got = list(map(id_at, rs))
+            if None in got or inf in vals:
+                cut = next(j for j, (v, i) in enumerate(zip(vals, got)) if v == inf or i is None)
+                got, vals, rs = got[:cut], vals[:cut], rs[:cut]
+            picked.append(rs)
+            scores.append(vals)
+            ids.append(got)
+        whys = _because(self.matrix, picked, history)
+        new = tuple.__new__  # RecItem(*t) without the NamedTuple's Python-level __new__
+        return [[new(RecItem, t) for t in zip(i, v, w)] for i, v, w in zip(ids, scores, whys)]

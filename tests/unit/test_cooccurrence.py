@@ -278,3 +278,86 @@ def test_validation() -> None:
         CooccurrenceModel(history_len=0)
     with pytest.raises(ValueError, match="weight"):
         CooccurrenceModel().observe([], "a", 0, weight=0.0)
+
+
+def _state(m: CooccurrenceModel) -> tuple:
+    """Everything rollback must restore: the rows with their neighbours in order (the scores
+    add them up in that order), the counts by slot and the latest event time.  (A row removed
+    and put back goes to the end of the model's rows, as with restore_row.)"""
+    rows = sorted((i, r.log2_count, list(r.neighbours.items())) for i, r in m.rows())
+    return rows, m.log2_counts().tolist(), m.last_ts
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rollback_undoes_a_journal_of_observations_exactly(seed: int) -> None:
+    rng = random.Random(seed)
+    m = CooccurrenceModel(max_neighbours=3, history_len=6, pair_decay=0.9, recency=0.8)
+    items = [f"i{n}" for n in range(25)]
+
+    def observe_some(n: int, t0: int) -> None:
+        for t in range(n):
+            m.observe_event(f"u{rng.randrange(6)}", rng.choice(items), t0 + t, "click")
+
+    observe_some(150, 0)  # rows full enough to be pruned (2 * 3 neighbours)
+    scorer = CooccurrenceScorer(m, {i: r for r, i in enumerate(items)}.get, len(items))
+    before, histories = _state(m), {u: m.histories.get(u) for u in (f"u{n}" for n in range(6))}
+    sparse_before = [scorer.sparse(items[:k]) for k in (3, 8)]
+    m.begin()
+    observe_some(60, 1000)
+    m.observe(["new-a", "i1"], "new-b", 2000)  # rows that did not exist
+    m.set_row("i2", CooccurrenceRow(1.5, {"i3": 0.5}))
+    m.remove_row("i4")
+    m.observe(["i4", "i2"], "i5", 2001)
+    scorer.sparse(items[:8])  # caches filled from the changed rows
+    assert _state(m) != before
+    m.rollback()
+    assert _state(m)[0] == before[0] and _state(m)[2] == before[2]
+    # the counts of the slots that existed are back; new slots stay assigned (no count)
+    assert _state(m)[1][: len(before[1])] == before[1] and set(_state(m)[1][len(before[1]):]) <= {-math.inf}
+    for got, ref in zip([scorer.sparse(items[:k]) for k in (3, 8)], sparse_before):
+        assert got[0].tolist() == ref[0].tolist() and got[1].tolist() == ref[1].tolist()
+    # a committed journal keeps the changes, and nothing is recorded after it
+    m.histories = RecentItems(6)
+    for u, h in histories.items():
+        for i in h:
+            m.histories.push(u, i)
+    m.begin()
+    m.observe(["i1"], "i2", 3000)
+    m.commit()
+    after = _state(m)
+    m.rollback()
+    assert _state(m) == after
+
+
+def test_positive_history_is_what_recent_items_keeps() -> None:
+    rng = random.Random(3)
+    for _ in range(200):
+        entries = [HistoryEntry(f"i{rng.randrange(12)}", t, rng.choice(["click", "purchase", "review"]),
+                                rng.choice([None, 1.0, 3.5, 4.0, 5.0])) for t in range(rng.randrange(40))]
+        for limit in (1, 3, 20):
+            recent = RecentItems(limit)
+            for e in entries:
+                if e.kind != "review" or (e.rating is not None and e.rating >= 4.0):
+                    recent.push("", e.item_id)
+            assert positive_history(entries, limit, 4.0) == recent.get("")
+            assert positive_history(iter(entries), limit, 4.0) == recent.get("")
+    with pytest.raises(ValueError, match="at least 1"):
+        positive_history([], 0)
+
+
+def test_sparse_batch_equals_sparse_of_each_history() -> None:
+    rng = random.Random(4)
+    m = CooccurrenceModel(max_neighbours=5, history_len=8, pair_decay=0.9, recency=0.8)
+    items = [f"i{n}" for n in range(40)]
+    for t in range(600):
+        m.observe_event(f"u{rng.randrange(15)}", rng.choice(items), t, "click")
+    order = items[::2] + ["never-seen"]  # half the items have no row in the target order
+    scorer = CooccurrenceScorer(m, {i: r for r, i in enumerate(order)}.get, len(order))
+    histories = [[rng.choice(items + ["unknown"]) for _ in range(rng.randrange(12))] for _ in range(50)] + [[]]
+    got = scorer.sparse_batch(histories)
+    assert len(got) == len(histories)
+    for (rows, vals), h in zip(got, histories):
+        ref_rows, ref_vals = scorer.sparse(h)
+        assert rows.dtype == ref_rows.dtype and vals.dtype == ref_vals.dtype
+        assert rows.tolist() == ref_rows.tolist() and vals.tolist() == ref_vals.tolist()  # the same floats
+    assert scorer.sparse_batch([]) == [] and [len(r) for r, _ in scorer.sparse_batch([[], ["unknown"]])] == [0, 0]
