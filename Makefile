@@ -8,7 +8,7 @@ STAMP := $(VENV)/.recstream-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-unit bench bench-quick setup kafka-start kafka-stop kafka-status clean
+.PHONY: demo test test-unit lint bench bench-quick setup kafka-start kafka-stop kafka-status clean
 
 demo: setup ## the main job: local broker, topics, worker, built-in catalog, recommendations
 	$(BIN)/recstream demo
@@ -18,6 +18,9 @@ test: setup ## the test suite (starts the local broker when none answers)
 
 test-unit: setup ## the broker-free suite (pure code, a few minutes): the fast lane while you work
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: setup ## ruff's checks (pyproject.toml [tool.ruff]) on the whole tree
+	$(BIN)/ruff check .
 
 RESULTS := bench/results
 bench: setup ## the benchmarks of docs/benchmarks.md, one after the other (about 1 h on 2 cores); JSON in bench/results/

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scoring.adapt import DIRECTIONS, AdaptConfig, AdaptFormatError, AdaptiveWeights, WeightAdapter
+from scoring.adapt import DIRECTIONS, AdaptConfig, AdaptFormatError, WeightAdapter
 from scoring.blend import BlendWeights
 from scoring.engine import BLEND_MODEL_PREFIX, Incoming
 from scoring.prequential import Prequential

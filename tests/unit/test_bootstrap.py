@@ -16,7 +16,6 @@ import orjson
 import pytest
 
 from scoring.metrics import (
-    BOOTSTRAP_RESAMPLES,
     CaseMetrics,
     RankingMetrics,
     ndcg_at_k,
