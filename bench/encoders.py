@@ -49,11 +49,9 @@ import argparse
 import ast
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +70,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import catalog_gen as gen  # noqa: E402
-from common import cpu_model, emit_result, mem_total_gib, pkg_version  # noqa: E402
+from common import Guarded, add_run_args, bench_header, cpu_model, finish, mem_total_gib, pkg_version  # noqa: E402
 
 CATALOG_TARGET = 0.9  # recstream's catalog path: at least 90% of sentence-transformers' encode
 REVIEWS_TARGET = 0.7  # the pipeline's reviews events/s: at least 70% of the encoder's best offline rate
@@ -206,8 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a bench/pipeline.py JSON: its reviews events/s is compared with best_texts_per_s "
                         "(different runs: only indicative on a shared machine)")
     p.add_argument("--sections", default="catalog,reviews", help="catalog, reviews, or both (default)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 64 texts, batch sizes 1,16,64, 1 repetition")
-    p.add_argument("--output", type=Path, help="also write the JSON document to this file")
+    add_run_args(p, "smoke run: 64 texts, batch sizes 1,16,64, 1 repetition")
     return p
 
 
@@ -502,31 +499,15 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     resolve_args(argparse.Namespace(**vars(args)))  # validate early (device-dependent defaults come later)
-    started = time.time()
-    t_start = time.perf_counter()
-    result: dict = {
-        "benchmark": "recstream text encoder (bench/encoders.py)",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "command": shlex.join(["bench/encoders.py", *(sys.argv[1:] if argv is None else argv)]),
-    }
-    status = 0
-    try:
-        run(args, result)
-    except KeyboardInterrupt:
-        status = 130
-        result["error"] = "interrupted"
-    except Exception as exc:  # noqa: BLE001 - reported in the JSON
-        from encoders.text import DeviceUnavailableError, ModelNotFoundError
+    from encoders.text import DeviceUnavailableError, ModelNotFoundError
 
-        status = 1
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, (DeviceUnavailableError, ModelNotFoundError)):
-            log(f"ERROR: {exc}")
-        else:
-            traceback.print_exc()
-    result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    emit_result(result, args.output, log)
-    return status
+    t_start = time.perf_counter()
+    result: dict = bench_header("recstream text encoder (bench/encoders.py)", "bench/encoders.py", argv)
+    with Guarded(result, log, known=(DeviceUnavailableError, ModelNotFoundError),
+                 known_error=lambda exc: f"{type(exc).__name__}: {exc}") as guard:
+        run(args, result)
+    finish(result, t_start, args.output, log)
+    return guard.status
 
 
 if __name__ == "__main__":

@@ -30,10 +30,8 @@ import json
 import math
 import os
 import platform
-import shlex
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,7 +47,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import cpu_model, emit_result, pkg_version  # noqa: E402
+from common import Guarded, add_run_args, command_line, cpu_model, finish, pkg_version  # noqa: E402
 from encoders.sasrec import SASRecConfig, checkpoint_hash, describe, load_checkpoint, save_checkpoint, sequence_from_history  # noqa: E402
 from encoders.train import CatalogScorer, TrainConfig, train  # noqa: E402
 from scoring.blend import EQUAL_WEIGHTS, NORMALIZATIONS, BlendWeights, candidate_mask, normalize_scores  # noqa: E402
@@ -63,10 +61,10 @@ from scoring.protocol import (  # noqa: E402
     WindowResult,
     embed_texts,
     grid_ranks,
-    load_protocol_data,
     protocol_windows,
     weight_grid,
 )
+from streams.tune import load_protocol_data  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "ml-latest-small"
 QUICK_INTERACTIONS = 15_000
@@ -196,9 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "chosen on validation beforehand, instead of on the first 70%% with early stopping")
     p.add_argument("--test-only", action="store_true", help="no validation pass: warm to the test window and evaluate it "
                    "(needs --blend-from; no 4-signal blend, whose weights are tuned on validation)")
-    p.add_argument("--quick", action="store_true", help=f"smoke run: the first {QUICK_INTERACTIONS:,} ratings, 1 epoch, coarse grids")
+    add_run_args(p, f"smoke run: the first {QUICK_INTERACTIONS:,} ratings, 1 epoch, coarse grids")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--output", type=Path, help="also write the JSON document to this file")
     return p
 
 
@@ -208,9 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     progress = not args.no_progress
     result: dict = {"benchmark": "issue 8 reference protocol, learned encoder (bench/learned_protocol.py)",
-                    "command": shlex.join(["bench/learned_protocol.py", *(sys.argv[1:] if argv is None else argv)])}
-    status = 0
-    try:
+                    "command": command_line("bench/learned_protocol.py", argv)}
+    with Guarded(result, log) as guard:
         torch.set_num_threads(threads)
         step = 0.25 if args.quick and args.grid_step == 0.1 else args.grid_step
         norms = [s.strip() for s in args.normalizations.split(",") if s.strip()]
@@ -304,16 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": {"train_or_load": round(t_train, 1), "total": round(time.perf_counter() - t_start, 1)},
         })
         result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    except KeyboardInterrupt:
-        status = 130
-        result["error"] = "interrupted"
-    except Exception as exc:  # noqa: BLE001
-        status = 1
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-    result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    emit_result(result, args.output, log)
-    return status
+    finish(result, t_start, args.output, log)
+    return guard.status
 
 
 if __name__ == "__main__":

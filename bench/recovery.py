@@ -39,13 +39,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shlex
 import signal
 import statistics
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -59,7 +57,7 @@ for _p in (str(HERE), str(ROOT)):  # bench/ (common.py), then the checkout first
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from common import cpu_model, emit_result, mem_total_gib, pkg_version  # noqa: E402
+from common import Guarded, add_run_args, bench_header, cpu_model, finish, mem_total_gib, pkg_version  # noqa: E402
 from streams import topics as T  # noqa: E402
 from streams.client import (RecommendationWatcher, WorkerProcess, partition_for, producer, send_records,  # noqa: E402
                             wait_catalog)
@@ -253,8 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pause-s", type=float, default=15.0, help="how long a pause freezes the victim, seconds (default 15)")
     p.add_argument("--worker-arg", action="append", default=[], help="an extra flag for both workers (repeatable)")
     p.add_argument("--timeout", type=float, default=300.0, help="longest wait for any step, seconds (default 300)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 10:1, one SIGKILL, no clean stop")
-    p.add_argument("--output", type=Path, help="also write the JSON document here")
+    add_run_args(p, "smoke run: 10:1, one SIGKILL, no clean stop")
     return p
 
 
@@ -262,12 +259,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
         args.settings, args.trials, args.clean_stops, args.pauses = [(10.0, 1.0)], 1, 0, 0
-    started = time.time()
     t_start = time.perf_counter()
     result: dict = {
-        "benchmark": "recstream failover after a SIGKILL (bench/recovery.py)",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "command": shlex.join(["bench/recovery.py", *(sys.argv[1:] if argv is None else argv)]),
+        **bench_header("recstream failover after a SIGKILL (bench/recovery.py)", "bench/recovery.py", argv),
         "parameters": {"broker": args.broker, "partitions": PARTITIONS, "workers": 2, "warmup_events": WARMUP_EVENTS,
                        "trials": args.trials, "clean_stops": args.clean_stops, "pauses": args.pauses, "pause_s": args.pause_s,
                        "worker_args": args.worker_arg},
@@ -276,8 +270,7 @@ def main(argv=None) -> int:
         "versions": {p: pkg_version(p) for p in ("faust-streaming", "aiokafka", "kafka-python", "rocksdict")},
         "settings": [],
     }
-    status = 0
-    try:
+    with Guarded(result, log) as guard:
         for session_s, heartbeat_s in args.settings:
             entry: dict = {"session_timeout_s": session_s, "heartbeat_interval_s": heartbeat_s, "trials": []}
             result["settings"].append(entry)
@@ -299,16 +292,8 @@ def main(argv=None) -> int:
             entry["pause"] = {"rebalanced": sum(t["rebalanced"] for t in pauses), "of": len(pauses),
                               "recovered_s": summary(pauses, "recovered_s")} if pauses else None
         result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    except KeyboardInterrupt:
-        status = 130
-        result["error"] = "interrupted"
-    except Exception as exc:  # noqa: BLE001 - reported in the JSON, traceback on stderr
-        status = 1
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-    result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    emit_result(result, args.output, log)
-    return status
+    finish(result, t_start, args.output, log)
+    return guard.status
 
 
 if __name__ == "__main__":

@@ -29,10 +29,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
 import sys
 import time
-import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -47,7 +45,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import cpu_model, emit_result, mem_total_gib, pkg_version  # noqa: E402
+from common import Guarded, add_run_args, bench_header, cpu_model, finish, mem_total_gib, pkg_version  # noqa: E402
 from scoring.blend import NORMALIZATIONS, BlendWeights  # noqa: E402
 from scoring.protocol import (  # noqa: E402
     COOC_EVENTS,
@@ -55,10 +53,10 @@ from scoring.protocol import (  # noqa: E402
     ProtocolConfig,
     ProtocolData,
     embed_texts,
-    load_protocol_data,
     run_reference,
     weight_grid,
 )
+from streams.tune import load_protocol_data  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "ml-latest-small"
 QUICK_INTERACTIONS = 15_000
@@ -91,27 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="text encoder device (default: cuda when present, else cpu)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores this process may use)")
     p.add_argument("--save-weights", type=Path, help="write the tuned weights to this blend config file")
-    p.add_argument("--quick", action="store_true", help=f"smoke run: the first {QUICK_INTERACTIONS:,} ratings, grid step 0.25")
+    add_run_args(p, f"smoke run: the first {QUICK_INTERACTIONS:,} ratings, grid step 0.25")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--output", type=Path, help="also write the JSON document to this file")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    started = time.time()
     t_start = time.perf_counter()
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     step = 0.25 if args.quick and args.grid_step == 0.1 else args.grid_step
     norms = [n.strip() for n in args.normalizations.split(",") if n.strip()]
-    result: dict = {
-        "benchmark": "issue 8 reference protocol (bench/reference_protocol.py)",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "command": shlex.join(["bench/reference_protocol.py", *(sys.argv[1:] if argv is None else argv)]),
-    }
-    status = 0
+    result: dict = bench_header("issue 8 reference protocol (bench/reference_protocol.py)", "bench/reference_protocol.py", argv)
     progress = not args.no_progress
-    try:
+    with Guarded(result, log) as guard:
         torch.set_num_threads(threads)
         config = ProtocolConfig(
             k=args.k,
@@ -183,16 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             result["weights_file"] = str(args.save_weights)
         result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    except KeyboardInterrupt:
-        status = 130
-        result["error"] = "interrupted"
-    except Exception as exc:  # noqa: BLE001 - reported in the JSON, traceback on stderr
-        status = 1
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-    result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    emit_result(result, args.output, log)
-    return status
+    finish(result, t_start, args.output, log)
+    return guard.status
 
 
 if __name__ == "__main__":

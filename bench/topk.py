@@ -53,10 +53,8 @@ import gc
 import math
 import os
 import platform
-import shlex
 import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -72,7 +70,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from scoring.topk import ItemMatrix, default_dtype, score_topk  # noqa: E402
-from common import cpu_model, emit_result, mem_total_gib, pkg_version  # noqa: E402
+from common import Guarded, add_run_args, bench_header, cpu_model, finish, mem_total_gib, pkg_version  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -865,8 +863,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ef-search", type=int_list, default=[32, 64, 128], help="HNSW efSearch sweep (default 32,64,128)")
     p.add_argument("--hnsw-size", type=int, default=200_000,
                    help="build HNSW on this many items of the largest N when it is larger (default 200000; 0: no HNSW)")
-    p.add_argument("--quick", action="store_true", help="smoke run: sizes 10000,50000, batches 1,64")
-    p.add_argument("--output", type=Path, help="also write the JSON document to this file")
+    add_run_args(p, "smoke run: sizes 10000,50000, batches 1,64")
     return p
 
 
@@ -893,19 +890,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     s = settings_from_args(args)
-    started = time.time()
     t_start = time.perf_counter()
     result: dict = {
-        "benchmark": "recstream scoring (bench/topk.py)",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "command": shlex.join(["bench/topk.py", *(sys.argv[1:] if argv is None else argv)]),
+        **bench_header("recstream scoring (bench/topk.py)", "bench/topk.py", argv),
         "parameters": {**asdict(s), "threads": s.resolved_threads(),
                        "users_per_s": "batch / median seconds per search call",
                        "recstream_path": "ItemMatrix.upsert + score_topk(matrix, queries, k, exclude=[()] * B), "
                                          "no history; ids converted to ints"},
     }
-    status = 0
-    try:
+    with Guarded(result, log) as guard:
         device = resolve_device(s.device)
         torch.set_num_threads(s.resolved_threads())
         faiss.omp_set_num_threads(s.resolved_threads())
@@ -913,16 +906,8 @@ def main(argv=None) -> int:
         result["versions"] = versions()
         result.update(run_benchmark(s))
         result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    except KeyboardInterrupt:
-        status = 130
-        result["error"] = "interrupted"
-    except Exception as exc:  # noqa: BLE001 - reported in the JSON, traceback on stderr
-        status = 1
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-    result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    emit_result(result, args.output, log)
-    return status
+    finish(result, t_start, args.output, log)
+    return guard.status
 
 
 if __name__ == "__main__":

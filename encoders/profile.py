@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import bisect
 import math
-import struct
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import orjson
+
+from scoring.binary import HEADER, pack_header, unpack_header
+from scoring.records import DAY_MS
 
 __all__ = [
     "EVENT_KINDS",
@@ -40,13 +42,10 @@ EventKind = Literal["click", "purchase", "review"]
 #: Event kinds understood by :meth:`DecayedProfileModel.apply`.
 EVENT_KINDS: Final[frozenset[str]] = frozenset({"click", "purchase", "review"})
 
-DAY_MS: Final = 24 * 3600 * 1000
-
 # Binary layout: MAGIC (2 bytes) | version (1 byte) | metadata length (uint32 LE)
 #                | orjson metadata | vector as float32 LE (dim * 4 bytes).
 _MAGIC: Final = b"RP"
 _VERSION: Final = 1
-_HEADER = struct.Struct("<2sBI")
 _F32_LE: Final = np.dtype("<f4")
 
 
@@ -167,22 +166,13 @@ class UserProfile:
             }
         )
         vec = np.ascontiguousarray(self.vector, dtype=_F32_LE).tobytes()
-        return _HEADER.pack(_MAGIC, _VERSION, len(meta)) + meta + vec
+        return pack_header(_MAGIC, _VERSION, len(meta)) + meta + vec
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> UserProfile:
         """Inverse of :meth:`to_bytes`; raises :class:`ProfileFormatError` on bad input."""
-        buf = bytes(data)
-        if len(buf) < _HEADER.size:
-            raise ProfileFormatError(f"profile bytes too short ({len(buf)} bytes)")
-        magic, version, meta_len = _HEADER.unpack_from(buf)
-        if magic != _MAGIC:
-            raise ProfileFormatError(f"not a serialized UserProfile (magic {magic!r})")
-        if version != _VERSION:
-            raise ProfileFormatError(
-                f"unknown UserProfile format version {version} (this code reads version {_VERSION})"
-            )
-        start = _HEADER.size
+        buf, meta_len = unpack_header(data, _MAGIC, _VERSION, ProfileFormatError, short="profile", name="UserProfile")
+        start = HEADER.size
         try:
             meta: dict[str, Any] = orjson.loads(buf[start : start + meta_len])
             dim = int(meta["dim"])

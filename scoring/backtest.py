@@ -121,7 +121,7 @@ from scoring.metrics import (
     latency_summary,
     paired_bootstrap_ratios,
 )
-from streams.records import Click, Item, Purchase, Recommendation, Review
+from scoring.records import KIND_RANK, KIND_TOPICS, Click, Event, Item, Purchase, Recommendation, Review
 
 if TYPE_CHECKING:  # the engine side imports torch; only run_offline needs it
     from encoders.profile import ProfileConfig
@@ -152,8 +152,6 @@ __all__ = [
     "target_kind",
 ]
 
-Event = Click | Purchase | Review
-
 #: The method name recstream's own lists are reported under.
 RECSTREAM: Final = "recstream"
 #: ``Recommendation.model`` of a popularity fallback (= :data:`scoring.engine.POPULARITY_MODEL`,
@@ -177,10 +175,6 @@ COLD: Final = _Marker("COLD")
 FOLLOW: Final = _Marker("FOLLOW")
 #: The values :attr:`BacktestConfig.targets` may hold.
 TARGET_KINDS: Final = frozenset({"click", "purchase", "positive"})
-_EVENT_TOPICS: Final = {"click": "clicks", "purchase": "purchases", "review": "reviews"}
-#: Ties at one time: a click before a purchase before a review (as MovieLens' rating = click
-#: + purchase is produced).
-KIND_RANK: Final = {"click": 0, "purchase": 1, "review": 2}
 _COUNT_NAMES: Final = (
     "events",
     "warm",
@@ -985,7 +979,7 @@ def run_offline(
         chunk_idx = processing[start : start + batch_size]
         batch = []
         for i in chunk_idx:
-            topic = _EVENT_TOPICS[ordered[i].kind]
+            topic = KIND_TOPICS[ordered[i].kind]
             partition = partition_of(ordered[i].user_id) if partition_of is not None else 0
             offset = offsets.get((topic, partition), 0)
             batch.append(Incoming(ordered[i], topic, partition, offset))

@@ -23,7 +23,7 @@ from typing import Final, Literal, Protocol, runtime_checkable
 
 from scoring.cooccurrence import RecentItems, bound_neighbours, is_positive
 from scoring.popularity import DecayedPopularity
-from streams.records import Click, Purchase, Review
+from scoring.records import Click, Purchase, Review
 
 __all__ = [
     "DEFAULT_POPULARITY_HALF_LIFE_MS",

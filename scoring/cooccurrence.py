@@ -95,7 +95,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -103,6 +102,7 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
+from scoring.binary import HEADER, pack_header, unpack_header
 from scoring.popularity import _logaddexp2 as logaddexp2
 from scoring.popularity import _logsubexp2 as logsubexp2
 
@@ -124,7 +124,6 @@ __all__ = [
 #                | orjson list of neighbour ids | float64 LE: count, then one weight per id.
 _MAGIC: Final = b"RC"
 _VERSION: Final = 1
-_HEADER = struct.Struct("<2sBI")
 _F64_LE: Final = np.dtype("<f8")
 _NEG_INF: Final = -math.inf
 # keys of the journal's row entries (see CooccurrenceModel.rollback)
@@ -255,22 +254,14 @@ class CooccurrenceRow:
         nums = np.empty(1 + len(self.neighbours), dtype=_F64_LE)
         nums[0] = self.log2_count
         nums[1:] = np.fromiter(self.neighbours.values(), dtype=np.float64, count=len(self.neighbours))
-        return _HEADER.pack(_MAGIC, _VERSION, len(ids)) + ids + nums.tobytes()
+        return pack_header(_MAGIC, _VERSION, len(ids)) + ids + nums.tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> CooccurrenceRow:
         """Inverse of :meth:`to_bytes`; raises :class:`CooccurrenceFormatError` on bad input."""
-        buf = bytes(data)
-        if len(buf) < _HEADER.size:
-            raise CooccurrenceFormatError(f"co-occurrence row bytes too short ({len(buf)} bytes)")
-        magic, version, ids_len = _HEADER.unpack_from(buf)
-        if magic != _MAGIC:
-            raise CooccurrenceFormatError(f"not a serialized co-occurrence row (magic {magic!r})")
-        if version != _VERSION:
-            raise CooccurrenceFormatError(
-                f"unknown co-occurrence row format version {version} (this code reads version {_VERSION})"
-            )
-        start = _HEADER.size
+        buf, ids_len = unpack_header(data, _MAGIC, _VERSION, CooccurrenceFormatError,
+                                     short="co-occurrence row", name="co-occurrence row")
+        start = HEADER.size
         try:
             ids = orjson.loads(buf[start : start + ids_len])
         except orjson.JSONDecodeError as exc:

@@ -70,11 +70,10 @@ import numpy as np
 from scoring.baselines import DEFAULT_POPULARITY_HALF_LIFE_MS, EVENT_KINDS, observe_event
 from scoring.cooccurrence import is_positive
 from scoring.popularity import DecayedPopularity
-from streams.records import Click, Purchase, Review
+from scoring.records import DAY_MS, Click, Purchase, Review
 
 __all__ = ["DAY_MS", "DEFAULT_HALF_LIFE_MS", "DEFAULT_LAMBDA", "DEFAULT_QUERY_HALF_LIFE_MS", "DEFAULT_MAX_ITEMS", "EASEBaseline", "ease_weights"]
 
-DAY_MS: Final = 24 * 3600 * 1000
 #: L2 regularisation of the Gram matrix (chosen on the validation windows; see the module doc).
 DEFAULT_LAMBDA: Final = 200.0
 #: Recency half-life of an interaction's weight in the fit (chosen on the validation

@@ -63,13 +63,12 @@ from scoring.blend import (
 from scoring.cooccurrence import CooccurrenceModel, CooccurrenceScorer, is_positive, positive_history, weight_problem
 from scoring.popularity import DecayedPopularity
 from scoring.prequential import Prequential
+from scoring.records import Event, RecItem, Recommendation, Review, Trigger
 from scoring.topk import ItemMatrix, _because, explain, score_topk
-from streams.records import Click, Purchase, RecItem, Recommendation, Review, Trigger
 
 if TYPE_CHECKING:
     from scoring.learned import LearnedModel, LearnedUserEncoder
 
-Event = Click | Purchase | Review
 EmitMode = Literal["per-user", "per-event"]
 EMIT_MODES: tuple[EmitMode, ...] = ("per-user", "per-event")
 POPULARITY_MODEL = "popularity"

@@ -8,8 +8,8 @@ whole catalog minus items the user already rated."
 Data
 ====
 
-:func:`load_protocol_data` reads a dataset with :func:`streams.sources.load_dataset` and
-turns its events into :class:`Interaction` s (:func:`interactions_from_events`): the events
+:func:`protocol_data` takes a dataset read by :func:`streams.sources.load_dataset`
+(:func:`streams.tune.load_protocol_data` does both) and turns its events into :class:`Interaction` s (:func:`interactions_from_events`): the events
 of one user on one item at one time are one interaction (a MovieLens rating is a click,
 plus a purchase when it is at least the positive threshold), positive when it holds a
 purchase or a review rated at least the threshold.  By default only clicks and purchases
@@ -87,7 +87,7 @@ from scoring.baselines import ItemKNNBaseline, PopularityBaseline
 from scoring.blend import EQUAL_WEIGHTS, NORMALIZATIONS, BlendWeights, blend_topk, candidate_mask, normalize_scores
 from scoring.cooccurrence import CooccurrenceModel, CooccurrenceScorer, RecentItems, is_positive, weight_problem
 from scoring.metrics import RankingMetrics
-from streams.records import Item
+from scoring.records import DAY_MS, Item
 
 __all__ = [
     "DAY_MS",
@@ -101,15 +101,14 @@ __all__ = [
     "embed_texts",
     "grid_ranks",
     "interactions_from_events",
-    "load_protocol_data",
     "movie_text",
+    "protocol_data",
     "protocol_windows",
     "run_reference",
     "tune",
     "weight_grid",
 ]
 
-DAY_MS: Final = 24 * 3600 * 1000
 #: The issue's figures (HR@10, NDCG@10) on ml-latest-small, for comparison.
 ISSUE_TABLE: Final = {
     "popularity": (0.047, 0.023),
@@ -206,15 +205,12 @@ class ProtocolData:
         return [text_of(item) for item in self.catalog]
 
 
-def load_protocol_data(
-    path: str | Path, *, positive_threshold: float = 4.0, kinds: Sequence[str] = ("click", "purchase"), progress: bool = True
+def protocol_data(
+    ds: Any, *, positive_threshold: float = 4.0, kinds: Sequence[str] = ("click", "purchase")
 ) -> ProtocolData:
-    """Read a dataset (``streams.sources.load_dataset``) into :class:`ProtocolData`;
-    interactions on items outside the catalog are dropped."""
-    from streams.sources import load_dataset
-
-    with tqdm(desc="read dataset", unit=" rows", file=sys.stderr, disable=not progress, mininterval=1.0) as bar:
-        ds = load_dataset(path, positive_threshold=positive_threshold, progress=bar.update)
+    """A dataset that was read (``name``, ``catalog``, ``events`` in time order: a
+    :class:`streams.sources.Dataset`) as :class:`ProtocolData`; interactions on items
+    outside the catalog are dropped.  ``streams.tune.load_protocol_data`` reads one."""
     catalog = list({item.item_id: item for item in ds.catalog}.values())  # the latest entry of an id
     known = {item.item_id for item in catalog}
     interactions = [

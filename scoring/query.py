@@ -31,7 +31,7 @@ import numpy as np
 from encoders.profile import UserProfile
 from scoring.blend import BlendWeights, blend_score_topk, popularity_vector
 from scoring.topk import explain, score_topk
-from streams.records import RecItem
+from scoring.records import RecItem
 
 #: Weight of the query's embedding against the user's text profile in the text signal.
 QUERY_WEIGHT = 0.7

@@ -41,7 +41,7 @@ from scoring.backtest import (
     interaction_kinds,
     run_offline,
 )
-from streams.records import Click, Item, Purchase, Review
+from scoring.records import Event, Item
 
 if TYPE_CHECKING:
     from encoders.profile import ProfileConfig
@@ -49,8 +49,6 @@ if TYPE_CHECKING:
     from encoders.text import TextEncoder
     from scoring.blend import BlendWeights
     from scoring.engine import EngineConfig
-
-Event = Click | Purchase | Review
 
 __all__ = ["METHODS", "EngineMethod", "HeldLists", "OfflineMethod", "SideBySideOptions", "method_names", "side_by_side"]
 

@@ -17,10 +17,12 @@ import operator
 from collections.abc import Collection, Iterator, Sequence
 from functools import partial
 from itertools import chain
-from typing import NamedTuple, TypeAlias
+from typing import TypeAlias
 
 import numpy as np
 import torch
+
+from scoring.records import RecItem
 
 __all__ = ["ItemMatrix", "Recommendation", "TopK", "default_dtype", "score_topk"]
 
@@ -28,12 +30,9 @@ __all__ = ["ItemMatrix", "Recommendation", "TopK", "default_dtype", "score_topk"
 UPSERT_SLICE = 8192
 
 
-class Recommendation(NamedTuple):
-    """One scored item (a plain tuple ``(item_id, score, because)``)."""
-
-    item_id: str
-    score: float
-    because: str | None
+#: One scored item, a named tuple ``(item_id, score, because)``: the record contract's
+#: :class:`~scoring.records.RecItem` itself (one type, also under this name).
+Recommendation: TypeAlias = RecItem
 
 
 #: The result for one query: best first.

@@ -46,14 +46,14 @@ from . import topics as T
 from .config import KafkaSettings
 from .evidence import EvidenceFollower
 from .metrics import pipeline_metrics
+from .records import DAY_MS
 from .security import faust_credentials
-from .transactions import PartitionTransactions, TransactionFailed
+from .transactions import PartitionTransactions, TransactionFailed, send_batches
 from .streamtime import StreamTimeMerger, StreamTimeScheduler
 from .state import ObservedGlobalTable, decode_item, decode_log2, split_popularity_key, write_raw
 
 log = logging.getLogger("recstream.worker")
 
-DAY_MS = 24 * 3600 * 1000
 #: Most bytes in one produce batch (one partition).  The producer sends at most one batch
 #: per partition per round trip to the broker, and faust's default (16 KiB, about four
 #: profiles) made the profiles changelog a bottleneck; the broker takes up to 1 MB.
@@ -561,24 +561,15 @@ class Pipeline:
 
     async def _send_batches(self, topic_name: str, by_partition: Mapping[int, Sequence[tuple[bytes | None, bytes]]],
                             on_delivered: Callable[[int, int], None] | None = None) -> None:
-        """Queue records on faust's producer as record batches, in order within each partition."""
+        """Queue records on faust's producer as record batches, in order within each partition
+        (:func:`streams.transactions.send_batches`); each batch's delivery is reported by
+        :meth:`_batch_delivered`."""
         producer = self.app.producer._ensure_producer()  # faust's aiokafka producer; faust has no batch API
         for partition, records in by_partition.items():
-            start, total = 0, len(records)
-            while start < total:
-                batch = producer.create_batch()
-                n = 0
-                while start + n < total:
-                    key, value, *ts = records[start + n]  # (key, value[, timestamp ms])
-                    if batch.append(key=key, value=value, timestamp=ts[0] if ts else None) is None:
-                        break  # full: the rest goes in the next batch
-                    n += 1
-                if n == 0:
-                    raise ValueError(f"a record of {len(records[start][1])} bytes does not fit a produce batch for {topic_name}")
-                batch.close()
-                delivery = await producer.send_batch(batch, topic_name, partition=partition)
+            def sent(n: int, delivery: asyncio.Future, partition: int = partition) -> None:
                 delivery.add_done_callback(partial(self._batch_delivered, topic_name, partition, n, on_delivered))
-                start += n
+
+            await send_batches(producer, topic_name, partition, records, on_sent=sent)
 
     def _batch_delivered(self, topic_name: str, partition: int, n: int, on_delivered: Callable[[int, int], None] | None,
                          delivery: asyncio.Future) -> None:

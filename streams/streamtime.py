@@ -34,9 +34,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import orjson
 from faust.transport.utils import DefaultSchedulingStrategy
 
-from scoring.backtest import KIND_RANK
-
 from . import topics as T
+from .records import KIND_RANK
 
 log = logging.getLogger("recstream.streamtime")
 

@@ -15,16 +15,14 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
 from .config import KafkaSettings
+from .records import EVENT_TOPICS
 
 log = logging.getLogger(__name__)
 
 ITEMS = "items"
-CLICKS = "clicks"
-PURCHASES = "purchases"
-REVIEWS = "reviews"
+CLICKS, PURCHASES, REVIEWS = EVENT_TOPICS  # "clicks", "purchases", "reviews"
 RECOMMENDATIONS = "recommendations"
 DLQ = "recstream-dlq"
-EVENT_TOPICS = (CLICKS, PURCHASES, REVIEWS)
 
 #: Faust state tables of the pipeline; each has a compacted changelog topic.
 PROFILES_TABLE = "profiles"

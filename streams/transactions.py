@@ -166,11 +166,12 @@ class PartitionTransactions:
             raise TransactionFailed(f"transaction {self.transactional_id(partition)}: {type(exc).__name__}: {exc}") from exc
 
 
-async def send_batches(producer: Any, topic: str, partition: int, records: Sequence[tuple[bytes | None, bytes] | tuple[bytes | None, bytes, int]]
-                       ) -> list[tuple[int, asyncio.Future]]:
-    """Queue ``records`` on ``producer`` as record batches, in order; returns (index of each
-    batch's first record, its delivery future).  A record is ``(key, value)`` (timestamped
-    when sent) or ``(key, value, timestamp_ms)``."""
+async def send_batches(producer: Any, topic: str, partition: int, records: Sequence[tuple[bytes | None, bytes] | tuple[bytes | None, bytes, int]],
+                       on_sent: Callable[[int, asyncio.Future], None] | None = None) -> list[tuple[int, asyncio.Future]]:
+    """Queue ``records`` on ``producer`` (an aiokafka producer) as record batches, in order;
+    returns (index of each batch's first record, its delivery future).  A record is
+    ``(key, value)`` (timestamped when sent) or ``(key, value, timestamp_ms)``.
+    ``on_sent(number of records, delivery future)`` is called as each batch is queued."""
     out = []
     start, total = 0, len(records)
     while start < total:
@@ -184,7 +185,10 @@ async def send_batches(producer: Any, topic: str, partition: int, records: Seque
         if n == 0:
             raise ValueError(f"a record of {len(records[start][1])} bytes does not fit a produce batch for {topic}")
         batch.close()
-        out.append((start, await producer.send_batch(batch, topic, partition=partition)))
+        delivery = await producer.send_batch(batch, topic, partition=partition)
+        if on_sent is not None:
+            on_sent(n, delivery)
+        out.append((start, delivery))
         start += n
     return out
 

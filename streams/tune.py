@@ -25,9 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from scoring.backtest import event_order_key
-from streams.records import Item, ItemDeleted, ValidationError, parse_event, parse_item
-
-DAY_MS = 24 * 3600 * 1000
+from streams.records import DAY_MS, Item, ItemDeleted, ValidationError, parse_event, parse_item
 
 
 @dataclass
@@ -39,17 +37,35 @@ class Source:
     events: list  # Click | Purchase | Review, in the protocol's order
 
 
+def load_protocol_data(
+    path: str | Path, *, positive_threshold: float = 4.0, kinds: Sequence[str] = ("click", "purchase"), progress: bool = True
+) -> Any:
+    """Read a dataset (:func:`streams.sources.load_dataset`) into
+    :class:`scoring.protocol.ProtocolData` (:func:`scoring.protocol.protocol_data`)."""
+    from tqdm import tqdm
+
+    from scoring.protocol import protocol_data
+
+    from .sources import load_dataset
+
+    with tqdm(desc="read dataset", unit=" rows", file=sys.stderr, disable=not progress, mininterval=1.0) as bar:
+        ds = load_dataset(path, positive_threshold=positive_threshold, progress=bar.update)
+    return protocol_data(ds, positive_threshold=positive_threshold, kinds=kinds)
+
+
 def load_source(dataset: str | None, settings: Any = None, *, end_ms: int | None = None,
-                positive_threshold: float = 4.0, progress: bool = True) -> Source:
-    """The dataset at ``dataset`` (events before ``end_ms``), or, without one, the catalog
-    and event topics of ``settings``' deployment."""
+                positive_threshold: float = 4.0, progress: bool = True, dataset_options: dict[str, Any] | None = None) -> Source:
+    """The dataset at ``dataset`` (events before ``end_ms``; ``dataset_options``, such as a
+    CSV column mapping, go to :func:`streams.sources.load_dataset`), or, without one, the
+    catalog and event topics of ``settings``' deployment."""
     from tqdm import tqdm
 
     if dataset:
         from .sources import load_dataset
 
         with tqdm(desc=f"reading {dataset}", unit=" rows", file=sys.stderr, disable=not progress, mininterval=1.0) as bar:
-            ds = load_dataset(dataset, positive_threshold=positive_threshold, end_ms=end_ms, progress=bar.update)
+            ds = load_dataset(dataset, positive_threshold=positive_threshold, end_ms=end_ms, progress=bar.update,
+                              **(dataset_options or {}))
         catalog = list({item.item_id: item for item in ds.catalog}.values())
         return Source(ds.name, catalog, sorted(ds.events, key=event_order_key))
     from . import topics as T

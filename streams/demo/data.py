@@ -15,9 +15,7 @@ from typing import Sequence
 
 import orjson
 
-from ..records import Click, Item, Purchase, Review
-
-Event = Click | Purchase | Review
+from ..records import Click, Event, Item, Purchase, Review
 
 
 def load_catalog(ts: int = 0) -> list[Item]:

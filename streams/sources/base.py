@@ -31,7 +31,10 @@ from ..records import (
     MAX_ID_CHARS,
     MAX_TEXT_CHARS,
     MAX_TITLE_CHARS,
+    KIND_RANK,
+    KIND_TOPICS,
     Click,
+    Event,
     Item,
     Purchase,
     Review,
@@ -49,13 +52,10 @@ __all__ = [
     "open_lines",
 ]
 
-Event: TypeAlias = Click | Purchase | Review
 T = TypeVar("T")
 Progress: TypeAlias = Callable[[int], None]
 
-#: Event kind -> the (logical) topic it is produced to.
-KIND_TOPICS: Final = {"click": "clicks", "purchase": "purchases", "review": "reviews"}
-_KIND_RANK: Final = {Click: 0, Purchase: 1, Review: 2}
+_KIND_RANK: Final = {cls: KIND_RANK[cls.kind] for cls in (Click, Purchase, Review)}
 #: How many precise messages are kept per skip reason (the count is always exact).
 MAX_EXAMPLES: Final = 20
 _PROGRESS_EVERY: Final = 10_000
