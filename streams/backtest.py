@@ -1,15 +1,20 @@
-"""``recstream backtest``: replay a time range, then score what the pipeline recommended.
+"""``recstream backtest``: replay a time range, then score what the pipeline recommended;
+or, with ``--dataset``, run the engine's methods offline side by side.
 
 The replay (:mod:`streams.replay`) runs an isolated worker with per-event emission; this
 module reads the replayed catalog, events and recommendation records back from Kafka and
 hands them to the pure protocol in :mod:`scoring.backtest`, which also runs the baselines
-on exactly the same test cases.
+on exactly the same test cases. :func:`backtest_dataset` reads a dataset folder instead
+(:func:`streams.tune.load_source`) and runs every method of :mod:`scoring.sidebyside` on it,
+no broker involved.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
 
 from scoring.backtest import BacktestConfig, BacktestResult, evaluate_records
 
@@ -70,3 +75,123 @@ def backtest_replay(
     result = evaluate_records(contents.events, contents.recommendations, contents.catalog_ids, config,
                               exclude_seen=exclude_seen, history_len=history_len)
     return result, contents
+
+
+# --- backtest --dataset: the engine's methods offline, side by side ------------------------
+
+
+def method_list(methods: str | Sequence[str] | None, *, user_model: str | None = None) -> list[str]:
+    """The side-by-side methods to run, in table order: ``methods`` (names, or one
+    comma-separated string), by default every registered method (``learned`` only with a
+    ``user_model``). Unknown names are a ``ValueError`` naming them."""
+    from scoring.sidebyside import METHODS
+
+    if methods is None:
+        methods = ",".join(m for m in METHODS if m != "learned" or user_model)
+    if isinstance(methods, str):
+        methods = methods.split(",")
+    names = [m.strip() for m in methods if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise ValueError(f"--methods: unknown {unknown}; known: {', '.join(METHODS)}")
+    return names
+
+
+def partition_function(partitions: int | None) -> Callable[[str], int] | None:
+    """A user's partition among ``partitions``, as Kafka's default partitioner keys it
+    (``None`` for one partition)."""
+    if not partitions or partitions == 1:
+        return None
+    from .client import partition_for
+
+    return lambda user_id: partition_for(user_id.encode(), partitions)
+
+
+@dataclass
+class DatasetBacktest:
+    """What :func:`backtest_dataset` measured."""
+
+    dataset: str
+    result: BacktestResult
+    config: BacktestConfig  # as scored (the engine's popularity half-life filled in)
+    methods: list[str]
+    blend: Any  # the BlendWeights of the blend method, None for the defaults
+    embeddings: dict[str, Any]  # how the catalog was embedded (model, cache)
+    engine_s: dict[str, float] = field(default_factory=dict)  # seconds per method
+    total_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` document (and the ``--html`` report's input)."""
+        return {"dataset": self.dataset, "methods": self.methods, "blend": self.blend.to_dict() if self.blend else None,
+                "embeddings": self.embeddings, "timings": {"engine_s": self.engine_s, "total_s": self.total_s},
+                **self.result.to_dict()}
+
+
+def backtest_dataset(
+    dataset: str,
+    config: BacktestConfig,
+    *,
+    engine_config: Any,
+    profile_config: Any,
+    item_fields: Sequence[str],
+    methods: Sequence[str],
+    blend: Any = None,
+    adapt: Any = None,
+    partitions: int = 1,
+    user_model: str | None = None,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    dataset_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> DatasetBacktest:
+    """Run ``methods`` (names of :data:`scoring.sidebyside.METHODS`, see :func:`method_list`)
+    over the dataset at ``dataset`` (events from ``start_ms`` to before ``end_ms``), each from
+    an empty state, and score them and the baselines on the same cases.
+
+    ``engine_config`` (:class:`scoring.engine.EngineConfig`, per-event emission) and
+    ``profile_config`` (:class:`encoders.profile.ProfileConfig`) are the worker's settings;
+    ``blend`` the blend method's :class:`~scoring.blend.BlendWeights` (``None``: the
+    defaults), ``adapt`` its online adaptation (:class:`~scoring.adapt.AdaptConfig`, ``None``:
+    fixed weights); ``partitions`` keys each user's events to one of that many input
+    partitions, as a worker's topics would (the adaptive weights are kept per partition).
+    ``dataset_options`` go to :func:`streams.sources.load_dataset` (a CSV column mapping).
+    Item embeddings are the worker's (``item_fields``); review texts are encoded
+    on CUDA when present."""
+    from tqdm import tqdm
+
+    from encoders.text import TextEncoder
+    from scoring.sidebyside import METHODS, SideBySideOptions, side_by_side
+    from scoring.topk import ItemMatrix
+
+    from .tune import catalog_embeddings, load_source
+
+    started = time.monotonic()
+    src = load_source(dataset, end_ms=end_ms, positive_threshold=config.positive_threshold, progress=progress,
+                      dataset_options=dataset_options)
+    if start_ms is not None:
+        src.events = [e for e in src.events if e.ts >= start_ms]
+    fields = tuple(item_fields)
+    emb, info = catalog_embeddings(src.catalog, fields=fields, progress=progress)
+    encoder = TextEncoder()  # review texts: CUDA when present
+    matrix = ItemMatrix(encoder.dim, "cpu")
+    matrix.upsert([it.item_id for it in src.catalog], emb)
+    opts = SideBySideOptions(encoder=encoder, engine_config=engine_config, profile_config=profile_config,
+                             blend=blend, adapt=adapt, item_fields=fields, matrix=matrix,
+                             partition_of=partition_function(partitions), extra={"user_model": user_model})
+    runs = [METHODS[m](opts) for m in methods]
+    config = replace(config, popularity_half_life_ms=engine_config.popularity_half_life_ms)
+    bars: dict = {}
+
+    def show(name: str, n: int) -> None:
+        if name not in bars:
+            for b in bars.values():
+                b.close()
+            bars[name] = tqdm(total=len(src.events), desc=name, unit=" ev", file=sys.stderr, mininterval=1.0,
+                              disable=not progress)
+        bars[name].update(n)
+
+    result, seconds = side_by_side(src.events, src.catalog, config, runs, progress=show)
+    for b in bars.values():
+        b.close()
+    return DatasetBacktest(dataset=dataset, result=result, config=config, methods=list(methods), blend=blend,
+                           embeddings=info, engine_s=seconds, total_s=round(time.monotonic() - started, 1))

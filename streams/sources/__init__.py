@@ -15,11 +15,14 @@ Formats (``fmt``; ``"auto"`` detects from the files present):
 ``amazon-2018``     Amazon Review Data 2018: ``<Cat>.json(.gz)`` / ``<Cat>_5.json(.gz)`` + ``meta_<Cat>.json(.gz)``
 ``amazon-2023``     Amazon Reviews 2023: ``<Cat>.jsonl(.gz)`` + ``meta_<Cat>.jsonl(.gz)``
 ``jsonl``           recstream JSON lines: ``*.jsonl(.gz)`` objects with a ``"topic"`` field
+``csv``             your own export: one CSV (``.csv``, ``.tsv``, ``.gz``) of interactions with a
+                    column mapping (``csv=CsvMapping``), optionally a catalog CSV
 ==================  =============================================================
 
 Aliases: ``movielens`` (any MovieLens layout), ``ml-latest``, ``ml-latest-small``, ``ml-20m``,
-``ml-25m``, ``ml-32m``, ``ml-10m``, ``amazon`` (either release, by field names), ``recstream``.
-The mappings are described in :mod:`.movielens`, :mod:`.amazon` and :mod:`.jsonl`.
+``ml-25m``, ``ml-32m``, ``ml-10m``, ``amazon`` (either release, by field names), ``recstream``,
+``tsv``. The mappings are described in :mod:`.movielens`, :mod:`.amazon`, :mod:`.jsonl` and
+:mod:`.csvfile`.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ from pathlib import Path
 from typing import Final
 
 from ..records import DEFAULT_MAX_FUTURE_MS
-from . import amazon, jsonl, movielens
+from . import amazon, csvfile, jsonl, movielens
 from .base import KIND_TOPICS, Builder, Dataset, DatasetError, DatasetStats, Event, Progress
+from .csvfile import CsvMapping
 
 __all__ = [
     "FORMATS",
+    "CsvMapping",
     "KIND_TOPICS",
     "Dataset",
     "DatasetError",
@@ -45,7 +50,7 @@ __all__ = [
     "load_dataset",
 ]
 
-FORMATS: Final = ("movielens-csv", "ml-1m", "ml-100k", "amazon-2018", "amazon-2023", "jsonl")
+FORMATS: Final = ("movielens-csv", "ml-1m", "ml-100k", "amazon-2018", "amazon-2023", "jsonl", "csv")
 _ALIASES: Final = {
     "auto": "auto",
     "movielens": "movielens",
@@ -57,13 +62,15 @@ _ALIASES: Final = {
     "ml-10m": "ml-1m",
     "amazon": "amazon",
     "recstream": "jsonl",
+    "tsv": "csv",
     **{f: f for f in FORMATS},
 }
 _EXPECTED: Final = (
     "expected one of: ratings.csv + movies.csv (MovieLens ml-latest/ml-25m/ml-32m), "
     "ratings.dat + movies.dat (ml-1m), u.data + u.item (ml-100k), "
     "an Amazon review file <Category>.json(l)(.gz) with meta_<Category>.json(l)(.gz), "
-    "or recstream *.jsonl files whose objects have a \"topic\" field"
+    "recstream *.jsonl files whose objects have a \"topic\" field, "
+    "or a CSV of interactions (.csv, .tsv: --format csv, with --columns)"
 )
 
 
@@ -77,6 +84,7 @@ def load_dataset(
     limit: int | None = None,
     progress: Progress | None = None,
     now_ms: int | None = None,
+    csv: CsvMapping | None = None,
 ) -> Dataset:
     """Read the dataset at ``path`` (a folder, or one of its files) into contract records.
 
@@ -89,12 +97,18 @@ def load_dataset(
       call* (an increment, so ``tqdm(...).update`` can be passed as is).
     * ``now_ms``: the clock that bounds timestamps (default: now); a row more than a day in
       the future is skipped, as the contract would reject it.
+    * ``csv``: the column mapping (and catalog file) of a CSV of interactions
+      (:class:`~.csvfile.CsvMapping`); implies ``fmt="csv"``.
 
     Raises :class:`DatasetError` when the path holds no known dataset or a file it needs is
     missing or unreadable; ``ValueError`` for a bad argument. Rows that cannot be used are
     never an exception: they are skipped and counted in ``stats.skipped``.
     """
     canonical = _canonical(fmt)
+    if csv is not None:
+        if canonical not in ("auto", "csv"):
+            raise ValueError(f"a CSV column mapping (--columns, --catalog-csv) reads the csv format, not {fmt!r}")
+        canonical = "csv"
     if isinstance(positive_threshold, bool) or not isinstance(positive_threshold, (int, float)) or not math.isfinite(positive_threshold):
         raise ValueError(f"positive_threshold must be a finite number, got {positive_threshold!r}")
     builder = Builder(
@@ -109,6 +123,8 @@ def load_dataset(
     elif plan.format in ("amazon-2018", "amazon-2023"):
         reviews, meta = plan.files
         amazon.load(reviews, meta, plan.format.removeprefix("amazon-"), builder)
+    elif plan.format == "csv":
+        csvfile.load(plan.files[0], csv or CsvMapping(), builder, positive_threshold=positive_threshold)
     else:
         jsonl.load(list(plan.files), builder)
     return builder.finish(plan.name, plan.format, root)
@@ -140,6 +156,10 @@ class _Plan:
 
 
 def _plan(root: Path, fmt: str) -> _Plan:
+    if fmt == "csv":
+        if not root.is_file():
+            raise DatasetError(f"{root}: the csv format reads one file of interactions; give its path, not a folder")
+        return _Plan("csv", (root,), _stem(root))
     if root.is_file():
         return _plan_file(root, fmt)
     folder, name = root, root.name
@@ -189,11 +209,11 @@ def _plan_file(path: Path, fmt: str) -> _Plan:
     for layout, (ratings, movies, tags) in movielens.LAYOUTS.items():
         if path.name in (ratings, movies, tags) and fmt in ("auto", "movielens", layout):
             return _Plan(layout, (folder,), folder.name)
+    if fmt == "auto" and csvfile.is_csv_file(path):
+        return _Plan("csv", (path,), _stem(path))
     if not amazon.is_json_file(path):
         raise DatasetError(f"{path}: not a dataset file this reader knows ({_EXPECTED})")
-    stem = path.name
-    for suffix in (".gz", ".jsonl", ".json"):
-        stem = stem.removesuffix(suffix)
+    stem = _stem(path)
     if path.name.startswith("meta_"):
         raise DatasetError(f"{path}: is an Amazon metadata file; give the review file ({stem}.json(l).gz) or the folder")
     first = amazon.peek(path)
@@ -203,6 +223,13 @@ def _plan_file(path: Path, fmt: str) -> _Plan:
         metas = sorted(p for p in folder.iterdir() if amazon.is_json_file(p) and p.name.startswith("meta_"))
         return _plan_amazon(path, fmt, first, metas, stem)
     raise DatasetError(f"{path}: a single {path.suffix} file cannot be read as {fmt}")
+
+
+def _stem(path: Path) -> str:
+    stem = path.name
+    for suffix in (".gz", ".jsonl", ".json", ".csv", ".tsv"):
+        stem = stem.removesuffix(suffix)
+    return stem
 
 
 def _plan_amazon(reviews: Path, fmt: str, first: dict[str, object] | None, metas: list[Path], name: str) -> _Plan:

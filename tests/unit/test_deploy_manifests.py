@@ -16,7 +16,8 @@ import pytest
 yaml = pytest.importorskip("yaml")
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
-SOURCES = [Path(__file__).resolve().parents[2] / "streams" / name for name in ("cli.py", "config.py", "security.py", "metrics.py")]
+STREAMS = Path(__file__).resolve().parents[2] / "streams"
+SOURCES = [STREAMS / name for name in ("config.py", "security.py", "metrics.py")] + sorted((STREAMS / "cli").glob("*.py"))
 
 
 def load() -> dict[str, list[dict]]:
