@@ -10,7 +10,9 @@ topics; it defaults to ``<prefix>recstream``.
 TLS and SASL (:mod:`streams.security`) come from ``--security-protocol``,
 ``--sasl-mechanism``, ``--sasl-username``, ``--sasl-password-file``, ``--ssl-cafile``, ...
 or their ``RECSTREAM_*`` variables. Every one of these settings can also be written in a
-TOML file (``--config FILE`` / ``RECSTREAM_CONFIG``), in a ``[kafka]`` table::
+TOML file (``--config FILE`` / ``RECSTREAM_CONFIG``), in a ``[kafka]`` table (the same file
+holds the other settings of each command, in a table named after it: ``[worker]``,
+``[backtest]``, ...; see :mod:`streams.cli.configfile`)::
 
     [kafka]
     broker = "kafka-1.internal:9096"
@@ -44,6 +46,12 @@ ENV_APP_ID = "RECSTREAM_APP_ID"
 ENV_CONFIG = "RECSTREAM_CONFIG"
 #: Keys of the config file's ``[kafka]`` table.
 FILE_KEYS = ("broker", "topic_prefix", "app_id", *security.FILE_KEYS)
+#: The config file's command tables: the settings of ``recstream <command>``, keyed by its long
+#: flags (``batch-max`` or ``batch_max``); checked and applied by :mod:`streams.cli.configfile`.
+#: ``recstream kafka`` (the local development broker) has none: ``[kafka]`` is the connection.
+COMMAND_TABLES = ("topics", "worker", "forget", "profile", "produce", "replay", "backtest", "tune", "train",
+                  "subscribe", "demo")
+CONFIG_TABLES = ("kafka", *COMMAND_TABLES)
 MAX_CONFIG_BYTES = 1024 * 1024
 
 log = logging.getLogger(__name__)
@@ -136,8 +144,15 @@ class KafkaSettings:
         )
 
 
-def load_config_file(path: str) -> dict[str, Any]:
-    """The ``[kafka]`` table of a TOML config file (unknown keys are an error, not ignored)."""
+def read_config_file(path: str) -> dict[str, dict[str, Any]]:
+    """The tables of a TOML config file: ``[kafka]`` (the connection, :func:`load_config_file`)
+    and one per command (:data:`COMMAND_TABLES`, whose keys the command line checks). Anything
+    else (another table, a key outside a table) is an error, not ignored."""
+    return _read_config(path)[0]
+
+
+def _read_config(path: str) -> tuple[dict[str, dict[str, Any]], int]:
+    """The config file's tables, checked as :func:`read_config_file` says, and its mode."""
     import tomllib
 
     try:
@@ -152,12 +167,20 @@ def load_config_file(path: str) -> dict[str, Any]:
         doc = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
-    table = doc.get("kafka", {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"config file {path}: 'kafka' must be a table ([kafka])")
-    others = sorted(k for k in doc if k != "kafka")
+    others = sorted(k for k in doc if k not in CONFIG_TABLES)
     if others:
-        raise ConfigError(f"config file {path}: unknown table or key {', '.join(others)} (recstream reads [kafka])")
+        raise ConfigError(f"config file {path}: unknown table or key {', '.join(others)} "
+                          f"(recstream reads [kafka] and a table per command: {', '.join(COMMAND_TABLES)})")
+    for name, table in doc.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"config file {path}: {name!r} must be a table ([{name}]), got {name} = {table!r}")
+    return doc, mode
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """The ``[kafka]`` table of a TOML config file (unknown keys are an error, not ignored)."""
+    doc, mode = _read_config(path)
+    table = doc.get("kafka", {})
     unknown = sorted(k for k in table if k not in FILE_KEYS)
     if unknown:
         raise ConfigError(f"config file {path}: unknown key(s) {', '.join(unknown)} in [kafka]; known: {', '.join(FILE_KEYS)}")

@@ -15,6 +15,8 @@ flags win over environment variables, which win over the defaults (the local bro
 127.0.0.1:9092, no prefix, app id ``recstream``). TLS and SASL settings, and a TOML config
 file for all of these (``--config``), are described in :mod:`streams.config` and
 :mod:`streams.security`; passwords are read from a file or the environment, never from a flag.
+The same file holds any other setting of a command, in a table named after it
+(:mod:`streams.cli.configfile`): defaults < config file < environment < flags.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from typing import Sequence
 from ..config import ConfigError
 from . import backtest, demo, forget, kafka, produce, profile, replay, subscribe, topics, train, tune, worker
 from .backtest import engine_worker_args
-from .options import Handler, kafka_options, settings_from, version_string
+from .configfile import apply_config_file, note_environment
+from .options import Handler, env_reads, kafka_options, settings_from, version_string
 from .worker import worker_config
 
-__all__ = ["Handler", "build_parser", "engine_worker_args", "main", "settings_from", "worker_config"]
+__all__ = ["Handler", "apply_config_file", "build_parser", "engine_worker_args", "main", "settings_from", "worker_config"]
 
 #: the commands, in the order ``recstream --help`` lists them
 COMMANDS = (kafka, topics, worker, forget, profile, produce, replay, backtest, tune, train, subscribe, demo)
@@ -49,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     kafka_opts = kafka_options()
     for command in COMMANDS:
-        command.add_parser(sub, kafka_opts)
+        before = set(sub.choices)
+        with env_reads() as names:  # the settings the environment sets win over the config file's
+            command.add_parser(sub, kafka_opts)
+        for name in set(sub.choices) - before:
+            note_environment(sub.choices[name], names)
     return parser
 
 
@@ -69,8 +76,10 @@ def _authorization_message(exc: Exception) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:  # the RECSTREAM_* variables are read as the parser is built
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:  # the RECSTREAM_* variables are read as the parser is built, then the config file's table of the command
         parser = build_parser()
+        apply_config_file(parser, argv)
     except ConfigError as exc:
         sys.stderr.write(f"recstream: error: {exc}\n")
         return 2

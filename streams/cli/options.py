@@ -9,8 +9,9 @@ which :func:`streams.cli.main` reports in one line with exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..config import ConfigError, KafkaSettings
 
@@ -59,11 +60,34 @@ def settings_from(args: argparse.Namespace) -> KafkaSettings:
     )
 
 
+#: open :func:`env_reads` collections
+_ENV_READS: list[set[str]] = []
+
+
+@contextlib.contextmanager
+def env_reads() -> Iterator[set[str]]:
+    """The names (without ``RECSTREAM_``) of the variables whose values the readers below
+    return while this is open: the settings the environment sets, which win over the
+    config file (:mod:`streams.cli.configfile`)."""
+    names: set[str] = set()
+    _ENV_READS.append(names)
+    try:
+        yield names
+    finally:
+        _ENV_READS.remove(names)
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     """A ``RECSTREAM_*`` variable as text (``default`` when unset)."""
     import os
 
-    return os.environ.get(f"RECSTREAM_{name}", default)
+    value = os.environ.get(f"RECSTREAM_{name}")
+    if value is None:
+        return default
+    if value.strip():
+        for names in _ENV_READS:
+            names.add(name)
+    return value
 
 
 def _env_number(name: str, default: Any, kind: type, what: str) -> Any:
