@@ -8,7 +8,7 @@ STAMP := $(VENV)/.recstream-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-unit lint bench bench-quick setup kafka-start kafka-stop kafka-status clean
+.PHONY: demo test test-unit lint typecheck bench bench-quick setup kafka-start kafka-stop kafka-status clean
 
 demo: setup ## the main job: local broker, topics, worker, built-in catalog, recommendations
 	$(BIN)/recstream demo
@@ -21,6 +21,9 @@ test-unit: setup ## the broker-free suite (pure code, a few minutes): the fast l
 
 lint: setup ## ruff's checks (pyproject.toml [tool.ruff]) on the whole tree
 	$(BIN)/ruff check .
+
+typecheck: setup ## mypy on streams/, scoring/, encoders/ (pyproject.toml [tool.mypy])
+	$(BIN)/python -m mypy
 
 RESULTS := bench/results
 bench: setup ## the benchmarks of docs/benchmarks.md, one after the other (about 1 h on 2 cores); JSON in bench/results/

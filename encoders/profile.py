@@ -230,7 +230,10 @@ def review_polarity(rating: float | None) -> float:
 class ProfileModel(Protocol):
     """What the pipeline needs from a user profile model."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The model's name (a class attribute of the implementations)."""
+        ...
 
     def new_profile(self, user_id: str) -> UserProfile:
         """A fresh profile for ``user_id``."""

@@ -234,7 +234,7 @@ class IVFItemMatrix(ItemMatrix):
             self._build()
 
     # ------------------------------------------------------------------ mutation
-    def upsert(self, ids: Sequence[str], vecs: torch.Tensor | np.ndarray) -> None:
+    def upsert(self, ids: Sequence[str], vecs: torch.Tensor | np.ndarray | Sequence[np.ndarray]) -> None:
         if isinstance(ids, str):
             ids = [ids]
         if self._moments is not None:  # an update takes the old vector out

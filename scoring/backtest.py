@@ -99,7 +99,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from scoring.baselines import (
     DEFAULT_POPULARITY_HALF_LIFE_MS,
@@ -421,7 +421,7 @@ class BacktestResult:
     catalog_size: int
     counts: dict[str, int]
     methods: dict[str, MethodResult]
-    latency: dict[str, float | int | None]
+    latency: dict[str, Any]
     per_event: list[tuple[Event, tuple[str, ...] | None]] | None = None
 
     def metrics(self, method: str = RECSTREAM) -> dict[str, float | int | None]:
@@ -661,7 +661,8 @@ class Backtest:
                 if held is FOLLOW:
                     held, fallback = self._held.get(user, COLD), self._held_fallback.get(user, False)
                 elif isinstance(held, Recommendation):
-                    held, fallback = tuple(r.item_id for r in held.items), held.model == POPULARITY_MODEL
+                    held_rec = held  # mypy reads the tuple assignment left to right
+                    held, fallback = tuple(r.item_id for r in held_rec.items), held_rec.model == POPULARITY_MODEL
                 else:
                     fallback = False
                 if held is COLD:
@@ -814,7 +815,7 @@ def held_before(
         eid = rec.trigger.event_id
         event = events.get(eid) if eid is not None else None
         if event is not None and eid not in out:
-            out[eid] = holdings.before(event)
+            out[cast(str, eid)] = holdings.before(event)  # not None: it found an event
         holdings.after(rec.user_id, rec)
     return out
 

@@ -295,14 +295,14 @@ def normalize_scores(scores: torch.Tensor, candidates: torch.Tensor, method: str
     # every value cost several times the sort)
     x = torch.where(cand, s, torch.full((), math.inf))
     ordered, order = x.sort(dim=1)
-    n = int(ordered.shape[1])
-    pos = torch.arange(n).expand_as(ordered)
+    n_cols = int(ordered.shape[1])
+    pos = torch.arange(n_cols).expand_as(ordered)
     starts = torch.ones_like(ordered, dtype=torch.bool)
     starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
     ends = torch.ones_like(starts)
     ends[:, :-1] = starts[:, 1:]
     first = torch.where(starts, pos, 0).cummax(dim=1).values
-    last = torch.where(ends, pos, n).flip(1).cummin(dim=1).values.flip(1)
+    last = torch.where(ends, pos, n_cols).flip(1).cummin(dim=1).values.flip(1)
     denom = (cnt - 1).clamp(min=1).float()
     r = torch.empty_like(ordered).scatter_(1, order, (first + last).float() * 0.5) / denom
     ok = cand & (cnt > 1)
@@ -511,7 +511,7 @@ class PopularityStates:
     """
 
     #: spacing of the sums' expansion centres, in half-lives (every time lies within the radius of one)
-    step: Final = 2.0 * _TAYLOR_RADIUS / _LN2  # type: ignore[misc]
+    step: Final = 2.0 * _TAYLOR_RADIUS / _LN2
 
     def __init__(self, base: torch.Tensor, rows: np.ndarray, values: np.ndarray, popular: int = POPULAR_CANDIDATES) -> None:
         self.base = base.to(torch.float32).contiguous()
@@ -1269,16 +1269,16 @@ def candidate_blend_topk(
     if len(who := (unsure & ~widened).nonzero().squeeze(1)):
         dense = txt.dense(who).mul_(ct[who].unsqueeze(1))
         co_full = torch.zeros((len(who), n_rows), dtype=torch.float32)
-        sel = np.isin(co_b, who.numpy())
-        if sel.any():
-            j = np.searchsorted(who.numpy(), co_b[sel])
-            co_full[torch.from_numpy(j), torch.from_numpy(co_r[sel])] = torch.from_numpy(co_v[sel].astype(np.float32))
+        hit = np.isin(co_b, who.numpy())
+        if hit.any():
+            j = np.searchsorted(who.numpy(), co_b[hit])
+            co_full[torch.from_numpy(j), torch.from_numpy(co_r[hit])] = torch.from_numpy(co_v[hit].astype(np.float32))
         dense.addcmul_(co_full, coef_c[who].float())
         dense.addcmul_(pop.dense(who), coef_p[who].float())
         off = torch.zeros((len(who), n_rows), dtype=torch.bool)
-        sel = np.isin(ex_b, who.numpy())
-        if sel.any():
-            off[torch.from_numpy(np.searchsorted(who.numpy(), ex_b[sel])), torch.from_numpy(ex_r[sel])] = True
+        hit = np.isin(ex_b, who.numpy())
+        if hit.any():
+            off[torch.from_numpy(np.searchsorted(who.numpy(), ex_b[hit])), torch.from_numpy(ex_r[hit])] = True
         dense.masked_fill_(~valid | off, -math.inf)
         values[who], rows[who] = torch.topk(dense, kk, dim=1)
     if grid is not None and alternatives is not None:

@@ -324,6 +324,9 @@ class EASEBaseline:
             self._cache.move_to_end(user_id)
             if not cached.pending:
                 return cached.vec
+            # both names are reused below: latest from .get() (optional), x as an array
+            latest: dict[str, int] | None
+            x: float | np.ndarray
             latest = self._latest[user_id]
             H = self.query_half_life_ms
             for item in cached.pending:

@@ -43,7 +43,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Literal, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator, Literal, Mapping, Protocol, Sequence, cast
 
 import numpy as np
 import torch
@@ -658,17 +658,18 @@ class Engine:
                     s.grid = adaptive.grid(s.trigger.partition)
             if scored:
                 with intraop_threads(cfg.score_threads):
-                    results = self._blend_topk(scored, blend, self._pop_base, self._journal)
+                    # pop_base is set for the blend at the batch's start
+                    results = self._blend_topk(scored, blend, cast(np.ndarray, self._pop_base), self._journal)
         elif scored := [s for s in snapshots if s.query is not None]:
             with intraop_threads(cfg.score_threads):
                 results = score_topk(
                     self.matrix,
-                    np.stack([s.query for s in scored]),
+                    np.stack(cast("list[np.ndarray]", [s.query for s in scored])),  # not None: filtered above
                     cfg.k,
                     exclude=[s.exclude for s in scored],
                     history=[s.history for s in scored],
                 )
-        by_snapshot = {id(s): res if not res or type(res[0]) is RecItem else [RecItem(*r) for r in res]  # type: ignore[misc]
+        by_snapshot = {id(s): res if not res or type(res[0]) is RecItem else [RecItem(*r) for r in res]
                        for s, res in zip(scored, results)}
 
         recs = []
@@ -795,7 +796,7 @@ class Engine:
         if self._blend_workspace is None:
             self._blend_workspace, self._new_items = BlendWorkspace(), NewItems()
         workspace = self._blend_workspace
-        new_rows = self._new_items.rows(m)  # the items added to the catalog most recently
+        new_rows = cast(NewItems, self._new_items).rows(m)  # the items added to the catalog most recently
         # more snapshots at a time where the catalog is small (the (B, items) score buffers
         # stay under 32 MiB, a micro-batch of 512 at 10,000 items in one pass): fewer passes of
         # fixed cost, and one matrix product of many rows (a product of a few rows costs several

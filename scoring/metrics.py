@@ -41,7 +41,7 @@ import operator
 from array import array
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Final
+from typing import Final, TypeVar
 
 import numpy as np
 
@@ -362,13 +362,16 @@ def _ratio_interval(
     return {"ratio": float(num_total / den_total), "ci95": ci}
 
 
+_K = TypeVar("_K", bound=Hashable)
+
+
 def paired_bootstrap_ratios(
-    values: Mapping[Hashable, Sequence[float] | np.ndarray],
-    pairs: Iterable[tuple[Hashable, Hashable]] | None = None,
+    values: Mapping[_K, Sequence[float] | np.ndarray],
+    pairs: Iterable[tuple[_K, _K]] | None = None,
     *,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
-) -> dict[tuple[Hashable, Hashable], dict[str, float | list[float | None] | None]]:
+) -> dict[tuple[_K, _K], dict[str, float | list[float | None] | None]]:
     """Ratios of means with 95% paired bootstrap confidence intervals.
 
     Args:
@@ -395,7 +398,7 @@ def paired_bootstrap_ratios(
     """
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
         raise ValueError(f"resamples must be an integer >= 1, got {resamples!r}")
-    arrays: dict[Hashable, np.ndarray] = {}
+    arrays: dict[_K, np.ndarray] = {}
     for key, v in values.items():
         arr = np.asarray(v, dtype=np.float64)
         if arr.ndim != 1:
@@ -413,7 +416,7 @@ def paired_bootstrap_ratios(
         if len(pair) != 2 or pair[0] not in arrays or pair[1] not in arrays:
             raise ValueError(f"pairs: {pair!r} is not a pair of keys of values")
     # one column per distinct array: identical values get bit-identical sums (ratio exactly 1)
-    column: dict[Hashable, int] = {}
+    column: dict[_K, int] = {}
     by_bytes: dict[bytes, int] = {}
     for key in dict.fromkeys(k for pair in pair_list for k in pair):
         column[key] = by_bytes.setdefault(arrays[key].tobytes(), len(by_bytes))
@@ -423,7 +426,7 @@ def paired_bootstrap_ratios(
         matrix[:, c] = arrays[key]
     totals = matrix.sum(axis=0)
     boot = _resampled_sums(matrix, resamples, seed) if n and matrix.shape[1] else None
-    out: dict[tuple[Hashable, Hashable], dict[str, float | list[float | None] | None]] = {}
+    out: dict[tuple[_K, _K], dict[str, float | list[float | None] | None]] = {}
     for a, b in pair_list:
         i, j = column[a], column[b]
         if boot is None:

@@ -75,7 +75,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import torch
@@ -411,7 +411,7 @@ class WindowResult:
         for name, m in self.metrics.items():
             flat = m.flat()
             out[name] = {f"hr@{k}": flat[f"hit_rate@{k}"], f"ndcg@{k}": flat[f"ndcg@{k}"]}
-        return out  # type: ignore[return-value]
+        return out
 
     def best(self) -> GridPoint:
         """The grid point with the highest NDCG (then hit rate; then the earliest)."""
@@ -799,7 +799,7 @@ def run_reference(
         "tuned_weights": best.weights.normalized().to_dict(),
         "test": window(test),
         "ratios_ndcg_vs_item_knn": {
-            name: (row[f"ndcg@{k}"] / knn_ndcg if knn_ndcg and row[f"ndcg@{k}"] is not None else None)
+            name: (cast(float, row[f"ndcg@{k}"]) / knn_ndcg if knn_ndcg and row[f"ndcg@{k}"] is not None else None)
             for name, row in test_table.items()
         },
         "issue_table": {name: {f"hr@{k}": hr, f"ndcg@{k}": nd} for name, (hr, nd) in ISSUE_TABLE.items()},

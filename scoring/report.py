@@ -416,11 +416,11 @@ def _histogram_chart(edges: Sequence[float], counts: Sequence[float], markers: M
             f'transform="rotate(-40 {lx:.1f} {ly:.1f})">{_esc(label)}</text>'
         )
     for row, (name, v) in enumerate(markers.items()):
-        i = next((i for i in range(len(edges) - 1, -1, -1) if v >= edges[i]), None)
-        if i is None or not first <= i <= last:
+        at = next((i for i in range(len(edges) - 1, -1, -1) if v >= edges[i]), None)
+        if at is None or not first <= at <= last:
             continue
-        frac = (v - edges[i]) / (edges[i + 1] - edges[i]) if i + 1 < len(edges) else 0.5
-        x = plot.left + (i - first + min(max(frac, 0.0), 1.0)) * bin_w
+        frac = (v - edges[at]) / (edges[at + 1] - edges[at]) if at + 1 < len(edges) else 0.5
+        x = plot.left + (at - first + min(max(frac, 0.0), 1.0)) * bin_w
         y = 8 + 14 * row + 10
         anchor, tx = ("end", x - 3) if x > plot.right - 110 else ("start", x + 3)
         body.append(

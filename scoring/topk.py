@@ -17,7 +17,7 @@ import operator
 from collections.abc import Collection, Iterator, Sequence
 from functools import partial
 from itertools import chain
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 import numpy as np
 import torch
@@ -207,9 +207,10 @@ class ItemMatrix:
             if seq is not None:
                 part = _to_tensor(np.stack([np.asarray(seq[i], dtype=np.float32) for i in src[start:stop]]))
             elif dense:
-                part = t[start:stop]
+                part = cast(torch.Tensor, t)[start:stop]  # t is set when seq is None
             else:
-                part = t[torch.tensor(src[start:stop], device=t.device)]
+                full = cast(torch.Tensor, t)
+                part = full[torch.tensor(src[start:stop], device=full.device)]
             part = part.to(device=self._device, dtype=torch.float32)
             if self._normalize:
                 part = torch.nn.functional.normalize(part, p=2, dim=1)
@@ -264,7 +265,7 @@ class ItemMatrix:
         valid[:used] = self._valid[:used]
         self._data, self._valid = data, valid
 
-    def _as_tensor(self, vecs: torch.Tensor | np.ndarray) -> torch.Tensor:
+    def _as_tensor(self, vecs: torch.Tensor | np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
         return _to_tensor(vecs)
 
     # ------------------------------------------------------------------ access
@@ -293,7 +294,7 @@ class ItemMatrix:
         return self._data[row].to(device="cpu", dtype=torch.float32, copy=True).numpy()
 
 
-def _to_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+def _to_tensor(x: torch.Tensor | np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach()
     arr = np.asarray(x, dtype=np.float32)
@@ -398,7 +399,7 @@ def _exact_topk(
         if n < len(rows):  # sorted: the -inf (free or excluded) rows are the tail
             rows, vals = rows[:n], vals[:n]
         picked_rows.append(rows)
-        picked.append(([row_to_id[r] for r in rows], vals))  # type: ignore[misc]
+        picked.append(([row_to_id[r] for r in rows], vals))
     return picked_rows, picked
 
 
@@ -409,7 +410,7 @@ def _approximate_topk(
     exclusions; a query left short of ``k`` admissible items is answered exactly."""
     n_excl = [sum(1 for i in excl if i in matrix) for excl in exclude]
     kk = min(k + max(n_excl), live)
-    vals, rows = matrix.search(q, kk)
+    vals, rows = matrix.search(q, kk)  # type: ignore[attr-defined]  # an ANN matrix (scoring/ann.py)
     picked_rows: list[list[int]] = []
     picked: list[tuple[list[str], list[float]]] = []
     short: list[int] = []

@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 import faust
 import numpy as np
@@ -48,9 +48,9 @@ from .evidence import EvidenceFollower
 from .metrics import pipeline_metrics
 from .records import DAY_MS
 from .security import faust_credentials
-from .transactions import PartitionTransactions, TransactionFailed, send_batches
+from .transactions import PartitionTransactions, Record, TransactionFailed, send_batches
 from .streamtime import StreamTimeMerger, StreamTimeScheduler
-from .state import ObservedGlobalTable, decode_item, decode_log2, split_popularity_key, write_raw
+from .state import ObservedGlobalTable, StoredItem, decode_item, decode_log2, split_popularity_key, write_raw
 
 log = logging.getLogger("recstream.worker")
 
@@ -336,7 +336,7 @@ class Pipeline:
         # where the other workers of the group send the API requests for this worker's users:
         # faust shares each member's canonical URL in the group's assignment metadata
         # (streams/api.py routes by it); faust's default is the same for every worker of a host
-        extra_conf = {"canonical_url": config.api_url} if config.api_url else {}
+        extra_conf: dict[str, Any] = {"canonical_url": config.api_url} if config.api_url else {}
         self.app = faust.App(
             s.app_id,
             broker=[f"kafka://{server}" for server in s.bootstrap_servers],
@@ -372,8 +372,8 @@ class Pipeline:
         # Topics get the serializers as arguments, not as a faust.Schema: with tables in
         # the app, faust 0.15 decodes a topic declared with schema= using JSON keys, and
         # silently drops what fails to decode.
-        raw_args = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-        raw = {"schema": faust.Schema(**raw_args)}
+        raw_args: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+        raw: dict[str, Any] = {"schema": faust.Schema(**raw_args)}
         self.event_topic_names = {s.topic(t): t for t in T.EVENT_TOPICS}
         # the consumer holds the event records and releases them in stream-time order
         self.stream_time = None if config.max_task_idle_ms < 0 else StreamTimeMerger(
@@ -386,7 +386,7 @@ class Pipeline:
         self.eos = config.processing_guarantee == "exactly_once"
         self.transactions = PartitionTransactions(
             app_id=s.app_id, input_topics=self.event_topic_names,
-            make_producer=lambda tid: self.app.producer._new_producer(transactional_id=tid),
+            make_producer=lambda tid: self.app.producer._new_producer(transactional_id=tid),  # type: ignore[attr-defined]  # faust internals
         ) if self.eos else None
         self.uncommitted_writes = False  # local table writes whose transaction has not committed yet
 
@@ -400,9 +400,9 @@ class Pipeline:
         self.latest_table = _raw(self.app.Table(T.LATEST_TABLE, partitions=config.partitions, **raw))
         # faust's advice for global tables shared by several workers: one partition and a
         # recovery buffer of one
-        self.items_table = self.app.tables.add(
+        self.items_table = cast(ObservedGlobalTable, self.app.tables.add(
             _raw(ObservedGlobalTable(self.app, name=T.ITEMS_TABLE, partitions=T.CATALOG_PARTITIONS, recovery_buffer_size=1, **raw))
-        )
+        ))
         self.items_table.on_changes = self.apply_item_changes
         self.items_table.on_recover(self.rebuild_items)
         self.profiles.on_recover(self.rebuild_popularity)
@@ -489,12 +489,13 @@ class Pipeline:
         store = table.data
         for partition, kvs in writes.items():
             write_raw(store, events[partition], kvs)  # one RocksDB write batch per partition
+        records: Mapping[int, Sequence[Record]] = writes
         if event_time is not None:
             # never stamped ahead of the clock: brokers refuse records too far in the future
             # (log.message.timestamp.after.max.ms); a worker then takes such a value once its
             # stream time passes the moment it was written
             now = int(time.time() * 1000)
-            writes = {p: [(k, v, max(0, min(event_time[p], now))) for k, v in kvs] for p, kvs in writes.items()}
+            records = {p: [(k, v, max(0, min(event_time[p], now))) for k, v in kvs] for p, kvs in writes.items()}
         changelog = table.changelog_topic.get_topic_name()
 
         def persisted(partition: int, offset: int) -> None:
@@ -502,10 +503,10 @@ class Pipeline:
 
         if self.transactions is not None:
             self.uncommitted_writes = True
-            for partition, kvs in writes.items():
-                self.transactions.add(partition, changelog, partition, kvs, on_delivered=persisted)
+            for partition, rs in records.items():
+                self.transactions.add(partition, changelog, partition, rs, on_delivered=persisted)
             return
-        await self._send_batches(changelog, writes, on_delivered=persisted)
+        await self._send_batches(changelog, records, on_delivered=persisted)
 
     async def delete_table_keys(self, table: Any, deletes: Mapping[int, Sequence[bytes]], events: Mapping[int, Any]) -> None:
         """Delete keys of a raw-bytes table: ``deletes`` by partition; ``events[p]`` is an
@@ -559,12 +560,12 @@ class Pipeline:
         self.uncommitted_writes = False
         self.metrics.counts["transactions"] = self.transactions.committed
 
-    async def _send_batches(self, topic_name: str, by_partition: Mapping[int, Sequence[tuple[bytes | None, bytes]]],
+    async def _send_batches(self, topic_name: str, by_partition: Mapping[int, Sequence[Record]],
                             on_delivered: Callable[[int, int], None] | None = None) -> None:
         """Queue records on faust's producer as record batches, in order within each partition
         (:func:`streams.transactions.send_batches`); each batch's delivery is reported by
         :meth:`_batch_delivered`."""
-        producer = self.app.producer._ensure_producer()  # faust's aiokafka producer; faust has no batch API
+        producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]  # faust's aiokafka producer; faust has no batch API
         for partition, records in by_partition.items():
             def sent(n: int, delivery: asyncio.Future, partition: int = partition) -> None:
                 delivery.add_done_callback(partial(self._batch_delivered, topic_name, partition, n, on_delivered))
@@ -619,7 +620,8 @@ class Pipeline:
         Called by faust inside the event loop; the matrix update is queued on the compute
         thread, behind any scoring in progress.
         """
-        upserts, deletes = {}, []
+        upserts: dict[str, StoredItem] = {}
+        deletes: list[str] = []
         for key, value in changes:
             item_id = key.decode()
             if value is None:
@@ -705,9 +707,9 @@ class Pipeline:
         def rebuild() -> None:
             merged: dict[str, list[CooccurrenceRow]] = {}
             self.partition_cooccurrence.clear()
-            for partition, rows in per_partition.items():
+            for partition, entries in per_partition.items():
                 model = self.partition_cooccurrence[partition] = engine.config.new_cooccurrence()
-                for item_id, row in rows:
+                for item_id, row in entries:
                     model.set_row(item_id, row)
                     merged.setdefault(item_id, []).append(row)
             total = engine.cooccurrence

@@ -193,7 +193,8 @@ class RecommendationWatcher:
 def wait_catalog(settings: KafkaSettings, item_ids: Sequence[str], timeout_s: float = 120.0, progress=None) -> None:
     """Wait until the worker has embedded every item (read from the catalog table's changelog)."""
     consumer = tail(settings, settings.changelog(T.ITEMS_TABLE))
-    wanted, seen = set(item_ids), set()
+    wanted: set[str] = set(item_ids)
+    seen: set[str] = set()
     try:
         deadline = time.monotonic() + timeout_s
         while not wanted <= seen:

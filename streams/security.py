@@ -385,7 +385,7 @@ def _tls_problem(server: str, sec: SecuritySettings, exc: ssl.SSLError) -> str:
     return f"{server}: TLS handshake failed ({_ssl_words(exc)})"
 
 
-def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+def _ssl_cause(exc: BaseException | None) -> ssl.SSLError | None:
     """The TLS error behind a connection error (aiokafka reports a TLS alert received after
     the handshake, e.g. a refused client certificate, as a closed connection)."""
     seen = 0

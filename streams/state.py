@@ -112,7 +112,7 @@ def guard_faust_store_writes() -> None:
                 return _original(self, *args, **kwargs)
 
         setattr(store, name, guarded)
-    store._recstream_guarded = True
+    store._recstream_guarded = True  # type: ignore[attr-defined]  # our marker on faust's class
 
 
 def _partition_db(store: Any, partition: int) -> Any | None:

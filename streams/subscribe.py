@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, TextIO
+from typing import Callable, TextIO, cast
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -119,7 +119,7 @@ def subscribe(
                         except ValidationError as exc:
                             out.write(f"(unreadable record at {record.topic}@{record.partition}:{record.offset}: {exc})\n")
                             continue
-                        out.write(format_recommendation(rec, titles) + "\n")
+                        out.write(format_recommendation(rec, cast(Titles, titles)) + "\n")  # set unless as_json
                     out.flush()
                     shown += 1
                     if limit is not None and shown >= limit:

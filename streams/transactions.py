@@ -36,6 +36,8 @@ log = logging.getLogger("recstream.transactions")
 
 #: Called after the commit with (partition, offset of the last record of the chunk).
 Delivered = Callable[[int, int], None]
+#: A record to send: ``(key, value)`` (timestamped when sent) or ``(key, value, timestamp_ms)``.
+Record = tuple[bytes | None, bytes] | tuple[bytes | None, bytes, int]
 
 
 class TransactionFailed(RuntimeError):
@@ -46,7 +48,7 @@ class TransactionFailed(RuntimeError):
 class _Pending:
     """Records of one output topic partition for one input partition's transaction."""
 
-    records: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     # (index of the chunk's last record, callback): persisted changelog offsets
     callbacks: list[tuple[int, Delivered]] = field(default_factory=list)
 
@@ -119,7 +121,7 @@ class PartitionTransactions:
             await producer.stop()
 
     # ------------------------------------------------------------------ a micro-batch
-    def add(self, source_partition: int, topic: str, partition: int, records: Sequence[tuple[bytes | None, bytes]],
+    def add(self, source_partition: int, topic: str, partition: int, records: Sequence[Record],
             on_delivered: Delivered | None = None) -> None:
         """Buffer ``records`` for ``topic``/``partition`` in the transaction of input partition
         ``source_partition``; ``on_delivered(partition, offset)`` runs after the commit with the
@@ -166,7 +168,7 @@ class PartitionTransactions:
             raise TransactionFailed(f"transaction {self.transactional_id(partition)}: {type(exc).__name__}: {exc}") from exc
 
 
-async def send_batches(producer: Any, topic: str, partition: int, records: Sequence[tuple[bytes | None, bytes] | tuple[bytes | None, bytes, int]],
+async def send_batches(producer: Any, topic: str, partition: int, records: Sequence[Record],
                        on_sent: Callable[[int, asyncio.Future], None] | None = None) -> list[tuple[int, asyncio.Future]]:
     """Queue ``records`` on ``producer`` (an aiokafka producer) as record batches, in order;
     returns (index of each batch's first record, its delivery future).  A record is

@@ -242,7 +242,7 @@ class ExactlyOnceConsumer(RebalanceSafeConsumer):
             if self._tail is None:
                 conf = self.app.conf
                 tail = aiokafka.AIOKafkaConsumer(
-                    bootstrap_servers=server_list(self.transport.url, self.transport.default_port),
+                    bootstrap_servers=server_list(self.transport.url, self.transport.default_port),  # type: ignore[attr-defined]  # faust's TransportT omits it
                     enable_auto_commit=False, group_id=None, isolation_level="read_committed",
                     **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
                 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Sequence, cast
 
 from encoders.text import item_text
 
@@ -19,6 +19,7 @@ from ..state import StoredItem, as_event, encode_item
 from . import apply_or_isolate, reject
 
 if TYPE_CHECKING:
+    import numpy as np
     from faust.types import EventT
 
     from ..app import Pipeline
@@ -56,12 +57,12 @@ async def apply_catalog(pipeline: "Pipeline", entries: Sequence[tuple["EventT", 
     table = pipeline.items_table
     stored = []
     for i, (event, rec) in enumerate(upserts):
-        vector = vectors[i]
+        vector = cast("np.ndarray", vectors)[i]  # not None: there are upserts, so texts were encoded
         with as_event(event):
             table[rec.item_id.encode()] = encode_item(rec.title, rec.categories, vector)
         stored.append(StoredItem(rec.item_id, rec.title, rec.categories, vector))
-    for event, rec in deletes:
-        key = rec.item_id.encode()
+    for event, gone in deletes:
+        key = gone.item_id.encode()
         with as_event(event):
             if key in table:
                 del table[key]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Sequence, cast
 
 from encoders.profile import UserProfile
 from scoring.backtest import event_order_key
@@ -125,7 +125,7 @@ async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Inco
     popularity_writes: dict[int, list[tuple[bytes, bytes]]] = {}
     for partition, item_id in result.popularity_touched:
         log2 = pipeline.partition_popularity[partition].log2_score(item_id)
-        popularity_writes.setdefault(partition, []).append((popularity_key(partition, item_id), encode_log2(log2)))
+        popularity_writes.setdefault(partition, []).append((popularity_key(partition, item_id), encode_log2(cast(float, log2))))  # counted: not None
     await pipeline.write_table(pipeline.profiles, profile_writes, partition_event)
     # the counts' changelog records carry the event time they include (streams/evidence.py)
     event_time: dict[int, int] = {}

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 from tqdm import tqdm
 
@@ -70,8 +71,9 @@ def run_demo(settings: KafkaSettings, *, pace_s: float = 0.5, keep: bool = False
             event = dataclasses.replace(event, ts=int(sent * 1000))  # generated events happen now
             send_records(prod, settings, [event])
             prod.flush()
-            rec = watcher.wait_event(event.event_id, timeout_s=60)
-            latency_ms = (watcher.received_at[event.event_id] - sent) * 1000
+            event_id = cast(str, event.event_id)  # the generated events all have one
+            rec = watcher.wait_event(event_id, timeout_s=60)
+            latency_ms = (watcher.received_at[event_id] - sent) * 1000
             what = event.kind if not isinstance(event, Review) else f"review ({event.rating:g} star{'' if event.rating == 1 else 's'})"
             _say(f"\n{event.user_id} {what}: {titles.get(event.item_id, event.item_id)!r}   "
                  f"[recommendations in {latency_ms:.0f} ms, model {rec.model}]")

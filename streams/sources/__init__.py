@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 from ..records import DEFAULT_MAX_FUTURE_MS
 from . import amazon, csvfile, jsonl, movielens
@@ -179,7 +179,7 @@ def _plan(root: Path, fmt: str) -> _Plan:
     others = [p for p in files if not p.name.startswith("meta_")]
     firsts = {p: amazon.peek(p) for p in others}
     if fmt == "jsonl" or (fmt == "auto" and not metas and any(o and "topic" in o for o in firsts.values())):
-        chosen = [p for p in others if (firsts[p] and "topic" in firsts[p]) or (firsts[p] is None and ".jsonl" in p.name)]
+        chosen = [p for p in others if (firsts[p] and "topic" in cast("dict[str, object]", firsts[p])) or (firsts[p] is None and ".jsonl" in p.name)]
         if not chosen:
             raise DatasetError(f"{folder}: no recstream JSON-lines file (*.jsonl objects with a \"topic\" field)")
         return _Plan("jsonl", tuple(chosen), name)

@@ -40,7 +40,7 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 
@@ -161,7 +161,7 @@ def _load_meta(path: Path, fields: dict[str, Any], builder: Builder) -> None:
         if isinstance(main, str):
             cats.append(clean_text(main))
         builder.add_item(
-            item_id, _text(obj.get("title")), _text(obj.get("description")), unique(cats), file=file, line=line
+            cast(str, item_id), _text(obj.get("title")), _text(obj.get("description")), unique(cats), file=file, line=line
         )
 
 

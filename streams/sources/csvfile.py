@@ -56,7 +56,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 from ..records import MAX_TEXT_CHARS, Click, Purchase, Review
 from .base import ROW_CHUNK, Builder, DatasetError, decode_lines, open_lines, trim, unique
@@ -217,7 +217,7 @@ def _catalog(path: Path, given: Mapping[str, str], builder: Builder) -> None:
         title = row[title_at].strip() if title_at is not None else ""
         description = row[desc_at].strip() if desc_at is not None else ""
         cats = unique(c.strip() for c in _CATEGORY_SPLIT.split(row[cats_at])) if cats_at is not None else []
-        builder.add_item(row[item_at].strip(), title, description, cats, file=file, line=line)
+        builder.add_item(row[cast(int, item_at)].strip(), title, description, cats, file=file, line=line)  # "item" is required
 
 
 def _events(path: Path, given: Mapping[str, str], builder: Builder, threshold: float) -> None:

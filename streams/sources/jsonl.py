@@ -13,7 +13,7 @@ update (as on the compacted ``items`` topic). Events keep their own ``event_id``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 import orjson
 
@@ -58,7 +58,8 @@ def _load_file(path: Path, source: int, builder: Builder) -> None:
         value = orjson.dumps(obj)
         try:
             if topic == "items":
-                item = parse_item(key, value, now_ms=builder.now_ms, max_future_ms=builder.max_future_ms)
+                # cast: mypy forgets the assert's narrowing after the try
+                item = cast(Item, parse_item(key, value, now_ms=builder.now_ms, max_future_ms=builder.max_future_ms))
                 assert isinstance(item, Item)  # a value is never null here
             else:
                 event = parse_event(topic, key, value, now_ms=builder.now_ms, max_future_ms=builder.max_future_ms)
