@@ -15,10 +15,20 @@ For every phase: requests sent, answered 200, errors, achieved rate, latency p50
 (ms); the worker's event throughput (events processed per second, from its /metrics) and the
 end-to-end latency of its recommendation records (``emitted_ts - event_ts``, p50/p99), so the
 cost of the HTTP load to event processing shows against the baseline.  Prints one JSON
-document (``-o`` also writes it).
+document (``-o`` also writes it).  Each phase also records the worker process's CPU time
+(user + system seconds per second, from /proc) and the machine's load average.
+
+``--compare DIR`` measures two versions of the code in one run: a second worker runs the
+code of ``DIR`` (a copy of the repository; its own topic namespace), and every phase runs
+on one worker then the other, back to back, so that the machine's noise (a shared machine)
+falls on both alike; the summary has a column per version.  Every phase starts once the
+worker has processed every click produced so far (no backlog from the phase before).  Run it from outside the
+repository (the workers are ``python -m streams.cli`` with ``PYTHONPATH`` set to their
+code, and the current directory comes first on the path):
 
     .venv/bin/python bench/serving.py --quick        # 6 s phases
     .venv/bin/python bench/serving.py                # 20 s phases
+    cd /tmp && /work/main/.venv/bin/python /work/main/bench/serving.py --quick --compare /tmp/recstream-before
 """
 
 from __future__ import annotations
@@ -120,15 +130,48 @@ class RecLatency(threading.Thread):
         return [float(lat) for ts, lat in list(self.samples) if t0_ms <= ts < t1_ms]
 
 
-def events_processed(port: int) -> float:
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "recstream_events_processed_total")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def events_processed(port: int, samples: dict | None = None) -> float:
+    samples = scrape(port) if samples is None else samples
+    return sum(v for (name, _), v in samples.items() if name == "recstream_events_processed_total")
+
+
+def server_latency(before: dict, after: dict, route: str) -> dict:
+    """The worker's own view of a route between two scrapes (``recstream_api_request_duration_seconds``:
+    request read to response ready, so without the waits in the socket and for the
+    interpreter before the request is read): count, and p50/p99 as the bucket bounds (ms)
+    that hold them."""
+    name = "recstream_api_request_duration_seconds_bucket"
+    buckets = sorted((float(dict(labels)["le"]), after[(n, labels)] - before.get((n, labels), 0))
+                     for (n, labels) in after if n == name and dict(labels).get("route") == route)
+    total = buckets[-1][1] if buckets else 0
+    out: dict = {"count": int(total)}
+    for q in (50, 99):
+        bound = next((le for le, c in buckets if c >= total * q / 100), None) if total else None
+        out[f"p{q}_le_ms"] = None if bound is None else (bound * 1000 if bound != float("inf") else "inf")
+    return out
+
+
+def query_stages(before: dict, after: dict) -> dict:
+    """Mean seconds per query batch by stage (embed, rank: its wait for the compute thread
+    included) between two scrapes; empty for a version without the metric."""
+    out = {}
+    for stage in ("embed", "rank"):
+        key = (("stage", stage),)
+        n = after.get(("recstream_api_query_seconds_count", key), 0) - before.get(("recstream_api_query_seconds_count", key), 0)
+        total = after.get(("recstream_api_query_seconds_sum", key), 0) - before.get(("recstream_api_query_seconds_sum", key), 0)
+        if n:
+            out[stage] = {"batches": int(n), "mean_ms": round(1000 * total / n, 1)}
+    return out
 
 
 async def load(port: int, rate: float, seconds: float, make) -> dict:
@@ -176,6 +219,79 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 2)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Target:
+    """One worker under test: its code (``root``), topics, port, event pump and record reader."""
+
+    def __init__(self, name: str, root: Path, broker: str, work: Path, device: str, stamp: int) -> None:
+        self.name = name
+        self.root = root
+        self.settings = KafkaSettings(broker=broker, topic_prefix=f"bserve{stamp}{name}.")
+        T.ensure_topics(self.settings, T.topic_specs(self.settings, partitions=2))
+        self.port = free_port()
+        env = {"PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.worker = WorkerProcess(self.settings, work / name / "state", "--partitions", "2", "-k", "10", "--metrics-port",
+                                    str(self.port), "--device", device, log_path=work / f"worker-{name}.log", env=env)
+        self.pump: EventPump | None = None
+        self.rec: RecLatency | None = None
+        self.phases: dict = {}
+        self.warm_events = 0
+
+    def feed(self, catalog: gen.Catalog, users: list[str]) -> None:
+        prod = producer(self.settings)
+        now = int(time.time() * 1000)
+        for item in catalog.items:
+            prod.send(self.settings.topic(T.ITEMS), key=item.item_id.encode(), value=orjson.dumps(catalog.record(item, now)))
+        prod.flush()
+        wait_catalog(self.settings, [i.item_id for i in catalog.items], timeout_s=900)
+        rng = random.Random(3)
+        for user in users:  # every user gets a list
+            for j in range(3):
+                prod.send(self.settings.topic(T.CLICKS), key=user.encode(),
+                          value=orjson.dumps({"user_id": user, "item_id": rng.choice(catalog.items).item_id, "ts": now + j}))
+        prod.flush()
+        prod.close()
+
+    def wait_warm(self, n: int) -> None:
+        # the warm-up is answered when the worker has processed every click
+        self.warm_events = n
+        deadline = time.monotonic() + 600
+        while events_processed(self.port) < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: the warm-up clicks were not processed within 600 s")
+            time.sleep(0.5)
+
+    def catch_up(self, timeout_s: float = 120.0) -> float:
+        """Wait until the worker has processed every click produced so far (a phase must
+        not start with the previous one's backlog); the seconds it took."""
+        assert self.pump is not None
+        t0 = time.monotonic()
+        while events_processed(self.port) < self.warm_events + self.pump.sent:
+            if time.monotonic() - t0 > timeout_s:
+                print(f"{self.name}: still behind after {timeout_s:g}s; the next phase starts with a backlog", file=sys.stderr)
+                break
+            time.sleep(0.25)
+        return round(time.monotonic() - t0, 1)
+
+    def stop(self) -> None:
+        if self.pump is not None:
+            self.pump.stopped.set()
+        if self.rec is not None:
+            self.rec.stopped.set()
+        self.worker.stop()
+        leftovers = list(T.list_topics(self.settings))
+        if leftovers:
+            T.delete_topics(self.settings, leftovers)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--broker", default=os.environ.get("RECSTREAM_BROKER", "127.0.0.1:9092"))
@@ -188,89 +304,101 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="6 s phases, 2,000 items, 500 users")
     p.add_argument("--query-without-events", action="store_true", help="no click load during the query phases")
     p.add_argument("--device", default="auto")
+    p.add_argument("--compare", metavar="DIR", help="also measure the code in DIR (a copy of the repository), "
+                   "phase by phase, back to back with this one")
     p.add_argument("-o", "--output")
     a = p.parse_args()
     if a.quick:
         a.phase_s, a.items, a.users = 6.0, 2_000, 500
-    settings = KafkaSettings(broker=a.broker, topic_prefix=f"bserve{int(time.time())}.")
-    T.ensure_topics(settings, T.topic_specs(settings, partitions=2))
-    port = free_port()
+    if a.compare and Path.cwd().resolve() in (ROOT, Path(a.compare).resolve()):
+        p.error("with --compare, run from outside both code trees (e.g. cd /tmp): the current directory comes "
+                "first on the workers' module path")
     work = Path(tempfile.mkdtemp(prefix="recstream-bench-serving-"))
-    worker = WorkerProcess(settings, work / "state", "--partitions", "2", "-k", "10", "--metrics-port", str(port),
-                           "--device", a.device, log_path=work / "worker.log")
+    stamp = int(time.time())
     catalog = gen.Catalog(a.items, 11)
     users = [f"su{n}" for n in range(a.users)]
     started = time.monotonic()
-    out: dict = {"benchmark": "bench/serving.py", "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    roots = [("current", ROOT)] + ([("compare", Path(a.compare).resolve())] if a.compare else [])
+    out: dict = {"benchmark": "bench/serving.py", "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                                              "loadavg_at_start": os.getloadavg()},
                  "settings": {"items": a.items, "users": a.users, "event_rate": a.event_rate, "phase_s": a.phase_s,
                               "partitions": 2, "k": 10, "loopback": True,
-                              "catalog": "synthetic, bench/catalog_gen.Catalog(items, seed 11)"},
+                              "catalog": "synthetic, bench/catalog_gen.Catalog(items, seed 11)",
+                              "versions": {name: str(root) for name, root in roots}},
                  "phases": {}}
-    pump = rec = None
+    targets: list[Target] = []
     try:
-        worker.start()
-        worker.wait_ready(600)
-        prod = producer(settings)
-        now = int(time.time() * 1000)
-        for item in catalog.items:
-            prod.send(settings.topic(T.ITEMS), key=item.item_id.encode(), value=orjson.dumps(catalog.record(item, now)))
-        prod.flush()
-        wait_catalog(settings, [i.item_id for i in catalog.items], timeout_s=900)
-        rng = random.Random(3)
-        for n, user in enumerate(users):  # every user gets a list
-            for j in range(3):
-                prod.send(settings.topic(T.CLICKS), key=user.encode(),
-                          value=orjson.dumps({"user_id": user, "item_id": rng.choice(catalog.items).item_id, "ts": now + j}))
-        prod.flush()
-        prod.close()
-        # the warm-up is answered when the worker has processed every click
-        deadline = time.monotonic() + 600
-        while events_processed(port) < 3 * len(users):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the warm-up clicks were not processed within 600 s")
-            time.sleep(0.5)
-        rec = RecLatency(settings)
-        rec.start()
-        pump = EventPump(settings, catalog, users, a.event_rate)
-        pump.start()
+        for name, root in roots:
+            targets.append(Target(name, root, a.broker, work, a.device, stamp))
+        for t in targets:
+            t.worker.start()
+        for t in targets:
+            t.worker.wait_ready(600)
+        for t in targets:
+            t.feed(catalog, users)
+        for t in targets:
+            t.wait_warm(3 * len(users))
+            t.rec = RecLatency(t.settings)
+            t.rec.start()
+            t.pump = EventPump(t.settings, catalog, users, a.event_rate)
+            t.pump.start()
 
-        def phase(name: str, events: bool, http) -> None:
+        def phase(t: Target, name: str, events: bool, http) -> None:
+            assert t.pump is not None and t.rec is not None
+            caught_up_s = t.catch_up()
             if events:
-                pump.running.set()
+                t.pump.running.set()
             time.sleep(1.0)  # the pump reaches its rate
-            e0, t0 = events_processed(port), time.time()
-            result = asyncio.run(http()) if http is not None else (time.sleep(a.phase_s) or {})
-            e1, t1 = events_processed(port), time.time()
-            pump.running.clear()
+            pid = t.worker.proc.pid if t.worker.proc is not None else -1
+            m0 = scrape(t.port)
+            e0, t0, c0 = events_processed(t.port, m0), time.time(), cpu_seconds(pid)
+            result = asyncio.run(http(t.port)) if http is not None else (time.sleep(a.phase_s) or {})
+            m1 = scrape(t.port)
+            e1, t1, c1 = events_processed(t.port, m1), time.time(), cpu_seconds(pid)
+            stages = query_stages(m0, m1)
+            if stages:
+                result["query_stages"] = stages
+            if http is not None:
+                route = "/v1/recommend" if name.startswith("query") else "/v1/users/{user_id}/recommendations"
+                result["server_latency"] = server_latency(m0, m1, route)
+            t.pump.running.clear()
             time.sleep(1.0)
-            lat = rec.between(int(t0 * 1000), int(t1 * 1000))
+            lat = t.rec.between(int(t0 * 1000), int(t1 * 1000))
             result["worker"] = {"events_per_s": round((e1 - e0) / (t1 - t0), 1), "event_load": a.event_rate if events else 0,
+                                "cpu_s_per_s": None if c0 is None or c1 is None else round((c1 - c0) / (t1 - t0), 2),
                                 "records": len(lat), "record_latency_ms": {"p50": _r(percentile(lat, 50)), "p99": _r(percentile(lat, 99))}}
-            out["phases"][name] = result
-            print(f"{name}: {orjson.dumps(result).decode()}", file=sys.stderr)
+            result["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+            result["catch_up_before_s"] = caught_up_s
+            t.phases[name] = result
+            print(f"{t.name} {name}: {orjson.dumps(result).decode()}", file=sys.stderr)
 
-        phase("baseline", True, None)
+        plan: list[tuple[str, bool, object]] = [("baseline", True, None)]
         for rate in [float(x) for x in a.lookup_rates.split(",") if x]:
-            phase(f"lookup@{rate:g}", True, lambda rate=rate: load(port, rate, a.phase_s, lambda i: (
-                "GET", f"/v1/users/{users[(i * 7919) % len(users)]}/recommendations", None)))
+            plan.append((f"lookup@{rate:g}", True, lambda port, rate=rate: load(port, rate, a.phase_s, lambda i: (
+                "GET", f"/v1/users/{users[(i * 7919) % len(users)]}/recommendations", None))))
         for rate in [float(x) for x in a.query_rates.split(",") if x]:
-            phase(f"query@{rate:g}", not a.query_without_events, lambda rate=rate: load(port, rate, a.phase_s, lambda i: (
+            plan.append((f"query@{rate:g}", not a.query_without_events, lambda port, rate=rate: load(port, rate, a.phase_s, lambda i: (
                 "POST", "/v1/recommend", orjson.dumps({"user_id": users[(i * 7919) % len(users)], "query": QUERIES[i % len(QUERIES)],
-                                                       "k": 10}))))
-        base = out["phases"]["baseline"]["worker"]["events_per_s"]
-        out["summary"] = {name: {"p99_ms": ph.get("latency_ms", {}).get("p99"), "achieved_rps": ph.get("achieved_rps"),
-                                 "events_per_s": ph["worker"]["events_per_s"],
-                                 "events_vs_baseline": round(ph["worker"]["events_per_s"] / base, 3) if base else None}
-                          for name, ph in out["phases"].items()}
+                                                       "k": 10})))))
+        for name, events, http in plan:
+            for t in targets:  # back to back: the same noise for every version
+                phase(t, name, events, http)
+        out["phases"] = targets[0].phases if len(targets) == 1 else {t.name: t.phases for t in targets}
+        summary: dict = {}
+        for t in targets:
+            base = t.phases["baseline"]["worker"]["events_per_s"]
+            summary[t.name] = {name: {"p50_ms": ph.get("latency_ms", {}).get("p50"), "p99_ms": ph.get("latency_ms", {}).get("p99"),
+                                      "achieved_rps": ph.get("achieved_rps"), "events_per_s": ph["worker"]["events_per_s"],
+                                      "events_vs_baseline": round(ph["worker"]["events_per_s"] / base, 3) if base else None,
+                                      "server_p99_le_ms": ph.get("server_latency", {}).get("p99_le_ms"),
+                                      "worker_cpu_s_per_s": ph["worker"]["cpu_s_per_s"],
+                                      "record_p99_ms": ph["worker"]["record_latency_ms"]["p99"]}
+                               for name, ph in t.phases.items()}
+        out["summary"] = summary["current"] if len(targets) == 1 else summary
     finally:
-        if pump is not None:
-            pump.stopped.set()
-        if rec is not None:
-            rec.stopped.set()
-        worker.stop()
-        leftovers = list(T.list_topics(settings))
-        if leftovers:
-            T.delete_topics(settings, leftovers)
+        for t in targets:
+            t.stop()
+    out["machine"]["loadavg_at_end"] = os.getloadavg()
     out["wall_s"] = round(time.monotonic() - started, 1)
     text = orjson.dumps(out, option=orjson.OPT_INDENT_2).decode()
     print(text)

@@ -1,10 +1,10 @@
 """Recommendations on request: a user's state blended with a text query, or semantic search.
 
 Pure code, no Kafka and no HTTP: the worker's API (:mod:`streams.api`) embeds the queries of
-the requests in flight in one forward pass of the worker's text encoder, reads the users'
-profiles from its table, and calls :func:`rank_requests` on the compute thread with the
-worker's :class:`scoring.engine.Engine`, so a request is ranked by the same ranker, with
-the same exclusions and the same signals as the stream's records:
+the requests in flight in one forward pass of the worker's text encoder (on its own query
+thread), reads the users' profiles from its table, and calls :func:`rank_requests` on the
+compute thread with the worker's :class:`scoring.engine.Engine`, so a request is ranked by
+the same ranker, with the same exclusions and the same signals as the stream's records:
 
 * **with a user** (known or not): the engine's ranker.  The text signal is the cosine with
   ``normalize(QUERY_WEIGHT * query + (1 - QUERY_WEIGHT) * profile)`` (the query alone when
@@ -24,7 +24,7 @@ the same exclusions and the same signals as the stream's records:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 
@@ -93,7 +93,10 @@ def _weights(engine: Any, partition: int | None) -> BlendWeights:
 
 def rank_requests(engine: Any, requests: Sequence[QueryRequest], now_ms: int | None = None) -> list[QueryAnswer]:
     """Rank each request (see the module doc); call on the engine's compute thread (the
-    matrix, the popularity and the co-occurrence model change there).  Requests ranked the
+    matrix, the popularity, the co-occurrence model and the adaptive weights change there,
+    during a micro-batch, and a failed micro-batch rolls them back: read from another thread
+    at the same time, they could mix two states' arrays or fail, so no other thread may
+    call this while the stream runs).  Requests ranked the
     same way go through one batched call: the semantic searches together, the blended ones
     by weights (one :func:`scoring.blend.blend_score_topk` per weighting), the text ones
     together."""
@@ -142,7 +145,7 @@ def rank_requests(engine: Any, requests: Sequence[QueryRequest], now_ms: int | N
 
     if search:
         k = max(requests[n].k for n in search)
-        tops = score_topk(matrix, np.stack([requests[n].query for n in search]), k, exclude=[requests[n].exclude for n in search])
+        tops = score_topk(matrix, np.stack([cast(np.ndarray, requests[n].query) for n in search]), k, exclude=[requests[n].exclude for n in search])
         for n, top in zip(search, tops):
             out[n] = QueryAnswer([RecItem(r.item_id, float(r.score), None) for r in top[: requests[n].k]],
                                  f"{engine.texts.name}/{SEMANTIC_SEARCH}")

@@ -1,7 +1,8 @@
 """The worker's HTTP API: recommendations served to applications (docs/api.md).
 
 Served by the worker's monitoring server (:class:`streams.metrics.MonitoringService`), on the
-same port as ``/metrics``, ``/health`` and ``/ready``:
+same port as ``/metrics``, ``/health`` and ``/ready``, on its own thread and event loop (not
+the stream's: see :class:`PipelineBackend` for what runs where):
 
 * ``GET /v1/users/{user_id}/recommendations?k=``: the user's latest list, the record last
   published on ``recommendations`` for them (kept in the ``latest-recommendations`` table,
@@ -38,11 +39,14 @@ The HTTP layer is kept out of ``scoring/`` and ``encoders/``: the ranking of a r
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
+import inspect
 import logging
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Awaitable, Callable, Protocol, Sequence
 
@@ -322,8 +326,9 @@ class Backend(Protocol):
 
     def unavailable(self) -> str | None: ...
     def owner(self, user_id: str) -> Owner: ...
-    def latest(self, partition: int, user_id: str) -> bytes | None: ...
-    def profile(self, partition: int, user_id: str) -> "UserProfile | None": ...
+    # these two may also return an awaitable of the same
+    def latest(self, partition: int, user_id: str) -> "bytes | None | Awaitable[bytes | None]": ...
+    def profile(self, partition: int, user_id: str) -> "UserProfile | None | Awaitable[UserProfile | None]": ...
     async def popular(self, k: int) -> list[dict[str, Any]]: ...
     async def recommend(self, request: QueryRequest, text: str | None) -> QueryAnswer: ...
     async def forget(self, user_id: str, request_id: str) -> dict[str, Any]: ...
@@ -331,25 +336,30 @@ class Backend(Protocol):
 
 
 class QueryBatcher:
-    """Queries of the requests in flight, embedded and ranked in one pass on the compute thread.
+    """Queries of the requests in flight, embedded and ranked in one pass.
 
     ``run(batch)`` (a list of ``(QueryRequest, text or None)``) returns one
     :class:`QueryAnswer` each, in order.  While a pass runs, new requests queue up and go
-    together in the next one (at most ``max_batch``)."""
+    together in the next one (at most ``max_batch``).  With ``concurrency`` 2, two passes
+    may be in flight at once (a pipeline: one embedding its texts while the other is
+    ranked)."""
 
     def __init__(self, run: Callable[[list[tuple[QueryRequest, str | None]]], Awaitable[list[QueryAnswer]]],
-                 max_batch: int = QUERY_BATCH_MAX, on_batch: Callable[[int], None] | None = None) -> None:
+                 max_batch: int = QUERY_BATCH_MAX, on_batch: Callable[[int], None] | None = None,
+                 concurrency: int = 1) -> None:
         self.run = run
         self.max_batch = max_batch
         self.on_batch = on_batch
+        self.concurrency = max(1, concurrency)
         self._pending: list[tuple[QueryRequest, str | None, asyncio.Future]] = []
-        self._task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     async def submit(self, request: QueryRequest, text: str | None) -> QueryAnswer:
         future = asyncio.get_running_loop().create_future()
         self._pending.append((request, text, future))
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._drain())
+        self._tasks = {t for t in self._tasks if not t.done()}
+        if len(self._tasks) < self.concurrency:
+            self._tasks.add(asyncio.ensure_future(self._drain()))
         return await future
 
     async def _drain(self) -> None:
@@ -369,13 +379,29 @@ class QueryBatcher:
                     future.set_result(answer)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks, self._tasks = self._tasks, set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class PipelineBackend:
-    """The API's view of a running worker (:class:`streams.app.Pipeline`)."""
+    """The API's view of a running worker (:class:`streams.app.Pipeline`).
+
+    Its methods are called on the HTTP thread's event loop (:class:`streams.metrics.HttpThread`),
+    not on the worker's:
+
+    * lookups read the RocksDB database of the user's partition directly (rocksdict reads
+      are thread-safe; a database faust has not opened yet is opened on the worker's loop,
+      the only one that opens or closes them), and the ownership of partitions from a
+      snapshot of the group's assignment, rebuilt when faust replaces its assignment;
+    * a query's text is embedded on the API's own query thread (``recstream-query``: the
+      worker's model, with a tokenizer of its own, as a fast tokenizer is not safe to share
+      between threads), then ranked on the worker's compute thread (the engine's matrix,
+      popularity and co-occurrence model change there, between two micro-batches);
+    * a forget request is produced on the worker's loop (faust's producer);
+    * requests forwarded to another worker go through this loop's own client session.
+    """
 
     def __init__(self, pipeline: "Pipeline", own_url: str) -> None:
         from . import topics as T
@@ -386,11 +412,53 @@ class PipelineBackend:
         self.partitions = pipeline.config.partitions
         self.latest_changelog = pipeline.settings.changelog(T.LATEST_TABLE)
         self.forget_topic = pipeline.settings.topic(T.CLICKS)
-        self.batcher = QueryBatcher(self._rank, on_batch=self._observe_batch)
+        # two batches in flight: one embedding on the query thread while the other is ranked
+        self.batcher = QueryBatcher(self._rank, on_batch=self._observe_batch, concurrency=2)
+        #: the worker's event loop (faust's): None until bound, then calls needing it go there
+        self.worker_loop: asyncio.AbstractEventLoop | None = None
+        self.query_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recstream-query",
+                                                 initializer=self._query_thread_init)
+        self._query_encoder = self._thread_encoder(pipeline.encoder)
         self._popular: tuple[float, list[dict[str, Any]]] | None = None
-        self._popular_lock = asyncio.Lock()
+        self._popular_refresh: asyncio.Future | None = None
+        self._owners: tuple[Any, Any, frozenset[int], dict[int, str]] | None = None
         self._session: Any = None
         self.query_batch_sizes: Any = None  # a prometheus Histogram, set by the API
+        self.query_stage_seconds: Any = None  # a prometheus Histogram by stage, set by the API
+
+    def bind_loops(self, worker_loop: asyncio.AbstractEventLoop) -> None:
+        """The worker's event loop, where calls that touch faust's state are handed over."""
+        self.worker_loop = worker_loop
+
+    async def _on_worker_loop(self, fn: Callable[[], Any]) -> Any:
+        from .metrics import call_on_loop
+
+        return await call_on_loop(self.worker_loop, fn)
+
+    @staticmethod
+    def _query_thread_init() -> None:
+        """Half the CPU threads of torch for the query thread's forward passes (OpenMP's thread
+        count is per calling thread): the compute thread may run one at the same time, and two
+        passes of all the cores each would fight over them."""
+        import torch
+
+        torch.set_num_threads(max(1, torch.get_num_threads() // 2))
+
+    @staticmethod
+    def _thread_encoder(encoder: Any) -> Any:
+        """The worker's text encoder with a tokenizer of its own (its model, read-only in
+        inference, is shared), for the query thread; None when it cannot be made (then
+        queries are embedded on the compute thread, as events are)."""
+        tokenizer = getattr(encoder, "_tokenizer", None)
+        if tokenizer is None:
+            return None
+        try:
+            clone = copy.copy(encoder)
+            clone._tokenizer = copy.deepcopy(tokenizer)
+        except Exception as exc:  # noqa: BLE001 - an encoder that cannot be copied: the compute thread embeds
+            log.warning("queries are embedded on the compute thread: the encoder cannot be copied (%s)", exc)
+            return None
+        return clone
 
     def _observe_batch(self, n: int) -> None:
         if self.query_batch_sizes is not None:
@@ -403,23 +471,41 @@ class PipelineBackend:
             return "the worker's group is rebalancing or its tables are recovering"
         return None
 
+    def _ownership(self) -> tuple[frozenset[int], dict[int, str]]:
+        """(the event partitions this worker holds, the owner's URL of every partition of
+        the latest-recommendations changelog), from faust's assignment; kept until faust
+        replaces its assignment objects (a rebalance replaces them, never changes them)."""
+        assignor = self.pipeline.app.assignor
+        assignment = getattr(assignor, "_assignment", None)
+        distribution = getattr(assignor, "_changelog_distribution", None)
+        cached = self._owners
+        if cached is not None and cached[0] is assignment and cached[1] is distribution:
+            return cached[2], cached[3]
+        active = frozenset(self.pipeline.active_partitions())
+        try:
+            tables = assignor.tables_metadata()
+        except Exception:  # no assignment yet
+            tables = {}
+        urls: dict[int, str] = {}
+        for url, topics in tables.items():
+            for partition in topics.get(self.latest_changelog, ()):
+                urls.setdefault(partition, str(url))
+        if assignment is not None and distribution is not None:
+            self._owners = (assignment, distribution, active, urls)
+        return active, urls
+
     def owner(self, user_id: str) -> Owner:
         from .client import partition_for
 
         partition = partition_for(user_id.encode("utf-8"), self.partitions)
-        if partition in self.pipeline.active_partitions():
+        active, urls = self._ownership()
+        if partition in active:
             return Owner(partition, True, self.own_url)
-        try:
-            distribution = self.pipeline.app.assignor.tables_metadata()
-        except Exception:  # no assignment yet
-            distribution = {}
-        for url, topics in distribution.items():
-            if partition in topics.get(self.latest_changelog, ()):
-                return Owner(partition, False, str(url))
-        return Owner(partition, False, None)
+        return Owner(partition, False, urls.get(partition))
 
     # ------------------------------------------------------------------ local state
     def _db(self, table: Any, partition: int) -> Any:
+        """The partition's database (opened if needed: call on the worker's loop)."""
         from .state import _partition_db
 
         db = _partition_db(table.data, partition)
@@ -428,54 +514,109 @@ class PipelineBackend:
                            headers={"Retry-After": "1"})
         return db
 
-    def latest(self, partition: int, user_id: str) -> bytes | None:
-        return self._db(self.pipeline.latest_table, partition).get(user_id.encode("utf-8"))
+    @staticmethod
+    def _open_db(table: Any, partition: int) -> Any:
+        """The partition's database when faust has it open (any thread), else None."""
+        store = table.data
+        dbs = getattr(store, "_dbs", None)
+        if dbs is None or not getattr(store, "use_rocksdict", False):
+            return None
+        inner = getattr(store, "table", None)
+        if inner is None or inner.is_global or inner.use_partitioner:
+            return None
+        return dbs.get(partition)
 
-    def profile(self, partition: int, user_id: str) -> "UserProfile | None":
+    def _read(self, table: Any, partition: int, key: bytes) -> Any:
+        """The stored value of ``key`` (bytes or None), read on this thread when the
+        partition's database is open; else an awaitable that opens it on the worker's loop."""
+        db = self._open_db(table, partition)
+        if db is None:
+            return self._on_worker_loop(lambda: self._db(table, partition).get(key))
+        try:
+            return db.get(key)
+        except Exception as exc:  # noqa: BLE001 - closed under us by a rebalance
+            raise ApiError("unavailable", f"the table {table.name}'s store for partition {partition} is being "
+                                          f"closed ({type(exc).__name__}); retry", headers={"Retry-After": "1"}) from None
+
+    def latest(self, partition: int, user_id: str) -> "bytes | None | Awaitable[bytes | None]":
+        return self._read(self.pipeline.latest_table, partition, user_id.encode("utf-8"))
+
+    async def profile(self, partition: int, user_id: str) -> "UserProfile | None":
         from encoders.profile import UserProfile
 
-        raw = self._db(self.pipeline.profiles, partition).get(user_id.encode("utf-8"))
+        raw = self._read(self.pipeline.profiles, partition, user_id.encode("utf-8"))
+        if inspect.isawaitable(raw):
+            raw = await raw
         return None if raw is None else UserProfile.from_bytes(raw)
 
     async def popular(self, k: int) -> list[dict[str, Any]]:
         """The popularity list of the worker's --k items (what an unknown user's record would
-        hold), computed on the compute thread and reused for :data:`POPULAR_TTL_S`."""
-        now = time.monotonic()
+        hold), computed on the compute thread at most once per :data:`POPULAR_TTL_S`: an
+        older list is served while the next one is computed (only the first request waits)."""
         cached = self._popular
-        if cached is None or now - cached[0] > POPULAR_TTL_S:
-            async with self._popular_lock:
-                cached = self._popular
-                if cached is None or time.monotonic() - cached[0] > POPULAR_TTL_S:
-                    engine = self.pipeline.engine
-                    top = await self.pipeline.compute(lambda: engine.popularity.top(self.max_k, allowed=engine.matrix))
-                    cached = self._popular = (time.monotonic(), [{"item_id": i, "score": float(s), "because": None} for i, s in top])
+        if cached is None or time.monotonic() - cached[0] > POPULAR_TTL_S:
+            refresh = self._popular_refresh
+            if refresh is None or refresh.done():
+                refresh = self._popular_refresh = asyncio.ensure_future(self._compute_popular())
+                refresh.add_done_callback(lambda f: f.cancelled() or f.exception())  # logged in _compute_popular
+            if cached is None:
+                cached = await asyncio.shield(refresh)
+        assert cached is not None
         return cached[1][:k]
+
+    async def _compute_popular(self) -> tuple[float, list[dict[str, Any]]]:
+        engine = self.pipeline.engine
+        try:
+            top = await self.pipeline.compute(lambda: engine.popularity.top(self.max_k, allowed=engine.matrix))
+        except Exception:
+            log.exception("the popularity list failed")
+            raise
+        cached = self._popular = (time.monotonic(), [{"item_id": i, "score": float(s), "because": None} for i, s in top])
+        return cached
 
     # ------------------------------------------------------------------ queries
     async def recommend(self, request: QueryRequest, text: str | None) -> QueryAnswer:
         return await self.batcher.submit(request, text)
 
+    def _embed(self, encoder: Any, texts: list[str]) -> np.ndarray:
+        vecs = encoder.encode_numpy(texts)
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        return (vecs / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
     async def _rank(self, batch: list[tuple[QueryRequest, str | None]]) -> list[QueryAnswer]:
+        """Embed the batch's texts on the query thread (concurrently with the stream's
+        micro-batch), then rank on the compute thread (after the micro-batch in progress)."""
         from scoring.query import rank_requests
 
         pipeline = self.pipeline
-
-        def run() -> list[QueryAnswer]:
-            texts = [t for _, t in batch if t is not None]
-            if texts:
-                vecs = pipeline.encoder.encode_numpy(texts)
-                norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-                vecs = (vecs / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-                it = iter(vecs)
-                for req, t in batch:
-                    if t is not None:
-                        req.query = next(it)
-            return rank_requests(pipeline.engine, [req for req, _ in batch])
-
-        return await pipeline.compute(run)
+        stages = self.query_stage_seconds
+        started = time.perf_counter()
+        texts = [t for _, t in batch if t is not None]
+        if texts:
+            if self._query_encoder is not None:
+                loop = asyncio.get_running_loop()
+                vecs = await loop.run_in_executor(self.query_executor, self._embed, self._query_encoder, texts)
+            else:
+                vecs = await pipeline.compute(self._embed, pipeline.encoder, texts)
+            it = iter(vecs)
+            for req, t in batch:
+                if t is not None:
+                    req.query = next(it)
+            if stages is not None:
+                stages.labels("embed").observe(time.perf_counter() - started)
+        requests = [req for req, _ in batch]
+        ranked = time.perf_counter()
+        answers = await pipeline.compute(rank_requests, pipeline.engine, requests)
+        if stages is not None:
+            stages.labels("rank").observe(time.perf_counter() - ranked)
+        return answers
 
     # ------------------------------------------------------------------ forgetting
     async def forget(self, user_id: str, request_id: str) -> dict[str, Any]:
+        """Write the forget request with faust's producer, on the worker's loop."""
+        return await self._on_worker_loop(lambda: self._forget(user_id, request_id))
+
+    async def _forget(self, user_id: str, request_id: str) -> dict[str, Any]:
         from .client import partition_for
         from .records import Forget, encode
 
@@ -519,10 +660,15 @@ class PipelineBackend:
                                           f"{type(exc).__name__}; retry", headers={"Retry-After": "1"}) from None
 
     async def close(self) -> None:
+        """Call on the HTTP thread's loop (the batcher and the client session live there)."""
         await self.batcher.close()
+        if self._popular_refresh is not None:
+            self._popular_refresh.cancel()
+            await asyncio.gather(self._popular_refresh, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
+        self.query_executor.shutdown(wait=False, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -560,6 +706,7 @@ class Api:
         self.backend = backend
         self.token = token
         self.requests = self.durations = self.forwarded = None
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         if registry is not None:
             from prometheus_client import Counter, Histogram
 
@@ -572,9 +719,15 @@ class Api:
             self.forwarded = Counter("recstream_api_forwarded", "HTTP API requests forwarded to the worker holding the "
                                      "user's partition, by route.", ["route"], registry=registry)
             if hasattr(backend, "query_batch_sizes"):
-                backend.query_batch_sizes = Histogram(  # type: ignore[attr-defined]
+                backend.query_batch_sizes = Histogram(
                     "recstream_api_query_batch_size", "Requests of POST /v1/recommend embedded and ranked together.",
                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=registry)
+            if hasattr(backend, "query_stage_seconds"):
+                backend.query_stage_seconds = Histogram(
+                    "recstream_api_query_seconds", "Time of a POST /v1/recommend batch by stage: embed (the query "
+                    "thread's forward pass) and rank (the compute thread, the wait for the micro-batch in progress "
+                    "included).", ["stage"],
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=registry)
 
     # ------------------------------------------------------------------ wiring
     def install(self, app: "web.Application") -> None:
@@ -627,7 +780,7 @@ class Api:
             elif exc.status == 413:
                 response = _error_response(ApiError("body_too_large", f"the body is larger than {MAX_BODY_BYTES} bytes"))
             elif exc.status < 500 and exc.status != 400:
-                response = exc  # type: ignore[assignment]  # e.g. a redirect: as aiohttp made it
+                response = exc  # e.g. a redirect: as aiohttp made it
             else:
                 response = _error_response(ApiError("invalid_value" if exc.status == 400 else "internal",
                                                     exc.reason or "bad request"))
@@ -637,8 +790,13 @@ class Api:
             log.exception("the API failed on %s %s", request.method, request.path)
             response = _error_response(ApiError("internal", "internal error; the worker's log has the details"))
         if self.requests is not None and request.path not in OPEN_PATHS:
-            self.requests.labels(route, request.method, str(response.status)).inc()
-            self.durations.labels(route).observe(time.perf_counter() - started)  # type: ignore[union-attr]
+            key = (route, request.method, response.status)
+            children = self._children.get(key)
+            if children is None:  # prometheus' labels() takes a lock and builds a key: once per label set
+                children = self._children[key] = (self.requests.labels(route, request.method, str(response.status)),
+                                                  self.durations.labels(route))  # type: ignore[union-attr]
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
         return response
 
     @property
@@ -692,6 +850,8 @@ class Api:
         if forwarded is not None:
             return forwarded
         raw = self.backend.latest(owner.partition, user_id)
+        if inspect.isawaitable(raw):
+            raw = await raw
         if raw is None:
             doc = {"schema": 1, "user_id": user_id, "items": await self.backend.popular(k), "trigger": None,
                    "event_ts": None, "emitted_ts": None, "model": "popularity"}
@@ -712,6 +872,8 @@ class Api:
             if forwarded is not None:
                 return forwarded
             profile = self.backend.profile(owner.partition, body.user_id)
+            if inspect.isawaitable(profile):
+                profile = await profile
             answer = await self.backend.recommend(QueryRequest(body.user_id, profile, None, k, exclude, owner.partition),
                                                   body.query)
         doc = {"user_id": body.user_id, "query": body.query, "model": answer.model,

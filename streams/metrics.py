@@ -14,8 +14,9 @@ Three layers, the first two pure and tested without a broker:
   for longer than the stall timeout. It is fed states and times; it reads no clock.
 * :func:`pipeline_metrics` and :class:`MonitoringService`: the bindings to a running
   Faust worker (consumer lag from the consumer's offsets, a broker probe through the
-  app's own producer connection) and a tiny aiohttp server on the worker's event loop
-  for ``/metrics``, ``/health`` and ``/ready``.
+  app's own producer connection) and a tiny aiohttp server for ``/metrics``, ``/health``
+  and ``/ready`` (and the HTTP API, :mod:`streams.api`), on its own thread and event loop
+  (:class:`HttpThread`): a request is read while the worker's loop runs a micro-batch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import math
 import operator
 import re
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
@@ -354,7 +356,7 @@ class WorkerMetrics:
         if len(recs) == len(received_ms):
             # every record of the batch was answered once (per-event emission, or one event
             # per user): the triggers are exactly the batch's records, no lookups needed
-            received = received_ms.values()
+            received: Sequence[int | None] = list(received_ms.values())
         else:
             received = [received_ms.get((t.topic, t.partition, t.offset)) for t in [rec.trigger for rec in recs]]
         times = np.fromiter(received, dtype=np.float64, count=len(received))  # an unknown time (None) is NaN
@@ -368,7 +370,7 @@ class WorkerMetrics:
 
     def metric_names(self) -> set[str]:
         """Every sample name the registry can expose (``_total``, ``_bucket``, ... included)."""
-        names = set()
+        names: set[str] = set()
         for family in self.registry.collect():
             names.update(sample.name for sample in family.samples)
             suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "info": ("_info",)}
@@ -478,7 +480,7 @@ def consumer_lag(app: Any, topics: Mapping[str, str]) -> dict[tuple[str, int], i
     consumer = app.consumer
     committed = getattr(consumer, "_committed_offset", {})  # faust 0.15: the offsets it committed, next-to-read
     read = getattr(consumer, "_read_offset", {})
-    lag = {}
+    lag: dict[Any, int] = {}
     try:
         assigned = list(app.assignor.assigned_actives())
     except Exception:  # not started, or mid-rebalance
@@ -605,10 +607,65 @@ def metrics_socket(port: int | None, host: str = DEFAULT_METRICS_HOST) -> socket
         return None
 
 
+class HttpThread:
+    """An event loop on its own thread, serving the monitoring endpoint and the API.
+
+    The worker's event loop runs the stream: a micro-batch holds it for tens to hundreds of
+    milliseconds, so a request answered there waits for it.  This loop answers on its own
+    thread instead (a lookup reads RocksDB from here: rocksdict reads are thread-safe); what
+    must run on the worker's loop (faust state, the producer) is handed over with
+    :func:`call_on_loop` and awaited here without blocking this loop."""
+
+    def __init__(self, name: str = "recstream-http") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            try:
+                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            finally:
+                self.loop.close()
+
+    async def run(self, coro: Any) -> Any:
+        """Run ``coro`` on this thread's loop; await its result from the calling loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout_s)
+
+
+async def call_on_loop(loop: asyncio.AbstractEventLoop | None, fn: Callable[[], Any]) -> Any:
+    """``fn()`` (a function, or one returning a coroutine, which is awaited there) run on
+    ``loop`` (None or the running loop: here, at once), awaited from the running loop."""
+    here = asyncio.get_running_loop()
+    if loop is None or loop is here:
+        result = fn()
+        return await result if asyncio.iscoroutine(result) else result
+
+    async def call() -> Any:
+        result = fn()
+        return await result if asyncio.iscoroutine(result) else result
+
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), loop))
+
+
 class MonitoringService(Service):
-    """``/metrics``, ``/health`` and ``/ready`` over HTTP on the worker's event loop, and
-    the broker probe. Started with the Faust worker, before the app (so it answers while
-    tables recover); :meth:`mark_started` is called when start-up finishes."""
+    """``/metrics``, ``/health`` and ``/ready`` over HTTP, and the broker probe. Started with
+    the Faust worker, before the app (so it answers while tables recover);
+    :meth:`mark_started` is called when start-up finishes.
+
+    The HTTP server runs on its own thread and event loop (:class:`HttpThread`, with the
+    API when there is one): ``/metrics``, ``/health`` and ``/ready`` read the worker's state
+    on the worker's loop (handed over with :func:`call_on_loop`, as they read faust's
+    consumer and tables); the API's lookups are answered on the HTTP thread itself."""
 
     def __init__(self, pipeline: "Pipeline", sock: socket.socket, policy: HealthPolicy, *, api: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -621,6 +678,8 @@ class MonitoringService(Service):
         self.probe_interval_s = min(10.0, max(0.5, policy.broker_grace_s / 3))
         self.probe_timeout_s = min(10.0, max(0.5, policy.broker_grace_s / 2))
         self._runner: Any = None
+        self._http: HttpThread | None = None
+        self._main_loop: asyncio.AbstractEventLoop | None = None
         self.metrics.health = self
 
         async def started() -> None:  # a Faust app task: runs once start-up (recovery) is done
@@ -652,18 +711,36 @@ class MonitoringService(Service):
         lag = sum(consumer_lag(self.pipeline.app, self.metrics.topics).values())
         return self.monitor.evaluate(now, lag=lag, last_progress=self.metrics.last_progress)
 
+    async def _on_worker_loop(self, fn: Callable[[], Any]) -> Any:
+        return await call_on_loop(self._main_loop, fn)
+
     async def on_start(self) -> None:
         from aiohttp import web
 
+        self._main_loop = asyncio.get_running_loop()
+
+        def unavailable() -> web.Response:  # the worker's loop is gone (shutting down) or failed the call
+            return web.Response(body=b'{"status": "unavailable"}', status=503, content_type="application/json")
+
         async def metrics(request: web.Request) -> web.Response:
-            return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+            try:
+                body = await self._on_worker_loop(self.metrics.exposition)
+            except RuntimeError:
+                return unavailable()
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
         async def health(request: web.Request) -> web.Response:
-            h = self.current()
+            try:
+                h = await self._on_worker_loop(self.current)
+            except RuntimeError:
+                return unavailable()
             return web.Response(body=h.to_json(), status=200 if h.healthy else 503, content_type="application/json")
 
         async def ready(request: web.Request) -> web.Response:
-            h = self.current()
+            try:
+                h = await self._on_worker_loop(self.current)
+            except RuntimeError:
+                return unavailable()
             ok = h.healthy and h.status == "ok"
             return web.Response(body=h.to_json(), status=200 if ok else 503, content_type="application/json")
 
@@ -672,22 +749,46 @@ class MonitoringService(Service):
         web_app.router.add_get("/health", health)
         web_app.router.add_get("/ready", ready)
         if self.api is not None:
+            bind = getattr(self.api.backend, "bind_loops", None)
+            if bind is not None:
+                bind(self._main_loop)
             self.api.install(web_app)
-        self._runner = web.AppRunner(web_app, access_log=None)
-        await self._runner.setup()
-        await web.SockSite(self._runner, self.sock).start()
+
+        async def serve() -> Any:
+            runner = web.AppRunner(web_app, access_log=None)
+            await runner.setup()
+            await web.SockSite(runner, self.sock).start()
+            return runner
+
+        self._http = HttpThread()
+        try:
+            self._runner = await self._http.run(serve())
+        except BaseException:
+            self._http.stop()
+            self._http = None
+            raise
         host, port = self.address
-        log.info("metrics on http://%s:%d/metrics, health on /health and /ready", host, port)
+        log.info("metrics on http://%s:%d/metrics, health on /health and /ready (HTTP thread)", host, port)
         if self.api is not None:
             log.info("API on http://%s:%d/v1/ (advertised to the group as %s; %s)", host, port, self.api.backend.own_url,
                      "bearer token required" if self.api.token else "no token")
 
     async def on_stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self.api is not None:
-            await self.api.backend.close()
+        http, self._http = self._http, None
+        if http is None:
+            return
+        runner, self._runner = self._runner, None
+
+        async def cleanup() -> None:
+            if runner is not None:
+                await runner.cleanup()
+            if self.api is not None:
+                await self.api.backend.close()
+
+        try:
+            await http.run(cleanup())
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, http.stop)
 
     @Service.task
     async def _probe(self) -> None:

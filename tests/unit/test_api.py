@@ -374,3 +374,78 @@ def test_batched_requests_rank_as_one_by_one() -> None:
     together = rank_requests(engine, requests)
     alone = [rank_requests(engine, [r])[0] for r in requests]
     assert [(a.model, [i.item_id for i in a.items]) for a in together] == [(a.model, [i.item_id for i in a.items]) for a in alone]
+
+
+async def test_batcher_pipelines_two_batches() -> None:
+    import asyncio
+
+    started: list[int] = []
+    running = asyncio.Condition()
+    gates = [asyncio.Event(), asyncio.Event()]
+
+    async def run(batch):
+        n = len(started)
+        started.append(len(batch))
+        async with running:
+            running.notify_all()
+        await gates[min(n, 1)].wait()
+        return [QueryAnswer([], t or "") for _, t in batch]
+
+    async def started_batches(n: int) -> None:
+        async with running:
+            await asyncio.wait_for(running.wait_for(lambda: len(started) >= n), 10)
+
+    batcher = QueryBatcher(run, max_batch=8, concurrency=2)
+    first = [asyncio.ensure_future(batcher.submit(QueryRequest(None, None, None, 1), f"a{n}")) for n in range(3)]
+    await started_batches(1)
+    second = [asyncio.ensure_future(batcher.submit(QueryRequest(None, None, None, 1), f"b{n}")) for n in range(2)]
+    await started_batches(2)
+    assert started == [3, 2]  # the second batch runs while the first is still in flight
+    gates[1].set()
+    assert [a.model for a in await asyncio.gather(*second)] == ["b0", "b1"]
+    assert not any(f.done() for f in first)
+    gates[0].set()
+    assert [a.model for a in await asyncio.gather(*first)] == ["a0", "a1", "a2"]
+    await batcher.close()
+
+
+async def test_served_while_the_worker_loop_is_blocked() -> None:
+    """The API runs on its own thread and loop (streams.metrics.HttpThread): a lookup is
+    answered while the calling loop (the worker's, in a worker) is blocked, as in a micro-batch."""
+    import threading
+    import urllib.request
+
+    from streams.metrics import HttpThread, bind
+
+    backend = FakeBackend()
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    app = web.Application()
+    Api(backend).install(app)
+
+    async def serve() -> web.AppRunner:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        return runner
+
+    http = HttpThread()
+    runner = await http.run(serve())
+    answers: list[tuple[int, dict]] = []
+    done = threading.Event()
+
+    def client() -> None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/users/u1/recommendations?k=2", timeout=30) as r:
+                answers.append((r.status, orjson.loads(r.read())))
+        finally:
+            done.set()
+
+    try:
+        threading.Thread(target=client, daemon=True).start()
+        assert done.wait(30)  # this loop is blocked the whole time
+        assert answers and answers[0][0] == 200 and answers[0][1]["items"] == RECORD["items"][:2]
+    finally:
+        await http.run(runner.cleanup())
+        http.stop()
+        sock.close()
