@@ -19,8 +19,9 @@ test: setup ## the test suite (starts the local broker when none answers)
 test-unit: setup ## the broker-free suite (pure code, a few minutes): the fast lane while you work
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-lint: setup ## ruff's checks (pyproject.toml [tool.ruff]) on the whole tree
+lint: setup ## ruff's checks on the whole tree and mypy on the code (pyproject.toml [tool.ruff], [tool.mypy])
 	$(BIN)/ruff check .
+	$(BIN)/python -m mypy
 
 typecheck: setup ## mypy on streams/, scoring/, encoders/ (pyproject.toml [tool.mypy])
 	$(BIN)/python -m mypy
