@@ -58,6 +58,8 @@ from pydantic_core import PydanticCustomError
 
 from scoring.query import QueryAnswer, QueryRequest
 
+from .records import json_type
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -177,24 +179,6 @@ _TYPE_NAMES = {"string_type": "a string", "int_type": "an integer", "list_type":
                "int_parsing": "an integer", "string_sub_type": "a string"}
 
 
-def _json_type(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    if isinstance(v, dict):
-        return "object"
-    return type(v).__name__
-
-
 def _preview(v: Any, limit: int = 60) -> str:
     try:
         text = orjson.dumps(v).decode()
@@ -234,8 +218,8 @@ def body_error(exc: PydanticValidationError) -> ApiError:
     if kind.endswith("_type") or kind in _TYPE_NAMES or kind.endswith("_parsing"):
         wanted = _TYPE_NAMES.get(kind, "of another type")
         if kind == "model_type":
-            return ApiError("not_object", f"the body must be a JSON object, got {_json_type(given)}")
-        return ApiError("wrong_type", f"{where}must be {wanted}, got {_json_type(given)} {_preview(given)}", path)
+            return ApiError("not_object", f"the body must be a JSON object, got {json_type(given)}")
+        return ApiError("wrong_type", f"{where}must be {wanted}, got {json_type(given)} {_preview(given)}", path)
     if kind in ERROR_STATUS and ERROR_STATUS[kind] == 400:
         return ApiError(kind, f"{where}{err['msg']}", path)
     return ApiError("invalid_value", f"{where}{err['msg']}", path)
@@ -254,7 +238,7 @@ def parse_body(raw: bytes) -> RecommendBody:
     except orjson.JSONDecodeError as exc:
         raise ApiError("invalid_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise ApiError("not_object", f"the body must be a JSON object, got {_json_type(obj)}")
+        raise ApiError("not_object", f"the body must be a JSON object, got {json_type(obj)}")
     try:
         return RecommendBody.model_validate(obj)
     except PydanticValidationError as exc:

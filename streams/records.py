@@ -260,7 +260,11 @@ def _preview(v: Any) -> str:
     return text if len(text) <= _PREVIEW_CHARS else text[:_PREVIEW_CHARS] + "..."
 
 
-def _json_type(v: Any) -> str:
+def json_type(v: Any) -> str:
+    """The JSON type name of a decoded value (``null``, ``boolean``, ``integer``, ...), for
+    error messages (the records' and the HTTP API's)."""
+    if v is None:
+        return "null"
     if isinstance(v, bool):
         return "boolean"
     if isinstance(v, int):
@@ -277,7 +281,7 @@ def _json_type(v: Any) -> str:
 
 
 def _describe(v: Any) -> str:
-    return "null" if v is None else f"{_json_type(v)} {_preview(v)}"
+    return "null" if v is None else f"{json_type(v)} {_preview(v)}"
 
 
 def _is_int(v: Any) -> bool:
