@@ -768,7 +768,7 @@ class MonitoringService(Service):
             self._http = None
             raise
         host, port = self.address
-        log.info("metrics on http://%s:%d/metrics, health on /health and /ready (HTTP thread)", host, port)
+        log.info("metrics on http://%s:%d/metrics, health on /health and /ready", host, port)
         if self.api is not None:
             log.info("API on http://%s:%d/v1/ (advertised to the group as %s; %s)", host, port, self.api.backend.own_url,
                      "bearer token required" if self.api.token else "no token")
