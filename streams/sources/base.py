@@ -14,6 +14,7 @@ trimmed to the contract limits (and counted in :attr:`DatasetStats.adjusted`).
 from __future__ import annotations
 
 import ast
+import csv
 import gzip
 import html
 import re
@@ -280,6 +281,53 @@ def decode_lines(lines: Iterable[bytes], builder: Builder, file: str) -> Iterato
         except UnicodeDecodeError:
             builder.adjust(f"{file}: line not UTF-8, read as Latin-1")
             yield raw.decode("latin-1")
+
+
+def _show(row: list[str]) -> str:
+    text = ",".join(row)
+    return repr(text if len(text) <= 120 else text[:120] + "...")
+
+
+def csv_rows(path: Path, builder: Builder, *, delimiter: str = ",",
+             empty_header: str = "expected a header line") -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """A CSV file's header (stripped, without a byte-order mark) and an iterator of
+    ``(line number, fields)`` of the rows that have the header's width; every other row is
+    skipped with the reason and its line, and
+    every row is counted as read (in chunks).  ``empty_header`` ends the error for an
+    empty file."""
+    file = path.name
+    rows = csv.reader(decode_lines(open_lines(path), builder, file), delimiter=delimiter)
+    try:
+        header = [h.strip().lstrip("\ufeff") for h in next(rows)]
+    except StopIteration:
+        raise DatasetError(f"{path}: the file is empty; {empty_header}") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{path} line 1: not readable as CSV: {exc}") from exc
+
+    def body() -> Iterator[tuple[int, list[str]]]:
+        width = len(header)
+        count = 0
+        try:
+            for row in rows:
+                count += 1
+                if count == ROW_CHUNK:
+                    builder.rows(file, count)
+                    count = 0
+                line = rows.line_num
+                if len(row) != width:
+                    if not row:
+                        builder.skip(file, line, "empty line", "empty line")
+                    else:
+                        builder.skip(file, line, f"not {width} fields",
+                                     f"expected {width} fields ({','.join(header)}), got {len(row)}: {_show(row)}")
+                    continue
+                yield line, row
+        except csv.Error as exc:  # a NUL byte, an unterminated quote at the end
+            raise DatasetError(f"{path} line {rows.line_num}: not readable as CSV: {exc}") from exc
+        finally:
+            builder.rows(file, count)
+
+    return header, body()
 
 
 def numbered(lines: Iterable[T], builder: Builder, file: str) -> Iterator[tuple[int, T]]:

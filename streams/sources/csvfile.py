@@ -49,7 +49,6 @@ number of fields) is skipped and counted with its line number and the reason.
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -59,7 +58,7 @@ from pathlib import Path
 from typing import Final, cast
 
 from ..records import MAX_TEXT_CHARS, Click, Purchase, Review
-from .base import ROW_CHUNK, Builder, DatasetError, decode_lines, open_lines, trim, unique
+from .base import Builder, DatasetError, csv_rows, trim, unique
 
 __all__ = ["CATALOG_FIELDS", "EVENT_FIELDS", "CsvMapping", "is_csv_file", "load", "parse_columns", "parse_time"]
 
@@ -169,40 +168,8 @@ def _resolve(path: Path, header: list[str], given: Mapping[str, str], defaults: 
 def _rows(path: Path, builder: Builder) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
     """The header and an iterator of (line, fields) of the rows that have the header's width;
     every other row is skipped with the reason and its line, every row counted."""
-    file = path.name
-    delimiter = "\t" if ".tsv" in path.name.lower() else ","
-    rows = csv.reader(decode_lines(open_lines(path), builder, file), delimiter=delimiter)
-    try:
-        header = [h.strip().lstrip("\ufeff") for h in next(rows)]
-    except StopIteration:
-        raise DatasetError(f"{path}: the file is empty; expected a header line naming the columns") from None
-    except csv.Error as exc:
-        raise DatasetError(f"{path} line 1: not readable as CSV: {exc}") from exc
-
-    def body() -> Iterator[tuple[int, list[str]]]:
-        width = len(header)
-        count = 0
-        try:
-            for row in rows:
-                count += 1
-                if count == ROW_CHUNK:
-                    builder.rows(file, count)
-                    count = 0
-                line = rows.line_num
-                if len(row) != width:
-                    if not row or not any(cell.strip() for cell in row):
-                        builder.skip(file, line, "empty line", "empty line")
-                    else:
-                        builder.skip(file, line, f"not {width} fields",
-                                     f"expected {width} fields ({','.join(header)}), got {len(row)}: {','.join(row)[:120]!r}")
-                    continue
-                yield line, row
-        except csv.Error as exc:  # a NUL byte, an unterminated quote at the end
-            raise DatasetError(f"{path} line {rows.line_num}: not readable as CSV: {exc}") from exc
-        finally:
-            builder.rows(file, count)
-
-    return header, body()
+    return csv_rows(path, builder, delimiter="\t" if ".tsv" in path.name.lower() else ",",
+                    empty_header="expected a header line naming the columns")
 
 
 def _catalog(path: Path, given: Mapping[str, str], builder: Builder) -> None:

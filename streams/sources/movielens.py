@@ -30,14 +30,13 @@ Mapping (see :func:`streams.sources.load_dataset`):
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
 from ..records import MAX_TEXT_CHARS, Click, Purchase, Review
-from .base import ROW_CHUNK, Builder, DatasetError, decode_lines, numbered, open_lines, trim, unique
+from .base import Builder, DatasetError, csv_rows, decode_lines, numbered, open_lines, trim, unique
 
 __all__ = ["LAYOUTS", "ML100K_GENRES", "detect", "load"]
 
@@ -104,41 +103,15 @@ def load(folder: Path, layout: str, builder: Builder, *, positive_threshold: flo
 
 
 def _csv_rows(path: Path, builder: Builder, columns: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:
-    file = path.name
-    rows = csv.reader(decode_lines(open_lines(path), builder, file))
-    try:
-        header = next(rows)
-    except StopIteration:
-        raise DatasetError(f"{path}: the file is empty; expected a header line {','.join(columns)}") from None
-    header = [h.strip().lstrip("\ufeff") for h in header]
+    header, rows = csv_rows(path, builder, empty_header=f"expected a header line {','.join(columns)}")
     missing = [c for c in columns if c not in header]
     if missing:
         raise DatasetError(
             f"{path}: the header {','.join(header)!r} lacks {', '.join(missing)}; expected {','.join(columns)}"
         )
     where = [header.index(c) for c in columns]
-    width = len(header)
-    count = 0
-    try:
-        for row in rows:
-            count += 1
-            if count == ROW_CHUNK:
-                builder.rows(file, count)
-                count = 0
-            line = rows.line_num
-            if len(row) != width:
-                if not row:
-                    builder.skip(file, line, "empty line", "empty line")
-                else:
-                    builder.skip(
-                        file, line, f"not {width} fields", f"expected {width} fields ({','.join(header)}), got {len(row)}: {_show(row)}"
-                    )
-                continue
-            yield line, [row[i] for i in where]
-    except csv.Error as exc:  # e.g. a NUL byte or an unterminated quote at the end
-        raise DatasetError(f"{path} line {rows.line_num}: not readable as CSV: {exc}") from exc
-    finally:
-        builder.rows(file, count)
+    for line, row in rows:
+        yield line, [row[i] for i in where]
 
 
 def _dat_rows(path: Path, builder: Builder, width: int, *, title_at: int | None = None) -> Iterator[tuple[int, list[str]]]:
@@ -211,11 +184,6 @@ def _u_item_rows(path: Path, builder: Builder, genres: tuple[str, ...]) -> Itera
             continue
         title = "|".join(parts[1 : len(parts) - n - 3])  # a title holding '|' keeps it
         yield line, [parts[0], title, "|".join(g for g, f in zip(genres, flags) if f == "1")]
-
-
-def _show(row: list[str]) -> str:
-    text = ",".join(row)
-    return repr(text if len(text) <= 120 else text[:120] + "...")
 
 
 # --------------------------------------------------------------------------- mapping
