@@ -64,8 +64,6 @@ class Item:
         }
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class Click:
     """A user clicked (viewed) an item. Topic ``clicks``, key = user_id."""
