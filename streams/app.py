@@ -405,9 +405,9 @@ class Pipeline:
         ))
         self.items_table.on_changes = self.apply_item_changes
         self.items_table.on_recover(self.rebuild_items)
-        self.profiles.on_recover(self.rebuild_popularity)
-        self.profiles.on_recover(self.rebuild_cooccurrence)
-        self.profiles.on_recover(self.rebuild_weights)
+        # one callback for the steps that depend on each other: faust keeps a table's recovery
+        # callbacks in a set, and calls them in no set order
+        self.profiles.on_recover(self.on_profiles_recovered)
         # the other partitions' popularity and co-occurrence, followed from their changelogs
         # (streams/evidence.py) and added to the scored models as partial rows
         self.foreign_popularity: dict[int, dict[str, float]] = {}
@@ -419,7 +419,6 @@ class Pipeline:
         self.evidence = EvidenceFollower(s, followed, max_skew_ms=config.max_skew_ms)
         if self.stream_time is not None and config.max_skew_ms is not None:
             self.stream_time.horizon = self.evidence.horizon
-        self.profiles.on_recover(self.follow_evidence)
         self.app.timer(EVIDENCE_APPLY_S)(self.apply_foreign_evidence)
         # table writes of one micro-batch (profiles, popularity) go through faust's producer
         # buffer; let it hold a few batches before the conductor waits for it to drain
@@ -727,6 +726,14 @@ class Pipeline:
 
         await self.compute(rebuild)
         log.info("co-occurrence rebuilt: %d items from partitions %s", len(engine.cooccurrence), sorted(active))
+
+    async def on_profiles_recovered(self) -> None:
+        """After recovery or a rebalance, in this order: the models of the partitions now
+        held (which sets :attr:`own_partitions`), then following the others' evidence."""
+        await self.rebuild_popularity()
+        await self.rebuild_cooccurrence()
+        await self.rebuild_weights()
+        await self.follow_evidence()
 
     async def follow_evidence(self) -> None:
         """After recovery or a rebalance: follow the partitions this worker does not hold."""

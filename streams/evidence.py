@@ -226,10 +226,14 @@ class EvidenceFollower:
                         self._wake.wait(self.poll_ms / 1000)
                         self._wake.clear()
                     continue
-                if self._wanted != assigned:
-                    continue  # re-assigned meanwhile: these may be partitions no longer followed
+                # re-assigned meanwhile: a partition still followed keeps its records (its
+                # position has moved past them); one no longer followed is read again from the
+                # start of its changelog if it is followed again
+                followed = self._wanted
                 mark = self._watermark
                 for tp, records in batch.items():
+                    if tp.partition not in followed:
+                        continue
                     self._arrived(tp, records)
                     queue = held.get(tp)
                     if queue is None:

@@ -63,3 +63,60 @@ def test_without_a_skew_bound_there_is_no_horizon():
     assert f.horizon() is None
     with pytest.raises(ValueError, match="max_skew_ms"):
         EvidenceFollower(KafkaSettings(), {"popularity": POP}, max_skew_ms=-1)
+
+
+class _Consumer:
+    """A changelog reader (kafka-python's consumer, as the follower uses it) with one batch
+    of partition 0 to give; while it is being fetched, the worker's assignment changes."""
+
+    def __init__(self, on_fetch) -> None:
+        self.on_fetch = on_fetch
+        self.batches = [{TopicPartition(POP, 0): [Rec(5, 0, b"0:item", b"v1"), Rec(6, 0, b"0:other", b"v2")]}]
+        self.seeked: list[TopicPartition] = []
+
+    def assign(self, tps) -> None:
+        pass
+
+    def seek_to_beginning(self, *tps) -> None:
+        self.seeked += tps
+
+    def pause(self, tp) -> None:
+        pass
+
+    def resume(self, tp) -> None:
+        pass
+
+    def poll(self, timeout_ms: int, max_records: int):
+        if not self.batches:
+            return {}
+        batch = self.batches.pop()
+        self.on_fetch()
+        return batch
+
+    def close(self) -> None:
+        pass
+
+
+def test_records_fetched_while_the_followed_partitions_change_are_kept(monkeypatch):
+    """A partition still followed after a rebalance keeps what was fetched for it meanwhile: its
+    position has moved past those records, and only newly followed partitions are read from
+    the start again."""
+    import time
+
+    import streams.evidence as ev
+
+    f = EvidenceFollower(KafkaSettings(), {"popularity": POP}, poll_ms=10)
+    consumer = _Consumer(on_fetch=lambda: f.follow([0, 2]))
+    monkeypatch.setattr(ev, "reader", lambda settings: consumer)
+    f.follow([0, 1])
+    f.advance(10)
+    f.start()
+    try:
+        deadline, got = time.monotonic() + 10, {}
+        while time.monotonic() < deadline and (len(got) < 2 or TopicPartition(POP, 2) not in consumer.seeked):
+            got.update(f.drain())
+            time.sleep(0.01)
+    finally:
+        f.stop()
+    assert got == {("popularity", 0, b"0:item"): b"v1", ("popularity", 0, b"0:other"): b"v2"}
+    assert TopicPartition(POP, 2) in consumer.seeked and consumer.seeked.count(TopicPartition(POP, 0)) == 1

@@ -164,3 +164,42 @@ def test_the_catalog_table_is_a_global_table_for_faust(tmp_path):
     pipeline = Pipeline(WorkerConfig(kafka=KafkaSettings(topic_prefix="p."), data_dir=tmp_path, device="cpu"), encoder=_Encoder())
     assert pipeline.items_table.is_global and pipeline.items_table.standby_buffer_size == 1
     assert not pipeline.profiles.is_global
+
+
+async def test_after_a_rebalance_the_evidence_follows_exactly_the_partitions_not_held(tmp_path, monkeypatch):
+    """faust calls a table's recovery callbacks in no set order (a set): whatever the order,
+    the worker rebuilds its own partitions' models first, then follows the others'."""
+    import itertools
+
+    from streams.app import Pipeline
+    from streams.config import KafkaSettings
+
+    class _Encoder:
+        dim, name = 8, "stub"
+
+    pipeline = Pipeline(WorkerConfig(kafka=KafkaSettings(topic_prefix="p."), data_dir=tmp_path, device="cpu",
+                                     partitions=4), encoder=_Encoder())
+    followed: list[set[int]] = []
+    monkeypatch.setattr(pipeline.evidence, "follow", lambda partitions: followed.append(set(partitions)))
+    monkeypatch.setattr(pipeline.evidence, "start", lambda: None)
+    held = {1, 3}
+    monkeypatch.setattr(pipeline, "active_partitions", lambda: set(held))
+
+    async def nothing() -> None:
+        return None
+
+    for name in ("rebuild_cooccurrence", "rebuild_weights"):
+        monkeypatch.setattr(pipeline, name, nothing)
+    monkeypatch.setattr(pipeline, "rebuild_popularity", _own_partitions_setter(pipeline))
+    callbacks = list(pipeline.profiles._recover_callbacks)
+    for order in itertools.permutations(callbacks):
+        pipeline.own_partitions = frozenset({0, 1, 2, 3})  # the previous assignment: all of them
+        for fun in order:
+            await fun()
+        assert followed[-1] == {0, 2}
+
+
+def _own_partitions_setter(pipeline):
+    async def rebuild() -> None:
+        pipeline.own_partitions = frozenset(pipeline.active_partitions())
+    return rebuild
