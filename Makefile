@@ -19,11 +19,16 @@ test: setup ## the test suite (starts the local broker when none answers)
 test-unit: setup ## the broker-free suite (pure code, a few minutes): the fast lane while you work
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-lint: setup ## ruff's checks on the whole tree and mypy on the code (pyproject.toml [tool.ruff], [tool.mypy])
+lint: setup typecheck ## ruff's checks on the whole tree and mypy on the code (pyproject.toml [tool.ruff], [tool.mypy])
 	$(BIN)/ruff check .
-	$(BIN)/python -m mypy
 
-typecheck: setup ## mypy on streams/, scoring/, encoders/ (pyproject.toml [tool.mypy])
+# mypy reads the package as installed: recstream/ with the folders mapped into it
+# (pyproject.toml [tool.setuptools.package-dir]), laid out here as links
+TYPECHECK := build/typecheck/recstream
+typecheck: setup ## mypy on the recstream package: streams/, scoring/, encoders/ (pyproject.toml [tool.mypy])
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)
+	ln -s ../../../recstream/__init__.py $(TYPECHECK)/__init__.py
+	for d in streams scoring encoders; do ln -s ../../../$$d $(TYPECHECK)/$$d; done
 	$(BIN)/python -m mypy
 
 RESULTS := bench/results

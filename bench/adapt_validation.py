@@ -33,16 +33,16 @@ if str(ROOT) in sys.path:
 sys.path.insert(0, str(ROOT))
 
 from bench.common import emit_result  # noqa: E402
-from encoders.profile import ProfileConfig  # noqa: E402
-from encoders.text import TextEncoder  # noqa: E402
-from scoring.adapt import AdaptConfig  # noqa: E402
-from scoring.backtest import BacktestConfig  # noqa: E402
-from scoring.blend import DEFAULT_WEIGHTS, BlendWeights  # noqa: E402
-from scoring.engine import EngineConfig  # noqa: E402
-from scoring.sidebyside import EngineMethod, SideBySideOptions, side_by_side  # noqa: E402
-from scoring.topk import ItemMatrix  # noqa: E402
-from streams.produce import parse_time  # noqa: E402
-from streams.tune import catalog_embeddings, load_source  # noqa: E402
+from recstream.encoders.profile import ProfileConfig  # noqa: E402
+from recstream.encoders.text import TextEncoder  # noqa: E402
+from recstream.scoring.adapt import AdaptConfig  # noqa: E402
+from recstream.scoring.backtest import BacktestConfig  # noqa: E402
+from recstream.scoring.blend import DEFAULT_WEIGHTS, BlendWeights  # noqa: E402
+from recstream.scoring.engine import EngineConfig  # noqa: E402
+from recstream.scoring.sidebyside import EngineMethod, SideBySideOptions, side_by_side  # noqa: E402
+from recstream.scoring.topk import ItemMatrix  # noqa: E402
+from recstream.streams.produce import parse_time  # noqa: E402
+from recstream.streams.tune import catalog_embeddings, load_source  # noqa: E402
 
 
 def floats(text: str) -> list[float]:
@@ -55,7 +55,7 @@ class Recorder(EngineMethod):
     final: dict | None = None
 
     def lists(self, events, catalog, config, progress=None):  # type: ignore[override]
-        from scoring import engine as engine_module
+        from recstream.scoring import engine as engine_module
 
         captured = {}
         real = engine_module.Engine

@@ -45,14 +45,14 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from encoders.profile import DecayedProfileModel, UserProfile  # noqa: E402
-from scoring.adapt import AdaptConfig  # noqa: E402
-from scoring.blend import DEFAULT_WEIGHTS, BlendWeights  # noqa: E402
-from scoring.engine import Engine, EngineConfig, Incoming  # noqa: E402
-from scoring.popularity import DecayedPopularity  # noqa: E402
-from scoring.ann import make_item_matrix  # noqa: E402
-from scoring.topk import ItemMatrix  # noqa: E402
-from streams.records import Click  # noqa: E402
+from recstream.encoders.profile import DecayedProfileModel, UserProfile  # noqa: E402
+from recstream.scoring.adapt import AdaptConfig  # noqa: E402
+from recstream.scoring.blend import DEFAULT_WEIGHTS, BlendWeights  # noqa: E402
+from recstream.scoring.engine import Engine, EngineConfig, Incoming  # noqa: E402
+from recstream.scoring.popularity import DecayedPopularity  # noqa: E402
+from recstream.scoring.ann import make_item_matrix  # noqa: E402
+from recstream.scoring.topk import ItemMatrix  # noqa: E402
+from recstream.streams.records import Click  # noqa: E402
 
 DIM = 384
 

@@ -36,9 +36,9 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
-from streams import topics as T  # noqa: E402
-from streams.config import KafkaSettings  # noqa: E402
-from streams.records import SCHEMA_VERSION  # noqa: E402
+from recstream.streams import topics as T  # noqa: E402
+from recstream.streams.config import KafkaSettings  # noqa: E402
+from recstream.streams.records import SCHEMA_VERSION  # noqa: E402
 
 #: The model name a recstream worker writes (all-MiniLM-L6-v2 + the decayed-sum profile);
 #: the template uses a marker of the same length so that records have the same size.

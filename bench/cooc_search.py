@@ -50,8 +50,8 @@ for _p in (str(HERE), str(ROOT)):
 import numpy as np  # noqa: E402
 
 from common import cpu_model, emit_result  # noqa: E402
-from scoring.protocol import DAY_MS, protocol_windows  # noqa: E402
-from streams.tune import load_protocol_data  # noqa: E402
+from recstream.scoring.protocol import DAY_MS, protocol_windows  # noqa: E402
+from recstream.streams.tune import load_protocol_data  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "ml-latest-small"
 

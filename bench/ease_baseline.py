@@ -43,7 +43,7 @@ if str(ROOT) in sys.path:
     sys.path.remove(str(ROOT))
 sys.path.insert(0, str(ROOT))
 
-from scoring.backtest import (  # noqa: E402
+from recstream.scoring.backtest import (  # noqa: E402
     Backtest,
     BacktestConfig,
     ExclusionTracker,
@@ -51,8 +51,8 @@ from scoring.backtest import (  # noqa: E402
     default_baselines,
     interaction_kinds,
 )
-from scoring.baselines import Recommender  # noqa: E402
-from scoring.ease import (  # noqa: E402
+from recstream.scoring.baselines import Recommender  # noqa: E402
+from recstream.scoring.ease import (  # noqa: E402
     DAY_MS,
     DEFAULT_HALF_LIFE_MS,
     DEFAULT_LAMBDA,
@@ -88,7 +88,7 @@ def validation_split_ms(events: Sequence[Any], catalog_ids: Container[str], spli
     """The start of ``recstream tune``'s validation window before ``split_ms``: the time of
     interaction ``int(end * (1 - 0.1 / 0.8))`` of the interactions (all kinds, catalog
     items) before the split, ``end`` of them."""
-    from scoring.protocol import interactions_from_events
+    from recstream.scoring.protocol import interactions_from_events
 
     inter = interactions_from_events(events, kinds=("click", "purchase", "review"), positive_threshold=positive_threshold)
     inter = [it for it in inter if it.item_id in catalog_ids]
@@ -162,8 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
-    from streams.produce import parse_time
-    from streams.tune import load_source
+    from recstream.streams.produce import parse_time
+    from recstream.streams.tune import load_source
 
     started = time.perf_counter()
     split_ms = parse_time(args.split)

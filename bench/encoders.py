@@ -240,7 +240,7 @@ def resolve_args(args: argparse.Namespace, cuda: bool = False) -> argparse.Names
 
 def catalog_texts(catalog: gen.Catalog, n: int, fields: Sequence[str]) -> list[str]:
     """The worker's item texts of the first ``n`` catalog items."""
-    from encoders.text import item_text
+    from recstream.encoders.text import item_text
 
     return [item_text(it.title, it.categories, it.description, fields=fields) for it in catalog.items[:n]]
 
@@ -437,7 +437,7 @@ def machine_info(torch, device, enc) -> dict:
 def run(args, result: dict) -> None:
     import torch
 
-    from encoders.text import TextEncoder, resolve_device
+    from recstream.encoders.text import TextEncoder, resolve_device
 
     device = resolve_device(args.device)  # DeviceUnavailableError: a one-line message
     resolve_args(args, cuda=device.type == "cuda")
@@ -499,7 +499,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     resolve_args(argparse.Namespace(**vars(args)))  # validate early (device-dependent defaults come later)
-    from encoders.text import DeviceUnavailableError, ModelNotFoundError
+    from recstream.encoders.text import DeviceUnavailableError, ModelNotFoundError
 
     t_start = time.perf_counter()
     result: dict = bench_header("recstream text encoder (bench/encoders.py)", "bench/encoders.py", argv)

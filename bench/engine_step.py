@@ -84,11 +84,11 @@ def make_events(n: int, users: int, items: int, rng: np.random.Generator, start_
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from encoders.profile import DecayedProfileModel, ProfileConfig, UserProfile
-    from scoring.engine import Engine, EngineConfig, Incoming
-    from scoring.popularity import DecayedPopularity
-    from scoring.topk import ItemMatrix
-    from streams.records import encode_emitted, parse_event
+    from recstream.encoders.profile import DecayedProfileModel, ProfileConfig, UserProfile
+    from recstream.scoring.engine import Engine, EngineConfig, Incoming
+    from recstream.scoring.popularity import DecayedPopularity
+    from recstream.scoring.topk import ItemMatrix
+    from recstream.streams.records import encode_emitted, parse_event
 
     rng = np.random.default_rng(args.seed)
     dim = 384

@@ -48,11 +48,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common import Guarded, add_run_args, command_line, cpu_model, finish, pkg_version  # noqa: E402
-from encoders.sasrec import SASRecConfig, checkpoint_hash, describe, load_checkpoint, save_checkpoint, sequence_from_history  # noqa: E402
-from encoders.train import CatalogScorer, TrainConfig, train  # noqa: E402
-from scoring.blend import EQUAL_WEIGHTS, NORMALIZATIONS, BlendWeights, candidate_mask, normalize_scores  # noqa: E402
-from scoring.metrics import RankingMetrics  # noqa: E402
-from scoring.protocol import (  # noqa: E402
+from recstream.encoders.sasrec import SASRecConfig, checkpoint_hash, describe, load_checkpoint, save_checkpoint, sequence_from_history  # noqa: E402
+from recstream.encoders.train import CatalogScorer, TrainConfig, train  # noqa: E402
+from recstream.scoring.blend import EQUAL_WEIGHTS, NORMALIZATIONS, BlendWeights, candidate_mask, normalize_scores  # noqa: E402
+from recstream.scoring.metrics import RankingMetrics  # noqa: E402
+from recstream.scoring.protocol import (  # noqa: E402
     DAY_MS,
     GridPoint,
     ProtocolConfig,
@@ -64,7 +64,7 @@ from scoring.protocol import (  # noqa: E402
     protocol_windows,
     weight_grid,
 )
-from streams.tune import load_protocol_data  # noqa: E402
+from recstream.streams.tune import load_protocol_data  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "ml-latest-small"
 QUICK_INTERACTIONS = 15_000

@@ -35,13 +35,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common import cpu_model, emit_result  # noqa: E402
-from encoders.profile import DecayedProfileModel, ProfileConfig  # noqa: E402
-from encoders.sasrec import SASRec, SASRecConfig, save_checkpoint  # noqa: E402
-from scoring.engine import Engine, EngineConfig, Incoming  # noqa: E402
-from scoring.learned import LearnedUserEncoder  # noqa: E402
-from scoring.popularity import DecayedPopularity  # noqa: E402
-from scoring.topk import ItemMatrix  # noqa: E402
-from streams.records import Click, Purchase  # noqa: E402
+from recstream.encoders.profile import DecayedProfileModel, ProfileConfig  # noqa: E402
+from recstream.encoders.sasrec import SASRec, SASRecConfig, save_checkpoint  # noqa: E402
+from recstream.scoring.engine import Engine, EngineConfig, Incoming  # noqa: E402
+from recstream.scoring.learned import LearnedUserEncoder  # noqa: E402
+from recstream.scoring.popularity import DecayedPopularity  # noqa: E402
+from recstream.scoring.topk import ItemMatrix  # noqa: E402
+from recstream.streams.records import Click, Purchase  # noqa: E402
 
 DIM = 384
 

@@ -74,9 +74,9 @@ from tqdm import tqdm  # noqa: E402
 import catalog_gen as gen  # noqa: E402
 import pipeline as P  # noqa: E402  (bench/pipeline.py: worker process, producer, topic cleanup)
 from common import Guarded, add_run_args, bench_header, cpu_model, finish, mem_total_gib, pkg_version  # noqa: E402
-from streams import topics as T  # noqa: E402
-from streams.config import KafkaSettings  # noqa: E402
-from streams.state import encode_item  # noqa: E402
+from recstream.streams import topics as T  # noqa: E402
+from recstream.streams.config import KafkaSettings  # noqa: E402
+from recstream.streams.state import encode_item  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

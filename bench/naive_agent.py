@@ -44,9 +44,9 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from streams import topics as T  # noqa: E402
-from streams.config import KafkaSettings  # noqa: E402
-from streams.records import DAY_MS  # noqa: E402
+from recstream.streams import topics as T  # noqa: E402
+from recstream.streams.config import KafkaSettings  # noqa: E402
+from recstream.streams.records import DAY_MS  # noqa: E402
 
 POPULARITY_MODEL = "popularity"
 
@@ -90,7 +90,7 @@ def read_topic_to_end(broker: list[str], topic: str, timeout_s: float) -> list[t
 
 def load_item_changelog(broker: list[str], topic: str, timeout_s: float) -> dict[str, np.ndarray]:
     """Latest embedding per item id on a recstream ``item-embeddings`` changelog (tombstones delete)."""
-    from streams.state import decode_item
+    from recstream.streams.state import decode_item
 
     vectors: dict[str, np.ndarray] = {}
     for key, value in read_topic_to_end(broker, topic, timeout_s):
@@ -106,8 +106,8 @@ def load_item_changelog(broker: list[str], topic: str, timeout_s: float) -> dict
 
 def encode_catalog(broker: list[str], topic: str, encoder, fields: tuple[str, ...], timeout_s: float) -> dict[str, np.ndarray]:
     """The latest record per item of an ``items`` topic, encoded in batches (the encoder's batch size)."""
-    from encoders.text import item_text
-    from streams.records import Item, ValidationError, parse_item
+    from recstream.encoders.text import item_text
+    from recstream.streams.records import Item, ValidationError, parse_item
 
     latest: dict[str, Item] = {}
     for key, value in read_topic_to_end(broker, topic, timeout_s):
@@ -154,10 +154,10 @@ class NaiveAgent:
     """The models and per-event step; the Faust wiring is in :func:`build_app`."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from encoders.profile import DecayedProfileModel, ProfileConfig
-        from encoders.text import TextEncoder, resolve_device
-        from scoring.popularity import DecayedPopularity
-        from scoring.topk import ItemMatrix
+        from recstream.encoders.profile import DecayedProfileModel, ProfileConfig
+        from recstream.encoders.text import TextEncoder, resolve_device
+        from recstream.scoring.popularity import DecayedPopularity
+        from recstream.scoring.topk import ItemMatrix
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.args = args
@@ -184,9 +184,9 @@ class NaiveAgent:
     def step(self, kind: str, topic: str, partition: int, offset: int, raw_profile: bytes | None, record,
              received_ts: int) -> tuple[bytes | None, Any]:
         """Apply one parsed event; returns (profile bytes to store or None, the Recommendation)."""
-        from encoders.profile import UserProfile
-        from streams.records import RecItem, Recommendation, Review, Trigger
-        from scoring.topk import score_topk
+        from recstream.encoders.profile import UserProfile
+        from recstream.streams.records import RecItem, Recommendation, Review, Trigger
+        from recstream.scoring.topk import score_topk
 
         self.counts["events"] += 1
         text_vec = None
@@ -231,7 +231,7 @@ class NaiveAgent:
 def build_app(agent: NaiveAgent, settings: KafkaSettings, args: argparse.Namespace):
     import faust
 
-    from streams.records import ValidationError, dead_letter, encode, parse_event
+    from recstream.streams.records import ValidationError, dead_letter, encode, parse_event
 
     datadir = Path(args.data_dir) / settings.app_id
     datadir.mkdir(parents=True, exist_ok=True)

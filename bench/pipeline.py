@@ -93,8 +93,8 @@ from tqdm import tqdm  # noqa: E402
 
 import catalog_gen as gen  # noqa: E402
 from common import Guarded, add_run_args, cpu_model, finish, local_time, mem_total_gib, pkg_version  # noqa: E402
-from streams import topics as T  # noqa: E402
-from streams.config import KafkaSettings  # noqa: E402
+from recstream.streams import topics as T  # noqa: E402
+from recstream.streams.config import KafkaSettings  # noqa: E402
 
 WORKLOADS = ("clicks", "reviews")
 #: The systems, in the order they run for one partition count (the naive agent reads the
@@ -333,7 +333,7 @@ def system_command(system: str, *, broker: str, prefix: str, partitions: int, da
     shell-quoted strings appended (--worker-arg, --naive-arg)."""
     if system == "recstream":
         exe = Path(python).parent / "recstream"
-        base = [str(exe)] if exe.exists() else [python, "-m", "streams.cli"]
+        base = [str(exe)] if exe.exists() else [python, "-m", "recstream"]
         cmd = base + ["-v", "worker", "--broker", broker, "--topic-prefix", prefix, "--partitions", str(partitions),
                       "--emit", "per-event", "--data-dir", str(data_dir), "--loglevel", "info"]
         if device:
@@ -601,7 +601,7 @@ class RecCollector(threading.Thread):
         self.wall_offset_ms = time.time() * 1000.0 - time.perf_counter() * 1000.0
 
     def run(self) -> None:
-        from streams.records import ValidationError, decode_recommendation
+        from recstream.streams.records import ValidationError, decode_recommendation
 
         try:
             validated_tags: set[str] = set()

@@ -58,12 +58,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from common import Guarded, add_run_args, bench_header, cpu_model, finish, mem_total_gib, pkg_version  # noqa: E402
-from streams import topics as T  # noqa: E402
-from streams.client import (RecommendationWatcher, WorkerProcess, partition_for, producer, send_records,  # noqa: E402
+from recstream.streams import topics as T  # noqa: E402
+from recstream.streams.client import (RecommendationWatcher, WorkerProcess, partition_for, producer, send_records,  # noqa: E402
                             wait_catalog)
-from streams.config import KafkaSettings  # noqa: E402
-from streams.demo.data import load_catalog  # noqa: E402
-from streams.records import Click  # noqa: E402
+from recstream.streams.config import KafkaSettings  # noqa: E402
+from recstream.streams.demo.data import load_catalog  # noqa: E402
+from recstream.streams.records import Click  # noqa: E402
 
 PARTITIONS = 2
 WARMUP_EVENTS = 400

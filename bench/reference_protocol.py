@@ -46,8 +46,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common import Guarded, add_run_args, bench_header, cpu_model, finish, mem_total_gib, pkg_version  # noqa: E402
-from scoring.blend import NORMALIZATIONS, BlendWeights  # noqa: E402
-from scoring.protocol import (  # noqa: E402
+from recstream.scoring.blend import NORMALIZATIONS, BlendWeights  # noqa: E402
+from recstream.scoring.protocol import (  # noqa: E402
     COOC_EVENTS,
     DAY_MS,
     ProtocolConfig,
@@ -56,7 +56,7 @@ from scoring.protocol import (  # noqa: E402
     run_reference,
     weight_grid,
 )
-from streams.tune import load_protocol_data  # noqa: E402
+from recstream.streams.tune import load_protocol_data  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "ml-latest-small"
 QUICK_INTERACTIONS = 15_000

@@ -23,8 +23,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 cleanup() {
     "$BIN/python" - "$PREFIX" <<'PY' || true
 import sys
-from streams import topics as T
-from streams.config import KafkaSettings
+from recstream.streams import topics as T
+from recstream.streams.config import KafkaSettings
 prefix = sys.argv[1]
 s = KafkaSettings(topic_prefix=prefix)
 admin = T._admin(s, 30.0)

@@ -23,7 +23,7 @@ code of ``DIR`` (a copy of the repository; its own topic namespace), and every p
 on one worker then the other, back to back, so that the machine's noise (a shared machine)
 falls on both alike; the summary has a column per version.  Every phase starts once the
 worker has processed every click produced so far (no backlog from the phase before).  Run it from outside the
-repository (the workers are ``python -m streams.cli`` with ``PYTHONPATH`` set to their
+repository (the workers are ``python -m recstream`` with ``PYTHONPATH`` set to their
 code, and the current directory comes first on the path):
 
     .venv/bin/python bench/serving.py --quick        # 6 s phases
@@ -54,9 +54,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import catalog_gen as gen  # noqa: E402
 
-from streams import topics as T  # noqa: E402
-from streams.client import WorkerProcess, producer, tail, wait_catalog  # noqa: E402
-from streams.config import KafkaSettings  # noqa: E402
+from recstream.streams import topics as T  # noqa: E402
+from recstream.streams.client import WorkerProcess, producer, tail, wait_catalog  # noqa: E402
+from recstream.streams.config import KafkaSettings  # noqa: E402
 
 QUERIES = ("noise cancelling headphones with a long battery", "a cast-iron skillet for even heat", "a smartwatch that tracks sleep",
            "a quiet espresso machine with a milk frother", "warm dimmable lamp for reading", "stackable pantry storage bins")

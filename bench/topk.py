@@ -69,7 +69,7 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from scoring.topk import ItemMatrix, default_dtype, score_topk  # noqa: E402
+from recstream.scoring.topk import ItemMatrix, default_dtype, score_topk  # noqa: E402
 from common import Guarded, add_run_args, bench_header, cpu_model, finish, mem_total_gib, pkg_version  # noqa: E402
 
 MiB = 1024 * 1024

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from encoders.profile import (
+from recstream.encoders.profile import (
     EVENT_KINDS,
     DecayedProfileModel,
     HistoryEntry,
@@ -21,7 +21,7 @@ from encoders.profile import (
 )
 
 if TYPE_CHECKING:
-    from encoders.text import (
+    from recstream.encoders.text import (
         ITEM_TEXT_FIELDS,
         DeviceUnavailableError,
         ModelNotFoundError,
@@ -59,7 +59,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _TEXT_NAMES:
-        from encoders import text
+        from recstream.encoders import text
 
         return getattr(text, name)
     raise AttributeError(f"module 'encoders' has no attribute {name!r}")

@@ -23,8 +23,8 @@ from typing import Any, ClassVar, Final, Literal, NamedTuple, Protocol, runtime_
 import numpy as np
 import orjson
 
-from scoring.binary import HEADER, pack_header, unpack_header
-from scoring.records import DAY_MS
+from recstream.scoring.binary import HEADER, pack_header, unpack_header
+from recstream.scoring.records import DAY_MS
 
 __all__ = [
     "EVENT_KINDS",

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from encoders.sasrec import SASRec, SASRecConfig, batch_inputs, right_align, sequence_from_history
+from recstream.encoders.sasrec import SASRec, SASRecConfig, batch_inputs, right_align, sequence_from_history
 
 __all__ = ["TrainConfig", "TrainResult", "cases", "evaluate", "resolve_device", "train"]
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from scoring.popularity import DecayedPopularity, PopularityFormatError
+from recstream.scoring.popularity import DecayedPopularity, PopularityFormatError
 
 if TYPE_CHECKING:
-    from scoring.topk import ItemMatrix, Recommendation, TopK, default_dtype, score_topk
+    from recstream.scoring.topk import ItemMatrix, Recommendation, TopK, default_dtype, score_topk
 
 _TOPK_NAMES = frozenset({"ItemMatrix", "Recommendation", "TopK", "default_dtype", "score_topk"})
 
@@ -21,7 +21,7 @@ __all__ = ["DecayedPopularity", "PopularityFormatError", *sorted(_TOPK_NAMES)]
 
 def __getattr__(name: str) -> Any:
     if name in _TOPK_NAMES:
-        from scoring import topk
+        from recstream.scoring import topk
 
         return getattr(topk, name)
     raise AttributeError(f"module 'scoring' has no attribute {name!r}")

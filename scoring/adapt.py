@@ -30,7 +30,7 @@ from typing import Final
 import numpy as np
 import orjson
 
-from scoring.blend import SIGNALS, BlendWeights
+from recstream.scoring.blend import SIGNALS, BlendWeights
 
 __all__ = ["AdaptConfig", "AdaptFormatError", "DIRECTIONS", "WeightAdapter", "AdaptiveWeights"]
 

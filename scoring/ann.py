@@ -32,7 +32,7 @@ from typing import Any, Final
 import numpy as np
 import torch
 
-from scoring.topk import ItemMatrix
+from recstream.scoring.topk import ItemMatrix
 
 __all__ = [
     "DEFAULT_MIN_ITEMS",

@@ -101,14 +101,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from scoring.baselines import (
+from recstream.scoring.baselines import (
     DEFAULT_POPULARITY_HALF_LIFE_MS,
     ItemKNNBaseline,
     PopularityBaseline,
     Recommender,
     observe_event,
 )
-from scoring.metrics import (
+from recstream.scoring.metrics import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     CASE_METRICS,
@@ -121,12 +121,12 @@ from scoring.metrics import (
     latency_summary,
     paired_bootstrap_ratios,
 )
-from scoring.records import KIND_RANK, KIND_TOPICS, Click, Event, Item, Purchase, Recommendation, Review
+from recstream.scoring.records import KIND_RANK, KIND_TOPICS, Click, Event, Item, Purchase, Recommendation, Review
 
 if TYPE_CHECKING:  # the engine side imports torch; only run_offline needs it
-    from encoders.profile import ProfileConfig
-    from encoders.text import TextEncoder
-    from scoring.engine import EngineConfig
+    from recstream.encoders.profile import ProfileConfig
+    from recstream.encoders.text import TextEncoder
+    from recstream.scoring.engine import EngineConfig
 
 __all__ = [
     "COLD",
@@ -287,7 +287,7 @@ def default_baselines(config: BacktestConfig, catalog_ids: Collection[str]) -> l
         ),
     ]
     if config.ease:
-        from scoring.ease import EASEBaseline
+        from recstream.scoring.ease import EASEBaseline
 
         out.append(EASEBaseline(fit_at_ms=config.split_ms, positive_threshold=config.positive_threshold,
                                 catalog=catalog, popularity_half_life_ms=half_life))
@@ -933,13 +933,7 @@ def run_offline(
     events, as a worker's topics would have it (default: all on partition 0); it matters
     only for state kept per partition (the adaptive blend's weights).
     """
-    import numpy as np
-
-    from encoders.profile import DecayedProfileModel
-    from encoders.text import ITEM_TEXT_FIELDS, item_text
-    from scoring.engine import Engine, EngineConfig, Incoming
-    from scoring.popularity import DecayedPopularity
-    from scoring.topk import ItemMatrix
+    from recstream.scoring.engine import Engine, EngineConfig, Incoming
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -950,25 +944,9 @@ def run_offline(
     processing = _processing_order(ordered, order)
 
     items = list({item.item_id: item for item in catalog}.values())
-    fields = tuple(item_fields) if item_fields is not None else ITEM_TEXT_FIELDS
-    prebuilt = matrix is not None
-    if matrix is None:
-        matrix = ItemMatrix(encoder.dim, device if device is not None else encoder.device)
-    chunk = 4096
-    for start in range(0 if not prebuilt else len(items), len(items), chunk):
-        part = items[start : start + chunk]
-        texts = [item_text(it.title, it.categories, it.description, fields=fields) for it in part]
-        matrix.upsert([it.item_id for it in part], np.asarray(encoder.encode_numpy(texts), dtype=np.float32))
-
-    model = DecayedProfileModel(profile_config, dim=encoder.dim)
-    engine = Engine(
-        model=model,
-        matrix=matrix,
-        popularity=DecayedPopularity(ecfg.popularity_half_life_ms),
-        texts=encoder,
-        config=ecfg,
-        user_encoder=user_encoder,  # a scoring.learned.LearnedUserEncoder: the learned model ranks
-    )
+    # user_encoder: a scoring.learned.LearnedUserEncoder (the learned model ranks)
+    engine = Engine.for_catalog(items, config=ecfg, profile_config=profile_config, encoder=encoder, item_fields=item_fields,
+                                device=device, matrix=matrix, user_encoder=user_encoder)
     n = len(ordered)
     after: list[Recommendation | None] = [None] * n
     held: list[Recommendation | _Marker] = [COLD] * n
@@ -1000,7 +978,7 @@ def run_offline(
             progress(len(batch))
 
     bt = Backtest(config, [it.item_id for it in items], baselines, keep_lists=keep_lists)
-    tracker = ExclusionTracker(ecfg.exclude_seen, model.config.history_len)
+    tracker = ExclusionTracker.for_engine(engine)
     for i, kind in enumerate(interaction_kinds(ordered, config)):
         ev = ordered[i]
         bt.observe(ev, after[i], exclude_before=tracker.exclusion(ev.user_id), latency_ms=latency[i], held=held[i], kind=kind)

@@ -21,9 +21,9 @@ from collections import defaultdict
 from collections.abc import Container, Iterable
 from typing import Final, Literal, Protocol, runtime_checkable
 
-from scoring.cooccurrence import RecentItems, bound_neighbours, is_positive
-from scoring.popularity import DecayedPopularity
-from scoring.records import Click, Purchase, Review
+from recstream.scoring.cooccurrence import RecentItems, bound_neighbours, is_positive
+from recstream.scoring.popularity import DecayedPopularity
+from recstream.scoring.records import Click, Purchase, Review
 
 __all__ = [
     "DEFAULT_POPULARITY_HALF_LIFE_MS",

@@ -53,9 +53,9 @@ import numpy as np
 import orjson
 import torch
 
-from encoders.profile import UserProfile
-from scoring.popularity import DecayedPopularity
-from scoring.topk import ItemMatrix, Recommendation, TopK
+from recstream.encoders.profile import UserProfile
+from recstream.scoring.popularity import DecayedPopularity
+from recstream.scoring.topk import ItemMatrix, Recommendation, TopK
 
 __all__ = [
     "CONFIG_FORMAT",

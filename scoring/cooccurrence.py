@@ -102,9 +102,9 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
-from scoring.binary import HEADER, pack_header, unpack_header
-from scoring.popularity import _logaddexp2 as logaddexp2
-from scoring.popularity import _logsubexp2 as logsubexp2
+from recstream.scoring.binary import HEADER, pack_header, unpack_header
+from recstream.scoring.popularity import _logaddexp2 as logaddexp2
+from recstream.scoring.popularity import _logsubexp2 as logsubexp2
 
 __all__ = [
     "MAX_LOG2_SIMILARITY",

@@ -67,10 +67,10 @@ from typing import Final, Literal
 
 import numpy as np
 
-from scoring.baselines import DEFAULT_POPULARITY_HALF_LIFE_MS, EVENT_KINDS, observe_event
-from scoring.cooccurrence import is_positive
-from scoring.popularity import DecayedPopularity
-from scoring.records import DAY_MS, Click, Purchase, Review
+from recstream.scoring.baselines import DEFAULT_POPULARITY_HALF_LIFE_MS, EVENT_KINDS, observe_event
+from recstream.scoring.cooccurrence import is_positive
+from recstream.scoring.popularity import DecayedPopularity
+from recstream.scoring.records import DAY_MS, Click, Purchase, Review
 
 __all__ = ["DAY_MS", "DEFAULT_HALF_LIFE_MS", "DEFAULT_LAMBDA", "DEFAULT_QUERY_HALF_LIFE_MS", "DEFAULT_MAX_ITEMS", "EASEBaseline", "ease_weights"]
 

@@ -43,14 +43,14 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Literal, Mapping, Protocol, Sequence, cast
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, MutableMapping, Protocol, Sequence, cast
 
 import numpy as np
 import torch
 
-from encoders.profile import ProfileModel, UserProfile
-from scoring.adapt import AdaptConfig, AdaptiveWeights
-from scoring.blend import (
+from recstream.encoders.profile import ProfileConfig, ProfileModel, UserProfile
+from recstream.scoring.adapt import AdaptConfig, AdaptiveWeights
+from recstream.scoring.blend import (
     POPULAR_CANDIDATES,
     BlendWeights,
     BlendWorkspace,
@@ -60,14 +60,15 @@ from scoring.blend import (
     blend_score_topk,
     candidate_blend_topk,
 )
-from scoring.cooccurrence import CooccurrenceModel, CooccurrenceScorer, is_positive, positive_history, weight_problem
-from scoring.popularity import DecayedPopularity
-from scoring.prequential import Prequential
-from scoring.records import Event, RecItem, Recommendation, Review, Trigger
-from scoring.topk import ItemMatrix, _because, explain, score_topk
+from recstream.scoring.cooccurrence import CooccurrenceModel, CooccurrenceScorer, is_positive, positive_history, weight_problem
+from recstream.scoring.popularity import DecayedPopularity
+from recstream.scoring.prequential import Prequential
+from recstream.scoring.records import KIND_TOPICS, Event, Item, RecItem, Recommendation, Review, Trigger
+from recstream.scoring.topk import ItemMatrix, _because, explain, score_topk
 
 if TYPE_CHECKING:
-    from scoring.learned import LearnedModel, LearnedUserEncoder
+    from recstream.encoders.text import TextEncoder
+    from recstream.scoring.learned import LearnedModel, LearnedUserEncoder
 
 EmitMode = Literal["per-user", "per-event"]
 EMIT_MODES: tuple[EmitMode, ...] = ("per-user", "per-event")
@@ -298,6 +299,9 @@ class Engine:
             blend.label() if self.config.adapt is None else f"adaptive from {blend.label()}")
         self._cooc_scorer: CooccurrenceScorer | None = None
         self._cooc_key: tuple[int, ...] | None = None
+        #: the profiles :meth:`process_events` keeps when it is given none, by user id
+        self.profiles: dict[str, UserProfile] = {}
+        self._offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset (process_events)
         self.user_encoder = user_encoder
         self._learned: LearnedModel | None = None  # the user encoder's model for the current batch
         #: what the two-stage blend did (users ranked, candidates, users ranked densely)
@@ -315,6 +319,67 @@ class Engine:
         # the two-stage blend's reused score buffers and its "new items" candidate source
         self._blend_workspace: BlendWorkspace | None = None
         self._new_items: NewItems | None = None
+
+    @classmethod
+    def for_catalog(
+        cls,
+        catalog: Sequence[Item],
+        *,
+        config: EngineConfig | None = None,
+        profile_config: ProfileConfig | None = None,
+        encoder: TextEncoder | None = None,
+        item_fields: Sequence[str] | None = None,
+        device: Any = None,
+        matrix: ItemMatrix | None = None,
+        user_encoder: LearnedUserEncoder | None = None,
+    ) -> Engine:
+        """An engine over ``catalog`` (the last entry per item id wins), set up as a worker's:
+        the items embedded with ``encoder`` (default: the worker's model, CUDA when present)
+        from :func:`~encoders.text.item_text` of ``item_fields`` (default: title, categories,
+        description) into an :class:`~scoring.topk.ItemMatrix` on ``device`` (default: the
+        encoder's), a :class:`~encoders.profile.DecayedProfileModel` with ``profile_config``
+        and an empty popularity.  ``matrix``: the catalog already embedded (used as is)."""
+        from recstream.encoders.profile import DecayedProfileModel
+        from recstream.encoders.text import ITEM_TEXT_FIELDS, TextEncoder, item_text
+
+        encoder = encoder if encoder is not None else TextEncoder()
+        config = config or EngineConfig()
+        if matrix is None:
+            items = list({item.item_id: item for item in catalog}.values())
+            fields = tuple(item_fields) if item_fields is not None else ITEM_TEXT_FIELDS
+            matrix = ItemMatrix(encoder.dim, device if device is not None else encoder.device)
+            chunk = 4096
+            for start in range(0, len(items), chunk):
+                part = items[start : start + chunk]
+                texts = [item_text(it.title, it.categories, it.description, fields=fields) for it in part]
+                matrix.upsert([it.item_id for it in part], np.asarray(encoder.encode_numpy(texts), dtype=np.float32))
+        return cls(model=DecayedProfileModel(profile_config, dim=encoder.dim), matrix=matrix,
+                   popularity=DecayedPopularity(config.popularity_half_life_ms), texts=encoder, config=config,
+                   user_encoder=user_encoder)
+
+    def process_events(
+        self,
+        events: Iterable[Event],
+        profiles: MutableMapping[str, UserProfile] | None = None,
+        *,
+        partition: int = 0,
+    ) -> BatchResult:
+        """``events`` (in the order given) as one micro-batch from input partition
+        ``partition`` of their topics, as a worker takes them: the way in from a notebook.
+        ``profiles`` holds the users' profiles and is updated with the batch's; by default
+        the engine keeps them itself (:attr:`profiles`)."""
+        store = self.profiles if profiles is None else profiles
+        batch = []
+        for event in events:
+            topic = KIND_TOPICS[event.kind]
+            offset = self._offsets.get((topic, partition), 0)
+            batch.append(Incoming(event, topic, partition, offset))
+            self._offsets[(topic, partition)] = offset + 1
+        if not batch:
+            return BatchResult([], {})
+        result = self.process(batch, store, now_ms=max(inc.event.ts for inc in batch))
+        store.update(result.profiles)
+        return result
 
     def describe_ranker(self) -> str:
         """The ranker in words, for logs: ``blend/zscore(...)``, adaptive with its settings."""

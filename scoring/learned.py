@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from encoders.profile import UserProfile
-from encoders.sasrec import MODEL_NAME, SASRec, checkpoint_hash, gather_rows, load_checkpoint, sequence_from_history, sequence_inputs
-from scoring.cooccurrence import is_positive
-from scoring.topk import ItemMatrix, TopK, score_topk
+from recstream.encoders.profile import UserProfile
+from recstream.encoders.sasrec import MODEL_NAME, SASRec, checkpoint_hash, gather_rows, load_checkpoint, sequence_from_history, sequence_inputs
+from recstream.scoring.cooccurrence import is_positive
+from recstream.scoring.topk import ItemMatrix, TopK, score_topk
 
 __all__ = ["LearnedModel", "LearnedUserEncoder", "profile_sequence"]
 

@@ -81,13 +81,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from encoders.profile import DecayedProfileModel, ProfileConfig, UserProfile
-from encoders.text import item_text
-from scoring.baselines import ItemKNNBaseline, PopularityBaseline
-from scoring.blend import EQUAL_WEIGHTS, NORMALIZATIONS, BlendWeights, blend_topk, candidate_mask, normalize_scores
-from scoring.cooccurrence import CooccurrenceModel, CooccurrenceScorer, RecentItems, is_positive, weight_problem
-from scoring.metrics import RankingMetrics
-from scoring.records import DAY_MS, Item
+from recstream.encoders.profile import DecayedProfileModel, ProfileConfig, UserProfile
+from recstream.encoders.text import item_text
+from recstream.scoring.baselines import ItemKNNBaseline, PopularityBaseline
+from recstream.scoring.blend import EQUAL_WEIGHTS, NORMALIZATIONS, BlendWeights, blend_topk, candidate_mask, normalize_scores
+from recstream.scoring.cooccurrence import CooccurrenceModel, CooccurrenceScorer, RecentItems, is_positive, weight_problem
+from recstream.scoring.metrics import RankingMetrics
+from recstream.scoring.records import DAY_MS, Item
 
 __all__ = [
     "DAY_MS",
@@ -266,7 +266,7 @@ def embed_texts(
     in ``cache_dir`` (a ``.npy`` file named after the model and a hash of the model files'
     names and sizes, its config and the texts; ``None``: no cache).  Returns the
     embeddings and ``{"model", "cached", "seconds", "file"}``."""
-    from encoders.text import TextEncoder, default_model_path
+    from recstream.encoders.text import TextEncoder, default_model_path
 
     model_dir = (Path(model) if model is not None else default_model_path()).expanduser()
     h = hashlib.sha256(_model_fingerprint(model_dir).encode())

@@ -28,10 +28,10 @@ from typing import Any, Sequence, cast
 
 import numpy as np
 
-from encoders.profile import UserProfile
-from scoring.blend import BlendWeights, blend_score_topk, popularity_vector
-from scoring.topk import explain, score_topk
-from scoring.records import RecItem
+from recstream.encoders.profile import UserProfile
+from recstream.scoring.blend import BlendWeights, blend_score_topk, popularity_vector
+from recstream.scoring.topk import explain, score_topk
+from recstream.scoring.records import RecItem
 
 #: Weight of the query's embedding against the user's text profile in the text signal.
 QUERY_WEIGHT = 0.7

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from scoring.backtest import (
+from recstream.scoring.backtest import (
     RECSTREAM,
     Backtest,
     BacktestConfig,
@@ -41,14 +41,14 @@ from scoring.backtest import (
     interaction_kinds,
     run_offline,
 )
-from scoring.records import Event, Item
+from recstream.scoring.records import Event, Item
 
 if TYPE_CHECKING:
-    from encoders.profile import ProfileConfig
-    from scoring.adapt import AdaptConfig
-    from encoders.text import TextEncoder
-    from scoring.blend import BlendWeights
-    from scoring.engine import EngineConfig
+    from recstream.encoders.profile import ProfileConfig
+    from recstream.scoring.adapt import AdaptConfig
+    from recstream.encoders.text import TextEncoder
+    from recstream.scoring.blend import BlendWeights
+    from recstream.scoring.engine import EngineConfig
 
 __all__ = ["METHODS", "EngineMethod", "HeldLists", "OfflineMethod", "SideBySideOptions", "method_names", "side_by_side"]
 
@@ -108,13 +108,13 @@ def _text_only(o: SideBySideOptions) -> OfflineMethod:
 
 
 def _blend(o: SideBySideOptions) -> OfflineMethod:
-    from scoring.blend import DEFAULT_WEIGHTS
+    from recstream.scoring.blend import DEFAULT_WEIGHTS
 
     return EngineMethod("blend", o, replace(o.engine_config, blend=o.blend or DEFAULT_WEIGHTS, adapt=o.adapt))
 
 
 def _learned(o: SideBySideOptions) -> OfflineMethod:
-    from scoring.learned import LearnedUserEncoder
+    from recstream.scoring.learned import LearnedUserEncoder
 
     path = o.extra.get("user_model")
     if not path:
@@ -217,6 +217,6 @@ def _history_len(method: OfflineMethod) -> int:
     pc = getattr(opts, "profile_config", None)
     if pc is not None:
         return pc.history_len
-    from encoders.profile import ProfileConfig
+    from recstream.encoders.profile import ProfileConfig
 
     return ProfileConfig().history_len

@@ -22,7 +22,7 @@ from typing import TypeAlias, cast
 import numpy as np
 import torch
 
-from scoring.records import RecItem
+from recstream.scoring.records import RecItem
 
 __all__ = ["ItemMatrix", "Recommendation", "TopK", "default_dtype", "score_topk"]
 

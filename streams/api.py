@@ -56,14 +56,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 
-from scoring.query import QueryAnswer, QueryRequest
+from recstream.scoring.query import QueryAnswer, QueryRequest
 
 from .records import json_type
 
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from encoders.profile import UserProfile
+    from recstream.encoders.profile import UserProfile
 
     from .app import Pipeline
 
@@ -526,7 +526,7 @@ class PipelineBackend:
         return self._read(self.pipeline.latest_table, partition, user_id.encode("utf-8"))
 
     async def profile(self, partition: int, user_id: str) -> "UserProfile | None":
-        from encoders.profile import UserProfile
+        from recstream.encoders.profile import UserProfile
 
         raw = self._read(self.pipeline.profiles, partition, user_id.encode("utf-8"))
         if inspect.isawaitable(raw):
@@ -570,7 +570,7 @@ class PipelineBackend:
     async def _rank(self, batch: list[tuple[QueryRequest, str | None]]) -> list[QueryAnswer]:
         """Embed the batch's texts on the query thread (concurrently with the stream's
         micro-batch), then rank on the compute thread (after the micro-batch in progress)."""
-        from scoring.query import rank_requests
+        from recstream.scoring.query import rank_requests
 
         pipeline = self.pipeline
         stages = self.query_stage_seconds
@@ -1048,7 +1048,7 @@ def read_token_file(path: str) -> str:
     return token
 
 
-def main() -> None:  # pragma: no cover - python -m streams.api > docs/openapi.json
+def main() -> None:  # pragma: no cover - python -m recstream.streams.api > docs/openapi.json
     import sys
 
     sys.stdout.write(orjson.dumps(openapi_document(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")

@@ -33,14 +33,14 @@ import faust
 import numpy as np
 from faust.types import TP
 
-from encoders.profile import DecayedProfileModel, ProfileConfig
-from encoders.text import TextEncoder, resolve_device
-from scoring.adapt import AdaptConfig, AdaptFormatError, WeightAdapter
-from scoring.ann import DEFAULT_MIN_ITEMS, DEFAULT_NPROBE, INDEX_KINDS, make_item_matrix
-from scoring.blend import DEFAULT_WEIGHTS, BlendWeights
-from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, merge_rows, weight_problem
-from scoring.engine import EMIT_MODES, Engine, EngineConfig
-from scoring.popularity import DecayedPopularity
+from recstream.encoders.profile import DecayedProfileModel, ProfileConfig
+from recstream.encoders.text import TextEncoder, resolve_device
+from recstream.scoring.adapt import AdaptConfig, AdaptFormatError, WeightAdapter
+from recstream.scoring.ann import DEFAULT_MIN_ITEMS, DEFAULT_NPROBE, INDEX_KINDS, make_item_matrix
+from recstream.scoring.blend import DEFAULT_WEIGHTS, BlendWeights
+from recstream.scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, merge_rows, weight_problem
+from recstream.scoring.engine import EMIT_MODES, Engine, EngineConfig
+from recstream.scoring.popularity import DecayedPopularity
 
 from . import topics as T
 from .config import KafkaSettings
@@ -233,6 +233,21 @@ class WorkerConfig:
             return None
         return AdaptConfig(step=self.adapt_step, rate=self.adapt_rate, epoch=self.adapt_epoch)
 
+    def engine_config(self) -> EngineConfig:
+        """How this worker's engine recommends (:class:`scoring.engine.EngineConfig`)."""
+        return EngineConfig(
+            k=self.k, emit=self.emit, exclude_seen=self.exclude_seen,  # type: ignore[arg-type]
+            popularity_half_life_ms=int(self.popularity_half_life_days * DAY_MS), score_threads=self.score_threads,
+            blend=self.blend_weights, cooc_neighbours=self.cooc_neighbours, cooc_history_len=self.cooc_history_len,
+            cooc_half_life_ms=int(self.cooc_half_life_days * DAY_MS) or None,
+            cooc_pair_decay=self.cooc_pair_decay, cooc_recency=self.cooc_recency,
+            adapt=self.adapt_config,
+        )
+
+    def profile_config(self) -> ProfileConfig:
+        """How this worker's text profiles remember (:class:`encoders.profile.ProfileConfig`)."""
+        return ProfileConfig(half_life_ms=int(self.half_life_days * DAY_MS), history_len=self.history_len)
+
 
 class Metrics:
     """Counters the agents keep; logged periodically (and exported by later work)."""
@@ -291,19 +306,16 @@ class Pipeline:
         self.matrix = make_item_matrix(
             self.encoder.dim, self.device, config.index, min_items=config.index_min_items, nprobe=config.ivf_nprobe
         )
-        pop_half_life = int(config.popularity_half_life_days * DAY_MS)
-        self.popularity = DecayedPopularity(pop_half_life)
+        engine_config = config.engine_config()
+        self.popularity = DecayedPopularity(engine_config.popularity_half_life_ms)
         self.partition_popularity: dict[int, DecayedPopularity] = {}
         # co-occurrence (only with blend weights): one model per input partition held, whose
         # rows are the table's "<partition>:<item>" values, and their sum, which is scored
         self.partition_cooccurrence: dict[int, CooccurrenceModel] = {}
-        self.profile_model = DecayedProfileModel(
-            ProfileConfig(half_life_ms=int(config.half_life_days * DAY_MS), history_len=config.history_len),
-            dim=self.encoder.dim,
-        )
+        self.profile_model = DecayedProfileModel(config.profile_config(), dim=self.encoder.dim)
         self.user_encoder = None
         if config.user_model:
-            from scoring.learned import LearnedUserEncoder
+            from recstream.scoring.learned import LearnedUserEncoder
 
             self.user_encoder = LearnedUserEncoder(config.user_model, self.device, check_every_s=config.user_model_check_s)
             max_len = self.user_encoder.current().max_len
@@ -320,14 +332,7 @@ class Pipeline:
             matrix=self.matrix,
             popularity=self.popularity,
             texts=self.encoder,
-            config=EngineConfig(
-                k=config.k, emit=config.emit, exclude_seen=config.exclude_seen,  # type: ignore[arg-type]
-                popularity_half_life_ms=pop_half_life, score_threads=config.score_threads,
-                blend=config.blend_weights, cooc_neighbours=config.cooc_neighbours, cooc_history_len=config.cooc_history_len,
-                cooc_half_life_ms=int(config.cooc_half_life_days * DAY_MS) or None,
-                cooc_pair_decay=config.cooc_pair_decay, cooc_recency=config.cooc_recency,
-                adapt=config.adapt_config,
-            ),
+            config=engine_config,
             partition_popularity=self.partition_popularity,
             partition_cooccurrence=self.partition_cooccurrence,
         )

@@ -14,14 +14,18 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Collection, Sequence, cast
 
-from scoring.backtest import BacktestConfig, BacktestResult, evaluate_records
+from recstream.scoring.backtest import BacktestConfig, BacktestResult, evaluate_records
 
 from . import topics as T
 from .client import read_topic, reader
 from .config import KafkaSettings
 from .records import Item, ItemDeleted, Recommendation, ValidationError, decode_recommendation, parse_event, parse_item
+
+if TYPE_CHECKING:
+    from .app import WorkerConfig
 
 
 @dataclass(slots=True)
@@ -84,7 +88,7 @@ def method_list(methods: str | Sequence[str] | None, *, user_model: str | None =
     """The side-by-side methods to run, in table order: ``methods`` (names, or one
     comma-separated string), by default every registered method (``learned`` only with a
     ``user_model``). Unknown names are a ``ValueError`` naming them."""
-    from scoring.sidebyside import METHODS
+    from recstream.scoring.sidebyside import METHODS
 
     if methods is None:
         methods = ",".join(m for m in METHODS if m != "learned" or user_model)
@@ -127,18 +131,56 @@ class DatasetBacktest:
                 **self.result.to_dict()}
 
 
+def backtest(
+    dataset: str | Path,
+    split: int | str,
+    *,
+    worker: WorkerConfig | None = None,
+    methods: str | Sequence[str] | None = None,
+    user_model: str | None = None,
+    ks: Sequence[int] = (5, 10, 20),
+    targets: Collection[str] = ("click", "purchase", "positive"),
+    positive_threshold: float = 4.0,
+    ease: bool = False,
+    partitions: int = 1,
+    start: int | str | None = None,
+    end: int | str | None = None,
+    dataset_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> DatasetBacktest:
+    """What ``recstream backtest --dataset`` runs, from Python: the engine's ``methods`` (by
+    default all but ``learned``, which needs a ``user_model`` checkpoint) offline over the dataset
+    at ``dataset`` and the baselines on the same cases, every event before ``split`` warming
+    the state and every later one tested.
+
+    ``split``, ``start`` and ``end`` are epoch milliseconds or times as the CLI takes them
+    (``2016-03-22``, ISO 8601); ``worker`` holds the ranking settings (default: the
+    worker's defaults, the ones ``recstream worker`` runs with); ``ks``, ``targets``,
+    ``positive_threshold`` and ``ease`` are :class:`scoring.backtest.BacktestConfig`'s.
+    ``str(result.result)`` is not the table: use :func:`scoring.backtest.format_table`.
+    """
+    from .app import WorkerConfig
+    from .produce import parse_time
+
+    def when(value: int | str | None) -> int | None:
+        return value if value is None or isinstance(value, int) else parse_time(value)
+
+    config = BacktestConfig(split_ms=cast(int, when(split)), targets=frozenset(targets),
+                            positive_threshold=positive_threshold, ks=tuple(ks), ease=ease)
+    worker = worker or WorkerConfig()
+    return backtest_dataset(str(dataset), config, worker=worker, methods=method_list(methods, user_model=user_model),
+                            user_model=user_model, partitions=partitions, start_ms=when(start), end_ms=when(end), dataset_options=dataset_options,
+                            progress=progress)
+
+
 def backtest_dataset(
     dataset: str,
     config: BacktestConfig,
     *,
-    engine_config: Any,
-    profile_config: Any,
-    item_fields: Sequence[str],
+    worker: WorkerConfig,
     methods: Sequence[str],
-    blend: Any = None,
-    adapt: Any = None,
-    partitions: int = 1,
     user_model: str | None = None,
+    partitions: int = 1,
     start_ms: int | None = None,
     end_ms: int | None = None,
     dataset_options: dict[str, Any] | None = None,
@@ -148,20 +190,18 @@ def backtest_dataset(
     over the dataset at ``dataset`` (events from ``start_ms`` to before ``end_ms``), each from
     an empty state, and score them and the baselines on the same cases.
 
-    ``engine_config`` (:class:`scoring.engine.EngineConfig`, per-event emission) and
-    ``profile_config`` (:class:`encoders.profile.ProfileConfig`) are the worker's settings;
-    ``blend`` the blend method's :class:`~scoring.blend.BlendWeights` (``None``: the
-    defaults), ``adapt`` its online adaptation (:class:`~scoring.adapt.AdaptConfig`, ``None``:
-    fixed weights); ``partitions`` keys each user's events to one of that many input
-    partitions, as a worker's topics would (the adaptive weights are kept per partition).
-    ``dataset_options`` go to :func:`streams.sources.load_dataset` (a CSV column mapping).
-    Item embeddings are the worker's (``item_fields``); review texts are encoded
-    on CUDA when present."""
+    ``worker`` holds the worker's settings the methods run with: its engine and profile
+    settings (emission per event), the item text fields, the blend method's weights
+    (``worker.blend``; ``None``: the defaults) and their online adaptation; ``user_model``
+    is the learned method's checkpoint; ``partitions`` keys each user's events to
+    one of that many input partitions, as a worker's topics would (the adaptive weights are
+    kept per partition).  ``dataset_options`` go to :func:`streams.sources.load_dataset` (a
+    CSV column mapping).  Review texts are encoded on CUDA when present."""
     from tqdm import tqdm
 
-    from encoders.text import TextEncoder
-    from scoring.sidebyside import METHODS, SideBySideOptions, side_by_side
-    from scoring.topk import ItemMatrix
+    from recstream.encoders.text import TextEncoder
+    from recstream.scoring.sidebyside import METHODS, SideBySideOptions, side_by_side
+    from recstream.scoring.topk import ItemMatrix
 
     from .tune import catalog_embeddings, load_source
 
@@ -170,13 +210,14 @@ def backtest_dataset(
                       dataset_options=dataset_options)
     if start_ms is not None:
         src.events = [e for e in src.events if e.ts >= start_ms]
-    fields = tuple(item_fields)
+    engine_config = replace(worker.engine_config(), k=config.max_k, emit="per-event")
+    blend, fields = worker.blend, tuple(worker.item_fields)
     emb, info = catalog_embeddings(src.catalog, fields=fields, progress=progress)
     encoder = TextEncoder()  # review texts: CUDA when present
     matrix = ItemMatrix(encoder.dim, "cpu")
     matrix.upsert([it.item_id for it in src.catalog], emb)
-    opts = SideBySideOptions(encoder=encoder, engine_config=engine_config, profile_config=profile_config,
-                             blend=blend, adapt=adapt, item_fields=fields, matrix=matrix,
+    opts = SideBySideOptions(encoder=encoder, engine_config=engine_config, profile_config=worker.profile_config(),
+                             blend=blend, adapt=worker.adapt_config, item_fields=fields, matrix=matrix,
                              partition_of=partition_function(partitions), extra={"user_model": user_model})
     runs = [METHODS[m](opts) for m in methods]
     config = replace(config, popularity_half_life_ms=engine_config.popularity_half_life_ms)

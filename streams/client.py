@@ -228,7 +228,7 @@ class WorkerProcess:
     def start(self) -> "WorkerProcess":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "streams.cli", "worker",
+            sys.executable, "-m", "recstream", "worker",
             "--broker", self.settings.broker,
             "--topic-prefix", self.settings.topic_prefix,
             "--app-id", self.settings.app_id,

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from kafka import TopicPartition
 
-from encoders.profile import UserProfile
-from scoring.adapt import AdaptFormatError, WeightAdapter
+from recstream.encoders.profile import UserProfile
+from recstream.scoring.adapt import AdaptFormatError, WeightAdapter
 
 from . import topics as T
 from .client import partition_for, read_to_end, read_topic, reader

@@ -15,7 +15,8 @@ ENV_HOME = "RECSTREAM_HOME"
 
 
 def script_path() -> Path:
-    """deploy/kafka/kafka.sh of this checkout (or of ``$RECSTREAM_HOME``)."""
+    """deploy/kafka/kafka.sh: of ``$RECSTREAM_HOME`` (a checkout) when set, else the one next
+    to this code (the repository's deploy/ folder, or the installed ``recstream.deploy``)."""
     home = os.environ.get(ENV_HOME)
     root = Path(home) if home else Path(__file__).resolve().parents[1]
     return root / "deploy" / "kafka" / "kafka.sh"
@@ -26,8 +27,7 @@ def run(action: str, *args: str, port: int | None = None, data_dir: str | None =
     script = script_path()
     if not script.exists():
         raise FileNotFoundError(
-            f"{script} not found: run recstream from its source checkout (pip install -e .) "
-            f"or set {ENV_HOME} to the checkout"
+            f"{script} not found: reinstall recstream (the package ships it) or set {ENV_HOME} to a source checkout"
         )
     env = dict(os.environ)
     if port is not None:

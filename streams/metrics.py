@@ -46,7 +46,7 @@ from . import topics as T
 from .records import ValidationError
 
 if TYPE_CHECKING:
-    from scoring.engine import BatchResult
+    from recstream.scoring.engine import BatchResult
 
     from .app import Pipeline
 

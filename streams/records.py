@@ -34,7 +34,7 @@ import orjson
 # The record types themselves live at the bottom of the layers (scoring/records.py, no
 # Kafka, no imports from this repository) so that scoring/ and encoders/ need not import
 # streams/; this module re-exports them with the contract it enforces on them.
-from scoring.records import (
+from recstream.scoring.records import (
     DAY_MS,
     EVENT_TOPICS,
     KIND_RANK,

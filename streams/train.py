@@ -27,9 +27,9 @@ from .produce import parse_time
 def cmd_train(args: argparse.Namespace, settings: Any, dataset_options: dict[str, Any] | None = None) -> int:
     import torch
 
-    from encoders.sasrec import SASRecConfig, checkpoint_hash, save_checkpoint
-    from encoders.train import TrainConfig, train
-    from scoring.protocol import interactions_from_events
+    from recstream.encoders.sasrec import SASRecConfig, checkpoint_hash, save_checkpoint
+    from recstream.encoders.train import TrainConfig, train
+    from recstream.scoring.protocol import interactions_from_events
 
     from .tune import catalog_embeddings, load_source
 

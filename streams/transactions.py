@@ -3,7 +3,7 @@
 Under ``--processing-guarantee exactly_once`` recstream runs its own transactions instead
 of Faust's (Faust 0.15 commits its transactions on a timer, in the middle of a micro-batch,
 and sends table changelog records through a buffer it does not flush before a transactional
-commit; see the README's guarantees).  The design is Kafka Streams' original one:
+commit; see docs/pipeline.md, Guarantees).  The design is Kafka Streams' original one:
 
 * one transactional producer per input partition number ``p`` (transactional id
   ``<app id>-events-<p>``), started when the worker is assigned ``p`` and *before* Faust

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from scoring.backtest import event_order_key
-from streams.records import DAY_MS, Item, ItemDeleted, ValidationError, parse_event, parse_item
+from recstream.scoring.backtest import event_order_key
+from recstream.streams.records import DAY_MS, Item, ItemDeleted, ValidationError, parse_event, parse_item
 
 
 @dataclass
@@ -44,7 +44,7 @@ def load_protocol_data(
     :class:`scoring.protocol.ProtocolData` (:func:`scoring.protocol.protocol_data`)."""
     from tqdm import tqdm
 
-    from scoring.protocol import protocol_data
+    from recstream.scoring.protocol import protocol_data
 
     from .sources import load_dataset
 
@@ -102,15 +102,15 @@ def catalog_embeddings(catalog: Sequence[Item], *, fields: Sequence[str], model:
                        cache_dir: str | Path | None = ".recstream/cache", device: str | None = None,
                        progress: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
     """Unit embeddings of the worker's item text of each catalog item (cached on disk)."""
-    from encoders.text import item_text
-    from scoring.protocol import embed_texts
+    from recstream.encoders.text import item_text
+    from recstream.scoring.protocol import embed_texts
 
     texts = [item_text(it.title, it.categories, it.description, fields=tuple(fields)) for it in catalog]
     return embed_texts(texts, model=model, cache_dir=cache_dir, device=device, progress=progress)
 
 
 def parse_grid(step: float, normalizations: str) -> list:
-    from scoring.protocol import weight_grid
+    from recstream.scoring.protocol import weight_grid
 
     norms = [n.strip() for n in normalizations.split(",") if n.strip()]
     return weight_grid(step, norms)
@@ -133,7 +133,7 @@ def tune_weights(
     protocol's 80% point); the validation window at ``validation_from_ms`` (default: the
     protocol's 70% point without a split, else the last eighth of the interactions before
     the split, the protocol's proportion).  Nothing at or after the split is used."""
-    from scoring.protocol import ProtocolData, Replay, interactions_from_events, protocol_windows
+    from recstream.scoring.protocol import ProtocolData, Replay, interactions_from_events, protocol_windows
 
     interactions = interactions_from_events(source.events, kinds=kinds, positive_threshold=config.positive_threshold)
     known = {it.item_id for it in source.catalog}
@@ -188,8 +188,8 @@ def protocol_config(*, k: int, positive_threshold: float, popularity_half_life_d
                     history_len: int, cooc_neighbours: int, cooc_history_len: int, cooc_half_life_days: float,
                     cooc_pair_decay: float = 1.0, cooc_recency: float = 1.0):
     """The protocol's methods set up as the worker's engine."""
-    from encoders.profile import ProfileConfig
-    from scoring.protocol import ProtocolConfig
+    from recstream.encoders.profile import ProfileConfig
+    from recstream.scoring.protocol import ProtocolConfig
 
     return ProtocolConfig(
         k=k, positive_threshold=positive_threshold, popularity_half_life_ms=popularity_half_life_days * DAY_MS,

@@ -18,8 +18,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from streams import localkafka, topics  # noqa: E402
-from streams.config import KafkaSettings  # noqa: E402
+from recstream.streams import localkafka, topics  # noqa: E402
+from recstream.streams.config import KafkaSettings  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@
 #
 # Environment (all optional):
 #   RECSTREAM_KAFKA_PORT   client port (default 9092); the controller uses PORT+1
-#   RECSTREAM_KAFKA_DATA   data folder: logs, config, pid (default <repo>/.kafka/data-PORT)
+#   RECSTREAM_KAFKA_DATA   data folder: logs, config, pid (default <repo>/.kafka/data-PORT; installed: ~/.local/state/recstream/kafka/data-PORT)
 #   RECSTREAM_KAFKA_CACHE  where the jars go (default ~/.cache/recstream/kafka-VERSION)
 #   RECSTREAM_KAFKA_HEAP   JVM heap (default 512m)
 #   RECSTREAM_KAFKA_START_TIMEOUT  seconds to wait for the broker (default 120)
@@ -24,7 +24,7 @@
 #   deploy/kafka/kafka.sh start --scram
 #   RECSTREAM_KAFKA_SCRAM_PORT   client port (default 19094); the controller (SASL PLAIN,
 #                                user admin) uses PORT+1
-#   RECSTREAM_KAFKA_SCRAM_DATA   data folder (default <repo>/.kafka/scram-PORT)
+#   RECSTREAM_KAFKA_SCRAM_DATA   data folder (default <repo>/.kafka/scram-PORT; installed: ~/.local/state/recstream/kafka/scram-PORT)
 #   RECSTREAM_KAFKA_SCRAM_USERS  user:password,... created (both SCRAM mechanisms) when the
 #                                storage is formatted, i.e. at the first start or after
 #                                reset; "admin" is required. Names and passwords: letters,
@@ -51,7 +51,7 @@
 #   deploy/kafka/kafka.sh certs --tls   only make the certificates (no Java needed), e.g. to
 #                                       hand the CA file to clients before the first start
 #   RECSTREAM_KAFKA_TLS_PORT     first port (default 19097)
-#   RECSTREAM_KAFKA_TLS_DATA     data folder (default <repo>/.kafka/tls-PORT); the CA file
+#   RECSTREAM_KAFKA_TLS_DATA     data folder (default <repo>/.kafka/tls-PORT; installed: ~/.local/state/recstream/kafka/tls-PORT); the CA file
 #                                clients need is DATA/tls/ca.pem, the client certificate
 #                                and key DATA/tls/client.pem and DATA/tls/client.key
 #   RECSTREAM_KAFKA_TLS_USERS    user:password,... as RECSTREAM_KAFKA_SCRAM_USERS, same
@@ -75,17 +75,24 @@ case "$SECURITY" in plain|scram|tls) ;; *) echo "kafka: error: RECSTREAM_KAFKA_S
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
+# data folders: .kafka/ in a source checkout; installed from a wheel (this script inside the
+# recstream package), the user's state folder
+if [[ -f "$REPO/pyproject.toml" ]]; then
+  STATE="$REPO/.kafka"
+else
+  STATE="${XDG_STATE_HOME:-$HOME/.local/state}/recstream/kafka"
+fi
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$HERE/pom.xml")"
 DEFAULT_USERS="admin:admin-secret,alice:alice-secret,bob:bob-secret"
 BAD_CERTS=0
 if [[ "$SECURITY" == scram ]]; then
   PORT="${RECSTREAM_KAFKA_SCRAM_PORT:-19094}"
-  DATA="${RECSTREAM_KAFKA_SCRAM_DATA:-$REPO/.kafka/scram-$PORT}"
+  DATA="${RECSTREAM_KAFKA_SCRAM_DATA:-$STATE/scram-$PORT}"
   SCRAM_USERS="${RECSTREAM_KAFKA_SCRAM_USERS:-$DEFAULT_USERS}"
   CONTROLLER_PORT=$((PORT + 1))
 elif [[ "$SECURITY" == tls ]]; then
   PORT="${RECSTREAM_KAFKA_TLS_PORT:-19097}"
-  DATA="${RECSTREAM_KAFKA_TLS_DATA:-$REPO/.kafka/tls-$PORT}"
+  DATA="${RECSTREAM_KAFKA_TLS_DATA:-$STATE/tls-$PORT}"
   SCRAM_USERS="${RECSTREAM_KAFKA_TLS_USERS:-$DEFAULT_USERS}"
   TLS_CLIENT="${RECSTREAM_KAFKA_TLS_CLIENT:-alice}"
   TLS_DAYS="${RECSTREAM_KAFKA_TLS_DAYS:-825}"
@@ -100,7 +107,7 @@ elif [[ "$SECURITY" == tls ]]; then
   TLS="$DATA/tls"
 else
   PORT="${RECSTREAM_KAFKA_PORT:-9092}"
-  DATA="${RECSTREAM_KAFKA_DATA:-$REPO/.kafka/data-$PORT}"
+  DATA="${RECSTREAM_KAFKA_DATA:-$STATE/data-$PORT}"
   CONTROLLER_PORT=$((PORT + 1))
 fi
 CACHE="${RECSTREAM_KAFKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/recstream/kafka-$KAFKA_VERSION}"

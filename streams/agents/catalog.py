@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Sequence, cast
 
-from encoders.text import item_text
+from recstream.encoders.text import item_text
 
 from ..records import Item, ItemDeleted, ValidationError, parse_item
 from ..state import StoredItem, as_event, encode_item

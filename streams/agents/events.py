@@ -16,9 +16,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Sequence, cast
 
-from encoders.profile import UserProfile
-from scoring.backtest import event_order_key
-from scoring.engine import Incoming
+from recstream.encoders.profile import UserProfile
+from recstream.scoring.backtest import event_order_key
+from recstream.scoring.engine import Incoming
 
 from ..records import Forget, ValidationError, encode_emitted, parse_input
 from ..state import encode_log2, popularity_key, read_raw

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Sequence
 
-from scoring.forget import forget_user
+from recstream.scoring.forget import forget_user
 
 if TYPE_CHECKING:
     from faust.types import EventT

@@ -9,7 +9,7 @@ from .options import _env_int, adapt_knobs, blend_weights, csv_options, dataset_
 
 
 def _method_names() -> list[str]:
-    from scoring.sidebyside import method_names
+    from recstream.scoring.sidebyside import method_names
 
     return method_names()
 
@@ -36,7 +36,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     import collections
     import time as _time
 
-    from scoring.backtest import BacktestConfig, format_table
+    from recstream.scoring.backtest import BacktestConfig, format_table
 
     from .. import topics
     from ..backtest import backtest_replay
@@ -95,7 +95,7 @@ def _write_reports(doc: dict, args: argparse.Namespace) -> None:
             f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
         print(f"wrote {args.json}", file=sys.stderr)
     if args.html:
-        from scoring.report import write_html
+        from recstream.scoring.report import write_html
 
         write_html(doc, args.html)
         print(f"wrote {args.html}", file=sys.stderr)
@@ -103,27 +103,20 @@ def _write_reports(doc: dict, args: argparse.Namespace) -> None:
 
 def _backtest_dataset(args: argparse.Namespace, config, options: dict | None) -> int:
     """``backtest --dataset``: the engine's methods run offline side by side (:func:`streams.backtest.backtest_dataset`)."""
-    from encoders.profile import ProfileConfig
-    from scoring.backtest import format_table
-    from scoring.engine import EngineConfig
+    from recstream.scoring.backtest import format_table
 
     from ..app import WorkerConfig
     from ..backtest import backtest_dataset, method_list
-    from ..tune import DAY_MS
 
     names = method_list(args.methods, user_model=args.user_model)
-    blend = blend_weights(args.blend)
-    # the blend's adaptation, as the worker would run it (WorkerConfig.adapt_config)
-    adapt = WorkerConfig(blend=blend, adapt=args.adapt, adapt_step=args.adapt_step, adapt_rate=args.adapt_rate,
-                         adapt_epoch=args.adapt_epoch).adapt_config
-    ecfg = EngineConfig(k=config.max_k, emit="per-event", popularity_half_life_ms=int(args.popularity_half_life_days * DAY_MS),
-                        cooc_neighbours=args.cooc_neighbours, cooc_history_len=args.cooc_history_len,
-                        cooc_half_life_ms=int(args.cooc_half_life_days * DAY_MS) or None,
-                        cooc_pair_decay=args.cooc_pair_decay, cooc_recency=args.cooc_recency)
-    pcfg = ProfileConfig(half_life_ms=int(args.half_life_days * DAY_MS), history_len=args.history_len)
-    run = backtest_dataset(args.dataset, config, engine_config=ecfg, profile_config=pcfg,
-                           item_fields=[f.strip() for f in args.item_fields.split(",") if f.strip()], methods=names,
-                           blend=blend, adapt=adapt, partitions=args.partitions, user_model=args.user_model,
+    worker = WorkerConfig(
+        blend=blend_weights(args.blend), adapt=args.adapt, adapt_step=args.adapt_step, adapt_rate=args.adapt_rate,
+        adapt_epoch=args.adapt_epoch, popularity_half_life_days=args.popularity_half_life_days,
+        cooc_neighbours=args.cooc_neighbours, cooc_history_len=args.cooc_history_len, cooc_half_life_days=args.cooc_half_life_days,
+        cooc_pair_decay=args.cooc_pair_decay, cooc_recency=args.cooc_recency, half_life_days=args.half_life_days,
+        history_len=args.history_len, item_fields=tuple(f.strip() for f in args.item_fields.split(",") if f.strip()),
+    )
+    run = backtest_dataset(args.dataset, config, worker=worker, methods=names, user_model=args.user_model, partitions=args.partitions,
                            start_ms=parse_time_opt(args.from_), end_ms=parse_time_opt(args.to), dataset_options=options)
     print(format_table(run.result, ks=[k for k in run.config.ks if k >= 10] or run.config.ks))
     print(f"engine runs: {', '.join(f'{n} {s:.0f}s' for n, s in run.engine_s.items())}; {run.total_s:.0f}s in all", file=sys.stderr)

@@ -162,7 +162,7 @@ def blend_weights(path: str | None):
     clear error (``BlendConfigError``, a ``ValueError``: exit status 1)."""
     if not path:
         return None
-    from scoring.blend import BlendWeights
+    from recstream.scoring.blend import BlendWeights
 
     return BlendWeights.load(path)
 
@@ -171,7 +171,7 @@ def csv_options(p: argparse.ArgumentParser) -> None:
     """``--columns``, ``--catalog-csv`` and ``--catalog-columns``: a CSV of interactions
     (your own export) read through :mod:`streams.sources.csvfile` (``produce``, ``tune``,
     ``train``, ``backtest --dataset``)."""
-    g = p.add_argument_group("your own data: a CSV of interactions (README: Your own data)")
+    g = p.add_argument_group("your own data: a CSV of interactions (docs/ranking.md: Your own data)")
     g.add_argument("--columns", metavar="FIELD=COLUMN,...", help="the CSV's column of each field: user, item, ts (epoch seconds or ms, "
                                                                "or an ISO date), and optionally rating, kind (click, purchase or "
                                                                "review; default click, and a purchase too when the rating is at least "

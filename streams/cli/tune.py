@@ -8,7 +8,7 @@ from .options import _env, csv_options, dataset_options, engine_knobs, parse_tim
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from scoring.blend import BlendWeights
+    from recstream.scoring.blend import BlendWeights
 
     from ..tune import catalog_embeddings, load_source, parse_grid, protocol_config, tune_weights
 

@@ -34,12 +34,12 @@ from typing import Callable, Iterable, Sequence
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from encoders.profile import UserProfile
-from streams import topics as T
-from streams.client import WorkerProcess, partition_for, producer, read_to_end, send_records, wait_catalog
-from streams.config import KafkaSettings
-from streams.demo.data import load_catalog
-from streams.records import Click, DeadLetter, Purchase, Item, Recommendation, ValidationError, decode_dead_letter, decode_recommendation
+from recstream.encoders.profile import UserProfile
+from recstream.streams import topics as T
+from recstream.streams.client import WorkerProcess, partition_for, producer, read_to_end, send_records, wait_catalog
+from recstream.streams.config import KafkaSettings
+from recstream.streams.demo.data import load_catalog
+from recstream.streams.records import Click, DeadLetter, Purchase, Item, Recommendation, ValidationError, decode_dead_letter, decode_recommendation
 
 #: A topic/partition/offset triple: where a record lives, and how outputs point back at it.
 Coord = tuple[str, int, int]
@@ -525,11 +525,11 @@ def offline_profiles(catalog, placed: Sequence[tuple[Click | Purchase, str, int,
     their topic, partition and offset, in order), in batches of 1,000, with ``catalog`` embedded."""
     import numpy as np
 
-    from encoders.profile import DecayedProfileModel
-    from encoders.text import TextEncoder, item_text
-    from scoring.engine import Engine, EngineConfig, Incoming
-    from scoring.popularity import DecayedPopularity
-    from scoring.topk import ItemMatrix
+    from recstream.encoders.profile import DecayedProfileModel
+    from recstream.encoders.text import TextEncoder, item_text
+    from recstream.scoring.engine import Engine, EngineConfig, Incoming
+    from recstream.scoring.popularity import DecayedPopularity
+    from recstream.scoring.topk import ItemMatrix
 
     encoder = TextEncoder(device="cpu")
     matrix = ItemMatrix(encoder.dim, "cpu")
@@ -636,7 +636,7 @@ def free_port_pair() -> int:
 
 def kafka_sh(action: str, env: dict[str, str], timeout_s: float, *flags: str) -> subprocess.CompletedProcess:
     """``deploy/kafka/kafka.sh ACTION [FLAGS]`` with ``env`` (which says which broker)."""
-    from streams.localkafka import script_path
+    from recstream.streams.localkafka import script_path
 
     return subprocess.run(["bash", str(script_path()), action, *flags], env=env, capture_output=True, text=True,
                           timeout=timeout_s, check=False)
@@ -658,7 +658,7 @@ def remove_broker(env: dict[str, str], data: Path, *flags: str) -> None:
 
 def cli(args: list[str], env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess:
     """``recstream ARGS`` in a subprocess with ``env``, from the repository."""
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env, cwd=Path(__file__).resolve().parents[2],
+    return subprocess.run([sys.executable, "-m", "recstream", *args], env=env, cwd=Path(__file__).resolve().parents[2],
                           capture_output=True, text=True, timeout=timeout_s, check=False)
 
 
@@ -674,7 +674,7 @@ class PrivateBroker:
     killing it touches no other test and nobody's broker on 9092."""
 
     def __init__(self, data: Path, start_timeout_s: float = 180.0) -> None:
-        from streams.localkafka import script_path
+        from recstream.streams.localkafka import script_path
 
         self.port = free_port_pair()
         self.data = Path(data)
@@ -721,7 +721,7 @@ class PrivateBroker:
         return pid
 
     def answers(self) -> bool:
-        from streams.localkafka import answers
+        from recstream.streams.localkafka import answers
 
         return answers(self.bootstrap, timeout_s=1.0)
 

@@ -23,19 +23,19 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from encoders.profile import DecayedProfileModel, UserProfile
-from encoders.text import TextEncoder, item_text
-from scoring.adapt import AdaptConfig
-from scoring.blend import DEFAULT_WEIGHTS
-from scoring.engine import BLEND_MODEL_PREFIX, Engine, EngineConfig, Incoming
-from scoring.popularity import DecayedPopularity
-from scoring.topk import ItemMatrix
-from scoring.backtest import BacktestConfig
-from streams import topics as T
-from streams.backtest import backtest_replay
-from streams.client import WorkerProcess, partition_for
-from streams.inspect import inspect_user
-from streams.records import Click
+from recstream.encoders.profile import DecayedProfileModel, UserProfile
+from recstream.encoders.text import TextEncoder, item_text
+from recstream.scoring.adapt import AdaptConfig
+from recstream.scoring.blend import DEFAULT_WEIGHTS
+from recstream.scoring.engine import BLEND_MODEL_PREFIX, Engine, EngineConfig, Incoming
+from recstream.scoring.popularity import DecayedPopularity
+from recstream.scoring.topk import ItemMatrix
+from recstream.scoring.backtest import BacktestConfig
+from recstream.streams import topics as T
+from recstream.streams.backtest import backtest_replay
+from recstream.streams.client import WorkerProcess, partition_for
+from recstream.streams.inspect import inspect_user
+from recstream.streams.records import Click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faults  # noqa: E402  (tests/ is not a package)

@@ -35,11 +35,11 @@ from hypothesis import HealthCheck, given, settings as hsettings
 from hypothesis import strategies as st
 from kafka import TopicPartition
 
-from encoders.profile import UserProfile
-from streams import topics as T
-from streams.client import RecommendationWatcher, WorkerProcess, producer, read_to_end, reader, send_records, wait_catalog
-from streams.demo.data import load_catalog
-from streams.records import Click
+from recstream.encoders.profile import UserProfile
+from recstream.streams import topics as T
+from recstream.streams.client import RecommendationWatcher, WorkerProcess, producer, read_to_end, reader, send_records, wait_catalog
+from recstream.streams.demo.data import load_catalog
+from recstream.streams.records import Click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faults  # noqa: E402
@@ -209,7 +209,7 @@ def test_api_against_a_real_worker(kafka_broker: str, tmp_path: Path) -> None:
         # --- forget: one user by DELETE, one by the CLI
         status, doc, _ = http.call("DELETE", f"/v1/users/{reader_u}")
         assert status == 202 and doc["status"] == "accepted" and doc["topic"] == settings.topic(T.CLICKS), doc
-        cli = subprocess.run([sys.executable, "-m", "streams.cli", "forget", cook_u, "--json", "--broker", settings.broker,
+        cli = subprocess.run([sys.executable, "-m", "recstream", "forget", cook_u, "--json", "--broker", settings.broker,
                               "--topic-prefix", settings.topic_prefix], capture_output=True, text=True, timeout=120,
                              env={**os.environ})
         assert cli.returncode == 0, cli.stderr

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from streams import topics as T
-from streams.client import RecommendationWatcher, partition_for, producer, send_records, wait_catalog
-from streams.demo.data import load_catalog
-from streams.records import Click
+from recstream.streams import topics as T
+from recstream.streams.client import RecommendationWatcher, partition_for, producer, send_records, wait_catalog
+from recstream.streams.demo.data import load_catalog
+from recstream.streams.records import Click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faults  # noqa: E402
@@ -39,7 +39,7 @@ def test_two_workers_answer_for_each_others_users(kafka_broker: str, tmp_path: P
     T.ensure_topics(settings, T.topic_specs(settings, partitions=PARTITIONS))
     ports = {"a": free_port(), "b": free_port()}
     group = WorkerGroup(settings, tmp_path, (), ())
-    from streams.client import WorkerProcess
+    from recstream.streams.client import WorkerProcess
 
     for name, port in ports.items():
         group.workers[name] = WorkerProcess(settings, tmp_path / name, "--partitions", str(PARTITIONS), "-k", str(K),

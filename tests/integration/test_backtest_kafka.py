@@ -7,19 +7,19 @@ import random
 
 import pytest
 
-from encoders.text import TextEncoder
-from scoring.backtest import BacktestConfig, run_offline
-from scoring.blend import DEFAULT_WEIGHTS
-from scoring.engine import EngineConfig
-from streams import topics as T
-from streams.app import WorkerConfig  # the worker's defaults: the blend adapts its weights
-from streams.backtest import backtest_replay
-from streams.client import partition_for, producer, send_records
-from streams.config import KafkaSettings
-from streams.demo.data import load_catalog, topic_of
-from streams.produce import parse_time
-from streams.records import Click
-from streams.replay import run_replay
+from recstream.encoders.text import TextEncoder
+from recstream.scoring.backtest import BacktestConfig, run_offline
+from recstream.scoring.blend import DEFAULT_WEIGHTS
+from recstream.scoring.engine import EngineConfig
+from recstream.streams import topics as T
+from recstream.streams.app import WorkerConfig  # the worker's defaults: the blend adapts its weights
+from recstream.streams.backtest import backtest_replay
+from recstream.streams.client import partition_for, producer, send_records
+from recstream.streams.config import KafkaSettings
+from recstream.streams.demo.data import load_catalog, topic_of
+from recstream.streams.produce import parse_time
+from recstream.streams.records import Click
+from recstream.streams.replay import run_replay
 
 pytestmark = pytest.mark.integration
 

@@ -17,17 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from encoders.text import TextEncoder
-from scoring.backtest import BacktestConfig, run_offline
-from scoring.blend import DEFAULT_WEIGHTS
-from scoring.engine import EngineConfig
-from streams import topics as T
-from streams.backtest import read_replay
-from streams.cli import main
-from streams.app import WorkerConfig  # the worker's defaults: the blend adapts its weights
-from streams.config import KafkaSettings
-from streams.produce import parse_time
-from streams.sources import load_dataset
+from recstream.encoders.text import TextEncoder
+from recstream.scoring.backtest import BacktestConfig, run_offline
+from recstream.scoring.blend import DEFAULT_WEIGHTS
+from recstream.scoring.engine import EngineConfig
+from recstream.streams import topics as T
+from recstream.streams.backtest import read_replay
+from recstream.streams.cli import main
+from recstream.streams.app import WorkerConfig  # the worker's defaults: the blend adapts its weights
+from recstream.streams.config import KafkaSettings
+from recstream.streams.produce import parse_time
+from recstream.streams.sources import load_dataset
 
 pytestmark = pytest.mark.integration
 

@@ -63,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faults  # noqa: E402
 from faults import Worker, key_on_partition, now_ms, send_raw  # noqa: E402
 
-from streams.records import (  # noqa: E402
+from recstream.streams.records import (  # noqa: E402
     DEFAULT_MAX_FUTURE_MS,
     MAX_ID_CHARS,
     MAX_TEXT_CHARS,

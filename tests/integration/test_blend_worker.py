@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders.profile import DecayedProfileModel, UserProfile
-from encoders.text import TextEncoder, item_text
-from scoring.blend import BlendWeights
-from scoring.engine import BLEND_MODEL_PREFIX, Engine, EngineConfig, Incoming
-from scoring.popularity import DecayedPopularity
-from scoring.topk import ItemMatrix
-from streams import topics as T
-from streams.client import WorkerProcess
-from streams.records import Click, Purchase
+from recstream.encoders.profile import DecayedProfileModel, UserProfile
+from recstream.encoders.text import TextEncoder, item_text
+from recstream.scoring.blend import BlendWeights
+from recstream.scoring.engine import BLEND_MODEL_PREFIX, Engine, EngineConfig, Incoming
+from recstream.scoring.popularity import DecayedPopularity
+from recstream.scoring.topk import ItemMatrix
+from recstream.streams import topics as T
+from recstream.streams.client import WorkerProcess
+from recstream.streams.records import Click, Purchase
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faults  # noqa: E402  (tests/ is not a package)

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faults  # noqa: E402
 from faults import Outputs, Worker, count, now_ms  # noqa: E402
 
-from streams import localkafka  # noqa: E402
-from streams.client import producer, send_records  # noqa: E402
-from streams.records import Click  # noqa: E402
+from recstream.streams import localkafka  # noqa: E402
+from recstream.streams.client import producer, send_records  # noqa: E402
+from recstream.streams.records import Click  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams import topics as T
-from streams.client import WorkerProcess, producer, read_topic, reader, send_records, topic_size, wait_catalog
-from streams.demo.data import load_catalog
-from streams.records import Click, Purchase, decode_recommendation
+from recstream.streams import topics as T
+from recstream.streams.client import WorkerProcess, producer, read_topic, reader, send_records, topic_size, wait_catalog
+from recstream.streams.demo.data import load_catalog
+from recstream.streams.records import Click, Purchase, decode_recommendation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faults  # noqa: E402  (tests/ is not a package)

@@ -33,11 +33,11 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from encoders.profile import UserProfile
-from streams import topics as T
-from streams.client import WorkerProcess, producer, read_to_end, reader, topic_size, wait_catalog
-from streams.demo.data import load_catalog
-from streams.records import Click, Purchase, decode_dead_letter, decode_recommendation, encode, record_key
+from recstream.encoders.profile import UserProfile
+from recstream.streams import topics as T
+from recstream.streams.client import WorkerProcess, producer, read_to_end, reader, topic_size, wait_catalog
+from recstream.streams.demo.data import load_catalog
+from recstream.streams.records import Click, Purchase, decode_dead_letter, decode_recommendation, encode, record_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faults  # noqa: E402  (tests/ is not a package)

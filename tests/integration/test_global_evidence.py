@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from scoring.blend import BlendWeights
-from streams import topics as T
-from streams.client import partition_for, producer, send_records, wait_catalog
-from streams.demo.data import load_catalog
-from streams.records import Click, Purchase
+from recstream.scoring.blend import BlendWeights
+from recstream.streams import topics as T
+from recstream.streams.client import partition_for, producer, send_records, wait_catalog
+from recstream.streams.demo.data import load_catalog
+from recstream.streams.records import Click, Purchase
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faults  # noqa: E402  (tests/ is not a package)

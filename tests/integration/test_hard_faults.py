@@ -63,9 +63,9 @@ from typing import Iterator
 
 import pytest
 
-from streams import topics as T
-from streams.client import WorkerProcess, producer, wait_catalog
-from streams.demo.data import load_catalog
+from recstream.streams import topics as T
+from recstream.streams.client import WorkerProcess, producer, wait_catalog
+from recstream.streams.demo.data import load_catalog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faults  # noqa: E402  (tests/ is not a package)

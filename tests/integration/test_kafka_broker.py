@@ -16,8 +16,8 @@ from aiokafka import AIOKafkaConsumer
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.partitioner.default import murmur2
 
-from streams import localkafka, topics
-from streams.config import KafkaSettings
+from recstream.streams import localkafka, topics
+from recstream.streams.config import KafkaSettings
 
 pytestmark = pytest.mark.integration
 

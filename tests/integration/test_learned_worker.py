@@ -24,14 +24,14 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.profile import DecayedProfileModel, ProfileConfig, UserProfile
-from encoders.sasrec import SASRec, SASRecConfig, checkpoint_hash, save_checkpoint
-from encoders.text import TextEncoder, item_text
-from scoring.engine import Engine, EngineConfig, Incoming
-from scoring.learned import LearnedUserEncoder
-from scoring.popularity import DecayedPopularity
-from scoring.topk import ItemMatrix
-from streams.records import Click, Purchase
+from recstream.encoders.profile import DecayedProfileModel, ProfileConfig, UserProfile
+from recstream.encoders.sasrec import SASRec, SASRecConfig, checkpoint_hash, save_checkpoint
+from recstream.encoders.text import TextEncoder, item_text
+from recstream.scoring.engine import Engine, EngineConfig, Incoming
+from recstream.scoring.learned import LearnedUserEncoder
+from recstream.scoring.popularity import DecayedPopularity
+from recstream.scoring.topk import ItemMatrix
+from recstream.streams.records import Click, Purchase
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faults  # noqa: E402  (tests/ is not a package)

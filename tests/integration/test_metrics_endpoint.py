@@ -22,11 +22,11 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams import topics as T
-from streams.client import RecommendationWatcher, WorkerProcess, producer, send_records, wait_catalog
-from streams.config import KafkaSettings
-from streams.demo.data import load_catalog
-from streams.records import Click, Review
+from recstream.streams import topics as T
+from recstream.streams.client import RecommendationWatcher, WorkerProcess, producer, send_records, wait_catalog
+from recstream.streams.config import KafkaSettings
+from recstream.streams.demo.data import load_catalog
+from recstream.streams.records import Click, Review
 
 pytestmark = pytest.mark.integration
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams import topics as T
-from streams.client import RecommendationWatcher, WorkerProcess, poll_records, producer, send_records, tail, wait_catalog
-from streams.config import KafkaSettings
-from streams.demo.data import load_catalog, topic_of
-from streams.inspect import inspect_user
-from streams.records import Click, Item, Purchase, Review, decode_dead_letter
+from recstream.streams import topics as T
+from recstream.streams.client import RecommendationWatcher, WorkerProcess, poll_records, producer, send_records, tail, wait_catalog
+from recstream.streams.config import KafkaSettings
+from recstream.streams.demo.data import load_catalog, topic_of
+from recstream.streams.inspect import inspect_user
+from recstream.streams.records import Click, Item, Purchase, Review, decode_dead_letter
 
 pytestmark = pytest.mark.integration
 
@@ -271,7 +271,7 @@ def test_a_large_binary_record_reaches_the_dead_letter_topic_intact(pipeline):
 def test_subscribe_shows_a_users_recommendations_with_titles(pipeline, watcher):
     import io
 
-    from streams.subscribe import subscribe
+    from recstream.streams.subscribe import subscribe
 
     user = _user()
     click = Click(user, "jazz-03", _now(), f"{user}-1")

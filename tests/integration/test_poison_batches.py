@@ -8,10 +8,10 @@ The faults are injected into a real ``recstream worker`` subprocess without any 
 production code: a ``sitecustomize.py`` in a temporary folder, first on the worker's
 ``PYTHONPATH``, monkeypatches at interpreter start-up
 
-* ``encoders.text.TextEncoder.encode_numpy`` (review texts of a batch are embedded in one call
-  by ``scoring.engine.Engine.process``) to raise whenever a text of the call contains
+* ``text_encoder.TextEncoder.encode_numpy`` (review texts of a batch are embedded in one call
+  by ``engine.Engine.process``) to raise whenever a text of the call contains
   :data:`POISON`: a *permanent* fault of the records that carry it;
-* ``scoring.engine.score_topk`` and ``scoring.engine.candidate_blend_topk`` (the text and the
+* ``engine.score_topk`` and ``engine.candidate_blend_topk`` (the text and the
   blend ranking, imported by name into ``scoring.engine``) to raise once, on the
   first call after the test creates an "arm" file: a *transient* fault.
 
@@ -47,11 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faults  # noqa: E402
 from faults import Outputs, Sent, Worker, count, key_on_partition, now_ms, send_raw  # noqa: E402
 
-from scoring.popularity import DecayedPopularity  # noqa: E402
-from streams import topics as T  # noqa: E402
-from streams.client import read_to_end, tail  # noqa: E402
-from streams.records import Click, Purchase, Review, encode, record_key  # noqa: E402
-from streams.state import decode_log2, popularity_key  # noqa: E402
+from recstream.scoring.popularity import DecayedPopularity  # noqa: E402
+from recstream.streams import topics as T  # noqa: E402
+from recstream.streams.client import read_to_end, tail  # noqa: E402
+from recstream.streams.records import Click, Purchase, Review, encode, record_key  # noqa: E402
+from recstream.streams.state import decode_log2, popularity_key  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -71,12 +71,12 @@ SITECUSTOMIZE = textwrap.dedent(
     import sys
     from pathlib import Path
 
-    import encoders.text
-    import scoring.engine
+    import recstream.encoders.text as text_encoder
+    import recstream.scoring.engine as engine
 
     _MARKER = os.environ["RECSTREAM_TEST_POISON_MARKER"]
     _ARM = Path(os.environ["RECSTREAM_TEST_SCORING_FAULT_FILE"])
-    _encode_numpy = encoders.text.TextEncoder.encode_numpy
+    _encode_numpy = text_encoder.TextEncoder.encode_numpy
 
 
     def encode_numpy(self, texts):
@@ -96,10 +96,10 @@ SITECUSTOMIZE = textwrap.dedent(
         return ranking
 
 
-    encoders.text.TextEncoder.encode_numpy = encode_numpy
+    text_encoder.TextEncoder.encode_numpy = encode_numpy
     # the text ranking's top-k and the blend's (the default ranker)
-    scoring.engine.score_topk = armed(scoring.engine.score_topk)
-    scoring.engine.candidate_blend_topk = armed(scoring.engine.candidate_blend_topk)
+    engine.score_topk = armed(engine.score_topk)
+    engine.candidate_blend_topk = armed(engine.candidate_blend_topk)
     print("recstream-test: faults injected", file=sys.stderr, flush=True)
     '''
 )

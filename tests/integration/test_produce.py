@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from kafka import KafkaConsumer
 
-from streams import topics as T
-from streams.cli import main
-from streams.records import parse_event, parse_item
+from recstream.streams import topics as T
+from recstream.streams.cli import main
+from recstream.streams.records import parse_event, parse_item
 
 pytestmark = pytest.mark.integration
 

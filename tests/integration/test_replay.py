@@ -7,13 +7,13 @@ import uuid
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from streams import topics as T
-from streams.client import producer, send_records, tail
-from streams.config import KafkaSettings
-from streams.demo.data import load_catalog
-from streams.produce import parse_time
-from streams.records import Click, Purchase, decode_dead_letter, decode_recommendation, parse_event
-from streams.replay import copy_range, run_replay
+from recstream.streams import topics as T
+from recstream.streams.client import producer, send_records, tail
+from recstream.streams.config import KafkaSettings
+from recstream.streams.demo.data import load_catalog
+from recstream.streams.produce import parse_time
+from recstream.streams.records import Click, Purchase, decode_dead_letter, decode_recommendation, parse_event
+from recstream.streams.replay import copy_range, run_replay
 
 pytestmark = pytest.mark.integration
 

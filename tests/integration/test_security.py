@@ -32,11 +32,11 @@ import pytest
 from kafka import TopicPartition
 from kafka.errors import TopicAuthorizationFailedError
 
-from streams import topics as T
-from streams.client import WorkerProcess, producer, read_to_end, reader, wait_catalog
-from streams.config import KafkaSettings
-from streams.demo.data import load_catalog
-from streams.security import SecuritySettings
+from recstream.streams import topics as T
+from recstream.streams.client import WorkerProcess, producer, read_to_end, reader, wait_catalog
+from recstream.streams.config import KafkaSettings
+from recstream.streams.demo.data import load_catalog
+from recstream.streams.security import SecuritySettings
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ def _grant_alice(admin: KafkaSettings, prefix: str) -> None:
     from kafka.admin import (ACL, ACLFilter, ACLOperation, ACLPermissionType, ACLResourcePatternType, KafkaAdminClient,
                              ResourcePattern, ResourcePatternFilter, ResourceType)
 
-    from streams.security import kafka_python_kwargs
+    from recstream.streams.security import kafka_python_kwargs
 
     def allow(kind: ResourceType, op: ACLOperation) -> ACL:
         return ACL("User:alice", "*", op, ACLPermissionType.ALLOW, ResourcePattern(kind, prefix, ACLResourcePatternType.PREFIXED))

@@ -6,9 +6,9 @@ bad certificates (``RECSTREAM_KAFKA_TLS_BAD_CERTS=1``: an expired broker certifi
 another host) and the CA, broker and client certificates the script makes with openssl; it
 stops the broker and removes the folder at the end, whatever happened. Every client checks
 the broker's certificate against the script's CA file with host name checking on. The admin
-grants ``alice`` exactly the ACLs the README documents (topics, consumer groups and
+grants ``alice`` exactly the ACLs docs/operations.md documents (topics, consumer groups and
 transactional ids with the test's prefix), ``bob`` the same without the transactional ids,
-and ``User:ANONYMOUS`` (the SSL listener without client certificates) the README's ACLs on
+and ``User:ANONYMOUS`` (the SSL listener without client certificates) the documented ACLs (docs/operations.md) on
 one sub-prefix. Then:
 
 * SASL_SSL PLAIN, the usual managed-cluster set-up: ``recstream produce``, a worker,
@@ -51,13 +51,13 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import AuthorizationError
 
-from streams import topics as T
-from streams.client import WorkerProcess, connection_options, producer, read_to_end, wait_catalog
-from streams.config import KafkaSettings
-from streams.demo.data import load_catalog, topic_of
-from streams.produce import parse_time
-from streams.records import Click, Purchase, decode_dead_letter, decode_recommendation, encode, record_key
-from streams.security import SecuritySettings, check_transactional_ids, kafka_python_kwargs
+from recstream.streams import topics as T
+from recstream.streams.client import WorkerProcess, connection_options, producer, read_to_end, wait_catalog
+from recstream.streams.config import KafkaSettings
+from recstream.streams.demo.data import load_catalog, topic_of
+from recstream.streams.produce import parse_time
+from recstream.streams.records import Click, Purchase, decode_dead_letter, decode_recommendation, encode, record_key
+from recstream.streams.security import SecuritySettings, check_transactional_ids, kafka_python_kwargs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faults  # noqa: E402  (tests/ is not a package)
@@ -127,7 +127,7 @@ def _kafka_sh(action: str, env: dict[str, str], timeout_s: float) -> subprocess.
 
 
 def grant(admin: KafkaSettings, principal: str, prefix: str, transactional_ids: bool = True) -> None:
-    """The README's ACLs for a worker on topic prefix ``prefix``: topics and consumer groups
+    """The documented ACLs (docs/operations.md) for a worker on topic prefix ``prefix``: topics and consumer groups
     with the prefix (the app id shares it) and, for exactly-once, transactional ids with it."""
     from kafka.admin import (ACL, ACLFilter, ACLOperation, ACLPermissionType, ACLResourcePatternType, KafkaAdminClient,
                              ResourcePattern, ResourcePatternFilter, ResourceType)
@@ -383,7 +383,7 @@ def _alive(worker: WorkerProcess) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_exactly_once_with_the_documented_acls_only_survives_a_sigkill(tls_broker, tmp_path):
-    """alice holds only the README's ACLs; SASL_SSL with SCRAM-SHA-512."""
+    """alice holds only the documented ACLs (docs/operations.md); SASL_SSL with SCRAM-SHA-512."""
     alice = tls_broker.settings("SASL_SCRAM", f"{tls_broker.prefix}eos.")
     now = int(time.time() * 1000)
     catalog = load_catalog(ts=now - 86_400_000)
@@ -458,7 +458,7 @@ def test_exactly_once_with_the_documented_acls_only_survives_a_sigkill(tls_broke
                                                                 for r in _read_all(alice, alice.topic(T.DLQ))))
     assert set(letters) == bad and set(letters.values()) == {1}, faults.describe_coords(set(letters) ^ bad)
 
-    from encoders.profile import UserProfile
+    from recstream.encoders.profile import UserProfile
 
     latest: dict[bytes, bytes | None] = {}
     for record in _read_all(alice, alice.changelog(T.PROFILES_TABLE)):
@@ -468,7 +468,7 @@ def test_exactly_once_with_the_documented_acls_only_survives_a_sigkill(tls_broke
     log = worker.log_text()
     assert tls_broker.passwords["alice"] not in log
     print(f"\n{len(valid)} events, {len(bad)} malformed, one SIGKILL in an open transaction over SASL_SSL SCRAM-SHA-512 "
-          f"with the README's ACLs only: each answered once; {aborted} recommendations of the killed transaction aborted")
+          f"with the documented ACLs (docs/operations.md) only: each answered once; {aborted} recommendations of the killed transaction aborted")
 
 
 def test_the_transactional_id_check_refuses_a_user_without_the_acl(tls_broker):
@@ -490,7 +490,7 @@ def test_an_exactly_once_worker_without_the_transactional_id_acl_stops_with_one_
     T.ensure_topics(bob, T.topic_specs(bob, partitions=2))
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--data-dir", str(tmp_path / "state"),
+        proc = subprocess.Popen([sys.executable, "-m", "recstream", "worker", "--data-dir", str(tmp_path / "state"),
                                  "--partitions", "2", "--processing-guarantee", "exactly_once"],
                                 env=env_of(bob), cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from streams import topics as T
-from streams.cli import main
-from streams.config import KafkaSettings
+from recstream.streams import topics as T
+from recstream.streams.cli import main
+from recstream.streams.config import KafkaSettings
 
 pytestmark = pytest.mark.integration
 

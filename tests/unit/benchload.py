@@ -7,10 +7,6 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-# bench/ has an encoders.py of its own, and its scripts put bench/ first on sys.path: bind the
-# project's package first, so that later imports of encoders.* find it whatever the test order
-import encoders  # noqa: F401
-
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scoring.adapt import DIRECTIONS, AdaptConfig, AdaptFormatError, WeightAdapter
-from scoring.blend import BlendWeights
-from scoring.engine import BLEND_MODEL_PREFIX, Incoming
-from scoring.prequential import Prequential
-from streams.records import Click
+from recstream.scoring.adapt import DIRECTIONS, AdaptConfig, AdaptFormatError, WeightAdapter
+from recstream.scoring.blend import BlendWeights
+from recstream.scoring.engine import BLEND_MODEL_PREFIX, Incoming
+from recstream.scoring.prequential import Prequential
+from recstream.streams.records import Click
 from tests.unit.test_engine_blend import T0, catalog, make_engine, run, stream
 
 START = BlendWeights(0.4, 0.5, 0.1, "zscore")

@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import orjson
 
-from scoring.engine import Incoming
-from streams.agents import apply_or_isolate
-from streams.agents.events import merge_by_time, received_ms
-from streams.app import Metrics
-from streams.records import Click, Purchase, decode_dead_letter
+from recstream.scoring.engine import Incoming
+from recstream.streams.agents import apply_or_isolate
+from recstream.streams.agents.events import merge_by_time, received_ms
+from recstream.streams.app import Metrics
+from recstream.streams.records import Click, Purchase, decode_dead_letter
 
 
 class FakeTopic:

@@ -8,8 +8,8 @@ import torch
 
 pytest.importorskip("faiss")
 
-from scoring.ann import IVFItemMatrix, make_item_matrix, resolve_index  # noqa: E402
-from scoring.topk import ItemMatrix, score_topk  # noqa: E402
+from recstream.scoring.ann import IVFItemMatrix, make_item_matrix, resolve_index  # noqa: E402
+from recstream.scoring.topk import ItemMatrix, score_topk  # noqa: E402
 
 DIM = 16
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from streams.api import (
+from recstream.streams.api import (
     MAX_BODY_BYTES,
     MAX_K,
     Api,
@@ -29,8 +29,8 @@ from streams.api import (
     parse_body,
     read_token_file,
 )
-from scoring.query import QueryAnswer, QueryRequest, mix, rank_requests
-from streams.records import RecItem
+from recstream.scoring.query import QueryAnswer, QueryRequest, mix, rank_requests
+from recstream.streams.records import RecItem
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORD = {"schema": 1, "user_id": "u1", "items": [{"item_id": f"i{n}", "score": 1.0 - n / 10, "because": None} for n in range(5)],
@@ -148,7 +148,7 @@ def test_token_file(tmp_path: Path) -> None:
 def test_openapi_document_is_kept_in_docs() -> None:
     doc = openapi_document()
     on_disk = json.loads((ROOT / "docs" / "openapi.json").read_text())
-    assert on_disk == json.loads(orjson.dumps(doc)), "regenerate: python -m streams.api > docs/openapi.json"
+    assert on_disk == json.loads(orjson.dumps(doc)), "regenerate: python -m recstream.streams.api > docs/openapi.json"
     assert set(doc["paths"]) >= {"/v1/users/{user_id}/recommendations", "/v1/users/{user_id}", "/v1/recommend"}
 
 
@@ -342,7 +342,7 @@ def test_query_and_semantic_search() -> None:
 
 
 def test_forget_record_round_trip_and_rules() -> None:
-    from streams.records import Click, Forget, ValidationError, encode, parse_input, record_key
+    from recstream.streams.records import Click, Forget, ValidationError, encode, parse_input, record_key
 
     f = Forget("u-1", 1_700_000_000_000, "req-1")
     assert parse_input("clicks", record_key(f), encode(f)) == f
@@ -415,7 +415,7 @@ async def test_served_while_the_worker_loop_is_blocked() -> None:
     import threading
     import urllib.request
 
-    from streams.metrics import HttpThread, bind
+    from recstream.streams.metrics import HttpThread, bind
 
     backend = FakeBackend()
     sock = bind("127.0.0.1", 0)

@@ -23,7 +23,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from scoring.backtest import (  # noqa: E402
+from recstream.scoring.backtest import (  # noqa: E402
     POPULARITY_MODEL,
     RECSTREAM,
     COLD,
@@ -38,9 +38,9 @@ from scoring.backtest import (  # noqa: E402
     run_offline,
     target_kind,
 )
-from scoring.baselines import PopularityBaseline  # noqa: E402
-from scoring.metrics import calendar_month_start  # noqa: E402
-from streams.records import Click, Item, Purchase, RecItem, Recommendation, Review, Trigger  # noqa: E402
+from recstream.scoring.baselines import PopularityBaseline  # noqa: E402
+from recstream.scoring.metrics import calendar_month_start  # noqa: E402
+from recstream.streams.records import Click, Item, Purchase, RecItem, Recommendation, Review, Trigger  # noqa: E402
 
 MINUTE = 60_000
 DAY = 86_400_000
@@ -455,7 +455,7 @@ class _Lists:
 
 
 def test_side_by_side_methods_get_ratios_under_their_own_names() -> None:
-    from scoring.sidebyside import side_by_side
+    from recstream.scoring.sidebyside import side_by_side
 
     catalog = [Item(i, i.upper()) for i in CATALOG]
     methods = [_Lists("first", HAND_LISTS), _Lists("twin", HAND_LISTS), _Lists("mute", None)]
@@ -492,7 +492,7 @@ def test_config_validation() -> None:
 
 
 def test_popularity_model_name_matches_the_engine() -> None:
-    from scoring.engine import POPULARITY_MODEL as ENGINE_POPULARITY_MODEL
+    from recstream.scoring.engine import POPULARITY_MODEL as ENGINE_POPULARITY_MODEL
 
     assert POPULARITY_MODEL == ENGINE_POPULARITY_MODEL
 
@@ -585,7 +585,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def encoder(one_torch_thread):
-    from encoders.text import TextEncoder
+    from recstream.encoders.text import TextEncoder
 
     return TextEncoder(device="cpu")
 
@@ -646,11 +646,11 @@ def engine_records(encoder, events, *, batch: int) -> list[Recommendation]:
     """The records a one-partition worker emits for ``events`` taken in the given order."""
     import numpy as np
 
-    from encoders.profile import DecayedProfileModel
-    from encoders.text import item_text
-    from scoring.engine import Engine, EngineConfig, Incoming
-    from scoring.popularity import DecayedPopularity
-    from scoring.topk import ItemMatrix
+    from recstream.encoders.profile import DecayedProfileModel
+    from recstream.encoders.text import item_text
+    from recstream.scoring.engine import Engine, EngineConfig, Incoming
+    from recstream.scoring.popularity import DecayedPopularity
+    from recstream.scoring.topk import ItemMatrix
 
     cfg = EngineConfig(k=20, emit="per-event")
     matrix = ItemMatrix(encoder.dim, "cpu")
@@ -743,10 +743,10 @@ def test_offline_in_a_given_processing_order_equals_a_worker_that_took_it(encode
 def test_exclusion_tracker_equals_the_engines_exclusions(encoder, exclude_seen: bool) -> None:
     import numpy as np
 
-    from encoders.profile import DecayedProfileModel, ProfileConfig
-    from scoring.engine import Engine, EngineConfig, Incoming
-    from scoring.popularity import DecayedPopularity
-    from scoring.topk import ItemMatrix
+    from recstream.encoders.profile import DecayedProfileModel, ProfileConfig
+    from recstream.scoring.engine import Engine, EngineConfig, Incoming
+    from recstream.scoring.popularity import DecayedPopularity
+    from recstream.scoring.topk import ItemMatrix
 
     rng = np.random.default_rng(11)
     matrix = ItemMatrix(encoder.dim, "cpu")

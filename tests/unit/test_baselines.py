@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from scoring.baselines import ItemKNNBaseline, PopularityBaseline, Recommender, observe_event
-from scoring.metrics import RankingMetrics
-from streams.records import Click, Purchase, Review
+from recstream.scoring.baselines import ItemKNNBaseline, PopularityBaseline, Recommender, observe_event
+from recstream.scoring.metrics import RankingMetrics
+from recstream.streams.records import Click, Purchase, Review
 
 H = 1000  # a 1-second half-life keeps the decay arithmetic readable
 

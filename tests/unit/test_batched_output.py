@@ -17,9 +17,9 @@ import orjson
 import pytest
 from faust.streams import current_event
 
-from streams.app import Metrics, Pipeline
-from streams.transactions import PartitionTransactions
-from streams.records import Recommendation, RecItem, Trigger, decode_recommendation, encode, encode_emitted
+from recstream.streams.app import Metrics, Pipeline
+from recstream.streams.transactions import PartitionTransactions
+from recstream.streams.records import Recommendation, RecItem, Trigger, decode_recommendation, encode, encode_emitted
 
 
 class FakeBatch:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from scoring.protocol import Interaction, ProtocolData
-from streams.records import Item
+from recstream.scoring.protocol import Interaction, ProtocolData
+from recstream.streams.records import Item
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchload import load_bench  # noqa: E402  (tests/ is not a package)

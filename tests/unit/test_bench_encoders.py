@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 # imported before bench/ (which has an encoders.py of its own) is put on sys.path: binds the package
-from encoders.text import item_text
+from recstream.encoders.text import item_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,15 +26,8 @@ bm = _load("recstream_bench_memory", "memory.py")
 
 # ------------------------------------------------------------------------------ bench/encoders.py
 
-def test_the_encoders_package_is_not_shadowed() -> None:
-    import encoders
-
-    assert Path(encoders.__file__).parent == ROOT / "encoders"
-    assert sys.path.index(str(ROOT)) < sys.path.index(str(ROOT / "bench"))
-
-
 def test_worker_defaults_are_read_without_importing_faust() -> None:
-    from streams.app import WorkerConfig
+    from recstream.streams.app import WorkerConfig
 
     cfg, read = WorkerConfig(), be.worker_defaults()
     assert (read.catalog_batch_max, read.encode_batch, read.max_length, read.item_fields, read.model) == (
@@ -186,7 +179,7 @@ def test_item_matrix_upsert_in_slices_equals_one_write(monkeypatch) -> None:
     import numpy as np
     import torch
 
-    import scoring.topk as tk
+    import recstream.scoring.topk as tk
 
     rng = np.random.default_rng(5)
     ids = [f"i{int(x)}" for x in rng.integers(0, 40, 90)]  # repeated ids: the last vector wins
@@ -209,7 +202,7 @@ def test_item_matrix_upsert_in_slices_equals_one_write(monkeypatch) -> None:
 def test_item_matrix_refuses_a_bad_vector_before_changing_anything() -> None:
     import numpy as np
 
-    from scoring.topk import ItemMatrix
+    from recstream.scoring.topk import ItemMatrix
 
     m = ItemMatrix(4)
     with pytest.raises(ValueError, match="vector 1"):
@@ -220,7 +213,7 @@ def test_item_matrix_refuses_a_bad_vector_before_changing_anything() -> None:
 def test_item_matrix_reserve_allocates_exactly_once() -> None:
     import numpy as np
 
-    from scoring.topk import ItemMatrix
+    from recstream.scoring.topk import ItemMatrix
 
     m = ItemMatrix(4, capacity=2)
     m.upsert(["a"], np.ones(4, dtype=np.float32))

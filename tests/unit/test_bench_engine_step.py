@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.records import Click, Purchase, parse_event
+from recstream.streams.records import Click, Purchase, parse_event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchload import load_bench  # noqa: E402  (tests/ is not a package)

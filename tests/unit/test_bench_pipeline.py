@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from encoders.profile import HistoryEntry, new_profile
-from streams.records import RecItem, Recommendation, Trigger, decode_recommendation, encode
+from recstream.encoders.profile import HistoryEntry, new_profile
+from recstream.streams.records import RecItem, Recommendation, Trigger, decode_recommendation, encode
 
 ROOT = Path(__file__).resolve().parents[2]
 

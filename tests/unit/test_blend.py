@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.profile import DecayedProfileModel
-from scoring.blend import (
+from recstream.encoders.profile import DecayedProfileModel
+from recstream.scoring.blend import (
     EQUAL_WEIGHTS,
     BlendConfigError,
     BlendWeights,
@@ -23,8 +23,8 @@ from scoring.blend import (
     popularity_vector,
     text_scores,
 )
-from scoring.popularity import DecayedPopularity
-from scoring.topk import ItemMatrix
+from recstream.scoring.popularity import DecayedPopularity
+from recstream.scoring.topk import ItemMatrix
 
 
 def t(rows) -> torch.Tensor:

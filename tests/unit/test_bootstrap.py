@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import pytest
 
-from scoring.metrics import (
+from recstream.scoring.metrics import (
     CaseMetrics,
     RankingMetrics,
     ndcg_at_k,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.profile import DecayedProfileModel
-from scoring.ann import IVFItemMatrix, faiss_available
-from scoring.blend import (
+from recstream.encoders.profile import DecayedProfileModel
+from recstream.scoring.ann import IVFItemMatrix, faiss_available
+from recstream.scoring.blend import (
     DEFAULT_WEIGHTS,
     BlendWeights,
     CandidateStats,
@@ -24,10 +24,10 @@ from scoring.blend import (
     blend_score_topk,
     candidate_blend_topk,
 )
-from scoring.engine import Engine, EngineConfig, Incoming
-from scoring.popularity import DecayedPopularity
-from scoring.topk import ItemMatrix
-from streams.records import Click, Purchase
+from recstream.scoring.engine import Engine, EngineConfig, Incoming
+from recstream.scoring.popularity import DecayedPopularity
+from recstream.scoring.topk import ItemMatrix
+from recstream.streams.records import Click, Purchase
 
 DIM = 16
 LN2 = math.log(2.0)

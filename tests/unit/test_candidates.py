@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from scoring.blend import DEFAULT_WEIGHTS, BlendWeights, CandidateStats, blend_score_topk, candidate_blend_topk
-from scoring.engine import Engine, EngineConfig, Incoming
-from scoring.popularity import DecayedPopularity
-from scoring.topk import ItemMatrix
-from encoders.profile import DecayedProfileModel
-from streams.records import Click, Purchase
+from recstream.scoring.blend import DEFAULT_WEIGHTS, BlendWeights, CandidateStats, blend_score_topk, candidate_blend_topk
+from recstream.scoring.engine import Engine, EngineConfig, Incoming
+from recstream.scoring.popularity import DecayedPopularity
+from recstream.scoring.topk import ItemMatrix
+from recstream.encoders.profile import DecayedProfileModel
+from recstream.streams.records import Click, Purchase
 
 DIM = 24
 

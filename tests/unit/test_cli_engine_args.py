@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.cli import build_parser, engine_worker_args, worker_config
+from recstream.streams.cli import build_parser, engine_worker_args, worker_config
 
 
 def test_backtest_engine_settings_become_the_replay_workers_flags() -> None:
@@ -28,7 +28,7 @@ def test_the_weight_adaptation_settings_reach_the_replays_worker() -> None:
 
 
 def test_a_blend_file_pins_the_weights_unless_adaptation_is_asked_for(tmp_path) -> None:
-    from scoring.blend import BlendWeights
+    from recstream.scoring.blend import BlendWeights
 
     path = BlendWeights(0.2, 0.7, 0.1).save(tmp_path / "w.json")
     parser = build_parser()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.cli import build_parser, main
+from recstream.streams.cli import build_parser, main
 
 
 @pytest.mark.parametrize(("name", "value", "expected"), [

@@ -1,7 +1,7 @@
 import pytest
 
-from streams.config import ConfigError, KafkaSettings
-from streams.topics import DLQ, EVENT_TOPICS, ITEMS, RECOMMENDATIONS, TABLES, topic_specs
+from recstream.streams.config import ConfigError, KafkaSettings
+from recstream.streams.topics import DLQ, EVENT_TOPICS, ITEMS, RECOMMENDATIONS, TABLES, topic_specs
 
 
 def test_defaults_point_at_the_local_broker():
@@ -59,7 +59,7 @@ def test_topic_specs_cover_every_topic_with_compaction_where_state_lives():
 
 
 def test_a_deployment_owns_its_topics_and_its_apps_internal_topics_only():
-    from streams.topics import belongs_to
+    from recstream.streams.topics import belongs_to
 
     plain = KafkaSettings()
     assert belongs_to(plain, "clicks") and belongs_to(plain, "recstream-profiles-changelog")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from streams.cli import apply_config_file, build_parser, main
-from streams.cli.configfile import commands
-from streams.config import COMMAND_TABLES, KafkaSettings
+from recstream.streams.cli import apply_config_file, build_parser, main
+from recstream.streams.cli.configfile import commands
+from recstream.streams.config import COMMAND_TABLES, KafkaSettings
 
 WORKER = """
 [kafka]

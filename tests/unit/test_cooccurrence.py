@@ -9,9 +9,9 @@ import struct
 import numpy as np
 import pytest
 
-from encoders.profile import HistoryEntry
-from scoring.baselines import ItemKNNBaseline
-from scoring.cooccurrence import (
+from recstream.encoders.profile import HistoryEntry
+from recstream.scoring.baselines import ItemKNNBaseline
+from recstream.scoring.cooccurrence import (
     MAX_LOG2_SIMILARITY,
     CooccurrenceFormatError,
     CooccurrenceModel,

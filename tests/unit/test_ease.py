@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scoring.backtest import BacktestConfig
-from scoring.baselines import PopularityBaseline, Recommender
-from scoring.ease import DAY_MS, EASEBaseline, ease_weights
-from streams.records import Click, Purchase, Review
+from recstream.scoring.backtest import BacktestConfig
+from recstream.scoring.baselines import PopularityBaseline, Recommender
+from recstream.scoring.ease import DAY_MS, EASEBaseline, ease_weights
+from recstream.streams.records import Click, Purchase, Review
 from tests.unit.benchload import load_bench
 
 T0 = 1_700_000_000_000  # some time in 2023
@@ -290,7 +290,7 @@ def test_query_half_life_can_differ_from_the_fit() -> None:
 
 
 def test_defaults() -> None:
-    from scoring.ease import DEFAULT_QUERY_HALF_LIFE_MS
+    from recstream.scoring.ease import DEFAULT_QUERY_HALF_LIFE_MS
 
     m = EASEBaseline()
     assert (m.lam, m.half_life_ms, m.query_half_life_ms) == (200.0, None, DEFAULT_QUERY_HALF_LIFE_MS)
@@ -298,7 +298,7 @@ def test_defaults() -> None:
 
 
 def test_the_backtest_scores_ease_beside_the_other_baselines_when_asked():
-    from scoring.backtest import BacktestConfig, default_baselines
+    from recstream.scoring.backtest import BacktestConfig, default_baselines
 
     assert [b.name for b in default_baselines(BacktestConfig(split_ms=10), ["a"])] == ["popularity", "item-knn"]
     with_ease = default_baselines(BacktestConfig(split_ms=10, ease=True), ["a", "b"])

@@ -20,12 +20,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from encoders.profile import DecayedProfileModel, ProfileConfig, UserProfile  # noqa: E402
-from encoders.text import TextEncoder, item_text  # noqa: E402
-from scoring.engine import POPULARITY_MODEL, Engine, EngineConfig, Incoming  # noqa: E402
-from scoring.popularity import DecayedPopularity  # noqa: E402
-from scoring.topk import ItemMatrix  # noqa: E402
-from streams.records import (  # noqa: E402
+from recstream.encoders.profile import DecayedProfileModel, ProfileConfig, UserProfile  # noqa: E402
+from recstream.encoders.text import TextEncoder, item_text  # noqa: E402
+from recstream.scoring.engine import POPULARITY_MODEL, Engine, EngineConfig, Incoming  # noqa: E402
+from recstream.scoring.popularity import DecayedPopularity  # noqa: E402
+from recstream.scoring.topk import ItemMatrix  # noqa: E402
+from recstream.streams.records import (  # noqa: E402
     Click,
     Purchase,
     Recommendation,
@@ -802,7 +802,7 @@ def test_a_failed_batch_leaves_popularity_as_it_was(
     def broken(*args, **kwargs):
         raise RuntimeError("scoring failed")
 
-    import scoring.engine as engine_module
+    import recstream.scoring.engine as engine_module
 
     monkeypatch.setattr(engine_module, "score_topk", broken)
     with pytest.raises(RuntimeError, match="scoring failed"):

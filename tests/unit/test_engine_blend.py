@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.profile import DecayedProfileModel, UserProfile
-from scoring.blend import BlendWeights, blend_topk, candidate_mask
-from scoring.cooccurrence import CooccurrenceModel, CooccurrenceScorer, is_positive
-from scoring.engine import BLEND_MODEL_PREFIX, POPULARITY_MODEL, Engine, EngineConfig, Incoming
-from scoring.popularity import DecayedPopularity
-from scoring.topk import ItemMatrix
-from streams.records import Click, Purchase, Review
+from recstream.encoders.profile import DecayedProfileModel, UserProfile
+from recstream.scoring.blend import BlendWeights, blend_topk, candidate_mask
+from recstream.scoring.cooccurrence import CooccurrenceModel, CooccurrenceScorer, is_positive
+from recstream.scoring.engine import BLEND_MODEL_PREFIX, POPULARITY_MODEL, Engine, EngineConfig, Incoming
+from recstream.scoring.popularity import DecayedPopularity
+from recstream.scoring.topk import ItemMatrix
+from recstream.streams.records import Click, Purchase, Review
 
 DIM = 16
 T0 = 1_700_000_000_000
@@ -205,7 +205,7 @@ def test_a_failed_batch_rolls_co_occurrence_back(monkeypatch: pytest.MonkeyPatch
     profiles.update(eng.process(warm, profiles, now_ms=T0).profiles)
     before = (rows(eng.cooccurrence), eng.cooccurrence.last_ts,
               {p: rows(m) for p, m in eng.partition_cooccurrence.items()})
-    import scoring.engine as engine_module
+    import recstream.scoring.engine as engine_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("scoring failed")

@@ -7,8 +7,8 @@ from collections import namedtuple
 import pytest
 from kafka import TopicPartition
 
-from streams.config import KafkaSettings
-from streams.evidence import EvidenceFollower
+from recstream.streams.config import KafkaSettings
+from recstream.streams.evidence import EvidenceFollower
 
 Rec = namedtuple("Rec", "timestamp timestamp_type key value")
 POP = "x.recstream-popularity-changelog"
@@ -103,7 +103,7 @@ def test_records_fetched_while_the_followed_partitions_change_are_kept(monkeypat
     the start again."""
     import time
 
-    import streams.evidence as ev
+    import recstream.streams.evidence as ev
 
     f = EvidenceFollower(KafkaSettings(), {"popularity": POP}, poll_ms=10)
     consumer = _Consumer(on_fetch=lambda: f.follow([0, 2]))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from scoring.metrics import DEFAULT_LATENCY_EDGES_MS, latency_histogram
+from recstream.scoring.metrics import DEFAULT_LATENCY_EDGES_MS, latency_histogram
 
 
 def test_values_fall_in_half_open_bins() -> None:

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.profile import DecayedProfileModel, ProfileConfig
-from encoders.sasrec import SASRec, SASRecConfig, batch_inputs, checkpoint_hash, load_checkpoint, save_checkpoint
-from encoders.train import CatalogScorer
-from scoring.engine import POPULARITY_MODEL, Engine, EngineConfig, Incoming
-from scoring.learned import LearnedUserEncoder
-from scoring.popularity import DecayedPopularity
-from scoring.topk import ItemMatrix
-from streams.records import Click, Purchase
+from recstream.encoders.profile import DecayedProfileModel, ProfileConfig
+from recstream.encoders.sasrec import SASRec, SASRecConfig, batch_inputs, checkpoint_hash, load_checkpoint, save_checkpoint
+from recstream.encoders.train import CatalogScorer
+from recstream.scoring.engine import POPULARITY_MODEL, Engine, EngineConfig, Incoming
+from recstream.scoring.learned import LearnedUserEncoder
+from recstream.scoring.popularity import DecayedPopularity
+from recstream.scoring.topk import ItemMatrix
+from recstream.streams.records import Click, Purchase
 
 DIM = 16
 T0 = 1_700_000_000_000

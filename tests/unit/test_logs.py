@@ -11,10 +11,10 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from streams.agents import apply_or_isolate
-from streams.agents.events import handle_event_batch
-from streams.app import Metrics
-from streams.logs import JsonFormatter, Redactor, install, redact
+from recstream.streams.agents import apply_or_isolate
+from recstream.streams.agents.events import handle_event_batch
+from recstream.streams.app import Metrics
+from recstream.streams.logs import JsonFormatter, Redactor, install, redact
 
 PASSWORD = "hunter2-Pa55word"
 REVIEW = "My grandmother loved this teapot, personal detail 7731"

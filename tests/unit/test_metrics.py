@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from scoring.metrics import (
+from recstream.scoring.metrics import (
     METRIC_NAMES,
     Coverage,
     RankingMetrics,

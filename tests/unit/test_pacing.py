@@ -1,7 +1,7 @@
 import pytest
 
-from streams import produce
-from streams.produce import Pacer, parse_time
+from recstream.streams import produce
+from recstream.streams.produce import Pacer, parse_time
 
 
 class FakeClock:

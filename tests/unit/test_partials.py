@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, merge_rows
-from scoring.popularity import DecayedPopularity
+from recstream.scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, merge_rows
+from recstream.scoring.popularity import DecayedPopularity
 
 H = 3_600_000.0
 

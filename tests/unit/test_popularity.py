@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from scoring.popularity import DecayedPopularity, PopularityFormatError
+from recstream.scoring.popularity import DecayedPopularity, PopularityFormatError
 
 H = 7 * 24 * 3600 * 1000  # one week
 T0 = 1_700_000_000_000

@@ -9,14 +9,14 @@ import random
 import numpy as np
 import pytest
 
-from encoders.profile import DecayedProfileModel
-from scoring.backtest import BacktestConfig, evaluate_records
-from scoring.blend import DEFAULT_WEIGHTS
-from scoring.engine import POPULARITY_MODEL, Engine, EngineConfig, Incoming
-from scoring.popularity import DecayedPopularity
-from scoring.prequential import Prequential
-from scoring.topk import ItemMatrix
-from streams.records import Click, Purchase, Review
+from recstream.encoders.profile import DecayedProfileModel
+from recstream.scoring.backtest import BacktestConfig, evaluate_records
+from recstream.scoring.blend import DEFAULT_WEIGHTS
+from recstream.scoring.engine import POPULARITY_MODEL, Engine, EngineConfig, Incoming
+from recstream.scoring.popularity import DecayedPopularity
+from recstream.scoring.prequential import Prequential
+from recstream.scoring.topk import ItemMatrix
+from recstream.streams.records import Click, Purchase, Review
 
 DIM = 16
 TOPIC = {"click": "clicks", "purchase": "purchases", "review": "reviews"}

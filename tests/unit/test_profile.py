@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from encoders.profile import (
+from recstream.encoders.profile import (
     DecayedProfileModel,
     HistoryEntry,
     ProfileConfig,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from scoring.blend import EQUAL_WEIGHTS, BlendWeights, popularity_vector
-from scoring.protocol import (
+from recstream.scoring.blend import EQUAL_WEIGHTS, BlendWeights, popularity_vector
+from recstream.scoring.protocol import (
     COOC_EVENTS,
     DAY_MS,
     Interaction,
@@ -25,7 +25,7 @@ from scoring.protocol import (
     tune,
     weight_grid,
 )
-from streams.records import Click, Item, Purchase, Review
+from recstream.streams.records import Click, Item, Purchase, Review
 
 
 def catalog(ids: str) -> list[Item]:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import faust
 import pytest
 
-from streams.state import as_event, read_raw, write_raw
+from recstream.streams.state import as_event, read_raw, write_raw
 
 
 class Event:

@@ -25,7 +25,7 @@ import pytest
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP, Message
 
-from streams.worker import HoldFlowDuringSeek, RebalanceSafeConsumer, RewindUncommitted, SeekWithinRange, install_consumer_fixes
+from recstream.streams.worker import HoldFlowDuringSeek, RebalanceSafeConsumer, RewindUncommitted, SeekWithinRange, install_consumer_fixes
 
 CLICKS = TP("p.clicks", 3)
 END = 3420

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.records import (
+from recstream.streams.records import (
     DEFAULT_MAX_FUTURE_MS,
     EVENT_TOPICS,
     MAX_TEXT_CHARS,

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from scoring.backtest import BacktestConfig, evaluate_records
-from scoring.metrics import latency_histogram
-from scoring.report import render_html, write_html
-from streams.records import Click, Purchase, RecItem, Recommendation, Review, Trigger
+from recstream.scoring.backtest import BacktestConfig, evaluate_records
+from recstream.scoring.metrics import latency_histogram
+from recstream.scoring.report import render_html, write_html
+from recstream.streams.records import Click, Purchase, RecItem, Recommendation, Review, Trigger
 
 METRICS = ("hit_rate", "recall", "precision", "ndcg", "mrr")
 MAR1_2017 = 1_488_326_400_000  # 2017-03-01T00:00:00Z

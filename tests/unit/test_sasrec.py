@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.sasrec import (
+from recstream.encoders.sasrec import (
     CheckpointError,
     SASRec,
     SASRecConfig,
@@ -17,7 +17,7 @@ from encoders.sasrec import (
     save_checkpoint,
     sequence_from_history,
 )
-from encoders.train import CatalogScorer, TrainConfig, cases, evaluate, train
+from recstream.encoders.train import CatalogScorer, TrainConfig, cases, evaluate, train
 
 TEXT_DIM = 12
 

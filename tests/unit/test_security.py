@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from streams import security as S
-from streams.config import ConfigError, KafkaSettings
-from streams.security import Secret, SecuritySettings
+from recstream.streams import security as S
+from recstream.streams.config import ConfigError, KafkaSettings
+from recstream.streams.security import Secret, SecuritySettings
 
 PASSWORD = "pa55-w0rd-Zq9"
 SASL_ENV = {"RECSTREAM_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "RECSTREAM_SASL_MECHANISM": "SCRAM-SHA-256",
@@ -62,7 +62,7 @@ def test_settings_repr_and_str_never_contain_the_password():
 
 
 def test_help_of_every_command_never_contains_the_password(monkeypatch):
-    from streams.cli import build_parser
+    from recstream.streams.cli import build_parser
 
     for name, value in SASL_ENV.items():
         monkeypatch.setenv(name, value)
@@ -78,8 +78,8 @@ def test_help_of_every_command_never_contains_the_password(monkeypatch):
 def test_the_worker_startup_log_never_contains_the_password(monkeypatch, tmp_path, caplog):
     import faust
 
-    from streams import worker as W
-    from streams.cli import build_parser, worker_config
+    from recstream.streams import worker as W
+    from recstream.streams.cli import build_parser, worker_config
 
     for name, value in SASL_ENV.items():
         monkeypatch.setenv(name, value)
@@ -316,7 +316,7 @@ def tls_certs(tmp_path_factory) -> Path:
     import os
     import shutil
 
-    from streams.localkafka import script_path
+    from recstream.streams.localkafka import script_path
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make the certificates")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.records import (
+from recstream.streams.records import (
     MAX_TEXT_CHARS,
     Click,
     Item,
@@ -26,14 +26,14 @@ from streams.records import (
     parse_item,
     record_key,
 )
-from streams.sources import (
+from recstream.streams.sources import (
     FORMATS,
     Dataset,
     DatasetError,
     detect_format,
     load_dataset,
 )
-from streams.sources.base import clean_text
+from recstream.streams.sources.base import clean_text
 
 DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 ML_SMALL = DATASETS / "ml-latest-small"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.cli import build_parser, main
-from streams.records import Click, Purchase, Review
-from streams.sources import CsvMapping, DatasetError, load_dataset
-from streams.sources.csvfile import parse_time
+from recstream.streams.cli import build_parser, main
+from recstream.streams.records import Click, Purchase, Review
+from recstream.streams.sources import CsvMapping, DatasetError, load_dataset
+from recstream.streams.sources.csvfile import parse_time
 
 NOW = 1_800_000_000_000  # 2027-01-15
 T = 1_700_000_000  # 2023-11-14T22:13:20Z, epoch seconds

@@ -7,9 +7,9 @@ from collections import namedtuple
 import orjson
 import pytest
 
-from scoring.backtest import event_order_key
-from streams.records import parse_event
-from streams.streamtime import UNORDERED, ReleasedRecords, StreamTimeMerger, StreamTimeScheduler, record_key
+from recstream.scoring.backtest import event_order_key
+from recstream.streams.records import parse_event
+from recstream.streams.streamtime import UNORDERED, ReleasedRecords, StreamTimeMerger, StreamTimeScheduler, record_key
 
 TP = namedtuple("TP", "topic partition")
 Rec = namedtuple("Rec", "offset value")

@@ -12,7 +12,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from encoders.text import (  # noqa: E402
+from recstream.encoders.text import (  # noqa: E402
     DeviceUnavailableError,
     ModelNotFoundError,
     TextEncoder,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scoring.topk import ItemMatrix, Recommendation, default_dtype, score_topk
+from recstream.scoring.topk import ItemMatrix, Recommendation, default_dtype, score_topk
 
 DIM = 24
 

@@ -16,8 +16,8 @@ import orjson
 import pytest
 import torch
 
-from encoders.sasrec import load_checkpoint
-from streams.cli import main
+from recstream.encoders.sasrec import load_checkpoint
+from recstream.streams.cli import main
 
 DAY_S = 86400
 T0_S = 1_500_000_000  # 2017-07-14

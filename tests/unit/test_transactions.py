@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from faust.types import TP
 
-from streams.transactions import PartitionTransactions, TransactionFailed, batch_offsets, data_ends
+from recstream.streams.transactions import PartitionTransactions, TransactionFailed, batch_offsets, data_ends
 
 INPUTS = {"p.clicks", "p.purchases"}
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from scoring.backtest import BacktestConfig, run_offline
-from scoring.blend import BlendWeights
-from scoring.engine import EngineConfig
-from streams.cli import main
-from streams.produce import parse_time
+from recstream.scoring.backtest import BacktestConfig, run_offline
+from recstream.scoring.blend import BlendWeights
+from recstream.scoring.engine import EngineConfig
+from recstream.streams.cli import main
+from recstream.streams.produce import parse_time
 
 DAY_S = 86400
 T0_S = 1_500_000_000  # 2017-07-14
@@ -101,8 +101,8 @@ def test_side_by_side_columns_equal_their_own_offline_runs(dataset: Path, tmp_pa
     assert len(set(cases.values())) == 1 and doc["counts"]["cases"] == cases["text-only"] > 20
 
     # each engine column equals the engine's own offline backtest (its recstream column)
-    from encoders.text import TextEncoder
-    from streams.sources import load_dataset
+    from recstream.encoders.text import TextEncoder
+    from recstream.streams.sources import load_dataset
 
     ds = load_dataset(dataset)
     cfg = BacktestConfig(split_ms=parse_time(SPLIT), ks=(10,), popularity_half_life_ms=7 * DAY_S * 1000)

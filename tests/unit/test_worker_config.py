@@ -1,7 +1,7 @@
 import pytest
 
-from streams.app import WorkerConfig
-from streams.cli import build_parser, worker_config
+from recstream.streams.app import WorkerConfig
+from recstream.streams.cli import build_parser, worker_config
 
 
 @pytest.mark.parametrize(
@@ -47,8 +47,8 @@ def test_worker_flags_and_environment(monkeypatch):
 
 
 def test_local_state_is_discarded_only_after_an_unclean_stop(tmp_path):
-    from streams.config import KafkaSettings
-    from streams.worker import claim_state
+    from recstream.streams.config import KafkaSettings
+    from recstream.streams.worker import claim_state
 
     config = WorkerConfig(kafka=KafkaSettings(topic_prefix="p."), data_dir=tmp_path)
     state = tmp_path / config.kafka.app_id
@@ -67,7 +67,7 @@ def test_local_state_is_discarded_only_after_an_unclean_stop(tmp_path):
 
 
 def test_the_worker_ranks_with_the_blend_by_default_and_other_rankers_by_name(tmp_path):
-    from scoring.blend import DEFAULT_WEIGHTS, BlendWeights
+    from recstream.scoring.blend import DEFAULT_WEIGHTS, BlendWeights
 
     cfg = worker_config(build_parser().parse_args(["worker"]))
     assert cfg.ranker == "blend" and cfg.blend_weights == DEFAULT_WEIGHTS
@@ -84,7 +84,7 @@ def test_the_worker_ranks_with_the_blend_by_default_and_other_rankers_by_name(tm
 
 
 def test_session_timeout_and_heartbeat_are_worker_settings_passed_to_faust(monkeypatch, tmp_path):
-    from streams.config import KafkaSettings
+    from recstream.streams.config import KafkaSettings
 
     cfg = worker_config(build_parser().parse_args(["worker"]))
     assert (cfg.session_timeout_s, cfg.heartbeat_interval_s) == (60.0, 3.0)  # faust's own defaults
@@ -99,7 +99,7 @@ def test_session_timeout_and_heartbeat_are_worker_settings_passed_to_faust(monke
 
     # what the Faust app (and so its aiokafka consumer) is given; a session timeout above
     # faust's 90 s request timeout raises the request timeout with it (faust refuses it otherwise)
-    from streams.app import Pipeline
+    from recstream.streams.app import Pipeline
 
     class _Encoder:  # no model load: the app's settings are all this test reads
         dim, name = 8, "stub"
@@ -119,7 +119,7 @@ def test_session_timeout_and_heartbeat_are_worker_settings_passed_to_faust(monke
     (dict(adapt_step=0.9), "adaptation step: must be in (0, 0.5]"),
 ])
 def test_bad_adaptation_settings_are_refused_with_their_reason(kwargs, message) -> None:
-    from streams.app import WorkerConfig
+    from recstream.streams.app import WorkerConfig
 
     with pytest.raises(ValueError) as err:
         WorkerConfig(**kwargs)
@@ -129,7 +129,7 @@ def test_bad_adaptation_settings_are_refused_with_their_reason(kwargs, message) 
 def test_a_failing_state_volume_stops_the_worker_with_status_74(monkeypatch, caplog):
     """A write the local RocksDB refuses for its storage ends the process (no dead letters for
     the records in hand); other errors, and the lock faust retries, propagate as before."""
-    from streams import state
+    from recstream.streams import state
 
     exits = []
 
@@ -155,8 +155,8 @@ def test_a_failing_state_volume_stops_the_worker_with_status_74(monkeypatch, cap
 def test_the_catalog_table_is_a_global_table_for_faust(tmp_path):
     """Every worker of a group gets the catalog changelog (faust assigns a global table's
     changelog to all of them) and applies each record as it arrives."""
-    from streams.app import Pipeline
-    from streams.config import KafkaSettings
+    from recstream.streams.app import Pipeline
+    from recstream.streams.config import KafkaSettings
 
     class _Encoder:
         dim, name = 8, "stub"
@@ -171,8 +171,8 @@ async def test_after_a_rebalance_the_evidence_follows_exactly_the_partitions_not
     the worker rebuilds its own partitions' models first, then follows the others'."""
     import itertools
 
-    from streams.app import Pipeline
-    from streams.config import KafkaSettings
+    from recstream.streams.app import Pipeline
+    from recstream.streams.config import KafkaSettings
 
     class _Encoder:
         dim, name = 8, "stub"

@@ -17,11 +17,11 @@ from faust.types import TP
 from prometheus_client import Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from scoring.engine import BatchResult, BatchStats
-from streams import metrics as M
-from streams.app import WorkerConfig
-from streams.cli import build_parser, worker_config
-from streams.records import Recommendation, Trigger, ValidationError, parse_event, parse_item
+from recstream.scoring.engine import BatchResult, BatchStats
+from recstream.streams import metrics as M
+from recstream.streams.app import WorkerConfig
+from recstream.streams.cli import build_parser, worker_config
+from recstream.streams.records import Recommendation, Trigger, ValidationError, parse_event, parse_item
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = 1_760_000_000_000
@@ -433,7 +433,7 @@ def test_a_bound_socket_listens():
 
 
 def test_live_quality_by_ranker_is_exported():
-    from scoring.prequential import Prequential
+    from recstream.scoring.prequential import Prequential
 
     pq = Prequential(k=10)
     pq.hold("u", "blend", ["a", "b"])
@@ -454,8 +454,8 @@ def test_live_quality_by_ranker_is_exported():
 def test_the_adaptive_weights_in_use_are_exported_per_partition():
     import numpy as np
 
-    from scoring.adapt import AdaptConfig, AdaptiveWeights
-    from scoring.blend import BlendWeights
+    from recstream.scoring.adapt import AdaptConfig, AdaptiveWeights
+    from recstream.scoring.blend import BlendWeights
 
     aw = AdaptiveWeights(BlendWeights(0.4, 0.5, 0.1), AdaptConfig(step=0.1, rate=5.0, epoch=1))
     aw.credit(3, np.array([0, 0, 0, 0, 0, 1.0, 0]))  # one grid point earned a gain
