@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from ..config import ConfigError, KafkaSettings
 
@@ -32,7 +32,7 @@ def kafka_options() -> argparse.ArgumentParser:
     group.add_argument("--broker", metavar="HOST:PORT[,...]", help="bootstrap servers (env RECSTREAM_BROKER; default 127.0.0.1:9092)")
     group.add_argument("--topic-prefix", metavar="PREFIX", help="prefix of every topic name (env RECSTREAM_TOPIC_PREFIX; default none)")
     group.add_argument("--app-id", metavar="ID", help="Faust application id: consumer group and changelog names (env RECSTREAM_APP_ID; default <prefix>recstream)")
-    group.add_argument("--config", metavar="FILE", help="TOML file with a [kafka] table of these settings; flags and env win over it (env RECSTREAM_CONFIG)")
+    group.add_argument("--config", metavar="FILE", help="TOML file: a [kafka] table of these settings and a table per command ([worker], [backtest], ...) of any of its flags; env and flags win over it (env RECSTREAM_CONFIG)")
     sec = parent.add_argument_group("Kafka security (TLS and SASL)")
     sec.add_argument("--security-protocol", metavar="P", type=str.upper, choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
                      help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (env RECSTREAM_SECURITY_PROTOCOL; default PLAINTEXT)")
@@ -88,6 +88,17 @@ def _env(name: str, default: str | None = None) -> str | None:
         for names in _ENV_READS:
             names.add(name)
     return value
+
+
+def _env_choice(name: str, choices: Sequence[str], default: str | None = None) -> str | None:
+    """A ``RECSTREAM_*`` variable that must be one of ``choices`` (a flag's ``choices``):
+    ``default`` when unset; one line naming the variable and the value (exit 2) when not."""
+    value = _env(name)
+    if value is None or not value.strip():
+        return default
+    if value.strip() not in choices:
+        raise ConfigError(f"RECSTREAM_{name}: expected one of {', '.join(choices)}, got {value!r}")
+    return value.strip()
 
 
 def _env_number(name: str, default: Any, kind: type, what: str) -> Any:

@@ -11,6 +11,9 @@ from recstream.streams.cli import build_parser, main
     ("RECSTREAM_K", "ten", "RECSTREAM_K: expected an integer, got 'ten'"),
     ("RECSTREAM_HALF_LIFE_DAYS", "a month", "RECSTREAM_HALF_LIFE_DAYS: expected a number, got 'a month'"),
     ("RECSTREAM_EXCLUDE_SEEN", "maybe", "RECSTREAM_EXCLUDE_SEEN: expected true or false"),
+    ("RECSTREAM_RANKER", "best", "RECSTREAM_RANKER: expected one of blend, text, learned, got 'best'"),
+    ("RECSTREAM_PROCESSING_GUARANTEE", "exactly-once",
+     "RECSTREAM_PROCESSING_GUARANTEE: expected one of at_least_once, exactly_once, got 'exactly-once'"),
 ])
 def test_a_bad_variable_is_named_with_its_value(monkeypatch, capsys, name, value, expected):
     monkeypatch.setenv(name, value)
@@ -32,3 +35,10 @@ def test_numbers_from_the_environment_are_typed(monkeypatch):
     args = build_parser().parse_args(["worker"])
     assert (args.k, args.max_skew_ms, args.history_len) == (25, 0, 70)
     assert build_parser().parse_args(["backtest", "--dataset", "x", "--split", "2020-01-01"]).history_len == 70
+
+
+def test_a_choice_from_the_environment_is_the_flags_default(monkeypatch):
+    monkeypatch.setenv("RECSTREAM_RANKER", " text ")
+    monkeypatch.setenv("RECSTREAM_LOG_FORMAT", "json")
+    args = build_parser().parse_args(["worker"])
+    assert (args.ranker, args.log_format, args.index) == ("text", "json", "auto")
