@@ -8,7 +8,7 @@ STAMP := $(VENV)/.recstream-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-unit lint typecheck bench bench-quick setup kafka-start kafka-stop kafka-status clean
+.PHONY: demo test test-unit lint format typecheck bench bench-quick setup kafka-start kafka-stop kafka-status clean
 
 demo: setup ## the main job: local broker, topics, worker, built-in catalog, recommendations
 	$(BIN)/recstream demo
@@ -19,8 +19,12 @@ test: setup ## the test suite (starts the local broker when none answers)
 test-unit: setup ## the broker-free suite (pure code, a few minutes): the fast lane while you work
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-lint: setup typecheck ## ruff's checks on the whole tree and mypy on the code (pyproject.toml [tool.ruff], [tool.mypy])
+lint: setup typecheck ## ruff's checks and its formatter (check only) on the whole tree, mypy on the code (pyproject.toml [tool.ruff], [tool.mypy])
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup ## rewrite the tree in ruff's format (what make lint checks)
+	$(BIN)/ruff format .
 
 # mypy reads the package as installed: recstream/ with the folders mapped into it
 # (pyproject.toml [tool.setuptools.package-dir]), laid out here as links

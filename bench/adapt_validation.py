@@ -105,8 +105,11 @@ def main() -> int:
     for suffix, w in starts:
         methods.append(Recorder("fixed" + suffix, opts, replace(base, blend=w)))
         for rate, epoch, step in itertools.product(args.rates, epochs, args.steps):
-            methods.append(Recorder(f"adaptive r={rate:g} e={epoch} s={step:g}{suffix}", opts,
-                                    replace(base, blend=w, adapt=AdaptConfig(step=step, rate=rate, epoch=epoch))))
+            methods.append(
+                Recorder(
+                    f"adaptive r={rate:g} e={epoch} s={step:g}{suffix}", opts, replace(base, blend=w, adapt=AdaptConfig(step=step, rate=rate, epoch=epoch))
+                )
+            )
 
     def progress(name: str, n: int) -> None:
         pass
@@ -114,8 +117,12 @@ def main() -> int:
     result, seconds = side_by_side(src.events, src.catalog, config, methods, progress=progress)
     ratios = result.ratios(ks=(10,), metrics=("ndcg",))["ndcg@10"]
     doc = {
-        "dataset": str(args.dataset), "split": args.split, "validation_from": args.validation_from,
-        "cases": result.counts.get("cases"), "seconds": round(time.monotonic() - started, 1), "engine_s": seconds,
+        "dataset": str(args.dataset),
+        "split": args.split,
+        "validation_from": args.validation_from,
+        "cases": result.counts.get("cases"),
+        "seconds": round(time.monotonic() - started, 1),
+        "engine_s": seconds,
         "methods": {
             m.name: {
                 "ndcg@10": result.metrics(m.name).get("ndcg@10"),

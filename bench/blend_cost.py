@@ -81,13 +81,21 @@ def workload(items: int, users: int, events: int, seed: int) -> tuple[list[str],
     return ids, vecs, out
 
 
-def run(ids, vecs, events, blend: BlendWeights | None, batch: int, warm: int, two_stage: bool = True,
-        adapt: AdaptConfig | None = None, index: str = "exact") -> dict:
+def run(
+    ids, vecs, events, blend: BlendWeights | None, batch: int, warm: int, two_stage: bool = True, adapt: AdaptConfig | None = None, index: str = "exact"
+) -> dict:
     matrix = ItemMatrix(DIM, "cpu") if index == "exact" else make_item_matrix(DIM, "cpu", index)
     matrix.upsert(ids, vecs)
     cfg = EngineConfig(k=10, emit="per-user", blend=blend, blend_candidates=two_stage, adapt=adapt)
-    engine = Engine(model=DecayedProfileModel(dim=DIM), matrix=matrix, popularity=DecayedPopularity(cfg.popularity_half_life_ms),
-                    texts=NoTexts(), config=cfg, partition_popularity={}, partition_cooccurrence={} if blend else None)
+    engine = Engine(
+        model=DecayedProfileModel(dim=DIM),
+        matrix=matrix,
+        popularity=DecayedPopularity(cfg.popularity_half_life_ms),
+        texts=NoTexts(),
+        config=cfg,
+        partition_popularity={},
+        partition_cooccurrence={} if blend else None,
+    )
     profiles: dict[str, UserProfile] = {}
     cpu = wall = 0.0
     measured = rows = row_bytes = 0
@@ -163,16 +171,19 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--repeat", type=int, default=1, help="runs of each ranker, interleaved; the least CPU time is kept")
     p.add_argument("--rankers", nargs="+", choices=list(RUNS), default=list(RUNS))
-    p.add_argument("--index", choices=["exact", "auto", "ivf"], default="exact",
-                   help="the item matrix: exact (default), or the worker's --index auto/ivf (an IVF index from 100,000 items)")
+    p.add_argument(
+        "--index",
+        choices=["exact", "auto", "ivf"],
+        default="exact",
+        help="the item matrix: exact (default), or the worker's --index auto/ivf (an IVF index from 100,000 items)",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     sizes = [measure(items, args) for items in args.items]
     doc = {
         "benchmark": "engine CPU per event, text-only vs blend (bench/blend_cost.py)",
         "parameters": vars(args),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-                    "load_avg_1m": os.getloadavg()[0]},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__, "load_avg_1m": os.getloadavg()[0]},
         "weights": DEFAULT_WEIGHTS.label(),
         "adapt": repr(AdaptConfig()),
         "sizes": sizes,

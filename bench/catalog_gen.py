@@ -23,96 +23,297 @@ from dataclasses import dataclass
 # department -> subcategory -> (product nouns, feature phrases)
 TAXONOMY: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "Electronics": {
-        "Headphones": (("Headphones", "Earbuds", "Headset"), ("active noise cancelling", "a 30-hour battery", "Bluetooth 5.3 multipoint pairing", "memory-foam ear cushions", "a built-in boom microphone")),
-        "Speakers": (("Bluetooth Speaker", "Soundbar", "Bookshelf Speakers"), ("deep bass", "IPX7 water resistance", "360-degree sound", "stereo pairing", "a 20-hour battery")),
-        "Cameras": (("Mirrorless Camera", "Action Camera", "Dash Cam"), ("4K60 video", "optical image stabilization", "a weather-sealed body", "fast hybrid autofocus", "a flip-out touchscreen")),
-        "Laptops": (("Laptop", "Ultrabook", "2-in-1 Notebook"), ("a 14-inch OLED display", "16 GB of RAM", "a backlit keyboard", "all-day battery life", "Thunderbolt 4 ports")),
-        "Smartwatches": (("Smartwatch", "Fitness Tracker", "GPS Watch"), ("heart-rate monitoring", "sleep tracking", "built-in GPS", "a 7-day battery", "contactless payments")),
-        "Chargers": (("USB-C Charger", "Power Bank", "Wireless Charging Pad"), ("65 W fast charging", "a 20,000 mAh capacity", "foldable prongs", "two USB-C ports", "overheat protection")),
+        "Headphones": (
+            ("Headphones", "Earbuds", "Headset"),
+            ("active noise cancelling", "a 30-hour battery", "Bluetooth 5.3 multipoint pairing", "memory-foam ear cushions", "a built-in boom microphone"),
+        ),
+        "Speakers": (
+            ("Bluetooth Speaker", "Soundbar", "Bookshelf Speakers"),
+            ("deep bass", "IPX7 water resistance", "360-degree sound", "stereo pairing", "a 20-hour battery"),
+        ),
+        "Cameras": (
+            ("Mirrorless Camera", "Action Camera", "Dash Cam"),
+            ("4K60 video", "optical image stabilization", "a weather-sealed body", "fast hybrid autofocus", "a flip-out touchscreen"),
+        ),
+        "Laptops": (
+            ("Laptop", "Ultrabook", "2-in-1 Notebook"),
+            ("a 14-inch OLED display", "16 GB of RAM", "a backlit keyboard", "all-day battery life", "Thunderbolt 4 ports"),
+        ),
+        "Smartwatches": (
+            ("Smartwatch", "Fitness Tracker", "GPS Watch"),
+            ("heart-rate monitoring", "sleep tracking", "built-in GPS", "a 7-day battery", "contactless payments"),
+        ),
+        "Chargers": (
+            ("USB-C Charger", "Power Bank", "Wireless Charging Pad"),
+            ("65 W fast charging", "a 20,000 mAh capacity", "foldable prongs", "two USB-C ports", "overheat protection"),
+        ),
     },
     "Home & Kitchen": {
-        "Cookware": (("Skillet", "Dutch Oven", "Saucepan Set"), ("a nonstick ceramic coating", "even heat distribution", "oven-safe handles", "induction compatibility", "cast-iron construction")),
-        "Coffee Makers": (("Espresso Machine", "Drip Coffee Maker", "Pour-Over Kettle"), ("a 15-bar pump", "a built-in grinder", "a programmable timer", "precise temperature control", "a milk frother")),
-        "Knives": (("Chef's Knife", "Knife Block Set", "Paring Knife"), ("high-carbon stainless steel", "a full-tang handle", "a razor-sharp edge", "a balanced weight", "a protective sheath")),
-        "Bedding": (("Duvet Cover", "Sheet Set", "Pillow"), ("breathable cotton percale", "a hypoallergenic fill", "deep pockets", "temperature regulation", "a soft sateen weave")),
-        "Lighting": (("Table Lamp", "LED Floor Lamp", "Pendant Light"), ("dimmable warm light", "a linen shade", "touch controls", "smart-home support", "an adjustable arm")),
-        "Storage": (("Storage Bins", "Pantry Organizer", "Shelving Unit"), ("stackable design", "clear airtight lids", "a bamboo finish", "tool-free assembly", "a space-saving footprint")),
+        "Cookware": (
+            ("Skillet", "Dutch Oven", "Saucepan Set"),
+            ("a nonstick ceramic coating", "even heat distribution", "oven-safe handles", "induction compatibility", "cast-iron construction"),
+        ),
+        "Coffee Makers": (
+            ("Espresso Machine", "Drip Coffee Maker", "Pour-Over Kettle"),
+            ("a 15-bar pump", "a built-in grinder", "a programmable timer", "precise temperature control", "a milk frother"),
+        ),
+        "Knives": (
+            ("Chef's Knife", "Knife Block Set", "Paring Knife"),
+            ("high-carbon stainless steel", "a full-tang handle", "a razor-sharp edge", "a balanced weight", "a protective sheath"),
+        ),
+        "Bedding": (
+            ("Duvet Cover", "Sheet Set", "Pillow"),
+            ("breathable cotton percale", "a hypoallergenic fill", "deep pockets", "temperature regulation", "a soft sateen weave"),
+        ),
+        "Lighting": (
+            ("Table Lamp", "LED Floor Lamp", "Pendant Light"),
+            ("dimmable warm light", "a linen shade", "touch controls", "smart-home support", "an adjustable arm"),
+        ),
+        "Storage": (
+            ("Storage Bins", "Pantry Organizer", "Shelving Unit"),
+            ("stackable design", "clear airtight lids", "a bamboo finish", "tool-free assembly", "a space-saving footprint"),
+        ),
     },
     "Books": {
-        "Science Fiction": (("Novel", "Space Opera", "Anthology"), ("a sweeping interstellar war", "a rogue artificial intelligence", "a generation ship", "first contact", "time travel")),
-        "Mystery": (("Thriller", "Detective Novel", "Crime Novel"), ("a locked-room murder", "a small coastal town", "an unreliable narrator", "a cold case", "a twist ending")),
-        "Cookbooks": (("Cookbook", "Baking Guide", "Recipe Collection"), ("weeknight dinners", "sourdough bread", "plant-based recipes", "regional Italian cooking", "one-pot meals")),
-        "History": (("History", "Biography", "Chronicle"), ("the Roman Empire", "the age of sail", "the Cold War", "the Silk Road", "the industrial revolution")),
-        "Self-Help": (("Guide", "Workbook", "Handbook"), ("building better habits", "managing stress", "personal finance", "productive mornings", "clear communication")),
-        "Children's Books": (("Picture Book", "Bedtime Story", "Activity Book"), ("friendly dragons", "counting and colours", "a brave little fox", "ocean animals", "first words")),
+        "Science Fiction": (
+            ("Novel", "Space Opera", "Anthology"),
+            ("a sweeping interstellar war", "a rogue artificial intelligence", "a generation ship", "first contact", "time travel"),
+        ),
+        "Mystery": (
+            ("Thriller", "Detective Novel", "Crime Novel"),
+            ("a locked-room murder", "a small coastal town", "an unreliable narrator", "a cold case", "a twist ending"),
+        ),
+        "Cookbooks": (
+            ("Cookbook", "Baking Guide", "Recipe Collection"),
+            ("weeknight dinners", "sourdough bread", "plant-based recipes", "regional Italian cooking", "one-pot meals"),
+        ),
+        "History": (
+            ("History", "Biography", "Chronicle"),
+            ("the Roman Empire", "the age of sail", "the Cold War", "the Silk Road", "the industrial revolution"),
+        ),
+        "Self-Help": (
+            ("Guide", "Workbook", "Handbook"),
+            ("building better habits", "managing stress", "personal finance", "productive mornings", "clear communication"),
+        ),
+        "Children's Books": (
+            ("Picture Book", "Bedtime Story", "Activity Book"),
+            ("friendly dragons", "counting and colours", "a brave little fox", "ocean animals", "first words"),
+        ),
     },
     "Sports & Outdoors": {
-        "Running": (("Running Shoes", "Running Vest", "Trail Shoes"), ("responsive foam cushioning", "a breathable mesh upper", "a grippy outsole", "reflective details", "a lightweight build")),
-        "Camping": (("Tent", "Sleeping Bag", "Camp Stove"), ("a waterproof rainfly", "a 3-season rating", "quick pitch poles", "a compact pack size", "a windproof burner")),
-        "Cycling": (("Bike Helmet", "Bike Light", "Cycling Jersey"), ("MIPS protection", "a USB-rechargeable battery", "moisture-wicking fabric", "a rear cargo pocket", "1000 lumens")),
-        "Yoga": (("Yoga Mat", "Yoga Block Set", "Yoga Strap"), ("a non-slip surface", "extra-thick cushioning", "natural cork", "alignment lines", "a carrying strap")),
-        "Fishing": (("Spinning Reel", "Fishing Rod", "Tackle Box"), ("a smooth drag system", "a carbon-fibre blank", "corrosion-resistant bearings", "adjustable dividers", "a telescopic design")),
-        "Backpacks": (("Hiking Backpack", "Daypack", "Travel Pack"), ("an adjustable torso length", "a hydration sleeve", "a rain cover", "a padded laptop sleeve", "a ventilated back panel")),
+        "Running": (
+            ("Running Shoes", "Running Vest", "Trail Shoes"),
+            ("responsive foam cushioning", "a breathable mesh upper", "a grippy outsole", "reflective details", "a lightweight build"),
+        ),
+        "Camping": (
+            ("Tent", "Sleeping Bag", "Camp Stove"),
+            ("a waterproof rainfly", "a 3-season rating", "quick pitch poles", "a compact pack size", "a windproof burner"),
+        ),
+        "Cycling": (
+            ("Bike Helmet", "Bike Light", "Cycling Jersey"),
+            ("MIPS protection", "a USB-rechargeable battery", "moisture-wicking fabric", "a rear cargo pocket", "1000 lumens"),
+        ),
+        "Yoga": (
+            ("Yoga Mat", "Yoga Block Set", "Yoga Strap"),
+            ("a non-slip surface", "extra-thick cushioning", "natural cork", "alignment lines", "a carrying strap"),
+        ),
+        "Fishing": (
+            ("Spinning Reel", "Fishing Rod", "Tackle Box"),
+            ("a smooth drag system", "a carbon-fibre blank", "corrosion-resistant bearings", "adjustable dividers", "a telescopic design"),
+        ),
+        "Backpacks": (
+            ("Hiking Backpack", "Daypack", "Travel Pack"),
+            ("an adjustable torso length", "a hydration sleeve", "a rain cover", "a padded laptop sleeve", "a ventilated back panel"),
+        ),
     },
     "Clothing": {
-        "Jackets": (("Rain Jacket", "Down Jacket", "Fleece Jacket"), ("a waterproof shell", "800-fill down", "zippered hand pockets", "an adjustable hood", "a packable design")),
-        "Jeans": (("Slim Jeans", "Straight Jeans", "Relaxed Jeans"), ("stretch denim", "a classic five-pocket design", "a mid-rise waist", "a raw indigo wash", "reinforced seams")),
+        "Jackets": (
+            ("Rain Jacket", "Down Jacket", "Fleece Jacket"),
+            ("a waterproof shell", "800-fill down", "zippered hand pockets", "an adjustable hood", "a packable design"),
+        ),
+        "Jeans": (
+            ("Slim Jeans", "Straight Jeans", "Relaxed Jeans"),
+            ("stretch denim", "a classic five-pocket design", "a mid-rise waist", "a raw indigo wash", "reinforced seams"),
+        ),
         "T-Shirts": (("T-Shirt", "Crew Neck Tee", "Henley"), ("organic cotton", "a relaxed fit", "tagless comfort", "pre-shrunk fabric", "a soft slub knit")),
-        "Sneakers": (("Sneakers", "Canvas Shoes", "Slip-On Shoes"), ("a cushioned insole", "a vulcanized rubber sole", "a leather upper", "a padded collar", "all-day comfort")),
+        "Sneakers": (
+            ("Sneakers", "Canvas Shoes", "Slip-On Shoes"),
+            ("a cushioned insole", "a vulcanized rubber sole", "a leather upper", "a padded collar", "all-day comfort"),
+        ),
         "Hats": (("Baseball Cap", "Beanie", "Sun Hat"), ("UPF 50 sun protection", "merino wool", "an adjustable strap", "a wide brim", "a sweat-wicking band")),
     },
     "Beauty": {
-        "Skincare": (("Moisturizer", "Vitamin C Serum", "Sunscreen"), ("hyaluronic acid", "SPF 50 protection", "a fragrance-free formula", "niacinamide", "a lightweight texture")),
-        "Hair Care": (("Shampoo", "Hair Dryer", "Conditioner"), ("argan oil", "ionic technology", "a sulfate-free formula", "three heat settings", "colour protection")),
-        "Fragrance": (("Eau de Parfum", "Cologne", "Body Mist"), ("notes of bergamot and cedar", "a long-lasting scent", "a travel-size bottle", "a floral heart", "warm vanilla base notes")),
+        "Skincare": (
+            ("Moisturizer", "Vitamin C Serum", "Sunscreen"),
+            ("hyaluronic acid", "SPF 50 protection", "a fragrance-free formula", "niacinamide", "a lightweight texture"),
+        ),
+        "Hair Care": (
+            ("Shampoo", "Hair Dryer", "Conditioner"),
+            ("argan oil", "ionic technology", "a sulfate-free formula", "three heat settings", "colour protection"),
+        ),
+        "Fragrance": (
+            ("Eau de Parfum", "Cologne", "Body Mist"),
+            ("notes of bergamot and cedar", "a long-lasting scent", "a travel-size bottle", "a floral heart", "warm vanilla base notes"),
+        ),
     },
     "Toys & Games": {
-        "Board Games": (("Strategy Board Game", "Party Game", "Cooperative Game"), ("2 to 6 players", "45-minute play time", "beautifully illustrated cards", "high replay value", "easy-to-learn rules")),
-        "Puzzles": (("Jigsaw Puzzle", "3D Puzzle", "Brain Teaser Set"), ("1000 pieces", "a glare-free finish", "precision-cut pieces", "a poster guide", "wooden construction")),
-        "Building Sets": (("Building Set", "Robotics Kit", "Marble Run"), ("over 500 pieces", "step-by-step instructions", "a programmable motor", "compatible bricks", "STEM learning")),
+        "Board Games": (
+            ("Strategy Board Game", "Party Game", "Cooperative Game"),
+            ("2 to 6 players", "45-minute play time", "beautifully illustrated cards", "high replay value", "easy-to-learn rules"),
+        ),
+        "Puzzles": (
+            ("Jigsaw Puzzle", "3D Puzzle", "Brain Teaser Set"),
+            ("1000 pieces", "a glare-free finish", "precision-cut pieces", "a poster guide", "wooden construction"),
+        ),
+        "Building Sets": (
+            ("Building Set", "Robotics Kit", "Marble Run"),
+            ("over 500 pieces", "step-by-step instructions", "a programmable motor", "compatible bricks", "STEM learning"),
+        ),
     },
     "Garden": {
-        "Garden Tools": (("Pruning Shears", "Garden Hose", "Trowel Set"), ("a rust-resistant blade", "ergonomic grips", "a kink-free design", "a lifetime warranty", "a brass connector")),
-        "Planters": (("Ceramic Planter", "Raised Garden Bed", "Hanging Basket"), ("a drainage hole", "cedar wood", "a self-watering reservoir", "a matte glaze", "UV-resistant plastic")),
-        "Outdoor Lighting": (("Solar Path Lights", "String Lights", "Motion Sensor Light"), ("dusk-to-dawn sensing", "warm white LEDs", "weatherproof housing", "a solar panel", "an 8-hour runtime")),
+        "Garden Tools": (
+            ("Pruning Shears", "Garden Hose", "Trowel Set"),
+            ("a rust-resistant blade", "ergonomic grips", "a kink-free design", "a lifetime warranty", "a brass connector"),
+        ),
+        "Planters": (
+            ("Ceramic Planter", "Raised Garden Bed", "Hanging Basket"),
+            ("a drainage hole", "cedar wood", "a self-watering reservoir", "a matte glaze", "UV-resistant plastic"),
+        ),
+        "Outdoor Lighting": (
+            ("Solar Path Lights", "String Lights", "Motion Sensor Light"),
+            ("dusk-to-dawn sensing", "warm white LEDs", "weatherproof housing", "a solar panel", "an 8-hour runtime"),
+        ),
     },
     "Pet Supplies": {
-        "Dog Supplies": (("Dog Bed", "Dog Harness", "Chew Toy"), ("orthopedic foam", "a no-pull front clip", "durable natural rubber", "a washable cover", "reflective stitching")),
-        "Cat Supplies": (("Cat Tree", "Cat Toy Set", "Litter Box"), ("sisal scratching posts", "catnip-filled toys", "an odour-control lid", "a cosy hideaway", "interactive feathers")),
-        "Aquarium": (("Aquarium Kit", "Aquarium Filter", "Aquarium Heater"), ("a quiet pump", "adjustable flow", "LED lighting", "precise thermostat control", "a 20-gallon tank")),
+        "Dog Supplies": (
+            ("Dog Bed", "Dog Harness", "Chew Toy"),
+            ("orthopedic foam", "a no-pull front clip", "durable natural rubber", "a washable cover", "reflective stitching"),
+        ),
+        "Cat Supplies": (
+            ("Cat Tree", "Cat Toy Set", "Litter Box"),
+            ("sisal scratching posts", "catnip-filled toys", "an odour-control lid", "a cosy hideaway", "interactive feathers"),
+        ),
+        "Aquarium": (
+            ("Aquarium Kit", "Aquarium Filter", "Aquarium Heater"),
+            ("a quiet pump", "adjustable flow", "LED lighting", "precise thermostat control", "a 20-gallon tank"),
+        ),
     },
     "Grocery": {
-        "Coffee": (("Whole Bean Coffee", "Ground Coffee", "Cold Brew Concentrate"), ("single-origin Ethiopian beans", "a medium roast", "notes of chocolate and cherry", "fair-trade sourcing", "a resealable bag")),
-        "Tea": (("Green Tea", "Earl Grey Tea", "Herbal Tea Sampler"), ("loose-leaf quality", "organic leaves", "a calming chamomile blend", "compostable sachets", "a bright citrus finish")),
+        "Coffee": (
+            ("Whole Bean Coffee", "Ground Coffee", "Cold Brew Concentrate"),
+            ("single-origin Ethiopian beans", "a medium roast", "notes of chocolate and cherry", "fair-trade sourcing", "a resealable bag"),
+        ),
+        "Tea": (
+            ("Green Tea", "Earl Grey Tea", "Herbal Tea Sampler"),
+            ("loose-leaf quality", "organic leaves", "a calming chamomile blend", "compostable sachets", "a bright citrus finish"),
+        ),
         "Snacks": (("Trail Mix", "Protein Bars", "Kettle Chips"), ("roasted almonds", "20 g of protein", "sea salt", "no added sugar", "a variety pack")),
-        "Pantry": (("Olive Oil", "Spice Set", "Pasta"), ("cold-pressed extra virgin oil", "a dozen essential spices", "bronze-cut durum wheat", "a peppery finish", "glass jars")),
+        "Pantry": (
+            ("Olive Oil", "Spice Set", "Pasta"),
+            ("cold-pressed extra virgin oil", "a dozen essential spices", "bronze-cut durum wheat", "a peppery finish", "glass jars"),
+        ),
     },
     "Office": {
-        "Notebooks": (("Dotted Notebook", "Planner", "Sketchbook"), ("120 gsm paper", "a lay-flat binding", "numbered pages", "a hardcover", "an elastic closure")),
-        "Desk": (("Ergonomic Office Chair", "Standing Desk", "Monitor Arm"), ("adjustable lumbar support", "a dual-motor lift", "a memory preset panel", "breathable mesh", "gas-spring height adjustment")),
-        "Writing": (("Fountain Pen", "Gel Pen Set", "Mechanical Pencil"), ("a fine steel nib", "quick-drying ink", "a 0.5 mm lead", "a metal barrel", "a refillable converter")),
+        "Notebooks": (
+            ("Dotted Notebook", "Planner", "Sketchbook"),
+            ("120 gsm paper", "a lay-flat binding", "numbered pages", "a hardcover", "an elastic closure"),
+        ),
+        "Desk": (
+            ("Ergonomic Office Chair", "Standing Desk", "Monitor Arm"),
+            ("adjustable lumbar support", "a dual-motor lift", "a memory preset panel", "breathable mesh", "gas-spring height adjustment"),
+        ),
+        "Writing": (
+            ("Fountain Pen", "Gel Pen Set", "Mechanical Pencil"),
+            ("a fine steel nib", "quick-drying ink", "a 0.5 mm lead", "a metal barrel", "a refillable converter"),
+        ),
     },
     "Music": {
-        "Guitars": (("Acoustic Guitar", "Electric Guitar", "Ukulele"), ("a solid spruce top", "humbucker pickups", "a comfortable neck profile", "a gig bag", "a built-in tuner")),
-        "Keyboards": (("Digital Piano", "MIDI Keyboard", "Synthesizer"), ("88 weighted keys", "velocity-sensitive pads", "an analog filter", "USB-MIDI connectivity", "a built-in metronome")),
-        "Recording": (("USB Microphone", "Audio Interface", "Studio Monitors"), ("a cardioid pattern", "24-bit/192 kHz conversion", "zero-latency monitoring", "phantom power", "a flat frequency response")),
+        "Guitars": (
+            ("Acoustic Guitar", "Electric Guitar", "Ukulele"),
+            ("a solid spruce top", "humbucker pickups", "a comfortable neck profile", "a gig bag", "a built-in tuner"),
+        ),
+        "Keyboards": (
+            ("Digital Piano", "MIDI Keyboard", "Synthesizer"),
+            ("88 weighted keys", "velocity-sensitive pads", "an analog filter", "USB-MIDI connectivity", "a built-in metronome"),
+        ),
+        "Recording": (
+            ("USB Microphone", "Audio Interface", "Studio Monitors"),
+            ("a cardioid pattern", "24-bit/192 kHz conversion", "zero-latency monitoring", "phantom power", "a flat frequency response"),
+        ),
     },
 }
 
-ADJECTIVES = ("Classic", "Premium", "Compact", "Essential", "Ultra", "Pro", "Everyday", "Deluxe", "Lightweight",
-              "Heritage", "Modern", "Rugged", "Slim", "Signature", "Eco", "Advanced", "Travel", "Studio")
-COLORS = ("Black", "White", "Navy", "Sage Green", "Charcoal", "Sand", "Red", "Sky Blue", "Olive", "Graphite",
-          "Ivory", "Burgundy", "Slate", "Coral")
-MATERIALS = ("recycled materials", "stainless steel", "sustainably sourced wood", "durable nylon", "soft-touch plastic",
-             "premium leather", "organic cotton", "aluminium", "tempered glass", "silicone")
-USES = ("everyday use", "travel", "small apartments", "beginners and experts alike", "gifting", "busy mornings",
-        "weekend adventures", "the whole family", "long workdays", "outdoor use")
+ADJECTIVES = (
+    "Classic",
+    "Premium",
+    "Compact",
+    "Essential",
+    "Ultra",
+    "Pro",
+    "Everyday",
+    "Deluxe",
+    "Lightweight",
+    "Heritage",
+    "Modern",
+    "Rugged",
+    "Slim",
+    "Signature",
+    "Eco",
+    "Advanced",
+    "Travel",
+    "Studio",
+)
+COLORS = ("Black", "White", "Navy", "Sage Green", "Charcoal", "Sand", "Red", "Sky Blue", "Olive", "Graphite", "Ivory", "Burgundy", "Slate", "Coral")
+MATERIALS = (
+    "recycled materials",
+    "stainless steel",
+    "sustainably sourced wood",
+    "durable nylon",
+    "soft-touch plastic",
+    "premium leather",
+    "organic cotton",
+    "aluminium",
+    "tempered glass",
+    "silicone",
+)
+USES = (
+    "everyday use",
+    "travel",
+    "small apartments",
+    "beginners and experts alike",
+    "gifting",
+    "busy mornings",
+    "weekend adventures",
+    "the whole family",
+    "long workdays",
+    "outdoor use",
+)
 BRAND_A = ("Nor", "Vel", "Ard", "Lum", "Kes", "Tal", "Bri", "Or", "Sol", "Mar", "Cal", "Fen", "Hal", "Riv", "Zen", "Ash")
 BRAND_B = ("dex", "ora", "wick", "ton", "ara", "vio", "mont", "ly", "stone", "field", "crest", "bay", "lane", "forge")
 AUTHOR_FIRST = ("Amelia", "Jonas", "Priya", "Mateo", "Hannah", "Kenji", "Sofia", "Elias", "Nadia", "Owen", "Leila", "Tomas")
 AUTHOR_LAST = ("Hart", "Okafor", "Lindqvist", "Moreau", "Castillo", "Nakamura", "Brennan", "Haddad", "Kowalski", "Reyes")
-BOOK_WORDS = ("Silent", "Harbor", "Glass", "River", "Last", "Winter", "Hidden", "Garden", "Iron", "Stars", "Salt",
-              "Lantern", "Echo", "Northern", "Orchard", "Paper", "Storm", "Ember", "Quiet", "Meridian")
+BOOK_WORDS = (
+    "Silent",
+    "Harbor",
+    "Glass",
+    "River",
+    "Last",
+    "Winter",
+    "Hidden",
+    "Garden",
+    "Iron",
+    "Stars",
+    "Salt",
+    "Lantern",
+    "Echo",
+    "Northern",
+    "Orchard",
+    "Paper",
+    "Storm",
+    "Ember",
+    "Quiet",
+    "Meridian",
+)
 
 # review text pieces by tone
 OPENERS = {
@@ -123,15 +324,26 @@ OPENERS = {
     1: ("Terrible {noun}, returned it.", "Do not buy this.", "Broke almost immediately.", "Complete waste of money."),
 }
 MIDDLES = {
-    "pos": ("Loved {feature}, exactly as described.", "I use it every day and {feature} really makes a difference.",
-            "Shipping was fast and the {noun} arrived well packed.", "Quality is excellent and {look} looks great.",
-            "My partner liked it so much we ordered a second one."),
-    "mid": ("The part about {feature} is fine but could be better.", "It took a while to get used to the {noun}.",
-            "For the price it is acceptable, though {look} looks duller than in the photos.",
-            "The description oversells it but it worked out in the end."),
-    "neg": ("Expected more from {feature}, it disappointed after a few days.", "Customer support never answered my emails.",
-            "The {noun} feels cheap and the finish scratched quickly.", "Nothing like the photos, {look} is way off.",
-            "It arrived damaged and the replacement had the same issue."),
+    "pos": (
+        "Loved {feature}, exactly as described.",
+        "I use it every day and {feature} really makes a difference.",
+        "Shipping was fast and the {noun} arrived well packed.",
+        "Quality is excellent and {look} looks great.",
+        "My partner liked it so much we ordered a second one.",
+    ),
+    "mid": (
+        "The part about {feature} is fine but could be better.",
+        "It took a while to get used to the {noun}.",
+        "For the price it is acceptable, though {look} looks duller than in the photos.",
+        "The description oversells it but it worked out in the end.",
+    ),
+    "neg": (
+        "Expected more from {feature}, it disappointed after a few days.",
+        "Customer support never answered my emails.",
+        "The {noun} feels cheap and the finish scratched quickly.",
+        "Nothing like the photos, {look} is way off.",
+        "It arrived damaged and the replacement had the same issue.",
+    ),
 }
 CLOSERS = {
     "pos": ("Highly recommended.", "Would buy again.", "Great value.", "Perfect for {use}."),
@@ -190,23 +402,39 @@ class Catalog:
                 title = f"{brand} {rng.choice(ADJECTIVES)} {noun} {model} ({color})"
                 sentences = [
                     f"The {brand} {noun} combines {feats[0]} with {feats[1]}.",
-                    (f"Sourced from small producers and packed for {rng.choice(USES)}." if dept == "Grocery"
-                     else f"Made from {rng.choice(MATERIALS)} and designed for {rng.choice(USES)}."),
+                    (
+                        f"Sourced from small producers and packed for {rng.choice(USES)}."
+                        if dept == "Grocery"
+                        else f"Made from {rng.choice(MATERIALS)} and designed for {rng.choice(USES)}."
+                    ),
                 ]
                 if len(feats) > 2:
                     sentences.append(f"Also features {feats[2]}.")
                 if rng.random() < 0.6:
-                    sentences.append(rng.choice((
-                        f"Backed by a {rng.randint(1, 5)}-year warranty.",
-                        "Ships in plastic-free packaging.",
-                        f"Available in {rng.randint(2, 8)} colours.",
-                        "Easy to clean and maintain.",
-                    )))
+                    sentences.append(
+                        rng.choice(
+                            (
+                                f"Backed by a {rng.randint(1, 5)}-year warranty.",
+                                "Ships in plastic-free packaging.",
+                                f"Available in {rng.randint(2, 8)} colours.",
+                                "Easy to clean and maintain.",
+                            )
+                        )
+                    )
                 description = " ".join(sentences)
-            self.items.append(CatalogItem(
-                item_id=f"I{i:06d}", title=title, description=description, categories=(dept, sub),
-                noun=noun, features=feats, color=color, price=price, subcat=s,
-            ))
+            self.items.append(
+                CatalogItem(
+                    item_id=f"I{i:06d}",
+                    title=title,
+                    description=description,
+                    categories=(dept, sub),
+                    noun=noun,
+                    features=feats,
+                    color=color,
+                    price=price,
+                    subcat=s,
+                )
+            )
             self.items_by_subcat[s].append(i)
         # Zipf-like popularity (exponent 1.0) over a seeded random ranking of the items
         order = list(range(size))
@@ -220,8 +448,7 @@ class Catalog:
 
     def record(self, item: CatalogItem, ts: int) -> dict:
         """The ``items`` topic value (contract fields only)."""
-        return {"item_id": item.item_id, "title": item.title, "description": item.description,
-                "categories": list(item.categories), "ts": ts}
+        return {"item_id": item.item_id, "title": item.title, "description": item.description, "categories": list(item.categories), "ts": ts}
 
     def pick(self, rng: random.Random, favourites: tuple[int, ...]) -> int:
         """An item index: 70% from the user's favourite subcategories, else the whole catalog."""
@@ -296,15 +523,19 @@ def event_stream(kind: str, n: int, catalog: Catalog, users: Users, seed: int, t
         event_id = f"{tag}.{i}"
         if kind == "clicks":
             if rng.random() < 0.10:
-                value = {"user_id": user_id, "item_id": item.item_id, "event_id": event_id,
-                         "quantity": 1 if rng.random() < 0.85 else rng.randint(2, 4), "price": item.price}
+                value = {
+                    "user_id": user_id,
+                    "item_id": item.item_id,
+                    "event_id": event_id,
+                    "quantity": 1 if rng.random() < 0.85 else rng.randint(2, 4),
+                    "price": item.price,
+                }
                 out.append(("purchases", user_id, value))
             else:
                 out.append(("clicks", user_id, {"user_id": user_id, "item_id": item.item_id, "event_id": event_id}))
         elif kind == "reviews":
             rating = rng.choices(RATINGS, RATING_WEIGHTS)[0]
-            value = {"user_id": user_id, "item_id": item.item_id, "rating": rating,
-                     "text": review_text(rng, item, rating), "event_id": event_id}
+            value = {"user_id": user_id, "item_id": item.item_id, "rating": rating, "text": review_text(rng, item, rating), "event_id": event_id}
             out.append(("reviews", user_id, value))
         else:
             raise ValueError(f"unknown workload {kind!r}")

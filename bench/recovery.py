@@ -59,8 +59,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from common import Guarded, add_run_args, bench_header, cpu_model, finish, mem_total_gib, pkg_version  # noqa: E402
 from recstream.streams import topics as T  # noqa: E402
-from recstream.streams.client import (RecommendationWatcher, WorkerProcess, partition_for, producer, send_records,  # noqa: E402
-                            wait_catalog)
+from recstream.streams.client import (  # noqa: E402
+    RecommendationWatcher,
+    WorkerProcess,
+    partition_for,
+    producer,
+    send_records,
+    wait_catalog,
+)
 from recstream.streams.config import KafkaSettings  # noqa: E402
 from recstream.streams.demo.data import load_catalog  # noqa: E402
 from recstream.streams.records import Click  # noqa: E402
@@ -123,8 +129,21 @@ class Pair:
     def __init__(self, broker: str, root: Path, session_s: float, heartbeat_s: float, extra: list[str]) -> None:
         self.settings = KafkaSettings(broker=broker, topic_prefix=f"rcv{uuid.uuid4().hex[:8]}.")
         T.ensure_topics(self.settings, T.topic_specs(self.settings, partitions=PARTITIONS))
-        args = ["--partitions", str(PARTITIONS), "--emit", "per-event", "-k", "5", "--metrics-port", "0",
-                "--session-timeout", str(session_s), "--heartbeat-interval", str(heartbeat_s), *extra]
+        args = [
+            "--partitions",
+            str(PARTITIONS),
+            "--emit",
+            "per-event",
+            "-k",
+            "5",
+            "--metrics-port",
+            "0",
+            "--session-timeout",
+            str(session_s),
+            "--heartbeat-interval",
+            str(heartbeat_s),
+            *extra,
+        ]
         self.workers = {name: WorkerProcess(self.settings, root / name, *args, log_path=root / f"{name}.log") for name in "ab"}
         self.clicks = self.settings.topic(T.CLICKS)
         self.prod = producer(self.settings)
@@ -202,20 +221,22 @@ class Pair:
         recovered = self.watcher.received_at[probe.event_id] - wall0 / 1000  # when it was read
         taken = [ms for ms, parts in assignments(self.workers["a"].log_text(), self.clicks)[before:] if partition in parts]
         detected = (taken[0] - wall0) / 1000 if taken else None
-        out = {"how": how, "partition": partition, "recovered_s": round(recovered, 2),
-               "detected_s": round(detected, 2) if detected is not None else None,
-               "restored_s": round(recovered - detected, 2) if detected is not None else None}
+        out = {
+            "how": how,
+            "partition": partition,
+            "recovered_s": round(recovered, 2),
+            "detected_s": round(detected, 2) if detected is not None else None,
+            "restored_s": round(recovered - detected, 2) if detected is not None else None,
+        }
         if how == "pause":
             out.update(pause_s=self.pause_s, rebalanced=detected is not None)
             self.wait_split(timeout_s)  # the resumed worker back in the group (after a second rebalance if dropped)
             out["victim_alive"] = victim.proc is not None and victim.proc.poll() is None
-            log(f"pause of {self.pause_s:g}s: {'the group rebalanced' if taken else 'no rebalance'}; "
-                f"the probe answered after {recovered:.1f}s")
+            log(f"pause of {self.pause_s:g}s: {'the group rebalanced' if taken else 'no rebalance'}; the probe answered after {recovered:.1f}s")
             if out["victim_alive"]:
                 return out
         else:
-            log(f"{how}: answered again after {recovered:.1f}s (survivor took partition {partition} after "
-                f"{'?' if detected is None else f'{detected:.1f}'}s)")
+            log(f"{how}: answered again after {recovered:.1f}s (survivor took partition {partition} after {'?' if detected is None else f'{detected:.1f}'}s)")
         victim.stop()
         victim.start()  # killed: it discards its state folder and restores from the changelogs
         victim.wait_ready(timeout_s)
@@ -243,8 +264,12 @@ def summary(trials: list[dict], key: str) -> dict | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--broker", default=os.environ.get("RECSTREAM_BROKER", "127.0.0.1:9092"))
-    p.add_argument("--settings", type=parse_settings, default=parse_settings("60:3,10:1"),
-                   help="SESSION:HEARTBEAT seconds, comma-separated (default 60:3 (the worker's default),10:1)")
+    p.add_argument(
+        "--settings",
+        type=parse_settings,
+        default=parse_settings("60:3,10:1"),
+        help="SESSION:HEARTBEAT seconds, comma-separated (default 60:3 (the worker's default),10:1)",
+    )
     p.add_argument("--trials", type=int, default=3, help="SIGKILLs per setting (default 3)")
     p.add_argument("--clean-stops", type=int, default=1, help="clean stops (SIGTERM) per setting, for reference (default 1)")
     p.add_argument("--pauses", type=int, default=1, help="SIGSTOP/SIGCONT pauses of the victim per setting (default 1)")
@@ -262,11 +287,18 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     result: dict = {
         **bench_header("recstream failover after a SIGKILL (bench/recovery.py)", "bench/recovery.py", argv),
-        "parameters": {"broker": args.broker, "partitions": PARTITIONS, "workers": 2, "warmup_events": WARMUP_EVENTS,
-                       "trials": args.trials, "clean_stops": args.clean_stops, "pauses": args.pauses, "pause_s": args.pause_s,
-                       "worker_args": args.worker_arg},
-        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "mem_gib": mem_total_gib(),
-                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "parameters": {
+            "broker": args.broker,
+            "partitions": PARTITIONS,
+            "workers": 2,
+            "warmup_events": WARMUP_EVENTS,
+            "trials": args.trials,
+            "clean_stops": args.clean_stops,
+            "pauses": args.pauses,
+            "pause_s": args.pause_s,
+            "worker_args": args.worker_arg,
+        },
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "mem_gib": mem_total_gib(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "versions": {p: pkg_version(p) for p in ("faust-streaming", "aiokafka", "kafka-python", "rocksdict")},
         "settings": [],
     }
@@ -289,8 +321,9 @@ def main(argv=None) -> int:
             stops = [t for t in entry["trials"] if t["how"] == "clean_stop"]
             entry["clean_stop"] = {key: summary(stops, key) for key in ("recovered_s", "detected_s", "restored_s")} if stops else None
             pauses = [t for t in entry["trials"] if t["how"] == "pause"]
-            entry["pause"] = {"rebalanced": sum(t["rebalanced"] for t in pauses), "of": len(pauses),
-                              "recovered_s": summary(pauses, "recovered_s")} if pauses else None
+            entry["pause"] = (
+                {"rebalanced": sum(t["rebalanced"] for t in pauses), "of": len(pauses), "recovered_s": summary(pauses, "recovered_s")} if pauses else None
+            )
         result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     finish(result, t_start, args.output, log)
     return guard.status

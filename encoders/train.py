@@ -115,9 +115,7 @@ class Cases:
         return len(self.target)
 
 
-def cases(
-    interactions: Sequence[InteractionLike], start: int, end: int, row_of: dict[str, int], max_len: int
-) -> Cases:
+def cases(interactions: Sequence[InteractionLike], start: int, end: int, row_of: dict[str, int], max_len: int) -> Cases:
     """The protocol's cases of ``[start, end)`` (see the module doc), every earlier
     interaction (from index 0) making the users' states."""
     seqs: dict[str, list[tuple[str, bool]]] = {}
@@ -148,8 +146,7 @@ class CatalogScorer:
     validation, the offline protocol and (through the same methods) the worker.  ``device``
     defaults to the model's (a model trained on CUDA is scored there)."""
 
-    def __init__(self, model: SASRec, ids: Sequence[str], embeddings: np.ndarray | torch.Tensor,
-                 device: torch.device | str | None = None) -> None:
+    def __init__(self, model: SASRec, ids: Sequence[str], embeddings: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> None:
         self.model = model
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.ids = list(ids)
@@ -270,8 +267,10 @@ def train(
     val = cases(interactions, train_end, valid_end, row_of, mc.max_len) if valid_end > train_end else None
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     untrained = evaluate(scorer, val, cfg.k, cfg.eval_batch) if val is not None and len(val) else {}
-    say(f"train: {len(seqs)} users, {len(windows)} windows, {sum(len(w) - 1 for w in windows)} positions, "
-        f"vocab {len(vocab)}, validation cases {len(val) if val else 0}, device {device}; untrained {untrained}")
+    say(
+        f"train: {len(seqs)} users, {len(windows)} windows, {sum(len(w) - 1 for w in windows)} positions, "
+        f"vocab {len(vocab)}, validation cases {len(val) if val else 0}, device {device}; untrained {untrained}"
+    )
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     best: tuple[float, int] = (-1.0, 0)
@@ -290,8 +289,7 @@ def train(
                 chunk = [windows[i] for i in order[s : s + cfg.batch_size]]
                 text, index, feedback, valid = scorer.inputs([w[:-1] for w in chunk])
                 every = cfg.targets == "all"
-                tgt = right_align([[row_of[item_id] if pos or every else -100 for item_id, pos in w[1:]] for w in chunk],
-                                  index.shape[1], pad=-100).to(device)
+                tgt = right_align([[row_of[item_id] if pos or every else -100 for item_id, pos in w[1:]] for w in chunk], index.shape[1], pad=-100).to(device)
                 if not bool((tgt >= 0).any()):
                     bar.update(len(chunk))
                     continue

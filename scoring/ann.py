@@ -61,9 +61,7 @@ def _faiss() -> Any:
     try:
         import faiss
     except ImportError as exc:
-        raise AnnUnavailableError(
-            "--index ivf needs faiss: pip install 'recstream[ann]' (faiss-cpu), or use --index exact"
-        ) from exc
+        raise AnnUnavailableError("--index ivf needs faiss: pip install 'recstream[ann]' (faiss-cpu), or use --index exact") from exc
     return faiss
 
 
@@ -214,7 +212,7 @@ class IVFItemMatrix(ItemMatrix):
         index.cp.seed = self.seed
         index.train(self._rows_f32(np.sort(sample)))
         for start in range(0, n, 65_536):
-            chunk = live[start:start + 65_536]
+            chunk = live[start : start + 65_536]
             index.add_with_ids(self._rows_f32(chunk), chunk)
         index.nprobe = min(self.nprobe, nlist)
         self._index = index

@@ -229,9 +229,7 @@ class BacktestConfig:
         targets = frozenset((self.targets,) if isinstance(self.targets, str) else self.targets)
         unknown = targets - TARGET_KINDS
         if unknown or not targets:
-            raise ValueError(
-                f"targets: must be a non-empty subset of {', '.join(sorted(TARGET_KINDS))}, got {sorted(targets)}"
-            )
+            raise ValueError(f"targets: must be a non-empty subset of {', '.join(sorted(TARGET_KINDS))}, got {sorted(targets)}")
         object.__setattr__(self, "targets", targets)
         if not math.isfinite(self.positive_threshold):
             raise ValueError(f"positive_threshold: must be finite, got {self.positive_threshold}")
@@ -289,8 +287,7 @@ def default_baselines(config: BacktestConfig, catalog_ids: Collection[str]) -> l
     if config.ease:
         from recstream.scoring.ease import EASEBaseline
 
-        out.append(EASEBaseline(fit_at_ms=config.split_ms, positive_threshold=config.positive_threshold,
-                                catalog=catalog, popularity_half_life_ms=half_life))
+        out.append(EASEBaseline(fit_at_ms=config.split_ms, positive_threshold=config.positive_threshold, catalog=catalog, popularity_half_life_ms=half_life))
     return out
 
 
@@ -385,9 +382,7 @@ class MethodResult:
         return {
             "metrics": self.metrics.flat(),
             "coverage": self.coverage_summary(catalog_size, ks),
-            "slices": [
-                {"month": _month_label(int(row["start_ms"] or 0)), **row} for row in self.slices.summary()
-            ],
+            "slices": [{"month": _month_label(int(row["start_ms"] or 0)), **row} for row in self.slices.summary()],
         }
 
 
@@ -558,9 +553,7 @@ class Backtest:
     ) -> None:
         self.config = config
         self.catalog = frozenset(catalog_ids)
-        self.baselines: list[Recommender] = (
-            default_baselines(config, self.catalog) if baselines is None else list(baselines)
-        )
+        self.baselines: list[Recommender] = default_baselines(config, self.catalog) if baselines is None else list(baselines)
         names = [RECSTREAM, *(b.name for b in self.baselines)]
         if len(set(names)) != len(names):
             raise ValueError(f"method names must be distinct, got {names}")
@@ -638,9 +631,7 @@ class Backtest:
             raise TypeError("rec_after: a sequence of item ids (or a Recommendation), not a single string")
         ts = int(event.ts)
         if self._last_ts is not None and ts < self._last_ts:
-            raise ValueError(
-                f"events must be given in time order: ts {ts} of event {event.event_id!r} is before {self._last_ts}"
-            )
+            raise ValueError(f"events must be given in time order: ts {ts} of event {event.event_id!r} is before {self._last_ts}")
         self._last_ts = ts
         c = self._counts
         c["events"] += 1
@@ -790,9 +781,7 @@ class _Holdings:
         self._last[user_id] = rec
 
 
-def held_before(
-    records: Iterable[Recommendation], events: Mapping[str, Event]
-) -> dict[str, Recommendation | _Marker]:
+def held_before(records: Iterable[Recommendation], events: Mapping[str, Event]) -> dict[str, Recommendation | _Marker]:
     """For each event of ``events`` (by event id) answered in ``records``, the record its
     user held when the worker processed it: the user's previous record, or :data:`COLD`
     before the user's first.
@@ -945,8 +934,9 @@ def run_offline(
 
     items = list({item.item_id: item for item in catalog}.values())
     # user_encoder: a scoring.learned.LearnedUserEncoder (the learned model ranks)
-    engine = Engine.for_catalog(items, config=ecfg, profile_config=profile_config, encoder=encoder, item_fields=item_fields,
-                                device=device, matrix=matrix, user_encoder=user_encoder)
+    engine = Engine.for_catalog(
+        items, config=ecfg, profile_config=profile_config, encoder=encoder, item_fields=item_fields, device=device, matrix=matrix, user_encoder=user_encoder
+    )
     n = len(ordered)
     after: list[Recommendation | None] = [None] * n
     held: list[Recommendation | _Marker] = [COLD] * n
@@ -1081,8 +1071,5 @@ def _ratio_lines(result: BacktestResult, ks: Sequence[int]) -> list[str]:
     if not rows:
         return []
     width = max(len(name) for name, _ in rows)
-    head = (
-        f"NDCG@{k} ratio to the baselines [95% paired bootstrap interval over the {n} cases, "
-        f"{BOOTSTRAP_RESAMPLES} resamples]:"
-    )
+    head = f"NDCG@{k} ratio to the baselines [95% paired bootstrap interval over the {n} cases, {BOOTSTRAP_RESAMPLES} resamples]:"
     return [head, *(f"  {name.ljust(width)}  " + "   ".join(cells) for name, cells in rows)]

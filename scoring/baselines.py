@@ -203,10 +203,7 @@ class ItemKNNBaseline:
         self._ref_ts: int | None = None
 
     def __repr__(self) -> str:
-        return (
-            f"ItemKNNBaseline(history_len={self.history_len}, max_neighbours={self.max_neighbours}, "
-            f"items={len(self._count)}, users={len(self._history)})"
-        )
+        return f"ItemKNNBaseline(history_len={self.history_len}, max_neighbours={self.max_neighbours}, items={len(self._count)}, users={len(self._history)})"
 
     # ------------------------------------------------------------------ inspection
     def history(self, user_id: str) -> list[str]:
@@ -333,11 +330,7 @@ class ItemKNNBaseline:
         catalog = self.catalog
 
         def ok(item: str) -> bool:
-            return (
-                item not in exclude
-                and not (skip_hist and item in hist)
-                and (catalog is None or item in catalog)
-            )
+            return item not in exclude and not (skip_hist and item in hist) and (catalog is None or item in catalog)
 
         # (-score, id) tuples in a heap: popped best first, ties by id; the filter runs
         # only on the popped candidates (exclusions are usually few)

@@ -24,8 +24,7 @@ def pack_header(magic: bytes, version: int, length: int) -> bytes:
     return HEADER.pack(magic, version, length)
 
 
-def unpack_header(data: bytes | bytearray | memoryview, magic: bytes, version: int, error: type[Exception], *,
-                  short: str, name: str) -> tuple[bytes, int]:
+def unpack_header(data: bytes | bytearray | memoryview, magic: bytes, version: int, error: type[Exception], *, short: str, name: str) -> tuple[bytes, int]:
     """``(bytes(data), length)``: the value as bytes and the length in its header; the first
     part starts at ``HEADER.size``.  Raises ``error`` when ``data`` is shorter than the
     header (``"<short> bytes too short"``), has another magic (``"not a serialized

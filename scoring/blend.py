@@ -185,11 +185,9 @@ class BlendWeights:
         except orjson.JSONDecodeError as exc:
             raise BlendConfigError(f"{path}: not JSON: {exc}") from exc
         if not isinstance(doc, dict) or doc.get("format") != CONFIG_FORMAT:
-            raise BlendConfigError(f"{path}: not a blend weights file (expected \"format\": \"{CONFIG_FORMAT}\")")
+            raise BlendConfigError(f'{path}: not a blend weights file (expected "format": "{CONFIG_FORMAT}")')
         if doc.get("version") != CONFIG_VERSION:
-            raise BlendConfigError(
-                f"{path}: unknown blend weights version {doc.get('version')!r} (this code reads version {CONFIG_VERSION})"
-            )
+            raise BlendConfigError(f"{path}: unknown blend weights version {doc.get('version')!r} (this code reads version {CONFIG_VERSION})")
         try:
             return cls.from_dict(doc)
         except BlendConfigError as exc:
@@ -222,9 +220,7 @@ def text_scores(matrix: ItemMatrix, queries: torch.Tensor | np.ndarray) -> torch
         return (q.to(device=matrix.device, dtype=matrix.dtype) @ matrix.data.T).float()
 
 
-def popularity_vector(
-    popularity: DecayedPopularity, ids: Sequence[str | None], now_ms: int
-) -> np.ndarray:
+def popularity_vector(popularity: DecayedPopularity, ids: Sequence[str | None], now_ms: int) -> np.ndarray:
     """``log1p`` of each item's decayed count at ``now_ms``, float32, in the order of ``ids``
     (``None`` and unknown items: 0)."""
     out = np.zeros(len(ids), dtype=np.float32)
@@ -351,8 +347,7 @@ def _zscore_blend_topk(
         peak = x.abs().amax(dim=1, keepdim=True).double()  # NaN or inf when a candidate's is
         if not bool(torch.isfinite(peak).all()):
             raise ValueError("candidate scores must be finite")
-        coef, shift = _zscore_coefficients(w, x.sum(dim=1, keepdim=True, dtype=torch.float64),
-                                           (x * x).sum(dim=1, keepdim=True, dtype=torch.float64), n, peak)
+        coef, shift = _zscore_coefficients(w, x.sum(dim=1, keepdim=True, dtype=torch.float64), (x * x).sum(dim=1, keepdim=True, dtype=torch.float64), n, peak)
         total.addcmul_(x, coef.float())
         offset += shift
     total.masked_fill_(~cand, -math.inf)
@@ -453,7 +448,11 @@ class CandidateStats:
 
 
 def _zscore_coefficients(
-    w: float | torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, n: torch.Tensor, peak: torch.Tensor | None = None,
+    w: float | torch.Tensor,
+    s1: torch.Tensor,
+    s2: torch.Tensor,
+    n: torch.Tensor,
+    peak: torch.Tensor | None = None,
     center: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(w / std, w * mean / std)`` per user from float64 sums and sums of squares over
@@ -611,8 +610,7 @@ class PopularityStates:
             c = center * self.step
             counted = self._base[np.isfinite(self._base)]  # a row without a count adds 0
             base = _softplus_moments((counted.astype(np.float64) - c) * _LN2).sum(axis=1)
-            delta = (_softplus_moments((self.values.astype(np.float64) - c) * _LN2)
-                     - _softplus_moments((self._prev.astype(np.float64) - c) * _LN2))
+            delta = _softplus_moments((self.values.astype(np.float64) - c) * _LN2) - _softplus_moments((self._prev.astype(np.float64) - c) * _LN2)
             cum = np.zeros((len(self.rows) + 1, 8))
             np.cumsum(delta.T, axis=0, out=cum[1:])
             got = self._moments[center] = (base, cum)
@@ -883,8 +881,7 @@ class _ExactText:
 
     approximate = False
 
-    def __init__(self, matrix: ItemMatrix, q: torch.Tensor, ex_b: np.ndarray, ex_r: np.ndarray, valid: torch.Tensor,
-                 ws: BlendWorkspace) -> None:
+    def __init__(self, matrix: ItemMatrix, q: torch.Tensor, ex_b: np.ndarray, ex_r: np.ndarray, valid: torch.Tensor, ws: BlendWorkspace) -> None:
         batch, n_rows = int(q.shape[0]), matrix.rows_used
         text = self.scores = ws.get("text", (batch, n_rows))
         with torch.inference_mode():
@@ -944,8 +941,7 @@ class _IndexText:
 
     approximate = True
 
-    def __init__(self, matrix: ItemMatrix, q: torch.Tensor, ex_b: np.ndarray, ex_r: np.ndarray, valid: torch.Tensor,
-                 ex_keys: np.ndarray) -> None:
+    def __init__(self, matrix: ItemMatrix, q: torch.Tensor, ex_b: np.ndarray, ex_r: np.ndarray, valid: torch.Tensor, ex_keys: np.ndarray) -> None:
         self.matrix, self.q, self.valid = matrix, q, valid
         self.ex_b, self.ex_r, self.ex_keys = ex_b, ex_r, ex_keys
         s, g = matrix.text_moments()  # type: ignore[attr-defined]
@@ -1294,9 +1290,7 @@ def candidate_blend_topk(
     return _lists(matrix, (values.double() - offset).float(), rows)
 
 
-def _grid_lists(
-    grid: np.ndarray, k: int, usable: torch.Tensor, rows: torch.Tensor, signals: Sequence[tuple[torch.Tensor, torch.Tensor]]
-) -> list[np.ndarray]:
+def _grid_lists(grid: np.ndarray, k: int, usable: torch.Tensor, rows: torch.Tensor, signals: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[np.ndarray]:
     """Each user's top-``k`` candidate rows under each of its ``grid`` weightings
     (``(B, G, 3)``), from the candidates' ``(values, 1 / std)`` of every signal."""
     batch = int(rows.shape[0])

@@ -198,9 +198,7 @@ class RecentItems:
             del items[next(iter(items))]
 
 
-def positive_history(
-    entries: Iterable[Any], history_len: int, positive_threshold: float = 4.0
-) -> list[str]:
+def positive_history(entries: Iterable[Any], history_len: int, positive_threshold: float = 4.0) -> list[str]:
     """The last ``history_len`` distinct positive items of a profile's history entries
     (objects with ``item_id``, ``kind`` and ``rating``, oldest first, as
     :attr:`encoders.profile.UserProfile.history`), oldest first.
@@ -259,8 +257,7 @@ class CooccurrenceRow:
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> CooccurrenceRow:
         """Inverse of :meth:`to_bytes`; raises :class:`CooccurrenceFormatError` on bad input."""
-        buf, ids_len = unpack_header(data, _MAGIC, _VERSION, CooccurrenceFormatError,
-                                     short="co-occurrence row", name="co-occurrence row")
+        buf, ids_len = unpack_header(data, _MAGIC, _VERSION, CooccurrenceFormatError, short="co-occurrence row", name="co-occurrence row")
         start = HEADER.size
         try:
             ids = orjson.loads(buf[start : start + ids_len])
@@ -270,9 +267,7 @@ class CooccurrenceRow:
             raise CooccurrenceFormatError("malformed co-occurrence row: the ids are not a list of strings")
         raw = buf[start + ids_len :]
         if len(raw) != 8 * (1 + len(ids)):
-            raise CooccurrenceFormatError(
-                f"co-occurrence row has {len(raw)} bytes of numbers, expected {8 * (1 + len(ids))} for {len(ids)} neighbours"
-            )
+            raise CooccurrenceFormatError(f"co-occurrence row has {len(raw)} bytes of numbers, expected {8 * (1 + len(ids))} for {len(ids)} neighbours")
         nums = np.frombuffer(raw, dtype=_F64_LE).astype(np.float64)
         if np.isnan(nums).any() or np.isposinf(nums).any():
             raise CooccurrenceFormatError("malformed co-occurrence row: a weight is NaN or +inf")
@@ -376,10 +371,7 @@ class CooccurrenceModel:
         return item_id in self._rows
 
     def __repr__(self) -> str:
-        return (
-            f"CooccurrenceModel(max_neighbours={self.max_neighbours}, half_life_ms={self.half_life_ms}, "
-            f"items={len(self._rows)})"
-        )
+        return f"CooccurrenceModel(max_neighbours={self.max_neighbours}, half_life_ms={self.half_life_ms}, items={len(self._rows)})"
 
     # ------------------------------------------------------------------ rows
     def row(self, item_id: str) -> CooccurrenceRow | None:
@@ -645,9 +637,7 @@ class CooccurrenceModel:
             self._last_ts = int(ts)
         return touched
 
-    def observe_event(
-        self, user_id: str, item_id: str, ts: int, kind: str, rating: float | None = None
-    ) -> list[str]:
+    def observe_event(self, user_id: str, item_id: str, ts: int, kind: str, rating: float | None = None) -> list[str]:
         """Like :meth:`observe`, keeping the users' histories here (:attr:`histories`):
         a non-positive event changes nothing and returns ``[]``."""
         if not is_positive(kind, rating, self.positive_threshold):
@@ -885,4 +875,3 @@ class CooccurrenceScorer:
             rows, vals = self.sparse(history)
             out[b, rows] = vals
         return out
-

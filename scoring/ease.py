@@ -160,9 +160,7 @@ class EASEBaseline:
             raise ValueError(f"lam must be non-negative and finite, got {lam}")
         if half_life_ms is not None and not (half_life_ms > 0 and math.isfinite(half_life_ms)):
             raise ValueError(f"half_life_ms must be positive and finite (or None), got {half_life_ms}")
-        if query_half_life_ms != "fit" and query_half_life_ms is not None and not (
-            query_half_life_ms > 0 and math.isfinite(query_half_life_ms)
-        ):
+        if query_half_life_ms != "fit" and query_half_life_ms is not None and not (query_half_life_ms > 0 and math.isfinite(query_half_life_ms)):
             raise ValueError(f"query_half_life_ms must be positive and finite, None or 'fit', got {query_half_life_ms}")
         if max_items < 1:
             raise ValueError(f"max_items must be at least 1, got {max_items}")
@@ -274,8 +272,7 @@ class EASEBaseline:
             if not idx_t:
                 continue
             idx = np.fromiter((i for i, _ in idx_t), dtype=np.int64, count=len(idx_t))
-            w = self._decay(now_ms - np.fromiter((t for _, t in idx_t), dtype=np.float64, count=len(idx_t)),
-                            self.half_life_ms)
+            w = self._decay(now_ms - np.fromiter((t for _, t in idx_t), dtype=np.float64, count=len(idx_t)), self.half_life_ms)
             pairs += len(idx) ** 2
             for a in range(0, len(idx), _GRAM_BLOCK):
                 for b in range(0, len(idx), _GRAM_BLOCK):

@@ -295,8 +295,9 @@ class Engine:
         self.cooccurrence = cooccurrence
         self.partition_cooccurrence = partition_cooccurrence if cooccurrence is not None else None
         #: the records' ``model`` of a blended list: the weights, or where adaptation starts
-        self.blend_model_name = None if blend is None else BLEND_MODEL_PREFIX + (
-            blend.label() if self.config.adapt is None else f"adaptive from {blend.label()}")
+        self.blend_model_name = (
+            None if blend is None else BLEND_MODEL_PREFIX + (blend.label() if self.config.adapt is None else f"adaptive from {blend.label()}")
+        )
         self._cooc_scorer: CooccurrenceScorer | None = None
         self._cooc_key: tuple[int, ...] | None = None
         #: the profiles :meth:`process_events` keeps when it is given none, by user id
@@ -353,9 +354,14 @@ class Engine:
                 part = items[start : start + chunk]
                 texts = [item_text(it.title, it.categories, it.description, fields=fields) for it in part]
                 matrix.upsert([it.item_id for it in part], np.asarray(encoder.encode_numpy(texts), dtype=np.float32))
-        return cls(model=DecayedProfileModel(profile_config, dim=encoder.dim), matrix=matrix,
-                   popularity=DecayedPopularity(config.popularity_half_life_ms), texts=encoder, config=config,
-                   user_encoder=user_encoder)
+        return cls(
+            model=DecayedProfileModel(profile_config, dim=encoder.dim),
+            matrix=matrix,
+            popularity=DecayedPopularity(config.popularity_half_life_ms),
+            texts=encoder,
+            config=config,
+            user_encoder=user_encoder,
+        )
 
     def process_events(
         self,
@@ -460,8 +466,7 @@ class Engine:
     def _snapshot(self, profile: UserProfile, trigger: Incoming, pop_pos: int = 0, with_cooc: bool = True) -> _Snapshot:
         if self._learned is not None:
             exclude = self._exclusions(profile)
-            snap = _Snapshot(profile.user_id, None, exclude, self._liked_history(profile), trigger,
-                             sequence=self._learned.sequence(profile, self.matrix))
+            snap = _Snapshot(profile.user_id, None, exclude, self._liked_history(profile), trigger, sequence=self._learned.sequence(profile, self.matrix))
             if not snap.sequence:
                 snap.fallback = self._fallback(exclude, trigger.event.ts)
             return snap
@@ -713,8 +718,9 @@ class Engine:
             scored = [s for s in snapshots if s.fallback is None]
             if scored:
                 with intraop_threads(cfg.score_threads):
-                    results = learned.topk(self.matrix, [s.sequence or [] for s in scored], cfg.k,
-                                           exclude=[s.exclude for s in scored], history=[s.history for s in scored])
+                    results = learned.topk(
+                        self.matrix, [s.sequence or [] for s in scored], cfg.k, exclude=[s.exclude for s in scored], history=[s.history for s in scored]
+                    )
         elif blend is not None:
             scored = [s for s in snapshots if s.fallback is None]
             if adaptive is not None:
@@ -734,8 +740,7 @@ class Engine:
                     exclude=[s.exclude for s in scored],
                     history=[s.history for s in scored],
                 )
-        by_snapshot = {id(s): res if not res or type(res[0]) is RecItem else [RecItem(*r) for r in res]
-                       for s, res in zip(scored, results)}
+        by_snapshot = {id(s): res if not res or type(res[0]) is RecItem else [RecItem(*r) for r in res] for s, res in zip(scored, results)}
 
         recs = []
         for snap in snapshots:
@@ -761,19 +766,30 @@ class Engine:
     def _test(self, inc: Incoming) -> None:
         """``inc`` tests the list its user holds; an adaptive blend credits its grid."""
         ev = inc.event
-        gains = self.prequential.test(ev.user_id, ev.item_id, ev.ts, ev.kind, ev.rating if isinstance(ev, Review) else None,
-                                      item_row=self.matrix.row(ev.item_id) if self.adaptive is not None else None)
+        gains = self.prequential.test(
+            ev.user_id,
+            ev.item_id,
+            ev.ts,
+            ev.kind,
+            ev.rating if isinstance(ev, Review) else None,
+            item_row=self.matrix.row(ev.item_id) if self.adaptive is not None else None,
+        )
         if self.adaptive is not None and self.prequential.is_target(ev.kind, ev.rating if isinstance(ev, Review) else None):
             self.adaptive.target(inc.partition)
             if gains is not None:
                 self.adaptive.credit(inc.partition, gains)
 
     def _hold(self, rec: Recommendation, snap: _Snapshot | None = None) -> None:
-        self.prequential.hold(rec.user_id, POPULARITY_MODEL if rec.model == POPULARITY_MODEL else self.ranker,
-                              [item.item_id for item in rec.items], snap.alternatives if snap is not None else None)
+        self.prequential.hold(
+            rec.user_id,
+            POPULARITY_MODEL if rec.model == POPULARITY_MODEL else self.ranker,
+            [item.item_id for item in rec.items],
+            snap.alternatives if snap is not None else None,
+        )
 
-    def _judge(self, batch: Sequence[Incoming], applied: Sequence[bool], recs: Sequence[Recommendation], per_event: bool,
-               snapshots: Sequence[_Snapshot] | None = None) -> None:
+    def _judge(
+        self, batch: Sequence[Incoming], applied: Sequence[bool], recs: Sequence[Recommendation], per_event: bool, snapshots: Sequence[_Snapshot] | None = None
+    ) -> None:
         """Prequential evaluation: each applied event tests the list its user held before
         it, then the batch's records become the held lists (per event: each event's own)."""
         if per_event:
@@ -842,7 +858,11 @@ class Engine:
         return out
 
     def _two_stage_topk(
-        self, scored: Sequence[_Snapshot], blend: BlendWeights, pop_base: np.ndarray, journal: Sequence[tuple[int, float]],
+        self,
+        scored: Sequence[_Snapshot],
+        blend: BlendWeights,
+        pop_base: np.ndarray,
+        journal: Sequence[tuple[int, float]],
         ref: float,
     ) -> list[list[tuple[str, float, str | None]]]:
         """:meth:`_blend_topk` in two stages (:func:`candidate_blend_topk`).  The popularity
@@ -879,13 +899,22 @@ class Engine:
             pop = states.view(np.array([s.pop_pos for s in part], dtype=np.int64), shift)
             adaptive = part[0].weights is not None
             alternatives: list[np.ndarray] = []
-            values, rows = candidate_blend_topk(m, queries, self.config.k, [s.exclude for s in part], blend,
-                                                [s.cooc for s in part], pop,  # type: ignore[misc]
-                                                stats=self.candidate_stats,
-                                                row_weights=np.stack([s.weights for s in part]) if adaptive else None,  # type: ignore[misc]
-                                                grid=np.stack([s.grid for s in part]) if adaptive else None,  # type: ignore[misc]
-                                                alternatives=alternatives if adaptive else None, workspace=workspace,
-                                                new_rows=new_rows, raw=True)
+            values, rows = candidate_blend_topk(
+                m,
+                queries,
+                self.config.k,
+                [s.exclude for s in part],
+                blend,
+                [s.cooc for s in part],  # type: ignore[misc]
+                pop,
+                stats=self.candidate_stats,
+                row_weights=np.stack([s.weights for s in part]) if adaptive else None,  # type: ignore[misc]
+                grid=np.stack([s.grid for s in part]) if adaptive else None,  # type: ignore[misc]
+                alternatives=alternatives if adaptive else None,
+                workspace=workspace,
+                new_rows=new_rows,
+                raw=True,
+            )
             for snap, alt in zip(part, alternatives):
                 snap.alternatives = alt
             out.extend(self._items(values, rows, [s.history for s in part]))  # type: ignore[arg-type]

@@ -42,18 +42,12 @@ __all__ = ["LearnedModel", "LearnedUserEncoder", "profile_sequence"]
 log = logging.getLogger("recstream.learned")
 
 
-def profile_sequence(
-    profile: UserProfile, max_len: int, positive_threshold: float = 4.0, known: Callable[[str], bool] | None = None
-) -> list[tuple[str, bool]]:
+def profile_sequence(profile: UserProfile, max_len: int, positive_threshold: float = 4.0, known: Callable[[str], bool] | None = None) -> list[tuple[str, bool]]:
     """The model's input from a profile's history (oldest first): a purchase, or a review
     rated at least ``positive_threshold``, makes its interaction positive.  Only the items
     for which ``known`` is true are read (default: all)."""
     return sequence_from_history(
-        (
-            (h.item_id, h.kind != "click" and is_positive(h.kind, h.rating, positive_threshold))
-            for h in profile.history
-            if known is None or known(h.item_id)
-        ),
+        ((h.item_id, h.kind != "click" and is_positive(h.kind, h.rating, positive_threshold)) for h in profile.history if known is None or known(h.item_id)),
         max_len,
     )
 
@@ -77,8 +71,7 @@ class LearnedModel:
         """The profile's history as the model reads it: the items in the catalog or in the
         model's vocabulary (an item it knows nothing about is left out, as in training)."""
         index_of = self.model.index_of
-        return profile_sequence(profile, self.max_len, self.positive_threshold,
-                                lambda item_id: item_id in catalog or item_id in index_of)
+        return profile_sequence(profile, self.max_len, self.positive_threshold, lambda item_id: item_id in catalog or item_id in index_of)
 
     def item_matrix(self, catalog: ItemMatrix) -> ItemMatrix:
         """The items' output vectors, rebuilt when the catalog's set of items changed."""
@@ -126,8 +119,7 @@ class LearnedUserEncoder:
     Raises :class:`encoders.sasrec.CheckpointError` when the file cannot be loaded at
     construction."""
 
-    def __init__(self, path: str | Path, device: torch.device | str = "cpu", *, check_every_s: float = 5.0,
-                 positive_threshold: float = 4.0) -> None:
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu", *, check_every_s: float = 5.0, positive_threshold: float = 4.0) -> None:
         if not check_every_s > 0:
             raise ValueError(f"check_every_s must be positive, got {check_every_s}")
         self.path = Path(path)

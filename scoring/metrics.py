@@ -236,9 +236,7 @@ class RankingMetrics:
         """
         out: dict[int, dict[str, float | int | None]] = {}
         for k in self._ks:
-            row: dict[str, float | int | None] = {
-                name: (s / self._cases if self._cases else None) for name, s in zip(METRIC_NAMES, self._sums[k])
-            }
+            row: dict[str, float | int | None] = {name: (s / self._cases if self._cases else None) for name, s in zip(METRIC_NAMES, self._sums[k])}
             row["cases"] = self._cases
             out[k] = row
         return out
@@ -350,9 +348,7 @@ def _quantile(sorted_values: np.ndarray, q: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _ratio_interval(
-    num_total: float, den_total: float, num_boot: np.ndarray, den_boot: np.ndarray
-) -> dict[str, float | list[float | None] | None]:
+def _ratio_interval(num_total: float, den_total: float, num_boot: np.ndarray, den_boot: np.ndarray) -> dict[str, float | list[float | None] | None]:
     if den_total == 0:
         return {"ratio": None, "ci95": None}
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -409,9 +405,7 @@ def paired_bootstrap_ratios(
     sizes = {arr.size for arr in arrays.values()}
     if len(sizes) > 1:
         raise ValueError(f"values: every key needs the same cases, got lengths {sorted(sizes)}")
-    pair_list = (
-        [(a, b) for a in arrays for b in arrays if a != b] if pairs is None else [tuple(p) for p in pairs]
-    )
+    pair_list = [(a, b) for a in arrays for b in arrays if a != b] if pairs is None else [tuple(p) for p in pairs]
     for pair in pair_list:
         if len(pair) != 2 or pair[0] not in arrays or pair[1] not in arrays:
             raise ValueError(f"pairs: {pair!r} is not a pair of keys of values")
@@ -643,9 +637,7 @@ DEFAULT_LATENCY_EDGES_MS: Final = (
 )  # fmt: skip
 
 
-def latency_histogram(
-    values_ms: Iterable[float], edges_ms: Sequence[float] = DEFAULT_LATENCY_EDGES_MS
-) -> dict[str, list]:
+def latency_histogram(values_ms: Iterable[float], edges_ms: Sequence[float] = DEFAULT_LATENCY_EDGES_MS) -> dict[str, list]:
     """``{"edges_ms": [...], "counts": [...]}``: how many latencies fall in each bin.
 
     ``counts[i]`` is the number of values ``v`` with ``edges_ms[i] <= v < edges_ms[i + 1]``

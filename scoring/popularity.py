@@ -241,9 +241,7 @@ class DecayedPopularity:
 
     # ------------------------------------------------------------------ persistence
     @classmethod
-    def from_items(
-        cls, half_life_ms: float, items: Iterable[tuple[str, float]], last_ts: int | None = None
-    ) -> DecayedPopularity:
+    def from_items(cls, half_life_ms: float, items: Iterable[tuple[str, float]], last_ts: int | None = None) -> DecayedPopularity:
         """Rebuild from :meth:`items` output."""
         pop = cls(half_life_ms)
         for item_id, lg in items:
@@ -274,12 +272,8 @@ class DecayedPopularity:
             raise PopularityFormatError(f"malformed popularity bytes: {exc}") from exc
         if not isinstance(doc, dict) or doc.get("v") != _VERSION:
             version = doc.get("v") if isinstance(doc, dict) else None
-            raise PopularityFormatError(
-                f"unknown popularity format version {version!r} (this code reads version {_VERSION})"
-            )
+            raise PopularityFormatError(f"unknown popularity format version {version!r} (this code reads version {_VERSION})")
         try:
-            return cls.from_items(
-                doc["half_life_ms"], ((str(i), float(lg)) for i, lg in doc["items"]), doc["last_ts"]
-            )
+            return cls.from_items(doc["half_life_ms"], ((str(i), float(lg)) for i, lg in doc["items"]), doc["last_ts"])
         except (KeyError, TypeError, ValueError) as exc:
             raise PopularityFormatError(f"malformed popularity document: {exc}") from exc

@@ -87,8 +87,7 @@ class Prequential:
     def _gain(self, rank: int) -> float:
         return 1.0 / math.log2(rank + 2) if rank >= 0 else 0.0
 
-    def test(self, user_id: str, item_id: str, ts: int, kind: str, rating: float | None = None,
-             item_row: int | None = None) -> np.ndarray | None:
+    def test(self, user_id: str, item_id: str, ts: int, kind: str, rating: float | None = None, item_row: int | None = None) -> np.ndarray | None:
         """An applied event of ``user_id``: a case against the list they hold, if it is a target.
 
         Returns, for a case whose held list came with other weightings' lists (see
@@ -201,7 +200,10 @@ class Prequential:
         """Refresh :attr:`figures` (call after each batch)."""
         self.figures = {
             ranker: PrequentialFigures(
-                t.cases, t.hits, t.ndcg, len(t.window),
+                t.cases,
+                t.hits,
+                t.ndcg,
+                len(t.window),
                 t.window_hits / len(t.window) if t.window else None,
                 t.window_ndcg / len(t.window) if t.window else None,
             )

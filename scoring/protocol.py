@@ -205,17 +205,13 @@ class ProtocolData:
         return [text_of(item) for item in self.catalog]
 
 
-def protocol_data(
-    ds: Any, *, positive_threshold: float = 4.0, kinds: Sequence[str] = ("click", "purchase")
-) -> ProtocolData:
+def protocol_data(ds: Any, *, positive_threshold: float = 4.0, kinds: Sequence[str] = ("click", "purchase")) -> ProtocolData:
     """A dataset that was read (``name``, ``catalog``, ``events`` in time order: a
     :class:`streams.sources.Dataset`) as :class:`ProtocolData`; interactions on items
     outside the catalog are dropped.  ``streams.tune.load_protocol_data`` reads one."""
     catalog = list({item.item_id: item for item in ds.catalog}.values())  # the latest entry of an id
     known = {item.item_id for item in catalog}
-    interactions = [
-        it for it in interactions_from_events(ds.events, kinds=kinds, positive_threshold=positive_threshold) if it.item_id in known
-    ]
+    interactions = [it for it in interactions_from_events(ds.events, kinds=kinds, positive_threshold=positive_threshold) if it.item_id in known]
     return ProtocolData(ds.name, catalog, interactions)
 
 
@@ -759,9 +755,7 @@ def run_reference(
     t_warm = time.perf_counter() - t0
     val = replay.evaluate(test_start, grid=grid, blends={"blend-equal-zscore": EQUAL_WEIGHTS}, progress=progress)
     best = val.best()
-    test = replay.evaluate(
-        n, blends={"blend-tuned": best.weights, "blend-equal-zscore": EQUAL_WEIGHTS}, progress=progress
-    )
+    test = replay.evaluate(n, blends={"blend-tuned": best.weights, "blend-equal-zscore": EQUAL_WEIGHTS}, progress=progress)
     k = cfg.k
     per_norm = {}
     for norm in dict.fromkeys(w.normalization for w in grid):
@@ -792,15 +786,12 @@ def run_reference(
             **window(val),
             "grid_points": len(grid),
             "best_per_normalization": per_norm,
-            "top5": [
-                {"weights": p.weights.normalized().to_dict(), f"hr@{k}": p.hit_rate, f"ndcg@{k}": p.ndcg} for p in ranked[:5]
-            ],
+            "top5": [{"weights": p.weights.normalized().to_dict(), f"hr@{k}": p.hit_rate, f"ndcg@{k}": p.ndcg} for p in ranked[:5]],
         },
         "tuned_weights": best.weights.normalized().to_dict(),
         "test": window(test),
         "ratios_ndcg_vs_item_knn": {
-            name: (cast(float, row[f"ndcg@{k}"]) / knn_ndcg if knn_ndcg and row[f"ndcg@{k}"] is not None else None)
-            for name, row in test_table.items()
+            name: (cast(float, row[f"ndcg@{k}"]) / knn_ndcg if knn_ndcg and row[f"ndcg@{k}"] is not None else None) for name, row in test_table.items()
         },
         "issue_table": {name: {f"hr@{k}": hr, f"ndcg@{k}": nd} for name, (hr, nd) in ISSUE_TABLE.items()},
         "seconds": {"warm_to_validation": round(t_warm, 2), "validation": val.seconds, "test": test.seconds},

@@ -131,8 +131,7 @@ def rank_requests(engine: Any, requests: Sequence[QueryRequest], now_ms: int | N
             continue
         text = mix(req.query, engine.model.query(profile) if profile is not None else None)
         if cfg.blend is not None and learned_encoder is None:
-            cooc = (engine._scorer().sparse(engine.positive_history(profile)) if profile is not None
-                    else (np.zeros(0, dtype=np.int64), np.zeros(0)))
+            cooc = engine._scorer().sparse(engine.positive_history(profile)) if profile is not None else (np.zeros(0, dtype=np.int64), np.zeros(0))
             if text is None and len(cooc[0]) == 0:
                 out[n] = _popularity(engine, req.k, exclude)
                 continue
@@ -147,12 +146,10 @@ def rank_requests(engine: Any, requests: Sequence[QueryRequest], now_ms: int | N
         k = max(requests[n].k for n in search)
         tops = score_topk(matrix, np.stack([cast(np.ndarray, requests[n].query) for n in search]), k, exclude=[requests[n].exclude for n in search])
         for n, top in zip(search, tops):
-            out[n] = QueryAnswer([RecItem(r.item_id, float(r.score), None) for r in top[: requests[n].k]],
-                                 f"{engine.texts.name}/{SEMANTIC_SEARCH}")
+            out[n] = QueryAnswer([RecItem(r.item_id, float(r.score), None) for r in top[: requests[n].k]], f"{engine.texts.name}/{SEMANTIC_SEARCH}")
     if text_rank:
         k = max(requests[n].k for n, *_ in text_rank)
-        tops = score_topk(matrix, np.stack([t[1] for t in text_rank]), k, exclude=[t[2] for t in text_rank],
-                          history=[t[3] for t in text_rank])
+        tops = score_topk(matrix, np.stack([t[1] for t in text_rank]), k, exclude=[t[2] for t in text_rank], history=[t[3] for t in text_rank])
         for (n, _, _, _, model), top in zip(text_rank, tops):
             out[n] = QueryAnswer([RecItem(r.item_id, float(r.score), r.because) for r in top[: requests[n].k]], model)
     if blended:

@@ -75,9 +75,7 @@ class Click:
     event_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return _without_none(
-            {"user_id": self.user_id, "item_id": self.item_id, "ts": self.ts, "event_id": self.event_id}
-        )
+        return _without_none({"user_id": self.user_id, "item_id": self.item_id, "ts": self.ts, "event_id": self.event_id})
 
 
 @dataclass(frozen=True, slots=True)

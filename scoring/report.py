@@ -309,14 +309,9 @@ def _bar_chart(
             )
             if rotated:
                 tx, ty = cx + 4, top - 4
-                body.append(
-                    f'<text x="{tx:.1f}" y="{ty:.1f}" font-size="11" transform="rotate(-90 {tx:.1f} {ty:.1f})">'
-                    f"{_metric(v)}</text>"
-                )
+                body.append(f'<text x="{tx:.1f}" y="{ty:.1f}" font-size="11" transform="rotate(-90 {tx:.1f} {ty:.1f})">{_metric(v)}</text>')
             else:
-                body.append(
-                    f'<text x="{cx:.1f}" y="{top - 4:.1f}" font-size="11" text-anchor="middle">{_metric(v)}</text>'
-                )
+                body.append(f'<text x="{cx:.1f}" y="{top - 4:.1f}" font-size="11" text-anchor="middle">{_metric(v)}</text>')
         gx, gy = plot.left + (g + 0.5) * group_w, plot.bottom + 18
         body.append(f'<text x="{gx:.1f}" y="{gy:.1f}" text-anchor="middle" font-weight="600">{_esc(group_label)}</text>')
     return _svg(width, plot.bottom + 30, label, body)
@@ -362,10 +357,7 @@ def _line_chart(
         for i, v in enumerate(vs):
             if v is not None:
                 tip = f"{name} · {months[i]}: {_metric(v)}"
-                body.append(
-                    f'<circle cx="{x_of(i):.1f}" cy="{plot.y(v):.1f}" r="{radius}" fill="{colour}">'
-                    f"<title>{_esc(tip)}</title></circle>"
-                )
+                body.append(f'<circle cx="{x_of(i):.1f}" cy="{plot.y(v):.1f}" r="{radius}" fill="{colour}"><title>{_esc(tip)}</title></circle>')
     # cases per month: a strip of bars under the month labels
     strip_top, strip_h = plot.bottom + 30, 34.0
     most = max((c for c in cases if c is not None), default=0.0)
@@ -380,8 +372,7 @@ def _line_chart(
             f'height="{h:.1f}" fill="#afb8c1"><title>{_esc(months[i])}: {_count(c)} cases</title></rect>'
         )
     body.append(
-        f'<text x="{plot.right:.1f}" y="{strip_top + strip_h + 16:.1f}" text-anchor="end" font-size="11">'
-        f"cases per month (tallest: {_count(most)})</text>"
+        f'<text x="{plot.right:.1f}" y="{strip_top + strip_h + 16:.1f}" text-anchor="end" font-size="11">cases per month (tallest: {_count(most)})</text>'
     )
     return _svg(width, strip_top + strip_h + 24, label, body)
 
@@ -407,14 +398,9 @@ def _histogram_chart(edges: Sequence[float], counts: Sequence[float], markers: M
             f'height="{plot.bottom - top:.1f}" fill="#8fb8de"><title>{_esc(label)}: {_count(c)}</title></rect>'
         )
         if c > 0 and _text_width(_count(c), 10) <= bin_w:
-            body.append(
-                f'<text x="{x + bin_w / 2:.1f}" y="{top - 3:.1f}" font-size="10" text-anchor="middle">{_count(c)}</text>'
-            )
+            body.append(f'<text x="{x + bin_w / 2:.1f}" y="{top - 3:.1f}" font-size="10" text-anchor="middle">{_count(c)}</text>')
         lx, ly = x + bin_w / 2, plot.bottom + 12
-        body.append(
-            f'<text x="{lx:.1f}" y="{ly:.1f}" font-size="10" text-anchor="end" '
-            f'transform="rotate(-40 {lx:.1f} {ly:.1f})">{_esc(label)}</text>'
-        )
+        body.append(f'<text x="{lx:.1f}" y="{ly:.1f}" font-size="10" text-anchor="end" transform="rotate(-40 {lx:.1f} {ly:.1f})">{_esc(label)}</text>')
     for row, (name, v) in enumerate(markers.items()):
         at = next((i for i in range(len(edges) - 1, -1, -1) if v >= edges[i]), None)
         if at is None or not first <= at <= last:
@@ -423,14 +409,8 @@ def _histogram_chart(edges: Sequence[float], counts: Sequence[float], markers: M
         x = plot.left + (at - first + min(max(frac, 0.0), 1.0)) * bin_w
         y = 8 + 14 * row + 10
         anchor, tx = ("end", x - 3) if x > plot.right - 110 else ("start", x + 3)
-        body.append(
-            f'<line class="marker" x1="{x:.1f}" y1="{y - 8:.1f}" x2="{x:.1f}" y2="{plot.bottom:.1f}" '
-            f'stroke="#cf222e" stroke-dasharray="4 3"/>'
-        )
-        body.append(
-            f'<text x="{tx:.1f}" y="{y:.1f}" font-size="11" text-anchor="{anchor}" fill="#cf222e">'
-            f"{name} {_ms(v)} ms</text>"
-        )
+        body.append(f'<line class="marker" x1="{x:.1f}" y1="{y - 8:.1f}" x2="{x:.1f}" y2="{plot.bottom:.1f}" stroke="#cf222e" stroke-dasharray="4 3"/>')
+        body.append(f'<text x="{tx:.1f}" y="{y:.1f}" font-size="11" text-anchor="{anchor}" fill="#cf222e">{name} {_ms(v)} ms</text>')
     return _svg(width, plot.bottom + 80, "latency histogram", body)
 
 
@@ -456,8 +436,7 @@ def _header(doc: Mapping[str, Any], title: str) -> str:
     ks = _ks(doc, _mapping(doc.get("methods")))
     protocol = (
         f"Events before <b>{_esc(split or '?')}</b> warm up the state; later {_esc(kinds_text)} are the cases, "
-        "each ranked against the list the user held just before it"
-        + (f", at cut-offs k = {', '.join(map(str, ks))}." if ks else ".")
+        "each ranked against the list the user held just before it" + (f", at cut-offs k = {', '.join(map(str, ks))}." if ks else ".")
     )
     parts.append(f'<p class="protocol">{protocol}</p>')
 
@@ -481,11 +460,7 @@ def _header(doc: Mapping[str, Any], title: str) -> str:
     ]
     if "invalid_records" in doc:
         tiles.append(("invalid records", _count(doc.get("invalid_records"))))
-    parts.append(
-        '<ul class="tiles">'
-        + "".join(f'<li><span class="v">{v}</span><span class="k">{k}</span></li>' for k, v in tiles)
-        + "</ul>"
-    )
+    parts.append('<ul class="tiles">' + "".join(f'<li><span class="v">{v}</span><span class="k">{k}</span></li>' for k, v in tiles) + "</ul>")
     notes = [
         (counts.get("excluded_targets"), "cases target an item excluded for the user"),
         (counts.get("unknown_targets"), "cases target an item outside the catalog"),
@@ -570,9 +545,7 @@ def _ratio_cell(entry: object) -> str:
     return f'<td{cls}>{ratio:.3f} <span class="sub">{_esc(interval)}</span></td>'
 
 
-def _ratios(
-    doc: Mapping[str, Any], methods: Mapping[str, Any], ks: Sequence[int], colours: Mapping[str, str]
-) -> str | None:
+def _ratios(doc: Mapping[str, Any], methods: Mapping[str, Any], ks: Sequence[int], colours: Mapping[str, str]) -> str | None:
     """Tables of the ratios of NDCG and HR at one cut-off, row method over column method;
     ``None`` when the document has none."""
     ratios = _mapping(doc.get("ratios"))
@@ -596,9 +569,7 @@ def _ratios(
             cells += [f"<td>{_DASH}</td>" if o == name else _ratio_cell(block[name].get(o)) for o in others]
             rows.append("<tr>" + "".join(cells) + "</tr>")
         tables.append(
-            f"<h3>{_SHORT[metric]}@{k}</h3>"
-            f'<div class="scroll"><table class="ratios"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table></div>"
+            f'<h3>{_SHORT[metric]}@{k}</h3><div class="scroll"><table class="ratios"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
         )
     if not tables:
         return None
@@ -607,7 +578,7 @@ def _ratios(
     over = f" over the {_count(cases)} cases" if cases is not None else " over the cases"
     draws = f" ({_count(resamples)} resamples)" if resamples is not None else ""
     note = (
-        '<p class="note">Each cell is the row method\'s mean divided by the column method\'s mean, '
+        "<p class=\"note\">Each cell is the row method's mean divided by the column method's mean, "
         f"on the same cases; in brackets its 95% paired bootstrap interval{_esc(over)}{_esc(draws)}, "
         "resampling the cases jointly for both methods. Green: the interval lies above 1 (a gain beyond noise); "
         "red: below 1. The JSON document holds every cut-off.</p>"
@@ -724,11 +695,7 @@ def render_html(doc: Mapping[str, Any], *, title: str = "recstream backtest") ->
     if methods and ks:
         sections += [
             "<h2>Metrics</h2>" + _metrics_table(methods, ks, colours),
-            *(
-                [f"<h2>Ratios with 95% intervals</h2>{ratios}"]
-                if (ratios := _ratios(doc, methods, ks, colours)) is not None
-                else []
-            ),
+            *([f"<h2>Ratios with 95% intervals</h2>{ratios}"] if (ratios := _ratios(doc, methods, ks, colours)) is not None else []),
             "<h2>Comparison with the baselines</h2>" + _comparison(methods, ks, colours),
             "<h2>Metrics per time slice</h2>" + _slices(methods, ks, colours),
         ]

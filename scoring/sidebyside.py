@@ -75,8 +75,9 @@ class OfflineMethod(Protocol):
 
     name: str
 
-    def lists(self, events: Sequence[Event], catalog: Sequence[Item], config: BacktestConfig,
-              progress: Callable[[int], None] | None = None) -> list[tuple[str, ...] | None]:
+    def lists(
+        self, events: Sequence[Event], catalog: Sequence[Item], config: BacktestConfig, progress: Callable[[int], None] | None = None
+    ) -> list[tuple[str, ...] | None]:
         """The list emitted right after each event of ``events`` (time order, as given)."""
         ...
 
@@ -90,13 +91,24 @@ class EngineMethod:
     engine_config: EngineConfig
     user_encoder: Any = None
 
-    def lists(self, events: Sequence[Event], catalog: Sequence[Item], config: BacktestConfig,
-              progress: Callable[[int], None] | None = None) -> list[tuple[str, ...] | None]:
+    def lists(
+        self, events: Sequence[Event], catalog: Sequence[Item], config: BacktestConfig, progress: Callable[[int], None] | None = None
+    ) -> list[tuple[str, ...] | None]:
         o = self.options
         res = run_offline(
-            events, catalog, config, encoder=o.encoder, engine_config=self.engine_config,
-            profile_config=o.profile_config, batch_size=o.batch_size, item_fields=o.item_fields,
-            baselines=[], keep_lists=True, progress=progress, matrix=o.matrix, user_encoder=self.user_encoder,
+            events,
+            catalog,
+            config,
+            encoder=o.encoder,
+            engine_config=self.engine_config,
+            profile_config=o.profile_config,
+            batch_size=o.batch_size,
+            item_fields=o.item_fields,
+            baselines=[],
+            keep_lists=True,
+            progress=progress,
+            matrix=o.matrix,
+            user_encoder=self.user_encoder,
             partition_of=o.partition_of,
         )
         assert res.per_event is not None
@@ -205,9 +217,8 @@ def side_by_side(
         tracker.observe(ev)
     res = bt.result()
     # recstream's own column is the first method: give it its name, keep the order
-    order = [first.name, *(m.name for m in rest), *(b.name for b in baselines[len(rest):])]
-    renamed = {first.name if k == RECSTREAM else k: replace(v, name=first.name) if k == RECSTREAM else v
-               for k, v in res.methods.items()}
+    order = [first.name, *(m.name for m in rest), *(b.name for b in baselines[len(rest) :])]
+    renamed = {first.name if k == RECSTREAM else k: replace(v, name=first.name) if k == RECSTREAM else v for k, v in res.methods.items()}
     res.methods = {name: renamed[name] for name in order}
     return res, seconds
 

@@ -127,10 +127,7 @@ class ItemMatrix:
         return iter(self.ids())
 
     def __repr__(self) -> str:
-        return (
-            f"ItemMatrix(len={len(self)}, dim={self._dim}, device={str(self._device)!r}, "
-            f"dtype={self._dtype}, capacity={self.capacity})"
-        )
+        return f"ItemMatrix(len={len(self)}, dim={self._dim}, device={str(self._device)!r}, dtype={self._dtype}, capacity={self.capacity})"
 
     def ids(self) -> list[str]:
         """Live item ids, in row order."""
@@ -371,9 +368,7 @@ def _exclusion_rows(matrix: ItemMatrix, exclude: Sequence[Collection[str]]) -> t
 _not_none = partial(operator.is_not, None)  # filter(_not_none, xs): the xs that are not None (row 0 included)
 
 
-def _exact_topk(
-    matrix: ItemMatrix, q: torch.Tensor, k: int, exclude: Sequence[Collection[str]]
-) -> tuple[list[list[int]], list[tuple[list[str], list[float]]]]:
+def _exact_topk(matrix: ItemMatrix, q: torch.Tensor, k: int, exclude: Sequence[Collection[str]]) -> tuple[list[list[int]], list[tuple[list[str], list[float]]]]:
     """Per query, the rows and (ids, scores) of its ``k`` best admissible items, best first.
 
     One matmul for the batch; free rows and each query's excluded items are set to -inf in
@@ -427,9 +422,7 @@ def _approximate_topk(
     return picked_rows, picked
 
 
-def _admissible(
-    matrix: ItemMatrix, vals: Sequence[float], rows: Sequence[int], excl: Collection[str], k: int
-) -> tuple[list[int], list[tuple[str, float]]]:
+def _admissible(matrix: ItemMatrix, vals: Sequence[float], rows: Sequence[int], excl: Collection[str], k: int) -> tuple[list[int], list[tuple[str, float]]]:
     """The first ``k`` candidates that are live, scored and not excluded: (rows, (id, score))."""
     out_rows: list[int] = []
     out: list[tuple[str, float]] = []
@@ -444,9 +437,7 @@ def _admissible(
     return out_rows, out
 
 
-def _because(
-    matrix: ItemMatrix, picked_rows: list[list[int]], history: Sequence[Sequence[str]]
-) -> list[list[str | None]]:
+def _because(matrix: ItemMatrix, picked_rows: list[list[int]], history: Sequence[Sequence[str]]) -> list[list[str | None]]:
     """For every picked row, the most similar history row of the same query.
 
     All queries are done in one padded ``bmm``: ``(B, R, d) @ (B, d, H) -> (B, R, H)``,

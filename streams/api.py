@@ -156,27 +156,35 @@ class RecommendBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, title="RecommendRequest")
 
-    user_id: Id | None = Field(None, description="The user to recommend for (any worker answers: the request is "
-                               "forwarded to the worker holding the user's partition). Absent: semantic search over "
-                               "the catalog, which needs a query.")
-    query: Query | None = Field(None, description=f"Free text (at most {MAX_QUERY_CHARS} characters), embedded with the "
-                                "worker's text encoder and blended with the user's text profile.")
-    k: Annotated[int, Field(ge=1, le=MAX_K)] | None = Field(None, description=f"Items wanted, 1 to {MAX_K} (default: the "
-                                                              "worker's --k).")
+    user_id: Id | None = Field(
+        None,
+        description="The user to recommend for (any worker answers: the request is "
+        "forwarded to the worker holding the user's partition). Absent: semantic search over "
+        "the catalog, which needs a query.",
+    )
+    query: Query | None = Field(
+        None, description=f"Free text (at most {MAX_QUERY_CHARS} characters), embedded with the worker's text encoder and blended with the user's text profile."
+    )
+    k: Annotated[int, Field(ge=1, le=MAX_K)] | None = Field(None, description=f"Items wanted, 1 to {MAX_K} (default: the worker's --k).")
     exclude: Annotated[list[Id], Field(max_length=MAX_EXCLUDE)] = Field(
-        default_factory=list, description=f"Item ids never to return (at most {MAX_EXCLUDE}), on top of the user's "
-                                          "purchased and recently seen items.")
+        default_factory=list, description=f"Item ids never to return (at most {MAX_EXCLUDE}), on top of the user's purchased and recently seen items."
+    )
 
     @model_validator(mode="after")
     def _user_or_query(self) -> "RecommendBody":
         if self.user_id is None and self.query is None:
-            raise PydanticCustomError("missing_field", "give user_id, query or both (without user_id it is a semantic "
-                                      "search, which needs a query)")
+            raise PydanticCustomError("missing_field", "give user_id, query or both (without user_id it is a semantic search, which needs a query)")
         return self
 
 
-_TYPE_NAMES = {"string_type": "a string", "int_type": "an integer", "list_type": "an array", "int_from_float": "an integer",
-               "int_parsing": "an integer", "string_sub_type": "a string"}
+_TYPE_NAMES = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "list_type": "an array",
+    "int_from_float": "an integer",
+    "int_parsing": "an integer",
+    "string_sub_type": "a string",
+}
 
 
 def _preview(v: Any, limit: int = 60) -> str:
@@ -199,13 +207,14 @@ def body_error(exc: PydanticValidationError) -> ApiError:
     err = exc.errors(include_url=False)[0]
     kind, loc, given = err["type"], tuple(err.get("loc", ())), err.get("input")
     # pydantic adds the union branch to the location of an optional field ("k", "int")
-    loc = tuple(p for p in loc if p not in ("int", "str", "list[str]", "function-after[_no_control(), str]",
-                                            "function-after[_not_blank(), str]", "constrained-str"))
+    loc = tuple(
+        p for p in loc if p not in ("int", "str", "list[str]", "function-after[_no_control(), str]", "function-after[_not_blank(), str]", "constrained-str")
+    )
     path = _field_path(loc) or None
     where = f"{path}: " if path else ""
     allowed = ", ".join(RecommendBody.model_fields)
     if kind == "extra_forbidden":
-        return ApiError("unknown_field", f'{where}unknown field; allowed fields are {allowed}', path)
+        return ApiError("unknown_field", f"{where}unknown field; allowed fields are {allowed}", path)
     if kind == "missing":
         return ApiError("missing_field", f"{where}required field is missing", path)
     if kind in ("greater_than_equal", "less_than_equal"):
@@ -232,7 +241,7 @@ def parse_body(raw: bytes) -> RecommendBody:
     except UnicodeDecodeError as exc:
         raise ApiError("invalid_utf8", f"the body is not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}") from None
     if not text.strip():
-        raise ApiError("invalid_json", "the body is empty; send a JSON object such as {\"query\": \"jazz\"}")
+        raise ApiError("invalid_json", 'the body is empty; send a JSON object such as {"query": "jazz"}')
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -264,8 +273,7 @@ def path_user_id(raw_path: str) -> str:
     try:
         user_id = unquote_to_bytes(segment).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ApiError("invalid_utf8", f"user_id: the path segment is not percent-encoded UTF-8 ({exc.reason} at byte "
-                                       f"{exc.start})", "user_id") from None
+        raise ApiError("invalid_utf8", f"user_id: the path segment is not percent-encoded UTF-8 ({exc.reason} at byte {exc.start})", "user_id") from None
     return check_user_id(user_id)
 
 
@@ -285,8 +293,7 @@ def parse_k(query: Any, max_k: int, allowed: Sequence[str] = ("k",)) -> int:
         raise ApiError("wrong_type", f"k: must be an integer, got {_preview(text)}", "k")
     k = int(text)
     if not 1 <= k <= max_k:
-        raise ApiError("out_of_range", f"k: must be between 1 and {max_k} (the length of the lists the worker keeps, "
-                                        f"its --k), got {k}", "k")
+        raise ApiError("out_of_range", f"k: must be between 1 and {max_k} (the length of the lists the worker keeps, its --k), got {k}", "k")
     return k
 
 
@@ -328,9 +335,13 @@ class QueryBatcher:
     may be in flight at once (a pipeline: one embedding its texts while the other is
     ranked)."""
 
-    def __init__(self, run: Callable[[list[tuple[QueryRequest, str | None]]], Awaitable[list[QueryAnswer]]],
-                 max_batch: int = QUERY_BATCH_MAX, on_batch: Callable[[int], None] | None = None,
-                 concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        run: Callable[[list[tuple[QueryRequest, str | None]]], Awaitable[list[QueryAnswer]]],
+        max_batch: int = QUERY_BATCH_MAX,
+        on_batch: Callable[[int], None] | None = None,
+        concurrency: int = 1,
+    ) -> None:
         self.run = run
         self.max_batch = max_batch
         self.on_batch = on_batch
@@ -400,8 +411,7 @@ class PipelineBackend:
         self.batcher = QueryBatcher(self._rank, on_batch=self._observe_batch, concurrency=2)
         #: the worker's event loop (faust's): None until bound, then calls needing it go there
         self.worker_loop: asyncio.AbstractEventLoop | None = None
-        self.query_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recstream-query",
-                                                 initializer=self._query_thread_init)
+        self.query_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recstream-query", initializer=self._query_thread_init)
         self._query_encoder = self._thread_encoder(pipeline.encoder)
         self._popular: tuple[float, list[dict[str, Any]]] | None = None
         self._popular_refresh: asyncio.Future | None = None
@@ -494,8 +504,7 @@ class PipelineBackend:
 
         db = _partition_db(table.data, partition)
         if db is None:
-            raise ApiError("unavailable", f"the table {table.name} has no local store for partition {partition} yet",
-                           headers={"Retry-After": "1"})
+            raise ApiError("unavailable", f"the table {table.name} has no local store for partition {partition} yet", headers={"Retry-After": "1"})
         return db
 
     @staticmethod
@@ -519,8 +528,11 @@ class PipelineBackend:
         try:
             return db.get(key)
         except Exception as exc:  # noqa: BLE001 - closed under us by a rebalance
-            raise ApiError("unavailable", f"the table {table.name}'s store for partition {partition} is being "
-                                          f"closed ({type(exc).__name__}); retry", headers={"Retry-After": "1"}) from None
+            raise ApiError(
+                "unavailable",
+                f"the table {table.name}'s store for partition {partition} is being closed ({type(exc).__name__}); retry",
+                headers={"Retry-After": "1"},
+            ) from None
 
     def latest(self, partition: int, user_id: str) -> "bytes | None | Awaitable[bytes | None]":
         return self._read(self.pipeline.latest_table, partition, user_id.encode("utf-8"))
@@ -606,10 +618,15 @@ class PipelineBackend:
 
         record = Forget(user_id, int(time.time() * 1000), request_id)
         partition = partition_for(user_id.encode("utf-8"), self.partitions)
-        meta = await self.pipeline.app.producer.send_and_wait(
-            self.forget_topic, user_id.encode("utf-8"), encode(record), partition, None, None)
-        return {"status": "accepted", "user_id": user_id, "request_id": request_id, "topic": self.forget_topic,
-                "partition": meta.partition, "offset": meta.offset}
+        meta = await self.pipeline.app.producer.send_and_wait(self.forget_topic, user_id.encode("utf-8"), encode(record), partition, None, None)
+        return {
+            "status": "accepted",
+            "user_id": user_id,
+            "request_id": request_id,
+            "topic": self.forget_topic,
+            "partition": meta.partition,
+            "offset": meta.offset,
+        }
 
     # ------------------------------------------------------------------ forwarding
     async def forward(self, url: str, request: "web.Request", body: bytes | None) -> "web.Response":
@@ -618,11 +635,16 @@ class PipelineBackend:
         from yarl import URL
 
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S),
-                                                  auto_decompress=False)
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S), auto_decompress=False)
         target = URL(url)
-        routed = URL.build(scheme=target.scheme or "http", host=target.raw_host or "", port=target.port,
-                           path=request.rel_url.raw_path, query_string=request.rel_url.raw_query_string, encoded=True)
+        routed = URL.build(
+            scheme=target.scheme or "http",
+            host=target.raw_host or "",
+            port=target.port,
+            path=request.rel_url.raw_path,
+            query_string=request.rel_url.raw_query_string,
+            encoded=True,
+        )
         headers = {FORWARDED_HEADER: self.own_url}
         for name in ("Authorization", "Content-Type", "Accept"):
             if name in request.headers:
@@ -630,18 +652,19 @@ class PipelineBackend:
         try:
             async with self._session.request(request.method, routed, headers=headers, data=body) as response:
                 payload = await response.read()
-                out = web.Response(body=payload, status=response.status,
-                                   content_type=response.content_type or JSON)
+                out = web.Response(body=payload, status=response.status, content_type=response.content_type or JSON)
                 for name in (SERVED_BY_HEADER, "Retry-After", "WWW-Authenticate"):
                     if name in response.headers:
                         out.headers[name] = response.headers[name]
                 return out
         except asyncio.TimeoutError:
-            raise ApiError("bad_gateway", f"the worker holding the user's partition ({url}) did not answer within "
-                                          f"{FORWARD_TIMEOUT_S:g}s", headers={"Retry-After": "1"}) from None
+            raise ApiError(
+                "bad_gateway", f"the worker holding the user's partition ({url}) did not answer within {FORWARD_TIMEOUT_S:g}s", headers={"Retry-After": "1"}
+            ) from None
         except aiohttp.ClientError as exc:
-            raise ApiError("unavailable", f"the worker holding the user's partition ({url}) cannot be reached: "
-                                          f"{type(exc).__name__}; retry", headers={"Retry-After": "1"}) from None
+            raise ApiError(
+                "unavailable", f"the worker holding the user's partition ({url}) cannot be reached: {type(exc).__name__}; retry", headers={"Retry-After": "1"}
+            ) from None
 
     async def close(self) -> None:
         """Call on the HTTP thread's loop (the batcher and the client session live there)."""
@@ -694,24 +717,39 @@ class Api:
         if registry is not None:
             from prometheus_client import Counter, Histogram
 
-            self.requests = Counter("recstream_api_requests", "HTTP API requests answered, by route (its template), "
-                                    "method and status.", ["route", "method", "status"], registry=registry)
-            self.durations = Histogram("recstream_api_request_duration_seconds", "HTTP API request time, from the "
-                                       "request read to the response ready, by route.", ["route"],
-                                       buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-                                       registry=registry)
-            self.forwarded = Counter("recstream_api_forwarded", "HTTP API requests forwarded to the worker holding the "
-                                     "user's partition, by route.", ["route"], registry=registry)
+            self.requests = Counter(
+                "recstream_api_requests",
+                "HTTP API requests answered, by route (its template), method and status.",
+                ["route", "method", "status"],
+                registry=registry,
+            )
+            self.durations = Histogram(
+                "recstream_api_request_duration_seconds",
+                "HTTP API request time, from the request read to the response ready, by route.",
+                ["route"],
+                buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+                registry=registry,
+            )
+            self.forwarded = Counter(
+                "recstream_api_forwarded", "HTTP API requests forwarded to the worker holding the user's partition, by route.", ["route"], registry=registry
+            )
             if hasattr(backend, "query_batch_sizes"):
                 backend.query_batch_sizes = Histogram(
-                    "recstream_api_query_batch_size", "Requests of POST /v1/recommend embedded and ranked together.",
-                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=registry)
+                    "recstream_api_query_batch_size",
+                    "Requests of POST /v1/recommend embedded and ranked together.",
+                    buckets=(1, 2, 4, 8, 16, 32, 64),
+                    registry=registry,
+                )
             if hasattr(backend, "query_stage_seconds"):
                 backend.query_stage_seconds = Histogram(
-                    "recstream_api_query_seconds", "Time of a POST /v1/recommend batch by stage: embed (the query "
+                    "recstream_api_query_seconds",
+                    "Time of a POST /v1/recommend batch by stage: embed (the query "
                     "thread's forward pass) and rank (the compute thread, the wait for the micro-batch in progress "
-                    "included).", ["stage"],
-                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=registry)
+                    "included).",
+                    ["stage"],
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+                    registry=registry,
+                )
 
     # ------------------------------------------------------------------ wiring
     def install(self, app: "web.Application") -> None:
@@ -727,8 +765,9 @@ class Api:
             return
         header = request.headers.get("Authorization")
         if header is None:
-            raise ApiError("unauthorized", "this endpoint needs a bearer token: send 'Authorization: Bearer <token>' "
-                                           "(the token is in the worker's --api-token-file)")
+            raise ApiError(
+                "unauthorized", "this endpoint needs a bearer token: send 'Authorization: Bearer <token>' (the token is in the worker's --api-token-file)"
+            )
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             raise ApiError("unauthorized", "the Authorization header must be 'Bearer <token>'")
@@ -754,20 +793,20 @@ class Api:
             response = _error_response(exc)
         except web.HTTPException as exc:
             if exc.status == 404:
-                response = _error_response(ApiError("not_found", f"no such endpoint: {request.method} {_preview(request.path)}; "
-                                                                 "see /v1/openapi.json"))
+                response = _error_response(ApiError("not_found", f"no such endpoint: {request.method} {_preview(request.path)}; see /v1/openapi.json"))
             elif exc.status == 405:
                 allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
-                response = _error_response(ApiError("method_not_allowed", f"{request.method} is not allowed on "
-                                                    f"{_preview(request.path)}; allowed: {allowed}",
-                                                    headers={"Allow": allowed}))
+                response = _error_response(
+                    ApiError(
+                        "method_not_allowed", f"{request.method} is not allowed on {_preview(request.path)}; allowed: {allowed}", headers={"Allow": allowed}
+                    )
+                )
             elif exc.status == 413:
                 response = _error_response(ApiError("body_too_large", f"the body is larger than {MAX_BODY_BYTES} bytes"))
             elif exc.status < 500 and exc.status != 400:
                 response = exc  # e.g. a redirect: as aiohttp made it
             else:
-                response = _error_response(ApiError("invalid_value" if exc.status == 400 else "internal",
-                                                    exc.reason or "bad request"))
+                response = _error_response(ApiError("invalid_value" if exc.status == 400 else "internal", exc.reason or "bad request"))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -777,8 +816,7 @@ class Api:
             key = (route, request.method, response.status)
             children = self._children.get(key)
             if children is None:  # prometheus' labels() takes a lock and builds a key: once per label set
-                children = self._children[key] = (self.requests.labels(route, request.method, str(response.status)),
-                                                  self.durations.labels(route))  # type: ignore[union-attr]
+                children = self._children[key] = (self.requests.labels(route, request.method, str(response.status)), self.durations.labels(route))  # type: ignore[union-attr]
             children[0].inc()
             children[1].observe(time.perf_counter() - started)
         return response
@@ -807,8 +845,11 @@ class Api:
         if owner.local:
             return owner, None
         if request.headers.get(FORWARDED_HEADER) is not None or owner.url is None or owner.url == self.backend.own_url:
-            raise ApiError("unavailable", f"no worker holds partition {owner.partition} right now (the group is "
-                                          "rebalancing); retry in a moment", headers={"Retry-After": "1"})
+            raise ApiError(
+                "unavailable",
+                f"no worker holds partition {owner.partition} right now (the group is rebalancing); retry in a moment",
+                headers={"Retry-After": "1"},
+            )
         if self.forwarded is not None:
             self.forwarded.labels(self._route(request)).inc()
         return owner, await self.backend.forward(owner.url, request, body)
@@ -837,8 +878,15 @@ class Api:
         if inspect.isawaitable(raw):
             raw = await raw
         if raw is None:
-            doc = {"schema": 1, "user_id": user_id, "items": await self.backend.popular(k), "trigger": None,
-                   "event_ts": None, "emitted_ts": None, "model": "popularity"}
+            doc = {
+                "schema": 1,
+                "user_id": user_id,
+                "items": await self.backend.popular(k),
+                "trigger": None,
+                "event_ts": None,
+                "emitted_ts": None,
+                "model": "popularity",
+            }
             return self._served(_json_response(doc))
         doc = orjson.loads(raw)
         doc["items"] = doc["items"][:k]
@@ -858,10 +906,13 @@ class Api:
             profile = self.backend.profile(owner.partition, body.user_id)
             if inspect.isawaitable(profile):
                 profile = await profile
-            answer = await self.backend.recommend(QueryRequest(body.user_id, profile, None, k, exclude, owner.partition),
-                                                  body.query)
-        doc = {"user_id": body.user_id, "query": body.query, "model": answer.model,
-               "items": [{"item_id": i, "score": float(s), "because": b} for i, s, b in answer.items]}
+            answer = await self.backend.recommend(QueryRequest(body.user_id, profile, None, k, exclude, owner.partition), body.query)
+        doc = {
+            "user_id": body.user_id,
+            "query": body.query,
+            "model": answer.model,
+            "items": [{"item_id": i, "score": float(s), "because": b} for i, s, b in answer.items],
+        }
         return self._served(_json_response(doc))
 
     async def delete_user(self, request: "web.Request") -> "web.Response":
@@ -911,12 +962,16 @@ def openapi_document() -> dict[str, Any]:
         out = {}
         for status in statuses:
             codes = sorted(c for c, s in ERROR_STATUS.items() if s == status)
-            out[str(status)] = {"description": f"error: {', '.join(codes)}",
-                                "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            out[str(status)] = {"description": f"error: {', '.join(codes)}", "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
         return out
 
-    user_param = {"name": "user_id", "in": "path", "required": True, "description": "The user's id (1 to 256 characters, "
-                  "no control characters; percent-encode it).", "schema": {"type": "string", "minLength": 1, "maxLength": 256}}
+    user_param = {
+        "name": "user_id",
+        "in": "path",
+        "required": True,
+        "description": "The user's id (1 to 256 characters, no control characters; percent-encode it).",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+    }
     auth_error = errors(401)
     return {
         "openapi": "3.1.0",
@@ -924,8 +979,8 @@ def openapi_document() -> dict[str, Any]:
             "title": "recstream API",
             "version": API_VERSION,
             "description": "Recommendations served by any recstream worker (docs/api.md). Errors are JSON objects "
-                           "with a code and a message. With --api-token-file, every endpoint but /health, /ready and "
-                           "/metrics needs 'Authorization: Bearer <token>'.",
+            "with a code and a message. With --api-token-file, every endpoint but /health, /ready and "
+            "/metrics needs 'Authorization: Bearer <token>'.",
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -937,14 +992,16 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["schema", "user_id", "items", "trigger", "event_ts", "emitted_ts", "model"],
                     "description": "The user's latest recommendation record, as published on the recommendations "
-                                   "topic (docs/contract.md), its items cut to k; for a user the worker has no list for, "
-                                   "the popularity list with model 'popularity' and null trigger and times.",
+                    "topic (docs/contract.md), its items cut to k; for a user the worker has no list for, "
+                    "the popularity list with model 'popularity' and null trigger and times.",
                     "properties": {
                         "schema": {"const": 1},
                         "user_id": {"type": "string"},
                         "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}},
-                        "trigger": {"type": ["object", "null"], "description": "The event that caused the list "
-                                    "(topic, partition, offset, event_id, received_ts)."},
+                        "trigger": {
+                            "type": ["object", "null"],
+                            "description": "The event that caused the list (topic, partition, offset, event_id, received_ts).",
+                        },
                         "event_ts": {"type": ["integer", "null"]},
                         "emitted_ts": {"type": ["integer", "null"]},
                         "model": {"type": "string", "description": "The ranking model, or 'popularity'."},
@@ -957,8 +1014,11 @@ def openapi_document() -> dict[str, Any]:
                         "user_id": {"type": ["string", "null"]},
                         "query": {"type": ["string", "null"]},
                         "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}},
-                        "model": {"type": "string", "description": "The stream's ranker ('+query' when a query was "
-                                  "blended in), '<encoder>/semantic-search' without a user, or 'popularity'."},
+                        "model": {
+                            "type": "string",
+                            "description": "The stream's ranker ('+query' when a query was "
+                            "blended in), '<encoder>/semantic-search' without a user, or 'popularity'.",
+                        },
                     },
                 },
                 "ForgetAccepted": {
@@ -981,13 +1041,24 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "The user's latest recommendations",
                     "operationId": "getLatestRecommendations",
-                    "parameters": [user_param, {"name": "k", "in": "query", "required": False,
-                                                "description": "Items wanted, 1 to the worker's --k (default: all).",
-                                                "schema": {"type": "integer", "minimum": 1}}],
+                    "parameters": [
+                        user_param,
+                        {
+                            "name": "k",
+                            "in": "query",
+                            "required": False,
+                            "description": "Items wanted, 1 to the worker's --k (default: all).",
+                            "schema": {"type": "integer", "minimum": 1},
+                        },
+                    ],
                     "responses": {
-                        "200": {"description": "The latest list, or the popularity list for an unknown user",
-                                "content": {JSON: {"schema": {"$ref": "#/components/schemas/LatestRecommendations"}}}},
-                        **errors(400), **auth_error, **errors(502, 503),
+                        "200": {
+                            "description": "The latest list, or the popularity list for an unknown user",
+                            "content": {JSON: {"schema": {"$ref": "#/components/schemas/LatestRecommendations"}}},
+                        },
+                        **errors(400),
+                        **auth_error,
+                        **errors(502, 503),
                     },
                 },
             },
@@ -995,14 +1066,17 @@ def openapi_document() -> dict[str, Any]:
                 "delete": {
                     "summary": "Forget the user",
                     "description": "Writes a forget request for the user; the worker holding the user's partition "
-                                   "deletes their profile and latest recommendations (tombstones on the changelogs) "
-                                   "when it reaches it, normally within a second.",
+                    "deletes their profile and latest recommendations (tombstones on the changelogs) "
+                    "when it reaches it, normally within a second.",
                     "operationId": "forgetUser",
                     "parameters": [user_param],
                     "responses": {
-                        "202": {"description": "Accepted: the request is on the topic",
-                                "content": {JSON: {"schema": {"$ref": "#/components/schemas/ForgetAccepted"}}}},
-                        **errors(400), **auth_error,
+                        "202": {
+                            "description": "Accepted: the request is on the topic",
+                            "content": {JSON: {"schema": {"$ref": "#/components/schemas/ForgetAccepted"}}},
+                        },
+                        **errors(400),
+                        **auth_error,
                     },
                 },
             },
@@ -1013,20 +1087,43 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": True, "content": {JSON: {"schema": {"$ref": "#/components/schemas/RecommendRequest"}}}},
                     "responses": {
                         "200": {"description": "The list", "content": {JSON: {"schema": {"$ref": "#/components/schemas/Recommendations"}}}},
-                        **errors(400), **auth_error, **errors(413, 415, 502, 503),
+                        **errors(400),
+                        **auth_error,
+                        **errors(413, 415, 502, 503),
                     },
                 },
             },
             "/v1/openapi.json": {
-                "get": {"summary": "This document", "operationId": "openapi",
-                        "responses": {"200": {"description": "OpenAPI 3.1", "content": {JSON: {}}}, **auth_error}},
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": {"200": {"description": "OpenAPI 3.1", "content": {JSON: {}}}, **auth_error},
+                },
             },
-            "/health": {"get": {"summary": "Liveness (no token needed)", "security": [], "operationId": "health",
-                                "responses": {"200": {"description": "healthy"}, "503": {"description": "unhealthy"}}}},
-            "/ready": {"get": {"summary": "Readiness (no token needed)", "security": [], "operationId": "ready",
-                               "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics (no token needed)", "security": [], "operationId": "metrics",
-                                 "responses": {"200": {"description": "text exposition format 0.0.4"}}}},
+            "/health": {
+                "get": {
+                    "summary": "Liveness (no token needed)",
+                    "security": [],
+                    "operationId": "health",
+                    "responses": {"200": {"description": "healthy"}, "503": {"description": "unhealthy"}},
+                }
+            },
+            "/ready": {
+                "get": {
+                    "summary": "Readiness (no token needed)",
+                    "security": [],
+                    "operationId": "ready",
+                    "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (no token needed)",
+                    "security": [],
+                    "operationId": "metrics",
+                    "responses": {"200": {"description": "text exposition format 0.0.4"}},
+                }
+            },
         },
     }
 

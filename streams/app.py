@@ -182,8 +182,10 @@ class WorkerConfig:
             # worker (InvalidSessionTimeoutError), which then waits forever without joining
             problems.append(f"session timeout must be between 6 and 1800 seconds (what Kafka brokers accept by default), got {self.session_timeout_s}s")
         elif self.heartbeat_interval_s > self.session_timeout_s / 3:
-            problems.append(f"heartbeat interval must be at most a third of the session timeout (Kafka's advice: a few heartbeats "
-                            f"can be lost before the worker is dropped), got {self.heartbeat_interval_s}s and {self.session_timeout_s}s")
+            problems.append(
+                f"heartbeat interval must be at most a third of the session timeout (Kafka's advice: a few heartbeats "
+                f"can be lost before the worker is dropped), got {self.heartbeat_interval_s}s and {self.session_timeout_s}s"
+            )
         if self.cooc_neighbours < 1 or self.cooc_history_len < 1:
             problems.append(f"co-occurrence neighbours and history length must be at least 1, got {self.cooc_neighbours} and {self.cooc_history_len}")
         if self.ranker not in RANKERS:
@@ -236,11 +238,17 @@ class WorkerConfig:
     def engine_config(self) -> EngineConfig:
         """How this worker's engine recommends (:class:`scoring.engine.EngineConfig`)."""
         return EngineConfig(
-            k=self.k, emit=self.emit, exclude_seen=self.exclude_seen,  # type: ignore[arg-type]
-            popularity_half_life_ms=int(self.popularity_half_life_days * DAY_MS), score_threads=self.score_threads,
-            blend=self.blend_weights, cooc_neighbours=self.cooc_neighbours, cooc_history_len=self.cooc_history_len,
+            k=self.k,
+            emit=self.emit,  # type: ignore[arg-type]
+            exclude_seen=self.exclude_seen,
+            popularity_half_life_ms=int(self.popularity_half_life_days * DAY_MS),
+            score_threads=self.score_threads,
+            blend=self.blend_weights,
+            cooc_neighbours=self.cooc_neighbours,
+            cooc_history_len=self.cooc_history_len,
             cooc_half_life_ms=int(self.cooc_half_life_days * DAY_MS) or None,
-            cooc_pair_decay=self.cooc_pair_decay, cooc_recency=self.cooc_recency,
+            cooc_pair_decay=self.cooc_pair_decay,
+            cooc_recency=self.cooc_recency,
             adapt=self.adapt_config,
         )
 
@@ -300,12 +308,8 @@ class Pipeline:
             import torch
 
             torch.set_num_threads(config.torch_threads)
-        self.encoder = encoder or TextEncoder(
-            config.model, device=str(self.device), max_length=config.max_length, batch_size=config.encode_batch
-        )
-        self.matrix = make_item_matrix(
-            self.encoder.dim, self.device, config.index, min_items=config.index_min_items, nprobe=config.ivf_nprobe
-        )
+        self.encoder = encoder or TextEncoder(config.model, device=str(self.device), max_length=config.max_length, batch_size=config.encode_batch)
+        self.matrix = make_item_matrix(self.encoder.dim, self.device, config.index, min_items=config.index_min_items, nprobe=config.ivf_nprobe)
         engine_config = config.engine_config()
         self.popularity = DecayedPopularity(engine_config.popularity_half_life_ms)
         self.partition_popularity: dict[int, DecayedPopularity] = {}
@@ -319,12 +323,16 @@ class Pipeline:
 
             self.user_encoder = LearnedUserEncoder(config.user_model, self.device, check_every_s=config.user_model_check_s)
             max_len = self.user_encoder.current().max_len
-            log.info("user model %s (reads the last %d interactions; checked every %gs)",
-                     self.user_encoder.current().name, max_len, config.user_model_check_s)
+            log.info("user model %s (reads the last %d interactions; checked every %gs)", self.user_encoder.current().name, max_len, config.user_model_check_s)
             if config.history_len < 2 * max_len:
-                log.warning("profiles keep %d events (--history-len) and the user model reads up to %d interactions, "
-                            "which can be %d events (a click and a purchase each): pass --history-len %d to feed it whole",
-                            config.history_len, max_len, 2 * max_len, 2 * max_len)
+                log.warning(
+                    "profiles keep %d events (--history-len) and the user model reads up to %d interactions, "
+                    "which can be %d events (a click and a purchase each): pass --history-len %d to feed it whole",
+                    config.history_len,
+                    max_len,
+                    2 * max_len,
+                    2 * max_len,
+                )
             self.user_encoder.start()
         self.engine = Engine(
             user_encoder=self.user_encoder,
@@ -381,18 +389,22 @@ class Pipeline:
         raw: dict[str, Any] = {"schema": faust.Schema(**raw_args)}
         self.event_topic_names = {s.topic(t): t for t in T.EVENT_TOPICS}
         # the consumer holds the event records and releases them in stream-time order
-        self.stream_time = None if config.max_task_idle_ms < 0 else StreamTimeMerger(
-            self.event_topic_names, max_idle_s=config.max_task_idle_ms / 1000.0)
+        self.stream_time = None if config.max_task_idle_ms < 0 else StreamTimeMerger(self.event_topic_names, max_idle_s=config.max_task_idle_ms / 1000.0)
         self.items_topic = self.app.topic(s.topic(T.ITEMS), partitions=T.CATALOG_PARTITIONS, **raw_args)
         self.events_topic = self.app.topic(*self.event_topic_names, partitions=config.partitions, **raw_args)
         self.recs_topic = self.app.topic(s.topic(T.RECOMMENDATIONS), partitions=config.partitions, **raw_args)
         self.dlq_topic = self.app.topic(s.topic(T.DLQ), partitions=1, **raw_args)
         # exactly-once: what a micro-batch produces waits here until its transactions commit
         self.eos = config.processing_guarantee == "exactly_once"
-        self.transactions = PartitionTransactions(
-            app_id=s.app_id, input_topics=self.event_topic_names,
-            make_producer=lambda tid: self.app.producer._new_producer(transactional_id=tid),  # type: ignore[attr-defined]  # faust internals
-        ) if self.eos else None
+        self.transactions = (
+            PartitionTransactions(
+                app_id=s.app_id,
+                input_topics=self.event_topic_names,
+                make_producer=lambda tid: self.app.producer._new_producer(transactional_id=tid),  # type: ignore[attr-defined]  # faust internals
+            )
+            if self.eos
+            else None
+        )
         self.uncommitted_writes = False  # local table writes whose transaction has not committed yet
 
         self.profiles = _raw(self.app.Table(T.PROFILES_TABLE, partitions=config.partitions, **raw))
@@ -405,9 +417,10 @@ class Pipeline:
         self.latest_table = _raw(self.app.Table(T.LATEST_TABLE, partitions=config.partitions, **raw))
         # faust's advice for global tables shared by several workers: one partition and a
         # recovery buffer of one
-        self.items_table = cast(ObservedGlobalTable, self.app.tables.add(
-            _raw(ObservedGlobalTable(self.app, name=T.ITEMS_TABLE, partitions=T.CATALOG_PARTITIONS, recovery_buffer_size=1, **raw))
-        ))
+        self.items_table = cast(
+            ObservedGlobalTable,
+            self.app.tables.add(_raw(ObservedGlobalTable(self.app, name=T.ITEMS_TABLE, partitions=T.CATALOG_PARTITIONS, recovery_buffer_size=1, **raw))),
+        )
         self.items_table.on_changes = self.apply_item_changes
         self.items_table.on_recover(self.rebuild_items)
         # one callback for the steps that depend on each other: faust keeps a table's recovery
@@ -437,8 +450,7 @@ class Pipeline:
         # Prometheus metrics (per worker registry); served by run_worker when enabled
         self.telemetry = pipeline_metrics(self)
 
-    async def publish(self, topic: Any, key: bytes | None, value: bytes, *, source_topic: str, source_partition: int,
-                      partition: int | None = None) -> None:
+    async def publish(self, topic: Any, key: bytes | None, value: bytes, *, source_topic: str, source_partition: int, partition: int | None = None) -> None:
         """Send a record that answers the input record at ``source_topic``/``source_partition``.
 
         Under exactly-once, when the input is an event, it joins the transaction of that
@@ -449,8 +461,7 @@ class Pipeline:
         if self.transactions is None or source_topic not in self.event_topic_names:
             await topic.send(key=key, value=value, partition=partition)
             return
-        self.transactions.add(source_partition, topic.get_topic_name(),
-                              partition if partition is not None else source_partition, [(key, value)])
+        self.transactions.add(source_partition, topic.get_topic_name(), partition if partition is not None else source_partition, [(key, value)])
 
     async def publish_many(self, topic: Any, records: Sequence[tuple[bytes | None, bytes, str, int]]) -> None:
         """Send records that answer input records, in order: ``(key, value, source_topic,
@@ -473,8 +484,9 @@ class Pipeline:
             return
         await self._send_batches(topic.get_topic_name(), by_partition)
 
-    async def write_table(self, table: Any, writes: Mapping[int, Sequence[tuple[bytes, bytes]]],
-                          events: Mapping[int, Any], event_time: Mapping[int, int] | None = None) -> None:
+    async def write_table(
+        self, table: Any, writes: Mapping[int, Sequence[tuple[bytes, bytes]]], events: Mapping[int, Any], event_time: Mapping[int, int] | None = None
+    ) -> None:
         """Set keys of a raw-bytes table: ``writes`` by partition, in order; ``events[p]`` is
         an input event of partition ``p`` (faust routes a table write by the current event).
 
@@ -564,20 +576,21 @@ class Pipeline:
         self.uncommitted_writes = False
         self.metrics.counts["transactions"] = self.transactions.committed
 
-    async def _send_batches(self, topic_name: str, by_partition: Mapping[int, Sequence[Record]],
-                            on_delivered: Callable[[int, int], None] | None = None) -> None:
+    async def _send_batches(
+        self, topic_name: str, by_partition: Mapping[int, Sequence[Record]], on_delivered: Callable[[int, int], None] | None = None
+    ) -> None:
         """Queue records on faust's producer as record batches, in order within each partition
         (:func:`streams.transactions.send_batches`); each batch's delivery is reported by
         :meth:`_batch_delivered`."""
         producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]  # faust's aiokafka producer; faust has no batch API
         for partition, records in by_partition.items():
+
             def sent(n: int, delivery: asyncio.Future, partition: int = partition) -> None:
                 delivery.add_done_callback(partial(self._batch_delivered, topic_name, partition, n, on_delivered))
 
             await send_batches(producer, topic_name, partition, records, on_sent=sent)
 
-    def _batch_delivered(self, topic_name: str, partition: int, n: int, on_delivered: Callable[[int, int], None] | None,
-                         delivery: asyncio.Future) -> None:
+    def _batch_delivered(self, topic_name: str, partition: int, n: int, on_delivered: Callable[[int, int], None] | None, delivery: asyncio.Future) -> None:
         if delivery.cancelled() or delivery.exception() is not None:
             error = "cancelled" if delivery.cancelled() else repr(delivery.exception())
             log.error("%d records for %s[%d] were not delivered: %s", n, topic_name, partition, error)
@@ -800,8 +813,7 @@ class Pipeline:
                 try:
                     stored[partition] = WeightAdapter.from_bytes(value)
                 except AdaptFormatError as exc:
-                    log.warning("blend weights of partition %d not restored (%s): they start again from %s",
-                                partition, exc, adaptive.initial.label())
+                    log.warning("blend weights of partition %d not restored (%s): they start again from %s", partition, exc, adaptive.initial.label())
 
         def rebuild() -> None:
             adaptive.adapters = stored
@@ -812,9 +824,18 @@ class Pipeline:
             log.info("blend weights restored: %s", adaptive.describe())
 
     async def log_stats(self) -> None:
-        live = "; ".join(f"{ranker} HR@10 {f.hits / f.cases:.4f} NDCG@10 {f.ndcg / f.cases:.4f} over {f.cases} cases"
-                         for ranker, f in sorted(self.engine.prequential.figures.items()) if f.cases)
+        live = "; ".join(
+            f"{ranker} HR@10 {f.hits / f.cases:.4f} NDCG@10 {f.ndcg / f.cases:.4f} over {f.cases} cases"
+            for ranker, f in sorted(self.engine.prequential.figures.items())
+            if f.cases
+        )
         adaptive = self.engine.adaptive
         weights = f"; blend weights {adaptive.describe()}" if adaptive is not None and adaptive.published else ""
-        log.info("%s; %d items, %d partitions held%s%s", self.metrics.summary(), len(self.matrix), len(self.active_partitions()),
-                 f"; live quality: {live}" if live else "", weights)
+        log.info(
+            "%s; %d items, %d partitions held%s%s",
+            self.metrics.summary(),
+            len(self.matrix),
+            len(self.active_partitions()),
+            f"; live quality: {live}" if live else "",
+            weights,
+        )

@@ -76,8 +76,7 @@ def backtest_replay(
     missing_ids = [e for e in contents.events if e.event_id is None]
     if missing_ids:
         raise ValueError(f"{len(missing_ids)} replayed events have no event_id: the backtest pairs events with recommendations by it")
-    result = evaluate_records(contents.events, contents.recommendations, contents.catalog_ids, config,
-                              exclude_seen=exclude_seen, history_len=history_len)
+    result = evaluate_records(contents.events, contents.recommendations, contents.catalog_ids, config, exclude_seen=exclude_seen, history_len=history_len)
     return result, contents
 
 
@@ -126,9 +125,14 @@ class DatasetBacktest:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` document (and the ``--html`` report's input)."""
-        return {"dataset": self.dataset, "methods": self.methods, "blend": self.blend.to_dict() if self.blend else None,
-                "embeddings": self.embeddings, "timings": {"engine_s": self.engine_s, "total_s": self.total_s},
-                **self.result.to_dict()}
+        return {
+            "dataset": self.dataset,
+            "methods": self.methods,
+            "blend": self.blend.to_dict() if self.blend else None,
+            "embeddings": self.embeddings,
+            "timings": {"engine_s": self.engine_s, "total_s": self.total_s},
+            **self.result.to_dict(),
+        }
 
 
 def backtest(
@@ -165,12 +169,20 @@ def backtest(
     def when(value: int | str | None) -> int | None:
         return value if value is None or isinstance(value, int) else parse_time(value)
 
-    config = BacktestConfig(split_ms=cast(int, when(split)), targets=frozenset(targets),
-                            positive_threshold=positive_threshold, ks=tuple(ks), ease=ease)
+    config = BacktestConfig(split_ms=cast(int, when(split)), targets=frozenset(targets), positive_threshold=positive_threshold, ks=tuple(ks), ease=ease)
     worker = worker or WorkerConfig()
-    return backtest_dataset(str(dataset), config, worker=worker, methods=method_list(methods, user_model=user_model),
-                            user_model=user_model, partitions=partitions, start_ms=when(start), end_ms=when(end), dataset_options=dataset_options,
-                            progress=progress)
+    return backtest_dataset(
+        str(dataset),
+        config,
+        worker=worker,
+        methods=method_list(methods, user_model=user_model),
+        user_model=user_model,
+        partitions=partitions,
+        start_ms=when(start),
+        end_ms=when(end),
+        dataset_options=dataset_options,
+        progress=progress,
+    )
 
 
 def backtest_dataset(
@@ -206,8 +218,7 @@ def backtest_dataset(
     from .tune import catalog_embeddings, load_source
 
     started = time.monotonic()
-    src = load_source(dataset, end_ms=end_ms, positive_threshold=config.positive_threshold, progress=progress,
-                      dataset_options=dataset_options)
+    src = load_source(dataset, end_ms=end_ms, positive_threshold=config.positive_threshold, progress=progress, dataset_options=dataset_options)
     if start_ms is not None:
         src.events = [e for e in src.events if e.ts >= start_ms]
     engine_config = replace(worker.engine_config(), k=config.max_k, emit="per-event")
@@ -216,9 +227,17 @@ def backtest_dataset(
     encoder = TextEncoder()  # review texts: CUDA when present
     matrix = ItemMatrix(encoder.dim, "cpu")
     matrix.upsert([it.item_id for it in src.catalog], emb)
-    opts = SideBySideOptions(encoder=encoder, engine_config=engine_config, profile_config=worker.profile_config(),
-                             blend=blend, adapt=worker.adapt_config, item_fields=fields, matrix=matrix,
-                             partition_of=partition_function(partitions), extra={"user_model": user_model})
+    opts = SideBySideOptions(
+        encoder=encoder,
+        engine_config=engine_config,
+        profile_config=worker.profile_config(),
+        blend=blend,
+        adapt=worker.adapt_config,
+        item_fields=fields,
+        matrix=matrix,
+        partition_of=partition_function(partitions),
+        extra={"user_model": user_model},
+    )
     runs = [METHODS[m](opts) for m in methods]
     config = replace(config, popularity_half_life_ms=engine_config.popularity_half_life_ms)
     bars: dict = {}
@@ -227,12 +246,19 @@ def backtest_dataset(
         if name not in bars:
             for b in bars.values():
                 b.close()
-            bars[name] = tqdm(total=len(src.events), desc=name, unit=" ev", file=sys.stderr, mininterval=1.0,
-                              disable=not progress)
+            bars[name] = tqdm(total=len(src.events), desc=name, unit=" ev", file=sys.stderr, mininterval=1.0, disable=not progress)
         bars[name].update(n)
 
     result, seconds = side_by_side(src.events, src.catalog, config, runs, progress=show)
     for b in bars.values():
         b.close()
-    return DatasetBacktest(dataset=dataset, result=result, config=config, methods=list(methods), blend=blend,
-                           embeddings=info, engine_s=seconds, total_s=round(time.monotonic() - started, 1))
+    return DatasetBacktest(
+        dataset=dataset,
+        result=result,
+        config=config,
+        methods=list(methods),
+        blend=blend,
+        embeddings=info,
+        engine_s=seconds,
+        total_s=round(time.monotonic() - started, 1),
+    )

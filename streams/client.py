@@ -69,8 +69,7 @@ def reader(settings: KafkaSettings) -> KafkaConsumer:
     """A consumer without a group that sees committed records only (``read_committed``):
     under exactly-once, a crashed attempt's records are aborted and stay invisible; under
     at-least-once there are no transactions and it sees everything."""
-    return KafkaConsumer(**connection_options(settings), enable_auto_commit=False, group_id=None,
-                         isolation_level="read_committed")
+    return KafkaConsumer(**connection_options(settings), enable_auto_commit=False, group_id=None, isolation_level="read_committed")
 
 
 def tail(
@@ -228,18 +227,25 @@ class WorkerProcess:
     def start(self) -> "WorkerProcess":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "recstream", "worker",
-            "--broker", self.settings.broker,
-            "--topic-prefix", self.settings.topic_prefix,
-            "--app-id", self.settings.app_id,
-            "--data-dir", str(self.data_dir),
-            "--loglevel", "info",
+            sys.executable,
+            "-m",
+            "recstream",
+            "worker",
+            "--broker",
+            self.settings.broker,
+            "--topic-prefix",
+            self.settings.topic_prefix,
+            "--app-id",
+            self.settings.app_id,
+            "--data-dir",
+            str(self.data_dir),
+            "--loglevel",
+            "info",
             *self.args,
         ]
         # TLS/SASL settings (the password included) reach the worker through its environment,
         # never its command line
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **self.settings.security.to_env(),
-               **(self.env or {})}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **self.settings.security.to_env(), **(self.env or {})}
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)

@@ -49,8 +49,7 @@ FILE_KEYS = ("broker", "topic_prefix", "app_id", *security.FILE_KEYS)
 #: The config file's command tables: the settings of ``recstream <command>``, keyed by its long
 #: flags (``batch-max`` or ``batch_max``); checked and applied by :mod:`streams.cli.configfile`.
 #: ``recstream kafka`` (the local development broker) has none: ``[kafka]`` is the connection.
-COMMAND_TABLES = ("topics", "worker", "forget", "profile", "produce", "replay", "backtest", "tune", "train",
-                  "subscribe", "demo")
+COMMAND_TABLES = ("topics", "worker", "forget", "profile", "produce", "replay", "backtest", "tune", "train", "subscribe", "demo")
 CONFIG_TABLES = ("kafka", *COMMAND_TABLES)
 MAX_CONFIG_BYTES = 1024 * 1024
 
@@ -83,9 +82,7 @@ class KafkaSettings:
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ConfigError(f"broker: {server!r} is not host:port")
         if not _TOPIC_CHARS.match(self.topic_prefix):
-            raise ConfigError(
-                f"topic prefix: {self.topic_prefix!r} may hold only letters, digits, '.', '_' and '-'"
-            )
+            raise ConfigError(f"topic prefix: {self.topic_prefix!r} may hold only letters, digits, '.', '_' and '-'")
         if not _TOPIC_CHARS.match(self.app_id):
             raise ConfigError(f"app id: {self.app_id!r} may hold only letters, digits, '.', '_' and '-'")
         if not self.app_id:
@@ -169,8 +166,9 @@ def _read_config(path: str) -> tuple[dict[str, dict[str, Any]], int]:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
     others = sorted(k for k in doc if k not in CONFIG_TABLES)
     if others:
-        raise ConfigError(f"config file {path}: unknown table or key {', '.join(others)} "
-                          f"(recstream reads [kafka] and a table per command: {', '.join(COMMAND_TABLES)})")
+        raise ConfigError(
+            f"config file {path}: unknown table or key {', '.join(others)} (recstream reads [kafka] and a table per command: {', '.join(COMMAND_TABLES)})"
+        )
     for name, table in doc.items():
         if not isinstance(table, dict):
             raise ConfigError(f"config file {path}: {name!r} must be a table ([{name}]), got {name} = {table!r}")
@@ -191,6 +189,5 @@ def load_config_file(path: str) -> dict[str, Any]:
         elif not isinstance(value, str):
             raise ConfigError(f"config file {path}: {key} must be a string")
     if table.get("sasl_password") and mode & (stat.S_IRGRP | stat.S_IROTH):
-        log.warning("config file %s holds a SASL password and other users can read it: chmod 600 it, "
-                    "or use sasl_password_file", path)
+        log.warning("config file %s holds a SASL password and other users can read it: chmod 600 it, or use sasl_password_file", path)
     return table

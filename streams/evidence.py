@@ -80,8 +80,15 @@ class EvidenceFollower:
         poll_ms: how long one poll waits for records.
     """
 
-    def __init__(self, settings: KafkaSettings, changelogs: Mapping[str, str], poll_ms: int = 200,
-                 max_skew_ms: int | None = None, idle_s: float = IDLE_S, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        changelogs: Mapping[str, str],
+        poll_ms: int = 200,
+        max_skew_ms: int | None = None,
+        idle_s: float = IDLE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_skew_ms is not None and max_skew_ms < 0:
             raise ValueError(f"max_skew_ms must be >= 0 (or None: no bound), got {max_skew_ms}")
         self.max_skew_ms = max_skew_ms

@@ -42,24 +42,27 @@ class UserView:
         p = self.profile
         return {
             "user_id": self.user_id,
-            "profile": None if p is None else {
+            "profile": None
+            if p is None
+            else {
                 "applied": p.applied,
                 "updated_ts": p.updated_ts,
                 "ref_ts": p.ref_ts,
                 "vector_norm": float(np.linalg.norm(p.vector)),
                 "purchased": sorted(p.purchased),
                 "offsets": p.offsets,
-                "history": [
-                    {"item_id": h.item_id, "title": self.titles.get(h.item_id), "ts": h.ts, "kind": h.kind, "rating": h.rating}
-                    for h in p.history
-                ],
+                "history": [{"item_id": h.item_id, "title": self.titles.get(h.item_id), "ts": h.ts, "kind": h.kind, "rating": h.rating} for h in p.history],
             },
             "partition": self.partition,
-            "blend_weights": None if self.weights is None else {
+            "blend_weights": None
+            if self.weights is None
+            else {
                 **dict(zip(("text", "cooccurrence", "popularity"), map(float, self.weights.weights))),
                 "epochs": self.weights.epochs,
             },
-            "recommendation": None if self.recommendation is None else {
+            "recommendation": None
+            if self.recommendation is None
+            else {
                 **self.recommendation.to_dict(),
                 "titles": {i.item_id: self.titles.get(i.item_id) for i in self.recommendation.items},
             },
@@ -145,8 +148,10 @@ def format_view(view: UserView) -> str:
             lines.append(f"    {_when(h.ts)}  {h.kind:8}{rating:5}  {view.titles.get(h.item_id, h.item_id + ' (not in catalog)')}")
     if view.weights is not None:
         t, c, pop = view.weights.weights
-        lines.append(f"  blend weights of partition {view.partition}: text {t:.3f}, co-occurrence {c:.3f}, popularity {pop:.3f} "
-                     f"(adapted online over {view.weights.epochs} epochs)")
+        lines.append(
+            f"  blend weights of partition {view.partition}: text {t:.3f}, co-occurrence {c:.3f}, popularity {pop:.3f} "
+            f"(adapted online over {view.weights.epochs} epochs)"
+        )
     r = view.recommendation
     if r is None:
         lines.append("  no recommendation found on the recommendations topic")

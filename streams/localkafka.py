@@ -26,9 +26,7 @@ def run(action: str, *args: str, port: int | None = None, data_dir: str | None =
     """Run one kafka.sh action; returns its exit status (status: 0 running, 3 not)."""
     script = script_path()
     if not script.exists():
-        raise FileNotFoundError(
-            f"{script} not found: reinstall recstream (the package ships it) or set {ENV_HOME} to a source checkout"
-        )
+        raise FileNotFoundError(f"{script} not found: reinstall recstream (the package ships it) or set {ENV_HOME} to a source checkout")
     env = dict(os.environ)
     if port is not None:
         env["RECSTREAM_KAFKA_PORT"] = str(port)

@@ -27,8 +27,7 @@ LOG_FORMATS = ("text", "json")
 MASK = "***"
 
 #: Setting names whose values are secrets (matched anywhere in a name, case-insensitive).
-SECRET_NAME = re.compile(r"password|passwd|secret|token|credential|api_?key|private_?key|ssl_?key|sasl_plain|sasl_oauth|keyfile",
-                         re.IGNORECASE)
+SECRET_NAME = re.compile(r"password|passwd|secret|token|credential|api_?key|private_?key|ssl_?key|sasl_plain|sasl_oauth|keyfile", re.IGNORECASE)
 _SECRET_ASSIGNMENT = re.compile(
     r"""(?P<name>["']?\b[A-Za-z0-9_.-]*(?:password|passwd|secret|token|credential|api_?key|private_?key|ssl_?key|keyfile)[A-Za-z0-9_]*["']?)"""
     r"""(?P<sep>\s*[=:]\s*)"""

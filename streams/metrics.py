@@ -64,9 +64,7 @@ DEFAULT_BROKER_GRACE_S = 30.0
 #: Fields of the input contract (``streams/schemas``): a dead letter naming one of them is
 #: counted under that field's name; any other field name comes from the input and is not
 #: a label value (``unknown_field``).
-CONTRACT_FIELDS = frozenset(
-    {"schema", "item_id", "user_id", "title", "description", "categories", "ts", "event_id", "quantity", "price", "rating", "text"}
-)
+CONTRACT_FIELDS = frozenset({"schema", "item_id", "user_id", "title", "description", "categories", "ts", "event_id", "quantity", "price", "rating", "text"})
 #: Every value the ``reason`` label of ``recstream_dead_letters_total`` can take.
 REASON_CODES = CONTRACT_FIELDS | {
     "key",  # null, not UTF-8 or not the record's id
@@ -193,51 +191,73 @@ class _StateCollector(Collector):
 
     def _families(self, s: WorkerState) -> Iterator[Metric]:
         m = self.metrics
-        letters = CounterMetricFamily("recstream_dead_letters", "Records sent to the dead-letter topic, by reason code "
-                                      "(the failing contract field, key, unknown_field, not_json, not_utf8, not_object, "
-                                      "null_value, too_large, value, processing).", labels=["reason"])
+        letters = CounterMetricFamily(
+            "recstream_dead_letters",
+            "Records sent to the dead-letter topic, by reason code "
+            "(the failing contract field, key, unknown_field, not_json, not_utf8, not_object, "
+            "null_value, too_large, value, processing).",
+            labels=["reason"],
+        )
         for reason, n in sorted(s.dead_letters.items()):
             letters.add_metric([reason], n)
         yield letters
         c = s.counts
-        yield CounterMetricFamily("recstream_recommendations_published", "Recommendation records published.",
-                                  value=c.get("recommendations", 0))
-        outcome = CounterMetricFamily("recstream_events_processed", "Valid events processed by the engine: applied to "
-                                      "a profile, or recognised as a redelivery and skipped.", labels=["outcome"])
+        yield CounterMetricFamily("recstream_recommendations_published", "Recommendation records published.", value=c.get("recommendations", 0))
+        outcome = CounterMetricFamily(
+            "recstream_events_processed",
+            "Valid events processed by the engine: applied to a profile, or recognised as a redelivery and skipped.",
+            labels=["outcome"],
+        )
         outcome.add_metric(["applied"], c.get("applied", 0))
         outcome.add_metric(["duplicate"], c.get("duplicates", 0))
         yield outcome
-        yield CounterMetricFamily("recstream_unknown_item_events", "Events naming an item missing from the catalog "
-                                  "(counted in history and popularity, no embedding).", value=c.get("unknown_items", 0))
-        yield CounterMetricFamily("recstream_popularity_fallbacks", "Recommendations from popularity (users without a "
-                                  "usable profile).", value=c.get("fallbacks", 0))
-        yield CounterMetricFamily("recstream_batch_failures", "Micro-batches that failed as a whole and were retried "
-                                  "record by record.", value=c.get("batch_failures", 0))
+        yield CounterMetricFamily(
+            "recstream_unknown_item_events",
+            "Events naming an item missing from the catalog (counted in history and popularity, no embedding).",
+            value=c.get("unknown_items", 0),
+        )
+        yield CounterMetricFamily(
+            "recstream_popularity_fallbacks", "Recommendations from popularity (users without a usable profile).", value=c.get("fallbacks", 0)
+        )
+        yield CounterMetricFamily(
+            "recstream_batch_failures", "Micro-batches that failed as a whole and were retried record by record.", value=c.get("batch_failures", 0)
+        )
         catalog = CounterMetricFamily("recstream_catalog_updates", "Catalog records applied.", labels=["op"])
         catalog.add_metric(["upsert"], c.get("items_upserted", 0))
         catalog.add_metric(["delete"], c.get("items_deleted", 0))
         yield catalog
         yield from _prequential_families(s)
         if s.blend_weights:
-            weight = GaugeMetricFamily("recstream_blend_weight", "The blend's weight of each signal in use for an input "
-                                       "partition held, as adapted online (the weights sum to 1).", labels=["partition", "signal"])
-            epochs = CounterMetricFamily("recstream_blend_weight_epochs", "Epochs of online adaptation the partition's weights "
-                                         "went through.", labels=["partition"])
+            weight = GaugeMetricFamily(
+                "recstream_blend_weight",
+                "The blend's weight of each signal in use for an input partition held, as adapted online (the weights sum to 1).",
+                labels=["partition", "signal"],
+            )
+            epochs = CounterMetricFamily(
+                "recstream_blend_weight_epochs", "Epochs of online adaptation the partition's weights went through.", labels=["partition"]
+            )
             for partition, (ws, n) in sorted(s.blend_weights.items()):
                 for signal, w in zip(("text", "cooccurrence", "popularity"), ws):
                     weight.add_metric([str(partition), signal], w)
                 epochs.add_metric([str(partition)], n)
             yield from (weight, epochs)
         yield GaugeMetricFamily("recstream_items_held", "Catalog items in the scoring matrix.", value=s.items_held)
-        yield GaugeMetricFamily("recstream_profiles_held", "User profiles in this worker's partitions of the profiles "
-                                "table (counted at recovery, then kept up to date).", value=m.profiles_held)
-        lag = GaugeMetricFamily("recstream_consumer_lag_records", "Records waiting in an input partition held by this "
-                                "worker: the partition's high watermark minus the committed offset.", labels=["topic", "partition"])
+        yield GaugeMetricFamily(
+            "recstream_profiles_held",
+            "User profiles in this worker's partitions of the profiles table (counted at recovery, then kept up to date).",
+            value=m.profiles_held,
+        )
+        lag = GaugeMetricFamily(
+            "recstream_consumer_lag_records",
+            "Records waiting in an input partition held by this worker: the partition's high watermark minus the committed offset.",
+            labels=["topic", "partition"],
+        )
         for (topic, partition), n in sorted(s.lag.items()):
             lag.add_metric([topic, str(partition)], n)
         yield lag
-        yield GaugeMetricFamily("recstream_last_batch_timestamp_seconds", "When the last micro-batch completed "
-                                "(Unix time; 0 before the first).", value=m.last_batch_wall)
+        yield GaugeMetricFamily(
+            "recstream_last_batch_timestamp_seconds", "When the last micro-batch completed (Unix time; 0 before the first).", value=m.last_batch_wall
+        )
         if s.broker_up is not None:
             yield GaugeMetricFamily("recstream_broker_up", "1 when the last broker probe got an answer.", value=int(s.broker_up))
         if s.healthy is not None:
@@ -253,16 +273,19 @@ class _StateCollector(Collector):
 def _prequential_families(s: WorkerState) -> Iterator[Metric]:
     """Live quality: each target event (a click, a purchase, a review rated 4 or more) tests
     the list its user held, by the ranker that made that list (scoring/prequential.py)."""
-    cases = CounterMetricFamily("recstream_prequential_cases", "Target events that tested the list their user held, "
-                                "by the ranker of that list (blend, text, learned, popularity).", labels=["ranker"])
-    hits = CounterMetricFamily("recstream_prequential_hits_at_10", "Of those, the events whose item was in the top 10 "
-                               "of the list.", labels=["ranker"])
-    ndcg = CounterMetricFamily("recstream_prequential_ndcg_at_10", "Sum of the cases' NDCG@10 (1/log2(rank + 2) for a "
-                               "hit, else 0): over recstream_prequential_cases, the mean NDCG@10.", labels=["ranker"])
-    window_hr = GaugeMetricFamily("recstream_prequential_window_hit_rate_at_10", "HR@10 of the ranker's last 1,000 "
-                                  "cases.", labels=["ranker"])
-    window_ndcg = GaugeMetricFamily("recstream_prequential_window_ndcg_at_10", "NDCG@10 of the ranker's last 1,000 "
-                                    "cases.", labels=["ranker"])
+    cases = CounterMetricFamily(
+        "recstream_prequential_cases",
+        "Target events that tested the list their user held, by the ranker of that list (blend, text, learned, popularity).",
+        labels=["ranker"],
+    )
+    hits = CounterMetricFamily("recstream_prequential_hits_at_10", "Of those, the events whose item was in the top 10 of the list.", labels=["ranker"])
+    ndcg = CounterMetricFamily(
+        "recstream_prequential_ndcg_at_10",
+        "Sum of the cases' NDCG@10 (1/log2(rank + 2) for a hit, else 0): over recstream_prequential_cases, the mean NDCG@10.",
+        labels=["ranker"],
+    )
+    window_hr = GaugeMetricFamily("recstream_prequential_window_hit_rate_at_10", "HR@10 of the ranker's last 1,000 cases.", labels=["ranker"])
+    window_ndcg = GaugeMetricFamily("recstream_prequential_window_ndcg_at_10", "NDCG@10 of the ranker's last 1,000 cases.", labels=["ranker"])
     for ranker, f in sorted(s.prequential.items()):
         cases.add_metric([ranker], f.cases)
         hits.add_metric([ranker], f.hits)
@@ -271,8 +294,9 @@ def _prequential_families(s: WorkerState) -> Iterator[Metric]:
             window_hr.add_metric([ranker], f.window_hit_rate)
             window_ndcg.add_metric([ranker], f.window_ndcg)
     yield from (cases, hits, ndcg, window_hr, window_ndcg)
-    yield CounterMetricFamily("recstream_prequential_cold", "Target events of users who held no list yet (or whose "
-                              "list the worker no longer remembers).", value=s.prequential_cold)
+    yield CounterMetricFamily(
+        "recstream_prequential_cold", "Target events of users who held no list yet (or whose list the worker no longer remembers).", value=s.prequential_cold
+    )
 
 
 class WorkerMetrics:
@@ -306,18 +330,28 @@ class WorkerMetrics:
         #: the :class:`MonitoringService` serving these metrics, if any (broker probe, health)
         self.health: Any = None
         r = self.registry
-        self.events_in = Counter("recstream_events_in", "Records consumed from an input topic (valid or not), by "
-                                 "logical topic.", ["topic"], registry=r)
-        self.batch_size = Histogram("recstream_batch_size_records", "Records per micro-batch, by agent.", ["agent"],
-                                    buckets=BATCH_BUCKETS, registry=r)
-        self.encoder_seconds = Histogram("recstream_encoder_batch_seconds", "Text encoder time per micro-batch that "
-                                         "encoded texts (review texts; item texts for the catalog), by agent.", ["agent"],
-                                         buckets=TIME_BUCKETS, registry=r)
-        self.scoring_seconds = Histogram("recstream_scoring_batch_seconds", "Scoring time (matrix product and top-k of "
-                                         "every snapshot) per events micro-batch.", buckets=TIME_BUCKETS, registry=r)
-        self.latency = BatchHistogram("recstream_recommendation_latency_seconds", "Per recommendation published: from "
-                                      "when the worker's consumer received the triggering event to when the "
-                                      "recommendation went out (emitted_ts - trigger.received_ts).", LATENCY_BUCKETS)
+        self.events_in = Counter("recstream_events_in", "Records consumed from an input topic (valid or not), by logical topic.", ["topic"], registry=r)
+        self.batch_size = Histogram("recstream_batch_size_records", "Records per micro-batch, by agent.", ["agent"], buckets=BATCH_BUCKETS, registry=r)
+        self.encoder_seconds = Histogram(
+            "recstream_encoder_batch_seconds",
+            "Text encoder time per micro-batch that encoded texts (review texts; item texts for the catalog), by agent.",
+            ["agent"],
+            buckets=TIME_BUCKETS,
+            registry=r,
+        )
+        self.scoring_seconds = Histogram(
+            "recstream_scoring_batch_seconds",
+            "Scoring time (matrix product and top-k of every snapshot) per events micro-batch.",
+            buckets=TIME_BUCKETS,
+            registry=r,
+        )
+        self.latency = BatchHistogram(
+            "recstream_recommendation_latency_seconds",
+            "Per recommendation published: from "
+            "when the worker's consumer received the triggering event to when the "
+            "recommendation went out (emitted_ts - trigger.received_ts).",
+            LATENCY_BUCKETS,
+        )
         r.register(self.latency)
         r.register(_StateCollector(self))
         # every series exists from the start (rate() and absent() behave)
@@ -340,8 +374,9 @@ class WorkerMetrics:
     def on_encoded(self, agent: str, seconds: float) -> None:
         self._encoders[agent].observe(seconds)
 
-    def on_event_batch(self, result: "BatchResult", read_profiles: Mapping[str, Any],
-                       received_ms: Mapping[tuple[str, int, int], int | None], emitted_ms: int) -> None:
+    def on_event_batch(
+        self, result: "BatchResult", read_profiles: Mapping[str, Any], received_ms: Mapping[tuple[str, int, int], int | None], emitted_ms: int
+    ) -> None:
         """The engine processed a batch and its recommendations went out at ``emitted_ms``.
 
         ``read_profiles`` are the profiles the batch found in the table (a changed profile
@@ -388,8 +423,7 @@ class HealthPolicy:
 
     def __post_init__(self) -> None:
         if not self.stall_timeout_s > 0 or not self.broker_grace_s > 0:
-            raise ValueError(f"stall timeout and broker grace must be positive, got {self.stall_timeout_s}s and "
-                             f"{self.broker_grace_s}s")
+            raise ValueError(f"stall timeout and broker grace must be positive, got {self.stall_timeout_s}s and {self.broker_grace_s}s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,8 +483,7 @@ class HealthMonitor:
             marks = [t for t in (last_progress, self.started_at, self.busy_at) if t is not None]
             idle_for = now - max(marks)
             if lag > 0 and idle_for > p.stall_timeout_s:
-                reasons.append(f"stalled: {lag} records waiting and no micro-batch completed for {idle_for:.0f}s "
-                               f"(stall timeout {p.stall_timeout_s:g}s)")
+                reasons.append(f"stalled: {lag} records waiting and no micro-batch completed for {idle_for:.0f}s (stall timeout {p.stall_timeout_s:g}s)")
         healthy = not reasons
         status = "unhealthy" if not healthy else ("ok" if self.started_at is not None else "starting")
         details = {
@@ -602,8 +635,12 @@ def metrics_socket(port: int | None, host: str = DEFAULT_METRICS_HOST) -> socket
     except OSError as exc:
         if port is not None:
             raise
-        log.warning("metrics endpoint off: default port %s:%d is not available (%s); "
-                    "give --metrics-port (0 turns the endpoint off)", host, DEFAULT_METRICS_PORT, exc.strerror or exc)
+        log.warning(
+            "metrics endpoint off: default port %s:%d is not available (%s); give --metrics-port (0 turns the endpoint off)",
+            host,
+            DEFAULT_METRICS_PORT,
+            exc.strerror or exc,
+        )
         return None
 
 
@@ -770,8 +807,13 @@ class MonitoringService(Service):
         host, port = self.address
         log.info("metrics on http://%s:%d/metrics, health on /health and /ready", host, port)
         if self.api is not None:
-            log.info("API on http://%s:%d/v1/ (advertised to the group as %s; %s)", host, port, self.api.backend.own_url,
-                     "bearer token required" if self.api.token else "no token")
+            log.info(
+                "API on http://%s:%d/v1/ (advertised to the group as %s; %s)",
+                host,
+                port,
+                self.api.backend.own_url,
+                "bearer token required" if self.api.token else "no token",
+            )
 
     async def on_stop(self) -> None:
         http, self._http = self._http, None
@@ -802,4 +844,3 @@ class MonitoringService(Service):
             self.monitor.broker_probed(time.monotonic(), error)
             self._note_busy(time.monotonic())  # between scrapes too: a long recovery is not a stall
             await self.sleep(self.probe_interval_s)
-

@@ -295,7 +295,7 @@ def _is_number(v: Any) -> bool:
 def _check_id(v: Any, path: str, clock: _Clock | None = None) -> str:
     if not isinstance(v, str):
         if _is_number(v):
-            _fail(path, f"must be a string, got {_describe(v)} (ids are strings: send numeric ids as text, e.g. \"{v}\")")
+            _fail(path, f'must be a string, got {_describe(v)} (ids are strings: send numeric ids as text, e.g. "{v}")')
         _fail(path, f"must be a string, got {_describe(v)}")
     if not v:
         _fail(path, "must not be empty")
@@ -359,8 +359,7 @@ def _check_event_ts(v: Any, path: str, clock: _Clock | None) -> int:
     if clock is not None and ts > clock.now_ms + clock.max_future_ms:
         _fail(
             path,
-            f"must not be more than {clock.max_future_ms} ms after now ({clock.now_ms}), "
-            f"got {ts} ({ts - clock.now_ms} ms ahead)",
+            f"must not be more than {clock.max_future_ms} ms after now ({clock.now_ms}), got {ts} ({ts - clock.now_ms} ms ahead)",
         )
     return ts
 
@@ -486,9 +485,7 @@ _SHAPES: Final[dict[str, Check]] = {
             "item_id": _ID,
             "title": _Field(_string(MAX_TITLE_CHARS)),
             "description": _Field(_string(MAX_TEXT_CHARS), required=False, default=""),
-            "categories": _Field(
-                _array(_string(MAX_CATEGORY_CHARS), max_items=MAX_CATEGORIES), required=False, default=()
-            ),
+            "categories": _Field(_array(_string(MAX_CATEGORY_CHARS), max_items=MAX_CATEGORIES), required=False, default=()),
             "ts": _EVENT_TS,
         },
         _build_item,
@@ -596,8 +593,7 @@ def _loads(value: bytes) -> tuple[Any, ValidationError | None]:
     except UnicodeDecodeError as exc:
         raise ValidationError(
             None,
-            f"value is not valid UTF-8: byte 0x{value[exc.start]:02x} at offset {exc.start} ({exc.reason}) "
-            f"in {_preview(bytes(value))}",
+            f"value is not valid UTF-8: byte 0x{value[exc.start]:02x} at offset {exc.start} ({exc.reason}) in {_preview(bytes(value))}",
         ) from None
     invalid = ValidationError(None, f"value is not valid JSON: {error}")
     try:
@@ -745,15 +741,17 @@ def encode_emitted(rec: Recommendation, *, emitted_ts: int, received_ts: int | N
     if received_ts is not None:
         trigger["received_ts"] = received_ts
     # the same document as rec.to_dict() (same keys, same order), built without a call per item
-    return orjson.dumps({
-        "schema": rec.schema,
-        "user_id": rec.user_id,
-        "items": [{"item_id": i, "score": s, "because": b} for i, s, b in rec.items],
-        "trigger": trigger,
-        "event_ts": rec.event_ts,
-        "emitted_ts": emitted_ts,
-        "model": rec.model,
-    })
+    return orjson.dumps(
+        {
+            "schema": rec.schema,
+            "user_id": rec.user_id,
+            "items": [{"item_id": i, "score": s, "because": b} for i, s, b in rec.items],
+            "trigger": trigger,
+            "event_ts": rec.event_ts,
+            "emitted_ts": emitted_ts,
+            "model": rec.model,
+        }
+    )
 
 
 def record_key(record: Item | ItemDeleted | Event | Forget | Recommendation) -> bytes:
@@ -765,9 +763,7 @@ def record_key(record: Item | ItemDeleted | Event | Forget | Recommendation) -> 
     raise TypeError(f"{type(record).__name__} has no contract key (a dead letter keeps the original key)")
 
 
-def dead_letter(
-    topic: str, partition: int, offset: int, error: str, key: bytes | None, value: bytes | None
-) -> DeadLetter:
+def dead_letter(topic: str, partition: int, offset: int, error: str, key: bytes | None, value: bytes | None) -> DeadLetter:
     """A dead letter for the record at ``topic``/``partition``/``offset``, keeping its bytes."""
     value_text, encoding = _to_text(value)
     key_text, key_encoding = _to_text(key)

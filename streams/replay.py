@@ -115,9 +115,13 @@ def copy_range(
                                 if logical != T.ITEMS and not _in_range(r.timestamp, start_ms, end_ms):
                                     continue
                                 # same partition number: one user's events stay in order, together
-                                future = prod.send(target.topic(logical), key=r.key, value=r.value,
-                                                   partition=tp.partition if logical != T.ITEMS else None,
-                                                   timestamp_ms=r.timestamp)
+                                future = prod.send(
+                                    target.topic(logical),
+                                    key=r.key,
+                                    value=r.value,
+                                    partition=tp.partition if logical != T.ITEMS else None,
+                                    timestamp_ms=r.timestamp,
+                                )
                                 future.add_errback(failures.append)
                                 copied += 1
                                 if logical == T.ITEMS:
@@ -158,8 +162,7 @@ def run_replay(
     t0 = time.monotonic()
     # the catalog first, embedded before any event is read: otherwise early events would
     # find their items missing and the replay would depend on the machine's speed
-    stats = copy_range(source, target, start_ms=start_ms, end_ms=end_ms, partitions=partitions,
-                       events=False, show_progress=show_progress)
+    stats = copy_range(source, target, start_ms=start_ms, end_ms=end_ms, partitions=partitions, events=False, show_progress=show_progress)
     data_dir = Path(tempfile.mkdtemp(prefix="recstream-replay-"))
     args = ["--partitions", str(partitions), "--emit", "per-event", *(worker_args or [])]
     if workers > 1 and "--max-skew-ms" not in args:
@@ -181,8 +184,7 @@ def run_replay(
     # a partition with unfetched records holds the others back). Copied while a worker
     # reads, a topic would look caught up before its records were copied, and the worker
     # would take one topic's events ahead of another's.
-    copy_range(source, target, start_ms=start_ms, end_ms=end_ms, partitions=partitions,
-               catalog=False, show_progress=show_progress, stats=stats)
+    copy_range(source, target, start_ms=start_ms, end_ms=end_ms, partitions=partitions, catalog=False, show_progress=show_progress, stats=stats)
     answered = 0
     # the others recover the catalog table (the embeddings) from its changelog
     group = [worker] + [WorkerProcess(target, Path(tempfile.mkdtemp(prefix="recstream-replay-")), *args) for _ in range(workers - 1)]
@@ -209,4 +211,3 @@ def run_replay(
     stats.dead_letters = topic_size(target, T.DLQ)
     stats.seconds = time.monotonic() - t0
     return stats
-

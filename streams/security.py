@@ -48,8 +48,17 @@ ENV_SSL_KEYFILE = "RECSTREAM_SSL_KEYFILE"
 ENV_SSL_CHECK_HOSTNAME = "RECSTREAM_SSL_CHECK_HOSTNAME"
 
 #: Keys of the config file's ``[kafka]`` table that belong to this module.
-FILE_KEYS = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password", "sasl_password_file",
-             "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
+FILE_KEYS = (
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "sasl_password_file",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_check_hostname",
+)
 #: The longest password file read (a password, not a document).
 MAX_PASSWORD_FILE_BYTES = 4096
 
@@ -117,19 +126,27 @@ class SecuritySettings:
         if protocol not in PROTOCOLS:
             raise _config_error(f"security protocol: {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
         if self.uses_sasl:
-            missing = [what for what, value in (("--sasl-mechanism", self.sasl_mechanism), ("--sasl-username", self.sasl_username),
-                                                ("a password (--sasl-password-file or RECSTREAM_SASL_PASSWORD)", self.sasl_password))
-                       if not value]
+            missing = [
+                what
+                for what, value in (
+                    ("--sasl-mechanism", self.sasl_mechanism),
+                    ("--sasl-username", self.sasl_username),
+                    ("a password (--sasl-password-file or RECSTREAM_SASL_PASSWORD)", self.sasl_password),
+                )
+                if not value
+            ]
             if missing:
                 raise _config_error(f"security protocol {protocol} needs {', '.join(missing)}")
             if self.sasl_mechanism not in MECHANISMS:
                 raise _config_error(f"SASL mechanism: {self.sasl_mechanism!r} is not one of {', '.join(MECHANISMS)}")
         else:
-            given = [name for name, value in (("SASL mechanism", self.sasl_mechanism), ("SASL username", self.sasl_username),
-                                              ("SASL password", self.sasl_password)) if value]
+            given = [
+                name
+                for name, value in (("SASL mechanism", self.sasl_mechanism), ("SASL username", self.sasl_username), ("SASL password", self.sasl_password))
+                if value
+            ]
             if given:
-                raise _config_error(f"{', '.join(given)} given, but the security protocol is {protocol}: "
-                                    "use SASL_PLAINTEXT or SASL_SSL (--security-protocol)")
+                raise _config_error(f"{', '.join(given)} given, but the security protocol is {protocol}: use SASL_PLAINTEXT or SASL_SSL (--security-protocol)")
         if self.uses_ssl:
             for what, path in (("CA file", self.ssl_cafile), ("certificate file", self.ssl_certfile), ("key file", self.ssl_keyfile)):
                 if path and not os.path.isfile(path):
@@ -138,8 +155,9 @@ class SecuritySettings:
                 raise _config_error("TLS key file given without a certificate file (--ssl-certfile)")
             self.ssl_context()  # a file that is not PEM fails here, not at the first connection
         else:
-            given = [name for name, value in (("--ssl-cafile", self.ssl_cafile), ("--ssl-certfile", self.ssl_certfile),
-                                              ("--ssl-keyfile", self.ssl_keyfile)) if value]
+            given = [
+                name for name, value in (("--ssl-cafile", self.ssl_cafile), ("--ssl-certfile", self.ssl_certfile), ("--ssl-keyfile", self.ssl_keyfile)) if value
+            ]
             if given:
                 raise _config_error(f"{', '.join(given)} given, but the security protocol is {protocol}: use SSL or SASL_SSL")
 
@@ -167,8 +185,9 @@ class SecuritySettings:
             if self.ssl_certfile:
                 context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
         except (ssl.SSLError, OSError) as exc:
-            raise _config_error(f"TLS files ({self.ssl_cafile or 'system CAs'}"
-                                f"{', ' + self.ssl_certfile if self.ssl_certfile else ''}) cannot be loaded: {exc}") from None
+            raise _config_error(
+                f"TLS files ({self.ssl_cafile or 'system CAs'}{', ' + self.ssl_certfile if self.ssl_certfile else ''}) cannot be loaded: {exc}"
+            ) from None
         context.check_hostname = self.ssl_check_hostname
         return context
 
@@ -176,9 +195,13 @@ class SecuritySettings:
         """The ``RECSTREAM_*`` variables that reproduce these settings in a child process
         (the password travels in the environment, never on a command line)."""
         env = {ENV_SECURITY_PROTOCOL: self.protocol, ENV_SSL_CHECK_HOSTNAME: "true" if self.ssl_check_hostname else "false"}
-        for name, value in ((ENV_SASL_MECHANISM, self.sasl_mechanism), (ENV_SASL_USERNAME, self.sasl_username),
-                            (ENV_SSL_CAFILE, self.ssl_cafile), (ENV_SSL_CERTFILE, self.ssl_certfile),
-                            (ENV_SSL_KEYFILE, self.ssl_keyfile)):
+        for name, value in (
+            (ENV_SASL_MECHANISM, self.sasl_mechanism),
+            (ENV_SASL_USERNAME, self.sasl_username),
+            (ENV_SSL_CAFILE, self.ssl_cafile),
+            (ENV_SSL_CERTFILE, self.ssl_certfile),
+            (ENV_SSL_KEYFILE, self.ssl_keyfile),
+        ):
             env[name] = value or ""
         env[ENV_SASL_PASSWORD] = self.sasl_password.reveal() if self.sasl_password else ""
         env[ENV_SASL_PASSWORD_FILE] = ""  # the password above wins; no stale file from the parent
@@ -186,6 +209,7 @@ class SecuritySettings:
 
 
 # --------------------------------------------------------------------------- from flags, env, file
+
 
 def _truthy(name: str, value: Any) -> bool:
     if isinstance(value, bool):
@@ -271,13 +295,13 @@ def resolve(
 
 # --------------------------------------------------------------------------- per library
 
+
 def kafka_python_kwargs(sec: SecuritySettings) -> dict[str, Any]:
     """Arguments of kafka-python's ``KafkaProducer``, ``KafkaConsumer`` and ``KafkaAdminClient``."""
     kwargs: dict[str, Any] = {"security_protocol": sec.protocol}
     if sec.uses_sasl:
         assert sec.sasl_password is not None
-        kwargs.update(sasl_mechanism=sec.sasl_mechanism, sasl_plain_username=sec.sasl_username,
-                      sasl_plain_password=sec.sasl_password.reveal())
+        kwargs.update(sasl_mechanism=sec.sasl_mechanism, sasl_plain_username=sec.sasl_username, sasl_plain_password=sec.sasl_password.reveal())
     if sec.uses_ssl:
         kwargs.update(ssl_context=sec.ssl_context(), ssl_check_hostname=sec.ssl_check_hostname)
     return kwargs
@@ -288,8 +312,7 @@ def aiokafka_kwargs(sec: SecuritySettings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"security_protocol": sec.protocol}
     if sec.uses_sasl:
         assert sec.sasl_password is not None
-        kwargs.update(sasl_mechanism=sec.sasl_mechanism, sasl_plain_username=sec.sasl_username,
-                      sasl_plain_password=sec.sasl_password.reveal())
+        kwargs.update(sasl_mechanism=sec.sasl_mechanism, sasl_plain_username=sec.sasl_username, sasl_plain_password=sec.sasl_password.reveal())
     if sec.uses_ssl:
         kwargs["ssl_context"] = sec.ssl_context()
     return kwargs
@@ -302,14 +325,16 @@ def faust_credentials(sec: SecuritySettings):
 
     if sec.uses_sasl:
         assert sec.sasl_password is not None
-        return faust.SASLCredentials(username=sec.sasl_username, password=sec.sasl_password.reveal(),
-                                     mechanism=sec.sasl_mechanism, ssl_context=sec.ssl_context())
+        return faust.SASLCredentials(
+            username=sec.sasl_username, password=sec.sasl_password.reveal(), mechanism=sec.sasl_mechanism, ssl_context=sec.ssl_context()
+        )
     if sec.uses_ssl:
         return faust.SSLCredentials(sec.ssl_context())
     return None
 
 
 # --------------------------------------------------------------------------- connection check
+
 
 class AuthenticationFailed(RuntimeError):
     """The broker refused the credentials (or the mechanism); the message is for the user."""
@@ -333,15 +358,21 @@ def _detail(exc: BaseException) -> str:
 
 
 def _auth_message(sec: SecuritySettings, detail: str) -> str:
-    return (f"authentication failed for user {sec.sasl_username!r} (SASL {sec.sasl_mechanism}): "
-            f"check the username and password (broker: {detail})")
+    return f"authentication failed for user {sec.sasl_username!r} (SASL {sec.sasl_mechanism}): check the username and password (broker: {detail})"
 
 
 _HANDSHAKE_CA_CODES = {2, 18, 19, 20, 21}  # OpenSSL: the issuer is missing or not trusted
-_ALERT_ON_CLIENT_CERT = ("BAD_CERTIFICATE", "CERTIFICATE_REQUIRED", "HANDSHAKE_FAILURE", "UNKNOWN_CA",
-                         "CERTIFICATE_EXPIRED", "CERTIFICATE_UNKNOWN", "CERTIFICATE_REVOKED", "ACCESS_DENIED")
-_NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST",
-            "UNKNOWN_PROTOCOL", "UNEXPECTED_EOF_WHILE_READING")
+_ALERT_ON_CLIENT_CERT = (
+    "BAD_CERTIFICATE",
+    "CERTIFICATE_REQUIRED",
+    "HANDSHAKE_FAILURE",
+    "UNKNOWN_CA",
+    "CERTIFICATE_EXPIRED",
+    "CERTIFICATE_UNKNOWN",
+    "CERTIFICATE_REVOKED",
+    "ACCESS_DENIED",
+)
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "UNEXPECTED_EOF_WHILE_READING")
 
 
 def _ssl_words(exc: ssl.SSLError) -> str:
@@ -362,26 +393,33 @@ def _tls_problem(server: str, sec: SecuritySettings, exc: ssl.SSLError) -> str:
         if code in _HANDSHAKE_CA_CODES:
             hint = f": the broker's certificate is not signed by a CA in {cas}; give the cluster's CA certificate with --ssl-cafile"
         elif code == 10:
-            hint = (f" (checked against {cas}): the broker's certificate, or its CA's, has expired; the cluster's "
-                    "operators must renew it (or this machine's clock is wrong)")
+            hint = (
+                f" (checked against {cas}): the broker's certificate, or its CA's, has expired; the cluster's "
+                "operators must renew it (or this machine's clock is wrong)"
+            )
         elif code == 9:
             hint = f" (checked against {cas}): the broker's certificate is not valid yet; is this machine's clock right?"
         elif code in (62, 64):
-            hint = (f" (checked against {cas}, host name checking on): the broker's certificate is not for the host in "
-                    "--broker; connect with a name or address the certificate holds")
+            hint = (
+                f" (checked against {cas}, host name checking on): the broker's certificate is not for the host in "
+                "--broker; connect with a name or address the certificate holds"
+            )
         else:
             hint = f" (checked against {cas})"
         return f"{server}: TLS handshake failed: certificate verify failed ({detail}){hint}"
     reason = (exc.reason or "").upper()
     if "ALERT" in reason and any(word in reason for word in _ALERT_ON_CLIENT_CERT):
         if not sec.ssl_certfile:
-            return (f"{server}: TLS handshake failed: the broker requires a client certificate (mutual TLS) and none "
-                    f"was given ({_ssl_words(exc)}): set --ssl-certfile and --ssl-keyfile")
-        return (f"{server}: TLS handshake failed: the broker refused the client certificate {sec.ssl_certfile} "
-                f"({_ssl_words(exc)}): is it signed by a CA the broker trusts, and still valid?")
+            return (
+                f"{server}: TLS handshake failed: the broker requires a client certificate (mutual TLS) and none "
+                f"was given ({_ssl_words(exc)}): set --ssl-certfile and --ssl-keyfile"
+            )
+        return (
+            f"{server}: TLS handshake failed: the broker refused the client certificate {sec.ssl_certfile} "
+            f"({_ssl_words(exc)}): is it signed by a CA the broker trusts, and still valid?"
+        )
     if reason in _NOT_TLS:
-        return (f"{server}: TLS handshake failed ({_ssl_words(exc)}): the listener does not seem to speak TLS "
-                "(a PLAINTEXT or SASL_PLAINTEXT port?)")
+        return f"{server}: TLS handshake failed ({_ssl_words(exc)}): the listener does not seem to speak TLS (a PLAINTEXT or SASL_PLAINTEXT port?)"
     return f"{server}: TLS handshake failed ({_ssl_words(exc)})"
 
 
@@ -420,8 +458,7 @@ async def _probe(servers: list[str], sec: SecuritySettings, timeout_s: float, tl
         conn = None
         try:
             conn = await asyncio.wait_for(
-                create_conn(host, int(port), client_id="recstream-check", request_timeout_ms=int(timeout_s * 1000),
-                            **kwargs),
+                create_conn(host, int(port), client_id="recstream-check", request_timeout_ms=int(timeout_s * 1000), **kwargs),
                 timeout_s,
             )
             # one request past the handshakes, as every client's first: a listener that wants
@@ -430,11 +467,13 @@ async def _probe(servers: list[str], sec: SecuritySettings, timeout_s: float, tl
         except (E.SaslAuthenticationFailed, E.AuthenticationFailedError) as exc:
             raise AuthenticationFailed(_auth_message(sec, _detail(exc))) from None
         except E.UnsupportedSaslMechanismError:
-            raise AuthenticationFailed(f"the broker at {server} does not accept SASL mechanism {sec.sasl_mechanism} "
-                                       f"(user {sec.sasl_username!r}): choose another with --sasl-mechanism") from None
+            raise AuthenticationFailed(
+                f"the broker at {server} does not accept SASL mechanism {sec.sasl_mechanism} (user {sec.sasl_username!r}): choose another with --sasl-mechanism"
+            ) from None
         except E.IllegalSaslStateError:
-            problems.append(f"{server}: the listener does not take SASL (IllegalSaslStateError): use "
-                            f"{'SSL' if sec.uses_ssl else 'PLAINTEXT'}, or the cluster's SASL port")
+            problems.append(
+                f"{server}: the listener does not take SASL (IllegalSaslStateError): use {'SSL' if sec.uses_ssl else 'PLAINTEXT'}, or the cluster's SASL port"
+            )
         except ssl.SSLError as exc:
             problems.append(_tls_problem(server, sec, exc))
         except (asyncio.TimeoutError, TimeoutError):
@@ -465,8 +504,7 @@ async def _probe(servers: list[str], sec: SecuritySettings, timeout_s: float, tl
             return
     hint = ""
     if closed:
-        hint = (" (does the listener speak this protocol? TLS against a plain listener, SASL against one without "
-                "SASL, or the reverse, are closed like this)")
+        hint = " (does the listener speak this protocol? TLS against a plain listener, SASL against one without SASL, or the reverse, are closed like this)"
     raise BrokerUnreachable(f"cannot connect to Kafka with {sec.describe()}: {'; '.join(problems)}{hint}")
 
 
@@ -494,8 +532,7 @@ TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 COORDINATOR_TYPE_TRANSACTION = 1
 
 
-async def _find_transaction_coordinator(servers: list[str], sec: SecuritySettings, transactional_id: str,
-                                        timeout_s: float) -> None:
+async def _find_transaction_coordinator(servers: list[str], sec: SecuritySettings, transactional_id: str, timeout_s: float) -> None:
     from aiokafka import errors as E
     from aiokafka.conn import create_conn
     from aiokafka.protocol.coordination import FindCoordinatorRequest
@@ -506,20 +543,20 @@ async def _find_transaction_coordinator(servers: list[str], sec: SecuritySetting
         host, _, port = server.rpartition(":")
         try:
             conn = await asyncio.wait_for(
-                create_conn(host, int(port), client_id="recstream-check", request_timeout_ms=int(timeout_s * 1000),
-                            **aiokafka_kwargs(sec)), timeout_s)
+                create_conn(host, int(port), client_id="recstream-check", request_timeout_ms=int(timeout_s * 1000), **aiokafka_kwargs(sec)), timeout_s
+            )
         except (OSError, E.KafkaError, ssl.SSLError, asyncio.TimeoutError):
             continue  # check_connection reports an unreachable broker; this checks ACLs only
         try:
             while True:
-                response = await asyncio.wait_for(
-                    conn.send(FindCoordinatorRequest(transactional_id, COORDINATOR_TYPE_TRANSACTION)), timeout_s)
+                response = await asyncio.wait_for(conn.send(FindCoordinatorRequest(transactional_id, COORDINATOR_TYPE_TRANSACTION)), timeout_s)
                 if response.error_code == TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
                     from kafka.errors import TransactionalIdAuthorizationFailedError
 
                     raise TransactionalIdAuthorizationFailedError(
                         f"transactional id {transactional_id!r}: --processing-guarantee exactly_once needs Write and "
-                        "Describe on the transactional ids that start with the app id")
+                        "Describe on the transactional ids that start with the app id"
+                    )
                 if response.error_code == 0 or loop.time() > deadline:
                     return  # found, or the broker is still making its transaction log: not an ACL matter
                 await asyncio.sleep(0.2)  # the coordinator is not available yet: ask again
@@ -529,8 +566,7 @@ async def _find_transaction_coordinator(servers: list[str], sec: SecuritySetting
             conn.close()
 
 
-def check_transactional_ids(servers: list[str], sec: SecuritySettings, transactional_id: str, *,
-                            timeout_s: float = 15.0) -> None:
+def check_transactional_ids(servers: list[str], sec: SecuritySettings, transactional_id: str, *, timeout_s: float = 15.0) -> None:
     """Raise ``kafka.errors.TransactionalIdAuthorizationFailedError`` (an ``AuthorizationError``:
     ``recstream: not authorized: the user may not use these transactional ids ...``) when the
     broker's ACLs refuse ``transactional_id`` to this user.
@@ -542,8 +578,7 @@ def check_transactional_ids(servers: list[str], sec: SecuritySettings, transacti
     fences a producer. Reaching the broker at all is :func:`check_connection`'s business:
     this one returns quietly when it cannot connect.
     """
-    _in_thread(lambda: _find_transaction_coordinator(list(servers), sec, transactional_id, timeout_s),
-               timeout_s * (len(servers) + 1) + 5, "txn-check", sec)
+    _in_thread(lambda: _find_transaction_coordinator(list(servers), sec, transactional_id, timeout_s), timeout_s * (len(servers) + 1) + 5, "txn-check", sec)
 
 
 def check_connection(servers: list[str], sec: SecuritySettings, *, timeout_s: float = 15.0, cache: bool = True) -> None:

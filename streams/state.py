@@ -75,8 +75,12 @@ def state_write_failed(exc: BaseException, where: str) -> NoReturn:
     so nothing of the micro-batch in flight is committed (its input offsets included) and the
     next start discards the local state and restores the tables from their changelogs
     (:func:`streams.worker.claim_state`)."""
-    log.critical("exiting: cannot write the local state (%s): %s. Free space on that volume or point --data-dir "
-                 "elsewhere, then start the worker again: it restores the tables from their changelogs", where, exc)
+    log.critical(
+        "exiting: cannot write the local state (%s): %s. Free space on that volume or point --data-dir "
+        "elsewhere, then start the worker again: it restores the tables from their changelogs",
+        where,
+        exc,
+    )
     logging.shutdown()
     os._exit(EXIT_STATE_WRITE)
 
@@ -120,8 +124,7 @@ def _partition_db(store: Any, partition: int) -> Any | None:
     faust's own per-key path would go there too (a partitioned, non-global table); else None."""
     db_for = getattr(store, "_db_for_partition", None)
     table = getattr(store, "table", None)
-    if (db_for is None or not getattr(store, "use_rocksdict", False) or table is None
-            or table.is_global or table.use_partitioner):
+    if db_for is None or not getattr(store, "use_rocksdict", False) or table is None or table.is_global or table.use_partitioner:
         return None
     return db_for(partition)
 

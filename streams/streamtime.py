@@ -98,12 +98,21 @@ class StreamTimeMerger:
         clock: monotonic seconds.
     """
 
-    def __init__(self, topics: Mapping[str, str], *, max_idle_s: float = 0.0, lag_wait_s: float = LAG_WAIT_S,
-                 max_held: int = MAX_HELD_PER_PARTITION, clock: Callable[[], float] = time.monotonic,
-                 min_fetch_attempts: int = MIN_FETCH_ATTEMPTS) -> None:
+    def __init__(
+        self,
+        topics: Mapping[str, str],
+        *,
+        max_idle_s: float = 0.0,
+        lag_wait_s: float = LAG_WAIT_S,
+        max_held: int = MAX_HELD_PER_PARTITION,
+        clock: Callable[[], float] = time.monotonic,
+        min_fetch_attempts: int = MIN_FETCH_ATTEMPTS,
+    ) -> None:
         if max_idle_s < 0 or lag_wait_s < 0 or max_held < 1 or min_fetch_attempts < 0:
-            raise ValueError(f"max_idle_s, lag_wait_s and min_fetch_attempts must be >= 0 and max_held >= 1, got {max_idle_s}, "
-                             f"{lag_wait_s}, {min_fetch_attempts}, {max_held}")
+            raise ValueError(
+                f"max_idle_s, lag_wait_s and min_fetch_attempts must be >= 0 and max_held >= 1, got {max_idle_s}, "
+                f"{lag_wait_s}, {min_fetch_attempts}, {max_held}"
+            )
         self.min_fetch_attempts = min_fetch_attempts
         #: fetches that asked for a lagging, empty partition and brought none of its records
         self._attempts: dict[Any, int] = {}
@@ -187,9 +196,14 @@ class StreamTimeMerger:
             if now - since < self.lag_wait_s or attempts < self.min_fetch_attempts:
                 return True
             self.enforced += 1
-            log.warning("event partition %s[%d] has had unfetched records for %.1fs (%d fetches brought none): processing "
-                        "the other partitions without it (stream-time order may be broken)", tp.topic, tp.partition,
-                        now - since, attempts)
+            log.warning(
+                "event partition %s[%d] has had unfetched records for %.1fs (%d fetches brought none): processing "
+                "the other partitions without it (stream-time order may be broken)",
+                tp.topic,
+                tp.partition,
+                now - since,
+                attempts,
+            )
             self._lagging_since[tp] = now  # wait again, in full, before the next enforcement
             self._attempts[tp] = 0
             return False

@@ -65,8 +65,10 @@ class Titles:
 def format_recommendation(rec: Recommendation, title: Callable[[str | None], str]) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(rec.emitted_ts / 1000))
     lag = rec.emitted_ts - rec.event_ts
-    head = (f"{when}  {rec.user_id}  after {rec.trigger.topic}@{rec.trigger.partition}:{rec.trigger.offset}"
-            f"{' (' + rec.trigger.event_id + ')' if rec.trigger.event_id else ''}  [{rec.model}, {lag} ms after the event]")
+    head = (
+        f"{when}  {rec.user_id}  after {rec.trigger.topic}@{rec.trigger.partition}:{rec.trigger.offset}"
+        f"{' (' + rec.trigger.event_id + ')' if rec.trigger.event_id else ''}  [{rec.model}, {lag} ms after the event]"
+    )
     lines = [head]
     for rank, item in enumerate(rec.items, 1):
         because = f"  because: {title(item.because)}" if item.because else ""

@@ -87,8 +87,12 @@ def topic_specs(
     specs.append(TopicSpec(settings.topic(DLQ), 1, {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}, rf))
     if include_changelogs:
         specs += [
-            TopicSpec(settings.changelog(t), CATALOG_PARTITIONS if t == ITEMS_TABLE else partitions,
-                      {**COMPACTED, "max.compaction.lag.ms": str(MAX_COMPACTION_LAG_MS)} if t in PER_USER_TABLES else dict(COMPACTED), rf)
+            TopicSpec(
+                settings.changelog(t),
+                CATALOG_PARTITIONS if t == ITEMS_TABLE else partitions,
+                {**COMPACTED, "max.compaction.lag.ms": str(MAX_COMPACTION_LAG_MS)} if t in PER_USER_TABLES else dict(COMPACTED),
+                rf,
+            )
             for t in TABLES
         ]
     return specs

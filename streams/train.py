@@ -43,12 +43,35 @@ def cmd_train(args: argparse.Namespace, settings: Any, dataset_options: dict[str
     if args.threads:
         torch.set_num_threads(args.threads)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    mc = SASRecConfig(vocab=(), dim=args.dim, layers=args.layers, heads=args.heads, max_len=args.max_len,
-                      dropout=args.dropout, use_ids=not args.no_ids, version=args.version or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
-    tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                     targets=args.targets, k=args.k, patience=args.patience, seed=args.seed, device=args.device)
-    src = load_source(args.dataset, None if args.dataset else settings, end_ms=end_ms, positive_threshold=args.positive_threshold,
-                      progress=not args.no_progress, dataset_options=dataset_options)
+    mc = SASRecConfig(
+        vocab=(),
+        dim=args.dim,
+        layers=args.layers,
+        heads=args.heads,
+        max_len=args.max_len,
+        dropout=args.dropout,
+        use_ids=not args.no_ids,
+        version=args.version or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+    )
+    tc = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        targets=args.targets,
+        k=args.k,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+    )
+    src = load_source(
+        args.dataset,
+        None if args.dataset else settings,
+        end_ms=end_ms,
+        positive_threshold=args.positive_threshold,
+        progress=not args.no_progress,
+        dataset_options=dataset_options,
+    )
     interactions = interactions_from_events(src.events, kinds=kinds, positive_threshold=args.positive_threshold)
     if start_ms is not None:
         interactions = [it for it in interactions if it.ts >= start_ms]
@@ -61,14 +84,31 @@ def cmd_train(args: argparse.Namespace, settings: Any, dataset_options: dict[str
         print("recstream train: no interaction after --to: no validation, the last epoch is kept", file=sys.stderr)
     fields = tuple(f.strip() for f in args.item_fields.split(",") if f.strip())
     emb, info = catalog_embeddings(src.catalog, fields=fields, model=args.model, device=args.device, progress=not args.no_progress)
-    mc = replace(mc, text_model=info["model"], training={"source": src.name, "from": args.from_, "to": args.to,
-                                                         "validate_to": args.validate_to, "kinds": kinds, "item_fields": list(fields)})
-    res = train(interactions, [it.item_id for it in src.catalog], emb, train_end=train_end, valid_end=len(interactions),
-                model_config=mc, config=tc, progress=not args.no_progress)
+    mc = replace(
+        mc,
+        text_model=info["model"],
+        training={"source": src.name, "from": args.from_, "to": args.to, "validate_to": args.validate_to, "kinds": kinds, "item_fields": list(fields)},
+    )
+    res = train(
+        interactions,
+        [it.item_id for it in src.catalog],
+        emb,
+        train_end=train_end,
+        valid_end=len(interactions),
+        model_config=mc,
+        config=tc,
+        progress=not args.no_progress,
+    )
     path = save_checkpoint(res.model, args.output)
     m = res.model.config.metric
     k = args.k
-    metric = f"validation HR@{k} {m.get(f'hr@{k}', 0):.4f}, NDCG@{k} {m.get(f'ndcg@{k}', 0):.4f} on {m.get('cases', 0)} cases" if f"ndcg@{k}" in m else "no validation"
-    print(f"wrote {path} (sasrec/{path.stem}@{checkpoint_hash(path)}): best epoch {res.best_epoch} of {len(res.history)}, "
-          f"{metric}; {len(res.model.config.vocab)} items with an ID embedding, {res.seconds:.0f}s")
+    metric = (
+        f"validation HR@{k} {m.get(f'hr@{k}', 0):.4f}, NDCG@{k} {m.get(f'ndcg@{k}', 0):.4f} on {m.get('cases', 0)} cases"
+        if f"ndcg@{k}" in m
+        else "no validation"
+    )
+    print(
+        f"wrote {path} (sasrec/{path.stem}@{checkpoint_hash(path)}): best epoch {res.best_epoch} of {len(res.history)}, "
+        f"{metric}; {len(res.model.config.vocab)} items with an ID embedding, {res.seconds:.0f}s"
+    )
     return 0

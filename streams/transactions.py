@@ -121,8 +121,7 @@ class PartitionTransactions:
             await producer.stop()
 
     # ------------------------------------------------------------------ a micro-batch
-    def add(self, source_partition: int, topic: str, partition: int, records: Sequence[Record],
-            on_delivered: Delivered | None = None) -> None:
+    def add(self, source_partition: int, topic: str, partition: int, records: Sequence[Record], on_delivered: Delivered | None = None) -> None:
         """Buffer ``records`` for ``topic``/``partition`` in the transaction of input partition
         ``source_partition``; ``on_delivered(partition, offset)`` runs after the commit with the
         offset of the last of them."""
@@ -150,8 +149,7 @@ class PartitionTransactions:
         await asyncio.gather(*(self._commit_partition(p, offsets.get(p, {}), pending.get(p, {})) for p in partitions))
         self.commit_s += time.perf_counter() - started
 
-    async def _commit_partition(self, partition: int, offsets: dict[TopicPartition, int],
-                                pending: dict[tuple[str, int], _Pending]) -> None:
+    async def _commit_partition(self, partition: int, offsets: dict[TopicPartition, int], pending: dict[tuple[str, int], _Pending]) -> None:
         producer = self.producers[partition]
         try:
             deliveries = []
@@ -168,8 +166,9 @@ class PartitionTransactions:
             raise TransactionFailed(f"transaction {self.transactional_id(partition)}: {type(exc).__name__}: {exc}") from exc
 
 
-async def send_batches(producer: Any, topic: str, partition: int, records: Sequence[Record],
-                       on_sent: Callable[[int, asyncio.Future], None] | None = None) -> list[tuple[int, asyncio.Future]]:
+async def send_batches(
+    producer: Any, topic: str, partition: int, records: Sequence[Record], on_sent: Callable[[int, asyncio.Future], None] | None = None
+) -> list[tuple[int, asyncio.Future]]:
     """Queue ``records`` on ``producer`` (an aiokafka producer) as record batches, in order;
     returns (index of each batch's first record, its delivery future).  A record is
     ``(key, value)`` (timestamped when sent) or ``(key, value, timestamp_ms)``.

@@ -37,9 +37,7 @@ class Source:
     events: list  # Click | Purchase | Review, in the protocol's order
 
 
-def load_protocol_data(
-    path: str | Path, *, positive_threshold: float = 4.0, kinds: Sequence[str] = ("click", "purchase"), progress: bool = True
-) -> Any:
+def load_protocol_data(path: str | Path, *, positive_threshold: float = 4.0, kinds: Sequence[str] = ("click", "purchase"), progress: bool = True) -> Any:
     """Read a dataset (:func:`streams.sources.load_dataset`) into
     :class:`scoring.protocol.ProtocolData` (:func:`scoring.protocol.protocol_data`)."""
     from tqdm import tqdm
@@ -53,8 +51,15 @@ def load_protocol_data(
     return protocol_data(ds, positive_threshold=positive_threshold, kinds=kinds)
 
 
-def load_source(dataset: str | None, settings: Any = None, *, end_ms: int | None = None,
-                positive_threshold: float = 4.0, progress: bool = True, dataset_options: dict[str, Any] | None = None) -> Source:
+def load_source(
+    dataset: str | None,
+    settings: Any = None,
+    *,
+    end_ms: int | None = None,
+    positive_threshold: float = 4.0,
+    progress: bool = True,
+    dataset_options: dict[str, Any] | None = None,
+) -> Source:
     """The dataset at ``dataset`` (events before ``end_ms``; ``dataset_options``, such as a
     CSV column mapping, go to :func:`streams.sources.load_dataset`), or, without one, the
     catalog and event topics of ``settings``' deployment."""
@@ -64,8 +69,7 @@ def load_source(dataset: str | None, settings: Any = None, *, end_ms: int | None
         from .sources import load_dataset
 
         with tqdm(desc=f"reading {dataset}", unit=" rows", file=sys.stderr, disable=not progress, mininterval=1.0) as bar:
-            ds = load_dataset(dataset, positive_threshold=positive_threshold, end_ms=end_ms, progress=bar.update,
-                              **(dataset_options or {}))
+            ds = load_dataset(dataset, positive_threshold=positive_threshold, end_ms=end_ms, progress=bar.update, **(dataset_options or {}))
         catalog = list({item.item_id: item for item in ds.catalog}.values())
         return Source(ds.name, catalog, sorted(ds.events, key=event_order_key))
     from . import topics as T
@@ -85,8 +89,14 @@ def load_source(dataset: str | None, settings: Any = None, *, end_ms: int | None
                 items[item.item_id] = item
         events = []
         for logical in T.EVENT_TOPICS:
-            for r in tqdm(read_topic(consumer, settings.topic(logical)), desc=f"reading {logical}", unit=" records",
-                          file=sys.stderr, disable=not progress, mininterval=1.0):
+            for r in tqdm(
+                read_topic(consumer, settings.topic(logical)),
+                desc=f"reading {logical}",
+                unit=" records",
+                file=sys.stderr,
+                disable=not progress,
+                mininterval=1.0,
+            ):
                 try:
                     ev = parse_event(logical, r.key, r.value)
                 except ValidationError:
@@ -98,9 +108,15 @@ def load_source(dataset: str | None, settings: Any = None, *, end_ms: int | None
     return Source(settings.topic_prefix or "topics", list(items.values()), sorted(events, key=event_order_key))
 
 
-def catalog_embeddings(catalog: Sequence[Item], *, fields: Sequence[str], model: str | None = None,
-                       cache_dir: str | Path | None = ".recstream/cache", device: str | None = None,
-                       progress: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+def catalog_embeddings(
+    catalog: Sequence[Item],
+    *,
+    fields: Sequence[str],
+    model: str | None = None,
+    cache_dir: str | Path | None = ".recstream/cache",
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Unit embeddings of the worker's item text of each catalog item (cached on disk)."""
     from recstream.encoders.text import item_text
     from recstream.scoring.protocol import embed_texts
@@ -151,8 +167,9 @@ def tune_weights(
     else:
         start = next((i for i, it in enumerate(interactions) if it.ts >= validation_from_ms), n)
     if not 0 < start < end:
-        raise ValueError(f"empty warm-up or validation window: interactions [0, {start}) warm, [{start}, {end}) validate "
-                         f"(of {n}); choose --validation-from before --split")
+        raise ValueError(
+            f"empty warm-up or validation window: interactions [0, {start}) warm, [{start}, {end}) validate (of {n}); choose --validation-from before --split"
+        )
     data = ProtocolData(source.name, list(source.catalog), interactions[:end])
     t0 = time.perf_counter()
     replay = Replay(data, embeddings, config)
@@ -173,8 +190,7 @@ def tune_weights(
             f"best_hr@{k}": best.hit_rate,
             f"best_ndcg@{k}": best.ndcg,
             "baselines": res.table(k),
-            "top5": [{"weights": p.weights.normalized().to_dict(), f"hr@{k}": p.hit_rate, f"ndcg@{k}": p.ndcg}
-                     for p in ranked[:5]],
+            "top5": [{"weights": p.weights.normalized().to_dict(), f"hr@{k}": p.hit_rate, f"ndcg@{k}": p.ndcg} for p in ranked[:5]],
             "grid_points": len(grid),
         },
         "test_period_from_ms": interactions[end].ts if end < n else split_ms,
@@ -184,17 +200,33 @@ def tune_weights(
     return best.weights.normalized(), meta
 
 
-def protocol_config(*, k: int, positive_threshold: float, popularity_half_life_days: float, half_life_days: float,
-                    history_len: int, cooc_neighbours: int, cooc_history_len: int, cooc_half_life_days: float,
-                    cooc_pair_decay: float = 1.0, cooc_recency: float = 1.0):
+def protocol_config(
+    *,
+    k: int,
+    positive_threshold: float,
+    popularity_half_life_days: float,
+    half_life_days: float,
+    history_len: int,
+    cooc_neighbours: int,
+    cooc_history_len: int,
+    cooc_half_life_days: float,
+    cooc_pair_decay: float = 1.0,
+    cooc_recency: float = 1.0,
+):
     """The protocol's methods set up as the worker's engine."""
     from recstream.encoders.profile import ProfileConfig
     from recstream.scoring.protocol import ProtocolConfig
 
     return ProtocolConfig(
-        k=k, positive_threshold=positive_threshold, popularity_half_life_ms=popularity_half_life_days * DAY_MS,
-        popularity_counts="all", cooc_history_len=cooc_history_len, cooc_max_neighbours=cooc_neighbours,
+        k=k,
+        positive_threshold=positive_threshold,
+        popularity_half_life_ms=popularity_half_life_days * DAY_MS,
+        popularity_counts="all",
+        cooc_history_len=cooc_history_len,
+        cooc_max_neighbours=cooc_neighbours,
         cooc_half_life_ms=cooc_half_life_days * DAY_MS if cooc_half_life_days > 0 else None,
-        cooc_events="engine", cooc_pair_decay=cooc_pair_decay, cooc_recency=cooc_recency,
+        cooc_events="engine",
+        cooc_pair_decay=cooc_pair_decay,
+        cooc_recency=cooc_recency,
         profile=ProfileConfig(half_life_ms=int(half_life_days * DAY_MS), history_len=history_len),
     )

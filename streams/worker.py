@@ -35,8 +35,7 @@ def claim_state(config: WorkerConfig) -> Path:
     state = config.data_dir / config.kafka.app_id
     marker = config.data_dir / f"{config.kafka.app_id}.running"
     if marker.exists() and state.exists():
-        log.warning("the previous worker on %s did not stop cleanly: discarding its local state; "
-                    "the tables are restored from their changelogs", state)
+        log.warning("the previous worker on %s did not stop cleanly: discarding its local state; the tables are restored from their changelogs", state)
         shutil.rmtree(state)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     marker.touch()
@@ -243,7 +242,9 @@ class ExactlyOnceConsumer(RebalanceSafeConsumer):
                 conf = self.app.conf
                 tail = aiokafka.AIOKafkaConsumer(
                     bootstrap_servers=server_list(self.transport.url, self.transport.default_port),  # type: ignore[attr-defined]  # faust's TransportT omits it
-                    enable_auto_commit=False, group_id=None, isolation_level="read_committed",
+                    enable_auto_commit=False,
+                    group_id=None,
+                    isolation_level="read_committed",
                     **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
                 )
                 try:
@@ -252,13 +253,11 @@ class ExactlyOnceConsumer(RebalanceSafeConsumer):
                     asyncio.ensure_future(tail.stop())  # not awaited: this task may be cancelled
                     raise
                 self._tail = tail
-            ends.update(await data_ends(self._tail, {tp: ends[tp] for tp in changelogs},
-                                        {tp: begins.get(tp) or 0 for tp in changelogs}))
+            ends.update(await data_ends(self._tail, {tp: ends[tp] for tp in changelogs}, {tp: begins.get(tp) or 0 for tp in changelogs}))
         return ends
 
 
-def install_consumer_fixes(app: Any, transactions: PartitionTransactions | None = None,
-                           merger: StreamTimeMerger | None = None) -> None:
+def install_consumer_fixes(app: Any, transactions: PartitionTransactions | None = None, merger: StreamTimeMerger | None = None) -> None:
     """Make ``app`` (a faust.App on the aiokafka transport) create a :class:`RebalanceSafeConsumer`,
     or an :class:`ExactlyOnceConsumer` driving ``transactions``, that delivers the event
     topics in stream-time order through ``merger`` (``None``: as fetched); call before the
@@ -313,8 +312,15 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
         return 1
     log.info(
         "recstream worker: app %s, broker %s (%s), topics prefix %r, %d partitions, device %s, model %s, ranker %s, emit %s",
-        config.kafka.app_id, config.kafka.broker, config.kafka.security.describe(), config.kafka.topic_prefix, config.partitions,
-        pipeline.device, pipeline.encoder.name, pipeline.engine.describe_ranker(), config.emit,
+        config.kafka.app_id,
+        config.kafka.broker,
+        config.kafka.security.describe(),
+        config.kafka.topic_prefix,
+        config.partitions,
+        pipeline.device,
+        pipeline.encoder.name,
+        pipeline.engine.describe_ranker(),
+        config.emit,
     )
     services = []
     if sock is not None:

@@ -29,8 +29,7 @@ async def send_dead_letter(pipeline: "Pipeline", message: "Message", error: str,
     or ``processing``).
     """
     letter = dead_letter(message.topic, message.partition, message.offset, error, message.key, message.value)
-    await pipeline.publish(pipeline.dlq_topic, message.key, encode(letter), source_topic=message.topic,
-                           source_partition=message.partition, partition=0)
+    await pipeline.publish(pipeline.dlq_topic, message.key, encode(letter), source_topic=message.topic, source_partition=message.partition, partition=0)
     pipeline.metrics.dead_letters[reason] += 1
 
 

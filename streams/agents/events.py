@@ -142,9 +142,11 @@ async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Inco
     pipeline.evidence.advance(max(event_time.values(), default=0))
     adaptive = pipeline.engine.adaptive
     if result.adaptive_touched and adaptive is not None:  # the adaptive blend's weights, one key per partition
-        await pipeline.write_table(pipeline.weights_table, {
-            p: [(str(p).encode(), adaptive.adapters[p].to_bytes())] for p in result.adaptive_touched if p in partition_event
-        }, partition_event)
+        await pipeline.write_table(
+            pipeline.weights_table,
+            {p: [(str(p).encode(), adaptive.adapters[p].to_bytes())] for p in result.adaptive_touched if p in partition_event},
+            partition_event,
+        )
     emitted = int(time.time() * 1000)  # the moment the records go out, after the state writes
     answers = []
     latest: dict[str, tuple[int, bytes]] = {}  # each user's last record of the batch

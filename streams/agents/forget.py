@@ -47,5 +47,4 @@ async def apply_forget(pipeline: "Pipeline", batch: Sequence[tuple["EventT", "Fo
     for event, forget in batch:
         pipeline.metrics.counts["forgotten"] += 1
         # the user id is not logged: the log would keep what the request removes
-        log.info("forgot a user: request %s at %s[%d]@%d", forget.request_id or "(no id)", event.message.topic,
-                 event.message.partition, event.message.offset)
+        log.info("forgot a user: request %s at %s[%d]@%d", forget.request_id or "(no id)", event.message.topic, event.message.partition, event.message.offset)

@@ -68,10 +68,12 @@ def _authorization_message(exc: Exception) -> str:
     detail = re.sub(r"^\[Error \d+\] \w+: ", "", str(exc).strip())  # kafka-python repeats the class
     if len(detail) > 300:
         detail = detail[:300] + "..."
-    what = {"TopicAuthorizationFailedError": "the user may not use these topics",
-            "GroupAuthorizationFailedError": "the user may not use this consumer group (the app id)",
-            "ClusterAuthorizationFailedError": "the user may not perform this cluster operation",
-            "TransactionalIdAuthorizationFailedError": "the user may not use these transactional ids"}.get(name, "refused by the broker's ACLs")
+    what = {
+        "TopicAuthorizationFailedError": "the user may not use these topics",
+        "GroupAuthorizationFailedError": "the user may not use this consumer group (the app id)",
+        "ClusterAuthorizationFailedError": "the user may not perform this cluster operation",
+        "TransactionalIdAuthorizationFailedError": "the user may not use these transactional ids",
+    }.get(name, "refused by the broker's ACLs")
     return f"{what} ({name}{': ' + detail if detail and detail != name else ''}); ask the cluster's operators for ACLs"
 
 

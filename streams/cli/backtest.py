@@ -15,8 +15,16 @@ def _method_names() -> list[str]:
 
 
 #: the destinations of :func:`~streams.cli.options.engine_knobs` that are worker flags of the same name
-_ENGINE_KNOBS = ("item_fields", "half_life_days", "popularity_half_life_days", "cooc_neighbours",
-                 "cooc_history_len", "cooc_half_life_days", "cooc_pair_decay", "cooc_recency")
+_ENGINE_KNOBS = (
+    "item_fields",
+    "half_life_days",
+    "popularity_half_life_days",
+    "cooc_neighbours",
+    "cooc_history_len",
+    "cooc_half_life_days",
+    "cooc_pair_decay",
+    "cooc_recency",
+)
 
 
 def engine_worker_args(args: argparse.Namespace) -> list[str]:
@@ -44,8 +52,13 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from ..replay import run_replay
 
     ks = tuple(sorted({int(k) for k in args.ks.split(",")}))
-    config = BacktestConfig(split_ms=parse_time(args.split), targets=frozenset(t.strip() for t in args.targets.split(",")),
-                            positive_threshold=args.positive_threshold, ks=ks, ease=args.ease)
+    config = BacktestConfig(
+        split_ms=parse_time(args.split),
+        targets=frozenset(t.strip() for t in args.targets.split(",")),
+        positive_threshold=args.positive_threshold,
+        ks=ks,
+        ease=args.ease,
+    )
     options = dataset_options(args, args.dataset)
     if args.dataset:
         return _backtest_dataset(args, config, options)
@@ -68,11 +81,20 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             worker_args += ["--user-model", args.user_model]
         if args.ranker:
             worker_args += ["--ranker", args.ranker]
-        stats = run_replay(source, target, start_ms=parse_time(args.from_) if args.from_ else None,
-                           end_ms=parse_time(args.to) if args.to else None, partitions=partitions, worker_args=worker_args,
-                           workers=args.workers)
-        print(f"replayed {stats.events_total} events into {target.topic_prefix!r} in {stats.seconds:.1f}s "
-              f"({stats.events_total / max(stats.seconds, 1e-9):.0f} events/s)", file=sys.stderr)
+        stats = run_replay(
+            source,
+            target,
+            start_ms=parse_time(args.from_) if args.from_ else None,
+            end_ms=parse_time(args.to) if args.to else None,
+            partitions=partitions,
+            worker_args=worker_args,
+            workers=args.workers,
+        )
+        print(
+            f"replayed {stats.events_total} events into {target.topic_prefix!r} in {stats.seconds:.1f}s "
+            f"({stats.events_total / max(stats.seconds, 1e-9):.0f} events/s)",
+            file=sys.stderr,
+        )
         timings.update(replay_s=round(stats.seconds, 3), replay_events_per_s=round(stats.events_total / max(stats.seconds, 1e-9), 1))
     scored = _time.monotonic()
     result, contents = backtest_replay(target, config, history_len=args.history_len)
@@ -80,8 +102,13 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     print(format_table(result, ks=[k for k in ks if k >= 10] or ks))
     # which ranker made the records (the popularity fallback included), as their ``model`` says
     models = collections.Counter(rec.model for rec in contents.recommendations)
-    doc = {"replay_prefix": target.topic_prefix, "invalid_records": contents.invalid, "timings": timings,
-           "models": dict(models.most_common()), **result.to_dict()}
+    doc = {
+        "replay_prefix": target.topic_prefix,
+        "invalid_records": contents.invalid,
+        "timings": timings,
+        "models": dict(models.most_common()),
+        **result.to_dict(),
+    }
     _write_reports(doc, args)
     return 0
 
@@ -110,14 +137,32 @@ def _backtest_dataset(args: argparse.Namespace, config, options: dict | None) ->
 
     names = method_list(args.methods, user_model=args.user_model)
     worker = WorkerConfig(
-        blend=blend_weights(args.blend), adapt=args.adapt, adapt_step=args.adapt_step, adapt_rate=args.adapt_rate,
-        adapt_epoch=args.adapt_epoch, popularity_half_life_days=args.popularity_half_life_days,
-        cooc_neighbours=args.cooc_neighbours, cooc_history_len=args.cooc_history_len, cooc_half_life_days=args.cooc_half_life_days,
-        cooc_pair_decay=args.cooc_pair_decay, cooc_recency=args.cooc_recency, half_life_days=args.half_life_days,
-        history_len=args.history_len, item_fields=tuple(f.strip() for f in args.item_fields.split(",") if f.strip()),
+        blend=blend_weights(args.blend),
+        adapt=args.adapt,
+        adapt_step=args.adapt_step,
+        adapt_rate=args.adapt_rate,
+        adapt_epoch=args.adapt_epoch,
+        popularity_half_life_days=args.popularity_half_life_days,
+        cooc_neighbours=args.cooc_neighbours,
+        cooc_history_len=args.cooc_history_len,
+        cooc_half_life_days=args.cooc_half_life_days,
+        cooc_pair_decay=args.cooc_pair_decay,
+        cooc_recency=args.cooc_recency,
+        half_life_days=args.half_life_days,
+        history_len=args.history_len,
+        item_fields=tuple(f.strip() for f in args.item_fields.split(",") if f.strip()),
     )
-    run = backtest_dataset(args.dataset, config, worker=worker, methods=names, user_model=args.user_model, partitions=args.partitions,
-                           start_ms=parse_time_opt(args.from_), end_ms=parse_time_opt(args.to), dataset_options=options)
+    run = backtest_dataset(
+        args.dataset,
+        config,
+        worker=worker,
+        methods=names,
+        user_model=args.user_model,
+        partitions=args.partitions,
+        start_ms=parse_time_opt(args.from_),
+        end_ms=parse_time_opt(args.to),
+        dataset_options=options,
+    )
     print(format_table(run.result, ks=[k for k in run.config.ks if k >= 10] or run.config.ks))
     print(f"engine runs: {', '.join(f'{n} {s:.0f}s' for n, s in run.engine_s.items())}; {run.total_s:.0f}s in all", file=sys.stderr)
     _write_reports(run.to_dict(), args)
@@ -125,40 +170,72 @@ def _backtest_dataset(args: argparse.Namespace, config, options: dict | None) ->
 
 
 def add_parser(sub, kafka_opts: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("backtest", parents=[kafka_opts], help="replay a time range and score the recommendations against what users did next",
-                       description="Replay the events of a time range through an isolated worker (per-event emission), then, "
-                                   "for every target interaction after --split, rank the recommendation the user held when the "
-                                   "worker processed it against the event's item; popularity and item-kNN baselines are scored "
-                                   "on the same cases. Prints a table; --json writes every figure, --html a report with plots.")
+    p = sub.add_parser(
+        "backtest",
+        parents=[kafka_opts],
+        help="replay a time range and score the recommendations against what users did next",
+        description="Replay the events of a time range through an isolated worker (per-event emission), then, "
+        "for every target interaction after --split, rank the recommendation the user held when the "
+        "worker processed it against the event's item; popularity and item-kNN baselines are scored "
+        "on the same cases. Prints a table; --json writes every figure, --html a report with plots.",
+    )
     p.add_argument("--split", required=True, metavar="DATE", help="events before it warm the state; later target events are test cases")
     p.add_argument("--from", dest="from_", metavar="DATE", help="first event of the replay (default: the beginning)")
     p.add_argument("--to", metavar="DATE", help="end of the replay, exclusive (default: now)")
     p.add_argument("--replay-prefix", help="score an existing replay namespace instead of running a new one")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="replay through N workers of one group sharing the "
-                                                                      "partitions (default 1; at most the partitions)")
-    p.add_argument("--targets", default="click,purchase,positive", help="which events are test cases: click, purchase, positive (reviews at or above the threshold); default all")
+    p.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="replay through N workers of one group sharing the partitions (default 1; at most the partitions)"
+    )
+    p.add_argument(
+        "--targets",
+        default="click,purchase,positive",
+        help="which events are test cases: click, purchase, positive (reviews at or above the threshold); default all",
+    )
     p.add_argument("--positive-threshold", type=float, default=4.0, help="rating of a positive review (default 4)")
     p.add_argument("--ks", default="5,10,20", help="cut-offs (default 5,10,20)")
     p.add_argument("--history-len", type=int, default=_env_int("HISTORY_LEN", 50), help="the worker's history length (env RECSTREAM_HISTORY_LEN; default 50)")
-    p.add_argument("--ease", action="store_true", help="also score the recency-weighted EASE baseline, fit at --split on the "
-                                                       "interactions before it (seconds to minutes and GBs: it inverts an items x items matrix)")
+    p.add_argument(
+        "--ease",
+        action="store_true",
+        help="also score the recency-weighted EASE baseline, fit at --split on the "
+        "interactions before it (seconds to minutes and GBs: it inverts an items x items matrix)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the full result as JSON")
     p.add_argument("--html", metavar="FILE", help="write a report with plots (metrics per month, latency, baselines) as one HTML file")
-    g = p.add_argument_group("side by side, offline (--dataset)", "Run recstream's engine here instead of a worker, once per "
-                             "method, over a dataset folder, and score every method and the baselines on the same cases. "
-                             "Without --dataset, the engine settings (--item-fields to --cooc-recency) are passed to "
-                             "the replay's worker.")
+    g = p.add_argument_group(
+        "side by side, offline (--dataset)",
+        "Run recstream's engine here instead of a worker, once per "
+        "method, over a dataset folder, and score every method and the baselines on the same cases. "
+        "Without --dataset, the engine settings (--item-fields to --cooc-recency) are passed to "
+        "the replay's worker.",
+    )
     g.add_argument("--dataset", metavar="PATH", help="a dataset folder (formats of 'recstream produce'): no broker, no replay")
-    g.add_argument("--partitions", type=int, default=1, metavar="N", help="with --dataset: key each user's events to one of N input "
-                                                                           "partitions, as a worker's topics would (the adaptive weights "
-                                                                           "are kept per partition; default 1)")
-    g.add_argument("--methods", help=f"methods, in table order (default {','.join(m for m in _method_names() if m != 'learned')}, and learned with --user-model)")
-    g.add_argument("--user-model", metavar="CKPT", help="the learned method's checkpoint from 'recstream train'; without --dataset, "
-                                                        "the replay's worker ranks with it")
-    g.add_argument("--blend", metavar="PATH", help="the blend method's weights file from 'recstream tune' (default: the worker's default "
-                                                   "weights); without --dataset, the replay's worker runs with it")
-    g.add_argument("--ranker", choices=["blend", "text", "learned"], help="without --dataset: the replay worker's ranker (default: the "
-                                                                          "worker's, blend; learned with --user-model)")
+    g.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --dataset: key each user's events to one of N input "
+        "partitions, as a worker's topics would (the adaptive weights "
+        "are kept per partition; default 1)",
+    )
+    g.add_argument(
+        "--methods", help=f"methods, in table order (default {','.join(m for m in _method_names() if m != 'learned')}, and learned with --user-model)"
+    )
+    g.add_argument(
+        "--user-model", metavar="CKPT", help="the learned method's checkpoint from 'recstream train'; without --dataset, the replay's worker ranks with it"
+    )
+    g.add_argument(
+        "--blend",
+        metavar="PATH",
+        help="the blend method's weights file from 'recstream tune' (default: the worker's default "
+        "weights); without --dataset, the replay's worker runs with it",
+    )
+    g.add_argument(
+        "--ranker",
+        choices=["blend", "text", "learned"],
+        help="without --dataset: the replay worker's ranker (default: the worker's, blend; learned with --user-model)",
+    )
     engine_knobs(g)
     adapt_knobs(g)
     csv_options(p)

@@ -50,8 +50,7 @@ def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPars
     return {}
 
 
-def command_and_file(parser: argparse.ArgumentParser, argv: Sequence[str],
-                     environ: Mapping[str, str]) -> tuple[str | None, str | None]:
+def command_and_file(parser: argparse.ArgumentParser, argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str | None, str | None]:
     """The command of a command line and the config file it names (``--config``, else
     ``RECSTREAM_CONFIG``; ``None`` for none), found before the full parse."""
     subs = commands(parser)
@@ -60,7 +59,7 @@ def command_and_file(parser: argparse.ArgumentParser, argv: Sequence[str],
         return None, None  # no command, or one argparse will refuse
     path: str | None = None
     if "--config" in subs[argv[at]]._option_string_actions:
-        rest = list(argv[at + 1:])
+        rest = list(argv[at + 1 :])
         for i, token in enumerate(rest):
             if token == "--":
                 break

@@ -31,32 +31,66 @@ def kafka_options() -> argparse.ArgumentParser:
     group = parent.add_argument_group("Kafka connection")
     group.add_argument("--broker", metavar="HOST:PORT[,...]", help="bootstrap servers (env RECSTREAM_BROKER; default 127.0.0.1:9092)")
     group.add_argument("--topic-prefix", metavar="PREFIX", help="prefix of every topic name (env RECSTREAM_TOPIC_PREFIX; default none)")
-    group.add_argument("--app-id", metavar="ID", help="Faust application id: consumer group and changelog names (env RECSTREAM_APP_ID; default <prefix>recstream)")
-    group.add_argument("--config", metavar="FILE", help="TOML file: a [kafka] table of these settings and a table per command ([worker], [backtest], ...) of any of its flags; env and flags win over it (env RECSTREAM_CONFIG)")
+    group.add_argument(
+        "--app-id", metavar="ID", help="Faust application id: consumer group and changelog names (env RECSTREAM_APP_ID; default <prefix>recstream)"
+    )
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file: a [kafka] table of these settings and a table per command ([worker], [backtest], ...) of any of its flags; env and flags win over it (env RECSTREAM_CONFIG)",
+    )
     sec = parent.add_argument_group("Kafka security (TLS and SASL)")
-    sec.add_argument("--security-protocol", metavar="P", type=str.upper, choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
-                     help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (env RECSTREAM_SECURITY_PROTOCOL; default PLAINTEXT)")
-    sec.add_argument("--sasl-mechanism", metavar="M", type=str.upper, choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
-                     help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (env RECSTREAM_SASL_MECHANISM)")
+    sec.add_argument(
+        "--security-protocol",
+        metavar="P",
+        type=str.upper,
+        choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+        help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (env RECSTREAM_SECURITY_PROTOCOL; default PLAINTEXT)",
+    )
+    sec.add_argument(
+        "--sasl-mechanism",
+        metavar="M",
+        type=str.upper,
+        choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
+        help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (env RECSTREAM_SASL_MECHANISM)",
+    )
     sec.add_argument("--sasl-username", metavar="USER", help="SASL user name (env RECSTREAM_SASL_USERNAME)")
-    sec.add_argument("--sasl-password-file", metavar="FILE", help="file whose first line is the SASL password (env RECSTREAM_SASL_PASSWORD_FILE, "
-                                                                  "or the password itself in RECSTREAM_SASL_PASSWORD; there is no password flag: "
-                                                                  "command lines are visible to every user of the machine)")
-    sec.add_argument("--ssl-cafile", metavar="PEM", help="CA certificates that signed the brokers' certificates (env RECSTREAM_SSL_CAFILE; default the system's)")
+    sec.add_argument(
+        "--sasl-password-file",
+        metavar="FILE",
+        help="file whose first line is the SASL password (env RECSTREAM_SASL_PASSWORD_FILE, "
+        "or the password itself in RECSTREAM_SASL_PASSWORD; there is no password flag: "
+        "command lines are visible to every user of the machine)",
+    )
+    sec.add_argument(
+        "--ssl-cafile", metavar="PEM", help="CA certificates that signed the brokers' certificates (env RECSTREAM_SSL_CAFILE; default the system's)"
+    )
     sec.add_argument("--ssl-certfile", metavar="PEM", help="client certificate, for brokers that require one (env RECSTREAM_SSL_CERTFILE)")
     sec.add_argument("--ssl-keyfile", metavar="PEM", help="the client certificate's private key (env RECSTREAM_SSL_KEYFILE)")
-    sec.add_argument("--ssl-check-hostname", action=argparse.BooleanOptionalAction, default=None,
-                     help="check that the broker's certificate names its host (env RECSTREAM_SSL_CHECK_HOSTNAME; default on)")
+    sec.add_argument(
+        "--ssl-check-hostname",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="check that the broker's certificate names its host (env RECSTREAM_SSL_CHECK_HOSTNAME; default on)",
+    )
     return parent
 
 
 def settings_from(args: argparse.Namespace) -> KafkaSettings:
     """The Kafka settings of a command's flags (flags > env > config file > defaults)."""
     return KafkaSettings.from_env(
-        broker=args.broker, topic_prefix=args.topic_prefix, app_id=args.app_id, config_file=args.config,
-        security_protocol=args.security_protocol, sasl_mechanism=args.sasl_mechanism, sasl_username=args.sasl_username,
-        sasl_password_file=args.sasl_password_file, ssl_cafile=args.ssl_cafile, ssl_certfile=args.ssl_certfile,
-        ssl_keyfile=args.ssl_keyfile, ssl_check_hostname=args.ssl_check_hostname,
+        broker=args.broker,
+        topic_prefix=args.topic_prefix,
+        app_id=args.app_id,
+        config_file=args.config,
+        security_protocol=args.security_protocol,
+        sasl_mechanism=args.sasl_mechanism,
+        sasl_username=args.sasl_username,
+        sasl_password_file=args.sasl_password_file,
+        ssl_cafile=args.ssl_cafile,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        ssl_check_hostname=args.ssl_check_hostname,
     )
 
 
@@ -138,22 +172,59 @@ def adapt_knobs(g) -> None:
     """The online weight adaptation of the blend (scoring/adapt.py): worker and backtest."""
     from ..app import ADAPT_DEFAULTS as D
 
-    g.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=_env_flag("ADAPT"), help="move the blend's weights online, per partition, towards the weightings that would have ranked the next events higher (env RECSTREAM_ADAPT; default on unless --blend pins the weights)")
-    g.add_argument("--adapt-step", type=float, metavar="W", default=_env_float("ADAPT_STEP", D.step), help=f"weight moved between two signals by a neighbouring weighting (env RECSTREAM_ADAPT_STEP; default {D.step:g})")
-    g.add_argument("--adapt-rate", type=float, metavar="R", default=_env_float("ADAPT_RATE", D.rate), help=f"how strongly an epoch's gains pull the weights, 0 = never move (env RECSTREAM_ADAPT_RATE; default {D.rate:g})")
-    g.add_argument("--adapt-epoch", type=int, metavar="N", default=_env_int("ADAPT_EPOCH", D.epoch), help=f"target events of a partition between two moves of its weights (env RECSTREAM_ADAPT_EPOCH; default {D.epoch})")
+    g.add_argument(
+        "--adapt",
+        action=argparse.BooleanOptionalAction,
+        default=_env_flag("ADAPT"),
+        help="move the blend's weights online, per partition, towards the weightings that would have ranked the next events higher (env RECSTREAM_ADAPT; default on unless --blend pins the weights)",
+    )
+    g.add_argument(
+        "--adapt-step",
+        type=float,
+        metavar="W",
+        default=_env_float("ADAPT_STEP", D.step),
+        help=f"weight moved between two signals by a neighbouring weighting (env RECSTREAM_ADAPT_STEP; default {D.step:g})",
+    )
+    g.add_argument(
+        "--adapt-rate",
+        type=float,
+        metavar="R",
+        default=_env_float("ADAPT_RATE", D.rate),
+        help=f"how strongly an epoch's gains pull the weights, 0 = never move (env RECSTREAM_ADAPT_RATE; default {D.rate:g})",
+    )
+    g.add_argument(
+        "--adapt-epoch",
+        type=int,
+        metavar="N",
+        default=_env_int("ADAPT_EPOCH", D.epoch),
+        help=f"target events of a partition between two moves of its weights (env RECSTREAM_ADAPT_EPOCH; default {D.epoch})",
+    )
 
 
 def engine_knobs(g) -> None:
     """The worker settings that change what ``tune`` and ``backtest --dataset`` compute (same defaults and env)."""
-    g.add_argument("--item-fields", default=_env("ITEM_FIELDS", "title,categories,description"), help="item fields embedded, as the worker's (default title,categories,description)")
+    g.add_argument(
+        "--item-fields",
+        default=_env("ITEM_FIELDS", "title,categories,description"),
+        help="item fields embedded, as the worker's (default title,categories,description)",
+    )
     g.add_argument("--half-life-days", type=float, default=_env_float("HALF_LIFE_DAYS", 30), help="profile half-life (default 30)")
     g.add_argument("--popularity-half-life-days", type=float, default=_env_float("POPULARITY_HALF_LIFE_DAYS", 7), help="popularity half-life (default 7)")
     g.add_argument("--cooc-neighbours", type=int, default=_env_int("COOC_NEIGHBOURS", 100), help="co-occurrence neighbours per item (default 100)")
     g.add_argument("--cooc-history-len", type=int, default=_env_int("COOC_HISTORY_LEN", 20), help="positives per user paired and scored (default 20)")
     g.add_argument("--cooc-half-life-days", type=float, default=_env_float("COOC_HALF_LIFE_DAYS", 0), help="co-occurrence half-life, 0 = none (default 0)")
-    g.add_argument("--cooc-pair-decay", type=float, default=_env_float("COOC_PAIR_DECAY", 0.9), help="co-occurrence pair weight per history position between the two items, 1 = none (default 0.9)")
-    g.add_argument("--cooc-recency", type=float, default=_env_float("COOC_RECENCY", 0.8), help="weight per position of an older history item when scoring co-occurrence, 1 = plain sum (default 0.8)")
+    g.add_argument(
+        "--cooc-pair-decay",
+        type=float,
+        default=_env_float("COOC_PAIR_DECAY", 0.9),
+        help="co-occurrence pair weight per history position between the two items, 1 = none (default 0.9)",
+    )
+    g.add_argument(
+        "--cooc-recency",
+        type=float,
+        default=_env_float("COOC_RECENCY", 0.8),
+        help="weight per position of an older history item when scoring co-occurrence, 1 = plain sum (default 0.8)",
+    )
     if not any(a.dest == "history_len" for a in getattr(g, "_group_actions", ())):
         try:
             g.add_argument("--history-len", type=int, default=_env_int("HISTORY_LEN", 50), help="recent events kept per user (default 50)")
@@ -183,16 +254,25 @@ def csv_options(p: argparse.ArgumentParser) -> None:
     (your own export) read through :mod:`streams.sources.csvfile` (``produce``, ``tune``,
     ``train``, ``backtest --dataset``)."""
     g = p.add_argument_group("your own data: a CSV of interactions (docs/ranking.md: Your own data)")
-    g.add_argument("--columns", metavar="FIELD=COLUMN,...", help="the CSV's column of each field: user, item, ts (epoch seconds or ms, "
-                                                               "or an ISO date), and optionally rating, kind (click, purchase or "
-                                                               "review; default click, and a purchase too when the rating is at least "
-                                                               "--positive-threshold), text (a review's), event_id; a field not given is "
-                                                               "read from the column of its contract name (user_id, item_id, ts, ...)")
-    g.add_argument("--catalog-csv", metavar="FILE", help="a CSV of the items, one row each (default: none; events on items "
-                                                         "without a row are counted as missing from the catalog)")
-    g.add_argument("--catalog-columns", metavar="FIELD=COLUMN,...", help="the catalog CSV's column of each field: item, title, "
-                                                                         "description, categories (split on | and ;); default "
-                                                                         "item_id, title, description, categories")
+    g.add_argument(
+        "--columns",
+        metavar="FIELD=COLUMN,...",
+        help="the CSV's column of each field: user, item, ts (epoch seconds or ms, "
+        "or an ISO date), and optionally rating, kind (click, purchase or "
+        "review; default click, and a purchase too when the rating is at least "
+        "--positive-threshold), text (a review's), event_id; a field not given is "
+        "read from the column of its contract name (user_id, item_id, ts, ...)",
+    )
+    g.add_argument(
+        "--catalog-csv",
+        metavar="FILE",
+        help="a CSV of the items, one row each (default: none; events on items without a row are counted as missing from the catalog)",
+    )
+    g.add_argument(
+        "--catalog-columns",
+        metavar="FIELD=COLUMN,...",
+        help="the catalog CSV's column of each field: item, title, description, categories (split on | and ;); default item_id, title, description, categories",
+    )
 
 
 def dataset_options(args: argparse.Namespace, dataset: str | None) -> dict[str, Any] | None:

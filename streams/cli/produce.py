@@ -19,8 +19,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
     end = parse_time(args.to) if args.to else None
     options = dataset_options(args, args.path) or {}
     with tqdm(desc=f"reading {args.path}", unit="row", file=sys.stderr) as bar:
-        dataset = load_dataset(args.path, fmt=args.format, positive_threshold=args.positive_threshold,
-                               start_ms=start, end_ms=end, limit=args.limit, progress=bar.update, **options)
+        dataset = load_dataset(
+            args.path, fmt=args.format, positive_threshold=args.positive_threshold, start_ms=start, end_ms=end, limit=args.limit, progress=bar.update, **options
+        )
     print(f"{dataset.name} ({dataset.format}):", file=sys.stderr)
     for line in dataset.stats.summary():
         print(f"  {line}", file=sys.stderr)
@@ -28,18 +29,25 @@ def cmd_produce(args: argparse.Namespace) -> int:
         return 0
     settings = settings_from(args)
     counts = produce_dataset(settings, dataset, partitions=args.partitions, catalog=not args.no_catalog, pacer=pacer)
-    print(f"produced {counts['items']} catalog records to {settings.topic('items')!r} and {counts['events']} events "
-          f"to {', '.join(repr(settings.topic(t)) for t in ('clicks', 'purchases', 'reviews'))}", file=sys.stderr)
+    print(
+        f"produced {counts['items']} catalog records to {settings.topic('items')!r} and {counts['events']} events "
+        f"to {', '.join(repr(settings.topic(t)) for t in ('clicks', 'purchases', 'reviews'))}",
+        file=sys.stderr,
+    )
     return 0
 
 
 def add_parser(sub, kafka_opts: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("produce", parents=[kafka_opts], help="produce a public dataset (or recstream JSON lines) to the topics",
-                       description="Read MovieLens (ml-latest, ml-latest-small, ml-25m, ml-32m, ml-1m, ml-100k), Amazon Review "
-                                   "Data (2018 or 2023, with its metadata file), recstream JSON lines or a CSV of your own interactions "
-                                   "(--columns) from PATH, and produce "
-                                   "the catalog, then the events in event-time order, with Kafka timestamps set to event time. "
-                                   "Rows that cannot be used are skipped and reported with the reason, never silently.")
+    p = sub.add_parser(
+        "produce",
+        parents=[kafka_opts],
+        help="produce a public dataset (or recstream JSON lines) to the topics",
+        description="Read MovieLens (ml-latest, ml-latest-small, ml-25m, ml-32m, ml-1m, ml-100k), Amazon Review "
+        "Data (2018 or 2023, with its metadata file), recstream JSON lines or a CSV of your own interactions "
+        "(--columns) from PATH, and produce "
+        "the catalog, then the events in event-time order, with Kafka timestamps set to event time. "
+        "Rows that cannot be used are skipped and reported with the reason, never silently.",
+    )
     p.add_argument("path", help="dataset folder (or file)")
     p.add_argument("--format", default="auto", help="auto (default), movielens, ml-1m, ml-100k, amazon-2018, amazon-2023, jsonl or csv")
     pace = p.add_mutually_exclusive_group()

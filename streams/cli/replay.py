@@ -31,19 +31,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
     else:
         worker_args = ["-k", str(args.k)] + (["--no-exclude-seen"] if not args.exclude_seen else [])
         stats = run_replay(source, target, start_ms=start, end_ms=end, partitions=args.partitions, worker_args=worker_args)
-    print(f"replay into prefix {prefix!r} (app id {target.app_id!r}): {stats.items} catalog records, "
-          f"{stats.events_total} events ({', '.join(f'{n} {t}' for t, n in stats.events.items())})"
-          + ("" if args.copy_only else f", {stats.recommendations} recommendations, {stats.dead_letters} dead letters "
-                                       f"in {stats.seconds:.1f}s"), file=sys.stderr)
+    print(
+        f"replay into prefix {prefix!r} (app id {target.app_id!r}): {stats.items} catalog records, "
+        f"{stats.events_total} events ({', '.join(f'{n} {t}' for t, n in stats.events.items())})"
+        + ("" if args.copy_only else f", {stats.recommendations} recommendations, {stats.dead_letters} dead letters in {stats.seconds:.1f}s"),
+        file=sys.stderr,
+    )
     return 0
 
 
 def add_parser(sub, kafka_opts: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("replay", parents=[kafka_opts], help="replay a time range through an isolated pipeline",
-                       description="Copy the catalog and the events of a time range (found by timestamp) from the topics "
-                                   "named by --topic-prefix into a new namespace (--target-prefix, with its own application "
-                                   "id, tables and recommendations topic), then run a worker there with per-event emission "
-                                   "until every event has its recommendation. The live topics and state are only read.")
+    p = sub.add_parser(
+        "replay",
+        parents=[kafka_opts],
+        help="replay a time range through an isolated pipeline",
+        description="Copy the catalog and the events of a time range (found by timestamp) from the topics "
+        "named by --topic-prefix into a new namespace (--target-prefix, with its own application "
+        "id, tables and recommendations topic), then run a worker there with per-event emission "
+        "until every event has its recommendation. The live topics and state are only read.",
+    )
     p.add_argument("--from", dest="from_", metavar="DATE", help="first event time (YYYY-MM-DD or ISO date-time, UTC; default: the beginning)")
     p.add_argument("--to", metavar="DATE", help="end of the range, exclusive (default: now)")
     p.add_argument("--target-prefix", help="topic prefix of the replay (default <prefix>replay-<unix time>.)")

@@ -35,8 +35,12 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub, kafka_opts: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("topics", parents=[kafka_opts], help="create, list or delete recstream's topics",
-                       description="Create recstream's topics (idempotent), list or delete them.")
+    p = sub.add_parser(
+        "topics",
+        parents=[kafka_opts],
+        help="create, list or delete recstream's topics",
+        description="Create recstream's topics (idempotent), list or delete them.",
+    )
     p.add_argument("action", choices=["create", "list", "delete"])
     p.add_argument("--partitions", type=int, default=4, help="partitions of the event, catalog, output and changelog topics (default 4)")
     p.add_argument("--replication-factor", type=int, default=1, help="replication factor (default 1, the local broker)")

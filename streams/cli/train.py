@@ -16,12 +16,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_parser(sub, kafka_opts: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "train", parents=[kafka_opts], help="train the learned user encoder (SASRec) and write a checkpoint for 'worker --user-model'",
+        "train",
+        parents=[kafka_opts],
+        help="train the learned user encoder (SASRec) and write a checkpoint for 'worker --user-model'",
         description="Train a small causal transformer over users' recent items (item = its text embedding + a learned ID "
-                    "embedding) on the interactions from --from to --to (a dataset folder with --dataset, else the "
-                    "deployment's topics), with a full softmax over the catalog, AdamW, CUDA when present. After every "
-                    "epoch HR@k/NDCG@k are measured on the validation window (--to up to --validate-to); the best epoch "
-                    "is written to --output, a weights-only checkpoint that 'recstream worker --user-model' serves.")
+        "embedding) on the interactions from --from to --to (a dataset folder with --dataset, else the "
+        "deployment's topics), with a full softmax over the catalog, AdamW, CUDA when present. After every "
+        "epoch HR@k/NDCG@k are measured on the validation window (--to up to --validate-to); the best epoch "
+        "is written to --output, a weights-only checkpoint that 'recstream worker --user-model' serves.",
+    )
     p.add_argument("--dataset", metavar="PATH", help="a dataset folder (formats of 'recstream produce'; default: read the topics)")
     p.add_argument("--from", dest="from_", metavar="DATE", help="start of the training range (default: the first event)")
     p.add_argument("--to", required=True, metavar="DATE", help="end of the training range (exclusive); validation starts here")

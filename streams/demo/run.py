@@ -63,8 +63,7 @@ def run_demo(settings: KafkaSettings, *, pace_s: float = 0.5, keep: bool = False
 
         events = generate_events(catalog, events_per_user=events_per_user, start_ts=now)
         _say()
-        _say(f"== streaming {len(events)} GENERATED events for {len(DEMO_USERS)} users "
-             f"({', '.join(f'{u.user_id}: {u.taste}' for u in DEMO_USERS)})")
+        _say(f"== streaming {len(events)} GENERATED events for {len(DEMO_USERS)} users ({', '.join(f'{u.user_id}: {u.taste}' for u in DEMO_USERS)})")
         watcher = RecommendationWatcher(settings)
         for event in events:
             sent = time.time()
@@ -75,14 +74,12 @@ def run_demo(settings: KafkaSettings, *, pace_s: float = 0.5, keep: bool = False
             rec = watcher.wait_event(event_id, timeout_s=60)
             latency_ms = (watcher.received_at[event_id] - sent) * 1000
             what = event.kind if not isinstance(event, Review) else f"review ({event.rating:g} star{'' if event.rating == 1 else 's'})"
-            _say(f"\n{event.user_id} {what}: {titles.get(event.item_id, event.item_id)!r}   "
-                 f"[recommendations in {latency_ms:.0f} ms, model {rec.model}]")
+            _say(f"\n{event.user_id} {what}: {titles.get(event.item_id, event.item_id)!r}   [recommendations in {latency_ms:.0f} ms, model {rec.model}]")
             for rank, item in enumerate(rec.items, 1):
                 because = f"   because: {titles.get(item.because, item.because)}" if item.because else ""
                 _say(f"   {rank}. {titles.get(item.item_id, item.item_id):32} {item.score:6.3f}{because}")
             time.sleep(pace_s)
-        _say("\n== done: every event produced a recommendation record on "
-             f"{settings.topic(T.RECOMMENDATIONS)!r}")
+        _say(f"\n== done: every event produced a recommendation record on {settings.topic(T.RECOMMENDATIONS)!r}")
         return 0
     finally:
         if watcher is not None:

@@ -69,7 +69,7 @@ _EXPECTED: Final = (
     "expected one of: ratings.csv + movies.csv (MovieLens ml-latest/ml-25m/ml-32m), "
     "ratings.dat + movies.dat (ml-1m), u.data + u.item (ml-100k), "
     "an Amazon review file <Category>.json(l)(.gz) with meta_<Category>.json(l)(.gz), "
-    "recstream *.jsonl files whose objects have a \"topic\" field, "
+    'recstream *.jsonl files whose objects have a "topic" field, '
     "or a CSV of interactions (.csv, .tsv: --format csv, with --columns)"
 )
 
@@ -111,9 +111,7 @@ def load_dataset(
         canonical = "csv"
     if isinstance(positive_threshold, bool) or not isinstance(positive_threshold, (int, float)) or not math.isfinite(positive_threshold):
         raise ValueError(f"positive_threshold must be a finite number, got {positive_threshold!r}")
-    builder = Builder(
-        start_ms=start_ms, end_ms=end_ms, limit=limit, progress=progress, now_ms=now_ms, max_future_ms=DEFAULT_MAX_FUTURE_MS
-    )
+    builder = Builder(start_ms=start_ms, end_ms=end_ms, limit=limit, progress=progress, now_ms=now_ms, max_future_ms=DEFAULT_MAX_FUTURE_MS)
     root = Path(path).expanduser()
     if not root.exists():
         raise DatasetError(f"{root}: no such file or folder")
@@ -141,7 +139,9 @@ def detect_format(path: str | Path) -> str:
 def _canonical(fmt: str) -> str:
     canonical = _ALIASES.get(fmt.strip().lower()) if isinstance(fmt, str) else None
     if canonical is None:
-        raise ValueError(f"fmt must be 'auto', one of {', '.join(FORMATS)} or an alias ({', '.join(sorted(set(_ALIASES) - set(FORMATS) - {'auto'}))}), got {fmt!r}")
+        raise ValueError(
+            f"fmt must be 'auto', one of {', '.join(FORMATS)} or an alias ({', '.join(sorted(set(_ALIASES) - set(FORMATS) - {'auto'}))}), got {fmt!r}"
+        )
     return canonical
 
 
@@ -181,7 +181,7 @@ def _plan(root: Path, fmt: str) -> _Plan:
     if fmt == "jsonl" or (fmt == "auto" and not metas and any(o and "topic" in o for o in firsts.values())):
         chosen = [p for p in others if (firsts[p] and "topic" in cast("dict[str, object]", firsts[p])) or (firsts[p] is None and ".jsonl" in p.name)]
         if not chosen:
-            raise DatasetError(f"{folder}: no recstream JSON-lines file (*.jsonl objects with a \"topic\" field)")
+            raise DatasetError(f'{folder}: no recstream JSON-lines file (*.jsonl objects with a "topic" field)')
         return _Plan("jsonl", tuple(chosen), name)
     reviews = [p for p in others if amazon.review_year(firsts[p]) is not None]
     if not reviews and fmt in ("amazon-2018", "amazon-2023") and len(others) == 1:
@@ -197,10 +197,7 @@ def _plan(root: Path, fmt: str) -> _Plan:
             "one review object a line)"
         )
     if len(reviews) > 1:
-        raise DatasetError(
-            f"{folder}: several Amazon review files ({', '.join(p.name for p in reviews)}); "
-            "give the path of the one to read"
-        )
+        raise DatasetError(f"{folder}: several Amazon review files ({', '.join(p.name for p in reviews)}); give the path of the one to read")
     return _plan_amazon(reviews[0], fmt, firsts[reviews[0]], metas, name)
 
 
@@ -245,8 +242,7 @@ def _plan_amazon(reviews: Path, fmt: str, first: dict[str, object] | None, metas
     if meta is None:
         ext = ".json.gz" if year == "2018" else ".jsonl.gz"
         raise DatasetError(
-            f"{reviews}: no metadata file beside it; expected meta_{category}{ext}"
-            + (f" (found {', '.join(p.name for p in metas)})" if metas else "")
+            f"{reviews}: no metadata file beside it; expected meta_{category}{ext}" + (f" (found {', '.join(p.name for p in metas)})" if metas else "")
         )
     id_field = "asin" if year == "2018" else "parent_asin"
     meta_first = amazon.peek(meta)

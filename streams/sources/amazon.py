@@ -160,9 +160,7 @@ def _load_meta(path: Path, fields: dict[str, Any], builder: Builder) -> None:
         main = obj.get(main_field)
         if isinstance(main, str):
             cats.append(clean_text(main))
-        builder.add_item(
-            cast(str, item_id), _text(obj.get("title")), _text(obj.get("description")), unique(cats), file=file, line=line
-        )
+        builder.add_item(cast(str, item_id), _text(obj.get("title")), _text(obj.get("description")), unique(cats), file=file, line=line)
 
 
 def _number(value: Any) -> float | None:

@@ -117,16 +117,11 @@ class DatasetStats:
     def summary(self) -> list[str]:
         """Human-readable lines for a command-line report."""
         lines = [
-            f"read {self.rows_total} rows ("
-            + ", ".join(f"{name}: {n}" for name, n in self.rows_read.items())
-            + ")",
-            f"made {self.items} items, "
-            + ", ".join(f"{n} {kind}s" for kind, n in self.events.items()),
+            f"read {self.rows_total} rows (" + ", ".join(f"{name}: {n}" for name, n in self.rows_read.items()) + ")",
+            f"made {self.items} items, " + ", ".join(f"{n} {kind}s" for kind, n in self.events.items()),
         ]
         if self.filtered:
-            lines.append(
-                f"left out {self.filtered_total} events: " + ", ".join(f"{n} {why}" for why, n in self.filtered.items())
-            )
+            lines.append(f"left out {self.filtered_total} events: " + ", ".join(f"{n} {why}" for why, n in self.filtered.items()))
         if self.skipped:
             lines.append(f"skipped {self.skipped_total} rows:")
             for reason, n in self.skipped.items():
@@ -288,8 +283,9 @@ def _show(row: list[str]) -> str:
     return repr(text if len(text) <= 120 else text[:120] + "...")
 
 
-def csv_rows(path: Path, builder: Builder, *, delimiter: str = ",",
-             empty_header: str = "expected a header line") -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+def csv_rows(
+    path: Path, builder: Builder, *, delimiter: str = ",", empty_header: str = "expected a header line"
+) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
     """A CSV file's header (stripped, without a byte-order mark) and an iterator of
     ``(line number, fields)`` of the rows that have the header's width; every other row is
     skipped with the reason and its line, and
@@ -318,8 +314,7 @@ def csv_rows(path: Path, builder: Builder, *, delimiter: str = ",",
                     if not row:
                         builder.skip(file, line, "empty line", "empty line")
                     else:
-                        builder.skip(file, line, f"not {width} fields",
-                                     f"expected {width} fields ({','.join(header)}), got {len(row)}: {_show(row)}")
+                        builder.skip(file, line, f"not {width} fields", f"expected {width} fields ({','.join(header)}), got {len(row)}: {_show(row)}")
                     continue
                 yield line, row
         except csv.Error as exc:  # a NUL byte, an unterminated quote at the end
@@ -561,10 +556,7 @@ class Builder:
         events: list[Event] = [entry[-1] for entry in self._buffer]
         self._buffer = []
         first_ts = self.first_ts
-        catalog = [
-            Item(p.item_id, p.title, p.description, p.categories, first_ts.get(p.item_id, 0) if p.ts is None else p.ts)
-            for p in self._items
-        ]
+        catalog = [Item(p.item_id, p.title, p.description, p.categories, first_ts.get(p.item_id, 0) if p.ts is None else p.ts) for p in self._items]
         stats = self.stats
         stats.items = len(catalog)
         kinds: Counter[str] = Counter(e.kind for e in events)

@@ -63,12 +63,10 @@ from .base import Builder, DatasetError, csv_rows, trim, unique
 __all__ = ["CATALOG_FIELDS", "EVENT_FIELDS", "CsvMapping", "is_csv_file", "load", "parse_columns", "parse_time"]
 
 #: recstream's field -> the column read when the mapping does not name one
-EVENT_FIELDS: Final = {"user": "user_id", "item": "item_id", "ts": "ts", "rating": "rating", "kind": "kind",
-                       "text": "text", "event_id": "event_id"}
+EVENT_FIELDS: Final = {"user": "user_id", "item": "item_id", "ts": "ts", "rating": "rating", "kind": "kind", "text": "text", "event_id": "event_id"}
 CATALOG_FIELDS: Final = {"item": "item_id", "title": "title", "description": "description", "categories": "categories"}
 _REQUIRED: Final = ("user", "item", "ts")
-KINDS: Final = {"click": "click", "clicks": "click", "purchase": "purchase", "purchases": "purchase",
-                "review": "review", "reviews": "review"}
+KINDS: Final = {"click": "click", "clicks": "click", "purchase": "purchase", "purchases": "purchase", "review": "review", "reviews": "review"}
 _SUFFIXES: Final = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
 #: a number below this is epoch seconds, at or above it milliseconds (10^11 s is the year 5138)
 SECONDS_BELOW: Final = 10**11
@@ -110,12 +108,14 @@ class CsvMapping:
     catalog_columns: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, columns: str | None = None, catalog_csv: str | Path | None = None,
-              catalog_columns: str | None = None) -> CsvMapping:
+    def parse(cls, columns: str | None = None, catalog_csv: str | Path | None = None, catalog_columns: str | None = None) -> CsvMapping:
         if catalog_columns and not catalog_csv:
             raise ValueError("--catalog-columns: needs --catalog-csv")
-        return cls(parse_columns(columns, EVENT_FIELDS), Path(catalog_csv).expanduser() if catalog_csv else None,
-                   parse_columns(catalog_columns, CATALOG_FIELDS, "--catalog-columns"))
+        return cls(
+            parse_columns(columns, EVENT_FIELDS),
+            Path(catalog_csv).expanduser() if catalog_csv else None,
+            parse_columns(catalog_columns, CATALOG_FIELDS, "--catalog-columns"),
+        )
 
 
 def parse_time(text: str) -> int | None:
@@ -146,8 +146,7 @@ def load(path: Path, mapping: CsvMapping, builder: Builder, *, positive_threshol
     _events(path, mapping.columns, builder, positive_threshold)
 
 
-def _resolve(path: Path, header: list[str], given: Mapping[str, str], defaults: Mapping[str, str],
-             required: tuple[str, ...], option: str) -> dict[str, int]:
+def _resolve(path: Path, header: list[str], given: Mapping[str, str], defaults: Mapping[str, str], required: tuple[str, ...], option: str) -> dict[str, int]:
     """field -> column index; a DatasetError naming the field and the column when the header lacks it."""
     where: dict[str, int] = {}
     shown = ", ".join(header)
@@ -160,24 +159,24 @@ def _resolve(path: Path, header: list[str], given: Mapping[str, str], defaults: 
         elif default in header:
             where[name] = header.index(default)
         elif name in required:
-            raise DatasetError(f"{path}: {option} does not map {name} and the header has no {default!r} column "
-                               f"(it has: {shown}); add {name}=COLUMN")
+            raise DatasetError(f"{path}: {option} does not map {name} and the header has no {default!r} column (it has: {shown}); add {name}=COLUMN")
     return where
 
 
 def _rows(path: Path, builder: Builder) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
     """The header and an iterator of (line, fields) of the rows that have the header's width;
     every other row is skipped with the reason and its line, every row counted."""
-    return csv_rows(path, builder, delimiter="\t" if ".tsv" in path.name.lower() else ",",
-                    empty_header="expected a header line naming the columns")
+    return csv_rows(path, builder, delimiter="\t" if ".tsv" in path.name.lower() else ",", empty_header="expected a header line naming the columns")
 
 
 def _catalog(path: Path, given: Mapping[str, str], builder: Builder) -> None:
     header, rows = _rows(path, builder)
     where = _resolve(path, header, given, CATALOG_FIELDS, ("item",), "--catalog-columns")
     if "title" not in where and "description" not in where:
-        raise DatasetError(f"{path}: --catalog-columns maps neither title nor description and the header has no 'title' "
-                           f"or 'description' column (it has: {', '.join(header)}); an item needs a text")
+        raise DatasetError(
+            f"{path}: --catalog-columns maps neither title nor description and the header has no 'title' "
+            f"or 'description' column (it has: {', '.join(header)}); an item needs a text"
+        )
     file = path.name
     item_at, title_at, desc_at, cats_at = (where.get(n) for n in ("item", "title", "description", "categories"))
     for line, row in rows:

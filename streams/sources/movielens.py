@@ -106,9 +106,7 @@ def _csv_rows(path: Path, builder: Builder, columns: tuple[str, ...]) -> Iterato
     header, rows = csv_rows(path, builder, empty_header=f"expected a header line {','.join(columns)}")
     missing = [c for c in columns if c not in header]
     if missing:
-        raise DatasetError(
-            f"{path}: the header {','.join(header)!r} lacks {', '.join(missing)}; expected {','.join(columns)}"
-        )
+        raise DatasetError(f"{path}: the header {','.join(header)!r} lacks {', '.join(missing)}; expected {','.join(columns)}")
     where = [header.index(c) for c in columns]
     for line, row in rows:
         yield line, [row[i] for i in where]

@@ -134,8 +134,12 @@ class TopicLog:
     def __init__(self, settings: KafkaSettings, topic: str, decode: Callable[[bytes], object], *, committed: bool = False) -> None:
         # committed: only records of committed transactions (read_committed, as `recstream
         # subscribe` reads); else every record appended, aborted attempts' included
-        self.consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None,
-                                      isolation_level="read_committed" if committed else "read_uncommitted")
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            enable_auto_commit=False,
+            group_id=None,
+            isolation_level="read_committed" if committed else "read_uncommitted",
+        )
         partitions = self.consumer.partitions_for_topic(topic)
         if not partitions:
             self.consumer.close()
@@ -197,8 +201,7 @@ class Outputs:
         out: dict[Coord, list[str]] = {}
         for raw, exc in self.recs.rejected:
             trigger = orjson.loads(raw).get("trigger", {})
-            out.setdefault((trigger.get("topic"), trigger.get("partition"), trigger.get("offset")), []).append(
-                f"{exc} in {raw[:300]!r}")
+            out.setdefault((trigger.get("topic"), trigger.get("partition"), trigger.get("offset")), []).append(f"{exc} in {raw[:300]!r}")
         return out
 
     def letters_by_coord(self) -> dict[Coord, list[DeadLetter]]:
@@ -218,9 +221,13 @@ class Outputs:
             if not missing_recs and not missing_letters:
                 return
             alive()
-            deadline.check(lambda: f"{len(missing_recs)} of {len(want_recs)} recommendations "
-                                   f"({describe_coords(missing_recs)}) and {len(missing_letters)} of "
-                                   f"{len(want_letters)} dead letters ({describe_coords(missing_letters)})")
+            deadline.check(
+                lambda: (
+                    f"{len(missing_recs)} of {len(want_recs)} recommendations "
+                    f"({describe_coords(missing_recs)}) and {len(missing_letters)} of "
+                    f"{len(want_letters)} dead letters ({describe_coords(missing_letters)})"
+                )
+            )
             self.poll()
 
     def close(self) -> None:
@@ -231,8 +238,12 @@ class Outputs:
 def read_profiles(settings: KafkaSettings, timeout_s: float = 60.0, *, committed: bool = False) -> dict[str, UserProfile]:
     """Every user's latest profile, from the ``profiles`` changelog (what ``recstream profile``
     reads, for all users at once; ``committed``: committed transactions' records only)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None,
-                             isolation_level="read_committed" if committed else "read_uncommitted")
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed" if committed else "read_uncommitted",
+    )
     try:
         changelog = settings.changelog(T.PROFILES_TABLE)
         partitions = consumer.partitions_for_topic(changelog) or set()
@@ -245,8 +256,9 @@ def read_profiles(settings: KafkaSettings, timeout_s: float = 60.0, *, committed
         consumer.close()
 
 
-def wait_applied(settings: KafkaSettings, expected: dict[str, int], timeout_s: float, alive: Callable[[], None], *,
-                 committed: bool = False) -> dict[str, UserProfile]:
+def wait_applied(
+    settings: KafkaSettings, expected: dict[str, int], timeout_s: float, alive: Callable[[], None], *, committed: bool = False
+) -> dict[str, UserProfile]:
     """Re-read the profiles changelog until each user's ``applied`` count is as ``expected``
     (0: no profile at all), or the deadline passes; returns the last profiles read."""
     deadline = Deadline(timeout_s)
@@ -279,8 +291,13 @@ class Worker:
         # 1.1 MB: room for values just over the contract's 1,000,000-byte limit
         self.producer = producer(self.settings, max_request_size=1_100_000)
         self.process = WorkerProcess(
-            self.settings, self.workdir / "state", "--partitions", str(PARTITIONS), *self.args,
-            log_path=self.workdir / "worker.log", env=self.env,
+            self.settings,
+            self.workdir / "state",
+            "--partitions",
+            str(PARTITIONS),
+            *self.args,
+            log_path=self.workdir / "worker.log",
+            env=self.env,
         )
         self.process.start()
         self.process.wait_ready()
@@ -536,8 +553,9 @@ def offline_profiles(catalog, placed: Sequence[tuple[Click | Purchase, str, int,
     texts = [item_text(i.title, i.categories, i.description) for i in catalog]
     matrix.upsert([i.item_id for i in catalog], np.asarray(encoder.encode_numpy(texts), dtype=np.float32))
     config = EngineConfig(k=5, emit="per-event")
-    engine = Engine(model=DecayedProfileModel(dim=encoder.dim), matrix=matrix,
-                    popularity=DecayedPopularity(config.popularity_half_life_ms), texts=encoder, config=config)
+    engine = Engine(
+        model=DecayedProfileModel(dim=encoder.dim), matrix=matrix, popularity=DecayedPopularity(config.popularity_half_life_ms), texts=encoder, config=config
+    )
     profiles: dict[str, UserProfile] = {}
     batch = [Incoming(ev, topic, partition, offset) for ev, topic, partition, offset in placed]
     for start in range(0, len(batch), 1000):
@@ -546,6 +564,7 @@ def offline_profiles(catalog, placed: Sequence[tuple[Click | Purchase, str, int,
 
 
 # --------------------------------------------------------------------------- exactly-once accounting
+
 
 def assert_answered_once(outputs: Outputs, placed: Sequence[tuple[object, str, int, int]], bad: Iterable[Coord] = ()) -> None:
     """Exactly one recommendation per valid event of ``placed`` (event, topic, partition,
@@ -559,13 +578,15 @@ def assert_answered_once(outputs: Outputs, placed: Sequence[tuple[object, str, i
     unknown = by_coord.keys() - want
     assert not missing and not doubled and not unknown, (
         f"{len(missing)} events without a recommendation ({describe_coords(missing)}), {len(doubled)} with several "
-        f"({describe_coords(doubled)}), {len(unknown)} recommendations for no event sent ({describe_coords(unknown)})")
+        f"({describe_coords(doubled)}), {len(unknown)} recommendations for no event sent ({describe_coords(unknown)})"
+    )
     assert not outputs.recs.rejected, outputs.recs.rejected[:3]
     letters = outputs.letters_by_coord()
     bad = set(bad)
     assert letters.keys() == bad and all(len(v) == 1 for v in letters.values()), (
         f"dead letters differ from the malformed records: {describe_coords(letters.keys() ^ bad)}; "
-        f"repeated: {describe_coords(c for c, v in letters.items() if len(v) > 1)}")
+        f"repeated: {describe_coords(c for c, v in letters.items() if len(v) > 1)}"
+    )
 
 
 def assert_profiles_offline(settings: KafkaSettings, catalog, placed: Sequence[tuple[Click | Purchase, str, int, int]]) -> None:
@@ -596,11 +617,11 @@ def mixed_events(n: int, users: int, item_ids: Sequence[str], start_ms: int, tag
     """``n`` clicks and purchases (one in five) of users ``u0``..``u{users-1}``, one second
     apart (distinct times: a profile does not depend on arrival order), event ids ``<tag><i>``."""
     rng = random.Random(tag)
-    return [(Purchase if rng.random() < 0.2 else Click)(f"u{rng.randrange(users)}", rng.choice(item_ids), start_ms + i * 1000, f"{tag}{i}")
-            for i in range(n)]
+    return [(Purchase if rng.random() < 0.2 else Click)(f"u{rng.randrange(users)}", rng.choice(item_ids), start_ms + i * 1000, f"{tag}{i}") for i in range(n)]
 
 
 # --------------------------------------------------------------------------- a broker of the test's own
+
 
 def ports_free(first: int, count: int) -> bool:
     """Whether ports ``first`` .. ``first + count - 1`` can be bound on loopback (as a broker
@@ -638,8 +659,7 @@ def kafka_sh(action: str, env: dict[str, str], timeout_s: float, *flags: str) ->
     """``deploy/kafka/kafka.sh ACTION [FLAGS]`` with ``env`` (which says which broker)."""
     from recstream.streams.localkafka import script_path
 
-    return subprocess.run(["bash", str(script_path()), action, *flags], env=env, capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
+    return subprocess.run(["bash", str(script_path()), action, *flags], env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
 
 
 def remove_broker(env: dict[str, str], data: Path, *flags: str) -> None:
@@ -658,8 +678,15 @@ def remove_broker(env: dict[str, str], data: Path, *flags: str) -> None:
 
 def cli(args: list[str], env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess:
     """``recstream ARGS`` in a subprocess with ``env``, from the repository."""
-    return subprocess.run([sys.executable, "-m", "recstream", *args], env=env, cwd=Path(__file__).resolve().parents[2],
-                          capture_output=True, text=True, timeout=timeout_s, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "recstream", *args],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
 
 
 def jsonl(path: Path, records: list[dict]) -> Path:
@@ -680,16 +707,20 @@ class PrivateBroker:
         self.data = Path(data)
         self.script = script_path()
         self.start_timeout_s = start_timeout_s
-        self.env = {**os.environ, "RECSTREAM_KAFKA_PORT": str(self.port), "RECSTREAM_KAFKA_DATA": str(self.data),
-                    "RECSTREAM_KAFKA_START_TIMEOUT": str(int(start_timeout_s)), "RECSTREAM_KAFKA_SECURITY": "plain"}
+        self.env = {
+            **os.environ,
+            "RECSTREAM_KAFKA_PORT": str(self.port),
+            "RECSTREAM_KAFKA_DATA": str(self.data),
+            "RECSTREAM_KAFKA_START_TIMEOUT": str(int(start_timeout_s)),
+            "RECSTREAM_KAFKA_SECURITY": "plain",
+        }
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def _run(self, action: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(self.script), action], env=self.env, capture_output=True, text=True,
-                              timeout=self.start_timeout_s + 90, check=False)
+        return subprocess.run(["bash", str(self.script), action], env=self.env, capture_output=True, text=True, timeout=self.start_timeout_s + 90, check=False)
 
     def start(self) -> float:
         """Start it (on its existing data, if any) and wait until it answers; returns the seconds taken."""

@@ -44,8 +44,7 @@ pytestmark = pytest.mark.integration
 
 K = 10
 ADAPT = AdaptConfig(step=0.1, rate=3.0, epoch=12)
-FLAGS = ["--emit", "per-event", "-k", str(K), "--adapt-rate", str(ADAPT.rate), "--adapt-epoch", str(ADAPT.epoch),
-         "--adapt-step", str(ADAPT.step)]
+FLAGS = ["--emit", "per-event", "-k", str(K), "--adapt-rate", str(ADAPT.rate), "--adapt-epoch", str(ADAPT.epoch), "--adapt-step", str(ADAPT.step)]
 
 
 def _events(ids: list[str], start_ms: int, n: int, seed: int) -> list[Click]:
@@ -65,8 +64,9 @@ def _offline_weights(catalog, events: list[Click]) -> dict[int, np.ndarray]:
     texts = [item_text(i.title, i.categories, i.description) for i in catalog]
     matrix.upsert([i.item_id for i in catalog], np.asarray(encoder.encode_numpy(texts), dtype=np.float32))
     config = EngineConfig(k=K, emit="per-event", blend=DEFAULT_WEIGHTS, adapt=ADAPT)
-    engine = Engine(model=DecayedProfileModel(dim=encoder.dim), matrix=matrix,
-                    popularity=DecayedPopularity(config.popularity_half_life_ms), texts=encoder, config=config)
+    engine = Engine(
+        model=DecayedProfileModel(dim=encoder.dim), matrix=matrix, popularity=DecayedPopularity(config.popularity_half_life_ms), texts=encoder, config=config
+    )
     offsets: dict[int, int] = {}
     batch = []
     for ev in events:
@@ -88,8 +88,7 @@ def _free_port() -> int:
 def _scrape(port: int) -> dict[tuple[str, tuple], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         body = response.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body) for s in family.samples}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(body) for s in family.samples}
 
 
 def _stored(settings, users_by_partition: dict[int, str]):
@@ -144,8 +143,7 @@ def test_the_default_worker_adapts_its_weights_and_keeps_them_through_a_sigkill(
             np.testing.assert_allclose(state.weights, want[p], atol=1e-6)  # as the engine moves them offline
 
         worker.process.kill()
-        restarted = WorkerProcess(settings, tmp_path / "state", "--partitions", str(faults.PARTITIONS), *FLAGS,
-                                  log_path=tmp_path / "worker2.log")
+        restarted = WorkerProcess(settings, tmp_path / "state", "--partitions", str(faults.PARTITIONS), *FLAGS, log_path=tmp_path / "worker2.log")
         restarted.start()
         restarted.wait_ready()
         restored = re.search(r"blend weights restored: (.*)", restarted.log_text())

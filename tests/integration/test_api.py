@@ -64,8 +64,9 @@ class Http:
         self.base = f"http://127.0.0.1:{port}"
         self.token = token
 
-    def call(self, method: str, path: str, body: bytes | None = None, *, token: str | None = "default",
-             content_type: str | None = "application/json") -> tuple[int, dict, dict]:
+    def call(
+        self, method: str, path: str, body: bytes | None = None, *, token: str | None = "default", content_type: str | None = "application/json"
+    ) -> tuple[int, dict, dict]:
         headers = {}
         tok = self.token if token == "default" else token
         if tok is not None:
@@ -116,8 +117,18 @@ def test_api_against_a_real_worker(kafka_broker: str, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     port = free_port()
-    args = ("--partitions", str(PARTITIONS), "-k", str(K), "--metrics-port", str(port), "--api-token-file", str(token_file),
-            "--processing-guarantee", "exactly_once")
+    args = (
+        "--partitions",
+        str(PARTITIONS),
+        "-k",
+        str(K),
+        "--metrics-port",
+        str(port),
+        "--api-token-file",
+        str(token_file),
+        "--processing-guarantee",
+        "exactly_once",
+    )
     worker = WorkerProcess(settings, tmp_path / "state", *args, log_path=tmp_path / "worker.log")
     prod = producer(settings)
     http = Http(port, TOKEN)
@@ -146,8 +157,11 @@ def test_api_against_a_real_worker(kafka_broker: str, tmp_path: Path) -> None:
             # per-user emission: wait for the record of each user's last event
             for user in (reader_u, cook_u, gardener):
                 last_event = [e for e in events if e.user_id == user][-1]
-                watcher.wait_for(lambda w: any(r.trigger.event_id == last_event.event_id for r in w.by_user.get(user, ())),
-                                 DEADLINE_S, f"the record of {last_event.event_id}")
+                watcher.wait_for(
+                    lambda w: any(r.trigger.event_id == last_event.event_id for r in w.by_user.get(user, ())),
+                    DEADLINE_S,
+                    f"the record of {last_event.event_id}",
+                )
             watcher.poll(500)
 
             # --- lookups equal the last record on the topic
@@ -182,8 +196,7 @@ def test_api_against_a_real_worker(kafka_broker: str, tmp_path: Path) -> None:
         status, plain, _ = http.recommend({"user_id": reader_u, "k": 3})
         assert status == 200 and not any(i["item_id"].startswith("jazz") for i in plain["items"]), plain
         assert not {i["item_id"] for i in plain["items"]} & {f"scifi-0{n}" for n in range(1, 5)}  # seen: excluded
-        status, doc, _ = http.recommend({"query": "growing vegetables in a raised bed garden", "k": 3,
-                                         "exclude": ["garden-01"]})
+        status, doc, _ = http.recommend({"query": "growing vegetables in a raised bed garden", "k": 3, "exclude": ["garden-01"]})
         assert status == 200 and doc["user_id"] is None and doc["model"].endswith("semantic-search")
         assert [i["item_id"].split("-")[0] for i in doc["items"]] == ["garden"] * 3 and "garden-01" not in str(doc["items"])
 
@@ -191,10 +204,16 @@ def test_api_against_a_real_worker(kafka_broker: str, tmp_path: Path) -> None:
         answered: list[int] = []
 
         @hsettings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-        @given(body=st.one_of(st.binary(max_size=120),
-                              st.dictionaries(st.sampled_from(["user_id", "query", "k", "exclude", "x"]),
-                                              st.one_of(st.none(), st.booleans(), st.integers(-5, 500), st.text(max_size=20),
-                                                        st.lists(st.integers(), max_size=3)), max_size=4).map(orjson.dumps)))
+        @given(
+            body=st.one_of(
+                st.binary(max_size=120),
+                st.dictionaries(
+                    st.sampled_from(["user_id", "query", "k", "exclude", "x"]),
+                    st.one_of(st.none(), st.booleans(), st.integers(-5, 500), st.text(max_size=20), st.lists(st.integers(), max_size=3)),
+                    max_size=4,
+                ).map(orjson.dumps),
+            )
+        )
         def fuzz(body: bytes) -> None:
             status, doc, _ = http.call("POST", "/v1/recommend", body)
             answered.append(status)
@@ -209,9 +228,13 @@ def test_api_against_a_real_worker(kafka_broker: str, tmp_path: Path) -> None:
         # --- forget: one user by DELETE, one by the CLI
         status, doc, _ = http.call("DELETE", f"/v1/users/{reader_u}")
         assert status == 202 and doc["status"] == "accepted" and doc["topic"] == settings.topic(T.CLICKS), doc
-        cli = subprocess.run([sys.executable, "-m", "recstream", "forget", cook_u, "--json", "--broker", settings.broker,
-                              "--topic-prefix", settings.topic_prefix], capture_output=True, text=True, timeout=120,
-                             env={**os.environ})
+        cli = subprocess.run(
+            [sys.executable, "-m", "recstream", "forget", cook_u, "--json", "--broker", settings.broker, "--topic-prefix", settings.topic_prefix],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ},
+        )
         assert cli.returncode == 0, cli.stderr
         assert orjson.loads(cli.stdout)["user_id"] == cook_u
         for user in (reader_u, cook_u):

@@ -42,8 +42,9 @@ def test_two_workers_answer_for_each_others_users(kafka_broker: str, tmp_path: P
     from recstream.streams.client import WorkerProcess
 
     for name, port in ports.items():
-        group.workers[name] = WorkerProcess(settings, tmp_path / name, "--partitions", str(PARTITIONS), "-k", str(K),
-                                            "--metrics-port", str(port), log_path=tmp_path / f"{name}.log")
+        group.workers[name] = WorkerProcess(
+            settings, tmp_path / name, "--partitions", str(PARTITIONS), "-k", str(K), "--metrics-port", str(port), log_path=tmp_path / f"{name}.log"
+        )
     http = {name: Http(port, None) for name, port in ports.items()}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     prod = producer(settings)
@@ -64,8 +65,7 @@ def test_two_workers_answer_for_each_others_users(kafka_broker: str, tmp_path: P
             send_records(prod, settings, events)
             prod.flush()
             for u in users:
-                watcher.wait_for(lambda w: any(r.trigger.event_id == f"{u}-e1" for r in w.by_user.get(u, ())), DEADLINE_S,
-                                 f"the record of {u}-e1")
+                watcher.wait_for(lambda w: any(r.trigger.event_id == f"{u}-e1" for r in w.by_user.get(u, ())), DEADLINE_S, f"the record of {u}-e1")
             watcher.poll(500)
             served_by: set[str] = set()
             for u in users:

@@ -57,8 +57,7 @@ def test_backtest_through_kafka_equals_the_offline_protocol(kafka_settings):
     config = BacktestConfig(split_ms=START + 18 * 86_400_000, targets=frozenset({"click"}), ks=(5, 10, 20))
     target = KafkaSettings(broker=kafka_settings.broker, topic_prefix=f"{kafka_settings.topic_prefix}bt.")
     try:
-        run_replay(kafka_settings, target, start_ms=None, end_ms=None, partitions=2,
-                   worker_args=["-k", "20"], timeout_s=300, show_progress=False)
+        run_replay(kafka_settings, target, start_ms=None, end_ms=None, partitions=2, worker_args=["-k", "20"], timeout_s=300, show_progress=False)
         via_kafka, contents = backtest_replay(target, config)
     finally:
         T.delete_topics(target, list(T.list_topics(target)))
@@ -66,9 +65,14 @@ def test_backtest_through_kafka_equals_the_offline_protocol(kafka_settings):
 
     # the worker's default ranker, the blend, in event-time order over both partitions (its
     # weights adapted per partition: the users keyed as the topics key them)
-    offline = run_offline(events, catalog, config, encoder=TextEncoder(),
-                          engine_config=EngineConfig(k=20, emit="per-event", blend=DEFAULT_WEIGHTS, adapt=WorkerConfig().adapt_config),
-                          partition_of=lambda user: partition_for(user.encode(), 2))
+    offline = run_offline(
+        events,
+        catalog,
+        config,
+        encoder=TextEncoder(),
+        engine_config=EngineConfig(k=20, emit="per-event", blend=DEFAULT_WEIGHTS, adapt=WorkerConfig().adapt_config),
+        partition_of=lambda user: partition_for(user.encode(), 2),
+    )
     assert via_kafka.counts == offline.counts
     assert via_kafka.counts["cases"] > 20
     for method in ("recstream", "popularity", "item-knn"):
@@ -97,8 +101,9 @@ def test_a_replay_through_two_workers_in_step_answers_every_event(kafka_settings
     config = BacktestConfig(split_ms=START + 18 * 86_400_000, targets=frozenset({"click"}), ks=(10,))
     target = KafkaSettings(broker=kafka_settings.broker, topic_prefix=f"{kafka_settings.topic_prefix}bt2.")
     try:
-        stats = run_replay(kafka_settings, target, start_ms=None, end_ms=None, partitions=2, workers=2,
-                           worker_args=["-k", "20"], timeout_s=300, show_progress=False)
+        stats = run_replay(
+            kafka_settings, target, start_ms=None, end_ms=None, partitions=2, workers=2, worker_args=["-k", "20"], timeout_s=300, show_progress=False
+        )
         via_kafka, contents = backtest_replay(target, config)
     finally:
         T.delete_topics(target, list(T.list_topics(target)))

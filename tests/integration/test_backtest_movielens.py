@@ -85,8 +85,14 @@ def test_backtest_of_a_movielens_slice_equals_the_offline_protocol(kafka_setting
     assert contents.catalog_ids == {item.item_id for item in dataset.catalog}
     order = [r.trigger.event_id for r in contents.recommendations]  # one partition: the processing order
     config = BacktestConfig(split_ms=split, ks=(5, 10, 20))
-    offline = run_offline(dataset.events, dataset.catalog, config, encoder=TextEncoder(),
-                          engine_config=EngineConfig(k=20, emit="per-event", blend=DEFAULT_WEIGHTS, adapt=WorkerConfig().adapt_config), order=order)
+    offline = run_offline(
+        dataset.events,
+        dataset.catalog,
+        config,
+        encoder=TextEncoder(),
+        engine_config=EngineConfig(k=20, emit="per-event", blend=DEFAULT_WEIGHTS, adapt=WorkerConfig().adapt_config),
+        order=order,
+    )
 
     assert doc["counts"] == offline.counts
     assert offline.counts["cases"] > 200

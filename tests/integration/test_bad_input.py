@@ -87,9 +87,30 @@ HOUR_MS = 3_600_000
 
 #: Users of the valid records (and of most malformed ones): printable Unicode of every sort.
 USERS = (
-    "alice", "bob", "carol", "u-42", "42", "ümlaut-üser", "用户七", "emoji-🎧-fan", "with space",
-    "colon:user:1", 'quote"user', "back\\slash", "line\u2028sep", "zero\u200bwidth", "rtl\u202eltr",
-    "x" * MAX_ID_CHARS, "Ω", "tab-free-\u00a0nbsp", "دانا", "🙂", "MiXeD-Case", "dots.and-dashes_", "ß", "ǅ",
+    "alice",
+    "bob",
+    "carol",
+    "u-42",
+    "42",
+    "ümlaut-üser",
+    "用户七",
+    "emoji-🎧-fan",
+    "with space",
+    "colon:user:1",
+    'quote"user',
+    "back\\slash",
+    "line\u2028sep",
+    "zero\u200bwidth",
+    "rtl\u202eltr",
+    "x" * MAX_ID_CHARS,
+    "Ω",
+    "tab-free-\u00a0nbsp",
+    "دانا",
+    "🙂",
+    "MiXeD-Case",
+    "dots.and-dashes_",
+    "ß",
+    "ǅ",
 )
 #: Users who only ever send garbage: they must end with no profile.
 GHOSTS = ("ghost-1", "ghost-👻", "ghost-three")
@@ -195,13 +216,23 @@ def event_fields(draw: st.DrawFn, kind: str, now: int, users: tuple[str, ...], i
     return {name: fields[name] for name in order}
 
 
-REQUIRED = {"clicks": ("user_id", "item_id", "ts"), "purchases": ("user_id", "item_id", "ts"),
-            "reviews": ("user_id", "item_id", "ts", "rating", "text")}
+REQUIRED = {"clicks": ("user_id", "item_id", "ts"), "purchases": ("user_id", "item_id", "ts"), "reviews": ("user_id", "item_id", "ts", "rating", "text")}
 ALLOWED = {"clicks": {"schema", "user_id", "item_id", "ts", "event_id"}}
 ALLOWED["purchases"] = ALLOWED["clicks"] | {"quantity", "price"}
 ALLOWED["reviews"] = ALLOWED["clicks"] | {"rating", "text"}
-BAD_UTF8 = (b"\xff", b"\xfe", b"\xc3\x28", b"\xa0\xa1", b"\xe2\x28\xa1", b"\xf0\x28\x8c\xbc", b"\xed\xa0\x80", b"\xc0\xaf",
-            b"\xf8\x88\x80\x80\x80", b"\x80", b"\xc3")
+BAD_UTF8 = (
+    b"\xff",
+    b"\xfe",
+    b"\xc3\x28",
+    b"\xa0\xa1",
+    b"\xe2\x28\xa1",
+    b"\xf0\x28\x8c\xbc",
+    b"\xed\xa0\x80",
+    b"\xc0\xaf",
+    b"\xf8\x88\x80\x80\x80",
+    b"\x80",
+    b"\xc3",
+)
 
 
 def _not_utf8(b: bytes) -> bool:
@@ -257,8 +288,12 @@ def malformed(category: str, now: int, items: tuple[str, ...]) -> st.SearchStrat
             name = draw(st.sampled_from(REQUIRED[kind]))
             return case(to_json({k: v for k, v in fields.items() if k != name}), name, "required field is missing")
         if category == "extra_field":
-            name = draw((st.sampled_from(["colour", "userId", "item", "timestamp", "rating", "text", "quantity", "price", "Schema", "ts ", ""])
-                         | st.text(max_size=12)).filter(lambda n: n not in ALLOWED[kind]))
+            name = draw(
+                (
+                    st.sampled_from(["colour", "userId", "item", "timestamp", "rating", "text", "quantity", "price", "Schema", "ts ", ""])
+                    | st.text(max_size=12)
+                ).filter(lambda n: n not in ALLOWED[kind])
+            )
             extra = dict(fields)
             extra[name] = draw(json_scalars())
             order = draw(st.permutations(list(extra)))
@@ -269,15 +304,18 @@ def malformed(category: str, now: int, items: tuple[str, ...]) -> st.SearchStrat
                 value = draw(
                     st.floats(max_value=1, exclude_max=True, allow_nan=False, allow_infinity=False)
                     | st.floats(min_value=5, exclude_min=True, allow_nan=False, allow_infinity=False)
-                    | st.integers(-(2**63), 0) | st.integers(6, 2**63 - 1)
+                    | st.integers(-(2**63), 0)
+                    | st.integers(6, 2**63 - 1)
                     | st.sampled_from([Raw("NaN"), Raw("Infinity"), Raw("-Infinity"), Raw("1e400"), Raw("-1e400"), Raw("1" + "0" * 400), Raw("1e30")])
                 )
             else:
                 name = draw(st.sampled_from(["quantity", "price"]))
                 value = draw(
-                    st.integers(-(2**63), 0) if name == "quantity" else
-                    st.floats(max_value=-math.ulp(0.0), allow_nan=False, allow_infinity=False)
-                    | st.integers(-(2**63), -1) | st.sampled_from([Raw("NaN"), Raw("-Infinity"), Raw("Infinity"), Raw("1e400")])
+                    st.integers(-(2**63), 0)
+                    if name == "quantity"
+                    else st.floats(max_value=-math.ulp(0.0), allow_nan=False, allow_infinity=False)
+                    | st.integers(-(2**63), -1)
+                    | st.sampled_from([Raw("NaN"), Raw("-Infinity"), Raw("Infinity"), Raw("1e400")])
                 )
             if isinstance(value, Raw) and value.text in ("NaN", "Infinity", "-Infinity"):
                 return case(with_field(name, value), None, "value is not valid JSON")
@@ -296,8 +334,11 @@ def malformed(category: str, now: int, items: tuple[str, ...]) -> st.SearchStrat
             if how == "empty":
                 return case(with_field(name, ""), name, "must not be empty")
             if how == "long":
-                return case(with_field(name, draw(st.text(PRINTABLE, min_size=MAX_ID_CHARS + 1, max_size=MAX_ID_CHARS + 300))), name,
-                            f"at most {MAX_ID_CHARS} characters")
+                return case(
+                    with_field(name, draw(st.text(PRINTABLE, min_size=MAX_ID_CHARS + 1, max_size=MAX_ID_CHARS + 300))),
+                    name,
+                    f"at most {MAX_ID_CHARS} characters",
+                )
             base = draw(st.text(PRINTABLE, max_size=30))
             at = draw(st.integers(0, len(base)))
             bad = base[:at] + draw(st.characters(categories=["Cc"])) + base[at:]
@@ -310,12 +351,16 @@ def malformed(category: str, now: int, items: tuple[str, ...]) -> st.SearchStrat
             filler = target - len(with_field("text", ""))
             return case(with_field("text", "y" * filler), None, f"the limit is {MAX_VALUE_BYTES} bytes")
         if category == "unknown_schema":
-            version = draw(st.integers(2, 2**63 - 1) | st.integers(-(2**63), 0)
-                           | st.sampled_from(["1", 1.0, 2.0, True, False, [1], {"v": 1}, "", Raw("1e400")]))
+            version = draw(
+                st.integers(2, 2**63 - 1) | st.integers(-(2**63), 0) | st.sampled_from(["1", 1.0, 2.0, True, False, [1], {"v": 1}, "", Raw("1e400")])
+            )
             return case(with_field("schema", version), "schema", "unsupported schema version")
         if category == "not_object":
-            value = draw(st.sampled_from([b"null", b"[]", b"[1,2]", b"42", b"-0.5", b'"text"', b"true", b"false",
-                                          orjson.dumps(list(fields.values())), orjson.dumps(user), None]))
+            value = draw(
+                st.sampled_from(
+                    [b"null", b"[]", b"[1,2]", b"42", b"-0.5", b'"text"', b"true", b"false", orjson.dumps(list(fields.values())), orjson.dumps(user), None]
+                )
+            )
             if value is None:
                 return case(None, None, "value is null")
             return case(value, None, "value must be a JSON object")
@@ -339,8 +384,21 @@ def malformed(category: str, now: int, items: tuple[str, ...]) -> st.SearchStrat
     return build()
 
 
-CATEGORIES = ("invalid_json", "non_utf8", "wrong_type", "missing_field", "extra_field", "bad_number", "bad_ts", "bad_id",
-              "bad_text", "unknown_schema", "not_object", "null_key", "key_mismatch")
+CATEGORIES = (
+    "invalid_json",
+    "non_utf8",
+    "wrong_type",
+    "missing_field",
+    "extra_field",
+    "bad_number",
+    "bad_ts",
+    "bad_id",
+    "bad_text",
+    "unknown_schema",
+    "not_object",
+    "null_key",
+    "key_mismatch",
+)
 
 
 def valid_cases(now: int, items: tuple[str, ...]) -> st.SearchStrategy[Case]:
@@ -362,8 +420,9 @@ def draw_examples(strategy: st.SearchStrategy[Case], n: int, per_example: int = 
     """
     out: list[Case] = []
 
-    @settings(max_examples=-(-n // per_example), derandomize=True, database=None, deadline=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=-(-n // per_example), derandomize=True, database=None, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+    )
     @given(st.lists(strategy, min_size=per_example, max_size=per_example, unique_by=lambda c: (c.key, c.value)))
     def collect(cases: list[Case]) -> None:
         out.extend(cases)
@@ -464,8 +523,9 @@ def test_malformed_records_are_dead_lettered_once_and_valid_ones_applied_once(wo
         worker.assert_alive()
 
         recs, letters = outputs.recs_by_coord(), outputs.letters_by_coord()
-        problems: list[str] = [f"a recommendation that breaks the contract, for {coord}: {errors[0]}"
-                               for coord, errors in outputs.rejected_recs_by_coord().items()]
+        problems: list[str] = [
+            f"a recommendation that breaks the contract, for {coord}: {errors[0]}" for coord, errors in outputs.rejected_recs_by_coord().items()
+        ]
         problems += [f"a dead letter that breaks the contract: {exc}" for _, exc in outputs.dlq.rejected]
         for case, s, reason in invalid:
             got = letters.get(s.coord, [])
@@ -507,8 +567,7 @@ def test_malformed_records_are_dead_lettered_once_and_valid_ones_applied_once(wo
         outputs.close()
 
 
-def _print_summary(cases: list[Case], sent: list, letters: dict, recs: dict, generated_s: float, total_s: float,
-                   items: tuple[str, ...]) -> None:
+def _print_summary(cases: list[Case], sent: list, letters: dict, recs: dict, generated_s: float, total_s: float, items: tuple[str, ...]) -> None:
     tried: Counter[str] = Counter()
     to_dlq: Counter[str] = Counter()
     to_recs: Counter[str] = Counter()
@@ -521,10 +580,11 @@ def _print_summary(cases: list[Case], sent: list, letters: dict, recs: dict, gen
     unknown_items = sum(e.item_id not in items for e in valid_events)
     empty_texts = sum(isinstance(e, Review) and not e.text for e in valid_events)
     parts = [f"{label} {tried[label]} (dlq {to_dlq[label]}, recs {to_recs[label]})" for label in sorted(tried)]
-    print(f"\nbad input: {sum(tried.values())} records, {sum(n for k, n in tried.items() if k != 'valid')} malformed "
-          f"-> dead-letter topic, {tried['valid']} valid ({unknown_items} with unknown items, {empty_texts} empty review texts) "
-          f"-> recommendations; " + "; ".join(parts) + f"; generation {generated_s:.1f}s, total {total_s:.1f}s")
-
+    print(
+        f"\nbad input: {sum(tried.values())} records, {sum(n for k, n in tried.items() if k != 'valid')} malformed "
+        f"-> dead-letter topic, {tried['valid']} valid ({unknown_items} with unknown items, {empty_texts} empty review texts) "
+        f"-> recommendations; " + "; ".join(parts) + f"; generation {generated_s:.1f}s, total {total_s:.1f}s"
+    )
 
 
 def test_an_old_event_of_a_user_on_the_popularity_fallback_gets_a_valid_recommendation(worker: Worker) -> None:

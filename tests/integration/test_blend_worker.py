@@ -62,8 +62,9 @@ def _offline(encoder, catalog, events, probe, lose_cooccurrence: bool = False):
     texts = [item_text(i.title, i.categories, i.description) for i in catalog]
     matrix.upsert([i.item_id for i in catalog], np.asarray(encoder.encode_numpy(texts), dtype=np.float32))
     config = EngineConfig(k=K, emit="per-event", blend=WEIGHTS)
-    engine = Engine(model=DecayedProfileModel(dim=encoder.dim), matrix=matrix,
-                    popularity=DecayedPopularity(config.popularity_half_life_ms), texts=encoder, config=config)
+    engine = Engine(
+        model=DecayedProfileModel(dim=encoder.dim), matrix=matrix, popularity=DecayedPopularity(config.popularity_half_life_ms), texts=encoder, config=config
+    )
     profiles: dict[str, UserProfile] = {}
     batch = [Incoming(ev, "t", 0, n) for n, ev in enumerate(events)]
     profiles.update(engine.process(batch, profiles).profiles)
@@ -95,8 +96,19 @@ def test_blend_worker_serves_blends_and_recovers_cooccurrence_after_sigkill(kafk
         assert recs and all(r.model == BLEND_MODEL_PREFIX + WEIGHTS.label() for r in recs)
 
         worker.process.kill()
-        restarted = WorkerProcess(settings, tmp_path / "state", "--partitions", str(faults.PARTITIONS), "--emit", "per-event",
-                                  "-k", str(K), "--blend", str(wfile), log_path=tmp_path / "worker2.log")
+        restarted = WorkerProcess(
+            settings,
+            tmp_path / "state",
+            "--partitions",
+            str(faults.PARTITIONS),
+            "--emit",
+            "per-event",
+            "-k",
+            str(K),
+            "--blend",
+            str(wfile),
+            log_path=tmp_path / "worker2.log",
+        )
         restarted.start()
         restarted.wait_ready()
         probe = Click("probe", A, start + 10**6, "probe-1")

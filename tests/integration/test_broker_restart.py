@@ -83,5 +83,7 @@ def test_worker_resumes_by_itself_after_a_broker_restart(kafka_broker: str, tmp_
     finally:
         outputs.close()
         worker.stop()
-    print(f"\nbroker restart: down and up again in {down_s:.1f}s; all {BEFORE + AFTER} events answered "
-          f"{resumed_s:.1f}s after the stop, each applied once; the worker was never restarted")
+    print(
+        f"\nbroker restart: down and up again in {down_s:.1f}s; all {BEFORE + AFTER} events answered "
+        f"{resumed_s:.1f}s after the stop, each applied once; the worker was never restarted"
+    )

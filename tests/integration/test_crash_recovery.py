@@ -136,6 +136,8 @@ def test_sigkilled_worker_loses_and_doubles_nothing(kafka_settings, tmp_path: Pa
         assert [(h.item_id, h.ts, h.kind) for h in have.history] == [(h.item_id, h.ts, h.kind) for h in want.history], user
         assert have.ref_ts == want.ref_ts, user
         np.testing.assert_allclose(have.vector, want.vector, rtol=1e-4, atol=1e-5, err_msg=user)
-    print(f"\n{EVENTS} events, {KILLS} SIGKILLs at {kill_points}: 0 lost, 0 applied twice; "
-          f"{answered_again} redelivered events answered again; "
-          f"restart-to-first-recommendation {', '.join(f'{s:.1f}s' for s in recoveries)}")
+    print(
+        f"\n{EVENTS} events, {KILLS} SIGKILLs at {kill_points}: 0 lost, 0 applied twice; "
+        f"{answered_again} redelivered events answered again; "
+        f"restart-to-first-recommendation {', '.join(f'{s:.1f}s' for s in recoveries)}"
+    )

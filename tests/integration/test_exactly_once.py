@@ -80,8 +80,7 @@ def _stream(catalog_ids: list[str], start_ms: int) -> list[tuple[str, bytes, byt
 
 
 def _all(settings, logical: str, *, committed: bool = True) -> list:
-    consumer = reader(settings) if committed else KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
+    consumer = reader(settings) if committed else KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None)
     try:
         topic = settings.topic(logical) if logical in (T.RECOMMENDATIONS, T.DLQ) else logical
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
@@ -111,8 +110,7 @@ def test_sigkilled_exactly_once_worker_commits_each_effect_once(kafka_settings, 
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")])),
-           "RECSTREAM_TEST_COMMIT_DELAY_S": str(COMMIT_DELAY_S)}
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")])), "RECSTREAM_TEST_COMMIT_DELAY_S": str(COMMIT_DELAY_S)}
     ends = OpenTransaction(settings, settings.topic(T.RECOMMENDATIONS))
     rng = random.Random(11)
     kill_points = sorted(rng.sample(range(EVENTS // 10, EVENTS * 9 // 10), KILLS))
@@ -190,9 +188,11 @@ def test_sigkilled_exactly_once_worker_commits_each_effect_once(kafka_settings, 
         assert [(h.item_id, h.ts, h.kind) for h in have.history] == [(h.item_id, h.ts, h.kind) for h in want.history], user
         assert have.ref_ts == want.ref_ts, user
         np.testing.assert_allclose(have.vector, want.vector, rtol=1e-4, atol=1e-5, err_msg=user)
-    print(f"\n{len(valid)} events and {len(bad)} malformed records, {KILLS} SIGKILLs at {kill_points}: "
-          f"0 lost, 0 applied twice, 0 answered twice; {aborted} recommendations of killed transactions aborted; "
-          f"restart-to-first-committed-recommendation {', '.join(f'{s:.1f}s' for s in recoveries)}")
+    print(
+        f"\n{len(valid)} events and {len(bad)} malformed records, {KILLS} SIGKILLs at {kill_points}: "
+        f"0 lost, 0 applied twice, 0 answered twice; {aborted} recommendations of killed transactions aborted; "
+        f"restart-to-first-committed-recommendation {', '.join(f'{s:.1f}s' for s in recoveries)}"
+    )
 
 
 class OpenTransaction:

@@ -71,8 +71,9 @@ def test_a_worker_ranks_with_the_other_workers_partitions_evidence_and_keeps_it_
     settings = faults.fresh_settings(kafka_broker, "ev")
     T.ensure_topics(settings, T.topic_specs(settings, partitions=PARTITIONS))
     wfile = WEIGHTS.save(tmp_path / "blend.json")
-    group = WorkerGroup(settings, tmp_path, ("a", "b"), ("--partitions", str(PARTITIONS), "--emit", "per-event", "-k", str(K),
-                                                         "--blend", str(wfile), "--metrics-port", "0"))
+    group = WorkerGroup(
+        settings, tmp_path, ("a", "b"), ("--partitions", str(PARTITIONS), "--emit", "per-event", "-k", str(K), "--blend", str(wfile), "--metrics-port", "0")
+    )
     prod = producer(settings)
     try:
         group.start("a", "b", timeout_s=START_S)

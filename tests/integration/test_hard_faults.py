@@ -74,8 +74,20 @@ from faults import Deadline, Outputs, PrivateBroker, now_ms  # noqa: E402
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SESSION_S = 10.0
-EOS = ("--processing-guarantee", "exactly_once", "--emit", "per-event", "-k", "5", "--metrics-port", "0",
-       "--session-timeout", str(SESSION_S), "--heartbeat-interval", "1")
+EOS = (
+    "--processing-guarantee",
+    "exactly_once",
+    "--emit",
+    "per-event",
+    "-k",
+    "5",
+    "--metrics-port",
+    "0",
+    "--session-timeout",
+    str(SESSION_S),
+    "--heartbeat-interval",
+    "1",
+)
 USERS = 100
 DAY_MS = 86_400_000
 START_S = 300.0  # a worker's start (torch and the model) on a loaded 2-core machine
@@ -105,8 +117,7 @@ class Pipeline:
     """One exactly-once worker on two partitions, its topics, a producer and the committed
     outputs, in a fresh namespace of ``broker``."""
 
-    def __init__(self, broker: str, tmp_path: Path, tag: str, *, data_dir: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(self, broker: str, tmp_path: Path, tag: str, *, data_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.settings = faults.fresh_settings(broker, tag)
         T.ensure_topics(self.settings, T.topic_specs(self.settings, partitions=2))
         self.log_path = tmp_path / "worker.log"
@@ -244,10 +255,12 @@ def test_a_one_of_three_workers_sigkilled_mid_stream_and_restarted(kafka_broker:
         leftovers = list(T.list_topics(settings))
         if leftovers:
             T.delete_topics(settings, leftovers)
-    print(f"\nthree workers, exactly-once: C (partitions {sorted(balanced['c'])}) SIGKILLed with {answered_by_c} of its "
-          f"{len(on_c)} in-flight events answered; A and B answered the rest and the events sent meanwhile "
-          f"{failover_s:.1f}s after the kill (session timeout {SESSION_S:.0f}s); C restarted and took "
-          f"{sorted(rebalanced['c'])}; all {len(placed)} events answered once, profiles as computed offline")
+    print(
+        f"\nthree workers, exactly-once: C (partitions {sorted(balanced['c'])}) SIGKILLed with {answered_by_c} of its "
+        f"{len(on_c)} in-flight events answered; A and B answered the rest and the events sent meanwhile "
+        f"{failover_s:.1f}s after the kill (session timeout {SESSION_S:.0f}s); C restarted and took "
+        f"{sorted(rebalanced['c'])}; all {len(placed)} events answered once, profiles as computed offline"
+    )
 
 
 # --------------------------------------------------------------------------- c. a full state volume
@@ -314,8 +327,9 @@ def _mount_tmpfs(path: Path, size_mb: int) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(path)],
-                          capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(path)], capture_output=True, text=True, timeout=30, check=False
+    )
     return done.returncode == 0
 
 
@@ -349,8 +363,7 @@ def test_c_full_state_volume_stops_the_worker_and_a_restart_with_space_recovers(
         inject = tmp_path / "inject"
         inject.mkdir()
         (inject / "sitecustomize.py").write_text(INJECT_DISK_FULL)
-        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")])),
-               "RECSTREAM_TEST_DISK_FULL": str(trigger)}
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")])), "RECSTREAM_TEST_DISK_FULL": str(trigger)}
     pipe = Pipeline(kafka_broker, tmp_path, "hc", data_dir=volume / "state", env=env)
     try:
         pipe.start()
@@ -367,8 +380,7 @@ def test_c_full_state_volume_stops_the_worker_and_a_restart_with_space_recovers(
         assert pipe.outputs is not None
         while pipe.worker.proc.poll() is None:
             pipe.outputs.poll()
-            assert not pipe.outputs.dlq.entries, (
-                f"events were dead-lettered instead of the worker stopping: {pipe.outputs.dlq.entries[0].error}")
+            assert not pipe.outputs.dlq.entries, f"events were dead-lettered instead of the worker stopping: {pipe.outputs.dlq.entries[0].error}"
             deadline.check("the worker to stop on the full volume")
         code = pipe.worker.proc.returncode
         log = pipe.worker.log_text()
@@ -389,12 +401,15 @@ def test_c_full_state_volume_stops_the_worker_and_a_restart_with_space_recovers(
         pipe.close()
         if mounted:
             subprocess.run(["umount", str(volume)], capture_output=True, timeout=60, check=False)
-    print(f"\nstate volume full ({'a ' + str(VOLUME_MB) + ' MB tmpfs' if mounted else 'injected at the state store'}): "
-          f"the worker stopped with status {code} and '{lines[0].split('] ')[-1][:160]}'; {answered_at_stop} of "
-          f"{len(coords)} events answered then; after a restart with space, all answered once")
+    print(
+        f"\nstate volume full ({'a ' + str(VOLUME_MB) + ' MB tmpfs' if mounted else 'injected at the state store'}): "
+        f"the worker stopped with status {code} and '{lines[0].split('] ')[-1][:160]}'; {answered_at_stop} of "
+        f"{len(coords)} events answered then; after a restart with space, all answered once"
+    )
 
 
 # --------------------------------------------------------------------------- b. and d. the broker
+
 
 @pytest.mark.timeout(420)
 def test_b_broker_sigkilled_mid_stream_and_restarted(private_broker: PrivateBroker, tmp_path: Path) -> None:
@@ -423,8 +438,10 @@ def test_b_broker_sigkilled_mid_stream_and_restarted(private_broker: PrivateBrok
         if not broker.answers():
             broker.start()
         pipe.close()
-    print(f"\nbroker SIGKILLed (pid {pid}) with {answered_at_kill}+ of 3000 events answered, up again in {up_s:.1f}s; "
-          f"all {len(pipe.placed)} events answered once {resumed_s:.1f}s after the kill; the worker was never restarted")
+    print(
+        f"\nbroker SIGKILLed (pid {pid}) with {answered_at_kill}+ of 3000 events answered, up again in {up_s:.1f}s; "
+        f"all {len(pipe.placed)} events answered once {resumed_s:.1f}s after the kill; the worker was never restarted"
+    )
 
 
 @pytest.mark.timeout(420)
@@ -457,5 +474,7 @@ def test_d_worker_rejoins_after_the_broker_was_gone_longer_than_its_session(priv
         if not broker.answers():
             broker.start()
         pipe.close()
-    print(f"\nbroker gone {down_s:.1f}s (session timeout {SESSION_S:.0f}s); the worker, never restarted, answered all "
-          f"{len(pipe.placed)} events once, {back_s:.1f}s after the broker's start")
+    print(
+        f"\nbroker gone {down_s:.1f}s (session timeout {SESSION_S:.0f}s); the worker, never restarted, answered all "
+        f"{len(pipe.placed)} events once, {back_s:.1f}s after the broker's start"
+    )

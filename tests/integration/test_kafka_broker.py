@@ -143,9 +143,7 @@ async def test_aiokafka_reads_what_kafka_python_wrote(kafka_settings):
                 break
     finally:
         await consumer.stop()
-    assert sorted((r.key, r.value, r.timestamp) for r in got) == sorted(
-        (u.encode(), orjson.dumps(v), v["ts"]) for u, v in sent
-    )
+    assert sorted((r.key, r.value, r.timestamp) for r in got) == sorted((u.encode(), orjson.dumps(v), v["ts"]) for u, v in sent)
     assert all(r.partition == _expected_partition(r.key.decode(), 2) for r in got)
 
 
@@ -155,14 +153,28 @@ def test_kafka_console_producer_partitions_users_like_python_clients(kafka_setti
     topic = kafka_settings.topic("clicks")
     sent = _clicks(20)
     lines = "".join(f"{user}\t{orjson.dumps(value).decode()}\n" for user, value in sent)
-    classpath = subprocess.run(
-        ["bash", str(localkafka.script_path()), "classpath"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    classpath = subprocess.run(["bash", str(localkafka.script_path()), "classpath"], capture_output=True, text=True, check=True).stdout.strip()
     subprocess.run(
-        ["java", "-Xmx256m", "-cp", classpath, "org.apache.kafka.tools.ConsoleProducer",
-         "--bootstrap-server", ",".join(kafka_settings.bootstrap_servers), "--topic", topic,
-         "--property", "parse.key=true", "--property", "key.separator=\t"],
-        input=lines, text=True, check=True, timeout=120, capture_output=True,
+        [
+            "java",
+            "-Xmx256m",
+            "-cp",
+            classpath,
+            "org.apache.kafka.tools.ConsoleProducer",
+            "--bootstrap-server",
+            ",".join(kafka_settings.bootstrap_servers),
+            "--topic",
+            topic,
+            "--property",
+            "parse.key=true",
+            "--property",
+            "key.separator=\t",
+        ],
+        input=lines,
+        text=True,
+        check=True,
+        timeout=120,
+        capture_output=True,
     )
     got = _consume_all(kafka_settings, topic, len(sent))
     assert sorted(orjson.loads(r.value)["event_id"] for r in got) == sorted(v["event_id"] for _, v in sent)

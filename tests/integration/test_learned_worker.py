@@ -75,9 +75,14 @@ class Offline:
         self.matrix.upsert([i.item_id for i in catalog], np.asarray(encoder.encode_numpy(texts), dtype=np.float32))
         config = EngineConfig(k=K, emit="per-event")
         self.user_encoder = LearnedUserEncoder(path)
-        self.engine = Engine(model=DecayedProfileModel(ProfileConfig(history_len=HISTORY), dim=encoder.dim), matrix=self.matrix,
-                             popularity=DecayedPopularity(config.popularity_half_life_ms), texts=encoder, config=config,
-                             user_encoder=self.user_encoder)
+        self.engine = Engine(
+            model=DecayedProfileModel(ProfileConfig(history_len=HISTORY), dim=encoder.dim),
+            matrix=self.matrix,
+            popularity=DecayedPopularity(config.popularity_half_life_ms),
+            texts=encoder,
+            config=config,
+            user_encoder=self.user_encoder,
+        )
         self.profiles: dict[str, UserProfile] = {}
         self.n = 0
 
@@ -116,8 +121,9 @@ def test_learned_worker_serves_the_checkpoint_and_reloads_it(kafka_broker: str, 
     ids = [i.item_id for i in faults.load_catalog(ts=0)]
     ckpt = _checkpoint(tmp_path / "users.ckpt", ids[::2], seed=0)
     first_name = f"sasrec/users@{checkpoint_hash(ckpt)}"
-    worker = faults.Worker(settings, tmp_path, ["--emit", "per-event", "-k", str(K), "--user-model", str(ckpt),
-                                                "--user-model-check-s", "0.5", "--history-len", str(HISTORY)])
+    worker = faults.Worker(
+        settings, tmp_path, ["--emit", "per-event", "-k", str(K), "--user-model", str(ckpt), "--user-model-check-s", "0.5", "--history-len", str(HISTORY)]
+    )
     try:
         worker.start()
         assert f"user model {first_name}" in worker.log()
@@ -128,8 +134,7 @@ def test_learned_worker_serves_the_checkpoint_and_reloads_it(kafka_broker: str, 
         want = offline.run(phase1)
         assert {r.model for r in got} == {first_name}
         assert [[i.item_id for i in r.items] for r in got] == [[i.item_id for i in r.items] for r in want]
-        np.testing.assert_allclose([i.score for r in got for i in r.items], [i.score for r in want for i in r.items],
-                                   rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose([i.score for r in got for i in r.items], [i.score for r in want for i in r.items], rtol=1e-3, atol=1e-3)
 
         _checkpoint(ckpt, ids[::2], seed=1)  # a new version, written over the file (atomic rename)
         second_name = f"sasrec/users@{checkpoint_hash(ckpt)}"

@@ -52,8 +52,7 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
 def _scrape(port: int) -> dict[tuple[str, tuple], float]:
     status, body = _get(port, "/metrics")
     assert status == 200
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(body.decode()) for s in family.samples}
 
 
 def _by(samples: dict, name: str, label: str) -> dict[str, float]:
@@ -65,8 +64,21 @@ def test_metrics_count_what_was_produced_and_health_is_ok(kafka_broker, tmp_path
     T.ensure_topics(settings, T.topic_specs(settings, partitions=PARTITIONS))
     port = _free_port()
     log_path = tmp_path / "worker.log"
-    worker = WorkerProcess(settings, tmp_path / "state", "--partitions", str(PARTITIONS), "--emit", "per-event", "-k", "5",
-                           "--metrics-port", str(port), "--log-format", "json", log_path=log_path)
+    worker = WorkerProcess(
+        settings,
+        tmp_path / "state",
+        "--partitions",
+        str(PARTITIONS),
+        "--emit",
+        "per-event",
+        "-k",
+        "5",
+        "--metrics-port",
+        str(port),
+        "--log-format",
+        "json",
+        log_path=log_path,
+    )
     prod = producer(settings)
     try:
         worker.start()
@@ -80,15 +92,20 @@ def test_metrics_count_what_was_produced_and_health_is_ok(kafka_broker, tmp_path
 
         users = [f"mu{uuid.uuid4().hex[:6]}-{n}" for n in range(3)]
         events = [Click(u, f"scifi-{n + 1:02d}", now + n, f"{u}-c{n}") for u in users for n in range(3)]
-        events += [Review(users[0], "jazz-01", 5.0, f"{REVIEW_MARK}: warm and lovely.", now + 10, f"{users[0]}-r1"),
-                   Review(users[1], "jazz-02", 2.0, f"{REVIEW_MARK}: too loud.", now + 11, f"{users[1]}-r2")]
+        events += [
+            Review(users[0], "jazz-01", 5.0, f"{REVIEW_MARK}: warm and lovely.", now + 10, f"{users[0]}-r1"),
+            Review(users[1], "jazz-02", 2.0, f"{REVIEW_MARK}: too loud.", now + 11, f"{users[1]}-r2"),
+        ]
         invalid = [  # (logical topic, key, value, reason code)
             (T.CLICKS, users[0].encode(), b"{not json", "not_json"),
             (T.CLICKS, b"someone-else", orjson.dumps({"user_id": users[0], "item_id": "scifi-01", "ts": now}), "key"),
-            (T.REVIEWS, users[1].encode(), orjson.dumps({"user_id": users[1], "item_id": "jazz-01", "rating": 7,
-                                                         "text": f"{REVIEW_MARK}: out of range", "ts": now}), "rating"),
-            (T.PURCHASES, users[2].encode(), orjson.dumps({"user_id": users[2], "item_id": "scifi-01", "ts": now, "colour": "red"}),
-             "unknown_field"),
+            (
+                T.REVIEWS,
+                users[1].encode(),
+                orjson.dumps({"user_id": users[1], "item_id": "jazz-01", "rating": 7, "text": f"{REVIEW_MARK}: out of range", "ts": now}),
+                "rating",
+            ),
+            (T.PURCHASES, users[2].encode(), orjson.dumps({"user_id": users[2], "item_id": "scifi-01", "ts": now, "colour": "red"}), "unknown_field"),
         ]
         watcher = RecommendationWatcher(settings)
         try:
@@ -106,13 +123,15 @@ def test_metrics_count_what_was_produced_and_health_is_ok(kafka_broker, tmp_path
         input_partitions = {(T.ITEMS, "0")} | {(t, str(p)) for t in T.EVENT_TOPICS for p in range(PARTITIONS)}
 
         def settled(s) -> bool:
-            lag = {(dict(labels)["topic"], dict(labels)["partition"]): v
-                   for (n, labels), v in s.items() if n == "recstream_consumer_lag_records"}
-            return (_by(s, "recstream_events_in_total", "topic") == expected_in
-                    and _by(s, "recstream_dead_letters_total", "reason") == expected_letters
-                    and set(lag) == input_partitions and not any(lag.values())
-                    # the broker probe runs every few seconds; its first may predate the producer's bootstrap
-                    and s.get(("recstream_broker_up", ())) == 1)
+            lag = {(dict(labels)["topic"], dict(labels)["partition"]): v for (n, labels), v in s.items() if n == "recstream_consumer_lag_records"}
+            return (
+                _by(s, "recstream_events_in_total", "topic") == expected_in
+                and _by(s, "recstream_dead_letters_total", "reason") == expected_letters
+                and set(lag) == input_partitions
+                and not any(lag.values())
+                # the broker probe runs every few seconds; its first may predate the producer's bootstrap
+                and s.get(("recstream_broker_up", ())) == 1
+            )
 
         deadline = time.monotonic() + DEADLINE_S
         samples = _scrape(port)
@@ -122,8 +141,7 @@ def test_metrics_count_what_was_produced_and_health_is_ok(kafka_broker, tmp_path
 
         assert _by(samples, "recstream_events_in_total", "topic") == expected_in
         assert _by(samples, "recstream_dead_letters_total", "reason") == expected_letters
-        lag = {(dict(labels)["topic"], dict(labels)["partition"]): v
-               for (n, labels), v in samples.items() if n == "recstream_consumer_lag_records"}
+        lag = {(dict(labels)["topic"], dict(labels)["partition"]): v for (n, labels), v in samples.items() if n == "recstream_consumer_lag_records"}
         assert lag == {tp: 0 for tp in input_partitions}
         assert samples[("recstream_recommendations_published_total", ())] == len(events)
         assert samples[("recstream_recommendation_latency_seconds_count", ())] == len(events)

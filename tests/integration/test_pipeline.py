@@ -48,8 +48,20 @@ class Pipeline:
     def new_worker(self, data_dir: Path) -> WorkerProcess:
         # the text profile's behaviour is what these tests check (the default blend adds
         # co-occurrence and popularity: test_backtest_kafka, test_worker_equals_engine)
-        return WorkerProcess(self.settings, data_dir, "--partitions", "2", "--emit", self.emit, "-k", str(K),
-                             "--ranker", "text", *self.extra_args, log_path=self.workdir / "worker.log")
+        return WorkerProcess(
+            self.settings,
+            data_dir,
+            "--partitions",
+            "2",
+            "--emit",
+            self.emit,
+            "-k",
+            str(K),
+            "--ranker",
+            "text",
+            *self.extra_args,
+            log_path=self.workdir / "worker.log",
+        )
 
     def start(self) -> None:
         self.worker.start()
@@ -102,8 +114,11 @@ def _user() -> str:
 def test_buyer_gets_recommendations_from_their_topic_and_never_what_they_bought(pipeline, watcher):
     user = _user()
     ts = _now()
-    events = [Click(user, "scifi-01", ts, f"{user}-1"), Click(user, "scifi-02", ts + 1, f"{user}-2"),
-              Purchase(user, "scifi-03", ts + 2, f"{user}-3", quantity=1)]
+    events = [
+        Click(user, "scifi-01", ts, f"{user}-1"),
+        Click(user, "scifi-02", ts + 1, f"{user}-2"),
+        Purchase(user, "scifi-03", ts + 2, f"{user}-3", quantity=1),
+    ]
     pipeline.send(*events)
     recs = [watcher.wait_event(e.event_id, DEADLINE_S) for e in events]
     # one recommendation per event, each after its own trigger
@@ -296,16 +311,16 @@ def test_per_user_mode_publishes_each_touched_users_latest_state(kafka_broker, t
         p.load_catalog()
         ts = _now()
         users = {_user(): topic for topic in ("scifi", "jazz", "garden")}
-        events = [
-            Click(user, f"{topic}-{i:02d}", ts + i, f"{user}-{i}")
-            for i in range(1, 9) for user, topic in users.items()
-        ]
+        events = [Click(user, f"{topic}-{i:02d}", ts + i, f"{user}-{i}") for i in range(1, 9) for user, topic in users.items()]
         w = RecommendationWatcher(p.settings)
         try:
             p.send(*events)
             last = {user: f"{user}-8" for user in users}
-            w.wait_for(lambda w: all(any(r.trigger.event_id == last[u] for r in w.by_user.get(u, [])) for u in users),
-                       DEADLINE_S, "a recommendation after each user's last event")
+            w.wait_for(
+                lambda w: all(any(r.trigger.event_id == last[u] for r in w.by_user.get(u, [])) for u in users),
+                DEADLINE_S,
+                "a recommendation after each user's last event",
+            )
             recs = {user: w.by_user[user] for user in users}
         finally:
             w.close()

@@ -127,9 +127,9 @@ def worker(kafka_broker: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "RECSTREAM_TEST_SCORING_FAULT_FILE": str(arm_file),
     }
     w = FaultyWorker(
-        faults.fresh_settings(kafka_broker, "poison"), workdir,
-        ["--emit", "per-event", "-k", "5", "--batch-max", str(BATCH), "--batch-within-ms", "30000",
-         "--catalog-batch-max", "50"],
+        faults.fresh_settings(kafka_broker, "poison"),
+        workdir,
+        ["--emit", "per-event", "-k", "5", "--batch-max", str(BATCH), "--batch-within-ms", "30000", "--catalog-batch-max", "50"],
         env=env,
     )
     w.arm_file = arm_file
@@ -175,8 +175,9 @@ def test_poison_reviews_are_dead_lettered_and_the_rest_of_their_batch_is_applied
         event_id = f"{user}-{i}"
         if i in POISON_SLOTS:
             # a rating away from 3, so that the text counts; an item no other event touches
-            event: Click | Purchase | Review = Review(user, f"poisoned-{len(poison) + 1}", 1.0 if i % 2 else 5.0,
-                                                      f"Contains {POISON} number {len(poison)}.", ts + i, event_id)
+            event: Click | Purchase | Review = Review(
+                user, f"poisoned-{len(poison) + 1}", 1.0 if i % 2 else 5.0, f"Contains {POISON} number {len(poison)}.", ts + i, event_id
+            )
             poison.append(event)
         else:
             kind = (i // 3) % 3
@@ -221,8 +222,10 @@ def test_poison_reviews_are_dead_lettered_and_the_rest_of_their_batch_is_applied
             history = [h.item_id for h in profiles[user].history]
             assert not any(item.startswith("poisoned-") for item in history), "a poison review reached a profile"
             assert profiles[user].applied == expected_applied[user]
-        print(f"\npoison batch: {BATCH} records in one micro-batch, {len(good)} applied once each, "
-              f"{len(poison)} dead-lettered; failed batch sizes {worker.failed_batch_sizes()}")
+        print(
+            f"\npoison batch: {BATCH} records in one micro-batch, {len(good)} applied once each, "
+            f"{len(poison)} dead-lettered; failed batch sizes {worker.failed_batch_sizes()}"
+        )
     finally:
         outputs.close()
 
@@ -270,8 +273,10 @@ def test_transient_scoring_fault_is_retried_without_loss_dead_letters_or_double_
             assert recs[s.coord][0].trigger.event_id == event.event_id
             assert s.coord not in letters, f"{event.event_id} was dead-lettered: {letters[s.coord][0].error}"
         assert not any(letter.error.startswith("processing failed") and "scoring" in letter.error for letter in outputs.dlq.entries)
-        print(f"\ntransient scoring fault: {BATCH} records in one failed micro-batch, all retried and applied once, "
-              f"0 dead-lettered; failed batch sizes {worker.failed_batch_sizes()}")
+        print(
+            f"\ntransient scoring fault: {BATCH} records in one failed micro-batch, all retried and applied once, "
+            f"0 dead-lettered; failed batch sizes {worker.failed_batch_sizes()}"
+        )
     finally:
         outputs.close()
 

@@ -30,8 +30,11 @@ TAGS = """userId,movieId,tag,timestamp
 
 def _read(settings, logical: str, n: int):
     consumer = KafkaConsumer(
-        settings.topic(logical), bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=10_000,
+        settings.topic(logical),
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=10_000,
     )
     records = []
     try:
@@ -48,8 +51,7 @@ def test_produce_movielens_catalog_then_events_in_event_time(kafka_settings, tmp
     (tmp_path / "movies.csv").write_text(MOVIES)
     (tmp_path / "ratings.csv").write_text(RATINGS)
     (tmp_path / "tags.csv").write_text(TAGS)
-    assert main(["produce", str(tmp_path), "--broker", kafka_settings.broker,
-                 "--topic-prefix", kafka_settings.topic_prefix, "--partitions", "1"]) == 0
+    assert main(["produce", str(tmp_path), "--broker", kafka_settings.broker, "--topic-prefix", kafka_settings.topic_prefix, "--partitions", "1"]) == 0
 
     items = _read(kafka_settings, T.ITEMS, 3)
     assert sorted(r.key for r in items) == [b"1", b"2", b"3"]
@@ -66,8 +68,7 @@ def test_produce_movielens_catalog_then_events_in_event_time(kafka_settings, tmp
     assert [r.timestamp for r in clicks] == [e.ts for e in events]
     assert events[0].ts == 964981247 * 1000
     # ratings >= 4 are also purchases
-    assert sorted((e.user_id, e.item_id) for e in (parse_event("purchases", r.key, r.value) for r in purchases)) == [
-        ("1", "1"), ("2", "2"), ("3", "3")]
+    assert sorted((e.user_id, e.item_id) for e in (parse_event("purchases", r.key, r.value) for r in purchases)) == [("1", "1"), ("2", "2"), ("3", "3")]
     review = parse_event("reviews", reviews[0].key, reviews[0].value)
     assert (review.user_id, review.item_id, review.text, review.rating) == ("2", "2", "fun for kids", 5.0)
 

@@ -68,8 +68,7 @@ def _target(live_settings: KafkaSettings) -> KafkaSettings:
 def test_copy_takes_exactly_the_time_range_with_keys_partitions_and_timestamps(live):
     source, events = live
     target = _target(source)
-    stats = copy_range(source, target, start_ms=parse_time("2024-02-01"), end_ms=parse_time("2024-03-01"),
-                       partitions=2, show_progress=False)
+    stats = copy_range(source, target, start_ms=parse_time("2024-02-01"), end_ms=parse_time("2024-03-01"), partitions=2, show_progress=False)
     try:
         feb = [e for e in events if e.event_id.startswith("feb")]
         assert stats.items == len(load_catalog())
@@ -91,8 +90,16 @@ def test_replay_runs_an_isolated_worker_and_leaves_the_live_side_untouched(live)
     target = _target(source)
     before = _end_offsets(source)
     try:
-        stats = run_replay(source, target, start_ms=parse_time("2024-02-01"), end_ms=parse_time("2024-03-01"),
-                           partitions=2, worker_args=["-k", "5"], timeout_s=300, show_progress=False)
+        stats = run_replay(
+            source,
+            target,
+            start_ms=parse_time("2024-02-01"),
+            end_ms=parse_time("2024-03-01"),
+            partitions=2,
+            worker_args=["-k", "5"],
+            timeout_s=300,
+            show_progress=False,
+        )
         feb = {e.event_id for e in events if e.event_id.startswith("feb")}
         recs = [decode_recommendation(r.value) for r in _all(target, T.RECOMMENDATIONS)]
         assert {r.trigger.event_id for r in recs} == feb and len(recs) == len(feb)

@@ -59,15 +59,25 @@ class SecuredBroker:
     prefix: str
 
     def settings(self, user: str, password: str | None = None, mechanism: str = "SCRAM-SHA-256") -> KafkaSettings:
-        return KafkaSettings(broker=self.broker, topic_prefix=self.prefix, security=SecuritySettings(
-            "SASL_PLAINTEXT", mechanism, user, password if password is not None else self.passwords[user]))
+        return KafkaSettings(
+            broker=self.broker,
+            topic_prefix=self.prefix,
+            security=SecuritySettings("SASL_PLAINTEXT", mechanism, user, password if password is not None else self.passwords[user]),
+        )
 
     def env(self, user: str, password: str | None = None) -> dict[str, str]:
         """The environment of a recstream command run as ``user`` (the password only here)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RECSTREAM_SASL_", "RECSTREAM_SSL_", "RECSTREAM_CONFIG"))}
-        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RECSTREAM_BROKER=self.broker, RECSTREAM_TOPIC_PREFIX=self.prefix,
-                   RECSTREAM_SECURITY_PROTOCOL="SASL_PLAINTEXT", RECSTREAM_SASL_MECHANISM="SCRAM-SHA-256",
-                   RECSTREAM_SASL_USERNAME=user, RECSTREAM_SASL_PASSWORD=password if password is not None else self.passwords[user])
+        env.update(
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            RECSTREAM_BROKER=self.broker,
+            RECSTREAM_TOPIC_PREFIX=self.prefix,
+            RECSTREAM_SECURITY_PROTOCOL="SASL_PLAINTEXT",
+            RECSTREAM_SASL_MECHANISM="SCRAM-SHA-256",
+            RECSTREAM_SASL_USERNAME=user,
+            RECSTREAM_SASL_PASSWORD=password if password is not None else self.passwords[user],
+        )
         return env
 
 
@@ -77,8 +87,17 @@ def _kafka_sh(action: str, env: dict[str, str], timeout_s: float) -> subprocess.
 
 def _grant_alice(admin: KafkaSettings, prefix: str) -> None:
     """What a worker needs: its topics (prefix) and its consumer group (the app id, same prefix)."""
-    from kafka.admin import (ACL, ACLFilter, ACLOperation, ACLPermissionType, ACLResourcePatternType, KafkaAdminClient,
-                             ResourcePattern, ResourcePatternFilter, ResourceType)
+    from kafka.admin import (
+        ACL,
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        KafkaAdminClient,
+        ResourcePattern,
+        ResourcePatternFilter,
+        ResourceType,
+    )
 
     from recstream.streams.security import kafka_python_kwargs
 
@@ -86,14 +105,14 @@ def _grant_alice(admin: KafkaSettings, prefix: str) -> None:
         return ACL("User:alice", "*", op, ACLPermissionType.ALLOW, ResourcePattern(kind, prefix, ACLResourcePatternType.PREFIXED))
 
     ops = (ACLOperation.READ, ACLOperation.WRITE, ACLOperation.DESCRIBE, ACLOperation.CREATE, ACLOperation.DESCRIBE_CONFIGS)
-    acls = [allow(ResourceType.TOPIC, op) for op in ops] + [allow(ResourceType.GROUP, ACLOperation.READ),
-                                                           allow(ResourceType.GROUP, ACLOperation.DESCRIBE)]
+    acls = [allow(ResourceType.TOPIC, op) for op in ops] + [allow(ResourceType.GROUP, ACLOperation.READ), allow(ResourceType.GROUP, ACLOperation.DESCRIBE)]
     client = KafkaAdminClient(bootstrap_servers=admin.bootstrap_servers, **kafka_python_kwargs(admin.security))
     try:
         result = client.create_acls(acls)
         assert not result["failed"], result["failed"]
-        wanted = ACLFilter("User:alice", "*", ACLOperation.ANY, ACLPermissionType.ANY,
-                           ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY))
+        wanted = ACLFilter(
+            "User:alice", "*", ACLOperation.ANY, ACLPermissionType.ANY, ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY)
+        )
         deadline = time.monotonic() + 30
         while len(client.describe_acls(wanted)[0]) < len(acls):  # the broker enforces what it describes
             assert time.monotonic() < deadline, "the ACLs did not appear within 30s"
@@ -109,9 +128,13 @@ def secured() -> Iterator[SecuredBroker]:
     port = _free_port_pair()
     data = Path(tempfile.mkdtemp(prefix="recstream-scram-"))
     passwords = {user: secrets.token_hex(12) for user in ("admin", "alice", "bob")}
-    env = {**os.environ, "RECSTREAM_KAFKA_SCRAM_PORT": str(port), "RECSTREAM_KAFKA_SCRAM_DATA": str(data),
-           "RECSTREAM_KAFKA_SCRAM_USERS": ",".join(f"{u}:{p}" for u, p in passwords.items()),
-           "RECSTREAM_KAFKA_START_TIMEOUT": str(START_TIMEOUT_S)}
+    env = {
+        **os.environ,
+        "RECSTREAM_KAFKA_SCRAM_PORT": str(port),
+        "RECSTREAM_KAFKA_SCRAM_DATA": str(data),
+        "RECSTREAM_KAFKA_SCRAM_USERS": ",".join(f"{u}:{p}" for u, p in passwords.items()),
+        "RECSTREAM_KAFKA_START_TIMEOUT": str(START_TIMEOUT_S),
+    }
     try:
         started = _kafka_sh("start", env, START_TIMEOUT_S + 120)
         if started.returncode != 0:
@@ -138,23 +161,22 @@ def test_alice_runs_the_pipeline_end_to_end_with_her_password_only_in_the_enviro
     now = int(time.time() * 1000)
     catalog = load_catalog(ts=now)
     items = [{"topic": "items", **i.to_dict()} for i in catalog]
-    produced = _cli(["produce", str(_jsonl(tmp_path / "catalog.jsonl", items)), "--format", "jsonl", "--partitions", "2"],
-                    secured.env("alice"))
+    produced = _cli(["produce", str(_jsonl(tmp_path / "catalog.jsonl", items)), "--format", "jsonl", "--partitions", "2"], secured.env("alice"))
     assert produced.returncode == 0, produced.stderr[-2000:]
 
-    worker = WorkerProcess(alice, tmp_path / "state", "--partitions", "2", "--emit", "per-event", "-k", "5",
-                           log_path=tmp_path / "worker.log")
+    worker = WorkerProcess(alice, tmp_path / "state", "--partitions", "2", "--emit", "per-event", "-k", "5", log_path=tmp_path / "worker.log")
     try:
         worker.start()
         assert not any(password in arg for arg in worker.proc.args)  # the command line shows no password
         worker.wait_ready(timeout_s=150)
         wait_catalog(alice, [i.item_id for i in catalog], timeout_s=90)
 
-        clicks = [{"topic": "clicks", "user_id": "alice-u1", "item_id": "scifi-01", "ts": now + 1, "event_id": "s1"},
-                  {"topic": "clicks", "user_id": "alice-u1", "item_id": "scifi-02", "ts": now + 2, "event_id": "s2"},
-                  {"topic": "clicks", "user_id": "alice-u2", "item_id": "jazz-01", "ts": now + 3, "event_id": "s3"}]
-        produced = _cli(["produce", str(_jsonl(tmp_path / "clicks.jsonl", clicks)), "--format", "jsonl", "--no-catalog"],
-                        secured.env("alice"))
+        clicks = [
+            {"topic": "clicks", "user_id": "alice-u1", "item_id": "scifi-01", "ts": now + 1, "event_id": "s1"},
+            {"topic": "clicks", "user_id": "alice-u1", "item_id": "scifi-02", "ts": now + 2, "event_id": "s2"},
+            {"topic": "clicks", "user_id": "alice-u2", "item_id": "jazz-01", "ts": now + 3, "event_id": "s3"},
+        ]
+        produced = _cli(["produce", str(_jsonl(tmp_path / "clicks.jsonl", clicks)), "--format", "jsonl", "--no-catalog"], secured.env("alice"))
         assert produced.returncode == 0, produced.stderr[-2000:]
 
         got = _cli(["subscribe", "--from-beginning", "--json", "--limit", "3", "--idle-exit", "60"], secured.env("alice"))
@@ -176,8 +198,10 @@ def test_a_config_file_with_a_password_file_and_scram_sha_512_works(secured, tmp
     secret.write_text(secured.passwords["alice"] + "\n")
     secret.chmod(0o600)
     config = tmp_path / "recstream.toml"
-    config.write_text(f'[kafka]\nbroker = "{secured.broker}"\nsecurity_protocol = "SASL_PLAINTEXT"\n'
-                      f'sasl_mechanism = "SCRAM-SHA-512"\nsasl_username = "alice"\nsasl_password_file = "{secret}"\n')
+    config.write_text(
+        f'[kafka]\nbroker = "{secured.broker}"\nsecurity_protocol = "SASL_PLAINTEXT"\n'
+        f'sasl_mechanism = "SCRAM-SHA-512"\nsasl_username = "alice"\nsasl_password_file = "{secret}"\n'
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RECSTREAM_SASL_", "RECSTREAM_SECURITY", "RECSTREAM_BROKER"))}
     listed = _cli(["topics", "list", "--config", str(config), "--topic-prefix", secured.prefix], env)
     assert listed.returncode == 0, listed.stderr[-2000:]

@@ -45,8 +45,7 @@ def test_three_workers_answer_every_user_from_one_worker_at_a_time(kafka_broker:
     started = time.monotonic()
     settings = faults.fresh_settings(kafka_broker, "thw")
     T.ensure_topics(settings, T.topic_specs(settings, partitions=PARTITIONS))
-    group = WorkerGroup(settings, tmp_path, ("a", "b", "c"),
-                        ("--partitions", str(PARTITIONS), "--emit", "per-event", "-k", "5", "--metrics-port", "0"))
+    group = WorkerGroup(settings, tmp_path, ("a", "b", "c"), ("--partitions", str(PARTITIONS), "--emit", "per-event", "-k", "5", "--metrics-port", "0"))
     prod = producer(settings)
     outputs = Outputs(settings)
     clicks = settings.topic(T.CLICKS)
@@ -95,15 +94,15 @@ def test_three_workers_answer_every_user_from_one_worker_at_a_time(kafka_broker:
     by_coord = outputs.recs_by_coord()
     missing = [c for c in coords if c not in by_coord]
     doubled = [c for c in coords if len(by_coord.get(c, ())) > 1]
-    assert not missing and not doubled, (f"missing: {len(missing)} ({describe_coords(missing)}); "
-                                         f"answered more than once: {len(doubled)} ({describe_coords(doubled)})")
+    assert not missing and not doubled, (
+        f"missing: {len(missing)} ({describe_coords(missing)}); answered more than once: {len(doubled)} ({describe_coords(doubled)})"
+    )
     assert not outputs.recs.rejected
 
     # (c) over time: no partition held by two workers at once
     held = group.holdings(clicks)
     for p in range(PARTITIONS):
-        spans = sorted((h.start_ms, h.end_ms if h.end_ms is not None else float("inf"), name)
-                       for name, hs in held.items() for h in hs if p in h.partitions)
+        spans = sorted((h.start_ms, h.end_ms if h.end_ms is not None else float("inf"), name) for name, hs in held.items() for h in hs if p in h.partitions)
         for (s1, e1, n1), (s2, e2, n2) in zip(spans, spans[1:]):
             assert e1 <= s2, f"partition {p} held by {n1} until {e1} and by {n2} from {s2}"
 
@@ -119,12 +118,13 @@ def test_three_workers_answer_every_user_from_one_worker_at_a_time(kafka_broker:
             continue
         owner_since.setdefault(rec.user_id, []).append(owners[0])
     assert not orphans, f"{len(orphans)} answers not from exactly one holder of their partition, e.g. {orphans[:5]}"
-    interleaved = {user: [n for n, _ in seq] for user, seq in owner_since.items()
-                   if any(b[1] < a[1] for a, b in zip(seq, seq[1:]))}
+    interleaved = {user: [n for n, _ in seq] for user, seq in owner_since.items() if any(b[1] < a[1] for a, b in zip(seq, seq[1:]))}
     assert not interleaved, f"answers of {len(interleaved)} users interleave between workers, e.g. {dict(list(interleaved.items())[:3])}"
     moved = sum(1 for seq in owner_since.values() if len({n for n, _ in seq}) > 1)
     assert all(len({n for n, _ in seq}) <= 2 for seq in owner_since.values())  # one handover, at most one move
 
-    print(f"\nthree workers: {len(sent)} events of {len(owner_since)} users over 6 partitions, each answered once, "
-          f"every answer from the one worker holding its partition; {moved} users moved when C stopped, "
-          f"answered again within {takeover_s:.1f}s; {time.monotonic() - started:.0f}s in all")
+    print(
+        f"\nthree workers: {len(sent)} events of {len(owner_since)} users over 6 partitions, each answered once, "
+        f"every answer from the one worker holding its partition; {moved} users moved when C stopped, "
+        f"answered again within {takeover_s:.1f}s; {time.monotonic() - started:.0f}s in all"
+    )

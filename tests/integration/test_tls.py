@@ -101,24 +101,30 @@ class TlsBroker:
         if listener == "SASL_PLAIN":
             kw.update(protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username=user, sasl_password=self.passwords[user])
         elif listener == "SASL_SCRAM":
-            kw.update(protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username=user,
-                      sasl_password=self.passwords[user])
+            kw.update(protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username=user, sasl_password=self.passwords[user])
         else:
             kw.update(protocol="SSL")
         kw.update(overrides)
         return SecuritySettings(**kw)
 
     def settings(self, listener: str, prefix: str, user: str = "alice", **overrides) -> KafkaSettings:
-        return KafkaSettings(broker=self.address(listener), topic_prefix=prefix,
-                             security=self.security(listener, user, **overrides))
+        return KafkaSettings(broker=self.address(listener), topic_prefix=prefix, security=self.security(listener, user, **overrides))
 
 
 def env_of(settings: KafkaSettings) -> dict[str, str]:
     """The environment of a recstream command with these settings (the password only here)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECSTREAM_SASL_", "RECSTREAM_SSL_", "RECSTREAM_SECURITY",
-                                                                     "RECSTREAM_CONFIG", "RECSTREAM_APP_ID"))}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RECSTREAM_BROKER=settings.broker,
-               RECSTREAM_TOPIC_PREFIX=settings.topic_prefix, **settings.security.to_env())
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RECSTREAM_SASL_", "RECSTREAM_SSL_", "RECSTREAM_SECURITY", "RECSTREAM_CONFIG", "RECSTREAM_APP_ID"))
+    }
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        RECSTREAM_BROKER=settings.broker,
+        RECSTREAM_TOPIC_PREFIX=settings.topic_prefix,
+        **settings.security.to_env(),
+    )
     return env
 
 
@@ -129,14 +135,25 @@ def _kafka_sh(action: str, env: dict[str, str], timeout_s: float) -> subprocess.
 def grant(admin: KafkaSettings, principal: str, prefix: str, transactional_ids: bool = True) -> None:
     """The documented ACLs (docs/operations.md) for a worker on topic prefix ``prefix``: topics and consumer groups
     with the prefix (the app id shares it) and, for exactly-once, transactional ids with it."""
-    from kafka.admin import (ACL, ACLFilter, ACLOperation, ACLPermissionType, ACLResourcePatternType, KafkaAdminClient,
-                             ResourcePattern, ResourcePatternFilter, ResourceType)
+    from kafka.admin import (
+        ACL,
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        KafkaAdminClient,
+        ResourcePattern,
+        ResourcePatternFilter,
+        ResourceType,
+    )
 
     def allow(kind: ResourceType, op: ACLOperation) -> ACL:
         return ACL(principal, "*", op, ACLPermissionType.ALLOW, ResourcePattern(kind, prefix, ACLResourcePatternType.PREFIXED))
 
-    acls = [allow(ResourceType.TOPIC, op) for op in (ACLOperation.READ, ACLOperation.WRITE, ACLOperation.DESCRIBE,
-                                                     ACLOperation.CREATE, ACLOperation.DESCRIBE_CONFIGS)]
+    acls = [
+        allow(ResourceType.TOPIC, op)
+        for op in (ACLOperation.READ, ACLOperation.WRITE, ACLOperation.DESCRIBE, ACLOperation.CREATE, ACLOperation.DESCRIBE_CONFIGS)
+    ]
     acls += [allow(ResourceType.GROUP, ACLOperation.READ), allow(ResourceType.GROUP, ACLOperation.DESCRIBE)]
     if transactional_ids:
         acls += [allow(ResourceType.TRANSACTIONAL_ID, ACLOperation.WRITE), allow(ResourceType.TRANSACTIONAL_ID, ACLOperation.DESCRIBE)]
@@ -144,8 +161,9 @@ def grant(admin: KafkaSettings, principal: str, prefix: str, transactional_ids: 
     try:
         result = client.create_acls(acls)
         assert not result["failed"], result["failed"]
-        wanted = ACLFilter(principal, "*", ACLOperation.ANY, ACLPermissionType.ANY,
-                           ResourcePatternFilter(ResourceType.ANY, prefix, ACLResourcePatternType.PREFIXED))
+        wanted = ACLFilter(
+            principal, "*", ACLOperation.ANY, ACLPermissionType.ANY, ResourcePatternFilter(ResourceType.ANY, prefix, ACLResourcePatternType.PREFIXED)
+        )
         deadline = faults.Deadline(30)
         while len(client.describe_acls(wanted)[0]) < len(acls):  # the broker enforces what it describes
             deadline.check(f"the ACLs of {principal} on {prefix}")
@@ -161,10 +179,15 @@ def tls_broker() -> Iterator[TlsBroker]:
     port = _free_port_block()
     data = Path(tempfile.mkdtemp(prefix="recstream-tls-"))
     passwords = {user: secrets.token_hex(12) for user in ("admin", "alice", "bob")}
-    env = {**os.environ, "RECSTREAM_KAFKA_TLS_PORT": str(port), "RECSTREAM_KAFKA_TLS_DATA": str(data),
-           "RECSTREAM_KAFKA_TLS_USERS": ",".join(f"{u}:{p}" for u, p in passwords.items()),
-           "RECSTREAM_KAFKA_TLS_CLIENT": "alice", "RECSTREAM_KAFKA_TLS_BAD_CERTS": "1",
-           "RECSTREAM_KAFKA_START_TIMEOUT": str(START_TIMEOUT_S)}
+    env = {
+        **os.environ,
+        "RECSTREAM_KAFKA_TLS_PORT": str(port),
+        "RECSTREAM_KAFKA_TLS_DATA": str(data),
+        "RECSTREAM_KAFKA_TLS_USERS": ",".join(f"{u}:{p}" for u, p in passwords.items()),
+        "RECSTREAM_KAFKA_TLS_CLIENT": "alice",
+        "RECSTREAM_KAFKA_TLS_BAD_CERTS": "1",
+        "RECSTREAM_KAFKA_START_TIMEOUT": str(START_TIMEOUT_S),
+    }
     try:
         started = _kafka_sh("start", env, START_TIMEOUT_S + 120)
         if started.returncode != 0:
@@ -173,9 +196,29 @@ def tls_broker() -> Iterator[TlsBroker]:
         assert status.returncode == 0 and f"127.0.0.1:{port + 3}" in status.stdout, status.stdout + status.stderr
         wrong = data / "wrong-ca"
         wrong.mkdir()
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=another CA",
-                        "-addext", "basicConstraints=critical,CA:TRUE", "-keyout", str(wrong / "ca.key"),
-                        "-out", str(wrong / "ca.pem")], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=another CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-keyout",
+                str(wrong / "ca.key"),
+                "-out",
+                str(wrong / "ca.pem"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         broker = TlsBroker(port, data / "tls", passwords, f"tls{uuid.uuid4().hex[:8]}.", wrong / "ca.pem")
         admin = broker.settings("SASL_SCRAM", broker.prefix, "admin")
         grant(admin, "User:alice", broker.prefix)
@@ -258,8 +301,7 @@ def test_sasl_ssl_plain_produce_worker_subscribe_and_backtest(tls_broker, tmp_pa
     assert any(c.ts >= SPLIT for c in clicks) and any(c.ts < SPLIT for c in clicks)
     _produce(alice, tmp_path / "catalog.jsonl", _items(catalog), "--partitions", "2")
 
-    worker = WorkerProcess(alice, tmp_path / "state", "--partitions", "2", "--emit", "per-event", "-k", "5",
-                           log_path=tmp_path / "worker.log")
+    worker = WorkerProcess(alice, tmp_path / "state", "--partitions", "2", "--emit", "per-event", "-k", "5", log_path=tmp_path / "worker.log")
     try:
         worker.start()
         assert not any(tls_broker.passwords["alice"] in arg for arg in worker.proc.args)
@@ -277,8 +319,11 @@ def test_sasl_ssl_plain_produce_worker_subscribe_and_backtest(tls_broker, tmp_pa
     # backtest scores what the worker published: it reads the catalog, the clicks and the
     # recommendations back (--replay-prefix: this namespace, no second worker)
     report = tmp_path / "backtest.json"
-    backtest = _cli(["backtest", "--split", "2024-01-31", "--targets", "click", "--ks", "5", "--replay-prefix",
-                     alice.topic_prefix, "--json", str(report)], env_of(alice), timeout_s=300)
+    backtest = _cli(
+        ["backtest", "--split", "2024-01-31", "--targets", "click", "--ks", "5", "--replay-prefix", alice.topic_prefix, "--json", str(report)],
+        env_of(alice),
+        timeout_s=300,
+    )
     assert backtest.returncode == 0, backtest.stderr[-3000:]
     doc = orjson.loads(report.read_bytes())
     counts = doc["counts"]
@@ -291,6 +336,7 @@ def test_sasl_ssl_plain_produce_worker_subscribe_and_backtest(tls_broker, tmp_pa
 
 # --------------------------------------------------------------------------- SSL and mutual TLS
 
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ssl_and_mutual_tls_produce_worker_and_subscribe(tls_broker, tmp_path):
@@ -301,14 +347,12 @@ def test_ssl_and_mutual_tls_produce_worker_and_subscribe(tls_broker, tmp_path):
     catalog = load_catalog(ts=now)
     _produce(mtls, tmp_path / "catalog.jsonl", _items(catalog), "--partitions", "2")
 
-    worker = WorkerProcess(mtls, tmp_path / "state", "--partitions", "2", "--emit", "per-event", "-k", "5",
-                           log_path=tmp_path / "worker.log")
+    worker = WorkerProcess(mtls, tmp_path / "state", "--partitions", "2", "--emit", "per-event", "-k", "5", log_path=tmp_path / "worker.log")
     try:
         worker.start()
         worker.wait_ready(timeout_s=180)
         wait_catalog(mtls, [i.item_id for i in catalog], timeout_s=120)
-        clicks = [Click("s-u1", "scifi-01", now + 1, "t1"), Click("s-u1", "scifi-02", now + 2, "t2"),
-                  Click("s-u2", "jazz-01", now + 3, "t3")]
+        clicks = [Click("s-u1", "scifi-01", now + 1, "t1"), Click("s-u1", "scifi-02", now + 2, "t2"), Click("s-u2", "jazz-01", now + 3, "t3")]
         _produce(anonymous, tmp_path / "clicks.jsonl", _clicks(clicks), "--no-catalog")
         over_ssl = _subscribe(anonymous, 3)
         over_mtls = _subscribe(mtls, 3)
@@ -347,8 +391,9 @@ print("recstream-test: commits delayed", flush=True)
 
 
 def _consumer(settings: KafkaSettings, committed: bool = True) -> KafkaConsumer:
-    return KafkaConsumer(**connection_options(settings), enable_auto_commit=False, group_id=None,
-                         isolation_level="read_committed" if committed else "read_uncommitted")
+    return KafkaConsumer(
+        **connection_options(settings), enable_auto_commit=False, group_id=None, isolation_level="read_committed" if committed else "read_uncommitted"
+    )
 
 
 def _partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
@@ -394,10 +439,13 @@ def test_exactly_once_with_the_documented_acls_only_survives_a_sigkill(tls_broke
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")])),
-           "RECSTREAM_TEST_COMMIT_DELAY_S": str(COMMIT_DELAY_S),
-           # the killed worker leaves the group after its session timeout (default 60 s): shorter, a quicker test
-           "RECSTREAM_SESSION_TIMEOUT": "12", "RECSTREAM_HEARTBEAT_INTERVAL": "2"}
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")])),
+        "RECSTREAM_TEST_COMMIT_DELAY_S": str(COMMIT_DELAY_S),
+        # the killed worker leaves the group after its session timeout (default 60 s): shorter, a quicker test
+        "RECSTREAM_SESSION_TIMEOUT": "12",
+        "RECSTREAM_HEARTBEAT_INTERVAL": "2",
+    }
     recs_topic = alice.topic(T.RECOMMENDATIONS)
     committed, uncommitted = _consumer(alice), _consumer(alice, committed=False)
     worker = WorkerProcess(alice, tmp_path / "state", *EOS_ARGS, log_path=tmp_path / "worker.log", env=env)
@@ -454,8 +502,7 @@ def test_exactly_once_with_the_documented_acls_only_survives_a_sigkill(tls_broke
     assert set(per_event) == {ev.event_id for ev in valid} and len(recs) == len(valid)
     aborted = len(_read_all(alice, recs_topic, committed=False)) - len(recs)
     assert aborted > 0, "the kill did not land in an open transaction"
-    letters = Counter((d.topic, d.partition, d.offset) for d in (decode_dead_letter(r.value)
-                                                                for r in _read_all(alice, alice.topic(T.DLQ))))
+    letters = Counter((d.topic, d.partition, d.offset) for d in (decode_dead_letter(r.value) for r in _read_all(alice, alice.topic(T.DLQ))))
     assert set(letters) == bad and set(letters.values()) == {1}, faults.describe_coords(set(letters) ^ bad)
 
     from recstream.encoders.profile import UserProfile
@@ -467,8 +514,10 @@ def test_exactly_once_with_the_documented_acls_only_survives_a_sigkill(tls_broke
     assert applied == dict(Counter(ev.user_id for ev in valid))  # each event applied once, none lost
     log = worker.log_text()
     assert tls_broker.passwords["alice"] not in log
-    print(f"\n{len(valid)} events, {len(bad)} malformed, one SIGKILL in an open transaction over SASL_SSL SCRAM-SHA-512 "
-          f"with the documented ACLs (docs/operations.md) only: each answered once; {aborted} recommendations of the killed transaction aborted")
+    print(
+        f"\n{len(valid)} events, {len(bad)} malformed, one SIGKILL in an open transaction over SASL_SSL SCRAM-SHA-512 "
+        f"with the documented ACLs (docs/operations.md) only: each answered once; {aborted} recommendations of the killed transaction aborted"
+    )
 
 
 def test_the_transactional_id_check_refuses_a_user_without_the_acl(tls_broker):
@@ -490,9 +539,13 @@ def test_an_exactly_once_worker_without_the_transactional_id_acl_stops_with_one_
     T.ensure_topics(bob, T.topic_specs(bob, partitions=2))
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "recstream", "worker", "--data-dir", str(tmp_path / "state"),
-                                 "--partitions", "2", "--processing-guarantee", "exactly_once"],
-                                env=env_of(bob), cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "recstream", "worker", "--data-dir", str(tmp_path / "state"), "--partitions", "2", "--processing-guarantee", "exactly_once"],
+            env=env_of(bob),
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = faults.Deadline(60)
         while proc.poll() is None and "TransactionalIdAuthorizationFailed" not in log.read_text(errors="replace"):
@@ -513,29 +566,47 @@ def test_an_exactly_once_worker_without_the_transactional_id_acl_stops_with_one_
 
 # --------------------------------------------------------------------------- clear errors
 
+
 def _tls_error(tls_broker: TlsBroker, case: str) -> tuple[KafkaSettings, str, tuple[str, ...]]:
     """(settings of the failing client, how its one line starts, what else the line says)."""
     b, prefix = tls_broker, tls_broker.prefix
     if case == "wrong CA":
         s = b.settings("SSL", prefix, ssl_cafile=str(b.wrong_ca))
-        return s, f"recstream: cannot connect to Kafka with SSL: {s.broker}: TLS handshake failed: certificate verify failed (", \
-            ("the broker's certificate is not signed by a CA in the CA file " + str(b.wrong_ca), "--ssl-cafile")
+        return (
+            s,
+            f"recstream: cannot connect to Kafka with SSL: {s.broker}: TLS handshake failed: certificate verify failed (",
+            ("the broker's certificate is not signed by a CA in the CA file " + str(b.wrong_ca), "--ssl-cafile"),
+        )
     if case == "expired certificate":
         s = b.settings("EXPIRED", prefix)
-        return s, (f"recstream: cannot connect to Kafka with SSL: {s.broker}: TLS handshake failed: certificate verify "
-                   "failed (certificate has expired)"), (f"the CA file {b.ca}", "has expired")
+        return (
+            s,
+            (f"recstream: cannot connect to Kafka with SSL: {s.broker}: TLS handshake failed: certificate verify failed (certificate has expired)"),
+            (f"the CA file {b.ca}", "has expired"),
+        )
     if case == "wrong host":
         s = b.settings("WRONG_HOST", prefix)
-        return s, (f"recstream: cannot connect to Kafka with SSL: {s.broker}: TLS handshake failed: certificate verify "
-                   "failed (IP address mismatch, certificate is not valid for '127.0.0.1')"), \
-            (f"the CA file {b.ca}", "host name checking on", "not for the host in --broker")
+        return (
+            s,
+            (
+                f"recstream: cannot connect to Kafka with SSL: {s.broker}: TLS handshake failed: certificate verify "
+                "failed (IP address mismatch, certificate is not valid for '127.0.0.1')"
+            ),
+            (f"the CA file {b.ca}", "host name checking on", "not for the host in --broker"),
+        )
     if case == "wrong PLAIN password":
         s = b.settings("SASL_PLAIN", prefix, sasl_password="not-" + b.passwords["alice"])
         return s, "recstream: authentication failed for user 'alice' (SASL PLAIN): check the username and password", ()
     if case == "mTLS without a client certificate":
         s = b.settings("MTLS", prefix, ssl_certfile=None, ssl_keyfile=None)
-        return s, (f"recstream: cannot connect to Kafka with SSL: {s.broker}: TLS handshake failed: the broker requires a "
-                   "client certificate (mutual TLS) and none was given"), ("--ssl-certfile and --ssl-keyfile",)
+        return (
+            s,
+            (
+                f"recstream: cannot connect to Kafka with SSL: {s.broker}: TLS handshake failed: the broker requires a "
+                "client certificate (mutual TLS) and none was given"
+            ),
+            ("--ssl-certfile and --ssl-keyfile",),
+        )
     raise AssertionError(case)
 
 

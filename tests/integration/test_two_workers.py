@@ -39,8 +39,7 @@ START_S = 600.0  # three model loads at once on a shared 2-core machine
 def test_two_workers_share_partitions_and_take_them_over(kafka_broker: str, tmp_path: Path) -> None:
     settings = faults.fresh_settings(kafka_broker, "tw")
     T.ensure_topics(settings, T.topic_specs(settings, partitions=PARTITIONS))
-    group = WorkerGroup(settings, tmp_path, ("a", "b"), ("--partitions", str(PARTITIONS), "--emit", "per-event", "-k", "5",
-                                                         "--metrics-port", "0"))
+    group = WorkerGroup(settings, tmp_path, ("a", "b"), ("--partitions", str(PARTITIONS), "--emit", "per-event", "-k", "5", "--metrics-port", "0"))
     prod = producer(settings)
     outputs = Outputs(settings)
     sent = []
@@ -84,5 +83,7 @@ def test_two_workers_share_partitions_and_take_them_over(kafka_broker: str, tmp_
         leftovers = list(T.list_topics(settings))
         if leftovers:
             T.delete_topics(settings, leftovers)
-    print(f"\ntwo workers: {len(sent)} events over 3 phases, each answered and applied once; "
-          f"B took over within {takeover_s:.1f}s; after A restarted, {PHASE} more answered within {back_s:.1f}s")
+    print(
+        f"\ntwo workers: {len(sent)} events over 3 phases, each answered and applied once; "
+        f"B took over within {takeover_s:.1f}s; after A restarted, {PHASE} more answered within {back_s:.1f}s"
+    )

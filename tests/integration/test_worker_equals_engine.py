@@ -30,12 +30,51 @@ SPLIT, TRAIN_TO = "2017-10-29", "2017-04-03"
 @pytest.mark.timeout(1800)  # three replays of the whole dataset: 6-10 minutes on 2 cores
 def test_every_ranker_through_kafka_scores_what_the_offline_engine_scores(kafka_settings, tmp_path):
     ckpt = tmp_path / "gc.ckpt"
-    assert main(["train", "--dataset", str(GIFT_CARDS), "--to", TRAIN_TO, "--validate-to", SPLIT, "--epochs", "6",
-                 "--threads", "1", "--no-progress", "-o", str(ckpt)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                str(GIFT_CARDS),
+                "--to",
+                TRAIN_TO,
+                "--validate-to",
+                SPLIT,
+                "--epochs",
+                "6",
+                "--threads",
+                "1",
+                "--no-progress",
+                "-o",
+                str(ckpt),
+            ]
+        )
+        == 0
+    )
     offline_json = tmp_path / "offline.json"
     # the users keyed to the replay's two partitions, whose adaptive blend weights are kept apart
-    assert main(["backtest", "--dataset", str(GIFT_CARDS), "--split", SPLIT, "--ks", "10", "--methods", "blend,text-only,learned",
-                 "--user-model", str(ckpt), "--partitions", "2", "--json", str(offline_json)]) == 0
+    assert (
+        main(
+            [
+                "backtest",
+                "--dataset",
+                str(GIFT_CARDS),
+                "--split",
+                SPLIT,
+                "--ks",
+                "10",
+                "--methods",
+                "blend,text-only,learned",
+                "--user-model",
+                str(ckpt),
+                "--partitions",
+                "2",
+                "--json",
+                str(offline_json),
+            ]
+        )
+        == 0
+    )
     offline = json.loads(offline_json.read_text())
 
     common = ["--broker", kafka_settings.broker, "--topic-prefix", kafka_settings.topic_prefix]

@@ -68,8 +68,7 @@ def test_the_state_round_trips_and_bad_bytes_are_refused() -> None:
     b = WeightAdapter.from_bytes(a.to_bytes())
     assert np.allclose(b.weights, a.weights) and np.allclose(b.gains, a.gains)
     assert (b.cases, b.targets, b.epochs) == (a.cases, a.targets, a.epochs)
-    for bad in (b"", b"{}", b"[1]", a.to_bytes().replace(b'"version":1', b'"version":9'),
-                a.to_bytes().replace(b'"text":0.', b'"text":-0.')):
+    for bad in (b"", b"{}", b"[1]", a.to_bytes().replace(b'"version":1', b'"version":9'), a.to_bytes().replace(b'"text":0.', b'"text":-0.')):
         with pytest.raises(AdaptFormatError):
             WeightAdapter.from_bytes(bad)
 
@@ -102,8 +101,7 @@ def test_adaptive_lists_and_weights_do_not_depend_on_the_micro_batches(size: int
     ref_recs, _, _ = run(ref, [[e] for e in events])
     eng = make_engine(START, adapt=ADAPT)
     recs, _, _ = run(eng, [events[i : i + size] for i in range(0, len(events), size)])
-    assert [(r.user_id, r.model, [i.item_id for i in r.items]) for r in recs] == \
-           [(r.user_id, r.model, [i.item_id for i in r.items]) for r in ref_recs]
+    assert [(r.user_id, r.model, [i.item_id for i in r.items]) for r in recs] == [(r.user_id, r.model, [i.item_id for i in r.items]) for r in ref_recs]
     assert final_weights(eng) == final_weights(ref)
     # the weights did move, and the records say that the blend adapts, and from where
     assert any(abs(a - b) > 1e-6 for w in final_weights(ref).values() for a, b in zip(w, (0.4, 0.5, 0.1)))

@@ -33,9 +33,15 @@ from recstream.scoring.query import QueryAnswer, QueryRequest, mix, rank_request
 from recstream.streams.records import RecItem
 
 ROOT = Path(__file__).resolve().parents[2]
-RECORD = {"schema": 1, "user_id": "u1", "items": [{"item_id": f"i{n}", "score": 1.0 - n / 10, "because": None} for n in range(5)],
-          "trigger": {"topic": "clicks", "partition": 0, "offset": 3, "event_id": None}, "event_ts": 1, "emitted_ts": 2,
-          "model": "blend/x"}
+RECORD = {
+    "schema": 1,
+    "user_id": "u1",
+    "items": [{"item_id": f"i{n}", "score": 1.0 - n / 10, "because": None} for n in range(5)],
+    "trigger": {"topic": "clicks", "partition": 0, "offset": 3, "event_id": None},
+    "event_ts": 1,
+    "emitted_ts": 2,
+    "model": "blend/x",
+}
 
 
 class FakeBackend:
@@ -94,30 +100,33 @@ async def client_for(backend: FakeBackend, token: str | None = None, registry: C
 # --------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("body, code, field", [
-    (b'{"query": "jazz"}', None, None),
-    (b'{"user_id": "u1", "k": 3, "exclude": ["a", "b"]}', None, None),
-    (b'{"query": "jazz", "colour": 1}', "unknown_field", "colour"),
-    (b'{"query": "jazz", "k": "5"}', "wrong_type", "k"),
-    (b'{"query": "jazz", "k": 5.0}', "wrong_type", "k"),
-    (b'{"query": "jazz", "k": true}', "wrong_type", "k"),
-    (b'{"query": "jazz", "k": 0}', "out_of_range", "k"),
-    (b'{"query": "jazz", "k": 101}', "out_of_range", "k"),
-    (b'{"query": 42}', "wrong_type", "query"),
-    (b'{"query": "   "}', "invalid_value", "query"),
-    (b'{"query": ""}', "out_of_range", "query"),
-    (b'{"user_id": "a\\u0000b"}', "invalid_value", "user_id"),
-    (b'{"user_id": ""}', "out_of_range", "user_id"),
-    (b'{"query": "x", "exclude": "i1"}', "wrong_type", "exclude"),
-    (b'{"query": "x", "exclude": [1]}', "wrong_type", "exclude[0]"),
-    (b'{}', "missing_field", None),
-    (b'{"k": 3}', "missing_field", None),
-    (b'', "invalid_json", None),
-    (b'{"query": ', "invalid_json", None),
-    (b'[1, 2]', "not_object", None),
-    (b'"jazz"', "not_object", None),
-    (b'{"query": "\xff"}', "invalid_utf8", None),
-])
+@pytest.mark.parametrize(
+    "body, code, field",
+    [
+        (b'{"query": "jazz"}', None, None),
+        (b'{"user_id": "u1", "k": 3, "exclude": ["a", "b"]}', None, None),
+        (b'{"query": "jazz", "colour": 1}', "unknown_field", "colour"),
+        (b'{"query": "jazz", "k": "5"}', "wrong_type", "k"),
+        (b'{"query": "jazz", "k": 5.0}', "wrong_type", "k"),
+        (b'{"query": "jazz", "k": true}', "wrong_type", "k"),
+        (b'{"query": "jazz", "k": 0}', "out_of_range", "k"),
+        (b'{"query": "jazz", "k": 101}', "out_of_range", "k"),
+        (b'{"query": 42}', "wrong_type", "query"),
+        (b'{"query": "   "}', "invalid_value", "query"),
+        (b'{"query": ""}', "out_of_range", "query"),
+        (b'{"user_id": "a\\u0000b"}', "invalid_value", "user_id"),
+        (b'{"user_id": ""}', "out_of_range", "user_id"),
+        (b'{"query": "x", "exclude": "i1"}', "wrong_type", "exclude"),
+        (b'{"query": "x", "exclude": [1]}', "wrong_type", "exclude[0]"),
+        (b"{}", "missing_field", None),
+        (b'{"k": 3}', "missing_field", None),
+        (b"", "invalid_json", None),
+        (b'{"query": ', "invalid_json", None),
+        (b"[1, 2]", "not_object", None),
+        (b'"jazz"', "not_object", None),
+        (b'{"query": "\xff"}', "invalid_utf8", None),
+    ],
+)
 def test_parse_body(body: bytes, code: str | None, field: str | None) -> None:
     if code is None:
         parse_body(body)
@@ -199,8 +208,7 @@ async def test_lookup_popularity_and_errors() -> None:
         assert r.status == 202 and (await r.json())["user_id"] == "u-9" and backend.forgotten == ["u-9"]
         r = await client.post("/v1/recommend", json={"user_id": "u1", "query": "jazz", "k": 3, "exclude": ["i9"]})
         doc = await r.json()
-        assert r.status == 200 and doc == {"user_id": "u1", "query": "jazz", "model": "stub",
-                                           "items": [{"item_id": "i1", "score": 0.5, "because": None}]}
+        assert r.status == 200 and doc == {"user_id": "u1", "query": "jazz", "model": "stub", "items": [{"item_id": "i1", "score": 0.5, "because": None}]}
         request, text = backend.requests[-1]
         assert (request.user_id, request.k, request.exclude, text) == ("u1", 3, frozenset({"i9"}), "jazz")
         r = await client.get("/v1/openapi.json")
@@ -233,7 +241,7 @@ async def test_bearer_token() -> None:
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=12,
 )
@@ -321,11 +329,14 @@ def test_query_and_semantic_search() -> None:
     profile = result.profiles[user]
     target = next(i for i in engine.matrix.ids() if i not in {h.item_id for h in profile.history} | profile.purchased)
     vec = engine.matrix.vector(target)
-    [search, blended, excluded] = rank_requests(engine, [
-        QueryRequest(None, None, vec, 3),
-        QueryRequest(user, profile, vec, 3),
-        QueryRequest(None, None, vec, 3, frozenset({target})),
-    ])
+    [search, blended, excluded] = rank_requests(
+        engine,
+        [
+            QueryRequest(None, None, vec, 3),
+            QueryRequest(user, profile, vec, 3),
+            QueryRequest(None, None, vec, 3, frozenset({target})),
+        ],
+    )
     assert search.items[0].item_id == target and search.model == "stub/semantic-search"
     assert all(i.because is None for i in search.items)
     assert blended.model.endswith("+query")
@@ -368,8 +379,7 @@ def test_batched_requests_rank_as_one_by_one() -> None:
     batch = stream(150, repeats=False)
     result = engine.process(batch, {})
     vec = engine.matrix.vector("i3")
-    requests = [QueryRequest(u, p, vec if n % 2 else None, 2 + n % 4, frozenset({"i5"}), 0)
-                for n, (u, p) in enumerate(sorted(result.profiles.items()))]
+    requests = [QueryRequest(u, p, vec if n % 2 else None, 2 + n % 4, frozenset({"i5"}), 0) for n, (u, p) in enumerate(sorted(result.profiles.items()))]
     requests += [QueryRequest(None, None, vec, 3), QueryRequest("nobody", None, None, 2)]
     together = rank_requests(engine, requests)
     alone = [rank_requests(engine, [r])[0] for r in requests]

@@ -88,7 +88,14 @@ def test_hand_stream_counts_and_every_method_by_hand() -> None:
     # 11 events: e1-e5 warm, e6-e11 test; targets e6 e7 e9 e10 e11 (e8 rated 2 is skipped);
     # e7 is cold (u3's first event) -> 4 cases
     assert (c["events"], c["warm"], c["test"], c["targets"], c["skipped"], c["cold"], c["missing"], c["cases"]) == (
-        11, 5, 6, 5, 1, 1, 0, 4,
+        11,
+        5,
+        6,
+        5,
+        1,
+        1,
+        0,
+        4,
     )
     assert list(result.methods) == [RECSTREAM, "popularity", "item-knn"]
 
@@ -303,8 +310,7 @@ def test_records_are_paired_in_the_order_the_worker_processed_them() -> None:
     assert result.latency["count"] == 4 and result.latency["max"] == 40.0 and result.latency["p50"] == 20.0
 
     # without the record of c1 itself, c1 is missing (when it was processed is unknown)
-    partial = evaluate_records([later, purchase, click, other], [r for r in in_topic_order if r.trigger.event_id != "c1"],
-                               CATALOG, config, baselines=[])
+    partial = evaluate_records([later, purchase, click, other], [r for r in in_topic_order if r.trigger.event_id != "c1"], CATALOG, config, baselines=[])
     assert (partial.counts["missing"], partial.counts["cases"]) == (1, 1)
 
 
@@ -317,7 +323,9 @@ def test_one_interaction_is_tested_once_before_any_state_saw_it() -> None:
     in_topic_order = [_record(first, ["b", "c"]), _record(purchase, ["c"]), _record(click, ["c", "d"])]
     events = [purchase, click, first]
     assert held_before(in_topic_order, {e.event_id: e for e in events}) == {
-        "c0": COLD, "p1": in_topic_order[0], "c1": in_topic_order[0],
+        "c0": COLD,
+        "p1": in_topic_order[0],
+        "c1": in_topic_order[0],
     }
     for targets, kind in (({"click", "purchase"}, "click"), ({"purchase"}, "purchase")):
         config = BacktestConfig(JAN31 + 1, targets=frozenset(targets), ks=(1,))
@@ -534,11 +542,7 @@ TOPIC_ITEMS: dict[str, list[tuple[str, list[str], str]]] = {
     ],
 }
 TOPICS = list(TOPIC_ITEMS)
-REAL_CATALOG = [
-    Item(f"{topic}-{j}", title, desc, tuple(cats))
-    for topic, items in TOPIC_ITEMS.items()
-    for j, (title, cats, desc) in enumerate(items)
-]
+REAL_CATALOG = [Item(f"{topic}-{j}", title, desc, tuple(cats)) for topic, items in TOPIC_ITEMS.items() for j, (title, cats, desc) in enumerate(items)]
 T0 = 1_700_000_000_000
 REAL_SPLIT_FRACTION = 0.4
 
@@ -634,9 +638,7 @@ def test_offline_is_deterministic_and_batching_changes_nothing(encoder, stream, 
     random.Random(1).shuffle(shuffled)
     done: list[int] = []
     for size, given in ((1, events), (7, shuffled)):
-        other = run_offline(
-            given, REAL_CATALOG, cfg, encoder=encoder, batch_size=size, keep_lists=True, progress=done.append
-        )
+        other = run_offline(given, REAL_CATALOG, cfg, encoder=encoder, batch_size=size, keep_lists=True, progress=done.append)
         assert other.lists_by_event_id() == offline.lists_by_event_id(), size
         assert comparable(other.to_dict()) == comparable(offline.to_dict()), size
     assert sum(done) == 2 * len(events) and max(done) == 7
@@ -688,9 +690,7 @@ def test_records_read_back_give_the_offline_result(encoder, stream, offline) -> 
     records.append(replace(records[0], items=[]))
     assert recommendations_by_event_id(records)[events[0].event_id] is records[0]
 
-    from_records = evaluate_records(
-        events, records, [i.item_id for i in REAL_CATALOG], BacktestConfig(split), keep_lists=True
-    )
+    from_records = evaluate_records(events, records, [i.item_id for i in REAL_CATALOG], BacktestConfig(split), keep_lists=True)
     assert from_records.lists_by_event_id() == offline.lists_by_event_id()
     assert comparable(from_records.to_dict())["methods"] == comparable(offline.to_dict())["methods"]
     assert from_records.counts == offline.counts
@@ -727,8 +727,7 @@ def test_offline_in_a_given_processing_order_equals_a_worker_that_took_it(encode
     records = engine_records(encoder, order, batch=16)
     catalog_ids = [i.item_id for i in REAL_CATALOG]
     from_records = evaluate_records(events, records, catalog_ids, BacktestConfig(split), keep_lists=True)
-    offline = run_offline(events, REAL_CATALOG, BacktestConfig(split), encoder=encoder, keep_lists=True,
-                          order=[e.event_id for e in order], batch_size=16)
+    offline = run_offline(events, REAL_CATALOG, BacktestConfig(split), encoder=encoder, keep_lists=True, order=[e.event_id for e in order], batch_size=16)
     assert from_records.lists_by_event_id() == offline.lists_by_event_id()
     assert comparable(from_records.to_dict())["methods"] == comparable(offline.to_dict())["methods"]
     assert from_records.counts == offline.counts

@@ -305,10 +305,7 @@ def test_knn_fallback_uses_decayed_popularity() -> None:
 
 def test_knn_is_deterministic_and_breaks_ties_by_id() -> None:
     rng = random.Random(11)
-    stream = [
-        (f"u{rng.randrange(30)}", f"i{rng.randrange(60)}", t * 1000, rng.choice(["click", "purchase", "review"]))
-        for t in range(1500)
-    ]
+    stream = [(f"u{rng.randrange(30)}", f"i{rng.randrange(60)}", t * 1000, rng.choice(["click", "purchase", "review"])) for t in range(1500)]
     ratings = [float(rng.randint(1, 5)) for _ in stream]
     runs = []
     for _ in range(2):

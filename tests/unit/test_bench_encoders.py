@@ -26,18 +26,28 @@ bm = _load("recstream_bench_memory", "memory.py")
 
 # ------------------------------------------------------------------------------ bench/encoders.py
 
+
 def test_worker_defaults_are_read_without_importing_faust() -> None:
     from recstream.streams.app import WorkerConfig
 
     cfg, read = WorkerConfig(), be.worker_defaults()
     assert (read.catalog_batch_max, read.encode_batch, read.max_length, read.item_fields, read.model) == (
-        cfg.catalog_batch_max, cfg.encode_batch, cfg.max_length, tuple(cfg.item_fields), cfg.model)
+        cfg.catalog_batch_max,
+        cfg.encode_batch,
+        cfg.max_length,
+        tuple(cfg.item_fields),
+        cfg.model,
+    )
 
 
 def test_best_batch_is_the_fastest_and_the_smallest_among_equals() -> None:
-    rows = [{"batch_size": 1, "texts_per_s": 30.0}, {"batch_size": 64, "texts_per_s": 80.0},
-            {"batch_size": 32, "texts_per_s": 80.0}, {"batch_size": 256, "texts_per_s": 75.0},
-            {"batch_size": 512, "texts_per_s": None}]
+    rows = [
+        {"batch_size": 1, "texts_per_s": 30.0},
+        {"batch_size": 64, "texts_per_s": 80.0},
+        {"batch_size": 32, "texts_per_s": 80.0},
+        {"batch_size": 256, "texts_per_s": 75.0},
+        {"batch_size": 512, "texts_per_s": None},
+    ]
     assert be.best_batch(rows)["batch_size"] == 32
     with pytest.raises(ValueError):
         be.best_batch([{"batch_size": 8, "texts_per_s": None}])
@@ -88,9 +98,18 @@ def test_arguments_and_their_defaults() -> None:
     assert own.batch_sizes == [8, 10, 64] and own.sections == ["reviews"] and own.device == "auto"
 
 
-@pytest.mark.parametrize("argv", [["--batch-sizes", "0,8"], ["--batch-sizes", "x"], ["--device", "tpu"],
-                                  ["--sections", "catalog,other"], ["--catalog-texts", "20", "--catalog-size", "10"],
-                                  ["--reps", "0"], ["--threads", "-1"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--batch-sizes", "0,8"],
+        ["--batch-sizes", "x"],
+        ["--device", "tpu"],
+        ["--sections", "catalog,other"],
+        ["--catalog-texts", "20", "--catalog-size", "10"],
+        ["--reps", "0"],
+        ["--threads", "-1"],
+    ],
+)
 def test_bad_arguments_are_refused(argv: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         _args(*argv)
@@ -133,6 +152,7 @@ def test_cuda_without_a_gpu_fails_with_one_clear_line(capsys) -> None:
 
 # ------------------------------------------------------------------------------ bench/memory.py
 
+
 def test_memory_configs_parse_and_group_by_catalog_size() -> None:
     configs = bm.parse_configs("100kx100k, 10000x10000,10k x 100_000,100000x10000,10kx10k")
     assert configs == [(10_000, 10_000), (10_000, 100_000), (100_000, 10_000), (100_000, 100_000)]
@@ -154,8 +174,7 @@ def test_proc_status_fields_in_kib() -> None:
 
 
 def test_memory_target_is_checked_at_100k_items_and_100k_users() -> None:
-    rows = [{"items": 10_000, "users": 10_000, "vm_hwm_bytes": 3 * bm.GiB},
-            {"items": 100_000, "users": 100_000, "vm_hwm_bytes": int(1.5 * bm.GiB)}]
+    rows = [{"items": 10_000, "users": 10_000, "vm_hwm_bytes": 3 * bm.GiB}, {"items": 100_000, "users": 100_000, "vm_hwm_bytes": int(1.5 * bm.GiB)}]
     check = bm.target_check(rows)
     assert check["met"] is True and check["peak_mib"] == 1536.0 and check["target_mib"] == 2048
     rows[1]["vm_hwm_bytes"] = 2 * bm.GiB
@@ -174,6 +193,7 @@ def test_rss_timeline_downsampling_keeps_the_peak() -> None:
 
 # ------------------------------------------------------------------------------ scoring.topk.ItemMatrix
 # (changed for the memory benchmark: large upserts go a slice at a time, and a rebuild reserves its size)
+
 
 def test_item_matrix_upsert_in_slices_equals_one_write(monkeypatch) -> None:
     import numpy as np

@@ -29,8 +29,7 @@ def test_events_are_valid_clicks_and_purchases_of_the_catalog() -> None:
 
 def test_cli_writes_one_json_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r.json"
-    argv = ["--items", "60", "--users", "15", "--events", "48", "--rounds", "2", "--warmup-events", "40",
-            "--batch", "8,48", "--output", str(out)]
+    argv = ["--items", "60", "--users", "15", "--events", "48", "--rounds", "2", "--warmup-events", "40", "--batch", "8,48", "--output", str(out)]
     assert es.main(argv) == 0
     doc = json.loads(capsys.readouterr().out)
     assert json.loads(out.read_text()) == doc

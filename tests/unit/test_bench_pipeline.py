@@ -27,6 +27,7 @@ naive = _load("recstream_bench_naive_agent", "naive_agent.py")
 
 # ------------------------------------------------------------------------------ arguments
 
+
 def test_systems_list_runs_recstream_first_and_rejects_unknown_names() -> None:
     assert pl.parse_systems("ceiling, naive,recstream") == ["recstream", "naive", "ceiling"]
     assert pl.parse_systems("ceiling") == ["ceiling"]
@@ -81,6 +82,7 @@ def test_system_commands() -> None:
 
 
 # ------------------------------------------------------------------------------ ratios and targets
+
 
 def run(events_per_s: float | None, steps: dict[float, tuple[float, bool]], reviews: float | None = None) -> dict:
     def latency(items):
@@ -143,6 +145,7 @@ def test_ratio_edge_cases() -> None:
 
 # ------------------------------------------------------------------------------ pacing and saturation
 
+
 def test_throughput_window_keeps_two_seconds_of_work() -> None:
     assert pl.throughput_window(0.0, 1000) == 1000
     assert pl.throughput_window(5000.0, 1000) == 10000
@@ -165,24 +168,38 @@ def test_saturation_cut_only_when_the_backlog_is_large_and_growing() -> None:
 
 # ------------------------------------------------------------------------------ the ceiling's record
 
+
 def real_recommendation(topic: str, event_id: str, user_id: str) -> bytes:
     """A record as the worker writes it (float32 scores widened to float, because = a history item)."""
     import numpy as np
 
     scores = np.linspace(0.81, 0.52, 10).astype(np.float32)
     items = [RecItem(f"I{1234 + 7 * i:06d}", float(scores[i]), f"I{4321 + i:06d}") for i in range(10)]
-    rec = Recommendation(user_id=user_id, items=items,
-                         trigger=Trigger(topic, 0, 12345, event_id, 1_764_000_000_123),
-                         event_ts=1_764_000_000_100, emitted_ts=1_764_000_000_150, model="all-MiniLM-L6-v2/decayed-sum")
+    rec = Recommendation(
+        user_id=user_id,
+        items=items,
+        trigger=Trigger(topic, 0, 12345, event_id, 1_764_000_000_123),
+        event_ts=1_764_000_000_100,
+        emitted_ts=1_764_000_000_150,
+        model="all-MiniLM-L6-v2/decayed-sum",
+    )
     return encode(rec)
 
 
 def test_ceiling_record_has_the_shape_and_size_of_a_recommendation() -> None:
     topic, eid, user = "bench-0123456789.clicks", "clicks-tp.1234", "cu1234"
     items = ceiling.template_items(10)
-    raw = ceiling.ceiling_record(items, user_id=user, topic=topic, partition=0, offset=12345, event_id=eid,
-                                 event_ts=1_764_000_000_100, received_ts=1_764_000_000_123,
-                                 emitted_ts=1_764_000_000_150)
+    raw = ceiling.ceiling_record(
+        items,
+        user_id=user,
+        topic=topic,
+        partition=0,
+        offset=12345,
+        event_id=eid,
+        event_ts=1_764_000_000_100,
+        received_ts=1_764_000_000_123,
+        emitted_ts=1_764_000_000_150,
+    )
     rec = decode_recommendation(raw)  # passes the contract check the harness runs
     assert rec.trigger.event_id == eid and rec.user_id == user and rec.trigger.topic == topic
     assert len(rec.items) == 10 and all(i.because for i in rec.items)
@@ -207,10 +224,10 @@ def test_ceiling_answers_each_event_with_its_id_and_key() -> None:
 
 # ------------------------------------------------------------------------------ the naive agent's rules
 
+
 def test_naive_exclusions_and_explanations_follow_the_worker() -> None:
     profile = new_profile("u", 4)
-    profile.history = [HistoryEntry("a", 1, "click"), HistoryEntry("b", 2, "review", 2.0), HistoryEntry("c", 3, "click"),
-                       HistoryEntry("b", 4, "click")]
+    profile.history = [HistoryEntry("a", 1, "click"), HistoryEntry("b", 2, "review", 2.0), HistoryEntry("c", 3, "click"), HistoryEntry("b", 4, "click")]
     profile.purchased = {"p"}
     assert naive.exclusions(profile, exclude_seen=True) == frozenset({"a", "b", "c", "p"})
     assert naive.exclusions(profile, exclude_seen=False) == frozenset({"p"})

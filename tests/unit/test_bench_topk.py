@@ -20,9 +20,26 @@ K = 10
 
 
 def tiny(**kw) -> "sc.Settings":
-    base = dict(sizes=[300, 1200], batches=[1, 8], dim=16, k=K, seed=3, device="cpu", threads=1,
-                cell_target_s=0.001, min_reps=1, max_reps=2, clusters=20, topics=4, subspace_rank=4,
-                ann=["ivf", "hnsw"], nprobe=[2, 10_000], ef_search=[64], hnsw_m=8, hnsw_size=600)
+    base = dict(
+        sizes=[300, 1200],
+        batches=[1, 8],
+        dim=16,
+        k=K,
+        seed=3,
+        device="cpu",
+        threads=1,
+        cell_target_s=0.001,
+        min_reps=1,
+        max_reps=2,
+        clusters=20,
+        topics=4,
+        subspace_rank=4,
+        ann=["ivf", "hnsw"],
+        nprobe=[2, 10_000],
+        ef_search=[64],
+        hnsw_m=8,
+        hnsw_size=600,
+    )
     base.update(kw)
     return sc.Settings(**base)
 
@@ -50,16 +67,14 @@ def test_json_shape(result: dict) -> None:
     for r in exact:
         assert r["users_per_s"] > 0 and r["reps"] >= 1 and r["median_ms"] > 0
         assert {"n", "batch", "engine", "params", "search_peak_rss_growth_mib", "cell_cpu_per_wall"} <= set(r)
-    assert {(b["n"], b["method"]) for b in res["builds"]} >= {(n, m) for n in (300, 1200)
-                                                             for m in ("recstream_score_topk", "torch_topk",
-                                                                       "faiss_flat_ip")}
+    assert {(b["n"], b["method"]) for b in res["builds"]} >= {(n, m) for n in (300, 1200) for m in ("recstream_score_topk", "torch_topk", "faiss_flat_ip")}
     assert all(b["index_bytes"] > 0 for b in res["builds"] + res["approximate_builds"])
     # IVF on the largest N (nprobe capped at nlist), HNSW on a 600-item subsample with its own flat reference
     ivf = [r for r in res["approximate"] if r["method"] == "faiss_ivf_flat"]
     hnsw = [r for r in res["approximate"] if r["method"] == "faiss_hnsw_flat"]
     assert {r["n"] for r in ivf} == {1200} and len(ivf) == 2 * 2
     assert {r["n"] for r in hnsw} == {600} and all(r["subsample_of"] == 1200 for r in hnsw)
-    nlist = round(1200 ** 0.5)
+    nlist = round(1200**0.5)
     assert {r["params"]["nprobe"] for r in ivf} == {2, nlist}
     assert {b["method"] for b in res["approximate_builds"]} == {"faiss_ivf_flat", "faiss_hnsw_flat"}
     assert any("subsample" in n for n in doc["notes"])
@@ -75,7 +90,7 @@ def test_exact_methods_agree_in_the_run(result: dict) -> None:
         if c["kind"] == "exact":
             assert c["recall_at_10"] == 1.0 and c["identical_ranked_lists"] == 1.0, c
     # IVF probing every list is exhaustive: recall 1.0 against the flat index
-    full = [c for c in checks if c["label"] == f"faiss_ivf_flat[nprobe={round(1200 ** 0.5)}]"]
+    full = [c for c in checks if c["label"] == f"faiss_ivf_flat[nprobe={round(1200**0.5)}]"]
     assert full and full[0]["recall_at_10"] == 1.0
     # 0 <= recall <= 1 everywhere, and it is reported next to each approximate figure
     assert all(0.0 <= r["recall_at_k"] <= 1.0 for r in result["ratios"]["approximate_over_exact"])
@@ -105,8 +120,7 @@ def test_data_is_seeded_and_structured() -> None:
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, sc.Mixture(s).sample(200, stream=2))
     # chunked generation is a prefix of a longer run
-    np.testing.assert_array_equal(sc.Mixture(s).sample(500, stream=1, chunk=64)[:64],
-                                  sc.Mixture(s).sample(64, stream=1, chunk=64))
+    np.testing.assert_array_equal(sc.Mixture(s).sample(500, stream=1, chunk=64)[:64], sc.Mixture(s).sample(64, stream=1, chunk=64))
     # clustered: the nearest neighbour is much closer than a random pair
     sims = a @ a.T
     np.fill_diagonal(sims, -1)
@@ -129,8 +143,7 @@ def test_slow_cells_skip_the_warm_up() -> None:
     for cell in (fast, slow):
         for ids in cell["first_ids"].values():
             np.testing.assert_array_equal(ids, want)
-    assert sc.expected_round(fast, [4, 8], 4) == pytest.approx(
-        sum(r["median_ms"] for r in fast["rows"].values()) / 1000 * 2)
+    assert sc.expected_round(fast, [4, 8], 4) == pytest.approx(sum(r["median_ms"] for r in fast["rows"].values()) / 1000 * 2)
     assert sc.expected_round(fast, [4, 8], 8) == 0.0
 
 
@@ -154,9 +167,30 @@ def test_recall_at_k() -> None:
 
 def test_cli_writes_one_json_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "scoring.json"
-    status = sc.main(["--sizes", "200,400", "--batches", "1,4", "--dim", "8", "--threads", "1",
-                      "--cell-target-s", "0.001", "--min-reps", "1", "--max-reps", "2", "--ann", "ivf",
-                      "--nprobe", "4", "--output", str(out)])
+    status = sc.main(
+        [
+            "--sizes",
+            "200,400",
+            "--batches",
+            "1,4",
+            "--dim",
+            "8",
+            "--threads",
+            "1",
+            "--cell-target-s",
+            "0.001",
+            "--min-reps",
+            "1",
+            "--max-reps",
+            "2",
+            "--ann",
+            "ivf",
+            "--nprobe",
+            "4",
+            "--output",
+            str(out),
+        ]
+    )
     assert status == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc == json.loads(out.read_text())

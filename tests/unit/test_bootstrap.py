@@ -104,8 +104,7 @@ def test_the_interval_narrows_with_more_cases() -> None:
 
 def test_a_method_against_itself_is_exactly_one() -> None:
     v = np.random.default_rng(5).random(1_000) * bernoulli(0.4, 1_000, 6)
-    out = paired_bootstrap_ratios({"m": v, "same": v.copy(), "other": bernoulli(0.5, 1_000, 7)},
-                                  [("m", "m"), ("m", "same"), ("same", "m")])
+    out = paired_bootstrap_ratios({"m": v, "same": v.copy(), "other": bernoulli(0.5, 1_000, 7)}, [("m", "m"), ("m", "same"), ("same", "m")])
     for entry in out.values():
         assert entry == {"ratio": 1.0, "ci95": [1.0, 1.0]}
     # a single case that hits: every resample is that case

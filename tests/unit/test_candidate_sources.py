@@ -244,8 +244,9 @@ def test_the_engine_ranks_in_two_stages_what_it_ranks_densely(emit, gap_s):
     for two_stage in (True, False):
         config = EngineConfig(k=10, emit=emit, blend=DEFAULT_WEIGHTS, blend_candidates=two_stage)
         m = catalog(2000, seed=22)
-        engine = Engine(model=DecayedProfileModel(dim=DIM), matrix=m, popularity=DecayedPopularity(config.popularity_half_life_ms),
-                        texts=NoTexts(), config=config)
+        engine = Engine(
+            model=DecayedProfileModel(dim=DIM), matrix=m, popularity=DecayedPopularity(config.popularity_half_life_ms), texts=NoTexts(), config=config
+        )
         profiles: dict = {}
         recs = []
         for start in range(0, len(batch), 300):

@@ -69,8 +69,7 @@ def test_a_user_whose_candidates_cannot_prove_their_top_k_is_ranked_densely():
     queries, cooc, dense_cooc, pop, popular, exclude = case(m, 12, seed=6)
     stats = CandidateStats()
     # one text candidate and no popular ones: the bound rarely holds
-    got = candidate_blend_topk(m, queries, 10, exclude, DEFAULT_WEIGHTS, cooc, pop, popular[:, :0],
-                               text_candidates=1, stats=stats)
+    got = candidate_blend_topk(m, queries, 10, exclude, DEFAULT_WEIGHTS, cooc, pop, popular[:, :0], text_candidates=1, stats=stats)
     want = blend_score_topk(m, queries, 10, exclude, DEFAULT_WEIGHTS, dense_cooc, pop)
     assert stats.dense > 0
     assert [[r.item_id for r in g] for g in got] == [[r.item_id for r in w] for w in want]
@@ -92,8 +91,16 @@ def test_small_catalogs_removed_items_and_short_lists():
 def test_the_rank_normalisation_is_refused():
     m = catalog(10)
     with pytest.raises(ValueError, match="z-score"):
-        candidate_blend_topk(m, np.zeros((1, DIM), np.float32), 5, [set()], BlendWeights(1, 1, 1, "rank"),
-                             [(np.empty(0, np.int64), np.empty(0))], torch.zeros(1, 10), torch.zeros((1, 0), dtype=torch.long))
+        candidate_blend_topk(
+            m,
+            np.zeros((1, DIM), np.float32),
+            5,
+            [set()],
+            BlendWeights(1, 1, 1, "rank"),
+            [(np.empty(0, np.int64), np.empty(0))],
+            torch.zeros(1, 10),
+            torch.zeros((1, 0), dtype=torch.long),
+        )
 
 
 def _engine(matrix: ItemMatrix, two_stage: bool) -> Engine:
@@ -105,8 +112,9 @@ def _engine(matrix: ItemMatrix, two_stage: bool) -> Engine:
         def encode_numpy(self, texts):  # pragma: no cover - clicks and purchases only
             raise AssertionError("no review texts here")
 
-    return Engine(model=DecayedProfileModel(dim=DIM), matrix=matrix, popularity=DecayedPopularity(config.popularity_half_life_ms),
-                  texts=NoTexts(), config=config)
+    return Engine(
+        model=DecayedProfileModel(dim=DIM), matrix=matrix, popularity=DecayedPopularity(config.popularity_half_life_ms), texts=NoTexts(), config=config
+    )
 
 
 def test_the_engine_gives_the_same_lists_in_two_stages_and_densely():

@@ -7,8 +7,23 @@ from recstream.streams.cli import build_parser, engine_worker_args, worker_confi
 
 def test_backtest_engine_settings_become_the_replay_workers_flags() -> None:
     parser = build_parser()
-    bt = parser.parse_args(["backtest", "--split", "2016-03-22", "--cooc-recency", "0.5", "--cooc-pair-decay", "0.7",
-                            "--cooc-neighbours", "300", "--half-life-days", "12", "--item-fields", "title"])
+    bt = parser.parse_args(
+        [
+            "backtest",
+            "--split",
+            "2016-03-22",
+            "--cooc-recency",
+            "0.5",
+            "--cooc-pair-decay",
+            "0.7",
+            "--cooc-neighbours",
+            "300",
+            "--half-life-days",
+            "12",
+            "--item-fields",
+            "title",
+        ]
+    )
     worker = worker_config(parser.parse_args(["worker", *engine_worker_args(bt)]))
     assert (worker.cooc_recency, worker.cooc_pair_decay, worker.cooc_neighbours) == (0.5, 0.7, 300)
     assert worker.half_life_days == 12.0 and worker.item_fields == ("title",)

@@ -7,14 +7,16 @@ import pytest
 from recstream.streams.cli import build_parser, main
 
 
-@pytest.mark.parametrize(("name", "value", "expected"), [
-    ("RECSTREAM_K", "ten", "RECSTREAM_K: expected an integer, got 'ten'"),
-    ("RECSTREAM_HALF_LIFE_DAYS", "a month", "RECSTREAM_HALF_LIFE_DAYS: expected a number, got 'a month'"),
-    ("RECSTREAM_EXCLUDE_SEEN", "maybe", "RECSTREAM_EXCLUDE_SEEN: expected true or false"),
-    ("RECSTREAM_RANKER", "best", "RECSTREAM_RANKER: expected one of blend, text, learned, got 'best'"),
-    ("RECSTREAM_PROCESSING_GUARANTEE", "exactly-once",
-     "RECSTREAM_PROCESSING_GUARANTEE: expected one of at_least_once, exactly_once, got 'exactly-once'"),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("RECSTREAM_K", "ten", "RECSTREAM_K: expected an integer, got 'ten'"),
+        ("RECSTREAM_HALF_LIFE_DAYS", "a month", "RECSTREAM_HALF_LIFE_DAYS: expected a number, got 'a month'"),
+        ("RECSTREAM_EXCLUDE_SEEN", "maybe", "RECSTREAM_EXCLUDE_SEEN: expected true or false"),
+        ("RECSTREAM_RANKER", "best", "RECSTREAM_RANKER: expected one of blend, text, learned, got 'best'"),
+        ("RECSTREAM_PROCESSING_GUARANTEE", "exactly-once", "RECSTREAM_PROCESSING_GUARANTEE: expected one of at_least_once, exactly_once, got 'exactly-once'"),
+    ],
+)
 def test_a_bad_variable_is_named_with_its_value(monkeypatch, capsys, name, value, expected):
     monkeypatch.setenv(name, value)
     assert main(["--help"]) == 2

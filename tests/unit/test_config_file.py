@@ -44,8 +44,7 @@ def _no_config_env(monkeypatch):
 
 
 @pytest.mark.parametrize("key, dest, text, env, env_value, flag, from_file, from_env, from_flag", CASES)
-def test_file_is_below_the_environment_and_the_flags(tmp_path, monkeypatch, key, dest, text, env, env_value, flag,
-                                                     from_file, from_env, from_flag):
+def test_file_is_below_the_environment_and_the_flags(tmp_path, monkeypatch, key, dest, text, env, env_value, flag, from_file, from_env, from_flag):
     default = getattr(_parse(["worker"]), dest)
     config = tmp_path / "recstream.toml"
     config.write_text(f"[worker]\n{key} = {text}\n")
@@ -83,19 +82,22 @@ def test_every_command_table_is_a_command():
     assert set(COMMAND_TABLES) == names - {"kafka"}
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[worker]\nbatch-max = \"lots\"\n", "[worker] batch-max = 'lots': expected an integer"),
-    ("[worker]\nhalf-life-days = \"long\"\n", "[worker] half-life-days = 'long': expected a number"),
-    ("[worker]\nemit = \"never\"\n", "[worker] emit = 'never': expected one of per-user, per-event"),
-    ("[worker]\nexclude-seen = \"no\"\n", "[worker] exclude-seen = 'no': expected true or false"),
-    ("[worker]\nk = true\n", "[worker] k = True: expected an integer"),
-    ("[worker]\nbatch-maxx = 3\n", "[worker] batch-maxx = 3: unknown key (did you mean batch-max?)"),
-    ("[worker]\nbatch-max = 1\nbatch_max = 2\n", "[worker] batch_max = 2: the same setting as batch-max, given twice"),
-    ("[worker]\nbroker = \"h:1\"\n", "[worker] broker = 'h:1': a Kafka connection setting, write it in [kafka]"),
-    ("[tune]\nsplit = 3\n[wrker]\nk = 1\n", "unknown table or key wrker"),
-    ("[backtest]\nks = [5, 10]\n", "[backtest] ks = [5, 10]: expected a string"),
-    ("worker = 3\n", "'worker' must be a table"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[worker]\nbatch-max = "lots"\n', "[worker] batch-max = 'lots': expected an integer"),
+        ('[worker]\nhalf-life-days = "long"\n', "[worker] half-life-days = 'long': expected a number"),
+        ('[worker]\nemit = "never"\n', "[worker] emit = 'never': expected one of per-user, per-event"),
+        ('[worker]\nexclude-seen = "no"\n', "[worker] exclude-seen = 'no': expected true or false"),
+        ("[worker]\nk = true\n", "[worker] k = True: expected an integer"),
+        ("[worker]\nbatch-maxx = 3\n", "[worker] batch-maxx = 3: unknown key (did you mean batch-max?)"),
+        ("[worker]\nbatch-max = 1\nbatch_max = 2\n", "[worker] batch_max = 2: the same setting as batch-max, given twice"),
+        ('[worker]\nbroker = "h:1"\n', "[worker] broker = 'h:1': a Kafka connection setting, write it in [kafka]"),
+        ("[tune]\nsplit = 3\n[wrker]\nk = 1\n", "unknown table or key wrker"),
+        ("[backtest]\nks = [5, 10]\n", "[backtest] ks = [5, 10]: expected a string"),
+        ("worker = 3\n", "'worker' must be a table"),
+    ],
+)
 def test_a_bad_setting_is_one_line_naming_file_table_key_and_value(tmp_path, capsys, text, message):
     config = tmp_path / "bad.toml"
     config.write_text(text)

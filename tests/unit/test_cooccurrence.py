@@ -313,7 +313,7 @@ def test_rollback_undoes_a_journal_of_observations_exactly(seed: int) -> None:
     m.rollback()
     assert _state(m)[0] == before[0] and _state(m)[2] == before[2]
     # the counts of the slots that existed are back; new slots stay assigned (no count)
-    assert _state(m)[1][: len(before[1])] == before[1] and set(_state(m)[1][len(before[1]):]) <= {-math.inf}
+    assert _state(m)[1][: len(before[1])] == before[1] and set(_state(m)[1][len(before[1]) :]) <= {-math.inf}
     for got, ref in zip([scorer.sparse(items[:k]) for k in (3, 8)], sparse_before):
         assert got[0].tolist() == ref[0].tolist() and got[1].tolist() == ref[1].tolist()
     # a committed journal keeps the changes, and nothing is recorded after it
@@ -332,8 +332,10 @@ def test_rollback_undoes_a_journal_of_observations_exactly(seed: int) -> None:
 def test_positive_history_is_what_recent_items_keeps() -> None:
     rng = random.Random(3)
     for _ in range(200):
-        entries = [HistoryEntry(f"i{rng.randrange(12)}", t, rng.choice(["click", "purchase", "review"]),
-                                rng.choice([None, 1.0, 3.5, 4.0, 5.0])) for t in range(rng.randrange(40))]
+        entries = [
+            HistoryEntry(f"i{rng.randrange(12)}", t, rng.choice(["click", "purchase", "review"]), rng.choice([None, 1.0, 3.5, 4.0, 5.0]))
+            for t in range(rng.randrange(40))
+        ]
         for limit in (1, 3, 20):
             recent = RecentItems(limit)
             for e in entries:

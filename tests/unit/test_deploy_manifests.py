@@ -76,7 +76,9 @@ def test_the_statefulset_keeps_state_on_its_volume_and_probes_the_metrics_port()
     assert mount["name"] == claim["metadata"]["name"]
     assert config["data"]["RECSTREAM_DATA_DIR"].startswith(mount["mountPath"].rstrip("/") + "/")
     assert {ref.get("configMapRef", ref.get("secretRef"))["name"] for ref in container["envFrom"]} == {
-        config["metadata"]["name"], manifests["Secret"][0]["metadata"]["name"]}
+        config["metadata"]["name"],
+        manifests["Secret"][0]["metadata"]["name"],
+    }
     services = {s["metadata"]["name"]: s for s in manifests["Service"]}
     assert services[spec["serviceName"]]["spec"]["clusterIP"] == "None"
     metrics = [s for s in services.values() if s["spec"].get("clusterIP") != "None"]

@@ -124,7 +124,8 @@ def test_query_row_is_recency_weighted() -> None:
     np.testing.assert_allclose(
         [fresh.scores("q")[i] for i in "abxy"],
         [m.scores("q")[i] * fresh.scores("q")["x"] / m.scores("q")["x"] for i in "abxy"],
-        rtol=1e-5, atol=1e-7,
+        rtol=1e-5,
+        atol=1e-7,
     )
 
 

@@ -194,9 +194,7 @@ class Feed:
     def purchase(self, user: str, item: str, *, ts: int | None = None, partition: int = 0) -> Incoming:
         return self._wrap(Purchase(user, item, self.tick() if ts is None else ts, self._eid()), partition)
 
-    def review(
-        self, user: str, item: str, rating: float, text: str = "", *, ts: int | None = None, partition: int = 0
-    ) -> Incoming:
+    def review(self, user: str, item: str, rating: float, text: str = "", *, ts: int | None = None, partition: int = 0) -> Incoming:
         return self._wrap(Review(user, item, rating, text, self.tick() if ts is None else ts, self._eid()), partition)
 
     def _eid(self) -> str:
@@ -248,9 +246,7 @@ def assert_same_recs(a: list[Recommendation], b: list[Recommendation], atol: flo
         ), where
         assert [i.item_id for i in x.items] == [i.item_id for i in y.items], where
         assert [i.because for i in x.items] == [i.because for i in y.items], where
-        np.testing.assert_allclose(
-            [i.score for i in x.items], [i.score for i in y.items], atol=atol, rtol=1e-9, err_msg=where
-        )
+        np.testing.assert_allclose([i.score for i in x.items], [i.score for i in y.items], atol=atol, rtol=1e-9, err_msg=where)
 
 
 def cosine_scores(profile: UserProfile, catalog: Catalog) -> dict[str, float]:
@@ -346,9 +342,7 @@ def test_stream_covers_the_interesting_cases(stream: list[Incoming], catalog: Ca
         pytest.param([25] * 10, id="twenty-fives"),
     ],
 )
-def test_micro_batching_changes_nothing(
-    encoder: TextEncoder, catalog: Catalog, stream: list[Incoming], single_event_run, sizes: list[int]
-) -> None:
+def test_micro_batching_changes_nothing(encoder: TextEncoder, catalog: Catalog, stream: list[Incoming], single_event_run, sizes: list[int]) -> None:
     ref_engine, ref_recs, ref_profiles, ref_stats = single_event_run
     engine = make_engine(encoder, catalog, emit="per-event", k=8)
     recs, profiles, stats = run_batches(engine, split(stream, sizes))
@@ -438,9 +432,7 @@ def test_purchased_stays_excluded_after_it_leaves_the_history(encoder: TextEncod
 # --------------------------------------------------------------------------- 3. review polarity
 
 
-def _neighbour_view(
-    encoder: TextEncoder, catalog: Catalog, base: list[Incoming], extra: list[Incoming], neighbours: list[str]
-) -> tuple[float, float]:
+def _neighbour_view(encoder: TextEncoder, catalog: Catalog, base: list[Incoming], extra: list[Incoming], neighbours: list[str]) -> tuple[float, float]:
     engine = make_engine(encoder, catalog, k=len(catalog.ids), exclude_seen=False)
     rec = engine.process(base + extra, {}, now_ms=NOW).recommendations[-1]
     ids = [i.item_id for i in rec.items]
@@ -491,9 +483,7 @@ class PopularityRef:
         return out
 
 
-def assert_popularity_fallback(
-    rec: Recommendation, ref: PopularityRef, catalog_ids: set[str], exclude: set[str], k: int
-) -> None:
+def assert_popularity_fallback(rec: Recommendation, ref: PopularityRef, catalog_ids: set[str], exclude: set[str], k: int) -> None:
     assert rec.model == POPULARITY_MODEL
     scores = ref.scores(rec.event_ts)
     candidates = {i: s for i, s in scores.items() if i in catalog_ids and i not in exclude}
@@ -584,9 +574,7 @@ def test_fallback_without_exclude_seen_only_drops_purchased(encoder: TextEncoder
     assert rec.items[0].item_id == "run-3", "a seen item may come back when exclude_seen=False"
 
 
-def test_fallback_in_the_random_stream_is_popularity_as_of_each_event(
-    catalog: Catalog, stream: list[Incoming], single_event_run
-) -> None:
+def test_fallback_in_the_random_stream_is_popularity_as_of_each_event(catalog: Catalog, stream: list[Incoming], single_event_run) -> None:
     engine, recs, _, _ = single_event_run
     ref = PopularityRef(engine.config.popularity_half_life_ms)
     seen_keys: dict[str, dict[str, int]] = {}
@@ -610,9 +598,7 @@ def test_fallback_in_the_random_stream_is_popularity_as_of_each_event(
     assert fallbacks >= sum(1 for inc in stream if inc.event.user_id in ("ghost", "neutral"))
 
 
-def test_partition_popularity_follows_the_applied_events(
-    encoder: TextEncoder, catalog: Catalog, stream: list[Incoming]
-) -> None:
+def test_partition_popularity_follows_the_applied_events(encoder: TextEncoder, catalog: Catalog, stream: list[Incoming]) -> None:
     engine = make_engine(encoder, catalog, k=8)
     engine.partition_popularity = {}
     profiles: dict[str, UserProfile] = {}
@@ -692,9 +678,7 @@ def test_because_is_the_most_similar_liked_history_item(encoder: TextEncoder, ca
     assert {i.because for i in final.items} == {scifi[0], cook[1], garden[2]}
 
 
-def test_because_matches_bruteforce_in_the_random_stream(
-    encoder: TextEncoder, catalog: Catalog, stream: list[Incoming]
-) -> None:
+def test_because_matches_bruteforce_in_the_random_stream(encoder: TextEncoder, catalog: Catalog, stream: list[Incoming]) -> None:
     # per-user emission at the end of each batch, so the profile to check against is the final one
     engine = make_engine(encoder, catalog, k=8)
     profiles: dict[str, UserProfile] = {}
@@ -725,9 +709,7 @@ def test_because_is_none_without_catalog_items_in_history(encoder: TextEncoder, 
 # Regression test: failed on the committed engine (6c3cc80..afdcc25), whose _liked_history
 # dropped only the negative review *entries*, so the earlier click still made the item a reason.
 @pytest.mark.parametrize("first", ["click", "purchase"])
-def test_because_never_names_an_item_the_user_reviewed_negatively(
-    encoder: TextEncoder, catalog: Catalog, first: str
-) -> None:
+def test_because_never_names_an_item_the_user_reviewed_negatively(encoder: TextEncoder, catalog: Catalog, first: str) -> None:
     feed = Feed()
     scifi, jazz = catalog.by_topic("scifi"), catalog.by_topic("jazz")
     events = [
@@ -786,9 +768,7 @@ def test_redelivery_is_applied_once_but_still_emits(encoder: TextEncoder, catalo
     assert res.stats.applied == 1 and res.profiles["hal"].applied == before[0] + 1
 
 
-def test_a_failed_batch_leaves_popularity_as_it_was(
-    encoder: TextEncoder, catalog: Catalog, stream: list[Incoming], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failed_batch_leaves_popularity_as_it_was(encoder: TextEncoder, catalog: Catalog, stream: list[Incoming], monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch that fails (here in scoring, after the events were counted) is retried by
     the worker: the engine must not have counted it already."""
     engine = make_engine(encoder, catalog, k=8)
@@ -796,8 +776,7 @@ def test_a_failed_batch_leaves_popularity_as_it_was(
     profiles: dict[str, UserProfile] = {}
     warm, batch = stream[:80], stream[80:140]
     profiles.update(engine.process(warm, profiles, now_ms=NOW).profiles)
-    before = (list(engine.popularity.items()), engine.popularity.last_ts,
-              {p: list(pop.items()) for p, pop in engine.partition_popularity.items()})
+    before = (list(engine.popularity.items()), engine.popularity.last_ts, {p: list(pop.items()) for p, pop in engine.partition_popularity.items()})
 
     def broken(*args, **kwargs):
         raise RuntimeError("scoring failed")
@@ -807,8 +786,7 @@ def test_a_failed_batch_leaves_popularity_as_it_was(
     monkeypatch.setattr(engine_module, "score_topk", broken)
     with pytest.raises(RuntimeError, match="scoring failed"):
         engine.process(batch, {u: UserProfile.from_bytes(p.to_bytes()) for u, p in profiles.items()}, now_ms=NOW)
-    after = (list(engine.popularity.items()), engine.popularity.last_ts,
-             {p: list(pop.items()) for p, pop in engine.partition_popularity.items() if len(pop)})
+    after = (list(engine.popularity.items()), engine.popularity.last_ts, {p: list(pop.items()) for p, pop in engine.partition_popularity.items() if len(pop)})
     assert after == before
     monkeypatch.undo()
     # and the retry counts each event once, as a batch that never failed would
@@ -823,9 +801,7 @@ def test_a_failed_batch_leaves_popularity_as_it_was(
 # --------------------------------------------------------------------------- 7. per-user emission
 
 
-def test_per_user_emits_one_record_per_touched_user(
-    encoder: TextEncoder, catalog: Catalog, stream: list[Incoming]
-) -> None:
+def test_per_user_emits_one_record_per_touched_user(encoder: TextEncoder, catalog: Catalog, stream: list[Incoming]) -> None:
     batches = split(stream, [37, 80, 5, 118])
     per_user = make_engine(encoder, catalog, k=8, emit="per-user")
     per_event = make_engine(encoder, catalog, k=8, emit="per-event")

@@ -55,8 +55,13 @@ def make_engine(blend: BlendWeights | None = WEIGHTS, **cfg) -> Engine:
     m.upsert(ids, vecs)
     config = EngineConfig(k=6, emit=cfg.pop("emit", "per-event"), blend=blend, **cfg)
     return Engine(
-        model=DecayedProfileModel(dim=DIM), matrix=m, popularity=DecayedPopularity(config.popularity_half_life_ms),
-        texts=StubTexts(), config=config, partition_popularity={}, partition_cooccurrence={},
+        model=DecayedProfileModel(dim=DIM),
+        matrix=m,
+        popularity=DecayedPopularity(config.popularity_half_life_ms),
+        texts=StubTexts(),
+        config=config,
+        partition_popularity={},
+        partition_cooccurrence={},
     )
 
 
@@ -153,8 +158,15 @@ def test_blend_lists_match_an_independent_computation() -> None:
         p = profiles.setdefault(ev.user_id, model.new_profile(ev.user_id))
         r = row_of.get(ev.item_id)
         text = StubTexts().encode_numpy([ev.text])[0] if isinstance(ev, Review) and ev.text else None
-        model.apply(p, kind=ev.kind, item_id=ev.item_id, ts=ev.ts, item_vec=None if r is None else vecs[r], text_vec=text,
-                    rating=ev.rating if isinstance(ev, Review) else None)
+        model.apply(
+            p,
+            kind=ev.kind,
+            item_id=ev.item_id,
+            ts=ev.ts,
+            item_vec=None if r is None else vecs[r],
+            text_vec=text,
+            rating=ev.rating if isinstance(ev, Review) else None,
+        )
         pop.add(ev.item_id, ev.ts)
         positives = cooc.histories.get(ev.user_id)
         if is_positive(ev.kind, ev.rating if isinstance(ev, Review) else None, 4.0):
@@ -203,8 +215,7 @@ def test_a_failed_batch_rolls_co_occurrence_back(monkeypatch: pytest.MonkeyPatch
     warm, batch = events[:100], events[100:160]
     profiles: dict[str, UserProfile] = {}
     profiles.update(eng.process(warm, profiles, now_ms=T0).profiles)
-    before = (rows(eng.cooccurrence), eng.cooccurrence.last_ts,
-              {p: rows(m) for p, m in eng.partition_cooccurrence.items()})
+    before = (rows(eng.cooccurrence), eng.cooccurrence.last_ts, {p: rows(m) for p, m in eng.partition_cooccurrence.items()})
     import recstream.scoring.engine as engine_module
 
     def broken(*args, **kwargs):
@@ -214,8 +225,7 @@ def test_a_failed_batch_rolls_co_occurrence_back(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(engine_module, "candidate_blend_topk", broken)  # the two-stage one (the default)
     with pytest.raises(RuntimeError, match="scoring failed"):
         eng.process(batch, {u: UserProfile.from_bytes(p.to_bytes()) for u, p in profiles.items()}, now_ms=T0)
-    after = (rows(eng.cooccurrence), eng.cooccurrence.last_ts,
-             {p: rows(m) for p, m in eng.partition_cooccurrence.items() if len(m)})
+    after = (rows(eng.cooccurrence), eng.cooccurrence.last_ts, {p: rows(m) for p, m in eng.partition_cooccurrence.items() if len(m)})
     assert after == before
     monkeypatch.undo()
     res = eng.process(batch, profiles, now_ms=T0)

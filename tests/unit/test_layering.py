@@ -38,10 +38,13 @@ def imported_modules(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
 def test_the_walk_sees_absolute_relative_and_nested_imports(tmp_path) -> None:
     (tmp_path / "scoring" / "sub").mkdir(parents=True)
     f = tmp_path / "scoring" / "sub" / "x.py"
-    f.write_text("import recstream.streams.app\nfrom . import records\nfrom ..engine import Engine\n"
-                 "def g():\n    from streams.records import Item\n")
+    f.write_text("import recstream.streams.app\nfrom . import records\nfrom ..engine import Engine\ndef g():\n    from streams.records import Item\n")
     assert imported_modules(f, tmp_path) == [
-        (1, "recstream.streams.app"), (2, "recstream.scoring.sub"), (3, "recstream.scoring.engine"), (5, "streams.records")]
+        (1, "recstream.streams.app"),
+        (2, "recstream.scoring.sub"),
+        (3, "recstream.scoring.engine"),
+        (5, "streams.records"),
+    ]
 
 
 @pytest.mark.parametrize("layer", LOWER)
@@ -49,10 +52,7 @@ def test_lower_layers_never_import_streams(layer: str) -> None:
     files = sorted((ROOT / layer).rglob("*.py"))
     assert files, f"no Python files under {layer}/"
     upward = [
-        f"{path.relative_to(ROOT)}:{line}: {name}"
-        for path in files
-        for line, name in imported_modules(path)
-        if name == UPPER or name.startswith(UPPER + ".")
+        f"{path.relative_to(ROOT)}:{line}: {name}" for path in files for line, name in imported_modules(path) if name == UPPER or name.startswith(UPPER + ".")
     ]
     assert not upward, f"{layer}/ imports {UPPER}/:\n" + "\n".join(upward)
 
@@ -61,10 +61,5 @@ def test_nothing_imports_the_folders_by_their_generic_names() -> None:
     """``pip install`` puts only ``recstream`` on the path: ``import streams`` would fail there
     (or find an unrelated project of that name)."""
     files = [p for d in (*FOLDERS, "recstream", "tests", "bench") for p in sorted((ROOT / d).rglob("*.py"))]
-    bare = [
-        f"{path.relative_to(ROOT)}:{line}: {name}"
-        for path in files
-        for line, name in imported_modules(path)
-        if name.split(".")[0] in FOLDERS
-    ]
+    bare = [f"{path.relative_to(ROOT)}:{line}: {name}" for path in files for line, name in imported_modules(path) if name.split(".")[0] in FOLDERS]
     assert not bare, "imports outside the recstream namespace:\n" + "\n".join(bare)

@@ -65,9 +65,14 @@ def make_engine(encoder: LearnedUserEncoder | None, device: str = "cpu") -> Engi
     m = ItemMatrix(DIM, device, torch.float32)
     m.upsert(ids, vecs)
     config = EngineConfig(k=5, emit="per-event")
-    return Engine(model=DecayedProfileModel(ProfileConfig(history_len=1000), dim=DIM), matrix=m,
-                  popularity=DecayedPopularity(config.popularity_half_life_ms), texts=NoTexts(),
-                  config=config, user_encoder=encoder)
+    return Engine(
+        model=DecayedProfileModel(ProfileConfig(history_len=1000), dim=DIM),
+        matrix=m,
+        popularity=DecayedPopularity(config.popularity_half_life_ms),
+        texts=NoTexts(),
+        config=config,
+        user_encoder=encoder,
+    )
 
 
 def stream(n: int = 160, seed: int = 2) -> list[Incoming]:
@@ -84,8 +89,7 @@ def stream(n: int = 160, seed: int = 2) -> list[Incoming]:
         out.append(Incoming(Click(user_id=user, item_id=item, ts=ts, event_id=f"e{len(out)}"), "clicks", 0, offsets["clicks"]))
         offsets["clicks"] += 1
         if rng.random() < 0.5:
-            out.append(Incoming(Purchase(user_id=user, item_id=item, ts=ts, event_id=f"e{len(out)}"), "purchases", 0,
-                                offsets["purchases"]))
+            out.append(Incoming(Purchase(user_id=user, item_id=item, ts=ts, event_id=f"e{len(out)}"), "purchases", 0, offsets["purchases"]))
             offsets["purchases"] += 1
     return out
 
@@ -177,8 +181,7 @@ def test_serving_on_cuda_gives_the_offline_rankings(tmp_path):
     recs = run(make_engine(encoder, "cuda"), events)
     assert [[r.item_id for r in rec.items] for rec in recs] == offline(path, events)
     on_cpu = run(make_engine(LearnedUserEncoder(path)), events)
-    np.testing.assert_allclose([r.score for rec in recs for r in rec.items], [r.score for rec in on_cpu for r in rec.items],
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose([r.score for rec in recs for r in rec.items], [r.score for rec in on_cpu for r in rec.items], rtol=1e-4, atol=1e-4)
 
 
 def test_a_user_without_usable_history_gets_popularity(tmp_path):

@@ -115,7 +115,10 @@ def test_text_logs_through_fausts_own_formatter_are_unchanged():
     finally:
         logger.removeHandler(handler)
     assert stream.getvalue().splitlines() == [
-        "INFO [^Worker]: Ready", "INFO batch of 12 events, ok", "WARNING 100% of partitions", "INFO password=***",
+        "INFO [^Worker]: Ready",
+        "INFO batch of 12 events, ok",
+        "WARNING 100% of partitions",
+        "INFO password=***",
     ]
 
 

@@ -32,8 +32,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if (ROOT / name).is_file():
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)],
-                   check=True, capture_output=True, cwd=out)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)], check=True, capture_output=True, cwd=out)
     (whl,) = out.glob("recstream-*.whl")
     return whl
 
@@ -42,10 +41,17 @@ def test_the_wheel_holds_one_package_with_the_broker_script(wheel: Path) -> None
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"recstream"}
-    for path in ("recstream/__init__.py", "recstream/__main__.py", "recstream/streams/cli/__init__.py",
-                 "recstream/scoring/engine.py", "recstream/encoders/text.py", "recstream/deploy/kafka/kafka.sh",
-                 "recstream/deploy/kafka/pom.xml", "recstream/streams/schemas/clicks.schema.json",
-                 "recstream/streams/demo/catalog.jsonl"):
+    for path in (
+        "recstream/__init__.py",
+        "recstream/__main__.py",
+        "recstream/streams/cli/__init__.py",
+        "recstream/scoring/engine.py",
+        "recstream/encoders/text.py",
+        "recstream/deploy/kafka/kafka.sh",
+        "recstream/deploy/kafka/pom.xml",
+        "recstream/streams/schemas/clicks.schema.json",
+        "recstream/streams/demo/catalog.jsonl",
+    ):
         assert path in names, path
     files = subprocess.run(["git", "ls-files", "streams", "scoring", "encoders"], check=True, capture_output=True, text=True, cwd=ROOT)
     checked_in = {name for name in files.stdout.split() if name.endswith(".py")}
@@ -57,8 +63,11 @@ def test_installed_outside_the_checkout_it_imports_and_runs_the_broker_script(wh
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+    )
     zipfile.ZipFile(wheel).extractall(site)
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     home = tmp_path / "home"
@@ -66,19 +75,19 @@ def test_installed_outside_the_checkout_it_imports_and_runs_the_broker_script(wh
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RECSTREAM_HOME", "RECSTREAM_KAFKA_DATA")}
     env.update(HOME=str(home), XDG_STATE_HOME=str(home / "state"))
 
-    code = ("import sys, recstream, recstream.scoring.engine as e; "
-            "print(recstream.__file__); print(e.__file__); "
-            "print([m for m in ('streams', 'scoring', 'encoders') if m in sys.modules])")
+    code = (
+        "import sys, recstream, recstream.scoring.engine as e; "
+        "print(recstream.__file__); print(e.__file__); "
+        "print([m for m in ('streams', 'scoring', 'encoders') if m in sys.modules])"
+    )
     out = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True, env=env, cwd=home).stdout.split("\n")
     assert out[0] == str(site / "recstream" / "__init__.py")
     assert out[1] == str(site / "recstream" / "scoring" / "engine.py")
     assert out[2] == "[]"
 
     # the shipped broker script answers (nothing runs on this port), with its data in the user's state folder
-    status = subprocess.run([str(python), "-m", "recstream", "kafka", "status", "--port", "1"], capture_output=True, text=True,
-                            env=env, cwd=home)
+    status = subprocess.run([str(python), "-m", "recstream", "kafka", "status", "--port", "1"], capture_output=True, text=True, env=env, cwd=home)
     assert status.returncode == 3, status.stderr
     assert "not running" in status.stdout + status.stderr
-    logs = subprocess.run([str(python), "-m", "recstream", "kafka", "logs", "--port", "1"], capture_output=True, text=True,
-                          env=env, cwd=home)
+    logs = subprocess.run([str(python), "-m", "recstream", "kafka", "logs", "--port", "1"], capture_output=True, text=True, env=env, cwd=home)
     assert str(home / "state" / "recstream" / "kafka" / "data-1" / "server.log") in logs.stderr  # none yet, but there

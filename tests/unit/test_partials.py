@@ -25,8 +25,7 @@ def pops(*parts: list[tuple[str, int]]) -> list[DecayedPopularity]:
 
 
 def test_popularity_parts_add_up_and_are_replaced() -> None:
-    own, other, other_later, both = pops([("a", 0), ("b", 1000)], [("a", 500)], [("a", 500), ("a", 9000), ("c", 10)],
-                                         [("a", 0), ("b", 1000), ("a", 500)])
+    own, other, other_later, both = pops([("a", 0), ("b", 1000)], [("a", 500)], [("a", 500), ("a", 9000), ("c", 10)], [("a", 0), ("b", 1000), ("a", 500)])
     total = pops([("a", 0), ("b", 1000)])[0]
     total.replace_partial("a", None, other.log2_score("a"))
     assert total.log2_score("a") == pytest.approx(both.log2_score("a"), abs=1e-12)

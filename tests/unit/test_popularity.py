@@ -95,9 +95,7 @@ def test_exclude_and_allowed(pop: DecayedPopularity) -> None:
     assert [i for i, _ in pop.top(2, exclude={ranked[0]})] == ranked[1:3]
     catalog = {ranked[1], ranked[3]}
     assert [i for i, _ in pop.top(4, allowed=catalog)] == [ranked[1], ranked[3]]
-    assert [i for i, _ in pop.top(4, allowed=lambda i: i != ranked[1])] == [
-        ranked[0], ranked[2], ranked[3]
-    ]
+    assert [i for i, _ in pop.top(4, allowed=lambda i: i != ranked[1])] == [ranked[0], ranked[2], ranked[3]]
     assert [i for i, _ in pop.top(4, exclude=[ranked[3]], allowed=catalog)] == [ranked[1]]
 
 
@@ -175,7 +173,6 @@ def test_ranking_read_between_any_changes_equals_a_full_sort(seed: int) -> None:
             else:
                 pop.set_log2(item, rng.uniform(0, 200))
             if step % read_every == 0 or step == 599:
-                want = sorted(((-lg, i) for i, lg in ((i, pop.log2_score(i)) for i in {f"i{n}" for n in range(60)})
-                               if lg is not None))
+                want = sorted(((-lg, i) for i, lg in ((i, pop.log2_score(i)) for i in {f"i{n}" for n in range(60)}) if lg is not None))
                 assert list(pop.items()) == [(i, -neg) for neg, i in want]
                 assert [i for i, _ in pop.top(5, exclude={"i1"})] == [i for _, i in want if i != "i1"][:5]

@@ -82,8 +82,9 @@ def test_the_engines_live_figures_equal_the_backtest_of_its_records(blend):
     matrix = ItemMatrix(DIM, "cpu")
     matrix.upsert([f"i{j}" for j in range(120)], rng.standard_normal((120, DIM)).astype(np.float32))
     config = EngineConfig(k=10, emit="per-event", blend=blend)
-    engine = Engine(model=DecayedProfileModel(dim=DIM), matrix=matrix, popularity=DecayedPopularity(config.popularity_half_life_ms),
-                    texts=NoTexts(), config=config)
+    engine = Engine(
+        model=DecayedProfileModel(dim=DIM), matrix=matrix, popularity=DecayedPopularity(config.popularity_half_life_ms), texts=NoTexts(), config=config
+    )
     evs = events()
     offsets = dict.fromkeys(TOPIC.values(), 0)
     batch = []

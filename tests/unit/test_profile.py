@@ -161,13 +161,18 @@ def test_rating_direction(model: DecayedProfileModel, rng: np.random.Generator) 
     np.testing.assert_allclose(after(3), base, rtol=1e-5, atol=1e-6)
 
 
-def test_missing_item_embedding_still_recorded(
-    model: DecayedProfileModel, rng: np.random.Generator
-) -> None:
+def test_missing_item_embedding_still_recorded(model: DecayedProfileModel, rng: np.random.Generator) -> None:
     p = model.new_profile("u")
     model.apply(
-        p, kind="purchase", item_id="gone", ts=T0, item_vec=None, text_vec=None, rating=None,
-        source="purchases:3", offset=41,
+        p,
+        kind="purchase",
+        item_id="gone",
+        ts=T0,
+        item_vec=None,
+        text_vec=None,
+        rating=None,
+        source="purchases:3",
+        offset=41,
     )
     assert not p.vector.any()
     assert p.applied == 1 and p.purchased == {"gone"}

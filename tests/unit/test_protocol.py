@@ -142,7 +142,7 @@ def test_state_is_every_event_before_the_case() -> None:
 
 
 def test_what_feeds_the_blend_cooccurrence() -> None:
-    """"positive": only positive interactions; "engine": those and any holding a click (a
+    """ "positive": only positive interactions; "engine": those and any holding a click (a
     MovieLens rating below 4 is a click); "all": everything, a review below 4 included."""
     low_review = Interaction(2, "u1", "c", False, ("review",), 2.0)
     rows = [it(0, "u1", "a"), it(1, "u1", "b", positive=False), low_review]
@@ -190,7 +190,6 @@ def test_grid_ranks_by_hand() -> None:
     assert grid_ranks(z, cand, torch.tensor([0]), w, k=2).tolist() == [[2, 2, 2, 2]]  # capped at k
     cand[0, 0] = False  # an excluded target is never a hit
     assert grid_ranks(z, cand, torch.tensor([0]), w, k=10).tolist() == [[10, 10, 10, 10]]
-
 
 
 def random_data(seed: int = 0, n_users: int = 30, n_items: int = 25, n: int = 1500) -> tuple[ProtocolData, np.ndarray]:

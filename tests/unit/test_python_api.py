@@ -61,14 +61,14 @@ def test_an_engine_over_a_catalog_recommends_from_the_events_it_is_given(dataset
     assert all((u, i.item_id) not in bought for u, r in last.items() for i in r.items)
     # offsets go on from batch to batch, as on a topic
     assert min(r.trigger.offset for r in more.recommendations if r.trigger.topic == "clicks") > max(
-        r.trigger.offset for r in res.recommendations if r.trigger.topic == "clicks")
+        r.trigger.offset for r in res.recommendations if r.trigger.topic == "clicks"
+    )
 
 
 def test_backtest_from_python_equals_the_cli(dataset: Path, tmp_path: Path) -> None:
     run = recstream.backtest(dataset, SPLIT, methods="text-only,blend", ks=(10,), progress=False)
     out = tmp_path / "cli.json"
-    assert main(["backtest", "--dataset", str(dataset), "--split", SPLIT, "--methods", "text-only,blend", "--ks", "10",
-                 "--json", str(out)]) == 0
+    assert main(["backtest", "--dataset", str(dataset), "--split", SPLIT, "--methods", "text-only,blend", "--ks", "10", "--json", str(out)]) == 0
     cli = orjson.loads(out.read_bytes())
     ours = run.to_dict()
     assert list(ours["methods"]) == list(cli["methods"]) == ["text-only", "blend", "popularity", "item-knn"]

@@ -21,8 +21,7 @@ class Event:
 
 @pytest.fixture
 def table(tmp_path: Path):
-    app = faust.App("raw-store-test", broker="kafka://127.0.0.1:1", store="rocksdb://", datadir=str(tmp_path),
-                    web_enabled=False)
+    app = faust.App("raw-store-test", broker="kafka://127.0.0.1:1", store="rocksdb://", datadir=str(tmp_path), web_enabled=False)
     t = app.Table("profiles", partitions=3, key_type=bytes, value_type=bytes)
     t.key_serializer = t.value_serializer = "raw"
     yield t

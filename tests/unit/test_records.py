@@ -238,9 +238,7 @@ INVALID = [
 
 
 @pytest.mark.parametrize(("kind", "key", "value", "field", "message"), INVALID, ids=[f"{c[0]}-{c[4][:40]}" for c in INVALID])
-def test_invalid_records_are_rejected_precisely(
-    kind: str, key: bytes | None, value: bytes | None, field: str | None, message: str
-) -> None:
+def test_invalid_records_are_rejected_precisely(kind: str, key: bytes | None, value: bytes | None, field: str | None, message: str) -> None:
     with pytest.raises(ValidationError) as err:
         parse(kind, key, value)
     assert err.value.field == field
@@ -252,7 +250,7 @@ def test_messages_truncate_what_was_given() -> None:
     with pytest.raises(ValidationError) as err:
         parse("clicks", b"u1", with_(CLICK, user_id="u" * 100_000))
     assert len(str(err.value)) < 200
-    assert str(err.value).startswith("user_id: must be at most 256 characters, got 100000: \"uuu")
+    assert str(err.value).startswith('user_id: must be at most 256 characters, got 100000: "uuu')
     assert str(err.value).endswith("...")
 
 
@@ -413,6 +411,7 @@ def test_encode_rejects_non_records() -> None:
 
 
 # --------------------------------------------------------------------------- JSON Schemas
+
 
 def load_schema(kind: str) -> dict[str, Any]:
     return json.loads(schema_path(kind).read_text(encoding="utf-8"))

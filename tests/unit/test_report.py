@@ -29,8 +29,7 @@ MAY1_2017 = 1_493_596_800_000  # 2017-05-01T00:00:00Z
 # --------------------------------------------------------------------------- helpers
 
 
-def method(ks: tuple[int, ...], values: dict[str, float | None], months: list[dict[str, Any]] | None = None,
-           cases: int = 100) -> dict[str, Any]:
+def method(ks: tuple[int, ...], values: dict[str, float | None], months: list[dict[str, Any]] | None = None, cases: int = 100) -> dict[str, Any]:
     """A method's document: every metric at every k is 0.1 unless ``values`` says otherwise."""
     metrics: dict[str, Any] = {"cases": cases}
     for k in ks:
@@ -59,8 +58,17 @@ def make_doc(methods: dict[str, dict[str, Any]], ks: tuple[int, ...] = (5, 10, 2
         },
         "catalog_size": 1000,
         "counts": {
-            "events": 5000, "warm": 4000, "test": 1000, "targets": 900, "skipped": 100, "cold": 30, "missing": 7,
-            "cases": 863, "excluded_targets": 0, "unknown_targets": 0, "fallback_cases": 0,
+            "events": 5000,
+            "warm": 4000,
+            "test": 1000,
+            "targets": 900,
+            "skipped": 100,
+            "cold": 30,
+            "missing": 7,
+            "cases": 863,
+            "excluded_targets": 0,
+            "unknown_targets": 0,
+            "fallback_cases": 0,
         },  # fmt: skip
         "latency_ms": {"p50": None, "p95": None, "p99": None, "max": None, "mean": None, "count": 0},
         "methods": methods,
@@ -133,8 +141,7 @@ def legend_names(svg: ET.Element) -> list[str]:
 
 def bars(svg: ET.Element) -> dict[tuple[str, str], float]:
     """``(method, metric) -> bar height`` of a comparison chart."""
-    return {(r.get("data-method", ""), r.get("data-metric", "")): float(r.get("height", "nan"))
-            for r in svg.iter("rect") if r.get("class") == "bar"}
+    return {(r.get("data-method", ""), r.get("data-metric", "")): float(r.get("height", "nan")) for r in svg.iter("rect") if r.get("class") == "bar"}
 
 
 def comparison_charts(page: str) -> list[ET.Element]:
@@ -165,7 +172,7 @@ def test_a_standard_document_is_well_formed_html_with_parseable_svg() -> None:
     # the sections, in the order a reader meets them
     headings = re.findall(r"<h2>(.*?)</h2>", page)
     assert headings == ["Metrics", "Comparison with the baselines", "Metrics per time slice", "Latency"]
-    assert page.index("<table class=\"metrics\">") < page.index("<h2>Comparison")
+    assert page.index('<table class="metrics">') < page.index("<h2>Comparison")
     assert "scoring/report.py" in page.split("<footer>")[1]
 
 
@@ -175,8 +182,15 @@ def test_header_states_the_protocol_and_the_counts() -> None:
     assert "2017-03-01T00:00:00Z" in page
     assert "clicks, positive reviews (rating ≥ 4) and purchases" in page
     assert "k = 5, 10, 20" in page
-    for count, label in [("863", "cases"), ("900 targets", None), ("30", "cold"), ("7", "missing"),
-                         ("100", "skipped"), ("4,000", "warm-up events"), ("1,000", "catalog items")]:
+    for count, label in [
+        ("863", "cases"),
+        ("900 targets", None),
+        ("30", "cold"),
+        ("7", "missing"),
+        ("100", "skipped"),
+        ("4,000", "warm-up events"),
+        ("1,000", "catalog items"),
+    ]:
         assert count in page
         if label:
             assert f'<span class="k">{label}</span>' in page
@@ -219,7 +233,7 @@ def test_table_values_are_formatted_none_is_a_dash_and_the_best_is_highlighted()
     # method, cases, 3 ks x 5 metrics, 3 coverages
     assert all(len(c) == 2 + 15 + 3 for c in cells)
     head = re.findall(r"<th[^>]*>(.*?)</th>", table.split("<tbody>")[0])
-    columns = head[head.index("HR@5"):]
+    columns = head[head.index("HR@5") :]
     hr10, ndcg10, cov20 = columns.index("HR@10") + 2, columns.index("NDCG@10") + 2, 2 + 15 + 2
     assert [c[hr10] for c in cells] == ["0.4000", "0.2000", "0.2500"]
     assert [c[ndcg10] for c in cells] == ["0.3000", "–", "0.1000"]
@@ -233,8 +247,10 @@ def test_table_values_are_formatted_none_is_a_dash_and_the_best_is_highlighted()
 def test_bar_heights_follow_the_values() -> None:
     ks = (10,)
     doc = make_doc(
-        {"recstream": method(ks, {"hit_rate@10": 0.4, "ndcg@10": 0.3, "mrr@10": 0.0}),
-         "popularity": method(ks, {"hit_rate@10": 0.2, "ndcg@10": 0.3, "mrr@10": None})},
+        {
+            "recstream": method(ks, {"hit_rate@10": 0.4, "ndcg@10": 0.3, "mrr@10": 0.0}),
+            "popularity": method(ks, {"hit_rate@10": 0.2, "ndcg@10": 0.3, "mrr@10": None}),
+        },
         ks=ks,
     )
     page = render_html(doc)
@@ -284,8 +300,7 @@ def test_user_strings_are_escaped() -> None:
     evil = "<script>alert(1)</script>"
     ks = (5, 10, 20)
     months = [month_row("<img src=x onerror=alert(2)>", MAR1_2017, 3, ks, 0.2)]
-    doc = make_doc({"recstream": method(ks, {}, months), evil: method(ks, {}, months)},
-                   replay_prefix='"><script>x</script>', timings={"<b>": "<i>"})
+    doc = make_doc({"recstream": method(ks, {}, months), evil: method(ks, {}, months)}, replay_prefix='"><script>x</script>', timings={"<b>": "<i>"})
     page = render_html(doc, title="<script>t</script>")
     parser = check_well_formed(page)
     assert "<script" not in page.lower()
@@ -299,8 +314,7 @@ def test_user_strings_are_escaped() -> None:
 
 def test_nothing_is_fetched_from_outside() -> None:
     doc = standard_doc()
-    doc["latency_ms"] = {"p50": 3.0, "p95": 9.0, "p99": 12.0, "max": 20.0, "mean": 4.0, "count": 4,
-                         "histogram": latency_histogram([1.0, 3.0, 9.0, 20.0])}
+    doc["latency_ms"] = {"p50": 3.0, "p95": 9.0, "p99": 12.0, "max": 20.0, "mean": 4.0, "count": 4, "histogram": latency_histogram([1.0, 3.0, 9.0, 20.0])}
     page = render_html(doc)
     parser = check_well_formed(page)
     assert "http://" not in page and "https://" not in page
@@ -384,8 +398,15 @@ def test_no_latency_says_so() -> None:
 def test_latency_table_histogram_and_percentile_markers() -> None:
     values = [0.5, 3.0, 12.0, 12.0, 15.0, 18.0, 45.0, 70_000.0]
     doc = standard_doc()
-    doc["latency_ms"] = {"p50": 15.0, "p95": 150.0, "p99": 65_000.0, "max": 70_000.0, "mean": 8_770.0625,
-                         "count": len(values), "histogram": latency_histogram(values)}
+    doc["latency_ms"] = {
+        "p50": 15.0,
+        "p95": 150.0,
+        "p99": 65_000.0,
+        "max": 70_000.0,
+        "mean": 8_770.0625,
+        "count": len(values),
+        "histogram": latency_histogram(values),
+    }
     page = render_html(doc)
     check_well_formed(page)
     cells = "<td>15.0 ms</td><td>150.0 ms</td><td>65,000.0 ms</td><td>70,000.0 ms</td><td>8,770.1 ms</td><td>8</td>"
@@ -436,10 +457,17 @@ def test_latency_without_histogram_shows_the_table_only() -> None:
         {"config": None, "counts": None, "methods": None, "latency_ms": None, "timings": None},
         {"config": {"ks": [10]}, "methods": {"recstream": {}}},
         {"methods": {"recstream": {"metrics": {"cases": 0, "hit_rate@10": None, "ndcg@10": None}}}},
-        {"config": {"ks": [5], "split_ms": None, "targets": "click"},
-         "methods": {"m": {"metrics": {"hit_rate@5": "high", "ndcg@5": math.nan}, "coverage": {"5": None},
-                           "slices": [None, {"month": None}, {"start_ms": MAR1_2017, "hit_rate@5": 0.1}]}},
-         "latency_ms": {"count": 3, "p50": "x", "histogram": {"edges_ms": [0, 1], "counts": [1]}}},
+        {
+            "config": {"ks": [5], "split_ms": None, "targets": "click"},
+            "methods": {
+                "m": {
+                    "metrics": {"hit_rate@5": "high", "ndcg@5": math.nan},
+                    "coverage": {"5": None},
+                    "slices": [None, {"month": None}, {"start_ms": MAR1_2017, "hit_rate@5": 0.1}],
+                }
+            },
+            "latency_ms": {"count": 3, "p50": "x", "histogram": {"edges_ms": [0, 1], "counts": [1]}},
+        },
         {"latency_ms": {"count": 2, "p50": 1.0, "histogram": {"edges_ms": [5, 1], "counts": [1, 1]}}},
         {"config": {"split_ms": 10**30}, "catalog_size": "many", "counts": {"cases": None}},
     ],
@@ -511,10 +539,8 @@ def real_doc() -> dict[str, Any]:
         )
         for n, ev in enumerate(EVENTS)
     ]
-    result = evaluate_records(EVENTS, records, ["a", "b", "c", "d", "e"], BacktestConfig(SPLIT, ks=(1, 3)),
-                              exclude_seen=False)
-    doc = {"replay_prefix": "recstream.backtest-1.", "invalid_records": 0, "timings": {"total_s": 1.5},
-           **result.to_dict()}
+    result = evaluate_records(EVENTS, records, ["a", "b", "c", "d", "e"], BacktestConfig(SPLIT, ks=(1, 3)), exclude_seen=False)
+    doc = {"replay_prefix": "recstream.backtest-1.", "invalid_records": 0, "timings": {"total_s": 1.5}, **result.to_dict()}
     doc["latency_ms"].setdefault("histogram", latency_histogram(latencies))
     return doc
 
@@ -579,9 +605,7 @@ def test_report_shows_the_ratios_of_a_real_backtest_with_their_intervals(via_jso
     page = render_html(doc)
     check_well_formed(page)
     assert "<h2>Ratios with 95% intervals</h2>" in page
-    assert page.index("<h2>Metrics</h2>") < page.index("<h2>Ratios with 95% intervals</h2>") < page.index(
-        "<h2>Comparison with the baselines</h2>"
-    )
+    assert page.index("<h2>Metrics</h2>") < page.index("<h2>Ratios with 95% intervals</h2>") < page.index("<h2>Comparison with the baselines</h2>")
     names = ["recstream", "popularity", "item-knn"]
     # k = 3: the largest cut-off up to 10 (the JSON has k = 1 too)
     for metric, short in (("ndcg", "NDCG"), ("hit_rate", "HR")):

@@ -153,9 +153,17 @@ def test_training_learns_a_sequential_pattern_that_an_untrained_model_does_not_k
     ids, emb = catalog()
     log = cyclic_log(ids, users=16, length=12)
     split = len(log) * 3 // 4
-    res = train(log, ids, emb, train_end=split, valid_end=len(log),
-                model_config=SASRecConfig(vocab=(), dim=16, heads=2, layers=1, max_len=6, dropout=0.0),
-                config=TrainConfig(epochs=25, batch_size=8, lr=1e-2, patience=25, seed=1), progress=False, log=lambda _: None)
+    res = train(
+        log,
+        ids,
+        emb,
+        train_end=split,
+        valid_end=len(log),
+        model_config=SASRecConfig(vocab=(), dim=16, heads=2, layers=1, max_len=6, dropout=0.0),
+        config=TrainConfig(epochs=25, batch_size=8, lr=1e-2, patience=25, seed=1),
+        progress=False,
+        log=lambda _: None,
+    )
     assert res.untrained["cases"] == len(log) - split
     assert res.untrained["ndcg@10"] < 0.5
     best = res.history[res.best_epoch - 1]["ndcg@10"]
@@ -173,10 +181,17 @@ def test_training_on_cuda_learns_and_its_checkpoint_serves_on_the_cpu(tmp_path):
     ids, emb = catalog()
     log = cyclic_log(ids, users=16, length=12)
     split = len(log) * 3 // 4
-    res = train(log, ids, emb, train_end=split, valid_end=len(log),
-                model_config=SASRecConfig(vocab=(), dim=16, heads=2, layers=1, max_len=6, dropout=0.0),
-                config=TrainConfig(epochs=25, batch_size=8, lr=1e-2, patience=25, seed=1, device="cuda"),
-                progress=False, log=lambda _: None)
+    res = train(
+        log,
+        ids,
+        emb,
+        train_end=split,
+        valid_end=len(log),
+        model_config=SASRecConfig(vocab=(), dim=16, heads=2, layers=1, max_len=6, dropout=0.0),
+        config=TrainConfig(epochs=25, batch_size=8, lr=1e-2, patience=25, seed=1, device="cuda"),
+        progress=False,
+        log=lambda _: None,
+    )
     assert next(res.model.parameters()).device.type == "cuda"
     best = res.history[res.best_epoch - 1]["ndcg@10"]
     assert best > 0.9 > res.untrained["ndcg@10"] + 0.3
@@ -188,8 +203,14 @@ def test_training_on_cuda_learns_and_its_checkpoint_serves_on_the_cpu(tmp_path):
 def test_training_is_deterministic_with_a_seed():
     ids, emb = catalog()
     log = cyclic_log(ids, users=8, length=8)
-    kw = dict(train_end=48, valid_end=64, model_config=SASRecConfig(vocab=(), dim=8, heads=1, layers=1, max_len=4),
-              config=TrainConfig(epochs=2, batch_size=4, seed=3), progress=False, log=lambda _: None)
+    kw = dict(
+        train_end=48,
+        valid_end=64,
+        model_config=SASRecConfig(vocab=(), dim=8, heads=1, layers=1, max_len=4),
+        config=TrainConfig(epochs=2, batch_size=4, seed=3),
+        progress=False,
+        log=lambda _: None,
+    )
     a, b = train(log, ids, emb, **kw), train(log, ids, emb, **kw)
     assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
     for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()):
@@ -206,5 +227,4 @@ def test_bad_configs_are_refused():
     m = model(max_len=4)
     ids, emb = catalog()
     with pytest.raises(ValueError, match="exceed max_len"):
-        m.encode(torch.zeros(1, 5, TEXT_DIM), torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, 5, dtype=torch.long),
-                 torch.ones(1, 5, dtype=torch.bool))
+        m.encode(torch.zeros(1, 5, TEXT_DIM), torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.bool))

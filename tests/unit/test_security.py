@@ -18,8 +18,12 @@ from recstream.streams.config import ConfigError, KafkaSettings
 from recstream.streams.security import Secret, SecuritySettings
 
 PASSWORD = "pa55-w0rd-Zq9"
-SASL_ENV = {"RECSTREAM_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "RECSTREAM_SASL_MECHANISM": "SCRAM-SHA-256",
-            "RECSTREAM_SASL_USERNAME": "alice", "RECSTREAM_SASL_PASSWORD": PASSWORD}
+SASL_ENV = {
+    "RECSTREAM_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+    "RECSTREAM_SASL_MECHANISM": "SCRAM-SHA-256",
+    "RECSTREAM_SASL_USERNAME": "alice",
+    "RECSTREAM_SASL_PASSWORD": PASSWORD,
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +31,27 @@ def ca_file(tmp_path_factory) -> Path:
     """A self-signed CA certificate (PEM), made with openssl."""
     folder = tmp_path_factory.mktemp("ca")
     try:
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=recstream-test-ca",
-                        "-keyout", str(folder / "ca.key"), "-out", str(folder / "ca.pem")], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=recstream-test-ca",
+                "-keyout",
+                str(folder / "ca.key"),
+                "-out",
+                str(folder / "ca.pem"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
     except (OSError, subprocess.CalledProcessError) as exc:
         pytest.skip(f"openssl is needed to make a test CA: {exc}")
     return folder / "ca.pem"
@@ -40,6 +63,7 @@ def sasl(**kw) -> SecuritySettings:
 
 
 # --------------------------------------------------------------------------- the password never shows
+
 
 def test_a_secret_never_shows_itself():
     s = Secret(PASSWORD)
@@ -122,17 +146,21 @@ def test_the_worker_startup_log_never_contains_the_password(monkeypatch, tmp_pat
 
 # --------------------------------------------------------------------------- validation
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(protocol="SASL_SSLX"), "security protocol: 'SASL_SSLX' is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
-    (dict(sasl_mechanism=None), "security protocol SASL_PLAINTEXT needs --sasl-mechanism"),
-    (dict(sasl_username=None), "needs --sasl-username"),
-    (dict(sasl_password=None), "needs a password (--sasl-password-file or RECSTREAM_SASL_PASSWORD)"),
-    (dict(sasl_password=""), "needs a password"),
-    (dict(sasl_mechanism="GSSAPI"), "SASL mechanism: 'GSSAPI' is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
-    (dict(protocol="PLAINTEXT"), "SASL mechanism, SASL username, SASL password given, but the security protocol is PLAINTEXT"),
-    (dict(ssl_cafile="/nonexistent/ca.pem"), "--ssl-cafile given, but the security protocol is SASL_PLAINTEXT"),
-    (dict(protocol="SASL_SSL", ssl_cafile="/nonexistent/ca.pem"), "TLS CA file: /nonexistent/ca.pem does not exist or is not a file"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(protocol="SASL_SSLX"), "security protocol: 'SASL_SSLX' is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
+        (dict(sasl_mechanism=None), "security protocol SASL_PLAINTEXT needs --sasl-mechanism"),
+        (dict(sasl_username=None), "needs --sasl-username"),
+        (dict(sasl_password=None), "needs a password (--sasl-password-file or RECSTREAM_SASL_PASSWORD)"),
+        (dict(sasl_password=""), "needs a password"),
+        (dict(sasl_mechanism="GSSAPI"), "SASL mechanism: 'GSSAPI' is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
+        (dict(protocol="PLAINTEXT"), "SASL mechanism, SASL username, SASL password given, but the security protocol is PLAINTEXT"),
+        (dict(ssl_cafile="/nonexistent/ca.pem"), "--ssl-cafile given, but the security protocol is SASL_PLAINTEXT"),
+        (dict(protocol="SASL_SSL", ssl_cafile="/nonexistent/ca.pem"), "TLS CA file: /nonexistent/ca.pem does not exist or is not a file"),
+    ],
+)
 def test_unusable_settings_are_refused_with_a_clear_message(kwargs, message):
     with pytest.raises(ConfigError) as err:
         sasl(**kwargs)
@@ -161,17 +189,24 @@ def test_tls_files_are_checked_when_the_settings_are_made(tmp_path, ca_file):
 
 # --------------------------------------------------------------------------- flags > env > file > defaults
 
+
 def test_flags_win_over_env_which_wins_over_the_config_file(tmp_path):
     config = tmp_path / "recstream.toml"
-    config.write_text('[kafka]\nbroker = "file-host:9096"\ntopic_prefix = "file."\nsecurity_protocol = "SASL_PLAINTEXT"\n'
-                      'sasl_mechanism = "PLAIN"\nsasl_username = "from-file"\nsasl_password = "file-password"\n')
+    config.write_text(
+        '[kafka]\nbroker = "file-host:9096"\ntopic_prefix = "file."\nsecurity_protocol = "SASL_PLAINTEXT"\n'
+        'sasl_mechanism = "PLAIN"\nsasl_username = "from-file"\nsasl_password = "file-password"\n'
+    )
     config.chmod(0o600)
     only_file = KafkaSettings.from_env({}, config_file=str(config))
     assert only_file.broker == "file-host:9096" and only_file.topic_prefix == "file." and only_file.app_id == "file.recstream"
     assert only_file.security == SecuritySettings("SASL_PLAINTEXT", "PLAIN", "from-file", "file-password")
 
-    env = {"RECSTREAM_CONFIG": str(config), "RECSTREAM_BROKER": "env-host:9092", "RECSTREAM_SASL_USERNAME": "from-env",
-           "RECSTREAM_SASL_PASSWORD": "env-password"}
+    env = {
+        "RECSTREAM_CONFIG": str(config),
+        "RECSTREAM_BROKER": "env-host:9092",
+        "RECSTREAM_SASL_USERNAME": "from-env",
+        "RECSTREAM_SASL_PASSWORD": "env-password",
+    }
     from_env = KafkaSettings.from_env(env)
     assert from_env.broker == "env-host:9092" and from_env.topic_prefix == "file."
     assert (from_env.security.sasl_mechanism, from_env.security.sasl_username) == ("PLAIN", "from-env")
@@ -179,8 +214,7 @@ def test_flags_win_over_env_which_wins_over_the_config_file(tmp_path):
 
     password_file = tmp_path / "password"
     password_file.write_text("flag-password\nignored second line\n")
-    flags = KafkaSettings.from_env(env, broker="flag-host:1", sasl_username="from-flag", sasl_mechanism="SCRAM-SHA-512",
-                                   sasl_password_file=str(password_file))
+    flags = KafkaSettings.from_env(env, broker="flag-host:1", sasl_username="from-flag", sasl_mechanism="SCRAM-SHA-512", sasl_password_file=str(password_file))
     assert flags.broker == "flag-host:1"
     assert flags.security == SecuritySettings("SASL_PLAINTEXT", "SCRAM-SHA-512", "from-flag", "flag-password")
 
@@ -208,14 +242,17 @@ def test_password_sources_are_exclusive_at_one_level_and_files_are_checked(tmp_p
         KafkaSettings.from_env(env, sasl_password_file=str(big))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[kafka]\nbroker = \n", "not valid TOML"),
-    ("[kafka]\nsasl_pasword = 'typo'\n", "unknown key(s) sasl_pasword in [kafka]"),
-    ("[other]\nx = 1\n", "unknown table or key other"),
-    ("kafka = 3\n", "'kafka' must be a table"),
-    ("[kafka]\nssl_check_hostname = 'no'\n", "ssl_check_hostname must be true or false"),
-    ("[kafka]\nbroker = 9092\n", "broker must be a string"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[kafka]\nbroker = \n", "not valid TOML"),
+        ("[kafka]\nsasl_pasword = 'typo'\n", "unknown key(s) sasl_pasword in [kafka]"),
+        ("[other]\nx = 1\n", "unknown table or key other"),
+        ("kafka = 3\n", "'kafka' must be a table"),
+        ("[kafka]\nssl_check_hostname = 'no'\n", "ssl_check_hostname must be true or false"),
+        ("[kafka]\nbroker = 9092\n", "broker must be a string"),
+    ],
+)
 def test_a_bad_config_file_is_refused_with_a_clear_message(tmp_path, text, message):
     config = tmp_path / "bad.toml"
     config.write_text(text)
@@ -228,8 +265,7 @@ def test_a_bad_config_file_is_refused_with_a_clear_message(tmp_path, text, messa
 
 def test_a_config_file_others_can_read_with_a_password_is_warned_about(tmp_path, caplog):
     config = tmp_path / "open.toml"
-    config.write_text('[kafka]\nsecurity_protocol = "SASL_PLAINTEXT"\nsasl_mechanism = "PLAIN"\nsasl_username = "u"\n'
-                      f'sasl_password = "{PASSWORD}"\n')
+    config.write_text(f'[kafka]\nsecurity_protocol = "SASL_PLAINTEXT"\nsasl_mechanism = "PLAIN"\nsasl_username = "u"\nsasl_password = "{PASSWORD}"\n')
     config.chmod(0o644)
     with caplog.at_level(logging.WARNING):
         KafkaSettings.from_env({}, config_file=str(config))
@@ -244,12 +280,12 @@ def test_with_prefix_keeps_the_connection_and_credentials():
 
 
 def test_the_environment_for_a_child_process_reproduces_the_settings(ca_file):
-    for sec in (sasl(), SecuritySettings(), SecuritySettings("SASL_SSL", "PLAIN", "u", PASSWORD, ssl_cafile=str(ca_file),
-                                                             ssl_check_hostname=False)):
+    for sec in (sasl(), SecuritySettings(), SecuritySettings("SASL_SSL", "PLAIN", "u", PASSWORD, ssl_cafile=str(ca_file), ssl_check_hostname=False)):
         assert S.resolve(sec.to_env(), {}) == sec
 
 
 # --------------------------------------------------------------------------- per library
+
 
 def test_kafka_python_arguments_are_ones_every_client_accepts(ca_file):
     from kafka import KafkaConsumer, KafkaProducer
@@ -258,8 +294,7 @@ def test_kafka_python_arguments_are_ones_every_client_accepts(ca_file):
     plain = S.kafka_python_kwargs(SecuritySettings())
     assert plain == {"security_protocol": "PLAINTEXT"}
     scram = S.kafka_python_kwargs(sasl())
-    assert scram == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256",
-                     "sasl_plain_username": "alice", "sasl_plain_password": PASSWORD}
+    assert scram == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256", "sasl_plain_username": "alice", "sasl_plain_password": PASSWORD}
     tls = S.kafka_python_kwargs(sasl(protocol="SASL_SSL", ssl_cafile=str(ca_file)))
     assert tls["security_protocol"] == "SASL_SSL" and isinstance(tls["ssl_context"], ssl.SSLContext)
     assert tls["ssl_check_hostname"] is True
@@ -281,8 +316,12 @@ def test_aiokafka_arguments_are_ones_its_clients_accept(ca_file):
 def test_faust_credentials_give_aiokafka_the_same_arguments(kind, ca_file):
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-    sec = {"PLAINTEXT": SecuritySettings(), "SSL": SecuritySettings("SSL", ssl_cafile=str(ca_file)),
-           "SASL_PLAINTEXT": sasl(), "SASL_SSL": sasl(protocol="SASL_SSL", ssl_cafile=str(ca_file))}[kind]
+    sec = {
+        "PLAINTEXT": SecuritySettings(),
+        "SSL": SecuritySettings("SSL", ssl_cafile=str(ca_file)),
+        "SASL_PLAINTEXT": sasl(),
+        "SASL_SSL": sasl(protocol="SASL_SSL", ssl_cafile=str(ca_file)),
+    }[kind]
     faust_side = dict(credentials_to_aiokafka_auth(S.faust_credentials(sec)))
     ours = S.aiokafka_kwargs(sec)
     assert faust_side.pop("security_protocol") == ours.pop("security_protocol") == kind
@@ -309,6 +348,7 @@ def test_the_connection_check_skips_plaintext_and_reports_an_unreachable_broker_
 # deploy/kafka/kafka.sh makes: each failure happens in the handshake, before any Kafka request,
 # so no broker is needed to check how it is reported (tests/integration/test_tls.py checks the
 # same cases against the TLS broker, through the CLI).
+
 
 @pytest.fixture(scope="module")
 def tls_certs(tmp_path_factory) -> Path:
@@ -405,8 +445,7 @@ def test_a_certificate_for_another_host_says_so_and_passes_without_host_name_che
     server = _TlsServer(tls_certs / "wronghost.pem", tls_certs / "wronghost.key")
     try:  # the same certificate passes the handshake without the host name check (then no Kafka answers)
         with pytest.raises(S.BrokerUnreachable) as err:
-            S.check_connection([f"127.0.0.1:{server.port}"], SecuritySettings("SSL", ssl_cafile=ca, ssl_check_hostname=False),
-                               timeout_s=5, cache=False)
+            S.check_connection([f"127.0.0.1:{server.port}"], SecuritySettings("SSL", ssl_cafile=ca, ssl_check_hostname=False), timeout_s=5, cache=False)
         assert "TLS handshake failed" not in str(err.value)
     finally:
         server.close()

@@ -143,15 +143,9 @@ def test_movielens_csv_exact(ml_csv: Path) -> None:
     }
     assert st.skipped_examples["ratings.csv: rating is not a number"] == ["ratings.csv line 7: rating 'x' is not a number"]
     assert st.skipped_examples["ratings.csv: rating is outside 0.5..5"] == ["ratings.csv line 8: rating '7' is outside 0.5..5"]
-    assert st.skipped_examples["ratings.csv: timestamp is not an integer"] == [
-        "ratings.csv line 9: timestamp 'later' is not an integer (epoch seconds)"
-    ]
-    assert st.skipped_examples["movies.csv: duplicate item id (the first entry is kept)"] == [
-        "movies.csv line 5: item '1' appears again"
-    ]
-    assert st.skipped_examples["movies.csv: not 3 fields"] == [
-        "movies.csv line 7: expected 3 fields (movieId,title,genres), got 2: '5,Too Few Fields'"
-    ]
+    assert st.skipped_examples["ratings.csv: timestamp is not an integer"] == ["ratings.csv line 9: timestamp 'later' is not an integer (epoch seconds)"]
+    assert st.skipped_examples["movies.csv: duplicate item id (the first entry is kept)"] == ["movies.csv line 5: item '1' appears again"]
+    assert st.skipped_examples["movies.csv: not 3 fields"] == ["movies.csv line 7: expected 3 fields (movieId,title,genres), got 2: '5,Too Few Fields'"]
     assert st.adjusted == {
         "tags.csv: review rating 0.5 (from the user's rating) raised to 1": 1,
         "tags.csv: tag by a user who did not rate the movie: review rating 3 (neutral)": 1,
@@ -237,8 +231,7 @@ def test_ml_1m_latin1(tmp_path: Path) -> None:
     folder.mkdir()
     write(
         folder / "movies.dat",
-        "1::Toy Story (1995)::Animation|Children's|Comedy\n2::Misérables, Les (1995)::Drama|War\n"
-        "3::Odd::Title (1999)::Comedy\n".encode("latin-1"),
+        "1::Toy Story (1995)::Animation|Children's|Comedy\n2::Misérables, Les (1995)::Drama|War\n3::Odd::Title (1999)::Comedy\n".encode("latin-1"),
     )
     write(folder / "ratings.dat", "1::1::5::978300760\n1::2::3::978302109\n2::2::4::978301968\n2::2::4\n")
     write(folder / "users.dat", "1::F::1::10::48067\n")
@@ -259,9 +252,7 @@ def test_ml_1m_latin1(tmp_path: Path) -> None:
     ]
     assert ds.stats.rows_read == {"movies.dat": 3, "ratings.dat": 4}
     assert ds.stats.skipped == {"ratings.dat: not 4 fields": 1}
-    assert ds.stats.skipped_examples["ratings.dat: not 4 fields"] == [
-        "ratings.dat line 4: expected 4 fields separated by '::', got 3: '2::2::4'"
-    ]
+    assert ds.stats.skipped_examples["ratings.dat: not 4 fields"] == ["ratings.dat line 4: expected 4 fields separated by '::', got 3: '2::2::4'"]
     assert ds.stats.adjusted == {"movies.dat: line not UTF-8, read as Latin-1": 1}
     assert_valid(ds)
 
@@ -410,9 +401,7 @@ def test_amazon_2018_exact(amazon_2018: Path) -> None:
         "Gift_Cards_5.json.gz: not a JSON object": 1,
         "Gift_Cards_5.json.gz: reviewerID is missing": 1,
     }
-    assert st.skipped_examples["Gift_Cards_5.json.gz: overall is outside 1..5"] == [
-        "Gift_Cards_5.json.gz line 4: overall 7.0 is outside 1..5"
-    ]
+    assert st.skipped_examples["Gift_Cards_5.json.gz: overall is outside 1..5"] == ["Gift_Cards_5.json.gz line 4: overall 7.0 is outside 1..5"]
     [unsafe] = st.skipped_examples["meta_Gift_Cards.json.gz: not a JSON object"]
     assert unsafe.startswith("meta_Gift_Cards.json.gz line 6: not valid JSON (") and "neither JSON nor a Python literal" in unsafe
     assert st.adjusted == {
@@ -479,9 +468,7 @@ def test_amazon_2023(tmp_path: Path) -> None:
         Review("U1", "P1", 5.0, "Such a lovely scent. This spray is really nice. Smells great", 1588687728923, "amz-r-1"),
     ]
     assert ds.stats.skipped == {"All_Beauty.jsonl: timestamp is not an integer": 1}
-    assert ds.stats.skipped_examples["All_Beauty.jsonl: timestamp is not an integer"] == [
-        "All_Beauty.jsonl line 3: timestamp 1588687728.5 is not an integer"
-    ]
+    assert ds.stats.skipped_examples["All_Beauty.jsonl: timestamp is not an integer"] == ["All_Beauty.jsonl line 3: timestamp 1588687728.5 is not an integer"]
     assert ds.stats.missing_from_catalog == ["B2"]
     assert_valid(ds)
     with pytest.raises(DatasetError, match="not Amazon 2018 metadata"):
@@ -539,9 +526,7 @@ def test_jsonl_valid_and_invalid_lines(tmp_path: Path) -> None:
     assert st.skipped_examples["replay.jsonl: invalid reviews record (rating)"] == [
         "replay.jsonl line 6: invalid reviews record: rating: must be between 1 and 5, got 6"
     ]
-    assert st.skipped_examples["replay.jsonl: unknown topic"] == [
-        "replay.jsonl line 7: topic 'likes' is not one of items, clicks, purchases, reviews"
-    ]
+    assert st.skipped_examples["replay.jsonl: unknown topic"] == ["replay.jsonl line 7: topic 'likes' is not one of items, clicks, purchases, reviews"]
     assert st.missing_from_catalog == []
     assert_valid(ds)
     assert load_dataset(tmp_path / "replay.jsonl").events == ds.events

@@ -32,19 +32,32 @@ def mapping(columns: str | None = None, catalog: Path | None = None, catalog_col
 
 
 def test_columns_are_mapped_and_times_kinds_and_ratings_read(tmp_path: Path) -> None:
-    events = write_csv(tmp_path / "export.csv", ["customer", "sku", "when", "stars", "what", "comment", "id"], [
-        ["c1", "p1", T, "", "view", "", ""],                       # unknown kind: skipped
-        ["c1", "p1", T, "", "click", "", "e-1"],                    # epoch seconds
-        ["c1", "p2", T * 1000 + 5, "", "Purchases", "", ""],       # epoch ms, plural, any case
-        ["c2", "p2", "2023-11-15", "5", "review", "Great", "e-3"],  # ISO date: midnight UTC
-        ["c2", "p3", "2023-11-15T10:00:00Z", "", "CLICK", "", ""],  # ISO date-time
-    ])
-    items = write_csv(tmp_path / "items.csv", ["sku", "name", "about", "tags"], [
-        ["p1", "Desk lamp", "A lamp for the desk", "home|lighting"],
-        ["p2", "Chair", "", "home; furniture;home"],
-    ])
-    ds = load_dataset(events, csv=mapping("user=customer,item=sku,ts=when,rating=stars,kind=what,text=comment,event_id=id",
-                                          items, "item=sku,title=name,description=about,categories=tags"), now_ms=NOW)
+    events = write_csv(
+        tmp_path / "export.csv",
+        ["customer", "sku", "when", "stars", "what", "comment", "id"],
+        [
+            ["c1", "p1", T, "", "view", "", ""],  # unknown kind: skipped
+            ["c1", "p1", T, "", "click", "", "e-1"],  # epoch seconds
+            ["c1", "p2", T * 1000 + 5, "", "Purchases", "", ""],  # epoch ms, plural, any case
+            ["c2", "p2", "2023-11-15", "5", "review", "Great", "e-3"],  # ISO date: midnight UTC
+            ["c2", "p3", "2023-11-15T10:00:00Z", "", "CLICK", "", ""],  # ISO date-time
+        ],
+    )
+    items = write_csv(
+        tmp_path / "items.csv",
+        ["sku", "name", "about", "tags"],
+        [
+            ["p1", "Desk lamp", "A lamp for the desk", "home|lighting"],
+            ["p2", "Chair", "", "home; furniture;home"],
+        ],
+    )
+    ds = load_dataset(
+        events,
+        csv=mapping(
+            "user=customer,item=sku,ts=when,rating=stars,kind=what,text=comment,event_id=id", items, "item=sku,title=name,description=about,categories=tags"
+        ),
+        now_ms=NOW,
+    )
     assert ds.format == "csv" and ds.name == "export"
     assert ds.events == [
         Click("c1", "p1", T * 1000, "e-1"),
@@ -64,51 +77,75 @@ def test_columns_are_mapped_and_times_kinds_and_ratings_read(tmp_path: Path) -> 
 
 def test_without_a_kind_column_a_rating_at_the_threshold_is_also_a_purchase(tmp_path: Path) -> None:
     # the contract's column names need no mapping; as MovieLens: a click per row, a purchase at >= threshold
-    events = write_csv(tmp_path / "ratings.tsv", ["user_id", "item_id", "ts", "rating"],
-                       [["u1", "i1", T, "4"], ["u1", "i2", T + 1, "3.5"], ["u2", "i1", T + 2, ""]], delimiter="\t")
+    events = write_csv(
+        tmp_path / "ratings.tsv",
+        ["user_id", "item_id", "ts", "rating"],
+        [["u1", "i1", T, "4"], ["u1", "i2", T + 1, "3.5"], ["u2", "i1", T + 2, ""]],
+        delimiter="\t",
+    )
     ds = load_dataset(events, fmt="csv", now_ms=NOW)
-    assert ds.events == [Click("u1", "i1", T * 1000, "csv-2"), Purchase("u1", "i1", T * 1000, "csv-2-p"),
-                         Click("u1", "i2", (T + 1) * 1000, "csv-3"), Click("u2", "i1", (T + 2) * 1000, "csv-4")]
+    assert ds.events == [
+        Click("u1", "i1", T * 1000, "csv-2"),
+        Purchase("u1", "i1", T * 1000, "csv-2-p"),
+        Click("u1", "i2", (T + 1) * 1000, "csv-3"),
+        Click("u2", "i1", (T + 2) * 1000, "csv-4"),
+    ]
     assert load_dataset(events, fmt="csv", now_ms=NOW, positive_threshold=3.5).stats.events["purchase"] == 2
     assert load_dataset(events, now_ms=NOW).format == "csv"  # a .csv/.tsv file is detected
 
 
 def test_a_bad_row_is_counted_with_its_line_number_never_dropped_silently(tmp_path: Path) -> None:
-    events = write_csv(tmp_path / "events.csv", ["user_id", "item_id", "ts", "kind", "rating"], [
-        ["u1", "i1", T, "click", ""],
-        ["u1", "i1", "yesterday", "click", ""],  # line 3
-        ["", "i1", T, "click", ""],              # line 4
-        ["u1", "i1", T, "review", ""],           # line 5
-        ["u1", "i1", T, "review", "7"],          # line 6
-        ["u1", "i1", T, "click", "many"],        # line 7
-        ["u1", "i1", -5, "click", ""],           # line 8
-        ["u1", "i1", T * 10, "click", ""],       # line 9: ms, 2509: in the future
-        ["u1", "i1", T],                         # line 10
-    ])
+    events = write_csv(
+        tmp_path / "events.csv",
+        ["user_id", "item_id", "ts", "kind", "rating"],
+        [
+            ["u1", "i1", T, "click", ""],
+            ["u1", "i1", "yesterday", "click", ""],  # line 3
+            ["", "i1", T, "click", ""],  # line 4
+            ["u1", "i1", T, "review", ""],  # line 5
+            ["u1", "i1", T, "review", "7"],  # line 6
+            ["u1", "i1", T, "click", "many"],  # line 7
+            ["u1", "i1", -5, "click", ""],  # line 8
+            ["u1", "i1", T * 10, "click", ""],  # line 9: ms, 2509: in the future
+            ["u1", "i1", T],  # line 10
+        ],
+    )
     ds = load_dataset(events, now_ms=NOW)
     assert len(ds.events) == 1
     assert ds.stats.skipped == {
-        "events.csv: ts is not a time": 1, "events.csv: user id is empty": 1, "events.csv: review without a rating": 1,
-        "events.csv: review rating is outside 1..5": 1, "events.csv: rating is not a number": 1,
-        "events.csv: ts is negative": 1, "events.csv: ts is in the future": 1, "events.csv: not 5 fields": 1,
+        "events.csv: ts is not a time": 1,
+        "events.csv: user id is empty": 1,
+        "events.csv: review without a rating": 1,
+        "events.csv: review rating is outside 1..5": 1,
+        "events.csv: rating is not a number": 1,
+        "events.csv: ts is negative": 1,
+        "events.csv: ts is in the future": 1,
+        "events.csv: not 5 fields": 1,
     }
     lines = {reason: examples[0].split(":")[0] for reason, examples in ds.stats.skipped_examples.items()}
     assert lines == {
-        "events.csv: ts is not a time": "events.csv line 3", "events.csv: user id is empty": "events.csv line 4",
-        "events.csv: review without a rating": "events.csv line 5", "events.csv: review rating is outside 1..5": "events.csv line 6",
-        "events.csv: rating is not a number": "events.csv line 7", "events.csv: ts is negative": "events.csv line 8",
-        "events.csv: ts is in the future": "events.csv line 9", "events.csv: not 5 fields": "events.csv line 10",
+        "events.csv: ts is not a time": "events.csv line 3",
+        "events.csv: user id is empty": "events.csv line 4",
+        "events.csv: review without a rating": "events.csv line 5",
+        "events.csv: review rating is outside 1..5": "events.csv line 6",
+        "events.csv: rating is not a number": "events.csv line 7",
+        "events.csv: ts is negative": "events.csv line 8",
+        "events.csv: ts is in the future": "events.csv line 9",
+        "events.csv: not 5 fields": "events.csv line 10",
     }
     assert ds.stats.rows_read == {"events.csv": 9}
     assert any("skipped 8 rows" in line for line in ds.stats.summary())
 
 
-@pytest.mark.parametrize(("columns", "catalog_columns", "message"), [
-    ("user=customer", None, r"events\.csv: --columns maps user to column 'customer', which the header lacks \(it has: uid, item_id, ts\)$"),
-    (None, None, r"events\.csv: --columns does not map user and the header has no 'user_id' column \(it has: uid, item_id, ts\); add user=COLUMN$"),
-    ("user=uid", "title=name", r"items\.csv: --catalog-columns maps title to column 'name', which the header lacks \(it has: item_id, label\)$"),
-    ("user=uid", "", r"items\.csv: --catalog-columns maps neither title nor description .* \(it has: item_id, label\); an item needs a text$"),
-])
+@pytest.mark.parametrize(
+    ("columns", "catalog_columns", "message"),
+    [
+        ("user=customer", None, r"events\.csv: --columns maps user to column 'customer', which the header lacks \(it has: uid, item_id, ts\)$"),
+        (None, None, r"events\.csv: --columns does not map user and the header has no 'user_id' column \(it has: uid, item_id, ts\); add user=COLUMN$"),
+        ("user=uid", "title=name", r"items\.csv: --catalog-columns maps title to column 'name', which the header lacks \(it has: item_id, label\)$"),
+        ("user=uid", "", r"items\.csv: --catalog-columns maps neither title nor description .* \(it has: item_id, label\); an item needs a text$"),
+    ],
+)
 def test_a_column_mapping_error_is_one_line_naming_the_column(tmp_path: Path, columns, catalog_columns, message) -> None:
     events = write_csv(tmp_path / "events.csv", ["uid", "item_id", "ts"], [["u1", "i1", T]])
     catalog = write_csv(tmp_path / "items.csv", ["item_id", "label"], [["i1", "x"]]) if catalog_columns is not None else None
@@ -117,11 +154,14 @@ def test_a_column_mapping_error_is_one_line_naming_the_column(tmp_path: Path, co
     assert "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize(("columns", "message"), [
-    ("usr=uid", "--columns: unknown field 'usr'; the fields are user, item, ts, rating, kind, text, event_id"),
-    ("user", "--columns: expected field=column, got 'user'"),
-    ("user=a,user=b", "--columns: user is mapped twice"),
-])
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ("usr=uid", "--columns: unknown field 'usr'; the fields are user, item, ts, rating, kind, text, event_id"),
+        ("user", "--columns: expected field=column, got 'user'"),
+        ("user=a,user=b", "--columns: user is mapped twice"),
+    ],
+)
 def test_a_mapping_that_does_not_parse_says_why(columns: str, message: str) -> None:
     with pytest.raises(ValueError) as exc:
         CsvMapping.parse(columns)
@@ -141,8 +181,12 @@ def test_iso_and_epoch_times() -> None:
 def test_the_commands_take_the_flags_and_report_errors_in_one_line(tmp_path: Path, capsys) -> None:
     events = write_csv(tmp_path / "events.csv", ["uid", "item_id", "ts"], [["u1", "i1", T], ["u1", "i2", "bad"]])
     parser = build_parser()
-    for argv in (["produce", "x.csv"], ["tune", "--dataset", "x.csv"], ["train", "--dataset", "x.csv", "--to", "2024-01-01", "-o", "c"],
-                 ["backtest", "--dataset", "x.csv", "--split", "2024-01-01"]):
+    for argv in (
+        ["produce", "x.csv"],
+        ["tune", "--dataset", "x.csv"],
+        ["train", "--dataset", "x.csv", "--to", "2024-01-01", "-o", "c"],
+        ["backtest", "--dataset", "x.csv", "--split", "2024-01-01"],
+    ):
         args = parser.parse_args([*argv, "--columns", "user=uid", "--catalog-csv", "i.csv", "--catalog-columns", "title=t"])
         assert (args.columns, args.catalog_csv, args.catalog_columns) == ("user=uid", "i.csv", "title=t")
 
@@ -151,12 +195,15 @@ def test_the_commands_take_the_flags_and_report_errors_in_one_line(tmp_path: Pat
     assert "made 0 items, 1 clicks" in err and "events.csv line 3: ts 'bad' is neither" in err
 
     for argv, line in (
-        (["produce", str(events), "--columns", "user=customer", "--dry-run"],
-         f"recstream: error: {events}: --columns maps user to column 'customer', which the header lacks (it has: uid, item_id, ts)\n"),
-        (["produce", str(events), "--format", "jsonl", "--columns", "user=uid", "--dry-run"],
-         "recstream: error: a CSV column mapping (--columns, --catalog-csv) reads the csv format, not 'jsonl'\n"),
-        (["tune", "--columns", "user=uid"],
-         "recstream: error: --columns, --catalog-csv and --catalog-columns describe a CSV given with --dataset\n"),
+        (
+            ["produce", str(events), "--columns", "user=customer", "--dry-run"],
+            f"recstream: error: {events}: --columns maps user to column 'customer', which the header lacks (it has: uid, item_id, ts)\n",
+        ),
+        (
+            ["produce", str(events), "--format", "jsonl", "--columns", "user=uid", "--dry-run"],
+            "recstream: error: a CSV column mapping (--columns, --catalog-csv) reads the csv format, not 'jsonl'\n",
+        ),
+        (["tune", "--columns", "user=uid"], "recstream: error: --columns, --catalog-csv and --catalog-columns describe a CSV given with --dataset\n"),
     ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
@@ -188,16 +235,35 @@ def test_backtest_dataset_reads_a_csv_export_as_it_reads_the_same_movielens_fold
     ml.mkdir()
     write_csv(ml / "movies.csv", ["movieId", "title", "genres"], movies)
     write_csv(ml / "ratings.csv", ["userId", "movieId", "rating", "timestamp"], ratings)
-    export = write_csv(tmp_path / "export.csv", ["customer", "product", "at", "stars"],
-                       [[u, m, datetime.fromtimestamp(t, timezone.utc).isoformat(), r] for u, m, r, t in ratings])
+    export = write_csv(
+        tmp_path / "export.csv",
+        ["customer", "product", "at", "stars"],
+        [[u, m, datetime.fromtimestamp(t, timezone.utc).isoformat(), r] for u, m, r, t in ratings],
+    )
     catalog = write_csv(tmp_path / "products.csv", ["product", "name", "genres"], movies)
     split = datetime.fromtimestamp(ratings[int(len(ratings) * 0.8)][3], timezone.utc).strftime("%Y-%m-%d")
 
     common = ["--split", split, "--methods", "blend", "--ks", "10"]
     assert main(["backtest", "--dataset", str(ml), *common, "--json", "ml.json"]) == 0
-    assert main(["backtest", "--dataset", str(export), *common, "--json", "csv.json",
-                 "--columns", "user=customer,item=product,ts=at,rating=stars",
-                 "--catalog-csv", str(catalog), "--catalog-columns", "item=product,title=name,categories=genres"]) == 0
+    assert (
+        main(
+            [
+                "backtest",
+                "--dataset",
+                str(export),
+                *common,
+                "--json",
+                "csv.json",
+                "--columns",
+                "user=customer,item=product,ts=at,rating=stars",
+                "--catalog-csv",
+                str(catalog),
+                "--catalog-columns",
+                "item=product,title=name,categories=genres",
+            ]
+        )
+        == 0
+    )
     ml_doc, csv_doc = orjson.loads(Path("ml.json").read_bytes()), orjson.loads(Path("csv.json").read_bytes())
     assert csv_doc["dataset"] == str(export)
     assert csv_doc["counts"] == ml_doc["counts"] and csv_doc["counts"]["cases"] > 10

@@ -38,8 +38,7 @@ class Clock:
 
 
 def test_the_order_key_is_the_protocols_event_order():
-    raw = {"clicks": value("u1", "i2", 5, "c1"), "purchases": value("u1", "i2", 5, "p1"),
-           "reviews": value("u1", "i2", 5, "r1", rating=5, text="ok")}
+    raw = {"clicks": value("u1", "i2", 5, "c1"), "purchases": value("u1", "i2", 5, "p1"), "reviews": value("u1", "i2", 5, "r1", rating=5, text="ok")}
     ranks = {"clicks": 0, "purchases": 1, "reviews": 2}
     for topic, v in raw.items():
         assert record_key(ranks[topic], v) == event_order_key(parse_event(topic, b"u1", v, now_ms=10))

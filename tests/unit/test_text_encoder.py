@@ -99,9 +99,7 @@ def test_truncation(encoder: TextEncoder) -> None:
     short = TextEncoder(device="cpu", max_length=8)
     long_text = "word " * 100
     prefix = " ".join(["word"] * 6)  # [CLS] + 6 tokens + [SEP] = 8 tokens
-    np.testing.assert_allclose(
-        short.encode([long_text]).numpy(), encoder.encode([prefix]).numpy(), atol=1e-5, rtol=0
-    )
+    np.testing.assert_allclose(short.encode([long_text]).numpy(), encoder.encode([prefix]).numpy(), atol=1e-5, rtol=0)
 
 
 def test_missing_model_dir(tmp_path: Path) -> None:
@@ -147,9 +145,7 @@ def test_cuda_fp16_close_to_cpu(encoder: TextEncoder) -> None:
 
 
 def test_item_text() -> None:
-    text = item_text(
-        "Toy Story (1995)", ["Adventure", "Animation", "Children"], "A cowboy doll is jealous."
-    )
+    text = item_text("Toy Story (1995)", ["Adventure", "Animation", "Children"], "A cowboy doll is jealous.")
     assert text == "Toy Story (1995). Adventure, Animation, Children. A cowboy doll is jealous."
     assert item_text("Title", [], "") == "Title"
     assert item_text("", ["", "Drama"], "Desc") == "Drama. Desc"

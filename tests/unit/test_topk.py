@@ -16,9 +16,7 @@ def unit_rows(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
     return m / np.linalg.norm(m, axis=1, keepdims=True)
 
 
-def brute_force(
-    ids: list[str], vecs: np.ndarray, queries: np.ndarray, k: int, exclude: list[set[str]]
-) -> list[list[tuple[str, float]]]:
+def brute_force(ids: list[str], vecs: np.ndarray, queries: np.ndarray, k: int, exclude: list[set[str]]) -> list[list[tuple[str, float]]]:
     scores = queries.astype(np.float64) @ vecs.astype(np.float64).T
     out = []
     for b in range(len(queries)):
@@ -228,16 +226,19 @@ def test_cuda_fp16_matches(rng: np.random.Generator) -> None:
 
 
 def straightforward(
-    ids: list[str | None], vecs: np.ndarray, queries: np.ndarray, k: int,
-    exclude: list[set[str]], history: list[list[str]],
+    ids: list[str | None],
+    vecs: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    exclude: list[set[str]],
+    history: list[list[str]],
 ) -> list[list[tuple[str, float, str | None]]]:
     """One query at a time, one item at a time (float64): the ranked admissible items and,
     for each, the history item (in the catalog, not the item itself) most similar to it."""
     row = {i: j for j, i in enumerate(ids) if i is not None}
     out = []
     for b in range(len(queries)):
-        scores = [(float(queries[b].astype(np.float64) @ vecs[j].astype(np.float64)), j)
-                  for j, i in enumerate(ids) if i is not None and i not in exclude[b]]
+        scores = [(float(queries[b].astype(np.float64) @ vecs[j].astype(np.float64)), j) for j, i in enumerate(ids) if i is not None and i not in exclude[b]]
         scores.sort(key=lambda t: -t[0])
         res = []
         for s, j in scores[:k]:

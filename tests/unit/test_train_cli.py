@@ -65,9 +65,34 @@ def one_thread():
 def test_train_then_backtest_the_learned_column(tmp_path: Path, capsys) -> None:
     data = write_movielens(tmp_path / "ml-seq")
     ckpt = tmp_path / "seq.ckpt"
-    rc = main(["train", "--dataset", str(data), "--to", VALIDATE_FROM, "--validate-to", SPLIT, "-o", str(ckpt),
-               "--epochs", "20", "--patience", "20", "--batch-size", "16", "--lr", "0.01", "--dim", "32", "--max-len", "8",
-               "--dropout", "0", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            str(data),
+            "--to",
+            VALIDATE_FROM,
+            "--validate-to",
+            SPLIT,
+            "-o",
+            str(ckpt),
+            "--epochs",
+            "20",
+            "--patience",
+            "20",
+            "--batch-size",
+            "16",
+            "--lr",
+            "0.01",
+            "--dim",
+            "32",
+            "--max-len",
+            "8",
+            "--dropout",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert f"wrote {ckpt}" in out and "validation HR@10" in out

@@ -85,8 +85,7 @@ def manager(**producer_kwargs) -> tuple[PartitionTransactions, dict[str, Produce
 
 
 def test_a_batch_commits_one_past_the_last_offset_of_each_input_topic_partition():
-    messages = [msg("p.clicks", 0, 7), msg("p.clicks", 0, 5), msg("p.purchases", 0, 2), msg("p.clicks", 1, 40),
-                msg("items", 0, 99)]
+    messages = [msg("p.clicks", 0, 7), msg("p.clicks", 0, 5), msg("p.purchases", 0, 2), msg("p.clicks", 1, 40), msg("items", 0, 99)]
     assert batch_offsets(messages, INPUTS) == {
         0: {("p.clicks", 0): 8, ("p.purchases", 0): 3},
         1: {("p.clicks", 1): 41},
@@ -108,8 +107,7 @@ def test_each_input_partition_commits_its_records_and_offsets_in_one_transaction
     tx, made = manager(capacity=2)
     asyncio.run(tx.on_assigned([SimpleNamespace(topic="p.clicks", partition=p) for p in (0, 1)]))
     persisted = []
-    tx.add(0, "app-profiles-changelog", 0, [(b"u1", b"a"), (b"u2", b"b"), (b"u3", b"c")],
-           on_delivered=lambda p, o: persisted.append((p, o)))
+    tx.add(0, "app-profiles-changelog", 0, [(b"u1", b"a"), (b"u2", b"b"), (b"u3", b"c")], on_delivered=lambda p, o: persisted.append((p, o)))
     tx.add(0, "p.recommendations", 0, [(b"u1", b"r1")])
     tx.add(0, "p.dlq", 0, [(b"u9", b"bad")])  # a dead letter: partition 0 of the DLQ, transaction of input 0
     tx.add(1, "p.recommendations", 1, [(b"u4", b"r4")])
@@ -126,8 +124,7 @@ def test_each_input_partition_commits_its_records_and_offsets_in_one_transaction
         ("begin",),
     ]
     p1 = made["app-events-1"].calls[2:]
-    assert p1 == [("send", "p.recommendations", 1, [(b"u4", b"r4")]),
-                  ("offsets", {("p.clicks", 1): 4, ("p.purchases", 1): 1}, "app"), ("commit",), ("begin",)]
+    assert p1 == [("send", "p.recommendations", 1, [(b"u4", b"r4")]), ("offsets", {("p.clicks", 1): 4, ("p.purchases", 1): 1}, "app"), ("commit",), ("begin",)]
     assert persisted == [(0, 2)]  # the changelog offset of the chunk's last record, after the commit
     assert tx.pending == {} and tx.committed == 2
 

@@ -64,8 +64,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tune_writes_weights_the_worker_reads_from_before_the_split(dataset: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "blend.json"
-    rc = main(["tune", "--dataset", str(dataset), "--split", SPLIT, "-o", str(out), "--grid-step", "0.25",
-               "--normalizations", "zscore"])
+    rc = main(["tune", "--dataset", str(dataset), "--split", SPLIT, "-o", str(out), "--grid-step", "0.25", "--normalizations", "zscore"])
     assert rc == 0
     weights = BlendWeights.load(out)  # what `recstream worker --blend` loads
     doc = orjson.loads(out.read_bytes())
@@ -81,8 +80,7 @@ def test_tune_writes_weights_the_worker_reads_from_before_the_split(dataset: Pat
 
 def test_tune_rejects_a_validation_window_after_the_split(dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["tune", "--dataset", str(dataset), "--split", SPLIT, "--validation-from", "2017-08-05",
-              "-o", str(tmp_path / "b.json")])
+        main(["tune", "--dataset", str(dataset), "--split", SPLIT, "--validation-from", "2017-08-05", "-o", str(tmp_path / "b.json")])
     assert exc.value.code == 1
     assert not (tmp_path / "b.json").exists()
 
@@ -91,8 +89,7 @@ def test_side_by_side_columns_equal_their_own_offline_runs(dataset: Path, tmp_pa
     weights = BlendWeights(0.3, 0.5, 0.2, "zscore")
     wfile = weights.save(tmp_path / "w.json")
     out = tmp_path / "side.json"
-    rc = main(["backtest", "--dataset", str(dataset), "--split", SPLIT, "--blend", str(wfile), "--json", str(out),
-               "--ks", "10"])
+    rc = main(["backtest", "--dataset", str(dataset), "--split", SPLIT, "--blend", str(wfile), "--json", str(out), "--ks", "10"])
     assert rc == 0
     doc = orjson.loads(out.read_bytes())
     methods = doc["methods"]

@@ -105,19 +105,23 @@ def test_session_timeout_and_heartbeat_are_worker_settings_passed_to_faust(monke
         dim, name = 8, "stub"
 
     for session, heartbeat in ((9.0, 1.5), (120.0, 10.0)):
-        config = WorkerConfig(kafka=KafkaSettings(topic_prefix="p."), data_dir=tmp_path, device="cpu",
-                              session_timeout_s=session, heartbeat_interval_s=heartbeat)
+        config = WorkerConfig(
+            kafka=KafkaSettings(topic_prefix="p."), data_dir=tmp_path, device="cpu", session_timeout_s=session, heartbeat_interval_s=heartbeat
+        )
         conf = Pipeline(config, encoder=_Encoder()).app.conf
         assert (conf.broker_session_timeout, conf.broker_heartbeat_interval) == (session, heartbeat)
         assert conf.broker_request_timeout >= conf.broker_session_timeout
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(adapt=True, ranker="text"), "weight adaptation (--adapt) is for the blend ranker, not --ranker text"),
-    (dict(adapt_rate=-1.0), "adaptation rate: must be finite and >= 0"),
-    (dict(adapt_epoch=0), "adaptation epoch and k: must be at least 1"),
-    (dict(adapt_step=0.9), "adaptation step: must be in (0, 0.5]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(adapt=True, ranker="text"), "weight adaptation (--adapt) is for the blend ranker, not --ranker text"),
+        (dict(adapt_rate=-1.0), "adaptation rate: must be finite and >= 0"),
+        (dict(adapt_epoch=0), "adaptation epoch and k: must be at least 1"),
+        (dict(adapt_step=0.9), "adaptation step: must be in (0, 0.5]"),
+    ],
+)
 def test_bad_adaptation_settings_are_refused_with_their_reason(kwargs, message) -> None:
     from recstream.streams.app import WorkerConfig
 
@@ -177,8 +181,7 @@ async def test_after_a_rebalance_the_evidence_follows_exactly_the_partitions_not
     class _Encoder:
         dim, name = 8, "stub"
 
-    pipeline = Pipeline(WorkerConfig(kafka=KafkaSettings(topic_prefix="p."), data_dir=tmp_path, device="cpu",
-                                     partitions=4), encoder=_Encoder())
+    pipeline = Pipeline(WorkerConfig(kafka=KafkaSettings(topic_prefix="p."), data_dir=tmp_path, device="cpu", partitions=4), encoder=_Encoder())
     followed: list[set[int]] = []
     monkeypatch.setattr(pipeline.evidence, "follow", lambda partitions: followed.append(set(partitions)))
     monkeypatch.setattr(pipeline.evidence, "start", lambda: None)
@@ -202,4 +205,5 @@ async def test_after_a_rebalance_the_evidence_follows_exactly_the_partitions_not
 def _own_partitions_setter(pipeline):
     async def rebuild() -> None:
         pipeline.own_partitions = frozenset(pipeline.active_partitions())
+
     return rebuild

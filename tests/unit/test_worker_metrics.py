@@ -31,8 +31,7 @@ TOPICS = {"p.items": "items", "p.clicks": "clicks", "p.purchases": "purchases", 
 def samples(metrics: M.WorkerMetrics) -> dict[tuple[str, tuple], float]:
     """Every sample of a scrape, by (name, sorted labels)."""
     text = metrics.exposition().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def reason_of(kind: str, key: bytes | None, value: bytes | None) -> str:
@@ -71,8 +70,9 @@ def test_dead_letter_reasons_are_short_codes_naming_the_field(kind, key, value, 
 
 
 def test_a_field_name_chosen_by_the_sender_never_becomes_a_label_value():
-    codes = {reason_of("clicks", b"u", orjson.dumps({"user_id": "u", "item_id": "i", "ts": NOW, name: 1}))
-             for name in ("colour", "x" * 200, "user_id_2", "ts\u00e9")}
+    codes = {
+        reason_of("clicks", b"u", orjson.dumps({"user_id": "u", "item_id": "i", "ts": NOW, name: 1})) for name in ("colour", "x" * 200, "user_id_2", "ts\u00e9")
+    }
     assert codes == {"unknown_field"}
 
 
@@ -91,8 +91,7 @@ def _events(*topics: str):
 
 
 def _rec(user: str, topic: str, partition: int, offset: int) -> Recommendation:
-    return Recommendation(user_id=user, items=(), trigger=Trigger(topic, partition, offset, f"e{offset}"), event_ts=NOW,
-                          emitted_ts=0, model="m/decayed-sum")
+    return Recommendation(user_id=user, items=(), trigger=Trigger(topic, partition, offset, f"e{offset}"), event_ts=NOW, emitted_ts=0, model="m/decayed-sum")
 
 
 def test_batches_count_events_in_by_logical_topic_and_batch_sizes():
@@ -117,8 +116,9 @@ def test_an_events_batch_records_latency_per_recommendation_times_and_new_profil
     emitted = NOW + 1000
     recs = [_rec("a", "p.clicks", 0, 1), _rec("b", "p.clicks", 0, 2), _rec("c", "p.reviews", 1, 7)]
     received = {("p.clicks", 0, 1): NOW, ("p.clicks", 0, 2): NOW + 990, ("p.reviews", 1, 7): NOW + 1000}
-    result = BatchResult(recommendations=recs, profiles={"a": object(), "b": object(), "c": object()},
-                         stats=BatchStats(events=3, texts_encoded=1, encode_s=0.2, score_s=0.004))
+    result = BatchResult(
+        recommendations=recs, profiles={"a": object(), "b": object(), "c": object()}, stats=BatchStats(events=3, texts_encoded=1, encode_s=0.2, score_s=0.004)
+    )
     m.on_event_batch(result, {"a": object()}, received, emitted)  # a had a profile: b and c are new
     m.on_event_batch(BatchResult(recommendations=[], profiles={}, stats=BatchStats(score_s=0.001)), {}, {}, emitted)
     s = samples(m)
@@ -150,10 +150,17 @@ def test_a_batch_histogram_matches_prometheus_clients_histogram():
 
 
 def test_state_read_when_scraped():
-    state = M.WorkerState(dead_letters={"rating": 2, "not_json": 1}, counts={"recommendations": 12, "applied": 11, "duplicates": 1},
-                          items_held=50, lag={("clicks", 0): 0, ("clicks", 1): 4}, broker_up=True, healthy=False)
-    m = M.WorkerMetrics(topics=TOPICS, state=lambda: state, device="cuda:0", device_name="NVIDIA H200",
-                        info={"version": "0.1.0", "model": "all-MiniLM-L6-v2/decayed-sum"})
+    state = M.WorkerState(
+        dead_letters={"rating": 2, "not_json": 1},
+        counts={"recommendations": 12, "applied": 11, "duplicates": 1},
+        items_held=50,
+        lag={("clicks", 0): 0, ("clicks", 1): 4},
+        broker_up=True,
+        healthy=False,
+    )
+    m = M.WorkerMetrics(
+        topics=TOPICS, state=lambda: state, device="cuda:0", device_name="NVIDIA H200", info={"version": "0.1.0", "model": "all-MiniLM-L6-v2/decayed-sum"}
+    )
     s = samples(m)
     assert s[("recstream_dead_letters_total", (("reason", "rating"),))] == 2
     assert s[("recstream_dead_letters_total", (("reason", "not_json"),))] == 1
@@ -188,15 +195,24 @@ def test_every_metric_name_the_dashboard_uses_exists():
             walk(panel.get("panels", ()))
 
     walk(dashboard["panels"])
-    state = M.WorkerState(dead_letters={"rating": 1}, lag={("clicks", 0): 0}, broker_up=True, healthy=True,
-                          blend_weights={0: ((0.4, 0.5, 0.1), 0)})  # exported while the blend adapts its weights
+    state = M.WorkerState(
+        dead_letters={"rating": 1}, lag={("clicks", 0): 0}, broker_up=True, healthy=True, blend_weights={0: ((0.4, 0.5, 0.1), 0)}
+    )  # exported while the blend adapts its weights
     known = M.WorkerMetrics(topics=TOPICS, state=lambda: state).metric_names()
     assert used, "the dashboard queries no recstream metric"
     assert used <= known, f"not exported: {sorted(used - known)}"
-    for needed in ("recstream_events_in_total", "recstream_dead_letters_total", "recstream_batch_size_records_bucket",
-                   "recstream_encoder_batch_seconds_bucket", "recstream_scoring_batch_seconds_bucket",
-                   "recstream_recommendation_latency_seconds_bucket", "recstream_consumer_lag_records",
-                   "recstream_items_held", "recstream_profiles_held", "recstream_device_info"):
+    for needed in (
+        "recstream_events_in_total",
+        "recstream_dead_letters_total",
+        "recstream_batch_size_records_bucket",
+        "recstream_encoder_batch_seconds_bucket",
+        "recstream_scoring_batch_seconds_bucket",
+        "recstream_recommendation_latency_seconds_bucket",
+        "recstream_consumer_lag_records",
+        "recstream_items_held",
+        "recstream_profiles_held",
+        "recstream_device_info",
+    ):
         assert needed in used, f"no panel on {needed}"
 
 
@@ -285,9 +301,15 @@ class FakeConsumer:
 
 
 def _fake_app(consumer, assigned):
-    return SimpleNamespace(consumer=consumer, assignor=SimpleNamespace(assigned_actives=lambda: assigned), tasks=[],
-                           task=lambda fun: fun, rebalancing=False, in_recovery=False,
-                           producer=SimpleNamespace(_ensure_producer=lambda: SimpleNamespace(client=FakeClient())))
+    return SimpleNamespace(
+        consumer=consumer,
+        assignor=SimpleNamespace(assigned_actives=lambda: assigned),
+        tasks=[],
+        task=lambda fun: fun,
+        rebalancing=False,
+        in_recovery=False,
+        producer=SimpleNamespace(_ensure_producer=lambda: SimpleNamespace(client=FakeClient())),
+    )
 
 
 class FakeClient:
@@ -326,8 +348,15 @@ async def test_the_broker_probe_before_the_producer_started():
 
 
 def test_consumer_lag_is_highwater_minus_committed_for_the_input_partitions_held():
-    tps = [TP("p.clicks", 0), TP("p.clicks", 1), TP("p.reviews", 0), TP("p.items", 0), TP("app-profiles-changelog", 0),
-           TP("p.purchases", 0), TP("p.purchases", 1)]
+    tps = [
+        TP("p.clicks", 0),
+        TP("p.clicks", 1),
+        TP("p.reviews", 0),
+        TP("p.items", 0),
+        TP("app-profiles-changelog", 0),
+        TP("p.purchases", 0),
+        TP("p.purchases", 1),
+    ]
     consumer = FakeConsumer(
         highwaters={tps[0]: 10, tps[1]: 0, tps[2]: 7, tps[3]: 50, tps[4]: 999, tps[5]: None, tps[6]: AssertionError("revoked")},
         committed={tps[0]: 4, tps[3]: 50},
@@ -359,14 +388,14 @@ async def test_the_endpoint_serves_metrics_health_and_readiness():
     app = _fake_app(consumer, {tp})
     telemetry = M.WorkerMetrics(topics=TOPICS)
     pipeline = SimpleNamespace(app=app, telemetry=telemetry)
-    telemetry.state = lambda: M.WorkerState(lag=M.consumer_lag(app, TOPICS), broker_up=telemetry.health.broker_up(),
-                                            healthy=telemetry.health.current().healthy)
+    telemetry.state = lambda: M.WorkerState(lag=M.consumer_lag(app, TOPICS), broker_up=telemetry.health.broker_up(), healthy=telemetry.health.current().healthy)
     sock = M.bind("127.0.0.1", 0)
     service = M.MonitoringService(pipeline, sock, M.HealthPolicy(stall_timeout_s=60, broker_grace_s=30))
     host, port = service.address
     await service.start()
     try:
         async with aiohttp.ClientSession() as http:
+
             async def get(path):
                 async with http.get(f"http://{host}:{port}{path}") as response:
                     return response.status, await response.read()
@@ -383,8 +412,7 @@ async def test_the_endpoint_serves_metrics_health_and_readiness():
             doc = orjson.loads(body)
             assert status == 200 and doc["status"] == "ok" and doc["lag"] == 3 and doc["broker"]["reachable"] is True
             status, body = await get("/metrics")
-            s = {(x.name, tuple(sorted(x.labels.items()))): x.value
-                 for f in text_string_to_metric_families(body.decode()) for x in f.samples}
+            s = {(x.name, tuple(sorted(x.labels.items()))): x.value for f in text_string_to_metric_families(body.decode()) for x in f.samples}
             assert status == 200
             assert s[("recstream_consumer_lag_records", (("partition", "0"), ("topic", "clicks")))] == 3
             assert s[("recstream_broker_up", ())] == 1 and s[("recstream_healthy", ())] == 1
