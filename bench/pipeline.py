@@ -655,7 +655,8 @@ class RecCollector(threading.Thread):
         self.consumer.assign(tps)
         self.consumer.seek_to_beginning(*tps)
         self.recv: dict[str, float] = {}  # event id -> perf_counter when received
-        self.meta: dict[str, tuple[int, int, int, str]] = {}  # event id -> (event_ts, emitted_ts, n items, model)
+        # event id -> (event_ts, emitted_ts, n items, model, received_ts: when the system's consumer got it, or None)
+        self.meta: dict[str, tuple[int, int, int, str, int | None]] = {}
         self.counts: collections.Counter[str] = collections.Counter()
         self.dead: dict[str, str] = {}  # event id -> dead-letter error
         self.dead_counts: collections.Counter[str] = collections.Counter()
@@ -702,7 +703,13 @@ class RecCollector(threading.Thread):
                         if eid in self.recv:
                             self.duplicates[tag] += 1
                             continue
-                        self.meta[eid] = (v.get("event_ts", 0), v.get("emitted_ts", 0), len(v.get("items") or ()), v.get("model", ""))
+                        self.meta[eid] = (
+                            v.get("event_ts", 0),
+                            v.get("emitted_ts", 0),
+                            len(v.get("items") or ()),
+                            v.get("model", ""),
+                            (v.get("trigger") or {}).get("received_ts"),
+                        )
                         self.recv[eid] = t
                         self.counts[tag] += 1
         except BaseException as exc:  # noqa: BLE001 - reported by wait()
@@ -1003,7 +1010,7 @@ class Bench:
     def sanity_probe(self) -> None:
         """A user who clicked a catalog item gets a personalised, non-empty list."""
         item = self.catalog.items[0].item_id
-        secs, (ev_ts, em_ts, n_items, model) = self.probe(item, "sanity probe", self.args.stall_timeout)
+        secs, (ev_ts, em_ts, n_items, model, _) = self.probe(item, "sanity probe", self.args.stall_timeout)
         ok = n_items > 0 and model != "popularity"
         self.result["sanity_probe"] = {"clicked": item, "items_recommended": n_items, "model": model, "latency_ms": round(secs * 1000, 1), "ok": ok}
         if not ok:
@@ -1226,6 +1233,9 @@ class Bench:
             keep[:] = True
         worker_ms = [meta[e][1] - meta[e][0] for e, k in zip(eids, keep) if k]
         delivery_ms = [recv[e] * 1000.0 + self.collector.wall_offset_ms - meta[e][1] for e, k in zip(eids, keep) if k]
+        # within the system (recstream's records say when its consumer received the event)
+        fetch_ms = [meta[e][4] - meta[e][0] for e, k in zip(eids, keep) if k and meta[e][4] is not None]
+        inside_ms = [meta[e][1] - meta[e][4] for e, k in zip(eids, keep) if k and meta[e][4] is not None]
         achieved = (n_sent - 1) / (t_last_send - t_first_send) if n_sent > 1 and t_last_send > t_first_send else float(n_sent)
         send_span = t_send_end - t0
 
@@ -1258,6 +1268,14 @@ class Bench:
             "latency_breakdown": {
                 "produce_to_emit": ms_pct(worker_ms) | {"note": "system's emitted_ts - event ts (ms clocks)"},
                 "emit_to_receive": ms_pct(delivery_ms) | {"note": "receive here - system's emitted_ts"},
+                **(
+                    {
+                        "produce_to_consumer": ms_pct(fetch_ms) | {"note": "system's received_ts - event ts"},
+                        "consumer_to_emit": ms_pct(inside_ms) | {"note": "system's emitted_ts - received_ts: batching and processing"},
+                    }
+                    if fetch_ms
+                    else {}
+                ),
             },
             "warmup_excluded_s": a.warmup if not keep.all() else 0.0,
             "p50_first_third_ms": round(p50_first * 1000, 1),

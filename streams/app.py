@@ -83,7 +83,9 @@ class WorkerConfig:
     max_length: int = 256
     encode_batch: int = 64
     batch_max: int = 512
-    batch_within_s: float = 0.05
+    # how long an idle worker waits for company before a batch smaller than batch_max
+    # (streams/agents/batching.py); 0: not at all, batches grow with the load by themselves
+    batch_within_s: float = 0.0
     catalog_batch_max: int = 256
     item_fields: tuple[str, ...] = ITEM_FIELDS
     half_life_days: float = 30.0
@@ -155,8 +157,8 @@ class WorkerConfig:
             problems.append(f"emit must be one of {', '.join(EMIT_MODES)}, got {self.emit!r}")
         if self.batch_max < 1 or self.catalog_batch_max < 1:
             problems.append("batch sizes must be at least 1")
-        if not self.batch_within_s > 0:
-            problems.append(f"batch window must be positive, got {self.batch_within_s}s")
+        if not (self.batch_within_s >= 0 and math.isfinite(self.batch_within_s)):
+            problems.append(f"batch window must be 0 or more seconds, got {self.batch_within_s}s")
         if self.torch_threads is not None and self.torch_threads < 1:
             problems.append(f"torch threads must be at least 1, got {self.torch_threads}")
         if self.score_threads is not None and self.score_threads < 1:

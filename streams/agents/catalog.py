@@ -1,6 +1,6 @@
 """The catalog agent: item records in, embeddings in the ``item-embeddings`` table out.
 
-Micro-batches of ``items`` records (``stream.take_events``) are validated, reduced to the
+Micro-batches of ``items`` records (:func:`~.batching.take_batches`) are validated, reduced to the
 latest record per item, and every upserted item's text is embedded in one batched forward
 pass. Embeddings go to the global table (RocksDB + changelog, replicated to every worker)
 and to the in-memory item matrix; tombstones remove the item from both.
@@ -17,6 +17,7 @@ from recstream.encoders.text import item_text
 from ..records import Item, ItemDeleted, ValidationError, parse_item
 from ..state import StoredItem, as_event, encode_item
 from . import apply_or_isolate, reject
+from .batching import take_batches
 
 if TYPE_CHECKING:
     import numpy as np
@@ -78,6 +79,6 @@ def register(pipeline: "Pipeline") -> None:
 
     @pipeline.app.agent(pipeline.items_topic, name="recstream.catalog")
     async def catalog(stream):  # pragma: no cover - exercised end to end
-        async for events in stream.take_events(config.catalog_batch_max, within=config.batch_within_s):
+        async for events in take_batches(stream, config.catalog_batch_max, linger_s=config.batch_within_s):
             await handle_catalog_batch(pipeline, events)
             pipeline.telemetry.on_batch("catalog", events)

@@ -1,7 +1,8 @@
 """The events agent: clicks, purchases and reviews in, recommendations out.
 
 One agent consumes the three event topics (keyed by user, co-partitioned with the
-``profiles`` table). Each micro-batch (``stream.take_events``) is validated (invalid
+``profiles`` table). Each micro-batch (:func:`~.batching.take_batches`: as many events as
+arrived while the previous one was processed) is validated (invalid
 records go to the dead-letter topic and never stop the stream), the profiles of the users
 it touches are read from the table, :class:`scoring.engine.Engine` applies the events and
 scores all snapshots in one batched pass, and the changed profiles, popularity counts and
@@ -23,6 +24,7 @@ from recstream.scoring.engine import Incoming
 from ..records import Forget, ValidationError, encode_emitted, parse_input
 from ..state import encode_log2, popularity_key, read_raw
 from . import apply_or_isolate, reject
+from .batching import take_batches
 
 if TYPE_CHECKING:
     from faust.types import EventT
@@ -181,7 +183,7 @@ def register(pipeline: "Pipeline") -> None:
 
     @pipeline.app.agent(pipeline.events_topic, name="recstream.events")
     async def process_events(stream):  # pragma: no cover - exercised end to end
-        async for events in stream.take_events(config.batch_max, within=config.batch_within_s):
+        async for events in take_batches(stream, config.batch_max, linger_s=config.batch_within_s):
             pipeline.freeze_startup_heap()
             await handle_event_batch(pipeline, events)
             await pipeline.commit_batch(events)  # exactly-once: the batch's transactions

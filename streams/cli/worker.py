@@ -229,8 +229,10 @@ def worker_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--batch-within-ms",
         type=float,
-        default=_env_float("BATCH_WITHIN_MS", 50),
-        help="longest wait to fill a micro-batch (env RECSTREAM_BATCH_WITHIN_MS; default 50)",
+        default=_env_float("BATCH_WITHIN_MS", 0),
+        help="how long an idle worker waits for more events before it starts a micro-batch smaller than --batch-max "
+        "(env RECSTREAM_BATCH_WITHIN_MS; default 0: at once; under load the events that arrive while a batch is "
+        "processed make the next one, so batches grow with the load)",
     )
     g.add_argument(
         "--catalog-batch-max",

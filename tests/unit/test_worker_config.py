@@ -10,7 +10,7 @@ from recstream.streams.cli import build_parser, worker_config
         ({"partitions": 0}, "partitions"),
         ({"emit": "sometimes"}, "emit"),
         ({"batch_max": 0}, "batch sizes"),
-        ({"batch_within_s": 0}, "batch window"),
+        ({"batch_within_s": -0.01}, "batch window"),
         ({"processing_guarantee": "maybe"}, "processing guarantee"),
         ({"item_fields": ("title", "price")}, "item fields"),
         ({"torch_threads": 0}, "torch threads"),
