@@ -6,7 +6,8 @@ adapting online), side by side, at one or more catalog sizes.
 The benchmark's click workload (bench/pipeline.py): a generated catalog (default 10,000 and
 100,000 items, random unit vectors of the text model's size: the click path never runs the text
 model; ``--index ivf``: the worker's IVF index, searched from 100,000 items), 2,000 users clicking items (Zipf-like popularity, each user's clicks around a few
-favourite items), micro-batches of 512, per-user emission, as the worker runs by default.
+favourite items), micro-batches of 512, per-user emission, as the worker runs by default
+(``--emit per-event``: a list per event, as bench/pipeline.py's worker).
 The same events go through :class:`scoring.engine.Engine` without blend weights (today's
 text-only path), with the default weights ranked densely (every item blended), with the same
 weights in two stages (``EngineConfig.blend_candidates``), and with the worker's default
@@ -22,7 +23,7 @@ one run: the machine may be shared).  ``--repeat N`` runs each ranker N times, i
 and keeps each one's least CPU time.  Prints one JSON document.
 
     .venv/bin/python bench/blend_cost.py [--items 10000 100000] [--users 2000] [--events N] [--warm N]
-                                         [--repeat N] [--rankers ...] [--index exact|auto|ivf]
+                                         [--repeat N] [--rankers ...] [--index exact|auto|ivf] [--emit per-user|per-event]
 
 ``--events`` and ``--warm`` default to 6,000 and 4 batches up to 20,000 items, 4,000 and 2
 beyond.
@@ -82,11 +83,20 @@ def workload(items: int, users: int, events: int, seed: int) -> tuple[list[str],
 
 
 def run(
-    ids, vecs, events, blend: BlendWeights | None, batch: int, warm: int, two_stage: bool = True, adapt: AdaptConfig | None = None, index: str = "exact"
+    ids,
+    vecs,
+    events,
+    blend: BlendWeights | None,
+    batch: int,
+    warm: int,
+    two_stage: bool = True,
+    adapt: AdaptConfig | None = None,
+    index: str = "exact",
+    emit: str = "per-user",
 ) -> dict:
     matrix = ItemMatrix(DIM, "cpu") if index == "exact" else make_item_matrix(DIM, "cpu", index)
     matrix.upsert(ids, vecs)
-    cfg = EngineConfig(k=10, emit="per-user", blend=blend, blend_candidates=two_stage, adapt=adapt)
+    cfg = EngineConfig(k=10, emit=emit, blend=blend, blend_candidates=two_stage, adapt=adapt)
     engine = Engine(
         model=DecayedProfileModel(dim=DIM),
         matrix=matrix,
@@ -149,7 +159,7 @@ def measure(items: int, args: argparse.Namespace) -> dict:
     for _ in range(args.repeat):
         for name in args.rankers:
             blend, two_stage, adapt = RUNS[name]
-            res = run(ids, vecs, events, blend, args.batch, warm, two_stage=two_stage, adapt=adapt, index=args.index)
+            res = run(ids, vecs, events, blend, args.batch, warm, two_stage=two_stage, adapt=adapt, index=args.index, emit=args.emit)
             if name not in best or res["cpu_us_per_event"] < best[name]["cpu_us_per_event"]:
                 best[name] = res
     doc: dict = {"items": items, "events": events_n, "warm_batches": warm, **best}
@@ -176,6 +186,12 @@ def main() -> int:
         choices=["exact", "auto", "ivf"],
         default="exact",
         help="the item matrix: exact (default), or the worker's --index auto/ivf (an IVF index from 100,000 items)",
+    )
+    p.add_argument(
+        "--emit",
+        choices=["per-user", "per-event"],
+        default="per-user",
+        help="a list per user and batch (default, the worker's default) or one per event (a snapshot of the state at each event)",
     )
     args = p.parse_args()
     torch.set_num_threads(1)

@@ -47,7 +47,7 @@ import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import orjson
@@ -433,6 +433,7 @@ _TAYLOR_RADIUS: Final = 0.01
 _WIDEN_MAX: Final = 2048
 #: A log2 count standing for "no count" where -inf means "no row" (its popularity is 0).
 _NO_COUNT: Final = -1e30
+_NO_COUNT32: Final = np.float32(_NO_COUNT)
 
 
 @dataclass(slots=True)
@@ -490,6 +491,54 @@ def _softplus_moments(y: np.ndarray) -> np.ndarray:
     return np.stack([f, s, d2, d3, f * f, 2.0 * f * s, 2.0 * (s * s + f * d2), 2.0 * (3.0 * s * d2 + f * d3)])
 
 
+def _last_changes(rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each changed row once, with its last value in ``(rows, values)`` (a journal, oldest first)."""
+    r = rows[::-1]
+    _, last = np.unique(r, return_index=True)
+    return r[last].copy(), values[::-1][last].copy()
+
+
+class _Cursor:
+    """A :class:`PopularityStates` state moved through the journal: :attr:`values` (float32
+    ``(rows,)``) is the state after :attr:`pos` changes."""
+
+    __slots__ = ("states", "values", "pos")
+
+    def __init__(self, states: PopularityStates) -> None:
+        self.states = states
+        self.values = states._base.copy()
+        self.pos = 0
+
+    def advance(self, pos: int) -> np.ndarray | None:
+        """Move to the state after ``pos`` changes; the rows changed on the way (in journal
+        order, maybe repeated), or ``None`` where it had to start over (``pos`` is behind)."""
+        st = self.states
+        start = self.pos
+        if pos < start:
+            self.values[:] = st._base
+            start = 0
+        rows = st.rows[start:pos]
+        if len(rows) == 1:
+            self.values[rows[0]] = st.values[start]
+        elif len(rows):
+            r, v = _last_changes(rows, st.values[start:pos])
+            self.values[r] = v
+        reset = pos < self.pos
+        self.pos = pos
+        return None if reset else rows
+
+
+def _softplus_rows(x: torch.Tensor) -> torch.Tensor:
+    """``softplus`` of each row of ``x`` (``(U, n)``) bit for bit as of that row alone.
+
+    torch's vectorised CPU loops compute the last elements of a contiguous run (past a
+    multiple of twice the vector width) with scalar code, whose ``exp`` and ``log1p`` round
+    differently now and then: over a contiguous ``(U, n)`` tensor, the rows would be one run.
+    A row stride of ``n + 1`` keeps each row a run of its own."""
+    u, n = x.shape
+    return torch.nn.functional.softplus(torch.empty((u, n + 1), dtype=x.dtype)[:, :n].copy_(x))
+
+
 class PopularityStates:
     """The blend's popularity signal over a batch's snapshots, without a ``(B, rows)`` tensor.
 
@@ -506,7 +555,9 @@ class PopularityStates:
     over every row (a Taylor expansion of the sums around a few centre times, each
     computed once over the catalog and corrected for the journal's changes), and each
     state's most popular rows (the base's, merged with the rows the journal changed: a
-    count only grows within a batch).
+    count only grows within a batch).  Per-event snapshots see the states one change apart,
+    in order: those are taken in one sweep through the journal (a :class:`_Cursor`), each
+    costing about the rows it changed and the popular rows, not the catalog.
     """
 
     #: spacing of the sums' expansion centres, in half-lives (every time lies within the radius of one)
@@ -535,11 +586,24 @@ class PopularityStates:
         self._base_top: torch.Tensor | None = None
         self._popular_at: dict[int, torch.Tensor] = {}
         self._moments: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._group_max: dict[tuple[int, int, int], torch.Tensor] = {}
         self._states: dict[int, torch.Tensor] = {}
+        # popular_rows' sweep through the journal (its state), the base's top rows merged with
+        # the rows changed so far (ascending), and which rows these are
+        self._sweep = _Cursor(self)
+        self._union: np.ndarray | None = None
+        self._in_union = np.zeros(self.n_rows, dtype=bool)
 
     def state_at(self, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """float32 log2 counts at ``rows`` (``(B, C)``) of the states after ``pos`` (``(B,)``) changes."""
+        if len(pos) > 1 and bool((pos[1:] >= pos[:-1]).all()):
+            # ascending, as per-event snapshots are: one sweep through the journal, a gather
+            # per snapshot (cheaper than looking each changed row up in the journal)
+            out = np.empty(rows.shape, dtype=np.float32)
+            sweep = _Cursor(self)
+            for b, p in enumerate(pos.tolist()):
+                sweep.advance(p)
+                out[b] = sweep.values[rows[b]]
+            return out
         out = self._base[rows]
         j = len(self.rows)
         if j:
@@ -560,9 +624,8 @@ class PopularityStates:
             return got
         s = self.base.clone() if pos > 0 else self.base
         if pos > 0:
-            r = self.rows[:pos][::-1]
-            _, last = np.unique(r, return_index=True)  # each row's last change
-            s[torch.from_numpy(r[last].copy())] = torch.from_numpy(self.values[:pos][::-1][last].copy())
+            r, v = _last_changes(self.rows[:pos], self.values[:pos])
+            s[torch.from_numpy(r)] = torch.from_numpy(v)
         if len(self._states) >= 4:
             self._states.pop(next(iter(self._states)))
         self._states[pos] = s
@@ -579,9 +642,12 @@ class PopularityStates:
         if pos == 0 or not len(self.rows) or self.popular == 0:
             got = self._base_top
         elif self._grows:
-            # an unchanged row outside the base's top P is below all of them, and theirs only grew
-            union = np.unique(np.concatenate([self._base_top.numpy(), self.rows[:pos]]))
-            vals = self.state_at(union[None, :], np.array([pos]))[0]
+            # an unchanged row outside the base's top P is below all of them, and theirs only
+            # grew: the top P of the base's top merged with the changed rows (ascending), whose
+            # counts a sweep through the journal holds (asked in ascending order, one change
+            # apart, as per-event snapshots are, each costs about P, not the catalog)
+            union = self._merged(pos)
+            vals = self._sweep.values[union]
             top = np.argpartition(-vals, self.popular - 1)[: self.popular] if len(union) > self.popular else np.arange(len(union))
             got = torch.from_numpy(union[top])
         else:
@@ -589,17 +655,60 @@ class PopularityStates:
         self._popular_at[pos] = got
         return got
 
-    def group_max(self, pos: int, groups: _Groups) -> torch.Tensor:
-        """``(groups.count + 1,)``: the largest log2 count of each group's rows outside
-        :meth:`popular_rows` in the state after ``pos`` changes."""
-        key = (pos, groups.size, groups.count)
-        got = self._group_max.get(key)
-        if got is None:
-            w = self.state(pos).clone()
-            w.clamp_(min=_NO_COUNT)  # a row without a count: popularity 0, not "no row"
-            w[self.popular_rows(pos)] = -math.inf
-            got = self._group_max[key] = groups.maxima(w.unsqueeze(0))[0]
-        return got
+    def _merged(self, pos: int) -> np.ndarray:
+        """The rows of the base's top P and of the first ``pos`` changes, ascending, with the
+        sweep moved to ``pos``."""
+        changed = self._sweep.advance(pos)
+        if changed is None or self._union is None:  # the sweep starts (over)
+            self._union = np.unique(np.concatenate([cast(torch.Tensor, self._base_top).numpy(), self.rows[:pos]]))
+            self._in_union[:] = False
+            self._in_union[self._union] = True
+        else:
+            new = changed[~self._in_union[changed]]
+            if len(new) == 1:  # one change at a time, as per-event snapshots see them
+                at = int(np.searchsorted(self._union, new[0]))
+                self._union = np.concatenate([self._union[:at], new, self._union[at:]])
+            elif len(new):
+                self._union = np.union1d(self._union, new)
+            self._in_union[new] = True
+        return self._union
+
+    def group_max(self, positions: np.ndarray, groups: _Groups) -> np.ndarray:
+        """``(len(positions), groups.count + 1)`` float32: for each of the ascending
+        ``positions``, the largest log2 count of each group's rows outside :meth:`popular_rows`
+        in the state after that many changes (``-inf``: none; a row without a count counts
+        ``_NO_COUNT``, popularity 0, not "no row").
+
+        One sweep through the journal: from one position to the next only the groups of the
+        rows that changed, joined the popular rows or left them are taken again (the same
+        maxima as from the whole state: a largest value is exact)."""
+        out = np.empty((len(positions), groups.count + 1), dtype=np.float32)
+        sweep = _Cursor(self)
+        popular = np.zeros(self.n_rows, dtype=bool)  # the popular rows of the previous position
+        prev = np.empty(0, dtype=np.int64)
+        masked = gmax = np.empty(0, dtype=np.float32)  # the state clamped, the popular rows -inf
+        for j, pos in enumerate(positions.tolist()):
+            changed = sweep.advance(pos)
+            top = self.popular_rows(pos).numpy()
+            was = popular[top]
+            if len(top) == len(prev) and was.all():  # the same popular rows
+                moved = changed
+            else:
+                popular[top] = False
+                left = prev[popular[prev]]  # popular no more
+                popular[left] = False
+                popular[top] = True
+                moved = None if changed is None else np.concatenate([changed, top[~was], left])
+            if moved is None or j == 0:  # the first position (or not ascending): every group
+                masked = np.maximum(sweep.values, _NO_COUNT32)
+                masked[top] = -np.inf
+                gmax = groups.maxima_np(masked)
+            elif len(moved):  # the groups of the rows that changed, joined the popular rows or left them
+                masked[moved] = np.where(popular[moved], -np.inf, np.maximum(sweep.values[moved], _NO_COUNT32))
+                groups.update_np(gmax, masked, moved)
+            prev = top
+            out[j] = gmax
+        return out
 
     def moments(self, center: int) -> tuple[np.ndarray, np.ndarray]:
         """``(8,)`` sums over the base's rows of :func:`_softplus_moments` at ``(count -
@@ -674,13 +783,12 @@ class SnapshotPopularity:
         each group of rows, outside its :meth:`popular_rows` (``-inf``: none)."""
         # one vector per state, at the earliest time of its snapshots (where each count is
         # largest): at least every one of theirs
-        st = self.states
-        out = torch.empty((len(self.pos), groups.count + 1), dtype=torch.float32)
-        for p in np.unique(self.pos):
-            mine = torch.from_numpy(self.pos == p)
-            w = st.group_max(int(p), groups)
-            out[mine] = torch.nn.functional.softplus((w - self.shift[mine].min()) * _LN2).masked_fill_(w == -math.inf, -math.inf)
-        return out
+        positions, of = np.unique(self.pos, return_inverse=True)
+        w = torch.from_numpy(self.states.group_max(positions, groups))
+        of_t = torch.from_numpy(of.reshape(-1))
+        earliest = torch.full((len(positions),), math.inf).scatter_reduce_(0, of_t, self.shift, "amin")
+        out = _softplus_rows((w - earliest.unsqueeze(1)) * _LN2).masked_fill_(w == -math.inf, -math.inf)
+        return out[of_t]
 
     def dense(self, who: torch.Tensor) -> torch.Tensor:
         """``(len(who), rows)`` float32: the popularity of those snapshots at every row."""
@@ -836,6 +944,33 @@ class _Groups:
         if end < self.n:
             out[:, self.count] = x[:, end:].amax(dim=1)
         return out
+
+    def maxima_np(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`maxima` of one row, in numpy: ``(count + 1,)`` from ``x`` (``(N,)``)."""
+        end = self.count * self.size
+        out = np.full(self.count + 1, -np.inf, dtype=x.dtype)
+        if self.count:
+            out[: self.count] = x[:end].reshape(self.size, self.count).max(axis=0)
+        if end < self.n:
+            out[self.count] = x[end:].max()
+        return out
+
+    def update_np(self, maxima: np.ndarray, x: np.ndarray, rows: np.ndarray) -> None:
+        """Take the groups' maxima of the ``rows`` (``(count + 1,)``, :meth:`maxima_np`) again from ``x``."""
+        end, count = self.count * self.size, self.count
+        if len(rows) <= 4:  # a few: a slice per group (group g's rows are g, g + count... below end)
+            for r in rows.tolist():
+                if r < end:
+                    maxima[r % count] = x[r % count : end : count].max()
+                else:
+                    maxima[count] = x[end:].max()
+            return
+        inner = rows[rows < end]
+        if len(inner):
+            g = inner % count
+            maxima[g] = x[:end].reshape(self.size, count)[:, g].max(axis=0)
+        if len(inner) < len(rows):
+            maxima[count] = x[end:].max()
 
 
 def _flat_exclusions(matrix: ItemMatrix, exclude: Sequence[Collection[str]]) -> tuple[np.ndarray, np.ndarray]:
@@ -1193,7 +1328,7 @@ def candidate_blend_topk(
     safe = torch.where(pad, 0, cand)
     dup = torch.zeros_like(pad)
     dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
-    usable = ~pad & ~dup & valid[safe]
+    usable = ~pad & ~dup & torch.take(valid, safe)  # valid[safe], a few times faster
     # stage 2: the blend of the candidates, as the dense ranking computes it
     t_vals = torch.where(usable, txt.at(safe), 0.0)
     p_vals = pop.at(safe)
@@ -1297,7 +1432,9 @@ def _grid_lists(grid: np.ndarray, k: int, usable: torch.Tensor, rows: torch.Tens
     g = torch.from_numpy(np.asarray(grid, dtype=np.float32))
     if tuple(g.shape[::2]) != (batch, 3):
         raise ValueError(f"grid: expected shape ({batch}, G, 3), got {tuple(g.shape)}")
-    z = torch.stack([values * inv_std.float() for values, inv_std in signals], dim=2)  # (B, C, 3)
+    z = torch.empty((*rows.shape, len(signals)), dtype=torch.float32)  # (B, C, 3)
+    for s, (values, inv_std) in enumerate(signals):
+        torch.mul(values, inv_std.float(), out=z[:, :, s])
     scores = torch.einsum("bcs,bgs->bgc", z, g).masked_fill_(~usable.unsqueeze(1), -math.inf)
     kk = min(k, int(scores.shape[2]))
     values, pos = torch.topk(scores, kk, dim=2)

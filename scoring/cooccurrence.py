@@ -95,7 +95,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -295,6 +295,14 @@ def merge_rows(rows: Iterable[CooccurrenceRow], max_neighbours: int | None = Non
 # --------------------------------------------------------------------------- the model
 
 
+def _appended(a: np.ndarray, value: float) -> np.ndarray:
+    """A copy of ``a`` with ``value`` appended (``np.append`` costs several times more)."""
+    out = np.empty(len(a) + 1, dtype=a.dtype)
+    out[:-1] = a
+    out[-1] = value
+    return out
+
+
 class CooccurrenceModel:
     """Item-to-item co-occurrence of positive events (see the module doc).
 
@@ -346,6 +354,13 @@ class CooccurrenceModel:
         self._slot_ids: list[str] = []
         self._log2_count = np.full(64, _NEG_INF, dtype=np.float64)
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # cache, dropped on change
+        # each row's neighbour dict and the slots of its first keys, kept while observe only
+        # updates and adds entries (a dict keeps its order, new keys last): the slots are then
+        # looked up again for the new keys only (neighbour_arrays)
+        self._key_slots: dict[str, tuple[dict[str, float], np.ndarray]] = {}
+        #: the items whose cached arrays were read since they were made: observe patches
+        #: those (a per-event snapshot reads the rows its event changed) and drops the others
+        self._read: set[str] = set()
         self._last_ts: int | None = None
         #: how many times :meth:`clear` ran (slots are reassigned then: caches by slot are stale)
         self.clears = 0
@@ -388,6 +403,7 @@ class CooccurrenceModel:
             self._undo += (self._rows, item_id, self._rows.get(item_id))
             self._undo_items.append(item_id)
         self._rows[item_id] = row
+        self._key_slots.pop(item_id, None)
         self._changed(item_id, row)
 
     def replace_partial(self, item_id: str, old: CooccurrenceRow | None, new: CooccurrenceRow | None) -> None:
@@ -469,6 +485,7 @@ class CooccurrenceModel:
                 target.log2_count = old
         for item_id in dict.fromkeys(self._undo_items):
             self._arrays.pop(item_id, None)
+            self._key_slots.pop(item_id, None)  # keys may have been deleted
             slot = self._slot.get(item_id)
             if slot is not None:
                 row = self._rows.get(item_id)
@@ -486,6 +503,8 @@ class CooccurrenceModel:
         self._slot_ids = []
         self._log2_count = np.full(64, _NEG_INF, dtype=np.float64)
         self._arrays.clear()
+        self._key_slots.clear()
+        self._read.clear()
         self._last_ts = None
         self.clears += 1
 
@@ -497,6 +516,7 @@ class CooccurrenceModel:
         if self._rows.pop(item_id, None) is None:
             return False
         self._arrays.pop(item_id, None)
+        self._key_slots.pop(item_id, None)
         self._log2_count[self._slot[item_id]] = _NEG_INF
         return True
 
@@ -524,7 +544,8 @@ class CooccurrenceModel:
         return view
 
     def neighbour_arrays(self, item_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(slots int64, log2 weights float64)`` of the item's neighbours (cached)."""
+        """``(slots int64, log2 weights float64)`` of the item's neighbours, in the row's order (cached)."""
+        self._read.add(item_id)
         cached = self._arrays.get(item_id)
         if cached is not None:
             return cached
@@ -534,13 +555,46 @@ class CooccurrenceModel:
         else:
             nb = row.neighbours
             n = len(nb)
-            try:  # every neighbour usually has its slot already: plain lookups
-                slots = np.fromiter(map(self._slot.__getitem__, nb), dtype=np.int64, count=n)
-            except KeyError:  # a stored row naming items this model has not seen
-                slots = np.fromiter((self.slot(j) for j in nb), dtype=np.int64, count=n)
+            known = self._key_slots.get(item_id)
+            if known is not None and known[0] is nb and len(known[1]) <= n:
+                # the same dict, only updated and grown since (observe): its first keys are the same
+                slots = known[1]
+                if len(slots) < n:
+                    slots = np.concatenate([slots, self._slots_of(list(itertools.islice(nb, len(slots), None)))])
+            else:
+                slots = self._slots_of(nb)
+            self._key_slots[item_id] = (nb, slots)
             out = (slots, np.fromiter(nb.values(), dtype=np.float64, count=n))
         self._arrays[item_id] = out
         return out
+
+    def _patch(self, item_id: str, row: CooccurrenceRow, key: str, added: bool) -> None:
+        """``row.neighbours[key]`` (``item_id``'s row) was just set by :meth:`observe`
+        (``added``: a new key, the dict's last): the cached arrays are patched to what
+        :meth:`neighbour_arrays` would make of the row, or dropped where they cannot be."""
+        self._read.discard(item_id)
+        cached = self._arrays.pop(item_id, None)
+        known = self._key_slots.get(item_id)
+        nb = row.neighbours
+        s = self._slot.get(key)
+        if cached is None or known is None or known[0] is not nb or s is None or len(cached[0]) + added != len(nb):
+            return
+        slots, lw = cached
+        if added:
+            slots, lw = _appended(slots, s), _appended(lw, nb[key])
+            self._key_slots[item_id] = (nb, slots)
+        else:
+            lw = lw.copy()
+            lw[slots == s] = nb[key]
+        self._arrays[item_id] = (slots, lw)
+
+    def _slots_of(self, keys: Collection[str]) -> np.ndarray:
+        """The slots of item ids, assigned in order where new."""
+        n = len(keys)
+        try:  # every neighbour usually has its slot already: plain lookups
+            return np.fromiter(map(self._slot.__getitem__, keys), dtype=np.int64, count=n)
+        except KeyError:  # a stored row naming items this model has not seen
+            return np.fromiter((self.slot(j) for j in keys), dtype=np.int64, count=n)
 
     def _changed(self, item_id: str, row: CooccurrenceRow) -> None:
         self._arrays.pop(item_id, None)
@@ -596,6 +650,7 @@ class CooccurrenceModel:
         # a journal open, each change is recorded as (target, key, old value) first)
         cap = 2 * self.max_neighbours
         drop = self._arrays.pop
+        read = self._read
         slot_of = self._slot.get
         log2_count = self._log2_count
         for pos, i in enumerate(others):
@@ -606,12 +661,13 @@ class CooccurrenceModel:
                 if undo is not None:
                     undo += (rows, i, None)
             nb = row_i.neighbours
-            old = nb.get(item_id)
+            old = old_i = nb.get(item_id)
             nb[item_id] = pair_term if old is None else logaddexp2(old, pair_term)
             if undo is not None:
                 undo += (nb, item_id, old)
             if len(nb) > cap:
                 row_i.neighbours = bound_neighbours(nb, self.max_neighbours)
+                self._key_slots.pop(i, None)
                 if undo is not None:
                     undo += (row_i, _SWAP, nb)
             nb = row_j.neighbours
@@ -621,9 +677,13 @@ class CooccurrenceModel:
                 undo += (nb, i, old)
             if len(nb) > cap:
                 row_j.neighbours = bound_neighbours(nb, self.max_neighbours)
+                self._key_slots.pop(item_id, None)
                 if undo is not None:
                     undo += (row_j, _SWAP, nb)
-            drop(i, None)
+            if i in read:
+                self._patch(i, row_i, item_id, old_i is None)
+            else:
+                drop(i, None)
             s = slot_of(i)
             if s is None:
                 s = self.slot(i)  # may grow the array
@@ -714,6 +774,25 @@ class CooccurrenceModel:
 
 # --------------------------------------------------------------------------- vectorised scoring
 
+#: :func:`_positive_sums` adds up through a dense vector while it has at most this many
+#: entries per term (zeroing and scanning it costs less than sorting the terms).
+_DENSE_SUMS: Final = 100
+
+
+def _positive_sums(keys: np.ndarray, values: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``keys`` (in ``[0, n_keys)``) ascending with the sums of their ``values``,
+    where positive.  Each sum is added up in the order given (``np.bincount``), through a dense
+    vector of every key or, where that is long for the terms, through ``np.unique``: the same
+    numbers either way."""
+    if n_keys <= _DENSE_SUMS * len(keys):
+        sums = np.bincount(keys, weights=values, minlength=n_keys)
+        at = np.flatnonzero(sums > 0.0)
+        return at, sums[at]
+    uniq, inv = np.unique(keys, return_inverse=True)
+    sums = np.bincount(inv, weights=values, minlength=uniq.shape[0])
+    pos = sums > 0.0
+    return uniq[pos], sums[pos]
+
 
 class CooccurrenceScorer:
     """Dense co-occurrence scores over a fixed item order (e.g. an ItemMatrix's rows).
@@ -766,38 +845,13 @@ class CooccurrenceScorer:
 
     def sparse(self, history: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(rows int64, scores float64)`` of one history: rows unique and ascending, only
-        the rows with a positive score."""
-        model = self.model
-        slot_parts: list[np.ndarray] = []
-        log_parts: list[np.ndarray] = []
-        distinct = list(dict.fromkeys(history))
-        step = math.log2(model.recency)  # 0.0 without recency weighting
-        for age, i in enumerate(reversed(distinct)):
-            row = model.row(i)
-            if row is None or row.log2_count == _NEG_INF or not row.neighbours:
-                continue
-            slots, lw = model.neighbour_arrays(i)
-            slot_parts.append(slots)
-            log_parts.append(lw - (0.5 * row.log2_count - age * step))
-        if not slot_parts:
-            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
-        slots = np.concatenate(slot_parts)
-        slot_row = self._sync()
-        half_j = 0.5 * model.log2_counts()[slots]
-        # sim(i, j) = 2 ** (log2 co_ij - log2 n_i / 2 - log2 n_j / 2); 0 when j has no count
-        vals = np.exp2(np.minimum(np.concatenate(log_parts) - half_j, MAX_LOG2_SIMILARITY))
-        vals[half_j == _NEG_INF] = 0.0
-        rows = slot_row[slots]
-        keep = rows >= 0
-        uniq, inv = np.unique(rows[keep], return_inverse=True)
-        sums = np.bincount(inv, weights=vals[keep], minlength=uniq.shape[0])
-        pos = sums > 0.0
-        return uniq[pos], sums[pos]
+        the rows with a positive score (:meth:`sparse_batch` of one history)."""
+        return self.sparse_batch([history])[0]
 
     def sparse_batch(self, histories: Sequence[Iterable[str]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """:meth:`sparse` of every history, computed together (the same numbers: each
-        element is computed as :meth:`sparse` computes it, and each row's sum is added up in
-        the same order); the pairs are views into shared arrays (read-only by convention)."""
+        """:meth:`sparse` of every history, computed together (the same numbers as one at a
+        time: each element is computed alone, and each row's sum is added up in the order of
+        its history's items); the pairs are views into shared arrays (read-only by convention)."""
         model = self.model
         step = math.log2(model.recency)  # 0.0 without recency weighting
         neg_inf = _NEG_INF
@@ -837,19 +891,19 @@ class CooccurrenceScorer:
         counts = np.asarray(lengths, dtype=np.int64)
         slot_row = self._sync()
         half_j = 0.5 * model.log2_counts()[slots]
-        # as sparse(): lw - (0.5 * log2 n_i - age * step), then - log2 n_j / 2, capped, 0 without a count
+        # sim(i, j) = 2 ** (log2 co_ij - log2 n_i / 2 - log2 n_j / 2), weighted by recency ** age:
+        # lw - (0.5 * log2 n_i - age * step), then - log2 n_j / 2, capped, 0 without a count
         logs = np.concatenate(log_parts) - np.repeat(np.asarray(shifts, dtype=np.float64), counts)
         vals = np.exp2(np.minimum(logs - half_j, MAX_LOG2_SIMILARITY))
         vals[half_j == _NEG_INF] = 0.0
         rows = slot_row[slots]
         keep = rows >= 0
         n = max(self._n_rows, 1)
+        if batch == 1:  # (sparse) the keys are the rows
+            return [_positive_sums(rows[keep], vals[keep], n)]
         keys = np.repeat(np.asarray(owners, dtype=np.int64), counts)[keep] * n + rows[keep]
-        # one row's terms keep their order (bincount adds them in order): the sums of sparse()
-        uniq, inv = np.unique(keys, return_inverse=True)
-        sums = np.bincount(inv, weights=vals[keep], minlength=uniq.shape[0])
-        pos = sums > 0.0
-        uniq, sums = uniq[pos], sums[pos]
+        # one row's terms keep their order (bincount adds them in order): the sums of one history alone
+        uniq, sums = _positive_sums(keys, vals[keep], batch * n)
         users = uniq // n
         out_rows = uniq - users * n
         bounds = np.searchsorted(users, np.arange(batch + 1)).tolist()

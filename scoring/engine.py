@@ -39,6 +39,7 @@ a batch equals what strictly one-at-a-time processing would emit.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from contextlib import contextmanager
@@ -446,6 +447,16 @@ class Engine:
                 latest_rating[h.item_id] = h.rating
         return [h.item_id for h in profile.history if latest_rating.get(h.item_id, 5.0) > 3]
 
+    def _popularity_by_row(self) -> np.ndarray:
+        """The log2 popularity of each matrix row (``-inf``: none), float64."""
+        scores = self.popularity.log2_scores()
+        # ItemMatrix.row without a method call per item (-1: not in the matrix)
+        rows = np.fromiter(map(self.matrix._id_to_row.get, scores, itertools.repeat(-1)), dtype=np.int64, count=len(scores))
+        values = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
+        out = np.full(self.matrix.rows_used, -np.inf, dtype=np.float64)
+        out[rows[rows >= 0]] = values[rows >= 0]
+        return out
+
     def _item_vectors(self, item_ids: set[str]) -> dict[str, np.ndarray]:
         """The catalog embeddings (float32, read-only) of those of ``item_ids`` in the matrix.
 
@@ -581,12 +592,7 @@ class Engine:
         pop_base: np.ndarray | None = None
         journal: list[tuple[int, float]] = []
         if blend is not None:
-            pop_base = np.full(self.matrix.rows_used, -np.inf, dtype=np.float64)
-            row_of = self.matrix.row
-            for item_id, lg in self.popularity.items():
-                r = row_of(item_id)
-                if r is not None:
-                    pop_base[r] = lg
+            pop_base = self._popularity_by_row()
 
         self._pop_base, self._journal = pop_base, journal
         stats = BatchStats(events=len(batch))

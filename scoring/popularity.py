@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 import orjson
@@ -238,6 +239,11 @@ class DecayedPopularity:
     def items(self) -> Iterator[tuple[str, float]]:
         """``(item_id, log2 score)`` pairs, most popular first (for persistence)."""
         return ((item_id, -neg) for neg, item_id in self._ranked())
+
+    def log2_scores(self) -> Mapping[str, float]:
+        """``{item_id: log2 score}`` in no particular order: a read-only view, without
+        bringing the ranking of :meth:`items` up to date."""
+        return MappingProxyType(self._log2)
 
     # ------------------------------------------------------------------ persistence
     @classmethod
