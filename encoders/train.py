@@ -65,7 +65,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.k < 1 or self.patience < 1 or self.eval_batch < 1:
-            raise ValueError("epochs, batch_size, k, patience and eval_batch must be at least 1")
+            raise ValueError(
+                f"epochs, batch_size, k, patience and eval_batch must be at least 1, got {self.epochs}, {self.batch_size}, {self.k}, {self.patience} and {self.eval_batch}"
+            )
         if not (self.lr > 0 and math.isfinite(self.lr)) or self.weight_decay < 0:
             raise ValueError(f"lr must be positive and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
         if self.targets not in ("positive", "all"):

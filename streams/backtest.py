@@ -21,11 +21,144 @@ from recstream.scoring.backtest import BacktestConfig, BacktestResult, evaluate_
 
 from . import topics as T
 from .client import read_topic, reader
-from .config import KafkaSettings
+from .config import KafkaSettings, worker_defaults
 from .records import Item, ItemDeleted, Recommendation, ValidationError, decode_recommendation, parse_event, parse_item
 
 if TYPE_CHECKING:
     from .app import WorkerConfig
+
+
+@dataclass(frozen=True)
+class BacktestSettings:
+    """Everything ``recstream backtest`` can be told (made from its flags by
+    :func:`streams.cli.backtest.backtest_settings`, which checks them).
+
+    ``protocol`` is what is scored (the split, targets, cut-offs, EASE); ``worker`` the
+    engine's settings the methods or the replay's worker rank with (item text, profile,
+    popularity and co-occurrence, weight adaptation, the ``blend`` file's weights).
+    Without ``dataset``, the events from ``from_ms`` to ``to_ms`` of the ``kafka``
+    deployment are replayed through ``workers`` isolated workers (or the existing replay
+    namespace ``replay_prefix`` is scored); with it, the engine's ``methods`` run offline
+    over the dataset, users keyed to ``partitions`` input partitions.
+    """
+
+    protocol: BacktestConfig
+    worker: WorkerConfig = field(default_factory=worker_defaults)
+    kafka: KafkaSettings | None = None  # the deployment replayed (None with a dataset)
+    from_ms: int | None = None
+    to_ms: int | None = None
+    replay_prefix: str | None = None
+    workers: int = 1
+    dataset: str | None = None
+    dataset_options: dict[str, Any] | None = None  # a CSV column mapping (streams.sources.load_dataset)
+    partitions: int = 1
+    methods: tuple[str, ...] | None = None  # None: every method (learned with a user model)
+    user_model: str | None = None
+    blend: str | None = None  # the weights file; worker.blend holds its weights
+    ranker: str | None = None  # the replay worker's ranker (None: the worker's default)
+    json_file: str | None = None
+    html_file: str | None = None
+
+
+def run_backtest(settings: BacktestSettings) -> int:
+    """``recstream backtest``: replay (or score an existing replay) and score it, or, with a
+    dataset, run the engine's methods offline side by side; print the table and write the
+    JSON and HTML files asked for. Returns the exit status."""
+    if settings.dataset:
+        return _run_dataset(settings)
+    import collections
+
+    from recstream.scoring.backtest import format_table
+
+    from .replay import run_replay
+
+    config = settings.protocol
+    source = settings.kafka or KafkaSettings()
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    if settings.replay_prefix:
+        target = source.with_prefix(settings.replay_prefix)
+    else:
+        from .cli.options import engine_worker_args
+
+        target = source.with_prefix(f"{source.topic_prefix}backtest-{int(time.time())}.")
+        partitions = T.list_topics(source).get(source.topic(T.CLICKS))
+        if not partitions:
+            print(f"recstream backtest: no topic {source.topic(T.CLICKS)!r} on {source.broker}", file=sys.stderr)
+            return 1
+        worker_args = ["-k", str(config.max_k), *engine_worker_args(settings.worker)]
+        if settings.blend:  # the replay's worker ranks with these weights: its column is theirs
+            worker_args += ["--blend", settings.blend]
+        if settings.user_model:
+            worker_args += ["--user-model", settings.user_model]
+        if settings.ranker:
+            worker_args += ["--ranker", settings.ranker]
+        stats = run_replay(
+            source,
+            target,
+            start_ms=settings.from_ms,
+            end_ms=settings.to_ms,
+            partitions=partitions,
+            worker_args=worker_args,
+            workers=settings.workers,
+        )
+        print(
+            f"replayed {stats.events_total} events into {target.topic_prefix!r} in {stats.seconds:.1f}s "
+            f"({stats.events_total / max(stats.seconds, 1e-9):.0f} events/s)",
+            file=sys.stderr,
+        )
+        timings.update(replay_s=round(stats.seconds, 3), replay_events_per_s=round(stats.events_total / max(stats.seconds, 1e-9), 1))
+    scored = time.monotonic()
+    result, contents = backtest_replay(target, config, history_len=settings.worker.history_len)
+    timings.update(scoring_s=round(time.monotonic() - scored, 3), total_s=round(time.monotonic() - started, 3))
+    print(format_table(result, ks=[k for k in config.ks if k >= 10] or config.ks))
+    # which ranker made the records (the popularity fallback included), as their ``model`` says
+    models = collections.Counter(rec.model for rec in contents.recommendations)
+    doc = {
+        "replay_prefix": target.topic_prefix,
+        "invalid_records": contents.invalid,
+        "timings": timings,
+        "models": dict(models.most_common()),
+        **result.to_dict(),
+    }
+    write_reports(doc, settings)
+    return 0
+
+
+def _run_dataset(settings: BacktestSettings) -> int:
+    """``backtest --dataset``: the engine's methods run offline side by side (:func:`backtest_dataset`)."""
+    from recstream.scoring.backtest import format_table
+
+    run = backtest_dataset(
+        cast(str, settings.dataset),
+        settings.protocol,
+        worker=settings.worker,
+        methods=method_list(settings.methods, user_model=settings.user_model),
+        user_model=settings.user_model,
+        partitions=settings.partitions,
+        start_ms=settings.from_ms,
+        end_ms=settings.to_ms,
+        dataset_options=settings.dataset_options,
+    )
+    print(format_table(run.result, ks=[k for k in run.config.ks if k >= 10] or run.config.ks))
+    print(f"engine runs: {', '.join(f'{n} {s:.0f}s' for n, s in run.engine_s.items())}; {run.total_s:.0f}s in all", file=sys.stderr)
+    write_reports(run.to_dict(), settings)
+    return 0
+
+
+def write_reports(doc: dict, settings: BacktestSettings) -> None:
+    """The backtest's JSON and HTML files (``--json``, ``--html``), when asked for."""
+    import orjson
+
+    if settings.json_file:
+        with open(settings.json_file, "wb") as f:
+            f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+        print(f"wrote {settings.json_file}", file=sys.stderr)
+    if settings.html_file:
+        from recstream.scoring.report import write_html
+
+        write_html(doc, settings.html_file)
+        print(f"wrote {settings.html_file}", file=sys.stderr)
 
 
 @dataclass(slots=True)

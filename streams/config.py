@@ -64,6 +64,14 @@ class ConfigError(ValueError):
     """A setting has a value recstream cannot use; the message says which and why."""
 
 
+def worker_defaults() -> Any:
+    """``WorkerConfig()``, the worker's defaults: the default of the settings models that hold
+    the worker's engine settings (imported when called: :mod:`streams.app` loads Faust)."""
+    from .app import WorkerConfig
+
+    return WorkerConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
     """Where the cluster is, how to connect to it and how this deployment names its topics."""

@@ -32,6 +32,13 @@ def parse_time(text: str) -> int:
     return int(value.timestamp() * 1000)
 
 
+def format_time(ms: int) -> str:
+    """Epoch ms as :func:`parse_time` reads it back: ``YYYY-MM-DD`` at midnight UTC, else an
+    ISO date-time in UTC."""
+    value = datetime.fromtimestamp(ms / 1000, timezone.utc)
+    return value.strftime("%Y-%m-%d") if value == value.replace(hour=0, minute=0, second=0, microsecond=0) else value.isoformat()
+
+
 @dataclass(slots=True)
 class Pacer:
     """Sleeps so that events go out at ``rate`` per second or ``speedup`` × their original pace."""

@@ -18,14 +18,105 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from recstream.scoring.backtest import event_order_key
+from recstream.scoring.blend import NORMALIZATIONS
+from recstream.scoring.records import KIND_RANK
+from recstream.streams.config import worker_defaults
 from recstream.streams.records import DAY_MS, Item, ItemDeleted, ValidationError, parse_event, parse_item
+
+if TYPE_CHECKING:
+    from .app import WorkerConfig
+    from .config import KafkaSettings
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """Everything ``recstream tune`` can be told (made from its flags by
+    :func:`streams.cli.tune.tune_settings`, which checks them).
+
+    ``engine`` holds the worker's settings the signals are computed with (item text and text
+    model, profile and popularity half-lives, history length, co-occurrence); the weights
+    are tuned on the ``kinds`` of interactions of the validation window, from
+    ``validation_from_ms`` to ``split_ms`` (defaults: see :func:`tune_weights`), of the dataset
+    at ``dataset`` or, without one, of the ``kafka`` deployment's topics; ``grid_step`` and
+    ``normalizations`` make the grid of weights tried; the best, by NDCG@k then HR@k, is
+    written to ``output``.
+    """
+
+    engine: WorkerConfig = field(default_factory=worker_defaults)
+    kafka: KafkaSettings | None = None  # the deployment read (None with a dataset)
+    dataset: str | None = None
+    dataset_options: dict[str, Any] | None = None  # a CSV column mapping (streams.sources.load_dataset)
+    split_ms: int | None = None
+    validation_from_ms: int | None = None
+    output: str = "blend.json"
+    k: int = 10
+    grid_step: float = 0.1
+    normalizations: tuple[str, ...] = NORMALIZATIONS
+    kinds: tuple[str, ...] = tuple(KIND_RANK)  # click, purchase, review
+    positive_threshold: float = 4.0
+
+    def protocol_config(self) -> Any:
+        """The protocol's methods set up as the worker's engine (:func:`protocol_config`)."""
+        e = self.engine
+        return protocol_config(
+            k=self.k,
+            positive_threshold=self.positive_threshold,
+            popularity_half_life_days=e.popularity_half_life_days,
+            half_life_days=e.half_life_days,
+            history_len=e.history_len,
+            cooc_neighbours=e.cooc_neighbours,
+            cooc_history_len=e.cooc_history_len,
+            cooc_half_life_days=e.cooc_half_life_days,
+            cooc_pair_decay=e.cooc_pair_decay,
+            cooc_recency=e.cooc_recency,
+        )
+
+    def grid(self) -> list:
+        """The weights tried (:func:`scoring.protocol.weight_grid`)."""
+        from recstream.scoring.protocol import weight_grid
+
+        return weight_grid(self.grid_step, self.normalizations)
+
+
+def run_tune(settings: TuneSettings) -> int:
+    """``recstream tune``: tune the weights, write them to ``settings.output`` and print the
+    result. Returns the exit status."""
+    from recstream.scoring.blend import BlendWeights
+
+    src = load_source(
+        settings.dataset,
+        settings.kafka,
+        end_ms=settings.split_ms,
+        positive_threshold=settings.positive_threshold,
+        dataset_options=settings.dataset_options,
+    )
+    fields = settings.engine.item_fields
+    emb, info = catalog_embeddings(src.catalog, fields=fields, model=settings.engine.model)
+    weights, meta = tune_weights(
+        src,
+        emb,
+        split_ms=settings.split_ms,
+        validation_from_ms=settings.validation_from_ms,
+        kinds=settings.kinds,
+        config=settings.protocol_config(),
+        grid=settings.grid(),
+    )
+    meta["embeddings"] = {"model": info["model"], "item_fields": list(fields)}
+    BlendWeights.save(weights, settings.output, meta=meta)
+    v = meta["validation"]
+    k = settings.k
+    print(
+        f"{weights.label()}: HR@{k} {v[f'best_hr@{k}']:.4f}, NDCG@{k} {v[f'best_ndcg@{k}']:.4f} on {v['cases']} validation "
+        f"cases (interactions {v['interactions'][0]}-{v['interactions'][1]}); wrote {settings.output}"
+    )
+    return 0
 
 
 @dataclass
@@ -123,13 +214,6 @@ def catalog_embeddings(
 
     texts = [item_text(it.title, it.categories, it.description, fields=tuple(fields)) for it in catalog]
     return embed_texts(texts, model=model, cache_dir=cache_dir, device=device, progress=progress)
-
-
-def parse_grid(step: float, normalizations: str) -> list:
-    from recstream.scoring.protocol import weight_grid
-
-    norms = [n.strip() for n in normalizations.split(",") if n.strip()]
-    return weight_grid(step, norms)
 
 
 def tune_weights(

@@ -28,12 +28,25 @@ from typing import Sequence
 
 from ..config import ConfigError
 from . import backtest, demo, forget, kafka, produce, profile, replay, subscribe, topics, train, tune, worker
-from .backtest import engine_worker_args
+from .backtest import backtest_settings
 from .configfile import apply_config_file, note_environment
-from .options import Handler, env_reads, kafka_options, settings_from, version_string
+from .options import Handler, Parser, engine_worker_args, env_reads, kafka_options, settings_from, version_string
+from .train import train_settings
+from .tune import tune_settings
 from .worker import worker_config
 
-__all__ = ["Handler", "apply_config_file", "build_parser", "engine_worker_args", "main", "settings_from", "worker_config"]
+__all__ = [
+    "Handler",
+    "apply_config_file",
+    "backtest_settings",
+    "build_parser",
+    "engine_worker_args",
+    "main",
+    "settings_from",
+    "train_settings",
+    "tune_settings",
+    "worker_config",
+]
 
 #: the commands, in the order ``recstream --help`` lists them
 COMMANDS = (kafka, topics, worker, forget, profile, produce, replay, backtest, tune, train, subscribe, demo)
@@ -42,7 +55,7 @@ COMMANDS = (kafka, topics, worker, forget, profile, produce, replay, backtest, t
 def build_parser() -> argparse.ArgumentParser:
     """The ``recstream`` parser. The ``RECSTREAM_*`` variables are read here (they are the
     flags' defaults): one that does not parse raises :class:`~streams.config.ConfigError`."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="recstream",
         description="Real-time, text-aware recommendations on Apache Kafka.",
         epilog="Run 'recstream COMMAND --help' for the options of a command.",

@@ -1,11 +1,26 @@
-"""``recstream backtest``: replay a time range (or run the engine over a dataset) and score the recommendations."""
+"""``recstream backtest``: replay a time range (or run the engine over a dataset) and score the
+recommendations (its flags, and the :class:`streams.backtest.BacktestSettings` they make; the
+run is :func:`streams.backtest.run_backtest`)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from .options import _env_int, adapt_knobs, blend_weights, csv_options, dataset_options, engine_knobs, parse_time_opt, settings_from
+from .options import (
+    Problems,
+    adapt_knobs,
+    add_setting,
+    blend_weights,
+    csv_options,
+    dataset_options,
+    date_ms,
+    default_of,
+    engine_knobs,
+    integers,
+    knob_settings,
+    names,
+    settings_from,
+)
 
 
 def _method_names() -> list[str]:
@@ -14,162 +29,71 @@ def _method_names() -> list[str]:
     return method_names()
 
 
-#: the destinations of :func:`~streams.cli.options.engine_knobs` that are worker flags of the same name
-_ENGINE_KNOBS = (
-    "item_fields",
-    "half_life_days",
-    "popularity_half_life_days",
-    "cooc_neighbours",
-    "cooc_history_len",
-    "cooc_half_life_days",
-    "cooc_pair_decay",
-    "cooc_recency",
-)
+def backtest_settings(args: argparse.Namespace):
+    """The :class:`streams.backtest.BacktestSettings` of ``recstream backtest``'s flags; every
+    problem with them is listed in one ConfigError (one line, exit status 2)."""
+    from recstream.scoring.backtest import BacktestConfig
 
+    from ..app import WorkerConfig
+    from ..backtest import BacktestSettings, method_list
 
-def engine_worker_args(args: argparse.Namespace) -> list[str]:
-    """``backtest``'s engine settings as flags of the replay's worker, so that it computes
-    what they say (their defaults and environment variables are the worker's own)."""
-    out: list[str] = []
-    for dest in _ENGINE_KNOBS:
-        out += ["--" + dest.replace("_", "-"), str(getattr(args, dest))]
-    for dest in ("adapt_step", "adapt_rate", "adapt_epoch"):
-        out += ["--" + dest.replace("_", "-"), str(getattr(args, dest))]
-    if args.adapt is not None:
-        out.append("--adapt" if args.adapt else "--no-adapt")
-    return out
+    blend = blend_weights(args.blend)  # a bad file: one line, exit status 1
+    problems = Problems()
+    if args.split is None:  # required, from a flag or the config file
+        problems.add("--split DATE is required: events before it warm the state, later ones are tested")
+    protocol = problems.check(
+        lambda: BacktestConfig(
+            split_ms=0 if args.split is None else args.split,  # 0 stands in for a missing split, to check the rest
+            targets=args.targets,
+            positive_threshold=args.positive_threshold,
+            ks=args.ks,
+            ease=args.ease,
+        )
+    )
+    worker = problems.check(lambda: WorkerConfig(blend=blend, **knob_settings(args, adapt=True)))
+    options = problems.check(lambda: dataset_options(args, args.dataset))
+    problems.check(lambda: method_list(args.methods, user_model=args.user_model))
+    kafka = None if args.dataset else problems.check(lambda: settings_from(args))
+    if args.from_ is not None and args.to is not None and args.from_ >= args.to:
+        problems.add("--from must be before --to")
+    if args.workers < 1:
+        problems.add(f"--workers must be at least 1, got {args.workers}")
+    if args.partitions < 1:
+        problems.add(f"--partitions must be at least 1, got {args.partitions}")
+    problems.raise_any()
+    assert protocol is not None and worker is not None
+    return BacktestSettings(
+        protocol=protocol,
+        worker=worker,
+        kafka=kafka,
+        from_ms=args.from_,
+        to_ms=args.to,
+        replay_prefix=args.replay_prefix,
+        workers=args.workers,
+        dataset=args.dataset,
+        dataset_options=options,
+        partitions=args.partitions,
+        methods=args.methods,
+        user_model=args.user_model,
+        blend=args.blend,
+        ranker=args.ranker,
+        json_file=args.json_file,
+        html_file=args.html_file,
+    )
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    import collections
-    import time as _time
+    from ..backtest import run_backtest
 
-    from recstream.scoring.backtest import BacktestConfig, format_table
-
-    from .. import topics
-    from ..backtest import backtest_replay
-    from ..produce import parse_time
-    from ..replay import run_replay
-
-    ks = tuple(sorted({int(k) for k in args.ks.split(",")}))
-    config = BacktestConfig(
-        split_ms=parse_time(args.split),
-        targets=frozenset(t.strip() for t in args.targets.split(",")),
-        positive_threshold=args.positive_threshold,
-        ks=ks,
-        ease=args.ease,
-    )
-    options = dataset_options(args, args.dataset)
-    if args.dataset:
-        return _backtest_dataset(args, config, options)
-    source = settings_from(args)
-    started = _time.monotonic()
-    timings: dict[str, float] = {}
-    if args.replay_prefix:
-        target = source.with_prefix(args.replay_prefix)
-    else:
-        target = source.with_prefix(f"{source.topic_prefix}backtest-{int(_time.time())}.")
-        partitions = topics.list_topics(source).get(source.topic(topics.CLICKS))
-        if not partitions:
-            print(f"recstream backtest: no topic {source.topic(topics.CLICKS)!r} on {source.broker}", file=sys.stderr)
-            return 1
-        worker_args = ["-k", str(max(ks)), "--history-len", str(args.history_len), *engine_worker_args(args)]
-        if args.blend:  # the replay's worker ranks with these weights: its column is theirs
-            blend_weights(args.blend)  # a bad file fails here, not in the replay's worker
-            worker_args += ["--blend", args.blend]
-        if args.user_model:
-            worker_args += ["--user-model", args.user_model]
-        if args.ranker:
-            worker_args += ["--ranker", args.ranker]
-        stats = run_replay(
-            source,
-            target,
-            start_ms=parse_time(args.from_) if args.from_ else None,
-            end_ms=parse_time(args.to) if args.to else None,
-            partitions=partitions,
-            worker_args=worker_args,
-            workers=args.workers,
-        )
-        print(
-            f"replayed {stats.events_total} events into {target.topic_prefix!r} in {stats.seconds:.1f}s "
-            f"({stats.events_total / max(stats.seconds, 1e-9):.0f} events/s)",
-            file=sys.stderr,
-        )
-        timings.update(replay_s=round(stats.seconds, 3), replay_events_per_s=round(stats.events_total / max(stats.seconds, 1e-9), 1))
-    scored = _time.monotonic()
-    result, contents = backtest_replay(target, config, history_len=args.history_len)
-    timings.update(scoring_s=round(_time.monotonic() - scored, 3), total_s=round(_time.monotonic() - started, 3))
-    print(format_table(result, ks=[k for k in ks if k >= 10] or ks))
-    # which ranker made the records (the popularity fallback included), as their ``model`` says
-    models = collections.Counter(rec.model for rec in contents.recommendations)
-    doc = {
-        "replay_prefix": target.topic_prefix,
-        "invalid_records": contents.invalid,
-        "timings": timings,
-        "models": dict(models.most_common()),
-        **result.to_dict(),
-    }
-    _write_reports(doc, args)
-    return 0
-
-
-def _write_reports(doc: dict, args: argparse.Namespace) -> None:
-    """The backtest's ``--json`` and ``--html`` files, when asked for."""
-    import orjson
-
-    if args.json:
-        with open(args.json, "wb") as f:
-            f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
-        print(f"wrote {args.json}", file=sys.stderr)
-    if args.html:
-        from recstream.scoring.report import write_html
-
-        write_html(doc, args.html)
-        print(f"wrote {args.html}", file=sys.stderr)
-
-
-def _backtest_dataset(args: argparse.Namespace, config, options: dict | None) -> int:
-    """``backtest --dataset``: the engine's methods run offline side by side (:func:`streams.backtest.backtest_dataset`)."""
-    from recstream.scoring.backtest import format_table
-
-    from ..app import WorkerConfig
-    from ..backtest import backtest_dataset, method_list
-
-    names = method_list(args.methods, user_model=args.user_model)
-    worker = WorkerConfig(
-        blend=blend_weights(args.blend),
-        adapt=args.adapt,
-        adapt_step=args.adapt_step,
-        adapt_rate=args.adapt_rate,
-        adapt_epoch=args.adapt_epoch,
-        popularity_half_life_days=args.popularity_half_life_days,
-        cooc_neighbours=args.cooc_neighbours,
-        cooc_history_len=args.cooc_history_len,
-        cooc_half_life_days=args.cooc_half_life_days,
-        cooc_pair_decay=args.cooc_pair_decay,
-        cooc_recency=args.cooc_recency,
-        half_life_days=args.half_life_days,
-        history_len=args.history_len,
-        item_fields=tuple(f.strip() for f in args.item_fields.split(",") if f.strip()),
-    )
-    run = backtest_dataset(
-        args.dataset,
-        config,
-        worker=worker,
-        methods=names,
-        user_model=args.user_model,
-        partitions=args.partitions,
-        start_ms=parse_time_opt(args.from_),
-        end_ms=parse_time_opt(args.to),
-        dataset_options=options,
-    )
-    print(format_table(run.result, ks=[k for k in run.config.ks if k >= 10] or run.config.ks))
-    print(f"engine runs: {', '.join(f'{n} {s:.0f}s' for n, s in run.engine_s.items())}; {run.total_s:.0f}s in all", file=sys.stderr)
-    _write_reports(run.to_dict(), args)
-    return 0
+    return run_backtest(backtest_settings(args))
 
 
 def add_parser(sub, kafka_opts: argparse.ArgumentParser) -> None:
+    from recstream.scoring.backtest import BacktestConfig
+
+    from ..app import RANKERS
+    from ..backtest import BacktestSettings
+
     p = sub.add_parser(
         "backtest",
         parents=[kafka_opts],
@@ -179,48 +103,68 @@ def add_parser(sub, kafka_opts: argparse.ArgumentParser) -> None:
         "worker processed it against the event's item; popularity and item-kNN baselines are scored "
         "on the same cases. Prints a table; --json writes every figure, --html a report with plots.",
     )
-    p.add_argument("--split", required=True, metavar="DATE", help="events before it warm the state; later target events are test cases")
-    p.add_argument("--from", dest="from_", metavar="DATE", help="first event of the replay (default: the beginning)")
-    p.add_argument("--to", metavar="DATE", help="end of the replay, exclusive (default: now)")
+    p.add_argument("--split", metavar="DATE", type=date_ms, help="events before it warm the state; later target events are test cases (required)")
+    p.add_argument("--from", dest="from_", metavar="DATE", type=date_ms, help="first event of the replay (default: the beginning)")
+    p.add_argument("--to", metavar="DATE", type=date_ms, help="end of the replay, exclusive (default: now)")
     p.add_argument("--replay-prefix", help="score an existing replay namespace instead of running a new one")
-    p.add_argument(
-        "--workers", type=int, default=1, metavar="N", help="replay through N workers of one group sharing the partitions (default 1; at most the partitions)"
+    add_setting(
+        p,
+        "--workers",
+        type=int,
+        metavar="N",
+        env=False,
+        default=default_of(BacktestSettings, "workers"),
+        help="replay through N workers of one group sharing the partitions; at most the partitions",
     )
-    p.add_argument(
+    add_setting(
+        p,
         "--targets",
-        default="click,purchase,positive",
-        help="which events are test cases: click, purchase, positive (reviews at or above the threshold); default all",
+        type=names,
+        metavar="KIND,...",
+        env=False,
+        default=default_of(BacktestConfig, "targets"),
+        help="which events are test cases: click, purchase, positive (reviews at or above the threshold)",
     )
-    p.add_argument("--positive-threshold", type=float, default=4.0, help="rating of a positive review (default 4)")
-    p.add_argument("--ks", default="5,10,20", help="cut-offs (default 5,10,20)")
-    p.add_argument("--history-len", type=int, default=_env_int("HISTORY_LEN", 50), help="the worker's history length (env RECSTREAM_HISTORY_LEN; default 50)")
+    add_setting(
+        p,
+        "--positive-threshold",
+        type=float,
+        env=False,
+        default=default_of(BacktestConfig, "positive_threshold"),
+        help="rating of a positive review",
+    )
+    add_setting(p, "--ks", type=integers, metavar="K,...", env=False, default=default_of(BacktestConfig, "ks"), help="cut-offs")
     p.add_argument(
         "--ease",
         action="store_true",
+        default=default_of(BacktestConfig, "ease"),
         help="also score the recency-weighted EASE baseline, fit at --split on the "
         "interactions before it (seconds to minutes and GBs: it inverts an items x items matrix)",
     )
-    p.add_argument("--json", metavar="FILE", help="write the full result as JSON")
-    p.add_argument("--html", metavar="FILE", help="write a report with plots (metrics per month, latency, baselines) as one HTML file")
+    p.add_argument("--json", dest="json_file", metavar="FILE", help="write the full result as JSON")
+    p.add_argument("--html", dest="html_file", metavar="FILE", help="write a report with plots (metrics per month, latency, baselines) as one HTML file")
     g = p.add_argument_group(
         "side by side, offline (--dataset)",
         "Run recstream's engine here instead of a worker, once per "
         "method, over a dataset folder, and score every method and the baselines on the same cases. "
-        "Without --dataset, the engine settings (--item-fields to --cooc-recency) are passed to "
+        "Without --dataset, the engine settings (--item-fields to --adapt-epoch) are passed to "
         "the replay's worker.",
     )
     g.add_argument("--dataset", metavar="PATH", help="a dataset folder (formats of 'recstream produce'): no broker, no replay")
-    g.add_argument(
+    add_setting(
+        g,
         "--partitions",
         type=int,
-        default=1,
         metavar="N",
-        help="with --dataset: key each user's events to one of N input "
-        "partitions, as a worker's topics would (the adaptive weights "
-        "are kept per partition; default 1)",
+        env=False,
+        default=default_of(BacktestSettings, "partitions"),
+        help="with --dataset: key each user's events to one of N input partitions, as a worker's topics would; the adaptive weights are kept per partition",
     )
     g.add_argument(
-        "--methods", help=f"methods, in table order (default {','.join(m for m in _method_names() if m != 'learned')}, and learned with --user-model)"
+        "--methods",
+        type=names,
+        metavar="METHOD,...",
+        help=f"methods, in table order (default {','.join(m for m in _method_names() if m != 'learned')}, and learned with --user-model)",
     )
     g.add_argument(
         "--user-model", metavar="CKPT", help="the learned method's checkpoint from 'recstream train'; without --dataset, the replay's worker ranks with it"
@@ -233,7 +177,7 @@ def add_parser(sub, kafka_opts: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--ranker",
-        choices=["blend", "text", "learned"],
+        choices=RANKERS,
         help="without --dataset: the replay worker's ranker (default: the worker's, blend; learned with --user-model)",
     )
     engine_knobs(g)

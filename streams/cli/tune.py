@@ -1,54 +1,73 @@
-"""``recstream tune``: pick blend weights on a validation window and write the ``--blend`` file."""
+"""``recstream tune``: pick blend weights on a validation window and write the ``--blend`` file
+(its flags, and the :class:`streams.tune.TuneSettings` they make; the run is
+:func:`streams.tune.run_tune`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from .options import _env, csv_options, dataset_options, engine_knobs, parse_time_opt, settings_from
+from .options import (
+    Problems,
+    add_setting,
+    csv_options,
+    dataset_options,
+    date_ms,
+    default_of,
+    engine_knobs,
+    knob_settings,
+    names,
+    settings_from,
+    text_model_option,
+)
+
+
+def tune_settings(args: argparse.Namespace):
+    """The :class:`streams.tune.TuneSettings` of ``recstream tune``'s flags; every problem with
+    them is listed in one ConfigError (one line, exit status 2)."""
+    from recstream.scoring.protocol import interactions_from_events
+
+    from ..app import WorkerConfig
+    from ..tune import TuneSettings
+
+    problems = Problems()
+    engine = problems.check(lambda: WorkerConfig(model=args.model, **knob_settings(args)))
+    options = problems.check(lambda: dataset_options(args, args.dataset))
+    kafka = None if args.dataset else problems.check(lambda: settings_from(args))
+    if args.split is not None and args.validation_from is not None and args.validation_from >= args.split:
+        problems.add("--validation-from must be before --split")
+    problems.check(lambda: interactions_from_events((), kinds=args.kinds))  # the kinds' own check
+    settings = TuneSettings(
+        engine=engine or WorkerConfig(),  # the defaults, to check the rest when the engine settings are refused
+        kafka=kafka,
+        dataset=args.dataset,
+        dataset_options=options,
+        split_ms=args.split,
+        validation_from_ms=args.validation_from,
+        output=args.output,
+        k=args.k,
+        grid_step=args.grid_step,
+        normalizations=args.normalizations,
+        kinds=args.kinds,
+        positive_threshold=args.positive_threshold,
+    )
+    problems.check(settings.protocol_config)
+    problems.check(settings.grid)
+    problems.raise_any()
+    return settings
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from recstream.scoring.blend import BlendWeights
+    from ..tune import run_tune
 
-    from ..tune import catalog_embeddings, load_source, parse_grid, protocol_config, tune_weights
-
-    options = dataset_options(args, args.dataset)
-    split_ms = parse_time_opt(args.split)
-    validation_from_ms = parse_time_opt(args.validation_from)
-    if split_ms is not None and validation_from_ms is not None and validation_from_ms >= split_ms:
-        raise ValueError("--validation-from must be before --split")
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    config = protocol_config(
-        k=args.k,
-        positive_threshold=args.positive_threshold,
-        popularity_half_life_days=args.popularity_half_life_days,
-        half_life_days=args.half_life_days,
-        history_len=args.history_len,
-        cooc_neighbours=args.cooc_neighbours,
-        cooc_history_len=args.cooc_history_len,
-        cooc_half_life_days=args.cooc_half_life_days,
-        cooc_pair_decay=args.cooc_pair_decay,
-        cooc_recency=args.cooc_recency,
-    )
-    grid = parse_grid(args.grid_step, args.normalizations)
-    src = load_source(
-        args.dataset, None if args.dataset else settings_from(args), end_ms=split_ms, positive_threshold=args.positive_threshold, dataset_options=options
-    )
-    fields = tuple(f.strip() for f in args.item_fields.split(",") if f.strip())
-    emb, info = catalog_embeddings(src.catalog, fields=fields, model=args.model)
-    weights, meta = tune_weights(src, emb, split_ms=split_ms, validation_from_ms=validation_from_ms, kinds=kinds, config=config, grid=grid)
-    meta["embeddings"] = {"model": info["model"], "item_fields": list(fields)}
-    BlendWeights.save(weights, args.output, meta=meta)
-    v = meta["validation"]
-    k = args.k
-    print(
-        f"{weights.label()}: HR@{k} {v[f'best_hr@{k}']:.4f}, NDCG@{k} {v[f'best_ndcg@{k}']:.4f} on {v['cases']} validation "
-        f"cases (interactions {v['interactions'][0]}-{v['interactions'][1]}); wrote {args.output}"
-    )
-    return 0
+    return run_tune(tune_settings(args))
 
 
 def add_parser(sub, kafka_opts: argparse.ArgumentParser) -> None:
+    from ..tune import TuneSettings
+
+    def default(name: str):
+        return default_of(TuneSettings, name)
+
     p = sub.add_parser(
         "tune",
         parents=[kafka_opts],
@@ -61,15 +80,28 @@ def add_parser(sub, kafka_opts: argparse.ArgumentParser) -> None:
         "--split is read: tune before the period you report on.",
     )
     p.add_argument("--dataset", metavar="PATH", help="a dataset folder (formats of 'recstream produce'; default: read the topics)")
-    p.add_argument("--split", metavar="DATE", help="start of the test period: nothing from it on is read (default: the 80%% point of the interactions)")
-    p.add_argument("--validation-from", metavar="DATE", help="start of the validation window (default: the last eighth of the interactions before --split)")
-    p.add_argument("-o", "--output", default="blend.json", help="weights file to write (default blend.json)")
-    p.add_argument("-k", "--k", type=int, default=10, help="list length of the metric (default 10)")
-    p.add_argument("--grid-step", type=float, default=0.1, help="weight grid step on the simplex (default 0.1: 66 points per normalisation)")
-    p.add_argument("--normalizations", default="zscore,rank", help="normalisations tried (default zscore,rank)")
-    p.add_argument("--kinds", default="click,purchase,review", help="event kinds that make interactions (default all three)")
-    p.add_argument("--positive-threshold", type=float, default=4.0, help="rating of a positive review (default 4)")
-    p.add_argument("--model", default=_env("MODEL"), help="text model directory (default the packaged all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--split", metavar="DATE", type=date_ms, help="start of the test period: nothing from it on is read (default: the 80%% point of the interactions)"
+    )
+    p.add_argument(
+        "--validation-from", metavar="DATE", type=date_ms, help="start of the validation window (default: the last eighth of the interactions before --split)"
+    )
+    add_setting(p, "-o", "--output", metavar="FILE", env=False, default=default("output"), help="weights file to write")
+    add_setting(p, "-k", "--k", type=int, env=False, default=default("k"), help="list length of the metric")
+    step = default("grid_step")
+    add_setting(
+        p,
+        "--grid-step",
+        type=float,
+        env=False,
+        default=step,
+        help="weight grid step on the simplex",
+        default_text=f"{step:g}: {len(TuneSettings(grid_step=step, normalizations=('zscore',)).grid())} points per normalisation",
+    )
+    add_setting(p, "--normalizations", type=names, metavar="NAME,...", env=False, default=default("normalizations"), help="normalisations tried")
+    add_setting(p, "--kinds", type=names, metavar="KIND,...", env=False, default=default("kinds"), help="event kinds that make interactions")
+    add_setting(p, "--positive-threshold", type=float, env=False, default=default("positive_threshold"), help="rating of a positive review")
+    text_model_option(p)
     engine_knobs(p)
     csv_options(p)
     p.set_defaults(func=cmd_tune)

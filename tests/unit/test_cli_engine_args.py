@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recstream.streams.cli import build_parser, engine_worker_args, worker_config
+from recstream.streams.cli import backtest_settings, build_parser, engine_worker_args, worker_config
 
 
 def test_backtest_engine_settings_become_the_replay_workers_flags() -> None:
@@ -24,18 +24,20 @@ def test_backtest_engine_settings_become_the_replay_workers_flags() -> None:
             "title",
         ]
     )
-    worker = worker_config(parser.parse_args(["worker", *engine_worker_args(bt)]))
+    worker = worker_config(parser.parse_args(["worker", *engine_worker_args(backtest_settings(bt).worker)]))
     assert (worker.cooc_recency, worker.cooc_pair_decay, worker.cooc_neighbours) == (0.5, 0.7, 300)
     assert worker.half_life_days == 12.0 and worker.item_fields == ("title",)
     # the defaults are the worker's: passing them changes nothing
-    defaults = worker_config(parser.parse_args(["worker", *engine_worker_args(parser.parse_args(["backtest", "--split", "2016-03-22"]))]))
+    defaults = worker_config(
+        parser.parse_args(["worker", *engine_worker_args(backtest_settings(parser.parse_args(["backtest", "--split", "2016-03-22"])).worker)])
+    )
     assert defaults == worker_config(parser.parse_args(["worker"]))
 
 
 def test_the_weight_adaptation_settings_reach_the_replays_worker() -> None:
     parser = build_parser()
     bt = parser.parse_args(["backtest", "--split", "2016-03-22", "--no-adapt", "--adapt-rate", "2", "--adapt-epoch", "50"])
-    worker = worker_config(parser.parse_args(["worker", *engine_worker_args(bt)]))
+    worker = worker_config(parser.parse_args(["worker", *engine_worker_args(backtest_settings(bt).worker)]))
     assert (worker.adapt, worker.adapt_rate, worker.adapt_epoch) == (False, 2.0, 50)
     assert worker.adapt_config is None
     on = worker_config(parser.parse_args(["worker", "--adapt-step", "0.05"]))

@@ -71,10 +71,33 @@ def test_other_commands_tables_and_no_file_leave_the_defaults(tmp_path):
     config = tmp_path / "recstream.toml"
     config.write_text('[backtest]\nks = "5,10"\nhistory-len = 70\nease = true\n[worker]\nhistory-len = 120\n')
     args = _parse(["backtest", "--config", str(config), "--split", "2020-01-01"])
-    assert (args.ks, args.history_len, args.ease) == ("5,10", 70, True)
+    assert (args.ks, args.history_len, args.ease) == ((5, 10), 70, True)
     assert _parse(["worker", "--config", str(config)]).history_len == 120
     assert _parse(["worker"]).history_len == 50
-    assert _parse(["backtest", "--split", "2020-01-01"]).ks != "5,10"
+    assert _parse(["backtest", "--split", "2020-01-01"]).ks != (5, 10)
+
+
+def test_the_tables_of_backtest_tune_and_train_hold_their_settings(tmp_path):
+    from recstream.streams.cli import backtest_settings, train_settings, tune_settings
+    from recstream.streams.produce import parse_time
+
+    config = tmp_path / "recstream.toml"
+    config.write_text(
+        '[backtest]\nsplit = 2016-03-22\njson = "r.json"\nworkers = 2\n'
+        '[tune]\nvalidation-from = "2016-01-01"\ngrid-step = 0.25\n'
+        '[train]\nto = 2016-01-01\nvalidate-to = "2016-03-22"\nthreads = 1\nno-progress = true\n'
+    )
+    backtest = backtest_settings(_parse(["backtest", "--config", str(config)]))
+    assert (backtest.protocol.split_ms, backtest.json_file, backtest.workers) == (parse_time("2016-03-22"), "r.json", 2)
+    tune = tune_settings(_parse(["tune", "--config", str(config), "--grid-step", "0.5"]))
+    assert (tune.validation_from_ms, tune.grid_step) == (parse_time("2016-01-01"), 0.5)
+    train = train_settings(_parse(["train", "--config", str(config), "-o", "c"]))
+    assert (train.validation_from_ms, train.split_ms, train.engine.torch_threads, train.progress) == (
+        parse_time("2016-01-01"),
+        parse_time("2016-03-22"),
+        1,
+        False,
+    )
 
 
 def test_every_command_table_is_a_command():
@@ -95,6 +118,9 @@ def test_every_command_table_is_a_command():
         ('[worker]\nbroker = "h:1"\n', "[worker] broker = 'h:1': a Kafka connection setting, write it in [kafka]"),
         ("[tune]\nsplit = 3\n[wrker]\nk = 1\n", "unknown table or key wrker"),
         ("[backtest]\nks = [5, 10]\n", "[backtest] ks = [5, 10]: expected a string"),
+        ('[backtest]\nks = "5,ten"\n', "[backtest] ks = '5,ten': expected integers separated by commas, got '5,ten'"),
+        ('[train]\nepochs = "many"\n', "[train] epochs = 'many': expected an integer"),
+        ('[tune]\nsplit = "someday"\n', "[tune] split = 'someday': 'someday' is not a date (YYYY-MM-DD) or ISO date-time"),
         ("worker = 3\n", "'worker' must be a table"),
     ],
 )

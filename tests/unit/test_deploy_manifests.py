@@ -34,8 +34,12 @@ def load() -> dict[str, list[dict]]:
 
 
 def known_variables() -> set[str]:
-    """Every RECSTREAM_* name the worker and its settings read (from the source)."""
-    text = "\n".join(p.read_text() for p in SOURCES if p.exists())
+    """Every RECSTREAM_* name the worker and its settings read: from the source, and those
+    ``recstream worker --help`` names (a flag's variable is named after the flag where it is declared)."""
+    from recstream.streams.cli import build_parser
+    from recstream.streams.cli.configfile import commands
+
+    text = "\n".join(p.read_text() for p in SOURCES if p.exists()) + commands(build_parser())["worker"].format_help()
     names = set(re.findall(r"RECSTREAM_[A-Z0-9_]+", text))
     names |= {f"RECSTREAM_{n}" for n in re.findall(r'_env\("([A-Z0-9_]+)"', text)}
     return names

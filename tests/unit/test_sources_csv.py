@@ -194,20 +194,23 @@ def test_the_commands_take_the_flags_and_report_errors_in_one_line(tmp_path: Pat
     err = capsys.readouterr().err
     assert "made 0 items, 1 clicks" in err and "events.csv line 3: ts 'bad' is neither" in err
 
-    for argv, line in (
+    for argv, line, status in (
         (
             ["produce", str(events), "--columns", "user=customer", "--dry-run"],
             f"recstream: error: {events}: --columns maps user to column 'customer', which the header lacks (it has: uid, item_id, ts)\n",
+            1,
         ),
         (
             ["produce", str(events), "--format", "jsonl", "--columns", "user=uid", "--dry-run"],
             "recstream: error: a CSV column mapping (--columns, --catalog-csv) reads the csv format, not 'jsonl'\n",
+            1,
         ),
-        (["tune", "--columns", "user=uid"], "recstream: error: --columns, --catalog-csv and --catalog-columns describe a CSV given with --dataset\n"),
+        # a settings error of tune, train and backtest (exit status 2)
+        (["tune", "--columns", "user=uid"], "recstream: error: --columns, --catalog-csv and --catalog-columns describe a CSV given with --dataset\n", 2),
     ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
-        assert exc.value.code == 1
+        assert exc.value.code == status
         assert capsys.readouterr().err.endswith(line)
 
 

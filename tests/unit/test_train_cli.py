@@ -113,12 +113,19 @@ def test_train_then_backtest_the_learned_column(tmp_path: Path, capsys) -> None:
 def test_train_refuses_bad_ranges_with_a_message(tmp_path: Path, capsys) -> None:
     data = write_movielens(tmp_path / "ml", users=5)
     with pytest.raises(SystemExit) as exc:
-        main(["train", "--dataset", str(data)])  # --to and --output are required
+        main(["train", "--dataset", str(data), "--to", SPLIT])  # --output is required
     assert exc.value.code == 2
-    with pytest.raises(SystemExit) as exc:
-        main(["train", "--dataset", str(data), "--to", SPLIT, "--validate-to", VALIDATE_FROM, "-o", str(tmp_path / "x.ckpt")])
-    assert exc.value.code == 1
-    assert "--validate-to must be after --to" in capsys.readouterr().err
+    assert "the following arguments are required: -o/--output" in capsys.readouterr().err
+    # settings errors: one line each, exit status 2, before any data is read
+    for argv, message in (
+        ([], "--to DATE is required: the end of the training range, where validation starts"),
+        (["--to", SPLIT, "--validate-to", VALIDATE_FROM], "--validate-to must be after --to"),
+        (["--from", SPLIT, "--to", VALIDATE_FROM], "--from must be before --to"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(["train", "--dataset", str(data), "-o", str(tmp_path / "x.ckpt"), *argv])
+        assert exc.value.code == 2
+        assert capsys.readouterr().err == f"recstream: error: {message}\n"
     with pytest.raises(SystemExit) as exc:
         main(["train", "--dataset", str(data), "--to", "1990-01-01", "-o", str(tmp_path / "x.ckpt")])
     assert exc.value.code == 1

@@ -81,7 +81,7 @@ def test_tune_writes_weights_the_worker_reads_from_before_the_split(dataset: Pat
 def test_tune_rejects_a_validation_window_after_the_split(dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["tune", "--dataset", str(dataset), "--split", SPLIT, "--validation-from", "2017-08-05", "-o", str(tmp_path / "b.json")])
-    assert exc.value.code == 1
+    assert exc.value.code == 2  # a settings error
     assert not (tmp_path / "b.json").exists()
 
 
