@@ -2,7 +2,7 @@
 # Backtest replay benchmark (item 5 of the benchmark issue): events/s of `recstream backtest` on
 # ml-latest-small, through the real broker, with the README's protocol.
 #
-# It produces the dataset to a fresh topic prefix, runs `recstream backtest --json`, prints the
+# It produces the dataset to a fresh topic prefix, runs `recstream backtest --json-file`, prints the
 # timings (produce seconds, replay seconds and events/s, scoring seconds, total) and the metrics as
 # one JSON document, and deletes the prefix's topics and the replay namespace afterwards (also
 # after an error or Ctrl-C).
@@ -42,7 +42,7 @@ trap cleanup EXIT
 start=$(date +%s.%N)
 "$BIN/recstream" produce "$DATA" --topic-prefix "$PREFIX" >&2
 produced=$(date +%s.%N)
-"$BIN/recstream" backtest --topic-prefix "$PREFIX" --split "$SPLIT" --json "$OUT_DIR/replay_backtest.json" >&2
+"$BIN/recstream" backtest --topic-prefix "$PREFIX" --split "$SPLIT" --json-file "$OUT_DIR/replay_backtest.json" >&2
 "$BIN/python" - "$OUT_DIR/replay_backtest.json" "$start" "$produced" "$DATA" "$SPLIT" <<'PY' | tee "$OUT_DIR/replay.json"
 import json, os, sys
 sys.path.insert(0, "bench")

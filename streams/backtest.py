@@ -147,7 +147,7 @@ def _run_dataset(settings: BacktestSettings) -> int:
 
 
 def write_reports(doc: dict, settings: BacktestSettings) -> None:
-    """The backtest's JSON and HTML files (``--json``, ``--html``), when asked for."""
+    """The backtest's JSON and HTML files (``--json-file``, ``--html-file``), when asked for."""
     import orjson
 
     if settings.json_file:
@@ -257,7 +257,7 @@ class DatasetBacktest:
     total_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``--json`` document (and the ``--html`` report's input)."""
+        """The ``--json-file`` document (and the ``--html-file`` report's input)."""
         return {
             "dataset": self.dataset,
             "methods": self.methods,

@@ -19,6 +19,7 @@ from .options import (
     integers,
     knob_settings,
     names,
+    renamed,
     settings_from,
 )
 
@@ -101,7 +102,7 @@ def add_parser(sub, kafka_opts: argparse.ArgumentParser) -> None:
         description="Replay the events of a time range through an isolated worker (per-event emission), then, "
         "for every target interaction after --split, rank the recommendation the user held when the "
         "worker processed it against the event's item; popularity and item-kNN baselines are scored "
-        "on the same cases. Prints a table; --json writes every figure, --html a report with plots.",
+        "on the same cases. Prints a table; --json-file writes every figure, --html-file a report with plots.",
     )
     p.add_argument("--split", metavar="DATE", type=date_ms, help="events before it warm the state; later target events are test cases (required)")
     p.add_argument("--from", dest="from_", metavar="DATE", type=date_ms, help="first event of the replay (default: the beginning)")
@@ -141,8 +142,10 @@ def add_parser(sub, kafka_opts: argparse.ArgumentParser) -> None:
         help="also score the recency-weighted EASE baseline, fit at --split on the "
         "interactions before it (seconds to minutes and GBs: it inverts an items x items matrix)",
     )
-    p.add_argument("--json", dest="json_file", metavar="FILE", help="write the full result as JSON")
-    p.add_argument("--html", dest="html_file", metavar="FILE", help="write a report with plots (metrics per month, latency, baselines) as one HTML file")
+    renamed(p, "--json", p.add_argument("--json-file", metavar="FILE", help="write the full result as JSON"))
+    renamed(
+        p, "--html", p.add_argument("--html-file", metavar="FILE", help="write a report with plots (metrics per month, latency, baselines) as one HTML file")
+    )
     g = p.add_argument_group(
         "side by side, offline (--dataset)",
         "Run recstream's engine here instead of a worker, once per "

@@ -16,7 +16,8 @@ A value goes through the flag's own conversion and checks (its argparse ``type``
 ``choices``; ``true``/``false`` for a switch) and becomes the flag's default, below the
 environment and the flags: defaults < config file < ``RECSTREAM_*`` < flags. A value that
 does not convert, an unknown key or table is a :class:`~streams.config.ConfigError` naming the
-file, the table, the key and the value (one line, exit status 2). Every command table of the
+file, the table, the key and the value (one line, exit status 2); a flag's old, deprecated
+name is not a key (the error names the new one). Every command table of the
 file is checked, whichever command runs; ``recstream kafka`` (the local broker) has none.
 """
 
@@ -29,6 +30,7 @@ import weakref
 from typing import Any, Mapping, Sequence
 
 from ..config import COMMAND_TABLES, ENV_CONFIG, FILE_KEYS, ConfigError, read_config_file
+from .options import Renamed
 
 #: the ``RECSTREAM_*`` names (without the prefix) set in the environment when each command's
 #: parser was built: these settings keep the environment's value over the file's
@@ -117,6 +119,7 @@ def _convert(action: argparse.Action, value: Any, where: str) -> Any:
 def table_settings(command: argparse.ArgumentParser, name: str, table: Mapping[str, Any], path: str) -> dict[str, Any]:
     """The settings of a command table, by argparse destination, converted and checked."""
     keys = _keys(command)
+    renamed = {option[2:].replace("-", "_"): action.new[2:] for action in command._actions if isinstance(action, Renamed) for option in action.option_strings}
     out: dict[str, Any] = {}
     given: dict[str, str] = {}
     for key, value in table.items():
@@ -125,6 +128,8 @@ def table_settings(command: argparse.ArgumentParser, name: str, table: Mapping[s
         if norm in FILE_KEYS:
             raise ConfigError(f"{where}: a Kafka connection setting, write it in [kafka]")
         action = keys.get(norm)
+        if action is None and norm in renamed:
+            raise ConfigError(f"{where}: renamed {renamed[norm]}")
         if action is None:
             close = difflib.get_close_matches(norm, list(keys), n=1)
             hint = f" (did you mean {close[0].replace('_', '-')}?)" if close else ""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Callable, Iterator, NoReturn, Sequence, TypeVar
 
@@ -276,6 +277,33 @@ def add_setting(
         kwargs["type"] = type
     where = f"env RECSTREAM_{dest.upper()}; " if env else ""
     return g.add_argument(*flags, default=default, help=f"{help} ({where}default {text})", **kwargs)
+
+
+class Renamed(argparse.Action):
+    """A flag's old name: it still works, with a one-line notice on stderr naming the new
+    one; ``--help`` does not list it, and the config file knows only the new name."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        sys.stderr.write(f"{parser.prog}: warning: {option_string} is deprecated, use {self.new}\n")
+        setattr(namespace, self.dest, values)
+
+
+def renamed(p, old: str, new: argparse.Action, *, type: Callable[[str], Any] | None = None) -> None:
+    """Keep ``old`` working as the flag of ``new``'s setting (a deprecated, hidden alias)."""
+    p.add_argument(
+        old,
+        dest=new.dest,
+        type=type or new.type,
+        metavar=new.metavar,
+        action=Renamed,
+        new=max(new.option_strings, key=len),
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
 
 
 class Problems:

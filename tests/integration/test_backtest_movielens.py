@@ -72,7 +72,7 @@ def test_backtest_of_a_movielens_slice_equals_the_offline_protocol(kafka_setting
     assert main(["produce", str(sliced), *common, "--partitions", "1"]) == 0
 
     out_json, out_html = tmp_path / "bt.json", tmp_path / "bt.html"
-    assert main(["backtest", *common, "--split", SPLIT, "--json", str(out_json), "--html", str(out_html)]) == 0
+    assert main(["backtest", *common, "--split", SPLIT, "--json-file", str(out_json), "--html-file", str(out_html)]) == 0
     doc = json.loads(out_json.read_text())
     replay = KafkaSettings(broker=kafka_settings.broker, topic_prefix=doc["replay_prefix"])
     try:

@@ -320,7 +320,7 @@ def test_sasl_ssl_plain_produce_worker_subscribe_and_backtest(tls_broker, tmp_pa
     # recommendations back (--replay-prefix: this namespace, no second worker)
     report = tmp_path / "backtest.json"
     backtest = _cli(
-        ["backtest", "--split", "2024-01-31", "--targets", "click", "--ks", "5", "--replay-prefix", alice.topic_prefix, "--json", str(report)],
+        ["backtest", "--split", "2024-01-31", "--targets", "click", "--ks", "5", "--replay-prefix", alice.topic_prefix, "--json-file", str(report)],
         env_of(alice),
         timeout_s=300,
     )

@@ -69,7 +69,7 @@ def test_every_ranker_through_kafka_scores_what_the_offline_engine_scores(kafka_
                 str(ckpt),
                 "--partitions",
                 "2",
-                "--json",
+                "--json-file",
                 str(offline_json),
             ]
         )
@@ -82,7 +82,7 @@ def test_every_ranker_through_kafka_scores_what_the_offline_engine_scores(kafka_
     runs = {"blend": [], "text-only": ["--ranker", "text"], "learned": ["--user-model", str(ckpt)]}
     for method, flags in runs.items():
         out = tmp_path / f"{method}.json"
-        assert main(["backtest", *common, "--split", SPLIT, "--ks", "10", "--json", str(out), *flags]) == 0
+        assert main(["backtest", *common, "--split", SPLIT, "--ks", "10", "--json-file", str(out), *flags]) == 0
         doc = json.loads(out.read_text())
         replay = KafkaSettings(broker=kafka_settings.broker, topic_prefix=doc["replay_prefix"])
         T.delete_topics(replay, list(T.list_topics(replay)))

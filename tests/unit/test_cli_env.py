@@ -1,5 +1,6 @@
 """The commands' settings: every flag's default is its settings model's field, RECSTREAM_*
-variables are typed, and a bad variable or flag is one line naming it (exit 2), never a traceback."""
+variables are typed, a bad variable or flag is one line naming it (exit 2), never a traceback,
+and renamed flags keep working with a notice."""
 
 from __future__ import annotations
 
@@ -97,6 +98,7 @@ def test_the_help_shows_the_models_defaults(clean_env, capsys, command):
         assert f"(env RECSTREAM_COOC_PAIR_DECAY; default {WorkerConfig().cooc_pair_decay:g})" in out
     assert f"--item-fields FIELD,... item fields embedded, in order (env RECSTREAM_ITEM_FIELDS; default {','.join(WorkerConfig().item_fields)})" in out
     if command == "backtest":
+        assert "--json-file FILE" in out and "--html-file FILE" in out and "--json " not in out and "--html " not in out
         assert "--ks K,... cut-offs (default 5,10,20)" in out
     if command == "train":
         assert "--batch-size BATCH_SIZE training sequences per step (default 32)" in out
@@ -152,3 +154,16 @@ def test_a_bad_variable_or_flag_of_a_command_is_one_line_naming_it(clean_env, mo
     assert _status(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(expected) and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_backtests_old_json_and_html_flags_still_work_with_a_notice(clean_env, capsys):
+    parser = build_parser()
+    common = ["backtest", "--dataset", "x", "--split", SPLIT]
+    new = backtest_settings(parser.parse_args([*common, "--json-file", "r.json", "--html-file", "r.html"]))
+    assert capsys.readouterr().err == ""
+    old = backtest_settings(parser.parse_args([*common, "--json", "r.json", "--html", "r.html"]))
+    assert old == new and (new.json_file, new.html_file) == ("r.json", "r.html")
+    assert capsys.readouterr().err.splitlines() == [
+        "recstream backtest: warning: --json is deprecated, use --json-file",
+        "recstream backtest: warning: --html is deprecated, use --html-file",
+    ]

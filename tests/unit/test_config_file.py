@@ -83,7 +83,7 @@ def test_the_tables_of_backtest_tune_and_train_hold_their_settings(tmp_path):
 
     config = tmp_path / "recstream.toml"
     config.write_text(
-        '[backtest]\nsplit = 2016-03-22\njson = "r.json"\nworkers = 2\n'
+        '[backtest]\nsplit = 2016-03-22\njson-file = "r.json"\nworkers = 2\n'
         '[tune]\nvalidation-from = "2016-01-01"\ngrid-step = 0.25\n'
         '[train]\nto = 2016-01-01\nvalidate-to = "2016-03-22"\nthreads = 1\nno-progress = true\n'
     )
@@ -119,6 +119,7 @@ def test_every_command_table_is_a_command():
         ("[tune]\nsplit = 3\n[wrker]\nk = 1\n", "unknown table or key wrker"),
         ("[backtest]\nks = [5, 10]\n", "[backtest] ks = [5, 10]: expected a string"),
         ('[backtest]\nks = "5,ten"\n', "[backtest] ks = '5,ten': expected integers separated by commas, got '5,ten'"),
+        ('[backtest]\njson = "r.json"\n', "[backtest] json = 'r.json': renamed json-file"),
         ('[train]\nepochs = "many"\n', "[train] epochs = 'many': expected an integer"),
         ('[tune]\nsplit = "someday"\n', "[tune] split = 'someday': 'someday' is not a date (YYYY-MM-DD) or ISO date-time"),
         ("worker = 3\n", "'worker' must be a table"),

@@ -68,7 +68,7 @@ def test_an_engine_over_a_catalog_recommends_from_the_events_it_is_given(dataset
 def test_backtest_from_python_equals_the_cli(dataset: Path, tmp_path: Path) -> None:
     run = recstream.backtest(dataset, SPLIT, methods="text-only,blend", ks=(10,), progress=False)
     out = tmp_path / "cli.json"
-    assert main(["backtest", "--dataset", str(dataset), "--split", SPLIT, "--methods", "text-only,blend", "--ks", "10", "--json", str(out)]) == 0
+    assert main(["backtest", "--dataset", str(dataset), "--split", SPLIT, "--methods", "text-only,blend", "--ks", "10", "--json-file", str(out)]) == 0
     cli = orjson.loads(out.read_bytes())
     ours = run.to_dict()
     assert list(ours["methods"]) == list(cli["methods"]) == ["text-only", "blend", "popularity", "item-knn"]

@@ -247,7 +247,7 @@ def test_backtest_dataset_reads_a_csv_export_as_it_reads_the_same_movielens_fold
     split = datetime.fromtimestamp(ratings[int(len(ratings) * 0.8)][3], timezone.utc).strftime("%Y-%m-%d")
 
     common = ["--split", split, "--methods", "blend", "--ks", "10"]
-    assert main(["backtest", "--dataset", str(ml), *common, "--json", "ml.json"]) == 0
+    assert main(["backtest", "--dataset", str(ml), *common, "--json-file", "ml.json"]) == 0
     assert (
         main(
             [
@@ -255,7 +255,7 @@ def test_backtest_dataset_reads_a_csv_export_as_it_reads_the_same_movielens_fold
                 "--dataset",
                 str(export),
                 *common,
-                "--json",
+                "--json-file",
                 "csv.json",
                 "--columns",
                 "user=customer,item=product,ts=at,rating=stars",

@@ -101,7 +101,7 @@ def test_train_then_backtest_the_learned_column(tmp_path: Path, capsys) -> None:
     assert model.config.metric["hr@10"] > 0.8  # the pair pattern is learned (chance: 10/28)
 
     side = tmp_path / "side.json"
-    rc = main(["backtest", "--dataset", str(data), "--split", SPLIT, "--user-model", str(ckpt), "--json", str(side), "--ks", "10"])
+    rc = main(["backtest", "--dataset", str(data), "--split", SPLIT, "--user-model", str(ckpt), "--json-file", str(side), "--ks", "10"])
     assert rc == 0
     methods = orjson.loads(side.read_bytes())["methods"]
     assert list(methods) == ["text-only", "blend", "learned", "popularity", "item-knn"]

@@ -89,7 +89,7 @@ def test_side_by_side_columns_equal_their_own_offline_runs(dataset: Path, tmp_pa
     weights = BlendWeights(0.3, 0.5, 0.2, "zscore")
     wfile = weights.save(tmp_path / "w.json")
     out = tmp_path / "side.json"
-    rc = main(["backtest", "--dataset", str(dataset), "--split", SPLIT, "--blend", str(wfile), "--json", str(out), "--ks", "10"])
+    rc = main(["backtest", "--dataset", str(dataset), "--split", SPLIT, "--blend", str(wfile), "--json-file", str(out), "--ks", "10"])
     assert rc == 0
     doc = orjson.loads(out.read_bytes())
     methods = doc["methods"]
