@@ -69,8 +69,8 @@ timeout 120 "$PY" bench/learned_serving.py --device cuda --rounds 2 --output "$O
 ML="${ML:-../shared/datasets/ml-latest-small}"
 if [[ -d "$ML" ]]; then
     echo "== recstream train on cuda ($ML)"
-    timeout 200 "$PY" -m recstream train --dataset "$ML" --to 2013-08-24 --validate-to 2016-03-22 \
-        --epochs 8 --patience 2 --threads 1 --device cuda --no-progress -o "$OUT_DIR/ml-sasrec-cuda.ckpt"
+    timeout 200 "$PY" -m recstream train --dataset "$ML" --validation-from 2013-08-24 --split 2016-03-22 \
+        --epochs 8 --patience 2 --torch-threads 1 --device cuda --no-progress -o "$OUT_DIR/ml-sasrec-cuda.ckpt"
 else
     echo "== no MovieLens folder at $ML: training on cuda skipped"
 fi

@@ -4,10 +4,12 @@ The event log (a dataset folder, or the deployment's catalog and event topics, r
 :func:`streams.tune.load_source`) becomes interactions (:func:`scoring.protocol.interactions_from_events`:
 the events of one user on one item at one time are one interaction, positive with a
 purchase or a review rated at least the threshold).  The interactions with
-``--from <= ts < --to`` are the training range; those from ``--to`` up to ``--validate-to``
-(default: the end of the log) the validation window, on which HR@k/NDCG@k are measured after
-every epoch (the protocol's rules: the user's earlier interactions are the state, the items
-they rated are not candidates); the best epoch is kept and written to ``--output``.
+``--from <= ts < --validation-from`` are the training range; those from ``--validation-from``
+up to ``--split`` (default: the end of the log) the validation window, on which HR@k/NDCG@k
+are measured after every epoch (the protocol's rules: the user's earlier interactions are the
+state, the items they rated are not candidates); the best epoch is kept and written to
+``--output``.  ``--split`` is the start of the test period, as ``backtest --split``: nothing
+from it on is read.
 
 Item text embeddings are the worker's (``--item-fields``, the packaged MiniLM), so the
 checkpoint reads the same vectors the worker keeps in its item matrix.
@@ -105,7 +107,7 @@ def run_train(settings: TrainSettings) -> int:
     if train_end == 0:
         raise ValueError("no interaction on a catalog item in the training range")
     if train_end == len(interactions):
-        print("recstream train: no interaction after --to: no validation, the last epoch is kept", file=sys.stderr)
+        print("recstream train: no interaction after --validation-from: no validation, the last epoch is kept", file=sys.stderr)
     fields = settings.engine.item_fields
     emb, info = catalog_embeddings(src.catalog, fields=fields, model=settings.engine.model, device=settings.train.device, progress=progress)
     dates = {"from": settings.from_ms, "to": settings.validation_from_ms, "validate_to": settings.split_ms}

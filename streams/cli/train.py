@@ -15,8 +15,10 @@ from .options import (
     default_of,
     knob,
     names,
+    renamed,
     settings_from,
     text_model_option,
+    torch_threads_option,
 )
 
 
@@ -63,11 +65,11 @@ def train_settings(args: argparse.Namespace):
     kafka = None if args.dataset else problems.check(lambda: settings_from(args))
     start, validation, split = args.from_, args.validation_from, args.split
     if validation is None:
-        problems.add("--to DATE is required: the end of the training range, where validation starts")
+        problems.add("--validation-from DATE is required: the end of the training range, where validation starts")
     elif start is not None and start >= validation:
-        problems.add("--from must be before --to")
+        problems.add("--from must be before --validation-from")
     if validation is not None and split is not None and split <= validation:
-        problems.add("--validate-to must be after --to")
+        problems.add("--split must be after --validation-from")
     problems.raise_any()
     assert model is not None and train is not None and engine is not None and validation is not None
     return TrainSettings(
@@ -93,8 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_train(train_settings(args))
 
 
-def _threads(text: str) -> int | None:
-    """``--threads N``: 0 is torch's own count."""
+def _old_threads(text: str) -> int | None:
+    """``--threads N``, the old name of ``--torch-threads``: 0 meant torch's own count."""
     try:
         return int(text) or None
     except ValueError:
@@ -120,17 +122,31 @@ def add_parser(sub, kafka_opts: argparse.ArgumentParser) -> None:
         parents=[kafka_opts],
         help="train the learned user encoder (SASRec) and write a checkpoint for 'worker --user-model'",
         description="Train a small causal transformer over users' recent items (item = its text embedding + a learned ID "
-        "embedding) on the interactions from --from to --to (a dataset folder with --dataset, else the "
+        "embedding) on the interactions from --from to --validation-from (a dataset folder with --dataset, else the "
         "deployment's topics), with a full softmax over the catalog, AdamW, CUDA when present. After every "
-        "epoch HR@k/NDCG@k are measured on the validation window (--to up to --validate-to); the best epoch "
-        "is written to --output, a weights-only checkpoint that 'recstream worker --user-model' serves.",
+        "epoch HR@k/NDCG@k are measured on the validation window (--validation-from up to --split, the start of the "
+        "test period, as backtest's --split); the best epoch is written to --output, a weights-only checkpoint "
+        "that 'recstream worker --user-model' serves.",
     )
     p.add_argument("--dataset", metavar="PATH", help="a dataset folder (formats of 'recstream produce'; default: read the topics)")
     p.add_argument("--from", dest="from_", metavar="DATE", type=date_ms, help="start of the training range (default: the first event)")
-    p.add_argument(
-        "--to", dest="validation_from", metavar="DATE", type=date_ms, help="end of the training range (exclusive); validation starts here (required)"
+    renamed(
+        p,
+        "--to",
+        p.add_argument(
+            "--validation-from", metavar="DATE", type=date_ms, help="end of the training range (exclusive) and start of the validation window (required)"
+        ),
     )
-    p.add_argument("--validate-to", dest="split", metavar="DATE", type=date_ms, help="end of the validation window (default: the end of the log)")
+    renamed(
+        p,
+        "--validate-to",
+        p.add_argument(
+            "--split",
+            metavar="DATE",
+            type=date_ms,
+            help="end of the validation window: the start of the test period, nothing from it on is read (default: the end of the log)",
+        ),
+    )
     p.add_argument("-o", "--output", required=True, metavar="CKPT", help="checkpoint file to write")
     g = p.add_argument_group("model")
     add_setting(g, "--dim", type=int, env=False, default=shape("dim"), help="model width")
@@ -167,7 +183,7 @@ def add_parser(sub, kafka_opts: argparse.ArgumentParser) -> None:
         help="cpu or cuda, for training and for embedding the catalog",
         default_text="cuda when present",
     )
-    g.add_argument("--threads", dest="torch_threads", type=_threads, metavar="N", help="torch CPU threads (default torch's)")
+    renamed(g, "--threads", torch_threads_option(g), type=_old_threads)
     g.add_argument("--no-progress", dest="progress", action="store_false", default=default("progress"), help="no progress bars")
     g = p.add_argument_group("the worker's item text: the checkpoint reads the vectors of its item matrix")
     knob(g, "item_fields")

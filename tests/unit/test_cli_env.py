@@ -83,7 +83,7 @@ def test_every_flag_defaults_to_its_settings_models_field(clean_env):
     backtest = backtest_settings(parser.parse_args(["backtest", "--dataset", "x", "--split", SPLIT]))
     assert backtest == BacktestSettings(protocol=BacktestConfig(split_ms=parse_time(SPLIT)), dataset="x")
     assert tune_settings(parser.parse_args(["tune", "--dataset", "x"])) == TuneSettings(dataset="x")
-    train = train_settings(parser.parse_args(["train", "--dataset", "x", "--to", SPLIT, "-o", "c", "--version", "v"]))
+    train = train_settings(parser.parse_args(["train", "--dataset", "x", "--validation-from", SPLIT, "-o", "c", "--version", "v"]))
     assert train == TrainSettings(output="c", validation_from_ms=parse_time(SPLIT), dataset="x", model=SASRecConfig(vocab=(), version="v"))
     # without a dataset, the deployment's connection is part of the settings
     assert tune_settings(parser.parse_args(["tune", "--topic-prefix", "shop."])).kafka.topic("clicks") == "shop.clicks"
@@ -101,6 +101,8 @@ def test_the_help_shows_the_models_defaults(clean_env, capsys, command):
         assert "--json-file FILE" in out and "--html-file FILE" in out and "--json " not in out and "--html " not in out
         assert "--ks K,... cut-offs (default 5,10,20)" in out
     if command == "train":
+        assert "--torch-threads N" in out and "--threads" not in out.replace("--torch-threads", "")
+        assert "--validation-from DATE" in out and "--split DATE" in out and "--to " not in out and "--validate-to" not in out
         assert "--batch-size BATCH_SIZE training sequences per step (default 32)" in out
 
 
@@ -115,7 +117,7 @@ def test_the_help_shows_the_models_defaults(clean_env, capsys, command):
         ),
         (["tune", "--dataset", "x"], ("RECSTREAM_COOC_RECENCY", "high"), "recstream: error: RECSTREAM_COOC_RECENCY: expected a number, got 'high'"),
         (
-            ["train", "--dataset", "x", "--to", SPLIT, "-o", "c"],
+            ["train", "--dataset", "x", "--validation-from", SPLIT, "-o", "c"],
             ("RECSTREAM_ITEM_FIELDS", "title,price"),
             "recstream: error: item fields must be a non-empty subset of title, categories, description, got title, price",
         ),
@@ -137,9 +139,10 @@ def test_the_help_shows_the_models_defaults(clean_env, capsys, command):
         ),
         (["tune", "--dataset", "x", "--grid-step", "0.3", "-k", "0"], None, "recstream: error: k must be at least 1, got 0; step must divide 1, got 0.3"),
         (
-            ["train", "--dataset", "x", "--to", SPLIT, "-o", "c", "--heads", "3", "--epochs", "0"],
+            ["train", "--dataset", "x", "--validation-from", SPLIT, "-o", "c", "--heads", "3", "--epochs", "0", "--torch-threads", "0"],
             None,
-            "recstream: error: dim (64) must be a multiple of heads (3); epochs, batch_size, k, patience and eval_batch must be at least 1, got 0, 32, 10, 3 and 512",
+            "recstream: error: dim (64) must be a multiple of heads (3); epochs, batch_size, k, patience and eval_batch must be at least 1, "
+            "got 0, 32, 10, 3 and 512; torch threads must be at least 1, got 0",
         ),
         (
             ["worker", "--partitions", "0", "--session-timeout", "2"],

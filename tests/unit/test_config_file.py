@@ -85,7 +85,7 @@ def test_the_tables_of_backtest_tune_and_train_hold_their_settings(tmp_path):
     config.write_text(
         '[backtest]\nsplit = 2016-03-22\njson-file = "r.json"\nworkers = 2\n'
         '[tune]\nvalidation-from = "2016-01-01"\ngrid-step = 0.25\n'
-        '[train]\nto = 2016-01-01\nvalidate-to = "2016-03-22"\nthreads = 1\nno-progress = true\n'
+        '[train]\nvalidation-from = 2016-01-01\nsplit = "2016-03-22"\ntorch-threads = 1\nno-progress = true\n'
     )
     backtest = backtest_settings(_parse(["backtest", "--config", str(config)]))
     assert (backtest.protocol.split_ms, backtest.json_file, backtest.workers) == (parse_time("2016-03-22"), "r.json", 2)
@@ -120,6 +120,7 @@ def test_every_command_table_is_a_command():
         ("[backtest]\nks = [5, 10]\n", "[backtest] ks = [5, 10]: expected a string"),
         ('[backtest]\nks = "5,ten"\n', "[backtest] ks = '5,ten': expected integers separated by commas, got '5,ten'"),
         ('[backtest]\njson = "r.json"\n', "[backtest] json = 'r.json': renamed json-file"),
+        ('[train]\nto = "2016-03-22"\n', "[train] to = '2016-03-22': renamed validation-from"),
         ('[train]\nepochs = "many"\n', "[train] epochs = 'many': expected an integer"),
         ('[tune]\nsplit = "someday"\n', "[tune] split = 'someday': 'someday' is not a date (YYYY-MM-DD) or ISO date-time"),
         ("worker = 3\n", "'worker' must be a table"),

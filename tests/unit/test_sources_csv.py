@@ -184,7 +184,7 @@ def test_the_commands_take_the_flags_and_report_errors_in_one_line(tmp_path: Pat
     for argv in (
         ["produce", "x.csv"],
         ["tune", "--dataset", "x.csv"],
-        ["train", "--dataset", "x.csv", "--to", "2024-01-01", "-o", "c"],
+        ["train", "--dataset", "x.csv", "--validation-from", "2024-01-01", "-o", "c"],
         ["backtest", "--dataset", "x.csv", "--split", "2024-01-01"],
     ):
         args = parser.parse_args([*argv, "--columns", "user=uid", "--catalog-csv", "i.csv", "--catalog-columns", "title=t"])

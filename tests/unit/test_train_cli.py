@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from recstream.encoders.sasrec import load_checkpoint
-from recstream.streams.cli import main
+from recstream.streams.cli import build_parser, main, train_settings
+from recstream.streams.produce import parse_time
 
 DAY_S = 86400
 T0_S = 1_500_000_000  # 2017-07-14
@@ -70,9 +71,9 @@ def test_train_then_backtest_the_learned_column(tmp_path: Path, capsys) -> None:
             "train",
             "--dataset",
             str(data),
-            "--to",
+            "--validation-from",
             VALIDATE_FROM,
-            "--validate-to",
+            "--split",
             SPLIT,
             "-o",
             str(ckpt),
@@ -113,21 +114,41 @@ def test_train_then_backtest_the_learned_column(tmp_path: Path, capsys) -> None:
 def test_train_refuses_bad_ranges_with_a_message(tmp_path: Path, capsys) -> None:
     data = write_movielens(tmp_path / "ml", users=5)
     with pytest.raises(SystemExit) as exc:
-        main(["train", "--dataset", str(data), "--to", SPLIT])  # --output is required
+        main(["train", "--dataset", str(data), "--validation-from", SPLIT])  # --output is required
     assert exc.value.code == 2
     assert "the following arguments are required: -o/--output" in capsys.readouterr().err
     # settings errors: one line each, exit status 2, before any data is read
     for argv, message in (
-        ([], "--to DATE is required: the end of the training range, where validation starts"),
-        (["--to", SPLIT, "--validate-to", VALIDATE_FROM], "--validate-to must be after --to"),
-        (["--from", SPLIT, "--to", VALIDATE_FROM], "--from must be before --to"),
+        ([], "--validation-from DATE is required: the end of the training range, where validation starts"),
+        (["--validation-from", SPLIT, "--split", VALIDATE_FROM], "--split must be after --validation-from"),
+        (["--from", SPLIT, "--validation-from", VALIDATE_FROM], "--from must be before --validation-from"),
     ):
         with pytest.raises(SystemExit) as exc:
             main(["train", "--dataset", str(data), "-o", str(tmp_path / "x.ckpt"), *argv])
         assert exc.value.code == 2
         assert capsys.readouterr().err == f"recstream: error: {message}\n"
     with pytest.raises(SystemExit) as exc:
-        main(["train", "--dataset", str(data), "--to", "1990-01-01", "-o", str(tmp_path / "x.ckpt")])
+        main(["train", "--dataset", str(data), "--validation-from", "1990-01-01", "-o", str(tmp_path / "x.ckpt")])
     assert exc.value.code == 1
     assert "no interaction on a catalog item in the training range" in capsys.readouterr().err
     assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_the_old_names_of_trains_flags_still_work_with_a_notice(capsys, monkeypatch) -> None:
+    monkeypatch.delenv("RECSTREAM_TORCH_THREADS", raising=False)
+    parser = build_parser()
+    common = ["train", "--dataset", "d", "-o", "c", "--version", "v"]
+    new = train_settings(parser.parse_args([*common, "--validation-from", VALIDATE_FROM, "--split", SPLIT, "--torch-threads", "2"]))
+    assert capsys.readouterr().err == ""
+    assert (new.validation_from_ms, new.split_ms, new.engine.torch_threads) == (parse_time(VALIDATE_FROM), parse_time(SPLIT), 2)
+    old = train_settings(parser.parse_args([*common, "--to", VALIDATE_FROM, "--validate-to", SPLIT, "--threads", "2"]))
+    assert old == new
+    assert capsys.readouterr().err.splitlines() == [
+        "recstream train: warning: --to is deprecated, use --validation-from",
+        "recstream train: warning: --validate-to is deprecated, use --split",
+        "recstream train: warning: --threads is deprecated, use --torch-threads",
+    ]
+    # --threads 0 was torch's own count, what no --torch-threads means; the worker's variable is read too
+    assert train_settings(parser.parse_args([*common, "--to", VALIDATE_FROM, "--threads", "0"])).engine.torch_threads is None
+    monkeypatch.setenv("RECSTREAM_TORCH_THREADS", "3")
+    assert train_settings(build_parser().parse_args([*common, "--validation-from", VALIDATE_FROM])).engine.torch_threads == 3
