@@ -478,8 +478,8 @@ def csv_options(p: argparse.ArgumentParser) -> None:
 def dataset_options(args: argparse.Namespace, dataset: str | None) -> dict[str, Any] | None:
     """The :func:`streams.sources.load_dataset` options of :func:`csv_options`' flags
     (``None`` when none is given); a ValueError when they are given without a dataset file
-    or do not parse (one line; exit status 1 for ``produce``, 2 where the settings builders
-    of tune, train and ``backtest --dataset`` gather it with the others)."""
+    or do not parse (one line, exit status 2: every command gathers it with its other
+    settings' problems)."""
     if args.columns is None and args.catalog_csv is None and args.catalog_columns is None:
         return None
     if not dataset:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import _env_int, csv_options, dataset_options, settings_from
+from .options import Problems, _env_int, csv_options, dataset_options, settings_from
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -17,7 +17,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
     pacer = Pacer(rate=args.rate, speedup=args.speedup)
     start = parse_time(args.from_) if args.from_ else None
     end = parse_time(args.to) if args.to else None
-    options = dataset_options(args, args.path) or {}
+    problems = Problems()  # a bad --columns mapping is a settings error (exit 2), as for tune, train and backtest
+    options = problems.check(lambda: dataset_options(args, args.path)) or {}
+    problems.raise_any()
     with tqdm(desc=f"reading {args.path}", unit="row", file=sys.stderr) as bar:
         dataset = load_dataset(
             args.path, fmt=args.format, positive_threshold=args.positive_threshold, start_ms=start, end_ms=end, limit=args.limit, progress=bar.update, **options

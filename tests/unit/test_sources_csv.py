@@ -205,7 +205,8 @@ def test_the_commands_take_the_flags_and_report_errors_in_one_line(tmp_path: Pat
             "recstream: error: a CSV column mapping (--columns, --catalog-csv) reads the csv format, not 'jsonl'\n",
             1,
         ),
-        # a settings error of tune, train and backtest (exit status 2)
+        # a settings error, of produce as of tune, train and backtest (exit status 2)
+        (["produce", str(events), "--columns", "user", "--dry-run"], "recstream: error: --columns: expected field=column, got 'user'\n", 2),
         (["tune", "--columns", "user=uid"], "recstream: error: --columns, --catalog-csv and --catalog-columns describe a CSV given with --dataset\n", 2),
     ):
         with pytest.raises(SystemExit) as exc:
