@@ -17,19 +17,28 @@ One batch is processed as:
    top-k with head-room for the excluded items (see :func:`scoring.topk.score_topk`).
    Users without a usable profile get the most popular catalog items as of the snapshot.
 
+Steps 3 and 4 belong to the engine's ranker (:mod:`scoring.rankers`), one class per way of
+ranking, chosen once at construction (:attr:`Engine.ranking`, named by :attr:`Engine.ranker`):
+:class:`~scoring.rankers.TextRanker` (the text profile alone, as above, the default),
+:class:`~scoring.rankers.BlendRanker` (with :attr:`EngineConfig.blend`, below) or
+:class:`~scoring.rankers.LearnedRanker` (with a ``user_encoder``).  The batch step calls
+only its interface (:class:`~scoring.rankers.Ranker`): it takes the snapshots, says which
+users lack the evidence it needs (they get the popularity list), ranks the others and names
+the records' ``model``.
+
 With blend weights configured (:attr:`EngineConfig.blend`), step 2 also updates an
 item-to-item co-occurrence model (:class:`scoring.cooccurrence.CooccurrenceModel`): every
 positive event (:func:`scoring.cooccurrence.is_positive`) pairs its item with the user's
 last ``cooc_history_len`` distinct positive items *before* it, read from the stored profile
 (:func:`scoring.cooccurrence.positive_history`); a positive event on the item that is
 already the user's latest positive (a MovieLens rating is a click and a purchase at once,
-a double click) adds nothing.  Step 4 then ranks with :func:`scoring.blend.blend_score_topk`:
-the profile's cosines, the co-occurrence scores of the user's positive history and the
-decayed popularity (``log1p`` of the count at the event's time), each normalised over the
-user's candidates and weighted; the records' ``model`` is ``"blend/<weights label>"``.
-A user without a usable text profile but with co-occurrence evidence is served by the
-blend too (the text signal is then left out); only a user with neither gets the popularity
-list.  The co-occurrence scores and the popularity counts are taken at the snapshot, so
+a double click) adds nothing.  Step 4 (:class:`~scoring.rankers.BlendRanker`) then ranks
+with :func:`scoring.blend.blend_score_topk`: the profile's cosines, the co-occurrence scores
+of the user's positive history and the decayed popularity (``log1p`` of the count at the
+event's time), each normalised over the user's candidates and weighted; the records'
+``model`` is ``"blend/<weights label>"``.  A user without a usable text profile but with
+co-occurrence evidence is served by the blend too (the text signal is then left out); only
+a user with neither gets the popularity list.  The co-occurrence scores and the popularity counts are taken at the snapshot, so
 the invariant below holds for the blend as well.
 
 Because step 2 is sequential and step 4 only reads the snapshots, per-event emission from
@@ -40,41 +49,32 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, MutableMapping, Protocol, Sequence, cast
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, MutableMapping, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from recstream.encoders.profile import ProfileConfig, ProfileModel, UserProfile
 from recstream.scoring.adapt import AdaptConfig, AdaptiveWeights
-from recstream.scoring.blend import (
-    POPULAR_CANDIDATES,
-    BlendWeights,
-    BlendWorkspace,
-    CandidateStats,
-    NewItems,
-    PopularityStates,
-    blend_score_topk,
-    candidate_blend_topk,
-)
+from recstream.scoring.blend import BlendWeights, CandidateStats
 from recstream.scoring.cooccurrence import CooccurrenceModel, CooccurrenceScorer, is_positive, positive_history, weight_problem
 from recstream.scoring.popularity import DecayedPopularity
 from recstream.scoring.prequential import Prequential
+from recstream.scoring.rankers import BlendRanker, LearnedRanker, Ranker, TextRanker
+from recstream.scoring.rankers import Snapshot as _Snapshot
 from recstream.scoring.records import KIND_TOPICS, Event, Item, RecItem, Recommendation, Review, Trigger
-from recstream.scoring.topk import ItemMatrix, _because, explain, score_topk
+from recstream.scoring.topk import ItemMatrix
 
 if TYPE_CHECKING:
     from recstream.encoders.text import TextEncoder
-    from recstream.scoring.learned import LearnedModel, LearnedUserEncoder
+    from recstream.scoring.learned import LearnedUserEncoder
 
 EmitMode = Literal["per-user", "per-event"]
 EMIT_MODES: tuple[EmitMode, ...] = ("per-user", "per-event")
 POPULARITY_MODEL = "popularity"
-LN2 = float(np.log(2.0))
 #: ``Recommendation.model`` prefix of a blended list (then the weights' label).
 BLEND_MODEL_PREFIX = "blend/"
 
@@ -226,27 +226,6 @@ class BatchResult:
     adaptive_touched: set[int] = field(default_factory=set)
 
 
-@dataclass(slots=True)
-class _Snapshot:
-    user_id: str
-    query: np.ndarray | None
-    exclude: frozenset[str]
-    history: list[str]
-    trigger: Incoming
-    fallback: list[RecItem] | None = None
-    #: blend only: the co-occurrence scores (matrix rows, values) and the length of the
-    #: batch's popularity journal at the snapshot
-    cooc: tuple[np.ndarray, np.ndarray] | None = None
-    pop_pos: int = 0
-    #: learned user encoder only: the model's input, ``(item_id, positive)`` oldest first
-    sequence: list[tuple[str, bool]] | None = None
-    #: adaptive blend only: the weights ranking this snapshot, its grid of neighbouring
-    #: weightings and their lists (``(G, k)`` matrix rows, -1 past the candidates)
-    weights: np.ndarray | None = None
-    grid: np.ndarray | None = None
-    alternatives: np.ndarray | None = None
-
-
 class Engine:
     """Applies micro-batches of events to profiles and scores them against the catalog.
 
@@ -305,22 +284,17 @@ class Engine:
         self.profiles: dict[str, UserProfile] = {}
         self._offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset (process_events)
         self.user_encoder = user_encoder
-        self._learned: LearnedModel | None = None  # the user encoder's model for the current batch
         #: what the two-stage blend did (users ranked, candidates, users ranked densely)
         self.candidate_stats = CandidateStats()
-        #: how the engine ranks users with evidence (the records of the others say "popularity")
-        self.ranker = "learned" if user_encoder is not None else "blend" if blend is not None else "text"
         #: each applied target event tests the list its user held (scoring/prequential.py)
         self.prequential = Prequential(positive_threshold=self.config.positive_threshold)
         #: the blend's weights per input partition, moved by those tests (scoring/adapt.py)
         self.adaptive = AdaptiveWeights(blend, self.config.adapt) if blend is not None and self.config.adapt is not None else None
-        # the batch being processed: popularity by matrix row at its start, and the journal
-        # of its changes (blend only)
-        self._pop_base: np.ndarray | None = None
-        self._journal: list[tuple[int, float]] = []
-        # the two-stage blend's reused score buffers and its "new items" candidate source
-        self._blend_workspace: BlendWorkspace | None = None
-        self._new_items: NewItems | None = None
+        #: how the engine ranks users with evidence (:mod:`scoring.rankers`; the records of the
+        #: others say "popularity"): chosen here, once
+        self.ranking: Ranker = (
+            LearnedRanker(self, user_encoder) if user_encoder is not None else BlendRanker(self, blend) if blend is not None else TextRanker(self)
+        )
 
     @classmethod
     def for_catalog(
@@ -387,6 +361,11 @@ class Engine:
         result = self.process(batch, store, now_ms=max(inc.event.ts for inc in batch))
         store.update(result.profiles)
         return result
+
+    @property
+    def ranker(self) -> str:
+        """The ranking method's name: ``"text"``, ``"blend"`` or ``"learned"`` (:attr:`ranking`)."""
+        return self.ranking.name
 
     def describe_ranker(self) -> str:
         """The ranker in words, for logs: ``blend/zscore(...)``, adaptive with its settings."""
@@ -474,51 +453,6 @@ class Engine:
         top = self.popularity.top(self.config.k, exclude=exclude, allowed=self.matrix, now_ms=now_ms)
         return [RecItem(item_id, float(score), None) for item_id, score in top]
 
-    def _snapshot(self, profile: UserProfile, trigger: Incoming, pop_pos: int = 0, with_cooc: bool = True) -> _Snapshot:
-        if self._learned is not None:
-            exclude = self._exclusions(profile)
-            snap = _Snapshot(profile.user_id, None, exclude, self._liked_history(profile), trigger, sequence=self._learned.sequence(profile, self.matrix))
-            if not snap.sequence:
-                snap.fallback = self._fallback(exclude, trigger.event.ts)
-            return snap
-        query = self.model.query(profile)
-        exclude = self._exclusions(profile)
-        snap = _Snapshot(
-            user_id=profile.user_id,
-            query=None if query is None else np.array(query, dtype=np.float32, copy=True),
-            exclude=exclude,
-            history=self._liked_history(profile),
-            trigger=trigger,
-        )
-        if self.config.blend is not None:
-            snap.pop_pos = pop_pos
-            if not with_cooc:
-                return snap
-            # the co-occurrence scores as of this event: the model moves with every event
-            snap.cooc = self._scorer().sparse(self.positive_history(profile))
-            if snap.query is None and len(snap.cooc[0]) == 0:
-                snap.fallback = self._fallback(exclude, trigger.event.ts)
-            return snap
-        if snap.query is None:
-            # popularity as of this event: computed now, it moves with every event
-            snap.fallback = self._fallback(exclude, trigger.event.ts)
-        return snap
-
-    def _snapshots(self, pairs: Sequence[tuple[UserProfile, Incoming]], pop_pos: int) -> list[_Snapshot]:
-        """:meth:`_snapshot` of each ``(profile, trigger)``, all taken at the same point of the
-        batch (per-user emission): the blend's co-occurrence scores are computed for all of
-        them together (:meth:`CooccurrenceScorer.sparse_batch`, the same numbers)."""
-        if self._learned is not None or self.config.blend is None:
-            return [self._snapshot(profile, inc, pop_pos) for profile, inc in pairs]
-        snaps = [self._snapshot(profile, inc, pop_pos, with_cooc=False) for profile, inc in pairs]
-        history = self.positive_history
-        coocs = self._scorer().sparse_batch([history(profile) for profile, _ in pairs])
-        for snap, cooc in zip(snaps, coocs):
-            snap.cooc = cooc
-            if snap.query is None and len(cooc[0]) == 0:
-                snap.fallback = self._fallback(snap.exclude, snap.trigger.event.ts)
-        return snaps
-
     # ------------------------------------------------------------------ the batch step
     def process(
         self,
@@ -585,16 +519,8 @@ class Engine:
 
         cfg = self.config
         cooc = self.cooccurrence
-        blend = cfg.blend
-        learned = self._learned = self.user_encoder.current() if self.user_encoder is not None else None
-        # blend: popularity by matrix row (log2 at the epoch) at the batch's start, and the
-        # journal of its changes, so that each snapshot is scored with the counts of its time
-        pop_base: np.ndarray | None = None
-        journal: list[tuple[int, float]] = []
-        if blend is not None:
-            pop_base = self._popularity_by_row()
-
-        self._pop_base, self._journal = pop_base, journal
+        ranking = self.ranking
+        ranking.begin_batch()
         stats = BatchStats(events=len(batch))
         t0 = time.perf_counter()
         review_texts = [inc.event.text for inc in batch if isinstance(inc.event, Review) and inc.event.text]
@@ -653,10 +579,7 @@ class Engine:
                     offset=inc.offset,
                 )
                 count(self.popularity, ev.item_id, ev.ts)
-                if pop_base is not None:
-                    r = self.matrix.row(ev.item_id)
-                    if r is not None:
-                        journal.append((r, self.popularity.log2_score(ev.item_id)))  # type: ignore[arg-type]
+                ranking.popularity_changed(ev.item_id)
                 part_pop = self._popularity_for(inc.partition)
                 if part_pop is not None:
                     count(part_pop, ev.item_id, ev.ts)
@@ -676,14 +599,14 @@ class Engine:
                     targets_left[inc.partition] = left
             last_trigger[ev.user_id] = inc
             if per_event:
-                snapshots.append(self._snapshot(profile, inc, len(journal)))
+                snapshots.append(ranking.snapshot(profile, inc))
         if not per_event:
-            snapshots = self._snapshots([(touched[user], inc) for user, inc in last_trigger.items()], len(journal))
+            snapshots = ranking.snapshots([(touched[user], inc) for user, inc in last_trigger.items()])
         t2 = time.perf_counter()
 
         emitted = now_ms if now_ms is not None else int(time.time() * 1000)
         if adaptive is None:
-            recs = self._rank(snapshots, learned, emitted, stats)
+            recs = self._rank(snapshots, emitted, stats)
             self._judge(batch, applied, recs, per_event, snapshots)
         elif per_event:
             # an epoch's end moves its partition's weights for the snapshots after it: rank
@@ -693,7 +616,7 @@ class Engine:
             start = 0
             for end in [*epoch_ends, len(batch)]:
                 if end > start:
-                    part = self._rank(snapshots[start:end], learned, emitted, stats)
+                    part = self._rank(snapshots[start:end], emitted, stats)
                     self._judge(batch[start:end], applied[start:end], part, True, snapshots[start:end])
                     recs.extend(part)
                 if end in epoch_ends:
@@ -707,55 +630,31 @@ class Engine:
                     self._test(inc)
                 if i + 1 in ends:
                     adaptive.end_epoch(inc.partition)
-            recs = self._rank(snapshots, learned, emitted, stats)
+            recs = self._rank(snapshots, emitted, stats)
             for snap, rec in zip(snapshots, recs):
                 self._hold(rec, snap)
         stats.encode_s, stats.update_s, stats.score_s = t1 - t0, t2 - t1, time.perf_counter() - t2
         return BatchResult(recs, touched, pop_touched, stats, cooc_touched)
 
-    def _rank(self, snapshots: Sequence[_Snapshot], learned: LearnedModel | None, emitted: int, stats: BatchStats) -> list[Recommendation]:
+    def _rank(self, snapshots: Sequence[_Snapshot], emitted: int, stats: BatchStats) -> list[Recommendation]:
         """The records of ``snapshots``, in order: each ranked by the engine's ranker, or
-        the popularity list of a user without evidence."""
-        cfg = self.config
-        blend = cfg.blend
-        adaptive = self.adaptive
-        results: list = []
-        if learned is not None:
-            scored = [s for s in snapshots if s.fallback is None]
-            if scored:
-                with intraop_threads(cfg.score_threads):
-                    results = learned.topk(
-                        self.matrix, [s.sequence or [] for s in scored], cfg.k, exclude=[s.exclude for s in scored], history=[s.history for s in scored]
-                    )
-        elif blend is not None:
-            scored = [s for s in snapshots if s.fallback is None]
-            if adaptive is not None:
-                for s in scored:
-                    s.weights = adaptive[s.trigger.partition].weights
-                    s.grid = adaptive.grid(s.trigger.partition)
-            if scored:
-                with intraop_threads(cfg.score_threads):
-                    # pop_base is set for the blend at the batch's start
-                    results = self._blend_topk(scored, blend, cast(np.ndarray, self._pop_base), self._journal)
-        elif scored := [s for s in snapshots if s.query is not None]:
-            with intraop_threads(cfg.score_threads):
-                results = score_topk(
-                    self.matrix,
-                    np.stack(cast("list[np.ndarray]", [s.query for s in scored])),  # not None: filtered above
-                    cfg.k,
-                    exclude=[s.exclude for s in scored],
-                    history=[s.history for s in scored],
-                )
-        by_snapshot = {id(s): res if not res or type(res[0]) is RecItem else [RecItem(*r) for r in res] for s, res in zip(scored, results)}
+        the popularity list of a user without the evidence it needs."""
+        ranking = self.ranking
+        scored = [s for s in snapshots if s.fallback is None]
+        results: list[list[RecItem]] = []
+        if scored:
+            with intraop_threads(self.config.score_threads):
+                results = ranking.rank(scored)
+        by_snapshot = {id(s): res for s, res in zip(scored, results)}
+        model = ranking.model_name
 
         recs = []
         for snap in snapshots:
-            if snap.fallback is not None or (blend is None and learned is None and snap.query is None):
-                items, model = snap.fallback or [], POPULARITY_MODEL
+            if snap.fallback is not None:
+                items, name = snap.fallback, POPULARITY_MODEL
                 stats.fallbacks += 1
             else:
-                items = by_snapshot[id(snap)]
-                model = learned.name if learned is not None else self.blend_model_name or self.model_name
+                items, name = by_snapshot[id(snap)], model
             inc = snap.trigger
             recs.append(
                 Recommendation(
@@ -764,7 +663,7 @@ class Engine:
                     trigger=Trigger(inc.topic, inc.partition, inc.offset, inc.event.event_id),
                     event_ts=inc.event.ts,
                     emitted_ts=emitted,
-                    model=model,
+                    model=name,
                 )
             )
         return recs
@@ -810,139 +709,3 @@ class Engine:
                     self._test(inc)
             for rec in recs:
                 self._hold(rec)
-
-    #: snapshots blended together at most (bounds the (B, items) score matrices)
-    BLEND_CHUNK = 128
-
-    def _blend_topk(
-        self, scored: Sequence[_Snapshot], blend: BlendWeights, pop_base: np.ndarray, journal: Sequence[tuple[int, float]]
-    ) -> list[list[tuple[str, float, str | None]]]:
-        """The blend's top-k of each snapshot (see the module doc), in order."""
-        m = self.matrix
-        n = m.rows_used
-        dim = m.dim
-        half_life = self.popularity.half_life_ms
-        # popularity of row r at time t: log1p(2 ** (log2 count at the epoch - t / H)), taken
-        # relative to a reference time in float64 so that float32 keeps its precision
-        ref = max(s.trigger.event.ts for s in scored) / half_life
-        if self.config.blend_candidates and blend.normalization == "zscore":
-            return self._two_stage_topk(scored, blend, pop_base, journal, ref)
-        work = torch.from_numpy((pop_base - ref).astype(np.float32))
-        applied = 0
-        out: list[list[tuple[str, float, str | None]]] = []
-        for start in range(0, len(scored), self.BLEND_CHUNK):
-            part = scored[start : start + self.BLEND_CHUNK]
-            b = len(part)
-            queries = np.zeros((b, dim), dtype=np.float32)
-            shift = torch.tensor([s.trigger.event.ts / half_life - ref for s in part], dtype=torch.float32)
-            # one popularity state per run of snapshots taken at the same point of the batch
-            states: list[torch.Tensor] = []
-            state_of = np.empty(b, dtype=np.int64)
-            for j, snap in enumerate(part):
-                if snap.query is not None:
-                    queries[j] = snap.query
-                assert snap.cooc is not None
-                if not states or snap.pop_pos != applied:
-                    if snap.pop_pos != applied:
-                        work = work.clone()
-                        for r, lg in journal[applied : snap.pop_pos]:
-                            work[r] = lg - ref
-                        applied = snap.pop_pos
-                    states.append(work)
-                state_of[j] = len(states) - 1
-            base = torch.stack(states)[torch.from_numpy(state_of)] if len(states) > 1 else states[0].unsqueeze(0)
-            # log1p(2 ** x), without overflow for a snapshot far older than the batch's latest
-            pop = torch.nn.functional.softplus((base - shift.unsqueeze(1)) * LN2)
-            cooc = np.zeros((b, n), dtype=np.float32)
-            for j, snap in enumerate(part):
-                rows, vals = snap.cooc  # type: ignore[misc]
-                cooc[j, rows] = vals
-            res = blend_score_topk(m, queries, self.config.k, [s.exclude for s in part], blend, cooc, pop)
-            # the history item that explains each recommendation, as the text ranking gives
-            whys = explain(m, [[r.item_id for r in recs] for recs in res], [s.history for s in part])
-            out.extend([(r.item_id, r.score, why) for r, why in zip(recs, ws)] for recs, ws in zip(res, whys))
-        return out
-
-    def _two_stage_topk(
-        self,
-        scored: Sequence[_Snapshot],
-        blend: BlendWeights,
-        pop_base: np.ndarray,
-        journal: Sequence[tuple[int, float]],
-        ref: float,
-    ) -> list[list[tuple[str, float, str | None]]]:
-        """:meth:`_blend_topk` in two stages (:func:`candidate_blend_topk`).  The popularity
-        is the dense ranking's (the state of the batch's journal each snapshot saw, at its
-        time, relative to ``ref``) but looked up at the candidates and summed over the catalog
-        without a ``(B, items)`` tensor (:class:`scoring.blend.PopularityStates`)."""
-        m = self.matrix
-        dim = m.dim
-        half_life = self.popularity.half_life_ms
-        states = PopularityStates(
-            torch.from_numpy((pop_base - ref).astype(np.float32)),
-            np.fromiter((r for r, _ in journal), dtype=np.int64, count=len(journal)),
-            np.array([lg - ref for _, lg in journal], dtype=np.float32),
-            popular=POPULAR_CANDIDATES,
-        )
-        if self._blend_workspace is None:
-            self._blend_workspace, self._new_items = BlendWorkspace(), NewItems()
-        workspace = self._blend_workspace
-        new_rows = cast(NewItems, self._new_items).rows(m)  # the items added to the catalog most recently
-        # more snapshots at a time where the catalog is small (the (B, items) score buffers
-        # stay under 32 MiB, a micro-batch of 512 at 10,000 items in one pass): fewer passes of
-        # fixed cost, and one matrix product of many rows (a product of a few rows costs several
-        # times more per row)
-        chunk = max(self.BLEND_CHUNK, min(1024, (1 << 23) // max(m.rows_used, 1)))
-        out: list[list[tuple[str, float, str | None]]] = []
-        for start in range(0, len(scored), chunk):
-            part = scored[start : start + chunk]
-            queries = np.zeros((len(part), dim), dtype=np.float32)
-            for j, snap in enumerate(part):
-                if snap.query is not None:
-                    queries[j] = snap.query
-                assert snap.cooc is not None
-            shift = torch.tensor([s.trigger.event.ts / half_life - ref for s in part], dtype=torch.float32)
-            pop = states.view(np.array([s.pop_pos for s in part], dtype=np.int64), shift)
-            adaptive = part[0].weights is not None
-            alternatives: list[np.ndarray] = []
-            values, rows = candidate_blend_topk(
-                m,
-                queries,
-                self.config.k,
-                [s.exclude for s in part],
-                blend,
-                [s.cooc for s in part],  # type: ignore[misc]
-                pop,
-                stats=self.candidate_stats,
-                row_weights=np.stack([s.weights for s in part]) if adaptive else None,  # type: ignore[misc]
-                grid=np.stack([s.grid for s in part]) if adaptive else None,  # type: ignore[misc]
-                alternatives=alternatives if adaptive else None,
-                workspace=workspace,
-                new_rows=new_rows,
-                raw=True,
-            )
-            for snap, alt in zip(part, alternatives):
-                snap.alternatives = alt
-            out.extend(self._items(values, rows, [s.history for s in part]))  # type: ignore[arg-type]
-        return out
-
-    def _items(self, values: torch.Tensor, rows: torch.Tensor, history: Sequence[Sequence[str]]) -> list[list[RecItem]]:
-        """Each user's :class:`RecItem` list from ``(B, k)`` scores and matrix rows, best first,
-        cut at the first ``-inf`` score or free row (as :func:`scoring.blend._lists`), with the
-        history item that explains each one (:func:`scoring.topk.explain`)."""
-        id_at = self.matrix._row_to_id.__getitem__
-        inf = -math.inf
-        picked: list[list[int]] = []
-        scores: list[list[float]] = []
-        ids: list[list[str | None]] = []  # no None once cut
-        for vals, rs in zip(values.tolist(), rows.tolist()):
-            got = list(map(id_at, rs))
-            if None in got or inf in vals:
-                cut = next(j for j, (v, i) in enumerate(zip(vals, got)) if v == inf or i is None)
-                got, vals, rs = got[:cut], vals[:cut], rs[:cut]
-            picked.append(rs)
-            scores.append(vals)
-            ids.append(got)
-        whys = _because(self.matrix, picked, history)
-        new = tuple.__new__  # RecItem(*t) without the NamedTuple's Python-level __new__
-        return [[new(RecItem, t) for t in zip(i, v, w)] for i, v, w in zip(ids, scores, whys)]

@@ -140,7 +140,7 @@ def test_a_failed_batch_rolls_back_the_live_tests_and_the_weights(monkeypatch) -
     before_fig = dict(eng.prequential.figures)
     before_cold = eng.prequential.cold
     calls = {"n": 0}
-    real = eng._blend_topk
+    real = eng.ranking._blend_topk
 
     def flaky(*a, **kw):
         calls["n"] += 1
@@ -148,13 +148,13 @@ def test_a_failed_batch_rolls_back_the_live_tests_and_the_weights(monkeypatch) -
             raise RuntimeError("injected")
         return real(*a, **kw)
 
-    monkeypatch.setattr(eng, "_blend_topk", flaky)
+    monkeypatch.setattr(eng.ranking, "_blend_topk", flaky)
     profiles: dict = {}
     with pytest.raises(RuntimeError):
         eng.process(events[200:], profiles, now_ms=T0)
     assert calls["n"] == 3
     assert final_weights(eng) == before_w and eng.prequential.cold == before_cold
-    monkeypatch.setattr(eng, "_blend_topk", real)
+    monkeypatch.setattr(eng.ranking, "_blend_topk", real)
     eng.prequential.publish()
     assert dict(eng.prequential.figures) == before_fig
 

@@ -781,9 +781,9 @@ def test_a_failed_batch_leaves_popularity_as_it_was(encoder: TextEncoder, catalo
     def broken(*args, **kwargs):
         raise RuntimeError("scoring failed")
 
-    import recstream.scoring.engine as engine_module
+    import recstream.scoring.rankers as rankers_module
 
-    monkeypatch.setattr(engine_module, "score_topk", broken)
+    monkeypatch.setattr(rankers_module, "score_topk", broken)
     with pytest.raises(RuntimeError, match="scoring failed"):
         engine.process(batch, {u: UserProfile.from_bytes(p.to_bytes()) for u, p in profiles.items()}, now_ms=NOW)
     after = (list(engine.popularity.items()), engine.popularity.last_ts, {p: list(pop.items()) for p, pop in engine.partition_popularity.items() if len(pop)})

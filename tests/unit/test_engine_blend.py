@@ -216,13 +216,13 @@ def test_a_failed_batch_rolls_co_occurrence_back(monkeypatch: pytest.MonkeyPatch
     profiles: dict[str, UserProfile] = {}
     profiles.update(eng.process(warm, profiles, now_ms=T0).profiles)
     before = (rows(eng.cooccurrence), eng.cooccurrence.last_ts, {p: rows(m) for p, m in eng.partition_cooccurrence.items()})
-    import recstream.scoring.engine as engine_module
+    import recstream.scoring.rankers as rankers_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("scoring failed")
 
-    monkeypatch.setattr(engine_module, "blend_score_topk", broken)  # the dense ranking
-    monkeypatch.setattr(engine_module, "candidate_blend_topk", broken)  # the two-stage one (the default)
+    monkeypatch.setattr(rankers_module, "blend_score_topk", broken)  # the dense ranking
+    monkeypatch.setattr(rankers_module, "candidate_blend_topk", broken)  # the two-stage one (the default)
     with pytest.raises(RuntimeError, match="scoring failed"):
         eng.process(batch, {u: UserProfile.from_bytes(p.to_bytes()) for u, p in profiles.items()}, now_ms=T0)
     after = (rows(eng.cooccurrence), eng.cooccurrence.last_ts, {p: rows(m) for p, m in eng.partition_cooccurrence.items() if len(m)})
