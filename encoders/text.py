@@ -113,6 +113,12 @@ def _model_name(path: Path, config: Any) -> str:
     return str(getattr(config, "_name_or_path", "") or path.name).rsplit("/", 1)[-1]
 
 
+def model_name(path: str | Path) -> str:
+    """The :attr:`TextEncoder.name` of the model in ``path``, without loading it (from its
+    model card or folder name; e.g. ``"all-MiniLM-L6-v2"``)."""
+    return _model_name(Path(path), None)
+
+
 def _is_hash(name: str) -> bool:
     return len(name) >= 32 and all(c in "0123456789abcdef" for c in name)
 

@@ -262,7 +262,7 @@ def embed_texts(
     in ``cache_dir`` (a ``.npy`` file named after the model and a hash of the model files'
     names and sizes, its config and the texts; ``None``: no cache).  Returns the
     embeddings and ``{"model", "cached", "seconds", "file"}``."""
-    from recstream.encoders.text import TextEncoder, default_model_path
+    from recstream.encoders.text import TextEncoder, default_model_path, model_name
 
     model_dir = (Path(model) if model is not None else default_model_path()).expanduser()
     h = hashlib.sha256(_model_fingerprint(model_dir).encode())
@@ -278,7 +278,7 @@ def embed_texts(
             except (OSError, ValueError):
                 emb = None
             if emb is not None and emb.ndim == 2 and emb.shape[0] == len(texts) and emb.dtype == np.float32:
-                return emb, {"model": _model_label(model_dir), "cached": True, "seconds": 0.0, "file": str(file)}
+                return emb, {"model": model_name(model_dir), "cached": True, "seconds": 0.0, "file": str(file)}
     t0 = time.perf_counter()
     encoder = TextEncoder(model_dir, device=device, batch_size=batch_size)
     parts = []

@@ -18,6 +18,7 @@ from recstream.encoders.text import (  # noqa: E402
     TextEncoder,
     default_model_path,
     item_text,
+    model_name,
     resolve_device,
 )
 
@@ -158,3 +159,15 @@ def test_item_text() -> None:
         item_text("T", [], "D", fields=("title", "title"))
     with pytest.raises(ValueError):
         item_text("T", [], "D", fields=())
+
+
+def test_cached_embeddings_report_the_model_as_fresh_ones_do(encoder: TextEncoder, tmp_path: Path) -> None:
+    # recstream tune / backtest --dataset record the text model in their JSON: a second run,
+    # which reads the embeddings from the cache, must name the same model as the first
+    from recstream.scoring.protocol import embed_texts
+
+    fresh, first = embed_texts(TEXTS[:3], cache_dir=tmp_path, progress=False)
+    cached, second = embed_texts(TEXTS[:3], cache_dir=tmp_path, progress=False)
+    assert (first["cached"], second["cached"]) == (False, True)
+    assert first["model"] == second["model"] == encoder.name == model_name(default_model_path())
+    assert np.array_equal(fresh, cached)
