@@ -393,7 +393,7 @@ class Engine:
             model = self.partition_cooccurrence[partition] = self.config.new_cooccurrence()
         return model
 
-    def _scorer(self) -> CooccurrenceScorer:
+    def cooccurrence_scorer(self) -> CooccurrenceScorer:
         """The co-occurrence scorer over the matrix rows, rebuilt when the matrix moved an
         item (its generation) or the model was cleared (a recovery)."""
         assert self.cooccurrence is not None
@@ -408,13 +408,15 @@ class Engine:
         """The user's last ``cooc_history_len`` distinct positive items, oldest first."""
         return positive_history(profile.history, self.config.cooc_history_len, self.config.positive_threshold)
 
-    def _exclusions(self, profile: UserProfile) -> frozenset[str]:
+    def exclusions(self, profile: UserProfile) -> frozenset[str]:
+        """The items never recommended to the user: purchased ones, and (``exclude_seen``)
+        every item in its profile's history."""
         if self.config.exclude_seen:
             return frozenset(profile.purchased).union(h.item_id for h in profile.history)
         return frozenset(profile.purchased)
 
     @staticmethod
-    def _liked_history(profile: UserProfile) -> list[str]:
+    def liked_history(profile: UserProfile) -> list[str]:
         """History items that can explain a recommendation.
 
         Not an item whose latest review is neutral or negative (a click on it before a

@@ -19,19 +19,28 @@ the same ranker, with the same exclusions and the same signals as the stream's r
   without a query is ranked by the user model; one with a query by the text signal.
 * **without a user**: semantic search, the items nearest to the query by cosine (model
   ``<encoder>/semantic-search``), minus ``exclude``; ``because`` is null.
+
+This module keeps what every ranking method shares: the requests, the semantic search, the
+exclusions and explaining history of a user's request (:class:`UserQuery`), the popularity
+list and the text signal's vector (:func:`mix`).  How a user's request is ranked is the
+engine's ranker's part (:meth:`scoring.rankers.Ranker.answer_queries`, one class per method,
+as for the stream): :func:`rank_requests` hands it all the user requests at once and never
+asks which method ranks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence, cast
+from typing import TYPE_CHECKING, Sequence, cast
 
 import numpy as np
 
 from recstream.encoders.profile import UserProfile
-from recstream.scoring.blend import BlendWeights, blend_score_topk, popularity_vector
-from recstream.scoring.topk import explain, score_topk
 from recstream.scoring.records import RecItem
+from recstream.scoring.topk import score_topk
+
+if TYPE_CHECKING:
+    from recstream.scoring.engine import Engine
 
 #: Weight of the query's embedding against the user's text profile in the text signal.
 QUERY_WEIGHT = 0.7
@@ -56,6 +65,22 @@ class QueryRequest:
 
 
 @dataclass(slots=True)
+class UserQuery:
+    """A request with a user, as :meth:`scoring.rankers.Ranker.answer_queries` takes it: the
+    ``request``, the items to ``exclude`` (the request's and the user's, as in the stream)
+    and the liked ``history`` items that explain a recommendation."""
+
+    request: QueryRequest
+    exclude: frozenset[str]
+    history: list[str]
+
+    def model(self, name: str) -> str:
+        """The answer's ``model`` for a list of the ranking ``name``: with
+        :data:`QUERY_SUFFIX` where the request has a query."""
+        return name + QUERY_SUFFIX if self.request.query is not None else name
+
+
+@dataclass(slots=True)
 class QueryAnswer:
     items: list[RecItem] = field(default_factory=list)
     model: str = POPULARITY_MODEL
@@ -76,38 +101,27 @@ def mix(query: np.ndarray | None, profile: np.ndarray | None, weight: float = QU
     return None if norm == 0.0 or not np.isfinite(norm) else (v / norm).astype(np.float32)
 
 
-def _popularity(engine: Any, k: int, exclude: frozenset[str]) -> QueryAnswer:
+def _popularity(engine: Engine, k: int, exclude: frozenset[str]) -> QueryAnswer:
     top = engine.popularity.top(k, exclude=exclude, allowed=engine.matrix)
     return QueryAnswer([RecItem(item_id, float(score), None) for item_id, score in top], POPULARITY_MODEL)
 
 
-def _weights(engine: Any, partition: int | None) -> BlendWeights:
-    blend: BlendWeights = engine.config.blend
-    adaptive = engine.adaptive
-    if adaptive is not None and partition is not None:
-        adapter = adaptive.adapters.get(partition)  # not adaptive[partition]: that would create one
-        if adapter is not None:
-            return adapter.blend_weights(blend.normalization)
-    return blend
-
-
-def rank_requests(engine: Any, requests: Sequence[QueryRequest], now_ms: int | None = None) -> list[QueryAnswer]:
+def rank_requests(engine: Engine, requests: Sequence[QueryRequest], now_ms: int | None = None) -> list[QueryAnswer]:
     """Rank each request (see the module doc); call on the engine's compute thread (the
     matrix, the popularity, the co-occurrence model and the adaptive weights change there,
     during a micro-batch, and a failed micro-batch rolls them back: read from another thread
     at the same time, they could mix two states' arrays or fail, so no other thread may
-    call this while the stream runs).  Requests ranked the
-    same way go through one batched call: the semantic searches together, the blended ones
-    by weights (one :func:`scoring.blend.blend_score_topk` per weighting), the text ones
-    together."""
+    call this while the stream runs).  The semantic searches go through one batched
+    :func:`scoring.topk.score_topk`; the requests with a user through one call of the
+    engine's ranker (:meth:`scoring.rankers.Ranker.answer_queries`, which batches them its
+    own way), those it leaves unanswered get the popularity list.  ``now_ms`` (default: the
+    popularity's latest event) is the time of the popularity signal."""
     matrix = engine.matrix
-    cfg = engine.config
-    learned_encoder = getattr(engine, "user_encoder", None)
     now = now_ms if now_ms is not None else engine.popularity.last_ts
     out: list[QueryAnswer | None] = [None] * len(requests)
     search: list[int] = []
-    text_rank: list[tuple[int, np.ndarray, frozenset[str], list[str], str]] = []
-    blended: dict[BlendWeights, list[tuple[int, np.ndarray | None, tuple[np.ndarray, np.ndarray], frozenset[str], list[str], str]]] = {}
+    users: list[int] = []
+    queries: list[UserQuery] = []
     for n, req in enumerate(requests):
         if len(matrix) == 0:
             out[n] = QueryAnswer([], POPULARITY_MODEL if req.query is None else f"{engine.texts.name}/{SEMANTIC_SEARCH}")
@@ -117,55 +131,21 @@ def rank_requests(engine: Any, requests: Sequence[QueryRequest], now_ms: int | N
             search.append(n)
             continue
         profile = req.profile
-        exclude = req.exclude | (engine._exclusions(profile) if profile is not None else frozenset())
-        history = engine._liked_history(profile) if profile is not None else []
-        suffix = QUERY_SUFFIX if req.query is not None else ""
-        if learned_encoder is not None and req.query is None:
-            learned = learned_encoder.current()
-            seq = learned.sequence(profile, matrix) if profile is not None else []
-            if not seq:
-                out[n] = _popularity(engine, req.k, exclude)
-                continue
-            [top] = learned.topk(matrix, [seq], req.k, exclude=[exclude], history=[history])
-            out[n] = QueryAnswer([RecItem(*r) for r in top], learned.name)
-            continue
-        text = mix(req.query, engine.model.query(profile) if profile is not None else None)
-        if cfg.blend is not None and learned_encoder is None:
-            cooc = engine._scorer().sparse(engine.positive_history(profile)) if profile is not None else (np.zeros(0, dtype=np.int64), np.zeros(0))
-            if text is None and len(cooc[0]) == 0:
-                out[n] = _popularity(engine, req.k, exclude)
-                continue
-            blended.setdefault(_weights(engine, req.partition), []).append((n, text, cooc, exclude, history, engine.blend_model_name + suffix))
-            continue
-        if text is None:
-            out[n] = _popularity(engine, req.k, exclude)
-            continue
-        text_rank.append((n, text, exclude, history, engine.model_name + suffix))
+        users.append(n)
+        queries.append(
+            UserQuery(
+                req,
+                req.exclude | (engine.exclusions(profile) if profile is not None else frozenset()),
+                engine.liked_history(profile) if profile is not None else [],
+            )
+        )
 
     if search:
         k = max(requests[n].k for n in search)
         tops = score_topk(matrix, np.stack([cast(np.ndarray, requests[n].query) for n in search]), k, exclude=[requests[n].exclude for n in search])
         for n, top in zip(search, tops):
             out[n] = QueryAnswer([RecItem(r.item_id, float(r.score), None) for r in top[: requests[n].k]], f"{engine.texts.name}/{SEMANTIC_SEARCH}")
-    if text_rank:
-        k = max(requests[n].k for n, *_ in text_rank)
-        tops = score_topk(matrix, np.stack([t[1] for t in text_rank]), k, exclude=[t[2] for t in text_rank], history=[t[3] for t in text_rank])
-        for (n, _, _, _, model), top in zip(text_rank, tops):
-            out[n] = QueryAnswer([RecItem(r.item_id, float(r.score), r.because) for r in top[: requests[n].k]], model)
-    if blended:
-        rows_used = matrix.rows_used
-        pop_vec = popularity_vector(engine.popularity, [matrix.id_at(r) for r in range(rows_used)], now if now is not None else 0)
-        for weights, group in blended.items():
-            k = max(requests[g[0]].k for g in group)
-            queries = np.zeros((len(group), matrix.dim), dtype=np.float32)
-            cooc = np.zeros((len(group), rows_used), dtype=np.float32)
-            for j, (_, text, (rows, vals), *_rest) in enumerate(group):
-                if text is not None:
-                    queries[j] = text
-                cooc[j, rows] = vals
-            tops = blend_score_topk(matrix, queries, k, [g[3] for g in group], weights, cooc, pop_vec)
-            whys = explain(matrix, [[r.item_id for r in top] for top in tops], [g[4] for g in group])
-            for (n, _, _, _, _, model), top, ws in zip(group, tops, whys):
-                kn = requests[n].k
-                out[n] = QueryAnswer([RecItem(r.item_id, float(r.score), why) for r, why in zip(top[:kn], ws[:kn])], model)
+    if queries:
+        for n, q, answer in zip(users, queries, engine.ranking.answer_queries(queries, now)):
+            out[n] = answer if answer is not None else _popularity(engine, q.request.k, q.exclude)
     return [answer if answer is not None else QueryAnswer() for answer in out]

@@ -11,19 +11,28 @@
 * :meth:`Ranker.rank`: the top-k lists of the other snapshots, together, and
   :attr:`Ranker.model_name`, the records' ``model``.
 
+The HTTP API's recommendations on request (:func:`scoring.query.rank_requests`) go through
+the same ranker: :meth:`Ranker.answer_queries` answers a group of requests with a user
+(:class:`scoring.query.UserQuery`: a query or not, the user's stored profile or none), batched
+the ranker's way, and leaves those without its evidence to the popularity list.
+
 The rankers:
 
 * :class:`TextRanker` (``"text"``): the cosine of the user's text profile with each item
-  (:func:`scoring.topk.score_topk`);
+  (:func:`scoring.topk.score_topk`); a request: the same with the query mixed in
+  (:func:`scoring.query.mix`), all the requests in one call;
 * :class:`BlendRanker` (``"blend"``): text similarity, co-occurrence and popularity blended
   (:mod:`scoring.blend`), densely or in two stages, with fixed or adaptive weights; it keeps
   the batch's popularity at its start and the journal of its changes, so that each snapshot
-  is scored with the counts of its time;
+  is scored with the counts of its time; a request: the dense blend with the query mixed into
+  the text signal, the weights of the request's input partition, one call per weighting;
 * :class:`LearnedRanker` (``"learned"``): a learned user encoder (:mod:`scoring.learned`),
-  one model for the whole batch.
+  one model for the whole batch; a request without a query: the encoder's current model, one
+  request at a time; one with a query: the text signal, as :class:`TextRanker`.
 
 A ranker reads the engine it serves (its matrix, profile model, popularity, co-occurrence
-scorer, adaptive weights); the state the engine updates event by event stays there.
+scorer, adaptive weights, exclusions and liked history); the state the engine updates event
+by event stays there.
 """
 
 from __future__ import annotations
@@ -44,7 +53,9 @@ from recstream.scoring.blend import (
     PopularityStates,
     blend_score_topk,
     candidate_blend_topk,
+    popularity_vector,
 )
+from recstream.scoring.query import QueryAnswer, UserQuery, mix
 from recstream.scoring.records import RecItem
 from recstream.scoring.topk import _because, explain, score_topk
 
@@ -117,6 +128,31 @@ class Ranker(ABC):
     def model_name(self) -> str:
         """The records' ``model`` of the lists :meth:`rank` makes."""
 
+    @abstractmethod
+    def answer_queries(self, queries: Sequence[UserQuery], now_ms: int | None) -> list[QueryAnswer | None]:
+        """The answers to requests with a user (:func:`scoring.query.rank_requests`), in
+        order, batched this ranker's way; ``None`` for a user without the evidence it needs
+        (the caller answers with the popularity list).  ``now_ms``: the time of the
+        popularity signal (``None``: no event yet)."""
+
+    def _query_vector(self, q: UserQuery) -> np.ndarray | None:
+        """The text signal's vector of a request: its query mixed with the user's text
+        profile (:func:`scoring.query.mix`; ``None``: neither)."""
+        profile = q.request.profile
+        return mix(q.request.query, self.engine.model.query(profile) if profile is not None else None)
+
+    def _answer_by_text(self, queries: Sequence[UserQuery], picked: Sequence[tuple[int, np.ndarray]], out: list[QueryAnswer | None]) -> None:
+        """Answer each ``queries[n]`` of ``picked`` by the cosine of its text vector with
+        each item, all in one :func:`scoring.topk.score_topk` call, into ``out[n]`` (the
+        model: the engine's text profile's)."""
+        if not picked:
+            return
+        part = [queries[n] for n, _ in picked]
+        k = max(q.request.k for q in part)
+        tops = score_topk(self.engine.matrix, np.stack([v for _, v in picked]), k, exclude=[q.exclude for q in part], history=[q.history for q in part])
+        for (n, _), q, top in zip(picked, part, tops):
+            out[n] = QueryAnswer([RecItem(r.item_id, float(r.score), r.because) for r in top[: q.request.k]], q.model(self.engine.model_name))
+
     def _text_snapshot(self, profile: UserProfile, trigger: Incoming) -> Snapshot:
         """The profile's text query (a copy; ``None``: no usable profile), exclusions and
         explaining history."""
@@ -125,8 +161,8 @@ class Ranker(ABC):
         return Snapshot(
             user_id=profile.user_id,
             query=None if query is None else np.array(query, dtype=np.float32, copy=True),
-            exclude=eng._exclusions(profile),
-            history=eng._liked_history(profile),
+            exclude=eng.exclusions(profile),
+            history=eng.liked_history(profile),
             trigger=trigger,
         )
 
@@ -152,6 +188,13 @@ class TextRanker(Ranker):
         return _rec_items(
             score_topk(self.engine.matrix, queries, self.engine.config.k, exclude=[s.exclude for s in scored], history=[s.history for s in scored])
         )
+
+    def answer_queries(self, queries: Sequence[UserQuery], now_ms: int | None) -> list[QueryAnswer | None]:
+        """The text signal (the query mixed with the profile) ranks them all, in one batch;
+        neither: popularity."""
+        out: list[QueryAnswer | None] = [None] * len(queries)
+        self._answer_by_text(queries, [(n, v) for n, q in enumerate(queries) if (v := self._query_vector(q)) is not None], out)
+        return out
 
 
 class LearnedRanker(Ranker):
@@ -179,8 +222,8 @@ class LearnedRanker(Ranker):
 
     def snapshot(self, profile: UserProfile, trigger: Incoming) -> Snapshot:
         eng = self.engine
-        exclude = eng._exclusions(profile)
-        snap = Snapshot(profile.user_id, None, exclude, eng._liked_history(profile), trigger, sequence=self.model.sequence(profile, eng.matrix))
+        exclude = eng.exclusions(profile)
+        snap = Snapshot(profile.user_id, None, exclude, eng.liked_history(profile), trigger, sequence=self.model.sequence(profile, eng.matrix))
         if not snap.sequence:
             snap.fallback = eng._fallback(exclude, trigger.event.ts)
         return snap
@@ -192,6 +235,28 @@ class LearnedRanker(Ranker):
                 eng.matrix, [s.sequence or [] for s in scored], eng.config.k, exclude=[s.exclude for s in scored], history=[s.history for s in scored]
             )
         )
+
+    def answer_queries(self, queries: Sequence[UserQuery], now_ms: int | None) -> list[QueryAnswer | None]:
+        """A request without a query: the encoder's current model, one request at a time (no
+        history in the model: popularity); one with a query: the text signal, as
+        :class:`TextRanker`, those together."""
+        eng = self.engine
+        out: list[QueryAnswer | None] = [None] * len(queries)
+        by_text: list[tuple[int, np.ndarray]] = []
+        for n, q in enumerate(queries):
+            profile = q.request.profile
+            if q.request.query is None:
+                learned = self.encoder.current()
+                seq = learned.sequence(profile, eng.matrix) if profile is not None else []
+                if seq:
+                    [top] = learned.topk(eng.matrix, [seq], q.request.k, exclude=[q.exclude], history=[q.history])
+                    out[n] = QueryAnswer([RecItem(*r) for r in top], learned.name)
+                continue
+            v = self._query_vector(q)
+            if v is not None:
+                by_text.append((n, v))
+        self._answer_by_text(queries, by_text, out)
+        return out
 
 
 class BlendRanker(Ranker):
@@ -246,7 +311,7 @@ class BlendRanker(Ranker):
     def snapshot(self, profile: UserProfile, trigger: Incoming) -> Snapshot:
         snap = self._snapshot(profile, trigger)
         # the co-occurrence scores as of this event: the model moves with every event
-        self._set_cooc(snap, self.engine._scorer().sparse(self.engine.positive_history(profile)))
+        self._set_cooc(snap, self.engine.cooccurrence_scorer().sparse(self.engine.positive_history(profile)))
         return snap
 
     def snapshots(self, pairs: Sequence[tuple[UserProfile, Incoming]]) -> list[Snapshot]:
@@ -254,7 +319,7 @@ class BlendRanker(Ranker):
         (:meth:`CooccurrenceScorer.sparse_batch`, the same numbers)."""
         snaps = [self._snapshot(profile, inc) for profile, inc in pairs]
         history = self.engine.positive_history
-        coocs = self.engine._scorer().sparse_batch([history(profile) for profile, _ in pairs])
+        coocs = self.engine.cooccurrence_scorer().sparse_batch([history(profile) for profile, _ in pairs])
         for snap, cooc in zip(snaps, coocs):
             self._set_cooc(snap, cooc)
         return snaps
@@ -267,6 +332,52 @@ class BlendRanker(Ranker):
                 s.grid = adaptive.grid(s.trigger.partition)
         # pop_base is set at the batch's start
         return _rec_items(self._blend_topk(scored, self.weights, cast(np.ndarray, self.pop_base), self.journal))
+
+    def query_weights(self, partition: int | None) -> BlendWeights:
+        """The weights of a request from input partition ``partition``: the partition's
+        adaptive ones where it has some, the configured ones otherwise."""
+        adaptive = self.engine.adaptive
+        if adaptive is not None and partition is not None:
+            adapter = adaptive.adapters.get(partition)  # not adaptive[partition]: that would create one
+            if adapter is not None:
+                return adapter.blend_weights(self.weights.normalization)
+        return self.weights
+
+    def answer_queries(self, queries: Sequence[UserQuery], now_ms: int | None) -> list[QueryAnswer | None]:
+        """The dense blend (:func:`scoring.blend.blend_score_topk`, whose top-k the stream's
+        two-stage ranking equals) of the text signal (the query mixed with the profile), the
+        user's co-occurrence evidence and the popularity at ``now_ms``, one call per
+        weighting (:meth:`query_weights`); neither text nor co-occurrence: popularity."""
+        eng = self.engine
+        matrix = eng.matrix
+        out: list[QueryAnswer | None] = [None] * len(queries)
+        groups: dict[BlendWeights, list[tuple[int, np.ndarray | None, tuple[np.ndarray, np.ndarray]]]] = {}
+        for n, q in enumerate(queries):
+            profile = q.request.profile
+            text = self._query_vector(q)
+            cooc = eng.cooccurrence_scorer().sparse(eng.positive_history(profile)) if profile is not None else (np.zeros(0, dtype=np.int64), np.zeros(0))
+            if text is None and len(cooc[0]) == 0:
+                continue
+            groups.setdefault(self.query_weights(q.request.partition), []).append((n, text, cooc))
+        if not groups:
+            return out
+        rows_used = matrix.rows_used
+        pop_vec = popularity_vector(eng.popularity, [matrix.id_at(r) for r in range(rows_used)], now_ms if now_ms is not None else 0)
+        for weights, group in groups.items():
+            part = [queries[n] for n, _, _ in group]
+            k = max(q.request.k for q in part)
+            texts = np.zeros((len(group), matrix.dim), dtype=np.float32)
+            cooc_rows = np.zeros((len(group), rows_used), dtype=np.float32)
+            for j, (_, text, (rows, vals)) in enumerate(group):
+                if text is not None:
+                    texts[j] = text
+                cooc_rows[j, rows] = vals
+            tops = blend_score_topk(matrix, texts, k, [q.exclude for q in part], weights, cooc_rows, pop_vec)
+            whys = explain(matrix, [[r.item_id for r in top] for top in tops], [q.history for q in part])
+            for (n, _, _), q, top, ws in zip(group, part, tops, whys):
+                kn = q.request.k
+                out[n] = QueryAnswer([RecItem(r.item_id, float(r.score), why) for r, why in zip(top[:kn], ws[:kn])], q.model(self.model_name))
+        return out
 
     def _blend_topk(
         self, scored: Sequence[Snapshot], blend: BlendWeights, pop_base: np.ndarray, journal: Sequence[tuple[int, float]]

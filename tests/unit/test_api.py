@@ -349,6 +349,121 @@ def test_query_and_semantic_search() -> None:
     assert new_with_query.model.endswith("+query")
 
 
+def _query_engine(method: str, tmp_path: Path):
+    """An engine of each ranking method after a few per-user micro-batches, the profiles,
+    the last batch's result, and its users' last events (the batch's last one last)."""
+    import dataclasses
+
+    from recstream.scoring.adapt import AdaptConfig
+    from recstream.scoring.engine import Incoming
+    from recstream.scoring.learned import LearnedUserEncoder
+    from tests.unit import test_engine_blend as blend_tests
+    from tests.unit import test_learned_serving as learned_tests
+    from tests.unit.test_rankers import batches
+
+    if method == "learned":
+        engine = learned_tests.make_engine(LearnedUserEncoder(learned_tests.checkpoint(tmp_path / "seq.ckpt")))
+        engine.config = dataclasses.replace(engine.config, emit="per-user")
+        evs = learned_tests.stream()
+    else:
+        cfg: dict[str, Any] = {"adapt": AdaptConfig(step=0.1, rate=5.0, epoch=3)} if method == "adaptive" else {}
+        engine = blend_tests.make_engine(None if method == "text" else blend_tests.WEIGHTS, emit="per-user", **cfg)
+        evs = blend_tests.stream(200, repeats=False)
+    profiles: dict[str, Any] = {}
+    for part in batches(evs):  # several micro-batches: the adaptive weights move between them
+        result = engine.process(part, profiles)
+        profiles.update(result.profiles)
+    last: dict[str, Incoming] = {}
+    for inc in part:  # the last batch's users, in the order of their last events
+        last.pop(inc.event.user_id, None)
+        last[inc.event.user_id] = inc
+    return engine, profiles, result, last
+
+
+@pytest.mark.parametrize("method", ["text", "blend", "adaptive", "learned"])
+def test_each_ranker_answers_a_request_without_query_as_the_stream(method: str, tmp_path: Path) -> None:
+    engine, profiles, result, last = _query_engine(method, tmp_path)
+    assert engine.ranker == ("blend" if method == "adaptive" else method)
+    if method == "adaptive":  # the partitions' weights moved apart
+        weights = [a.weights for _, a in sorted(engine.adaptive.adapters.items())]  # type: ignore[union-attr]
+        assert len(weights) == 2 and not np.allclose(weights[0], weights[1])
+    # the blend's popularity is the one at the user's last event: the batch's last user only
+    users = list(last) if method in ("text", "learned") else [list(last)[-1]]
+    ranked = 0
+    for rec in result.recommendations:
+        if rec.user_id not in users:
+            continue
+        inc = last[rec.user_id]
+        [answer] = rank_requests(engine, [QueryRequest(rec.user_id, profiles[rec.user_id], None, engine.config.k, frozenset(), inc.partition)])
+        assert answer.model == rec.model, rec.user_id
+        assert [i.item_id for i in answer.items] == [i.item_id for i in rec.items], rec.user_id
+        np.testing.assert_allclose([i.score for i in answer.items], [i.score for i in rec.items], rtol=1e-4, atol=1e-5)
+        assert [i.because for i in answer.items] == [i.because for i in rec.items], rec.user_id
+        ranked += rec.model != "popularity"
+    assert ranked
+
+
+@pytest.mark.parametrize("method", ["text", "blend", "adaptive", "learned"])
+def test_a_query_ranks_by_the_query_mixed_with_the_profile(method: str, tmp_path: Path) -> None:
+    """A request with a query, computed directly: the text signal alone (text and learned
+    rankers) or blended with the weights of the request's partition; an unknown user without
+    a query gets the popularity list; a semantic search the nearest items."""
+    from recstream.scoring.blend import BlendWeights, blend_score_topk, popularity_vector
+    from recstream.scoring.topk import explain, score_topk
+
+    engine, profiles, _, last = _query_engine(method, tmp_path)
+    m = engine.matrix
+    ids = list(m.ids())
+    vec = m.vector(ids[3])
+    requests = [QueryRequest(u, profiles[u], vec, 2 + n % 4, frozenset({ids[n]}), part) for n, u in enumerate(sorted(last)) for part in (0, 1)]
+    requests += [
+        QueryRequest("nobody", None, vec, 4, frozenset(), 1),
+        QueryRequest("nobody", None, None, 3, frozenset({ids[0]})),
+        QueryRequest(None, None, vec, 3),
+    ]
+    answers = rank_requests(engine, requests)
+    now = engine.popularity.last_ts
+    pop_vec = popularity_vector(engine.popularity, [m.id_at(r) for r in range(m.rows_used)], now)
+    by_partition: dict[str, list[list[str]]] = {}
+    for req, answer in zip(requests, answers):
+        profile = req.profile
+        if req.user_id is None:
+            [want] = score_topk(m, vec[None], req.k, exclude=[frozenset()])
+            assert answer.model == f"{engine.texts.name}/semantic-search"
+            assert [(i.item_id, i.because) for i in answer.items] == [(r.item_id, None) for r in want]
+            continue
+        exclude = req.exclude | (engine.exclusions(profile) if profile is not None else frozenset())
+        if req.query is None:
+            top = engine.popularity.top(req.k, exclude=exclude, allowed=m)
+            assert answer.model == "popularity" and [(i.item_id, i.score) for i in answer.items] == [(t, float(s)) for t, s in top] and top
+            continue
+        history = engine.liked_history(profile) if profile is not None else []
+        text = mix(vec, engine.model.query(profile) if profile is not None else None)
+        assert text is not None
+        if method in ("text", "learned"):
+            [want] = score_topk(m, text[None], req.k, exclude=[exclude], history=[history])
+            model = engine.model_name
+            because = [r.because for r in want]
+        else:
+            weights = engine.ranking.weights  # type: ignore[attr-defined]
+            if method == "adaptive":
+                weights = BlendWeights(*(round(float(x), 6) for x in engine.adaptive.adapters[req.partition].weights), "zscore")  # type: ignore[union-attr,index]
+            cooc = np.zeros((1, m.rows_used), dtype=np.float32)
+            if profile is not None:
+                rows, vals = engine.cooccurrence_scorer().sparse(engine.positive_history(profile))
+                cooc[0, rows] = vals
+            [want] = blend_score_topk(m, text[None], req.k, [exclude], weights, cooc, pop_vec)
+            [because] = explain(m, [[r.item_id for r in want]], [history])
+            model = engine.blend_model_name  # type: ignore[assignment]
+        assert answer.model == model + "+query"
+        assert [(i.item_id, i.because) for i in answer.items] == list(zip([r.item_id for r in want], because)) and answer.items
+        np.testing.assert_allclose([i.score for i in answer.items], [r.score for r in want], rtol=1e-5, atol=1e-6)
+        assert not exclude & {i.item_id for i in answer.items}
+        by_partition.setdefault(req.user_id, []).append([i.item_id for i in answer.items])
+    if method == "adaptive":  # the partition's weights matter
+        assert any(a != b for a, b in by_partition.values())
+
+
 # --------------------------------------------------------------------------- the forget record
 
 
@@ -372,18 +487,46 @@ def test_forget_record_round_trip_and_rules() -> None:
         assert info.value.field == field, info.value
 
 
-def test_batched_requests_rank_as_one_by_one() -> None:
-    from tests.unit.test_engine_blend import make_engine, stream
+@pytest.mark.parametrize("method", ["text", "blend", "adaptive", "learned"])
+def test_batched_requests_rank_as_one_by_one(method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import recstream.scoring.rankers as rankers
 
-    engine = make_engine(emit="per-user")
-    batch = stream(150, repeats=False)
-    result = engine.process(batch, {})
+    engine, profiles, _, _ = _query_engine(method, tmp_path)
     vec = engine.matrix.vector("i3")
-    requests = [QueryRequest(u, p, vec if n % 2 else None, 2 + n % 4, frozenset({"i5"}), 0) for n, (u, p) in enumerate(sorted(result.profiles.items()))]
-    requests += [QueryRequest(None, None, vec, 3), QueryRequest("nobody", None, None, 2)]
+    requests = [
+        QueryRequest(u, p, vec if n % 2 else None, 2 + n % 4, frozenset({"i5"}), n % 3 if n % 3 < 2 else None)
+        for n, (u, p) in enumerate(sorted(profiles.items()))
+    ]
+    requests += [QueryRequest(None, None, vec, 3), QueryRequest("nobody", None, None, 2), QueryRequest("nobody", None, vec, 2, frozenset(), 1)]
+    calls: list[tuple[str, int]] = []
+    for name in ("score_topk", "blend_score_topk"):
+
+        def counted(*args: Any, _name: str = name, _f: Any = getattr(rankers, name), **kwargs: Any) -> Any:
+            calls.append((_name, len(args[1])))
+            return _f(*args, **kwargs)
+
+        monkeypatch.setattr(rankers, name, counted)
     together = rank_requests(engine, requests)
+    batched = list(calls)
     alone = [rank_requests(engine, [r])[0] for r in requests]
-    assert [(a.model, [i.item_id for i in a.items]) for a in together] == [(a.model, [i.item_id for i in a.items]) for a in alone]
+    assert [(a.model, [(i.item_id, i.because) for i in a.items]) for a in together] == [(a.model, [(i.item_id, i.because) for i in a.items]) for a in alone]
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose([i.score for i in a.items], [i.score for i in b.items], rtol=1e-5, atol=1e-6)
+    with_query = sum(r.user_id is not None and r.query is not None for r in requests)
+    if method in ("text", "learned"):  # the requests ranked by text in one call
+        texts = with_query + (method == "text") * sum(r.profile is not None and r.query is None for r in requests)
+        assert batched == [("score_topk", texts)]
+    else:  # one call per weighting
+        if method == "adaptive":
+            weightings = {engine.ranking.query_weights(r.partition) for r in requests if r.user_id is not None and r.profile is not None}  # type: ignore[attr-defined]
+            assert len(weightings) == 3  # the two partitions' and the configured ones
+        else:
+            weightings = {engine.ranking.weights}  # type: ignore[attr-defined]
+        assert sorted(n for _, n in batched) == sorted(
+            sum(engine.ranking.query_weights(r.partition) == w for r in requests if r.user_id is not None and (r.profile is not None or r.query is not None))  # type: ignore[attr-defined]
+            for w in weightings
+        )
+        assert {name for name, _ in batched} == {"blend_score_topk"}
 
 
 async def test_batcher_pipelines_two_batches() -> None:

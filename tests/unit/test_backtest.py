@@ -781,9 +781,9 @@ def test_exclusion_tracker_equals_the_engines_exclusions(encoder, exclude_seen: 
         res = engine.process([Incoming(ev, "t", 0, n)], profiles, now_ms=0)
         profiles.update(res.profiles)
         tracker.observe(ev)
-        assert tracker.exclusion(user) == engine._exclusions(profiles[user]), n
+        assert tracker.exclusion(user) == engine.exclusions(profiles[user]), n
         assert not {i.item_id for i in res.recommendations[0].items} & tracker.exclusion(user)
     assert any(len(p.purchased) > 0 for p in profiles.values())
     for user, profile in profiles.items():
-        assert tracker.exclusion(user) == engine._exclusions(profile)
+        assert tracker.exclusion(user) == engine.exclusions(profile)
     assert tracker.exclusion("nobody") == frozenset()

@@ -92,6 +92,9 @@ class Recording(Ranker):
     def model_name(self) -> str:
         return "recording/" + self.inner.model_name
 
+    def answer_queries(self, queries, now_ms):
+        return self.inner.answer_queries(queries, now_ms)
+
 
 def test_the_engine_picks_its_ranker_from_its_config(tmp_path) -> None:
     text, blend, learned = (make(m, tmp_path) for m in ("text", "blend", "learned"))
