@@ -11,8 +11,8 @@ production code: a ``sitecustomize.py`` in a temporary folder, first on the work
 * ``text_encoder.TextEncoder.encode_numpy`` (review texts of a batch are embedded in one call
   by ``engine.Engine.process``) to raise whenever a text of the call contains
   :data:`POISON`: a *permanent* fault of the records that carry it;
-* ``engine.score_topk`` and ``engine.candidate_blend_topk`` (the text and the
-  blend ranking, imported by name into ``scoring.engine``) to raise once, on the
+* ``rankers.score_topk`` and ``rankers.candidate_blend_topk`` (the text and the
+  blend ranking, imported by name into ``scoring.rankers``) to raise once, on the
   first call after the test creates an "arm" file: a *transient* fault.
 
 Every case produces exactly :data:`BATCH` event records in one burst to a worker started with
@@ -72,7 +72,7 @@ SITECUSTOMIZE = textwrap.dedent(
     from pathlib import Path
 
     import recstream.encoders.text as text_encoder
-    import recstream.scoring.engine as engine
+    import recstream.scoring.rankers as rankers
 
     _MARKER = os.environ["RECSTREAM_TEST_POISON_MARKER"]
     _ARM = Path(os.environ["RECSTREAM_TEST_SCORING_FAULT_FILE"])
@@ -98,8 +98,8 @@ SITECUSTOMIZE = textwrap.dedent(
 
     text_encoder.TextEncoder.encode_numpy = encode_numpy
     # the text ranking's top-k and the blend's (the default ranker)
-    engine.score_topk = armed(engine.score_topk)
-    engine.candidate_blend_topk = armed(engine.candidate_blend_topk)
+    rankers.score_topk = armed(rankers.score_topk)
+    rankers.candidate_blend_topk = armed(rankers.candidate_blend_topk)
     print("recstream-test: faults injected", file=sys.stderr, flush=True)
     '''
 )
