@@ -13,11 +13,24 @@ Inputs are sorted by token count and encoded in chunks of ``batch_size`` so
 that texts of similar length share a batch (little padding), then the rows are
 put back into input order.  On CUDA the model runs in fp16; outputs are always
 float32.
+
+On the CPU the model and its pooling are traced with TorchScript at the first call
+(:class:`_MeanPooled`): a traced forward pass runs in TorchScript's interpreter without
+holding Python's interpreter lock, where the eager model takes the lock back between each
+of its few hundred operations.  In a worker, whose event loop runs Python beside the
+encoder, that made an eager forward pass wait for the lock at every step: a batch of short
+queries took 0.8 s instead of 40 ms (docs/benchmarks.md).  The trace is checked against the
+eager model on texts of several lengths and dropped (with a warning, the eager model
+used) if it fails or differs.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import re
+import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +51,8 @@ __all__ = [
 
 #: Names accepted by :func:`item_text`'s ``fields`` argument.
 ITEM_TEXT_FIELDS: tuple[str, ...] = ("title", "categories", "description")
+
+log = logging.getLogger(__name__)
 
 # Directory names that say nothing about the model (HF cache layout, packaged copies).
 _GENERIC_DIR_NAMES = frozenset({"model", "models", "snapshot", "snapshots", "main", "weights"})
@@ -132,6 +147,9 @@ class TextEncoder:
             :func:`resolve_device`).
         max_length: truncation length in tokens (capped by the model's limit).
         batch_size: texts per forward pass.
+        trace: on the CPU, run a TorchScript trace of the model (made and checked at the
+            first call) instead of the eager model: the same embeddings, without holding
+            Python's interpreter lock during the forward pass.
 
     Raises:
         ModelNotFoundError: the directory is missing or holds no loadable model.
@@ -144,6 +162,7 @@ class TextEncoder:
         device: str | None = None,
         max_length: int = 256,
         batch_size: int = 64,
+        trace: bool = True,
     ) -> None:
         if max_length <= 0:
             raise ValueError(f"max_length must be positive, got {max_length}")
@@ -189,6 +208,8 @@ class TextEncoder:
             limits.append(pos_max)
         self._max_length = min(limits)
         self._batch_size = batch_size
+        # the traced model, shared with the forks: None until the first call, False where not used
+        self._trace_state = _TraceState(None if trace and self._device.type == "cpu" else False)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -220,6 +241,11 @@ class TextEncoder:
     def batch_size(self) -> int:
         return self._batch_size
 
+    @property
+    def traced(self) -> bool:
+        """Whether the forward passes run the TorchScript trace (known after the first call)."""
+        return isinstance(self._trace_state.module, torch.jit.ScriptModule)
+
     def __repr__(self) -> str:
         return f"TextEncoder(name={self._name!r}, dim={self._dim}, device={str(self._device)!r}, max_length={self._max_length}, batch_size={self._batch_size})"
 
@@ -247,11 +273,11 @@ class TextEncoder:
         # texts in a batch have similar lengths, so padding is small. Sorted by token count,
         # not characters (sentence-transformers' key): a first tokenization costs well under
         # 1% of a forward pass and saves ~8% of the padded tokens on catalog texts.
-        if len(items) > step:
-            tokens = self._tokenizer(items, truncation=True, max_length=self._max_length)["input_ids"]
-            lengths = [len(ids) for ids in tokens]
-        else:  # one batch: the order does not change the padding
-            lengths = [0] * len(items)
+        if len(items) <= step:  # one batch: the order does not change the padding
+            with torch.inference_mode():
+                return self._encode_batch(items)
+        tokens = self._tokenizer(items, truncation=True, max_length=self._max_length)["input_ids"]
+        lengths = [len(ids) for ids in tokens]
         order = sorted(range(len(items)), key=lambda i: -lengths[i])
         with torch.inference_mode():
             for start in range(0, len(order), step):
@@ -259,6 +285,14 @@ class TextEncoder:
                 emb = self._encode_batch([items[i] for i in idx])
                 out[torch.tensor(idx, device=self._device)] = emb
         return out
+
+    def fork(self) -> "TextEncoder":
+        """A copy for another thread: the same model and trace (made by whichever copy is
+        called first), a tokenizer of its own (a fast tokenizer is not safe to share between
+        threads)."""
+        clone = copy.copy(self)
+        clone._tokenizer = copy.deepcopy(self._tokenizer)
+        return clone
 
     def encode_numpy(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """:meth:`encode`, returned as a float32 numpy array on the CPU."""
@@ -272,12 +306,86 @@ class TextEncoder:
             max_length=self._max_length,
             return_tensors="pt",
         )
+        state = self._trace_state
+        if state.module is None:
+            self._trace(state)
+        if isinstance(state.module, torch.jit.ScriptModule):
+            return state.module(features["input_ids"], features["attention_mask"])
+        return self._eager(features)
+
+    def _eager(self, features: Any) -> torch.Tensor:
         features = {k: v.to(self._device) for k, v in features.items()}
         hidden = self._model(**features).last_hidden_state.float()
-        mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        summed = (hidden * mask).sum(dim=1)
-        counts = mask.sum(dim=1).clamp(min=1e-9)
-        return F.normalize(summed / counts, p=2, dim=1)
+        return _mean_pooled(hidden, features["attention_mask"])
+
+    def _trace(self, state: "_TraceState") -> None:
+        """Trace the model and its pooling once, and keep the trace only if it gives the eager
+        model's embeddings on texts of other lengths and batch sizes than the example's."""
+        with state.lock:
+            if state.module is not None:
+                return
+            from transformers.utils import logging as hf_logging
+
+            traced: torch.jit.ScriptModule | bool = False
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # tracing reads every attribute: no notes on unused ones (loss_type)
+            try:
+                example = self._tokenizer(["a short text", "a longer text, so that the batch holds padding"], padding=True, return_tensors="pt")
+                with warnings.catch_warnings(), torch.inference_mode():
+                    warnings.simplefilter("ignore")  # torch.jit's deprecation, the tracer's notes on constants
+                    module = torch.jit.trace(_MeanPooled(self._model).eval(), (example["input_ids"], example["attention_mask"]), check_trace=False)
+                    worst = 0.0
+                    for probe in _TRACE_PROBES:
+                        features = self._tokenizer(probe, padding=True, truncation=True, max_length=self._max_length, return_tensors="pt")
+                        got = module(features["input_ids"], features["attention_mask"])
+                        worst = max(worst, float((got - self._eager(features)).abs().max()))
+                if worst <= _TRACE_TOLERANCE:
+                    traced = module
+                else:
+                    log.warning("text encoder: the traced model differs from the eager one by %.2g; using the eager model", worst)
+            except Exception as exc:  # any failure to trace leaves the eager model, which works
+                log.warning("text encoder: cannot trace the model (%s: %s); using the eager model", type(exc).__name__, exc)
+            finally:
+                hf_logging.set_verbosity(verbosity)
+            state.module = traced
+
+
+class _TraceState:
+    """The traced model of an encoder and its forks: None until made, False where not used."""
+
+    def __init__(self, module: torch.jit.ScriptModule | bool | None) -> None:
+        self.module = module
+        self.lock = threading.Lock()
+
+
+#: Texts the trace is checked on: batch sizes and lengths unlike the tracing example's,
+#: padded and unpadded, up to the truncation length.
+_TRACE_PROBES: tuple[list[str], ...] = (
+    ["jazz"],
+    ["a quiet jazz record for late evenings", "gift card", "", "a card " * 300],
+)
+_TRACE_TOLERANCE = 1e-5
+
+
+def _mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token states over the attention mask, L2-normalised (sentence-transformers')."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    summed = (hidden * mask).sum(dim=1)
+    counts = mask.sum(dim=1).clamp(min=1e-9)
+    return F.normalize(summed / counts, p=2, dim=1)
+
+
+class _MeanPooled(torch.nn.Module):
+    """The model and its pooling as one module, to be traced: token ids and attention mask in,
+    unit-norm float32 embeddings out."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask)[0].float()
+        return _mean_pooled(hidden, attention_mask)
 
 
 def item_text(

@@ -39,7 +39,6 @@ The HTTP layer is kept out of ``scoring/`` and ``encoders/``: the ranking of a r
 from __future__ import annotations
 
 import asyncio
-import copy
 import hmac
 import inspect
 import logging
@@ -440,19 +439,18 @@ class PipelineBackend:
 
     @staticmethod
     def _thread_encoder(encoder: Any) -> Any:
-        """The worker's text encoder with a tokenizer of its own (its model, read-only in
-        inference, is shared), for the query thread; None when it cannot be made (then
-        queries are embedded on the compute thread, as events are)."""
-        tokenizer = getattr(encoder, "_tokenizer", None)
-        if tokenizer is None:
+        """The worker's text encoder with a tokenizer of its own (its model and the model's
+        trace, read-only in inference, are shared: :meth:`encoders.text.TextEncoder.fork`),
+        for the query thread; None when it cannot be made (then queries are embedded on the
+        compute thread, as events are)."""
+        fork = getattr(encoder, "fork", None)
+        if fork is None:
             return None
         try:
-            clone = copy.copy(encoder)
-            clone._tokenizer = copy.deepcopy(tokenizer)
+            return fork()
         except Exception as exc:  # noqa: BLE001 - an encoder that cannot be copied: the compute thread embeds
             log.warning("queries are embedded on the compute thread: the encoder cannot be copied (%s)", exc)
             return None
-        return clone
 
     def _observe_batch(self, n: int) -> None:
         if self.query_batch_sizes is not None:

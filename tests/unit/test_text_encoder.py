@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -56,6 +57,54 @@ def test_matches_sentence_transformers(encoder: TextEncoder, reference: np.ndarr
     assert out.dtype == torch.float32
     assert out.shape == (len(TEXTS), encoder.dim)
     assert out.device == encoder.device
+    np.testing.assert_allclose(out.numpy(), reference, atol=1e-5, rtol=0)
+
+
+def test_the_traced_model_gives_the_eager_models_embeddings(encoder: TextEncoder) -> None:
+    # on the CPU the forward pass runs a TorchScript trace (made at the first call, outside
+    # Python's interpreter lock): the same embeddings as the eager model, at other batch
+    # sizes and lengths than the trace's example, truncated texts included
+    eager = TextEncoder(device="cpu", trace=False)
+    texts = TEXTS + ["x", "a card " * 300, "gift card for my mother"]
+    for batch_size in (1, 3, 64):
+        np.testing.assert_allclose(encoder.encode(texts, batch_size=batch_size).numpy(), eager.encode(texts, batch_size=batch_size).numpy(), atol=1e-5, rtol=0)
+    assert encoder.traced and not eager.traced
+
+
+def test_a_fork_shares_the_model_and_its_trace() -> None:
+    # the API's query thread embeds with a fork: its own tokenizer, the worker's model and trace
+    # (made once, by whichever of the two is called first)
+    worker = TextEncoder(device="cpu")
+    fork = worker.fork()
+    assert fork._tokenizer is not worker._tokenizer
+    assert not worker.traced and not fork.traced
+    out = fork.encode(TEXTS)
+    assert fork.traced and worker.traced
+    np.testing.assert_array_equal(out.numpy(), worker.encode(TEXTS).numpy())
+
+
+def test_a_trace_that_fails_or_differs_leaves_the_eager_model(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, reference: np.ndarray) -> None:
+    import recstream.encoders.text as text
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no tracing here")
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.jit, "trace", refuse)
+        broken = TextEncoder(device="cpu")
+        with caplog.at_level(logging.WARNING, logger=text.__name__):
+            out = broken.encode(TEXTS)
+    assert not broken.traced
+    assert "cannot trace the model (RuntimeError: no tracing here); using the eager model" in caplog.text
+    np.testing.assert_allclose(out.numpy(), reference, atol=1e-5, rtol=0)
+
+    caplog.clear()
+    with monkeypatch.context() as m:
+        m.setattr(text, "_TRACE_TOLERANCE", -1.0)  # no trace can pass: as if it gave other embeddings
+        differs = TextEncoder(device="cpu")
+        with caplog.at_level(logging.WARNING, logger=text.__name__):
+            out = differs.encode(TEXTS)
+    assert not differs.traced and "the traced model differs from the eager one" in caplog.text
     np.testing.assert_allclose(out.numpy(), reference, atol=1e-5, rtol=0)
 
 
