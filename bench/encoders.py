@@ -26,6 +26,14 @@ Items 2 and 4 of the benchmark issue, offline (no Kafka, no worker):
   ``best_batch_size`` and ``best_texts_per_s`` are the encoder's limit on this machine, the figure the
   pipeline's reviews events/s is compared with (target: 70% of it).
 
+* **contended**: short texts (the first review texts, batches of 1 and 8, as the API's queries
+  and a quiet stream's reviews come) embedded by the eager model (``TextEncoder(trace=False)``)
+  and by the default TorchScript trace, each alone and while another Python thread runs pure
+  Python (as a worker's event loop and compute thread do beside the encoder). Reported: the
+  median milliseconds per call in each case. The eager model takes Python's interpreter lock
+  back between its operations, so beside a busy thread each call waits for the lock hundreds
+  of times; the trace runs its forward pass without it.
+
 Timing: the methods of a section run in the same process and interleaved: every repetition runs
 each method once, in an order that rotates from one repetition to the next, so that noise from other
 jobs hits all of them alike; one untimed warm-up call per method first. Torch keeps its default
@@ -77,6 +85,7 @@ REVIEWS_TARGET = 0.7  # the pipeline's reviews events/s: at least 70% of the enc
 ST_DEFAULT_BATCH = 32  # SentenceTransformer.encode's default batch_size
 DEFAULT_BATCH_SIZES = (1, 8, 16, 32, 64, 128, 256)
 QUICK_BATCH_SIZES = (1, 16, 64)
+SECTIONS = ("catalog", "reviews", "contended")
 REVIEW_TAG = "encoders"  # event-id tag of the generated reviews (it seeds their random stream)
 
 
@@ -202,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="a bench/pipeline.py JSON: its reviews events/s is compared with best_texts_per_s (different runs: only indicative on a shared machine)",
     )
-    p.add_argument("--sections", default="catalog,reviews", help="catalog, reviews, or both (default)")
+    p.add_argument("--sections", default="catalog,reviews,contended", help="a subset of catalog,reviews,contended (default all three)")
     add_run_args(p, "smoke run: 64 texts, batch sizes 1,16,64, 1 repetition")
     return p
 
@@ -221,8 +230,8 @@ def resolve_args(args: argparse.Namespace, cuda: bool = False) -> argparse.Names
         args.reps = 1 if quick else 3
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     problems = []
-    if not args.sections or any(s not in ("catalog", "reviews") for s in args.sections):
-        problems.append("--sections must be a subset of catalog,reviews")
+    if not args.sections or any(s not in SECTIONS for s in args.sections):
+        problems.append("--sections must be a subset of " + ",".join(SECTIONS))
     for name in ("catalog_size", "catalog_texts", "review_texts", "reps", "users"):
         if getattr(args, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be at least 1")
@@ -413,6 +422,54 @@ def run_reviews(args, enc, clock: Clock, catalog: gen.Catalog) -> dict:
     return out
 
 
+def run_contended(args, enc, clock: Clock, catalog: gen.Catalog) -> dict:
+    """Short texts embedded alone and beside a thread running pure Python, eager and traced."""
+    import threading
+
+    from recstream.encoders.text import TextEncoder
+
+    texts = review_texts(catalog, 8, args.users, args.seed)
+    eager = TextEncoder(enc.path, device=str(enc.device), max_length=enc.max_length, batch_size=enc.batch_size, trace=False)
+    encoders = {"eager": eager, "traced": enc}
+    for e in encoders.values():
+        e.encode_numpy(texts[:2])  # warm-up (and the trace, made at the first call)
+    calls = max(5, 4 * args.reps)
+    stop = threading.Event()
+
+    def spin() -> None:  # pure Python: holds the interpreter lock but for the switch interval
+        n = 0
+        while not stop.is_set():
+            n += 1
+
+    def median_ms(e, batch: list[str]) -> float:
+        times = []
+        for _ in range(calls):
+            times.append(clock.run(lambda: e.encode_numpy(batch))[0])
+        return round(1000 * statistics.median(times), 1)
+
+    out: dict = {}
+    for case in ("alone", "beside_a_busy_thread"):
+        spinner = threading.Thread(target=spin, daemon=True) if case != "alone" else None
+        if spinner is not None:
+            stop.clear()
+            spinner.start()
+        try:
+            for name, e in encoders.items():
+                for size in (1, 8):
+                    out.setdefault(name, {}).setdefault(f"batch_{size}", {})[f"{case}_ms"] = median_ms(e, texts[:size])
+        finally:
+            stop.set()
+            if spinner is not None:
+                spinner.join()
+    log("contended: " + "; ".join(f"{n} {b}: {v}" for n, by in out.items() for b, v in by.items()))
+    return {
+        "measured_as": f"median ms per encode_numpy call of the first 1 or 8 review texts, {calls} calls, alone and while "
+        "another Python thread runs a pure-Python loop",
+        "traced": enc.traced,
+        "by_method": out,
+    }
+
+
 def compare_pipeline(path: Path, best: float) -> dict:
     import json
 
@@ -515,6 +572,9 @@ def run(args, result: dict) -> None:
         summary["reviews_pipeline_target_events_per_s"] = rev["pipeline_target_events_per_s"]
         if args.pipeline_result is not None:
             rev["pipeline_comparison"] = compare_pipeline(args.pipeline_result, rev["best_texts_per_s"])
+    if "contended" in args.sections:
+        con = result["contended"] = run_contended(args, enc, clock, catalog)
+        summary["contended_batch_1_ms"] = {n: by["batch_1"] for n, by in con["by_method"].items()}
     result["summary"] = summary
     result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if max(result["machine"]["loadavg_at_start"][0], result["machine"]["loadavg_at_end"][0]) > 1.5 * (result["machine"]["cpus_usable"] or 1):

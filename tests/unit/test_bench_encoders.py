@@ -89,7 +89,7 @@ def test_arguments_and_their_defaults() -> None:
     full = _args()
     assert (full.catalog_texts, full.review_texts, full.reps) == (512, 256, 3)
     assert full.batch_sizes == [1, 8, 16, 32, 64, 128, 256]
-    assert full.sections == ["catalog", "reviews"]
+    assert full.sections == ["catalog", "reviews", "contended"]
     quick = _args("--quick")
     assert (quick.catalog_texts, quick.review_texts, quick.reps, quick.batch_sizes) == (64, 64, 1, [1, 16, 64])
     gpu = _args(cuda=True)
