@@ -18,8 +18,8 @@ On the CPU the model and its pooling are traced with TorchScript at the first ca
 (:class:`_MeanPooled`): a traced forward pass runs in TorchScript's interpreter without
 holding Python's interpreter lock, where the eager model takes the lock back between each
 of its few hundred operations.  In a worker, whose event loop runs Python beside the
-encoder, that made an eager forward pass wait for the lock at every step: a batch of short
-queries took 0.8 s instead of 40 ms (docs/benchmarks.md).  The trace is checked against the
+encoder, that made an eager forward pass wait for the lock at every step: beside a thread
+running Python, one short query took 0.8 s eager and 48 ms traced (docs/benchmarks.md).  The trace is checked against the
 eager model on texts of several lengths and dropped (with a warning, the eager model
 used) if it fails or differs.
 """
@@ -274,7 +274,7 @@ class TextEncoder:
         # not characters (sentence-transformers' key): a first tokenization costs well under
         # 1% of a forward pass and saves ~8% of the padded tokens on catalog texts.
         if len(items) <= step:  # one batch: the order does not change the padding
-            with torch.inference_mode():
+            with torch.no_grad():  # (not inference mode: the caller gets an ordinary tensor, as below)
                 return self._encode_batch(items)
         tokens = self._tokenizer(items, truncation=True, max_length=self._max_length)["input_ids"]
         lengths = [len(ids) for ids in tokens]

@@ -69,6 +69,11 @@ def test_the_traced_model_gives_the_eager_models_embeddings(encoder: TextEncoder
     for batch_size in (1, 3, 64):
         np.testing.assert_allclose(encoder.encode(texts, batch_size=batch_size).numpy(), eager.encode(texts, batch_size=batch_size).numpy(), atol=1e-5, rtol=0)
     assert encoder.traced and not eager.traced
+    # ordinary tensors, whatever the batching (an inference-mode tensor cannot enter autograd)
+    for batch_size in (1, 64):
+        out = encoder.encode(texts, batch_size=batch_size)
+        assert not out.is_inference() and not out.requires_grad
+        out.mul_(1.0)  # in place, outside inference mode
 
 
 def test_a_fork_shares_the_model_and_its_trace() -> None:
