@@ -442,16 +442,14 @@ def run_contended(args, enc, clock: Clock, catalog: gen.Catalog) -> dict:
             n += 1
 
     def median_ms(e, batch: list[str]) -> float:
-        times = []
-        for _ in range(calls):
-            times.append(clock.run(lambda: e.encode_numpy(batch))[0])
+        times = [clock.run(lambda: e.encode_numpy(batch))[0] for _ in range(calls)]
         return round(1000 * statistics.median(times), 1)
 
     out: dict = {}
-    for case in ("alone", "beside_a_busy_thread"):
-        spinner = threading.Thread(target=spin, daemon=True) if case != "alone" else None
-        if spinner is not None:
-            stop.clear()
+    for case, busy in (("alone", False), ("beside_a_busy_thread", True)):
+        stop.clear()
+        spinner = threading.Thread(target=spin, daemon=True)
+        if busy:
             spinner.start()
         try:
             for name, e in encoders.items():
@@ -459,7 +457,7 @@ def run_contended(args, enc, clock: Clock, catalog: gen.Catalog) -> dict:
                     out.setdefault(name, {}).setdefault(f"batch_{size}", {})[f"{case}_ms"] = median_ms(e, texts[:size])
         finally:
             stop.set()
-            if spinner is not None:
+            if busy:
                 spinner.join()
     log("contended: " + "; ".join(f"{n} {b}: {v}" for n, by in out.items() for b, v in by.items()))
     return {

@@ -19,9 +19,9 @@ On the CPU the model and its pooling are traced with TorchScript at the first ca
 holding Python's interpreter lock, where the eager model takes the lock back between each
 of its few hundred operations.  In a worker, whose event loop runs Python beside the
 encoder, that made an eager forward pass wait for the lock at every step: beside a thread
-running Python, one short query took 0.8 s eager and 48 ms traced (docs/benchmarks.md).  The trace is checked against the
-eager model on texts of several lengths and dropped (with a warning, the eager model
-used) if it fails or differs.
+running Python, one short query took 0.8 s eager and 48 ms traced (docs/benchmarks.md).
+The trace is checked against the eager model on texts of several lengths and dropped (with
+a warning, the eager model used) if it fails or differs.
 """
 
 from __future__ import annotations
