@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import zlib
 
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ class StubTexts:
     def encode_numpy(self, texts):
         out = []
         for t in texts:
-            v = np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(DIM).astype(np.float32)
+            v = np.random.default_rng(zlib.crc32(t.encode())).standard_normal(DIM).astype(np.float32)  # not hash(): salted per process
             out.append(v / np.linalg.norm(v))
         return np.stack(out)
 
