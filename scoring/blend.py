@@ -223,13 +223,16 @@ def text_scores(matrix: ItemMatrix, queries: torch.Tensor | np.ndarray) -> torch
 def popularity_vector(popularity: DecayedPopularity, ids: Sequence[str | None], now_ms: int) -> np.ndarray:
     """``log1p`` of each item's decayed count at ``now_ms``, float32, in the order of ``ids``
     (``None`` and unknown items: 0)."""
-    out = np.zeros(len(ids), dtype=np.float32)
-    for r, item_id in enumerate(ids):
-        if item_id is not None:
-            c = popularity.score(item_id, now_ms)
-            if c > 0.0:
-                out[r] = math.log1p(c)
-    return out
+    get = popularity.log2_scores().get
+    log2 = np.fromiter((-math.inf if i is None else get(i, -math.inf) for i in ids), dtype=np.float64, count=len(ids))
+    return decayed_log1p(log2, popularity.shift(now_ms))
+
+
+def decayed_log1p(log2: np.ndarray, shift: float) -> np.ndarray:
+    """``log1p(2 ** (log2 - shift))`` of each entry (a decayed count, :meth:`DecayedPopularity.score`,
+    from its ``log2`` score, ``-inf``: none, and :meth:`DecayedPopularity.shift`), float32."""
+    with np.errstate(over="ignore"):  # a count beyond float64: +inf, as the scalar score
+        return np.log1p(np.exp2(log2 - shift)).astype(np.float32)
 
 
 def exclusion_set(profile: UserProfile, exclude_seen: bool = True) -> frozenset[str]:

@@ -189,7 +189,7 @@ class DecayedPopularity:
         lg = self._log2.get(item_id)
         if lg is None:
             return 0.0
-        return _exp2(lg - self._shift(now_ms))
+        return _exp2(lg - self.shift(now_ms))
 
     def top(
         self,
@@ -215,7 +215,7 @@ class DecayedPopularity:
             ok = allowed
         else:
             ok = allowed.__contains__
-        shift = self._shift(now_ms)
+        shift = self.shift(now_ms)
         out: list[tuple[str, float]] = []
         for neg, item_id in order:
             if item_id in exclude or (ok is not None and not ok(item_id)):
@@ -225,8 +225,9 @@ class DecayedPopularity:
                 break
         return out
 
-    def _shift(self, now_ms: int | None) -> float:
-        """``now / H`` for counts at ``now_ms``, but never so early that the top count
+    def shift(self, now_ms: int | None) -> float:
+        """``now / H`` for counts at ``now_ms`` (an item's count then is ``2 ** (log2 score
+        - shift)``, as :meth:`score` computes; ``None``: at the latest event), but never so early that the top count
         exceeds ``2 ** 1000``: counts "as of" a time long before their events grow
         without bound, and a score must stay a finite number."""
         now = float(now_ms if now_ms is not None else (self._last_ts or 0))

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Sequence, cast
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence, cast
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ from recstream.scoring.blend import (
     PopularityStates,
     blend_score_topk,
     candidate_blend_topk,
-    popularity_vector,
+    decayed_log1p,
 )
 from recstream.scoring.query import QueryAnswer, UserQuery, mix
 from recstream.scoring.records import RecItem
@@ -122,6 +122,16 @@ class Ranker(ABC):
     @abstractmethod
     def rank(self, scored: Sequence[Snapshot]) -> list[list[RecItem]]:
         """The top-k list of each snapshot without a ``fallback``, in order."""
+
+    def rank_between(self, scored: Sequence[Snapshot], between: Callable[[], object], segment: int) -> list[list[RecItem]]:
+        """:meth:`rank`'s lists, ranked in segments of at most ``segment`` snapshots with
+        ``between()`` called between two (:attr:`scoring.engine.Engine.between_steps`)."""
+        out: list[list[RecItem]] = []
+        for start in range(0, len(scored), segment):
+            if start:
+                between()
+            out.extend(self.rank(scored[start : start + segment]))
+        return out
 
     @property
     @abstractmethod
@@ -325,13 +335,23 @@ class BlendRanker(Ranker):
         return snaps
 
     def rank(self, scored: Sequence[Snapshot]) -> list[list[RecItem]]:
+        return self._rank(scored, None, 0)
+
+    def rank_between(self, scored: Sequence[Snapshot], between: Callable[[], object], segment: int) -> list[list[RecItem]]:
+        """In two stages, the segments are chunks of one pass, which shares the batch's
+        popularity states (one sweep of its journal) among them."""
+        if self.engine.config.blend_candidates and self.weights.normalization == "zscore":
+            return self._rank(scored, between, segment)
+        return super().rank_between(scored, between, segment)
+
+    def _rank(self, scored: Sequence[Snapshot], between: Callable[[], object] | None, segment: int) -> list[list[RecItem]]:
         adaptive = self.engine.adaptive
         if adaptive is not None:
             for s in scored:
                 s.weights = adaptive[s.trigger.partition].weights
                 s.grid = adaptive.grid(s.trigger.partition)
         # pop_base is set at the batch's start
-        return _rec_items(self._blend_topk(scored, self.weights, cast(np.ndarray, self.pop_base), self.journal))
+        return _rec_items(self._blend_topk(scored, self.weights, cast(np.ndarray, self.pop_base), self.journal, between, segment))
 
     def query_weights(self, partition: int | None) -> BlendWeights:
         """The weights of a request from input partition ``partition``: the partition's
@@ -362,7 +382,7 @@ class BlendRanker(Ranker):
         if not groups:
             return out
         rows_used = matrix.rows_used
-        pop_vec = popularity_vector(eng.popularity, [matrix.id_at(r) for r in range(rows_used)], now_ms if now_ms is not None else 0)
+        pop_vec = decayed_log1p(eng._popularity_by_row(), eng.popularity.shift(now_ms if now_ms is not None else 0))  # popularity_vector by row
         for weights, group in groups.items():
             part = [queries[n] for n, _, _ in group]
             k = max(q.request.k for q in part)
@@ -380,9 +400,16 @@ class BlendRanker(Ranker):
         return out
 
     def _blend_topk(
-        self, scored: Sequence[Snapshot], blend: BlendWeights, pop_base: np.ndarray, journal: Sequence[tuple[int, float]]
+        self,
+        scored: Sequence[Snapshot],
+        blend: BlendWeights,
+        pop_base: np.ndarray,
+        journal: Sequence[tuple[int, float]],
+        between: Callable[[], object] | None = None,
+        segment: int = 0,
     ) -> list[list[tuple[str, float, str | None]]]:
-        """The blend's top-k of each snapshot (see :mod:`scoring.engine`), in order."""
+        """The blend's top-k of each snapshot (see :mod:`scoring.engine`), in order (two
+        stages: in chunks of at most ``segment``, ``between()`` between two, where given)."""
         eng = self.engine
         m = eng.matrix
         n = m.rows_used
@@ -392,7 +419,7 @@ class BlendRanker(Ranker):
         # relative to a reference time in float64 so that float32 keeps its precision
         ref = max(s.trigger.event.ts for s in scored) / half_life
         if eng.config.blend_candidates and blend.normalization == "zscore":
-            return self._two_stage_topk(scored, blend, pop_base, journal, ref)
+            return self._two_stage_topk(scored, blend, pop_base, journal, ref, between, segment)
         work = torch.from_numpy((pop_base - ref).astype(np.float32))
         applied = 0
         out: list[list[tuple[str, float, str | None]]] = []
@@ -436,6 +463,8 @@ class BlendRanker(Ranker):
         pop_base: np.ndarray,
         journal: Sequence[tuple[int, float]],
         ref: float,
+        between: Callable[[], object] | None = None,
+        segment: int = 0,
     ) -> list[list[tuple[str, float, str | None]]]:
         """:meth:`_blend_topk` in two stages (:func:`candidate_blend_topk`).  The popularity
         is the dense ranking's (the state of the batch's journal each snapshot saw, at its
@@ -460,8 +489,12 @@ class BlendRanker(Ranker):
         # fixed cost, and one matrix product of many rows (a product of a few rows costs several
         # times more per row)
         chunk = max(self.BLEND_CHUNK, min(1024, (1 << 23) // max(m.rows_used, 1)))
+        if between is not None:
+            chunk = min(chunk, segment)
         out: list[list[tuple[str, float, str | None]]] = []
         for start in range(0, len(scored), chunk):
+            if start and between is not None:
+                between()
             part = scored[start : start + chunk]
             queries = np.zeros((len(part), dim), dtype=np.float32)
             for j, snap in enumerate(part):

@@ -392,7 +392,8 @@ class PipelineBackend:
     * a query's text is embedded on the API's own query thread (``recstream-query``: the
       worker's model, with a tokenizer of its own, as a fast tokenizer is not safe to share
       between threads), then ranked on the worker's compute thread (the engine's matrix,
-      popularity and co-occurrence model change there, between two micro-batches);
+      popularity and co-occurrence model change there): inside the micro-batch in progress,
+      at its next consistent point, every few tens of events (:class:`streams.lane.ComputeLane`);
     * a forget request is produced on the worker's loop (faust's producer);
     * requests forwarded to another worker go through this loop's own client session.
     """
@@ -418,6 +419,8 @@ class PipelineBackend:
         self._session: Any = None
         self.query_batch_sizes: Any = None  # a prometheus Histogram, set by the API
         self.query_stage_seconds: Any = None  # a prometheus Histogram by stage, set by the API
+        # queries are ranked inside the stream's micro-batches, at the engine's consistent points
+        pipeline.engine.between_steps = pipeline.lane.between_steps
 
     def bind_loops(self, worker_loop: asyncio.AbstractEventLoop) -> None:
         """The worker's event loop, where calls that touch faust's state are handed over."""
@@ -579,7 +582,8 @@ class PipelineBackend:
 
     async def _rank(self, batch: list[tuple[QueryRequest, str | None]]) -> list[QueryAnswer]:
         """Embed the batch's texts on the query thread (concurrently with the stream's
-        micro-batch), then rank on the compute thread (after the micro-batch in progress)."""
+        micro-batch), then rank on the compute thread (at the micro-batch's next consistent
+        point, :class:`streams.lane.ComputeLane`)."""
         from recstream.scoring.query import rank_requests
 
         pipeline = self.pipeline
@@ -600,7 +604,7 @@ class PipelineBackend:
                 stages.labels("embed").observe(time.perf_counter() - started)
         requests = [req for req, _ in batch]
         ranked = time.perf_counter()
-        answers = await pipeline.compute(rank_requests, pipeline.engine, requests)
+        answers = await pipeline.lane.run(rank_requests, pipeline.engine, requests)
         if stages is not None:
             stages.labels("rank").observe(time.perf_counter() - ranked)
         return answers
@@ -742,8 +746,8 @@ class Api:
                 backend.query_stage_seconds = Histogram(
                     "recstream_api_query_seconds",
                     "Time of a POST /v1/recommend batch by stage: embed (the query "
-                    "thread's forward pass) and rank (the compute thread, the wait for the micro-batch in progress "
-                    "included).",
+                    "thread's forward pass) and rank (the compute thread, the wait for the next consistent point of "
+                    "the micro-batch in progress included).",
                     ["stage"],
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
                     registry=registry,

@@ -45,6 +45,7 @@ from recstream.scoring.popularity import DecayedPopularity
 from . import topics as T
 from .config import KafkaSettings
 from .evidence import EvidenceFollower
+from .lane import ComputeLane
 from .metrics import pipeline_metrics
 from .records import DAY_MS
 from .security import faust_credentials
@@ -303,6 +304,9 @@ class Pipeline:
         # event loop keeps fetching, committing and heartbeating meanwhile (torch releases
         # the GIL), and the single thread orders every access to the matrix and popularity.
         self.compute_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recstream-compute")
+        #: read-only jobs (the API's queries) run inside a micro-batch, at the engine's
+        #: consistent points, once the API installs the engine's hook (streams/lane.py)
+        self.lane = ComputeLane(self.compute_executor)
         self._startup_heap_frozen = False
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.device = resolve_device(config.device)

@@ -255,3 +255,16 @@ def test_popularity_vector() -> None:
     v = popularity_vector(pop, ["b", None, "a", "zz"], now_ms=1000)  # one half-life later
     assert v.dtype == np.float32
     assert v.tolist() == pytest.approx([math.log1p(0.5), 0.0, math.log1p(1.5), 0.0])
+
+
+def test_popularity_vector_equals_each_items_decayed_count() -> None:
+    """The vectorised form against the popularity's own scalar score, including counts
+    long before their events (capped shift) and far in the future (underflow to 0)."""
+    rng = np.random.default_rng(5)
+    pop = DecayedPopularity(1000.0)
+    for n in range(300):
+        pop.add(f"i{rng.integers(40)}", int(rng.integers(0, 50_000)))
+    ids = [f"i{j}" for j in range(45)] + [None]
+    for now in (-(10**9), 0, 25_000, 60_000, 10**9):
+        want = [0.0 if i is None else math.log1p(pop.score(i, now)) for i in ids]
+        np.testing.assert_allclose(popularity_vector(pop, ids, now), want, rtol=1e-6)
