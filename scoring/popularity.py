@@ -226,10 +226,10 @@ class DecayedPopularity:
         return out
 
     def shift(self, now_ms: int | None) -> float:
-        """``now / H`` for counts at ``now_ms`` (an item's count then is ``2 ** (log2 score
-        - shift)``, as :meth:`score` computes; ``None``: at the latest event), but never so early that the top count
-        exceeds ``2 ** 1000``: counts "as of" a time long before their events grow
-        without bound, and a score must stay a finite number."""
+        """``now / H`` for counts at ``now_ms`` (``None``: the latest event's time; an item's
+        count then is ``2 ** (log2 score - shift)``, as :meth:`score` computes), but never so
+        early that the top count exceeds ``2 ** 1000``: counts "as of" a time long before
+        their events grow without bound, and a score must stay a finite number."""
         now = float(now_ms if now_ms is not None else (self._last_ts or 0))
         shift = now / self._half_life
         order = self._ranked()

@@ -49,8 +49,17 @@ class ComputeLane:
         ``fn`` must only read the engine's state."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._jobs.append((fn, args, loop, future))
-        self._executor.submit(self._run_after)
+        job = (fn, args, loop, future)
+        self._jobs.append(job)
+        try:
+            self._executor.submit(self._run_after)
+        except RuntimeError:  # the executor is shut down (the worker stops): nothing will run it
+            try:
+                self._jobs.remove(job)
+            except ValueError:  # taken at a consistent point meanwhile
+                pass
+            else:
+                raise
         return await future
 
     def between_steps(self) -> None:

@@ -106,3 +106,17 @@ def test_without_a_batch_the_executor_runs_it_and_errors_reach_the_caller() -> N
     assert (lane.ran_between, lane.ran_after) == (0, 2)
     lane.between_steps()  # nothing waits: nothing runs
     assert lane.ran_between == 0
+
+
+def test_a_job_for_a_stopped_compute_thread_fails_at_once_and_is_not_kept() -> None:
+    executor = ThreadPoolExecutor(max_workers=1)
+    lane = ComputeLane(executor)
+    executor.shutdown()
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError):
+            await lane.run(len, [1])
+
+    asyncio.run(main())
+    lane.between_steps()  # a later batch runs nothing of it
+    assert (lane.ran_between, lane.ran_after) == (0, 0)
