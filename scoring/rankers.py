@@ -338,11 +338,9 @@ class BlendRanker(Ranker):
         return self._rank(scored, None, 0)
 
     def rank_between(self, scored: Sequence[Snapshot], between: Callable[[], object], segment: int) -> list[list[RecItem]]:
-        """In two stages, the segments are chunks of one pass, which shares the batch's
-        popularity states (one sweep of its journal) among them."""
-        if self.engine.config.blend_candidates and self.weights.normalization == "zscore":
-            return self._rank(scored, between, segment)
-        return super().rank_between(scored, between, segment)
+        """The segments are chunks of one pass, which share the batch's popularity states
+        (one sweep of its journal) and reference time."""
+        return self._rank(scored, between, segment)
 
     def _rank(self, scored: Sequence[Snapshot], between: Callable[[], object] | None, segment: int) -> list[list[RecItem]]:
         adaptive = self.engine.adaptive
@@ -408,8 +406,8 @@ class BlendRanker(Ranker):
         between: Callable[[], object] | None = None,
         segment: int = 0,
     ) -> list[list[tuple[str, float, str | None]]]:
-        """The blend's top-k of each snapshot (see :mod:`scoring.engine`), in order (two
-        stages: in chunks of at most ``segment``, ``between()`` between two, where given)."""
+        """The blend's top-k of each snapshot (see :mod:`scoring.engine`), in order (with
+        ``between``: in chunks of at most ``segment``, ``between()`` called between two)."""
         eng = self.engine
         m = eng.matrix
         n = m.rows_used
@@ -423,8 +421,11 @@ class BlendRanker(Ranker):
         work = torch.from_numpy((pop_base - ref).astype(np.float32))
         applied = 0
         out: list[list[tuple[str, float, str | None]]] = []
-        for start in range(0, len(scored), self.BLEND_CHUNK):
-            part = scored[start : start + self.BLEND_CHUNK]
+        chunk = self.BLEND_CHUNK if between is None else min(self.BLEND_CHUNK, segment)
+        for start in range(0, len(scored), chunk):
+            if start and between is not None:
+                between()
+            part = scored[start : start + chunk]
             b = len(part)
             queries = np.zeros((b, dim), dtype=np.float32)
             shift = torch.tensor([s.trigger.event.ts / half_life - ref for s in part], dtype=torch.float32)

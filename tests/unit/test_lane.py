@@ -19,11 +19,11 @@ from .test_engine_blend import catalog, lists, make_engine, run, stream
 
 
 @pytest.mark.parametrize("emit", ["per-event", "per-user"])
-@pytest.mark.parametrize("adapt", [None, AdaptConfig(epoch=20)])
-def test_a_between_steps_hook_leaves_the_lists_unchanged(emit: str, adapt: AdaptConfig | None) -> None:
+@pytest.mark.parametrize("adapt,candidates", [(None, True), (AdaptConfig(epoch=20), True), (None, False)], ids=["fixed", "adaptive", "dense"])
+def test_a_between_steps_hook_leaves_the_lists_unchanged(emit: str, adapt: AdaptConfig | None, candidates: bool) -> None:
     events = stream(n=2 * RANK_SEGMENT + 40)
-    ref_recs, ref_profiles, _ = run(make_engine(emit=emit, adapt=adapt), [events])
-    eng = make_engine(emit=emit, adapt=adapt)
+    ref_recs, ref_profiles, _ = run(make_engine(emit=emit, adapt=adapt, blend_candidates=candidates), [events])
+    eng = make_engine(emit=emit, adapt=adapt, blend_candidates=candidates)
     calls = 0
     answers: list = []
     ids, vecs = catalog()
