@@ -24,7 +24,6 @@ import argparse
 import json
 import sys
 import time
-from collections import defaultdict
 
 import numpy as np
 
@@ -63,7 +62,6 @@ def compare(
     followed: list[dict[tuple[int, str], CooccurrenceRow | None]] = [{} for _ in range(workers)]
     pending: list[set[str]] = [set() for _ in range(partitions)]
     user_partition: dict[str, int] = {}
-    history: dict[str, list[str]] = defaultdict(list)
 
     def exchange_rows() -> None:
         for p, items in enumerate(pending):
@@ -85,8 +83,6 @@ def compare(
         one.observe_event(ev.user_id, ev.item_id, ev.ts, ev.kind, rating)
         pending[p].update(parts[p].observe_event(ev.user_id, ev.item_id, ev.ts, ev.kind, rating))
         composite[owner[p]].observe_event(ev.user_id, ev.item_id, ev.ts, ev.kind, rating)
-        if not history[ev.user_id] or history[ev.user_id][-1] != ev.item_id:
-            history[ev.user_id].append(ev.item_id)
         positives += 1
         if exchange and positives % exchange == 0:
             exchange_rows()
@@ -112,7 +108,7 @@ def compare(
         for user, p in user_partition.items():
             if owner[p] != w:
                 continue
-            recent = history[user][-cfg.cooc_history_len :]
+            recent = list(one.histories.view(user))  # the last cooc_history_len distinct positives, as the engine scores
             (r1, v1), (r2, v2) = one_scores.sparse(recent), scorer.sparse(recent)
             if len(r1) == 0:
                 continue
