@@ -60,7 +60,7 @@ import torch
 from recstream.encoders.profile import ProfileConfig, ProfileModel, UserProfile
 from recstream.scoring.adapt import AdaptConfig, AdaptiveWeights
 from recstream.scoring.blend import BlendWeights, CandidateStats
-from recstream.scoring.cooccurrence import CooccurrenceModel, CooccurrenceScorer, is_positive, positive_history, weight_problem
+from recstream.scoring.cooccurrence import DEFAULT_MAX_NEIGHBOURS, CooccurrenceModel, CooccurrenceScorer, is_positive, positive_history, weight_problem
 from recstream.scoring.popularity import DecayedPopularity
 from recstream.scoring.prequential import Prequential
 from recstream.scoring.rankers import BlendRanker, LearnedRanker, Ranker, TextRanker
@@ -153,7 +153,7 @@ class EngineConfig:
     popularity_half_life_ms: int = 7 * 24 * 3600 * 1000
     score_threads: int | None = 1
     blend: BlendWeights | None = None
-    cooc_neighbours: int = 100
+    cooc_neighbours: int = DEFAULT_MAX_NEIGHBOURS
     cooc_history_len: int = 20
     cooc_half_life_ms: int | None = None
     cooc_pair_decay: float = 0.9

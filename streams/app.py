@@ -38,7 +38,7 @@ from recstream.encoders.text import TextEncoder, resolve_device
 from recstream.scoring.adapt import AdaptConfig, AdaptFormatError, WeightAdapter
 from recstream.scoring.ann import DEFAULT_MIN_ITEMS, DEFAULT_NPROBE, INDEX_KINDS, make_item_matrix
 from recstream.scoring.blend import DEFAULT_WEIGHTS, BlendWeights
-from recstream.scoring.cooccurrence import CooccurrenceModel, CooccurrenceRow, merge_rows, weight_problem
+from recstream.scoring.cooccurrence import DEFAULT_MAX_NEIGHBOURS, CooccurrenceModel, CooccurrenceRow, merge_rows, weight_problem
 from recstream.scoring.engine import EMIT_MODES, Engine, EngineConfig
 from recstream.scoring.popularity import DecayedPopularity
 
@@ -127,7 +127,7 @@ class WorkerConfig:
     # co-occurrence (scoring/blend.py, scoring/cooccurrence.py)
     ranker: str = "blend"
     blend: BlendWeights | None = None
-    cooc_neighbours: int = 100
+    cooc_neighbours: int = DEFAULT_MAX_NEIGHBOURS
     cooc_history_len: int = 20
     cooc_half_life_days: float = 0.0  # 0: no decay
     cooc_pair_decay: float = 0.9  # 1: every pair of the history counts alike
