@@ -783,6 +783,11 @@ class CooccurrenceModel:
 #: entries per term (zeroing and scanning it costs less than sorting the terms).
 _DENSE_SUMS: Final = 100
 
+#: :meth:`CooccurrenceScorer.sparse_batch` computes consecutive histories together up to
+#: about this many terms (neighbour entries): beyond, the arrays leave the CPU's caches and
+#: cost more per term than one history at a time (docs/benchmarks.md).
+_GROUP_TERMS: Final = 4096
+
 
 def _positive_sums(keys: np.ndarray, values: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
     """The distinct ``keys`` (in ``[0, n_keys)``) ascending with the sums of their ``values``,
@@ -854,9 +859,11 @@ class CooccurrenceScorer:
         return self.sparse_batch([history])[0]
 
     def sparse_batch(self, histories: Sequence[Iterable[str]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """:meth:`sparse` of every history, computed together (the same numbers as one at a
-        time: each element is computed alone, and each row's sum is added up in the order of
-        its history's items); the pairs are views into shared arrays (read-only by convention)."""
+        """:meth:`sparse` of every history (the same numbers as one at a time: each element is
+        computed alone, and each row's sum is added up in the order of its history's items).
+        Consecutive histories are computed together while their terms number at most
+        :data:`_GROUP_TERMS`; the pairs of a group are views into shared arrays (read-only by
+        convention)."""
         model = self.model
         step = math.log2(model.recency)  # 0.0 without recency weighting
         neg_inf = _NEG_INF
@@ -864,13 +871,20 @@ class CooccurrenceScorer:
         known: dict[str, tuple[np.ndarray, np.ndarray, float] | None] = {}
         get_row = model.row
         arrays = model.neighbour_arrays
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        # the group being collected: per history item's terms, its arrays, shift and history
         slot_parts: list[np.ndarray] = []
         log_parts: list[np.ndarray] = []
         shifts: list[float] = []
         lengths: list[int] = []
         owners: list[int] = []
-        for b, history in enumerate(histories):
+        members = terms = 0
+        for history in histories:
             distinct = list(dict.fromkeys(history))
+            if members and terms >= _GROUP_TERMS:
+                out += self._group_sums(slot_parts, log_parts, shifts, lengths, owners, members)
+                slot_parts, log_parts, shifts, lengths, owners = [], [], [], [], []
+                members = terms = 0
             for age, i in enumerate(reversed(distinct)):
                 got: Any = known.get(i, False)  # False: not looked up yet
                 if got is False:
@@ -887,11 +901,22 @@ class CooccurrenceScorer:
                 log_parts.append(got[1])
                 shifts.append(got[2] - age * step)
                 lengths.append(len(got[0]))
-                owners.append(b)
-        batch = len(histories)
-        empty = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
+                owners.append(members)
+                terms += len(got[0])
+            members += 1
+        if members:
+            out += self._group_sums(slot_parts, log_parts, shifts, lengths, owners, members)
+        return out
+
+    def _group_sums(
+        self, slot_parts: list[np.ndarray], log_parts: list[np.ndarray], shifts: list[float], lengths: list[int], owners: list[int], batch: int
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The sparse scores of ``batch`` histories from their items' terms (history item
+        ``t`` of history ``owners[t]``: its neighbours' slots and log2 weights, less its shift)."""
         if not slot_parts:
+            empty = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
             return [empty] * batch
+        model = self.model
         slots = np.concatenate(slot_parts)
         counts = np.asarray(lengths, dtype=np.int64)
         slot_row = self._sync()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from recstream.encoders.profile import HistoryEntry
+from recstream.scoring import cooccurrence
 from recstream.scoring.baselines import ItemKNNBaseline
 from recstream.scoring.cooccurrence import (
     MAX_LOG2_SIMILARITY,
@@ -347,7 +348,9 @@ def test_positive_history_is_what_recent_items_keeps() -> None:
         positive_history([], 0)
 
 
-def test_sparse_batch_equals_sparse_of_each_history() -> None:
+@pytest.mark.parametrize("group_terms", [1, 30, 10**9])  # alone, a few histories together, all together
+def test_sparse_batch_equals_sparse_of_each_history(group_terms: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cooccurrence, "_GROUP_TERMS", group_terms)
     rng = random.Random(4)
     m = CooccurrenceModel(max_neighbours=5, history_len=8, pair_decay=0.9, recency=0.8)
     items = [f"i{n}" for n in range(40)]
