@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dataset")
     p.add_argument("--split", required=True, help="count the events before this date (YYYY-MM-DD)")
     p.add_argument("--batch", type=int, default=512, help="histories per sparse_batch call (default 512)")
-    p.add_argument("--group-terms", type=int, nargs="+", default=[1, 1024, 4096, 16384, 0], help="terms per group to compare (1: one history at a time, 0: all together)")
+    p.add_argument(
+        "--group-terms", type=int, nargs="+", default=[1, 1024, 4096, 16384, 0], help="terms per group to compare (1: one history at a time, 0: all together)"
+    )
     p.add_argument("--neighbours", type=int, default=None, help="co-occurrence neighbours per item (default: the engine's)")
     p.add_argument("--repeat", type=int, default=3)
     a = p.parse_args(argv)
