@@ -858,12 +858,11 @@ class CooccurrenceScorer:
         the rows with a positive score (:meth:`sparse_batch` of one history)."""
         return self.sparse_batch([history])[0]
 
-    def sparse_batch(self, histories: Sequence[Iterable[str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def sparse_batch(self, histories: Sequence[Iterable[str]], group_terms: int = _GROUP_TERMS) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`sparse` of every history (the same numbers as one at a time: each element is
         computed alone, and each row's sum is added up in the order of its history's items).
-        Consecutive histories are computed together while their terms number at most
-        :data:`_GROUP_TERMS`; the pairs of a group are views into shared arrays (read-only by
-        convention)."""
+        Consecutive histories are computed together until their terms reach ``group_terms``;
+        the pairs of a group are views into shared arrays (read-only by convention)."""
         model = self.model
         step = math.log2(model.recency)  # 0.0 without recency weighting
         neg_inf = _NEG_INF
@@ -881,7 +880,7 @@ class CooccurrenceScorer:
         members = terms = 0
         for history in histories:
             distinct = list(dict.fromkeys(history))
-            if members and terms >= _GROUP_TERMS:
+            if members and terms >= group_terms:
                 out += self._group_sums(slot_parts, log_parts, shifts, lengths, owners, members)
                 slot_parts, log_parts, shifts, lengths, owners = [], [], [], [], []
                 members = terms = 0

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from recstream.encoders.profile import HistoryEntry
-from recstream.scoring import cooccurrence
 from recstream.scoring.baselines import ItemKNNBaseline
 from recstream.scoring.cooccurrence import (
     MAX_LOG2_SIMILARITY,
@@ -349,8 +348,7 @@ def test_positive_history_is_what_recent_items_keeps() -> None:
 
 
 @pytest.mark.parametrize("group_terms", [1, 30, 10**9])  # alone, a few histories together, all together
-def test_sparse_batch_equals_sparse_of_each_history(group_terms: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cooccurrence, "_GROUP_TERMS", group_terms)
+def test_sparse_batch_equals_sparse_of_each_history(group_terms: int) -> None:
     rng = random.Random(4)
     m = CooccurrenceModel(max_neighbours=5, history_len=8, pair_decay=0.9, recency=0.8)
     items = [f"i{n}" for n in range(40)]
@@ -359,7 +357,7 @@ def test_sparse_batch_equals_sparse_of_each_history(group_terms: int, monkeypatc
     order = items[::2] + ["never-seen"]  # half the items have no row in the target order
     scorer = CooccurrenceScorer(m, {i: r for r, i in enumerate(order)}.get, len(order))
     histories = [[rng.choice(items + ["unknown"]) for _ in range(rng.randrange(12))] for _ in range(50)] + [[]]
-    got = scorer.sparse_batch(histories)
+    got = scorer.sparse_batch(histories, group_terms)
     assert len(got) == len(histories)
     for (rows, vals), h in zip(got, histories):
         ref_rows, ref_vals = scorer.sparse(h)
