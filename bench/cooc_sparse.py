@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from recstream.scoring import cooccurrence
-from recstream.scoring.cooccurrence import CooccurrenceScorer, is_positive
+from recstream.scoring.cooccurrence import CooccurrenceScorer
 from recstream.scoring.engine import EngineConfig
 from recstream.streams.cli.options import date_ms
 from recstream.streams.records import Review
@@ -36,12 +36,13 @@ def measure(dataset_path: str, split_ms: int, batch: int, group_terms: list[int]
     cfg = EngineConfig() if neighbours is None else EngineConfig(cooc_neighbours=neighbours)
     data = load_dataset(dataset_path, end_ms=split_ms, positive_threshold=cfg.positive_threshold)
     model = cfg.new_cooccurrence()
+    users: set[str] = set()  # those with a positive event (observe_event counts it: not [])
     for ev in data.events:
-        model.observe_event(ev.user_id, ev.item_id, ev.ts, ev.kind, ev.rating if isinstance(ev, Review) else None)
+        if model.observe_event(ev.user_id, ev.item_id, ev.ts, ev.kind, ev.rating if isinstance(ev, Review) else None):
+            users.add(ev.user_id)
     ids = [item.item_id for item in data.catalog]
     scorer = CooccurrenceScorer(model, {item: r for r, item in enumerate(ids)}.get, len(ids))
-    users = sorted({ev.user_id for ev in data.events if is_positive(ev.kind, ev.rating if isinstance(ev, Review) else None, cfg.positive_threshold)})
-    histories = [model.histories.get(u) for u in users]
+    histories = [model.histories.get(u) for u in sorted(users)]
     batches = [histories[s : s + batch] for s in range(0, len(histories), batch)]
     terms = sum(len(model.neighbour_arrays(i)[0]) for h in histories for i in h)
     default = cooccurrence._GROUP_TERMS

@@ -154,8 +154,8 @@ def weight_problem(name: str, value: float) -> str | None:
     return None if 0.0 < value <= 1.0 else f"{name} must be in (0, 1], got {value!r}"
 
 
-# Neighbours each item's row keeps (``M``): 300 on the validation windows gave 1.09x the
-# NDCG@10 of 100 on ml-latest-small and the same lists on Gift Cards (docs/quality.md).
+#: Neighbours each item's row keeps (``M``): 300 on the validation windows gave 1.09x the
+#: NDCG@10 of 100 on ml-latest-small and the same lists on Gift Cards (docs/quality.md).
 DEFAULT_MAX_NEIGHBOURS: Final = 300
 
 
