@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 
@@ -130,7 +131,10 @@ def read_topic(consumer: KafkaConsumer, topic: str) -> Iterator:
 
 
 def topic_size(settings: KafkaSettings, logical: str) -> int:
-    """Records appended to the ``logical`` topic so far: the sum of its partitions' end offsets."""
+    """The sum of the ``logical`` topic's end offsets (its last stable offsets for this
+    ``read_committed`` reader): a progress mark, not a count of records. Under exactly-once
+    the transaction markers and aborted records take offsets too; :class:`AnswerLog`
+    counts the answered events themselves."""
     consumer = reader(settings)
     try:
         topic = settings.topic(logical)
@@ -138,6 +142,53 @@ def topic_size(settings: KafkaSettings, logical: str) -> int:
         return sum(consumer.end_offsets(tps).values()) if tps else 0
     finally:
         consumer.close()
+
+
+class AnswerLog:
+    """The input events a namespace's workers have answered so far.
+
+    Each recommendation names the event it answers (``trigger``: topic, partition, offset)
+    and so does each dead letter; this reads both topics as their records are committed
+    (``read_committed``) and keeps the distinct events answered, so a transaction marker,
+    an aborted attempt or a record written twice (at-least-once after a crash) is not
+    counted as one more answer. Dead letters of the catalog are not answers to events.
+    """
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._events = {settings.topic(t) for t in T.EVENT_TOPICS}
+        self._kinds = {settings.topic(T.RECOMMENDATIONS): T.RECOMMENDATIONS, settings.topic(T.DLQ): T.DLQ}
+        self._consumer = reader(settings)
+        tps = [TopicPartition(topic, p) for topic in self._kinds for p in sorted(self._consumer.partitions_for_topic(topic) or ())]
+        self._consumer.assign(tps)
+        self._consumer.seek_to_beginning(*tps)
+        self.answered: set[tuple[str, int, int]] = set()
+        #: committed records read per logical topic (``recommendations``, ``recstream-dlq``)
+        self.records: dict[str, int] = dict.fromkeys(self._kinds.values(), 0)
+        self.unreadable = 0
+
+    def update(self, timeout_ms: int = 500) -> int:
+        """Read what has been committed since the last call (waiting up to ``timeout_ms`` for
+        the first of it); the number of distinct events answered."""
+        wait = timeout_ms
+        while batches := self._consumer.poll(timeout_ms=wait, max_records=5000):
+            wait = 0
+            for tp, records in batches.items():
+                kind = self._kinds[tp.topic]
+                self.records[kind] += len(records)
+                for r in records:
+                    try:
+                        doc = orjson.loads(r.value)
+                        where = doc["trigger"] if kind == T.RECOMMENDATIONS else doc
+                        key = (where["topic"], int(where["partition"]), int(where["offset"]))
+                    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                        self.unreadable += 1
+                        continue
+                    if key[0] in self._events:
+                        self.answered.add(key)
+        return len(self.answered)
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
 def poll_records(consumer: KafkaConsumer, timeout_s: float) -> Iterator:

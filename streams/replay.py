@@ -22,7 +22,7 @@ from kafka import KafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from . import topics as T
-from .client import WorkerProcess, producer, reader, topic_size, wait_catalog
+from .client import AnswerLog, WorkerProcess, producer, reader, wait_catalog
 from .config import KafkaSettings
 from .records import Item, ValidationError, parse_item
 
@@ -186,6 +186,7 @@ def run_replay(
     # would take one topic's events ahead of another's.
     copy_range(source, target, start_ms=start_ms, end_ms=end_ms, partitions=partitions, catalog=False, show_progress=show_progress, stats=stats)
     answered = 0
+    answers = AnswerLog(target)
     # the others recover the catalog table (the embeddings) from its changelog
     group = [worker] + [WorkerProcess(target, Path(tempfile.mkdtemp(prefix="recstream-replay-")), *args) for _ in range(workers - 1)]
     try:
@@ -199,15 +200,16 @@ def run_replay(
                 for w in group:
                     if w.proc is not None and w.proc.poll() is not None:
                         raise RuntimeError(f"a replay worker exited:\n{w.log_text()[-2000:]}")
-                now = topic_size(target, T.RECOMMENDATIONS) + topic_size(target, T.DLQ)
+                # the events answered, not the topics' offsets: under exactly-once every
+                # transaction's markers take offsets too, and the replay would stop short
+                now = answers.update(timeout_ms=500)
                 bar.update(now - answered)
                 answered = now
-                if answered < stats.events_total:
-                    time.sleep(0.5)
     finally:
         for w in group:
             w.stop()
-    stats.recommendations = topic_size(target, T.RECOMMENDATIONS)
-    stats.dead_letters = topic_size(target, T.DLQ)
+        answers.close()
+    stats.recommendations = answers.records[T.RECOMMENDATIONS]
+    stats.dead_letters = answers.records[T.DLQ]
     stats.seconds = time.monotonic() - t0
     return stats
