@@ -225,11 +225,12 @@ class BatchResult:
     recommendations: list[Recommendation]
     #: profiles changed by the batch (to write back), by user id
     profiles: dict[str, UserProfile]
-    #: (partition, item_id) whose popularity count changed
-    popularity_touched: set[tuple[int, str]] = field(default_factory=set)
+    #: (partition, item_id) whose popularity count changed -> the latest event time counted in it
+    popularity_touched: dict[tuple[int, str], int] = field(default_factory=dict)
     stats: BatchStats = field(default_factory=BatchStats)
-    #: (partition, item_id) whose per-partition co-occurrence row changed
-    cooccurrence_touched: set[tuple[int, str]] = field(default_factory=set)
+    #: (partition, item_id) whose per-partition co-occurrence row changed -> the latest event
+    #: time counted in the row
+    cooccurrence_touched: dict[tuple[int, str], int] = field(default_factory=dict)
     #: partitions whose adaptive weights state changed (:attr:`Engine.adaptive`)
     adaptive_touched: set[int] = field(default_factory=set)
 
@@ -560,8 +561,8 @@ class Engine:
         touched: dict[str, UserProfile] = {}
         last_trigger: dict[str, Incoming] = {}
         snapshots: list[_Snapshot] = []
-        pop_touched: set[tuple[int, str]] = set()
-        cooc_touched: set[tuple[int, str]] = set()
+        pop_touched: dict[tuple[int, str], int] = {}
+        cooc_touched: dict[tuple[int, str], int] = {}
         per_event = self.config.emit == "per-event"
         applied: list[bool] = []
         adaptive = self.adaptive
@@ -603,13 +604,15 @@ class Engine:
                 part_pop = self._popularity_for(inc.partition)
                 if part_pop is not None:
                     count(part_pop, ev.item_id, ev.ts)
-                    pop_touched.add((inc.partition, ev.item_id))
+                    key = (inc.partition, ev.item_id)
+                    pop_touched[key] = max(pop_touched.get(key, ev.ts), ev.ts)
                 if cooc_history is not None and cooc is not None:
                     observe(cooc, cooc_history, ev.item_id, ev.ts)
                     part_cooc = self._cooccurrence_for(inc.partition)
                     if part_cooc is not None:
                         for item_id in observe(part_cooc, cooc_history, ev.item_id, ev.ts):
-                            cooc_touched.add((inc.partition, item_id))
+                            key = (inc.partition, item_id)
+                            cooc_touched[key] = max(cooc_touched.get(key, ev.ts), ev.ts)
                 stats.applied += 1
                 if adaptive is not None and self.prequential.is_target(ev.kind, ev.rating if isinstance(ev, Review) else None):
                     left = targets_left.get(inc.partition, adaptive.targets_left(inc.partition)) - 1

@@ -490,9 +490,7 @@ class Pipeline:
             return
         await self._send_batches(topic.get_topic_name(), by_partition)
 
-    async def write_table(
-        self, table: Any, writes: Mapping[int, Sequence[tuple[bytes, bytes]]], events: Mapping[int, Any], event_time: Mapping[int, int] | None = None
-    ) -> None:
+    async def write_table(self, table: Any, writes: Mapping[int, Sequence[tuple[bytes, bytes] | tuple[bytes, bytes, int]]], events: Mapping[int, Any]) -> None:
         """Set keys of a raw-bytes table: ``writes`` by partition, in order; ``events[p]`` is
         an input event of partition ``p`` (faust routes a table write by the current event).
 
@@ -502,22 +500,22 @@ class Pipeline:
         flushes the producer before it commits input offsets, so state reaches the changelog
         first, as before.  Under exactly-once the changelog records join the transaction of
         partition ``p`` (:meth:`commit_batch`), and the offset is persisted after the commit.
-        With ``event_time`` (ms, by partition) the changelog records carry it as their
-        timestamp: the latest event time the written values include (streams/evidence.py
-        reads no value before its own stream time has reached it).
+        A write ``(key, value, event_time)`` (ms) gives its changelog record that timestamp:
+        the latest event time the value includes (streams/evidence.py reads no value before
+        its own stream time has reached it); a ``(key, value)`` record is stamped by the producer.
         """
         if not writes:
             return
         store = table.data
+        # never stamped ahead of the clock: brokers refuse records too far in the future
+        # (log.message.timestamp.after.max.ms); a worker then takes such a value once its
+        # stream time passes the moment it was written
+        now = int(time.time() * 1000)
+        records: dict[int, Sequence[Record]] = {}
         for partition, kvs in writes.items():
             write_raw(store, events[partition], kvs)  # one RocksDB write batch per partition
-        records: Mapping[int, Sequence[Record]] = writes
-        if event_time is not None:
-            # never stamped ahead of the clock: brokers refuse records too far in the future
-            # (log.message.timestamp.after.max.ms); a worker then takes such a value once its
-            # stream time passes the moment it was written
-            now = int(time.time() * 1000)
-            records = {p: [(k, v, max(0, min(event_time[p], now))) for k, v in kvs] for p, kvs in writes.items()}
+            stamped = bool(kvs) and len(kvs[0]) == 3
+            records[partition] = [(k, v, max(0, min(ts, now))) for k, v, ts in kvs] if stamped else kvs  # type: ignore[misc]
         changelog = table.changelog_topic.get_topic_name()
 
         def persisted(partition: int, offset: int) -> None:

@@ -147,8 +147,9 @@ def read_raw(store: Any, event: faust.types.EventT, keys: Sequence[bytes]) -> li
     return values
 
 
-def write_raw(store: Any, event: faust.types.EventT, kvs: Sequence[tuple[bytes, bytes]]) -> None:
-    """Set keys of a raw-bytes table's store, in the partition of ``event``, in order.
+def write_raw(store: Any, event: faust.types.EventT, kvs: Sequence[tuple[bytes, bytes] | tuple[bytes, bytes, int]]) -> None:
+    """Set keys of a raw-bytes table's store, in the partition of ``event``, in order
+    (a third element of a write, its changelog timestamp, is not stored).
 
     The same as ``store[key] = value`` for each under :func:`as_event` (the local database
     only: the changelog is the caller's), as one RocksDB write batch.
@@ -158,15 +159,15 @@ def write_raw(store: Any, event: faust.types.EventT, kvs: Sequence[tuple[bytes, 
     where = f"table {getattr(getattr(store, 'table', None), 'name', '?')}, partition {partition}"
     if db is None:
         with as_event(event), state_write(where):
-            for key, value in kvs:
-                store[key] = value
+            for kv in kvs:
+                store[kv[0]] = kv[1]
         return
     batch = rocksdict.WriteBatch(raw_mode=True)
-    for key, value in kvs:
-        batch.put(key, value)
+    for kv in kvs:
+        batch.put(kv[0], kv[1])
     with state_write(where):
         db.write(batch)
-    store._key_index.update((key, partition) for key, _ in kvs)
+    store._key_index.update((kv[0], partition) for kv in kvs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,24 +124,22 @@ async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Inco
     profile_writes: dict[int, list[tuple[bytes, bytes]]] = {}
     for user_id, profile in result.profiles.items():
         profile_writes.setdefault(user_partition[user_id], []).append((user_id.encode(), profile.to_bytes()))
-    popularity_writes: dict[int, list[tuple[bytes, bytes]]] = {}
-    for partition, item_id in result.popularity_touched:
+    # the counts' changelog records carry, each, the latest event time their value includes
+    # (streams/evidence.py: another worker takes a row once its stream time has reached it)
+    popularity_writes: dict[int, list[tuple[bytes, bytes, int]]] = {}
+    for (partition, item_id), ts in result.popularity_touched.items():
         log2 = pipeline.partition_popularity[partition].log2_score(item_id)
-        popularity_writes.setdefault(partition, []).append((popularity_key(partition, item_id), encode_log2(cast(float, log2))))  # counted: not None
+        popularity_writes.setdefault(partition, []).append((popularity_key(partition, item_id), encode_log2(cast(float, log2)), ts))  # counted: not None
     await pipeline.write_table(pipeline.profiles, profile_writes, partition_event)
-    # the counts' changelog records carry the event time they include (streams/evidence.py)
-    event_time: dict[int, int] = {}
-    for _, inc in batch:
-        event_time[inc.partition] = max(event_time.get(inc.partition, inc.event.ts), inc.event.ts)
-    await pipeline.write_table(pipeline.popularity_table, popularity_writes, partition_event, event_time)
+    await pipeline.write_table(pipeline.popularity_table, popularity_writes, partition_event)
     if result.cooccurrence_touched:  # with blend weights: the partition's co-occurrence rows
-        cooc_writes: dict[int, list[tuple[bytes, bytes]]] = {}
-        for partition, item_id in result.cooccurrence_touched:
+        cooc_writes: dict[int, list[tuple[bytes, bytes, int]]] = {}
+        for (partition, item_id), ts in result.cooccurrence_touched.items():
             row = pipeline.partition_cooccurrence[partition].row(item_id)
             if row is not None:
-                cooc_writes.setdefault(partition, []).append((popularity_key(partition, item_id), row.to_bytes()))
-        await pipeline.write_table(pipeline.cooccurrence_table, cooc_writes, partition_event, event_time)
-    pipeline.evidence.advance(max(event_time.values(), default=0))
+                cooc_writes.setdefault(partition, []).append((popularity_key(partition, item_id), row.to_bytes(), ts))
+        await pipeline.write_table(pipeline.cooccurrence_table, cooc_writes, partition_event)
+    pipeline.evidence.advance(max(inc.event.ts for _, inc in batch))
     adaptive = pipeline.engine.adaptive
     if result.adaptive_touched and adaptive is not None:  # the adaptive blend's weights, one key per partition
         await pipeline.write_table(

@@ -19,7 +19,7 @@ import pytest
 
 from recstream.scoring.blend import BlendWeights
 from recstream.streams import topics as T
-from recstream.streams.client import partition_for, producer, send_records, wait_catalog
+from recstream.streams.client import partition_for, producer, read_topic, reader, send_records, wait_catalog
 from recstream.streams.demo.data import load_catalog
 from recstream.streams.records import Click, Purchase
 
@@ -66,6 +66,15 @@ def _probe_until(prod, settings, user_prefix: str, partitions: set[int], ts: int
     return items
 
 
+def _changelog_stamps(settings, table: str) -> dict[str, int]:
+    """The timestamp of each key's latest record on ``table``'s changelog."""
+    consumer = reader(settings)
+    try:
+        return {r.key.decode(): r.timestamp for r in read_topic(consumer, settings.changelog(table))}
+    finally:
+        consumer.close()
+
+
 @pytest.mark.timeout(1500)
 def test_a_worker_ranks_with_the_other_workers_partitions_evidence_and_keeps_it_through_a_sigkill(kafka_broker, tmp_path):
     settings = faults.fresh_settings(kafka_broker, "ev")
@@ -102,6 +111,21 @@ def test_a_worker_ranks_with_the_other_workers_partitions_evidence_and_keeps_it_
             out.wait_for(coords, [], timeout_s=180, alive=group.alive)
         finally:
             out.close()
+        # each count row's changelog record carries the latest event time its value includes
+        # (the other worker takes it once its own stream time has reached that): popularity
+        # rows count the item's events; an event changes the co-occurrence rows of its item
+        # and of every item earlier in its user's history
+        pop_ref: dict[str, int] = {}
+        cooc_ref: dict[str, int] = {}
+        histories: dict[str, list[str]] = {}
+        for ev, (_, p, _) in zip(events, coords):
+            pop_ref[f"{p}:{ev.item_id}"] = max(pop_ref.get(f"{p}:{ev.item_id}", 0), ev.ts)
+            history = histories.setdefault(ev.user_id, [])
+            for item in {ev.item_id, *history}:
+                cooc_ref[f"{p}:{item}"] = max(cooc_ref.get(f"{p}:{item}", 0), ev.ts)
+            history.append(ev.item_id)
+        assert _changelog_stamps(settings, T.POPULARITY_TABLE) == pop_ref
+        assert _changelog_stamps(settings, T.COOCCURRENCE_TABLE) == cooc_ref
 
         items = _probe_until(prod, settings, "probe", on_b, ts + 10**6, group.alive, timeout_s=120)
         assert {B, C} <= set(items)

@@ -607,14 +607,15 @@ def test_partition_popularity_follows_the_applied_events(encoder: TextEncoder, c
     for batch in split(stream, [60] * 4):
         res = engine.process(batch, profiles, now_ms=NOW)
         profiles.update(res.profiles)
-        touched = set()
+        touched: dict[tuple[int, str], int] = {}  # -> the latest event time counted
         for inc in batch:
             offs = seen.setdefault(inc.event.user_id, {})
             if inc.source in offs and inc.offset <= offs[inc.source]:
                 continue  # a redelivery counts nowhere
             offs[inc.source] = inc.offset
             refs.setdefault(inc.partition, PopularityRef(engine.config.popularity_half_life_ms)).add(inc)
-            touched.add((inc.partition, inc.event.item_id))
+            key = (inc.partition, inc.event.item_id)
+            touched[key] = max(touched.get(key, inc.event.ts), inc.event.ts)
         assert res.popularity_touched == touched
     assert set(engine.partition_popularity) == set(refs)
     now = max(inc.event.ts for inc in stream)

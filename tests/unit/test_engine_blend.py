@@ -100,12 +100,15 @@ def stream(n: int = 300, seed: int = 3, repeats: bool = True) -> list[Incoming]:
 def run(engine: Engine, batches: list[list[Incoming]]):
     profiles: dict[str, UserProfile] = {}
     recs = []
-    touched: set = set()
+    touched: dict[tuple[int, str], int] = {}  # row -> the latest event time counted in it
     for b in batches:
         res = engine.process(b, profiles, now_ms=T0)
         profiles.update(res.profiles)
         recs.extend(res.recommendations)
-        touched |= res.cooccurrence_touched
+        if len(b) == 1:  # one event: every row it changed includes it, and nothing later
+            assert set(res.cooccurrence_touched.values()) <= {b[0].event.ts}
+        for key, ts in res.cooccurrence_touched.items():
+            touched[key] = max(touched.get(key, ts), ts)
     return recs, profiles, touched
 
 
@@ -133,9 +136,9 @@ def test_blend_micro_batches_equal_one_event_at_a_time(sizes: list[int]) -> None
     assert rows(eng.cooccurrence) == rows(ref.cooccurrence) and len(eng.cooccurrence) > 10
     for p in (0, 1):
         assert rows(eng.partition_cooccurrence[p]) == rows(ref.partition_cooccurrence[p])
-    assert touched == ref_touched
+    assert touched == ref_touched  # the rows and each one's latest event time
     # each partition's rows hold what that partition's events made, and only those keys
-    assert touched == {(p, i) for p, m in eng.partition_cooccurrence.items() for i, _ in m.rows()}
+    assert set(touched) == {(p, i) for p, m in eng.partition_cooccurrence.items() for i, _ in m.rows()}
 
 
 def test_blend_lists_match_an_independent_computation() -> None:
@@ -242,7 +245,7 @@ def test_without_weights_nothing_is_counted_and_lists_are_text_only() -> None:
     events = stream(120)
     eng = make_engine(blend=None)
     recs, _, touched = run(eng, [events])
-    assert eng.cooccurrence is None and touched == set()
+    assert eng.cooccurrence is None and touched == {}
     assert {r.model for r in recs} <= {POPULARITY_MODEL, eng.model_name}
 
 
