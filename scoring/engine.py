@@ -225,11 +225,14 @@ class BatchResult:
     recommendations: list[Recommendation]
     #: profiles changed by the batch (to write back), by user id
     profiles: dict[str, UserProfile]
-    #: (partition, item_id) whose popularity count changed -> the latest event time counted in it
+    #: (partition, item_id) whose popularity count changed -> the latest event time counted
+    #: in it; in the order of the events that last changed them (so, in a partition, by that
+    #: time as the events came): the order their changelog records are written in, which
+    #: another worker takes them in (streams/evidence.py)
     popularity_touched: dict[tuple[int, str], int] = field(default_factory=dict)
     stats: BatchStats = field(default_factory=BatchStats)
     #: (partition, item_id) whose per-partition co-occurrence row changed -> the latest event
-    #: time counted in the row
+    #: time counted in the row; ordered as :attr:`popularity_touched`
     cooccurrence_touched: dict[tuple[int, str], int] = field(default_factory=dict)
     #: partitions whose adaptive weights state changed (:attr:`Engine.adaptive`)
     adaptive_touched: set[int] = field(default_factory=set)
@@ -605,14 +608,14 @@ class Engine:
                 if part_pop is not None:
                     count(part_pop, ev.item_id, ev.ts)
                     key = (inc.partition, ev.item_id)
-                    pop_touched[key] = max(pop_touched.get(key, ev.ts), ev.ts)
+                    pop_touched[key] = max(pop_touched.pop(key, ev.ts), ev.ts)  # moved last: see BatchResult
                 if cooc_history is not None and cooc is not None:
                     observe(cooc, cooc_history, ev.item_id, ev.ts)
                     part_cooc = self._cooccurrence_for(inc.partition)
                     if part_cooc is not None:
                         for item_id in observe(part_cooc, cooc_history, ev.item_id, ev.ts):
                             key = (inc.partition, item_id)
-                            cooc_touched[key] = max(cooc_touched.get(key, ev.ts), ev.ts)
+                            cooc_touched[key] = max(cooc_touched.pop(key, ev.ts), ev.ts)
                 stats.applied += 1
                 if adaptive is not None and self.prequential.is_target(ev.kind, ev.rating if isinstance(ev, Review) else None):
                     left = targets_left.get(inc.partition, adaptive.targets_left(inc.partition)) - 1

@@ -12,8 +12,9 @@ models it scores with, as partial rows (:meth:`scoring.cooccurrence.Cooccurrence
 the whole stream's, whatever the number of workers, its own partitions' up to the last
 event and the others' up to their last committed micro-batch (about a second behind).
 
-**Never ahead of its own stream time.**  The counts' changelog records carry, as their
-timestamp, the latest event time they include (:meth:`streams.app.Pipeline.write_table`),
+**Never ahead of its own stream time.**  Each count row's changelog record carries, as its
+timestamp, the latest event time the row includes (:attr:`scoring.engine.BatchResult.popularity_touched`,
+:meth:`streams.app.Pipeline.write_table`),
 and a worker takes another partition's record only once its own stream time (the latest
 event time it applied) has reached it: until then the follower holds it and pauses that
 partition.  In real time the workers' stream times are close to the clock and nothing

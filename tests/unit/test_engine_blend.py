@@ -109,6 +109,12 @@ def run(engine: Engine, batches: list[list[Incoming]]):
             assert set(res.cooccurrence_touched.values()) <= {b[0].event.ts}
         for key, ts in res.cooccurrence_touched.items():
             touched[key] = max(touched.get(key, ts), ts)
+        # the events come in time order: each partition's rows are listed by their time, the
+        # order their changelog records go out and another worker takes them in
+        for rows_touched in (res.cooccurrence_touched, res.popularity_touched):
+            for p in {p for p, _ in rows_touched}:
+                stamps = [ts for (q, _), ts in rows_touched.items() if q == p]
+                assert stamps == sorted(stamps)
     return recs, profiles, touched
 
 
