@@ -51,7 +51,7 @@ from .records import DAY_MS
 from .security import faust_credentials
 from .transactions import PartitionTransactions, Record, TransactionFailed, send_batches
 from .streamtime import StreamTimeMerger, StreamTimeScheduler
-from .state import ObservedGlobalTable, StoredItem, decode_item, decode_log2, split_popularity_key, write_raw
+from .state import PROGRESS_ITEM, ObservedGlobalTable, StoredItem, decode_item, decode_log2, progress_key, split_popularity_key, write_raw
 
 log = logging.getLogger("recstream.worker")
 
@@ -528,6 +528,27 @@ class Pipeline:
             return
         await self._send_batches(changelog, records, on_delivered=persisted)
 
+    async def write_progress(self, stream_time_ms: int) -> None:
+        """With workers in step (``max_skew_ms``): a progress row on the popularity changelog
+        for every partition this worker holds, stamped ``stream_time_ms`` (the micro-batch's
+        latest event time). The worker applies its partitions' events in event-time order,
+        so each partition's events up to that time are in its rows, however old the
+        partition's own latest event or whether the batch had any of it: the other workers'
+        horizon reads how far each partition has got from these timestamps
+        (streams/evidence.py). Changelog only: the local store never reads it back."""
+        if self.config.max_skew_ms is None or not self.own_partitions:
+            return
+        stamp = max(0, min(stream_time_ms, int(time.time() * 1000)))
+        changelog = self.popularity_table.changelog_topic.get_topic_name()
+        records = {p: [(progress_key(p), b"", stamp)] for p in sorted(self.own_partitions)}
+        if self.transactions is not None:
+            self.uncommitted_writes = True
+            for partition, rs in records.items():
+                if partition in self.transactions.producers:  # assigned: not in a rebalance's midst
+                    self.transactions.add(partition, changelog, partition, rs)
+            return
+        await self._send_batches(changelog, records)
+
     async def delete_table_keys(self, table: Any, deletes: Mapping[int, Sequence[bytes]], events: Mapping[int, Any]) -> None:
         """Delete keys of a raw-bytes table: ``deletes`` by partition; ``events[p]`` is an
         input event of partition ``p``.  The same as ``del table[key]`` for each: the key
@@ -687,7 +708,7 @@ class Pipeline:
         per_partition: dict[int, list[tuple[str, float]]] = {}
         for key, value in self.popularity_table.items():
             partition, item_id = split_popularity_key(key)
-            if partition in active:
+            if partition in active and item_id != PROGRESS_ITEM:
                 per_partition.setdefault(partition, []).append((item_id, decode_log2(value)))
         half_life = self.engine.config.popularity_half_life_ms
 
@@ -779,6 +800,8 @@ class Pipeline:
                 continue
             try:
                 _, item_id = split_popularity_key(key)
+                if item_id == PROGRESS_ITEM:  # how far the partition has got: for the horizon only
+                    continue
                 if table == T.POPULARITY_TABLE:
                     part = self.foreign_popularity.setdefault(partition, {})
                     new = None if value is None else decode_log2(value)

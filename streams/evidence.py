@@ -29,9 +29,18 @@ by a few seconds is weeks ahead in event time, and ranks with evidence that old 
 partitions of the slower one.  With ``max_skew_ms`` (``recstream worker --max-skew-ms``,
 set by ``recstream backtest --workers``), :meth:`EvidenceFollower.horizon` tells the
 stream-time merger how far it may go: no further than ``max_skew_ms`` past the slowest
-followed partition that is still progressing (a record of its changelog arrived within
-``idle_s``); a partition that went quiet (its worker caught up, stopped or idle) holds
-nobody back.  The slowest worker never waits, so the group cannot deadlock.
+followed partition whose input its worker has not all processed yet (the consumer group's
+committed offset behind the end of an event topic's partition, read every
+:data:`INPUT_CHECK_S`): a worker that is starting, recovering its tables or slow holds the
+others back however long its changelogs stay quiet, and one that is done holds nobody
+back.  When the offsets cannot be read, a partition whose changelog brought nothing for
+``idle_s`` counts as done.  How far a partition has got is its worker's stream time, not
+the partition's own latest event (which may be much older in a partition with few events):
+every micro-batch writes, for each partition the worker holds, a progress row stamped with
+the batch's latest event time (:meth:`streams.app.Pipeline.write_progress`).  A worker not
+yet past the horizon still takes its next event (:class:`streams.streamtime.StreamTimeMerger`),
+so the slowest worker never waits and the group cannot deadlock: were every worker at the
+same time with its next event later, each would otherwise wait for the others.
 
 A worker that holds every partition follows nothing (no cost).  After a rebalance the
 worker rebuilds its own partitions from its tables and follows the rest: a partition it
@@ -49,17 +58,22 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from kafka import TopicPartition
 
 from .client import reader
 from .config import KafkaSettings
+from .records import EVENT_TOPICS
+from .topics import admin_client
 
 log = logging.getLogger("recstream.evidence")
 
 #: a followed partition whose changelog brought nothing for this long (seconds) no longer holds
-#: the others back (``max_skew_ms``): its worker is caught up, idle or gone
+#: the others back (``max_skew_ms``), when whether its input is all processed is not known
 IDLE_S = 10.0
+#: how often (seconds) the follower asks which followed partitions have input not yet processed
+INPUT_CHECK_S = 1.0
 
 #: a followed record: (table, partition, key) -> value (``None``: a tombstone)
 Updates = dict[tuple[str, int, bytes], "bytes | None"]
@@ -98,6 +112,8 @@ class EvidenceFollower:
         #: followed partition -> (latest event time its records include, when a record last arrived)
         self._progress: dict[int, tuple[int, float]] = {}
         self.settings = settings
+        #: the event topics, whose consumer group offsets say how far each partition's worker is
+        self.input_topics = [settings.topic(t) for t in EVENT_TOPICS]
         self.changelogs = dict(changelogs)
         self._table_of = {topic: table for table, topic in self.changelogs.items()}
         self.poll_ms = poll_ms
@@ -111,6 +127,10 @@ class EvidenceFollower:
         self._thread: threading.Thread | None = None
         #: records read since start (for logs and tests)
         self.records = 0
+        #: the followed partitions with input their worker has not processed yet (``None``:
+        #: unknown), by :meth:`_check_input` every :data:`INPUT_CHECK_S` with ``max_skew_ms``
+        self.input_pending: frozenset[int] | None = None
+        self._input_checked = float("-inf")
 
     @property
     def following(self) -> frozenset[int]:
@@ -149,9 +169,46 @@ class EvidenceFollower:
         if self.max_skew_ms is None:
             return None
         now = self.clock()
+        pending = self.input_pending
         with self._lock:
-            active = [ts for p, (ts, seen) in self._progress.items() if p in self._wanted and now - seen <= self.idle_s]
+            if pending is None:  # not known: a partition that went quiet is taken as done
+                active = [ts for p, (ts, seen) in self._progress.items() if p in self._wanted and now - seen <= self.idle_s]
+            else:  # quiet or not, a partition holds back while it has input to process
+                active = [ts for p, (ts, _) in self._progress.items() if p in self._wanted and p in pending]
         return min(active) + self.max_skew_ms if active else None
+
+    def _check_input(self, consumer: Any, admin: Any) -> None:
+        """(the thread) Which followed partitions still have input records their worker has
+        not processed: the group's committed offset (the worker's progress, committed by
+        every micro-batch under exactly-once, every few seconds otherwise) behind the end of
+        an event topic's partition. A worker that is starting, recovering its tables or
+        stopped has such partitions, and holds the others back however long its changelogs
+        stay quiet; a worker that is done has none. ``None`` when it cannot be asked."""
+        now = self.clock()
+        if self.max_skew_ms is None or now - self._input_checked < INPUT_CHECK_S:
+            return
+        self._input_checked = now
+        wanted = self._wanted
+        try:
+            tps = [TopicPartition(topic, p) for topic in self.input_topics for p in sorted(wanted)]
+            ends = consumer.end_offsets(tps)
+            committed = admin.list_consumer_group_offsets(self.settings.app_id, partitions=tps)
+            pending = set()
+            for tp in tps:
+                at = committed.get(tp)
+                position = at.offset if at is not None and at.offset is not None and at.offset >= 0 else 0
+                if ends.get(tp, 0) > position:
+                    pending.add(tp.partition)
+            self.input_pending = frozenset(pending)
+        except Exception as exc:  # noqa: BLE001 - unknown: the quiet-changelog rule applies
+            if self.input_pending is not None:
+                log.warning(
+                    "cannot read the group's committed offsets (%s: %s): a followed partition that goes quiet for %.0f s stops holding this worker back",
+                    type(exc).__name__,
+                    exc,
+                    self.idle_s,
+                )
+            self.input_pending = None
 
     def _arrived(self, tp: TopicPartition, records: list) -> None:
         """(the thread) Note how far ``tp``'s partition has got, from its records' timestamps."""
@@ -201,6 +258,7 @@ class EvidenceFollower:
 
     def _run(self) -> None:
         consumer = None
+        admin = None
         assigned: frozenset[int] = frozenset()
         held: dict[TopicPartition, deque] = {}  # records ahead of the stream time, by partition (paused)
         while not self._stop.is_set():
@@ -228,6 +286,10 @@ class EvidenceFollower:
                     assigned = wanted
                     log.info("following the evidence of partitions %s (the partitions other workers hold)", sorted(wanted))
                 self._release(consumer, held)
+                if self.max_skew_ms is not None:
+                    if admin is None:
+                        admin = admin_client(self.settings)
+                    self._check_input(consumer, admin)
                 batch = consumer.poll(timeout_ms=self.poll_ms, max_records=10_000)
                 if not batch:
                     if held:  # everything fetched is ahead of the stream time: wait for it to move
@@ -255,12 +317,14 @@ class EvidenceFollower:
                         queue.extend(records)
             except Exception as exc:  # the broker went away, a topic is not there yet...: retry
                 log.warning("following the other partitions' evidence failed (%s: %s); retrying in 5 s", type(exc).__name__, exc)
-                if consumer is not None:
+                for client in (consumer, admin):
                     try:
-                        consumer.close()
-                    except Exception:  # noqa: BLE001 - closing a broken consumer
+                        if client is not None:
+                            client.close()
+                    except Exception:  # noqa: BLE001 - closing a broken client
                         pass
-                consumer = None
+                consumer = admin = None
                 self._stop.wait(5.0)
-        if consumer is not None:
-            consumer.close()
+        for client in (consumer, admin):
+            if client is not None:
+                client.close()

@@ -29,7 +29,7 @@ import struct
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, NoReturn, Sequence
+from typing import Any, Callable, Final, Iterable, Iterator, NoReturn, Sequence
 
 import faust
 import numpy as np
@@ -198,6 +198,16 @@ def decode_item(item_id: str, value: bytes) -> StoredItem:
 
 def popularity_key(partition: int, item_id: str) -> bytes:
     return f"{partition}:{item_id}".encode()
+
+
+#: the item id of a partition's progress row in the popularity table (no item: ids are never
+#: empty). Its changelog record's timestamp says how far in event time the worker holding the
+#: partition has applied its events (streams/evidence.py); its value is empty.
+PROGRESS_ITEM: Final = ""
+
+
+def progress_key(partition: int) -> bytes:
+    return popularity_key(partition, PROGRESS_ITEM)
 
 
 def split_popularity_key(key: bytes) -> tuple[int, str]:

@@ -132,6 +132,9 @@ class StreamTimeMerger:
         self.horizon: Callable[[], float | None] | None = None
         #: the last release stopped at the horizon
         self.at_horizon = False
+        #: the latest event time released so far (this worker's stream time, as far as the
+        #: horizon is concerned)
+        self.released_ms: float = float("-inf")
 
     def participates(self, tp: Any) -> bool:
         return tp.topic in self.ranks
@@ -230,10 +233,15 @@ class StreamTimeMerger:
         horizon = self.horizon() if self.horizon is not None and heap and not blocked else None
         self.at_horizon = False
         while heap and not blocked:
-            if horizon is not None and heap[0][0][0] > horizon:
-                self.at_horizon = True  # another worker's partitions are behind: wait for them
+            if horizon is not None and heap[0][0][0] > horizon and self.released_ms > horizon:
+                # another worker's partitions are behind: wait for them. A worker not yet
+                # past the horizon still takes its next event: were every worker at the
+                # same time with its next event later, each would wait for the others
+                self.at_horizon = True
                 break
-            _, i, tp = heapq.heappop(heap)
+            key, i, tp = heapq.heappop(heap)
+            if key[0] > self.released_ms:
+                self.released_ms = key[0]
             q = self._queues[tp]
             out.append((tp, q.popleft()[1]))
             if q:

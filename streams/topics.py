@@ -108,6 +108,11 @@ class TopicStatus:
     detail: str = ""
 
 
+def admin_client(settings: KafkaSettings, timeout_s: float = 30.0):
+    """A kafka-python admin client for the cluster (TLS and SASL as configured)."""
+    return _admin(settings, timeout_s)
+
+
 def _admin(settings: KafkaSettings, timeout_s: float):
     from kafka.admin import KafkaAdminClient
 

@@ -130,8 +130,10 @@ async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Inco
     for (partition, item_id), ts in result.popularity_touched.items():
         log2 = pipeline.partition_popularity[partition].log2_score(item_id)
         popularity_writes.setdefault(partition, []).append((popularity_key(partition, item_id), encode_log2(cast(float, log2)), ts))  # counted: not None
+    batch_ms = max(inc.event.ts for _, inc in batch)
     await pipeline.write_table(pipeline.profiles, profile_writes, partition_event)
     await pipeline.write_table(pipeline.popularity_table, popularity_writes, partition_event)
+    await pipeline.write_progress(batch_ms)
     if result.cooccurrence_touched:  # with blend weights: the partition's co-occurrence rows
         cooc_writes: dict[int, list[tuple[bytes, bytes, int]]] = {}
         for (partition, item_id), ts in result.cooccurrence_touched.items():
@@ -139,7 +141,7 @@ async def apply_batch(pipeline: "Pipeline", batch: Sequence[tuple["EventT", Inco
             if row is not None:
                 cooc_writes.setdefault(partition, []).append((popularity_key(partition, item_id), row.to_bytes(), ts))
         await pipeline.write_table(pipeline.cooccurrence_table, cooc_writes, partition_event)
-    pipeline.evidence.advance(max(inc.event.ts for _, inc in batch))
+    pipeline.evidence.advance(batch_ms)
     adaptive = pipeline.engine.adaptive
     if result.adaptive_touched and adaptive is not None:  # the adaptive blend's weights, one key per partition
         await pipeline.write_table(

@@ -14,7 +14,7 @@ from recstream.scoring.engine import EngineConfig
 from recstream.streams import topics as T
 from recstream.streams.app import WorkerConfig  # the worker's defaults: the blend adapts its weights
 from recstream.streams.backtest import backtest_replay
-from recstream.streams.client import partition_for, producer, send_records
+from recstream.streams.client import partition_for, producer, read_topic, reader, send_records
 from recstream.streams.config import KafkaSettings
 from recstream.streams.demo.data import load_catalog, topic_of
 from recstream.streams.produce import parse_time
@@ -105,9 +105,18 @@ def test_a_replay_through_two_workers_in_step_answers_every_event(kafka_settings
             kafka_settings, target, start_ms=None, end_ms=None, partitions=2, workers=2, worker_args=["-k", "20"], timeout_s=300, show_progress=False
         )
         via_kafka, contents = backtest_replay(target, config)
+        consumer = reader(target)
+        try:  # the last progress row of each partition (its key "<partition>:") and its timestamp
+            progress = {r.key.decode(): r.timestamp for r in read_topic(consumer, target.changelog(T.POPULARITY_TABLE)) if r.key.endswith(b":")}
+        finally:
+            consumer.close()
     finally:
         T.delete_topics(target, list(T.list_topics(target)))
     assert stats.recommendations == len(events) and stats.dead_letters == 0
+    # each partition's progress row says how far its worker got: past the partition's last event
+    assert progress.keys() == {"0:", "1:"}
+    for p in (0, 1):
+        assert progress[f"{p}:"] >= max(e.ts for e in events if partition_for(e.user_id.encode(), 2) == p)
     assert len(contents.recommendations) == len(events)
     assert {rec.model.split("/")[0] for rec in contents.recommendations} <= {"blend", "popularity"}
     assert via_kafka.metrics("recstream")["hit_rate@10"] > via_kafka.metrics("popularity")["hit_rate@10"]

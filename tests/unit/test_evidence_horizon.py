@@ -47,6 +47,57 @@ def test_the_horizon_is_the_slowest_progressing_partition_plus_the_skew():
     assert f.horizon() == 8_500
 
 
+def test_with_the_groups_offsets_known_a_partition_holds_back_while_its_input_is_unprocessed():
+    clock = Clock()
+    f = follower(0, clock)
+    arrive(f, 1, 9_000)
+    arrive(f, 2, 7_000)
+    f.input_pending = frozenset({2})  # partition 1's worker is done; partition 2's is not
+    assert f.horizon() == 7_000
+    clock.now += 60  # partition 2 quiet for a minute (its worker starting, recovering, slow)
+    assert f.horizon() == 7_000  # still held: its events are not applied yet
+    f.input_pending = frozenset()  # all applied: nobody to wait for
+    assert f.horizon() is None
+
+
+def test_the_groups_offsets_are_read_once_a_second_and_a_failure_falls_back_to_quiet_changelogs():
+    clock = Clock()
+    f = follower(0, clock)
+    arrive(f, 1, 9_000)
+
+    class Admin:
+        calls = 0
+        committed: dict = {}
+
+        def list_consumer_group_offsets(self, group, partitions):
+            Admin.calls += 1
+            if Admin.committed is None:
+                raise OSError("the broker went away")
+            return Admin.committed
+
+    class Consumer:
+        def end_offsets(self, tps):
+            return {tp: (5 if tp.partition == 1 else 0) for tp in tps}
+
+    OffsetAndMetadata = namedtuple("OffsetAndMetadata", "offset metadata")
+    Admin.committed = {TopicPartition(f.input_topics[0], 1): OffsetAndMetadata(3, "")}
+    f._check_input(Consumer(), Admin())
+    assert f.input_pending == frozenset({1}) and f.horizon() == 9_000
+    f._check_input(Consumer(), Admin())  # within the second: not asked again
+    assert Admin.calls == 1
+    clock.now += 1.5
+    Admin.committed = {TopicPartition(t, 1): OffsetAndMetadata(5, "") for t in f.input_topics}
+    f._check_input(Consumer(), Admin())
+    assert f.input_pending == frozenset() and f.horizon() is None
+    clock.now += 1.5
+    Admin.committed = None
+    f._check_input(Consumer(), Admin())
+    # not known: partition 1, quiet for 3 s only, holds back again, until quiet for 10 s
+    assert f.input_pending is None and f.horizon() == 9_000
+    clock.now += 8
+    assert f.horizon() is None
+
+
 def test_broker_stamped_records_and_unfollowed_partitions_do_not_count():
     clock = Clock()
     f = follower(0, clock)

@@ -179,10 +179,33 @@ def test_events_past_the_other_workers_horizon_wait_for_them():
     m = StreamTimeMerger(TOPICS, clock=Clock())
     horizon: list[float | None] = [20]
     m.horizon = lambda: horizon[0]
-    m.add(CLICKS, records(("u1", "a", 10, "c10"), ("u1", "b", 20, "c20"), ("u1", "c", 30, "c30")))
+    m.add(CLICKS, records(("u1", "a", 10, "c10"), ("u1", "b", 20, "c20"), ("u1", "c", 30, "c30"), ("u1", "d", 40, "c40")))
     caught_up = lambda tp: False  # noqa: E731 - nothing more on the broker
-    assert ids(m.release([CLICKS, PURCHASES, REVIEWS], caught_up)) == ["c10", "c20"]
+    # up to the horizon, and one event past it (not yet past, it may take its next one)
+    assert ids(m.release([CLICKS, PURCHASES, REVIEWS], caught_up)) == ["c10", "c20", "c30"]
     assert m.at_horizon and m.held() == 1 and m.wait_hint() == pytest.approx(0.05)
+    assert m.release([CLICKS, PURCHASES, REVIEWS], caught_up) == []  # past it: nothing more
     horizon[0] = None  # the slowest partition went quiet
-    assert ids(m.release([CLICKS, PURCHASES, REVIEWS], caught_up)) == ["c30"]
+    assert ids(m.release([CLICKS, PURCHASES, REVIEWS], caught_up)) == ["c40"]
     assert not m.at_horizon
+
+
+def test_workers_in_step_never_wait_for_each_other_for_ever():
+    # two workers, each one's horizon the other's stream time (max skew 0): when both stand
+    # at the same time with their next events later, one of them still moves on
+    a, b = StreamTimeMerger(TOPICS, clock=Clock()), StreamTimeMerger(TOPICS, clock=Clock())
+    a.horizon = lambda: b.released_ms
+    b.horizon = lambda: a.released_ms
+    a.add(CLICKS, records(*[("a", f"i{t}", t, f"a{t}") for t in (10, 30, 31, 32, 70)]))
+    b.add(CLICKS, records(*[("b", f"i{t}", t, f"b{t}") for t in (20, 40, 50, 60, 80)]))
+    caught_up = lambda tp: False  # noqa: E731
+    done: dict[str, list[int]] = {"a": [], "b": []}
+    for _ in range(20):
+        got = ids(a.release([CLICKS], caught_up)) + ids(b.release([CLICKS], caught_up))
+        for name in got:
+            done[name[0]].append(int(name[1:]))
+        # neither is ever more than one event past the other's stream time
+        assert sum(t > b.released_ms for t in done["a"]) <= 1 and sum(t > a.released_ms for t in done["b"]) <= 1
+        if not got:
+            break
+    assert done == {"a": [10, 30, 31, 32, 70], "b": [20, 40, 50, 60, 80]}
