@@ -131,6 +131,7 @@ class EvidenceFollower:
         #: unknown), by :meth:`_check_input` every :data:`INPUT_CHECK_S` with ``max_skew_ms``
         self.input_pending: frozenset[int] | None = None
         self._input_checked = float("-inf")
+        self._admin: Any = None  # the thread's admin client, made at the first check
 
     @property
     def following(self) -> frozenset[int]:
@@ -177,7 +178,7 @@ class EvidenceFollower:
                 active = [ts for p, (ts, _) in self._progress.items() if p in self._wanted and p in pending]
         return min(active) + self.max_skew_ms if active else None
 
-    def _check_input(self, consumer: Any, admin: Any) -> None:
+    def _check_input(self, consumer: Any) -> None:
         """(the thread) Which followed partitions still have input records their worker has
         not processed: the group's committed offset (the worker's progress, committed by
         every micro-batch under exactly-once, every few seconds otherwise) behind the end of
@@ -190,9 +191,11 @@ class EvidenceFollower:
         self._input_checked = now
         wanted = self._wanted
         try:
+            if self._admin is None:
+                self._admin = admin_client(self.settings)
             tps = [TopicPartition(topic, p) for topic in self.input_topics for p in sorted(wanted)]
             ends = consumer.end_offsets(tps)
-            committed = admin.list_consumer_group_offsets(self.settings.app_id, partitions=tps)
+            committed = self._admin.list_consumer_group_offsets(self.settings.app_id, partitions=tps)
             pending = set()
             for tp in tps:
                 at = committed.get(tp)
@@ -258,7 +261,6 @@ class EvidenceFollower:
 
     def _run(self) -> None:
         consumer = None
-        admin = None
         assigned: frozenset[int] = frozenset()
         held: dict[TopicPartition, deque] = {}  # records ahead of the stream time, by partition (paused)
         while not self._stop.is_set():
@@ -286,10 +288,7 @@ class EvidenceFollower:
                     assigned = wanted
                     log.info("following the evidence of partitions %s (the partitions other workers hold)", sorted(wanted))
                 self._release(consumer, held)
-                if self.max_skew_ms is not None:
-                    if admin is None:
-                        admin = admin_client(self.settings)
-                    self._check_input(consumer, admin)
+                self._check_input(consumer)
                 batch = consumer.poll(timeout_ms=self.poll_ms, max_records=10_000)
                 if not batch:
                     if held:  # everything fetched is ahead of the stream time: wait for it to move
@@ -317,14 +316,14 @@ class EvidenceFollower:
                         queue.extend(records)
             except Exception as exc:  # the broker went away, a topic is not there yet...: retry
                 log.warning("following the other partitions' evidence failed (%s: %s); retrying in 5 s", type(exc).__name__, exc)
-                for client in (consumer, admin):
+                for client in (consumer, self._admin):
                     try:
                         if client is not None:
                             client.close()
                     except Exception:  # noqa: BLE001 - closing a broken client
                         pass
-                consumer = admin = None
+                consumer = self._admin = None
                 self._stop.wait(5.0)
-        for client in (consumer, admin):
+        for client in (consumer, self._admin):
             if client is not None:
                 client.close()

@@ -80,18 +80,19 @@ def test_the_groups_offsets_are_read_once_a_second_and_a_failure_falls_back_to_q
             return {tp: (5 if tp.partition == 1 else 0) for tp in tps}
 
     OffsetAndMetadata = namedtuple("OffsetAndMetadata", "offset metadata")
+    f._admin = Admin()
     Admin.committed = {TopicPartition(f.input_topics[0], 1): OffsetAndMetadata(3, "")}
-    f._check_input(Consumer(), Admin())
+    f._check_input(Consumer())
     assert f.input_pending == frozenset({1}) and f.horizon() == 9_000
-    f._check_input(Consumer(), Admin())  # within the second: not asked again
+    f._check_input(Consumer())  # within the second: not asked again
     assert Admin.calls == 1
     clock.now += 1.5
     Admin.committed = {TopicPartition(t, 1): OffsetAndMetadata(5, "") for t in f.input_topics}
-    f._check_input(Consumer(), Admin())
+    f._check_input(Consumer())
     assert f.input_pending == frozenset() and f.horizon() is None
     clock.now += 1.5
     Admin.committed = None
-    f._check_input(Consumer(), Admin())
+    f._check_input(Consumer())
     # not known: partition 1, quiet for 3 s only, holds back again, until quiet for 10 s
     assert f.input_pending is None and f.horizon() == 9_000
     clock.now += 8
@@ -171,3 +172,25 @@ def test_records_fetched_while_the_followed_partitions_change_are_kept(monkeypat
         f.stop()
     assert got == {("popularity", 0, b"0:item"): b"v1", ("popularity", 0, b"0:other"): b"v2"}
     assert TopicPartition(POP, 2) in consumer.seeked and consumer.seeked.count(TopicPartition(POP, 0)) == 1
+
+
+def test_no_admin_client_is_not_a_failure_of_the_follower(monkeypatch):
+    # an admin client that cannot be made (the broker away, a refused login) leaves the
+    # quiet-changelog rule in force; the follower itself goes on
+    from recstream.streams import evidence
+
+    def refused(settings):
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(evidence, "admin_client", refused)
+    clock = Clock()
+    f = follower(0, clock)
+    f.input_pending = frozenset({1})
+    arrive(f, 1, 9_000)
+
+    class Consumer:
+        def end_offsets(self, tps):
+            return {}
+
+    f._check_input(Consumer())
+    assert f.input_pending is None and f._admin is None and f.horizon() == 9_000
