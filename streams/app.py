@@ -292,6 +292,14 @@ def _raw(table):
     return table
 
 
+def _changelog_stamp(event_time_ms: int, now_ms: int) -> int:
+    """A changelog record's timestamp for values that include events up to ``event_time_ms``:
+    never ahead of the clock, as brokers refuse records too far in the future
+    (``log.message.timestamp.after.max.ms``); a worker then takes such a value once its
+    stream time passes the moment it was written."""
+    return max(0, min(event_time_ms, now_ms))
+
+
 class Pipeline:
     """One worker's app, topics, tables and in-memory scoring state."""
 
@@ -507,26 +515,30 @@ class Pipeline:
         if not writes:
             return
         store = table.data
-        # never stamped ahead of the clock: brokers refuse records too far in the future
-        # (log.message.timestamp.after.max.ms); a worker then takes such a value once its
-        # stream time passes the moment it was written
         now = int(time.time() * 1000)
         records: dict[int, Sequence[Record]] = {}
         for partition, kvs in writes.items():
             write_raw(store, events[partition], kvs)  # one RocksDB write batch per partition
             stamped = bool(kvs) and len(kvs[0]) == 3
-            records[partition] = [(k, v, max(0, min(ts, now))) for k, v, ts in kvs] if stamped else kvs  # type: ignore[misc]
+            records[partition] = [(k, v, _changelog_stamp(ts, now)) for k, v, ts in kvs] if stamped else kvs  # type: ignore[misc]
         changelog = table.changelog_topic.get_topic_name()
 
         def persisted(partition: int, offset: int) -> None:
             store.set_persisted_offset(TP(changelog, partition), offset)
 
+        await self._to_changelog(changelog, records, on_delivered=persisted)
+
+    async def _to_changelog(self, changelog: str, records: Mapping[int, Sequence[Record]], on_delivered: Callable[[int, int], None] | None = None) -> None:
+        """Send a table's changelog records, by partition: under exactly-once into the
+        transaction of the input partition of the same number (:meth:`commit_batch`),
+        otherwise through faust's producer at once; ``on_delivered(partition, offset)`` as
+        :meth:`_send_batches`'."""
         if self.transactions is not None:
             self.uncommitted_writes = True
             for partition, rs in records.items():
-                self.transactions.add(partition, changelog, partition, rs, on_delivered=persisted)
+                self.transactions.add(partition, changelog, partition, rs, on_delivered=on_delivered)
             return
-        await self._send_batches(changelog, records, on_delivered=persisted)
+        await self._send_batches(changelog, records, on_delivered=on_delivered)
 
     async def write_progress(self, stream_time_ms: int) -> None:
         """With workers in step (``max_skew_ms``): a progress row on the popularity changelog
@@ -538,16 +550,12 @@ class Pipeline:
         (streams/evidence.py). Changelog only: the local store never reads it back."""
         if self.config.max_skew_ms is None or not self.own_partitions:
             return
-        stamp = max(0, min(stream_time_ms, int(time.time() * 1000)))
-        changelog = self.popularity_table.changelog_topic.get_topic_name()
-        records = {p: [(progress_key(p), b"", stamp)] for p in sorted(self.own_partitions)}
-        if self.transactions is not None:
-            self.uncommitted_writes = True
-            for partition, rs in records.items():
-                if partition in self.transactions.producers:  # assigned: not in a rebalance's midst
-                    self.transactions.add(partition, changelog, partition, rs)
-            return
-        await self._send_batches(changelog, records)
+        stamp = _changelog_stamp(stream_time_ms, int(time.time() * 1000))
+        partitions = sorted(self.own_partitions)
+        if self.transactions is not None:  # only partitions assigned (not in a rebalance's midst)
+            partitions = [p for p in partitions if p in self.transactions.producers]
+        records: dict[int, Sequence[Record]] = {p: [(progress_key(p), b"", stamp)] for p in partitions}
+        await self._to_changelog(self.popularity_table.changelog_topic.get_topic_name(), records)
 
     async def delete_table_keys(self, table: Any, deletes: Mapping[int, Sequence[bytes]], events: Mapping[int, Any]) -> None:
         """Delete keys of a raw-bytes table: ``deletes`` by partition; ``events[p]`` is an
@@ -572,12 +580,7 @@ class Pipeline:
         def persisted(partition: int, offset: int) -> None:
             store.set_persisted_offset(TP(changelog, partition), offset)
 
-        if self.transactions is not None:
-            self.uncommitted_writes = True
-            for partition, kvs in tombstones.items():
-                self.transactions.add(partition, changelog, partition, kvs, on_delivered=persisted)  # type: ignore[arg-type]
-            return
-        await self._send_batches(changelog, tombstones, on_delivered=persisted)  # type: ignore[arg-type]
+        await self._to_changelog(changelog, tombstones, on_delivered=persisted)  # type: ignore[arg-type]
 
     async def commit_batch(self, events: Sequence[Any]) -> None:
         """Exactly-once: commit what the micro-batch ``events`` produced, with its input

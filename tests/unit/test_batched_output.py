@@ -146,7 +146,7 @@ def fake_pipeline(producer: FakeProducer, *, transactions: PartitionTransactions
         fake.published.append((topic.name, key, value, source_topic, source_partition, partition))
 
     fake.publish = publish
-    for name in ("publish_many", "write_table", "_send_batches", "_batch_delivered"):
+    for name in ("publish_many", "write_table", "_to_changelog", "_send_batches", "_batch_delivered"):
         setattr(fake, name, MethodType(getattr(Pipeline, name), fake))
     return fake
 
