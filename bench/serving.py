@@ -6,7 +6,7 @@ bounded in time, on loopback only:
 
 * ``baseline``: clicks at ``--event-rate`` (500/s) and no HTTP load;
 * ``lookup@R``: ``GET /v1/users/{u}/recommendations`` at R requests/s (200 and 1,000) from an
-  open-loop aiohttp client (each request sent at its scheduled time, its latency counted from
+  open-loop aiohttp client in a process of its own (each request sent at its scheduled time, its latency counted from
   then: no coordinated omission), while the clicks go on at the same rate;
 * ``query@R``: ``POST /v1/recommend`` with a user and a text query at R requests/s (20 and
   100), clicks going on too unless ``--query-without-events``.
@@ -233,6 +233,22 @@ async def load(port: int, rate: float, seconds: float, make) -> dict:
     }
 
 
+def make_request(kind: str, users: list[str]):
+    """The request maker of a phase: ``lookup`` (GET a user's list) or ``query`` (POST a query)."""
+    if kind == "lookup":
+        return lambda i: ("GET", f"/v1/users/{users[(i * 7919) % len(users)]}/recommendations", None)
+    return lambda i: (
+        "POST",
+        "/v1/recommend",
+        orjson.dumps({"user_id": users[(i * 7919) % len(users)], "query": QUERIES[i % len(QUERIES)], "k": 10}),
+    )
+
+
+def load_phase(port: int, rate: float, seconds: float, kind: str, users: list[str]) -> dict:
+    """One phase's load (run in the load client's own process)."""
+    return asyncio.run(load(port, rate, seconds, make_request(kind, users)))
+
+
 def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 2)
 
@@ -337,6 +353,12 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="6 s phases, 2,000 items, 500 users")
     p.add_argument("--query-without-events", action="store_true", help="no click load during the query phases")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--client-in-process",
+        action="store_true",
+        help="run the HTTP load client in this process, beside the click producer and the record reader "
+        "(as before 2026-12-08); by default it has a process of its own",
+    )
     p.add_argument("--compare", metavar="DIR", help="also measure the code in DIR (a copy of the repository), phase by phase, back to back with this one")
     p.add_argument("-o", "--output")
     a = p.parse_args()
@@ -363,10 +385,21 @@ def main() -> int:
             "loopback": True,
             "catalog": "synthetic, bench/catalog_gen.Catalog(items, seed 11)",
             "versions": {name: str(root) for name, root in roots},
+            "load_client": "this process" if a.client_in_process else "a process of its own",
         },
         "phases": {},
     }
     targets: list[Target] = []
+    client = None
+    if not a.client_in_process:
+        # the load client gets an interpreter of its own: in this process it would share the
+        # interpreter lock with the click producer and the record reader, and its own waits
+        # for it would count as the worker's latency
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        client = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        client.submit(time.sleep, 0).result()
     try:
         for name, root in roots:
             targets.append(Target(name, root, a.broker, work, a.device, stamp))
@@ -392,7 +425,12 @@ def main() -> int:
             pid = t.worker.proc.pid if t.worker.proc is not None else -1
             m0 = scrape(t.port)
             e0, t0, c0 = events_processed(t.port, m0), time.time(), cpu_seconds(pid)
-            result = asyncio.run(http(t.port)) if http is not None else (time.sleep(a.phase_s) or {})
+            if http is None:
+                result = time.sleep(a.phase_s) or {}
+            elif client is None:
+                result = asyncio.run(load(t.port, http[0], a.phase_s, make_request(http[1], users)))
+            else:
+                result = client.submit(load_phase, t.port, http[0], a.phase_s, http[1], users).result()
             m1 = scrape(t.port)
             e1, t1, c1 = events_processed(t.port, m1), time.time(), cpu_seconds(pid)
             stages = query_stages(m0, m1)
@@ -416,32 +454,9 @@ def main() -> int:
             t.phases[name] = result
             print(f"{t.name} {name}: {orjson.dumps(result).decode()}", file=sys.stderr)
 
-        plan: list[tuple[str, bool, object]] = [("baseline", True, None)]
-        for rate in [float(x) for x in a.lookup_rates.split(",") if x]:
-            plan.append(
-                (
-                    f"lookup@{rate:g}",
-                    True,
-                    lambda port, rate=rate: load(port, rate, a.phase_s, lambda i: ("GET", f"/v1/users/{users[(i * 7919) % len(users)]}/recommendations", None)),
-                )
-            )
-        for rate in [float(x) for x in a.query_rates.split(",") if x]:
-            plan.append(
-                (
-                    f"query@{rate:g}",
-                    not a.query_without_events,
-                    lambda port, rate=rate: load(
-                        port,
-                        rate,
-                        a.phase_s,
-                        lambda i: (
-                            "POST",
-                            "/v1/recommend",
-                            orjson.dumps({"user_id": users[(i * 7919) % len(users)], "query": QUERIES[i % len(QUERIES)], "k": 10}),
-                        ),
-                    ),
-                )
-            )
+        plan: list[tuple[str, bool, tuple[float, str] | None]] = [("baseline", True, None)]
+        plan += [(f"lookup@{float(x):g}", True, (float(x), "lookup")) for x in a.lookup_rates.split(",") if x]
+        plan += [(f"query@{float(x):g}", not a.query_without_events, (float(x), "query")) for x in a.query_rates.split(",") if x]
         for name, events, http in plan:
             for t in targets:  # back to back: the same noise for every version
                 phase(t, name, events, http)
@@ -466,6 +481,8 @@ def main() -> int:
     finally:
         for t in targets:
             t.stop()
+        if client is not None:
+            client.shutdown()
     out["machine"]["loadavg_at_end"] = os.getloadavg()
     out["wall_s"] = round(time.monotonic() - started, 1)
     text = orjson.dumps(out, option=orjson.OPT_INDENT_2).decode()

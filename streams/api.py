@@ -498,6 +498,22 @@ class PipelineBackend:
             return Owner(partition, True, self.own_url)
         return Owner(partition, False, urls.get(partition))
 
+    def front_state(self) -> dict[str, Any]:
+        """What the API's front process (:mod:`streams.front`) needs to answer lookups: the
+        latest-recommendations store's directory of every partition this worker holds, and
+        why it cannot answer now (or None)."""
+        active, _ = self._ownership()
+        store = self.pipeline.latest_table.data
+        path_of = getattr(store, "partition_path", None)
+        paths = {str(p): str(path_of(p)) for p in sorted(active)} if path_of is not None and self._partitioned_rocksdict(store) else {}
+        return {"paths": paths, "unavailable": self.unavailable()}
+
+    @staticmethod
+    def _partitioned_rocksdict(store: Any) -> bool:
+        """Whether ``store`` keeps a RocksDB (rocksdict) database per partition, read by key."""
+        inner = getattr(store, "table", None)
+        return getattr(store, "use_rocksdict", False) and inner is not None and not inner.is_global and not inner.use_partitioner
+
     # ------------------------------------------------------------------ local state
     def _db(self, table: Any, partition: int) -> Any:
         """The partition's database (opened if needed: call on the worker's loop)."""
@@ -513,10 +529,7 @@ class PipelineBackend:
         """The partition's database when faust has it open (any thread), else None."""
         store = table.data
         dbs = getattr(store, "_dbs", None)
-        if dbs is None or not getattr(store, "use_rocksdict", False):
-            return None
-        inner = getattr(store, "table", None)
-        if inner is None or inner.is_global or inner.use_partitioner:
+        if dbs is None or not PipelineBackend._partitioned_rocksdict(store):
             return None
         return dbs.get(partition)
 
@@ -689,6 +702,13 @@ def _json_response(doc: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(body=orjson.dumps(doc), status=status, content_type=JSON, headers=headers)
 
 
+def latest_response(raw: bytes, k: int) -> "web.Response":
+    """The answer to a lookup from the user's stored latest record: its first ``k`` items."""
+    doc = orjson.loads(raw)
+    doc["items"] = doc["items"][:k]
+    return _json_response(doc)
+
+
 def _error_response(exc: ApiError) -> "web.Response":
     from aiohttp import web
 
@@ -711,9 +731,12 @@ ROUTES = (
 class Api:
     """The routes, the middlewares (auth, JSON errors, metrics) and their handlers."""
 
-    def __init__(self, backend: Backend, *, token: str | None = None, registry: Any = None) -> None:
+    def __init__(self, backend: Backend, *, token: str | None = None, registry: Any = None, internal_paths: frozenset[str] = frozenset()) -> None:
         self.backend = backend
         self.token = token
+        #: paths that need no token and are not counted: the probes, the scrape, and routes
+        #: of the worker's own (the front process's state route, which checks a secret)
+        self.open_paths = OPEN_PATHS | internal_paths
         self.requests = self.durations = self.forwarded = None
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         if registry is not None:
@@ -762,8 +785,8 @@ class Api:
         app.router.add_post("/v1/recommend", self.post_recommend)
         app.router.add_get("/v1/openapi.json", self.get_openapi, allow_head=False)
 
-    def _authorized(self, request: "web.Request") -> None:
-        if self.token is None or request.path in OPEN_PATHS:
+    def authorize(self, request: "web.Request") -> None:
+        if self.token is None or request.path in self.open_paths:
             return
         header = request.headers.get("Authorization")
         if header is None:
@@ -789,7 +812,7 @@ class Api:
         started = time.perf_counter()
         route = self._route(request)
         try:
-            self._authorized(request)
+            self.authorize(request)
             response = await handler(request)
         except ApiError as exc:
             response = _error_response(exc)
@@ -814,14 +837,21 @@ class Api:
         except Exception:
             log.exception("the API failed on %s %s", request.method, request.path)
             response = _error_response(ApiError("internal", "internal error; the worker's log has the details"))
-        if self.requests is not None and request.path not in OPEN_PATHS:
-            key = (route, request.method, response.status)
-            children = self._children.get(key)
-            if children is None:  # prometheus' labels() takes a lock and builds a key: once per label set
-                children = self._children[key] = (self.requests.labels(route, request.method, str(response.status)), self.durations.labels(route))  # type: ignore[union-attr]
-            children[0].inc()
-            children[1].observe(time.perf_counter() - started)
+        if request.path not in self.open_paths:
+            self.observe(route, request.method, response.status, started)
         return response
+
+    def observe(self, route: str, method: str, status: int, started: float) -> None:
+        """Count one answered request (its route template, method, status) and its time since
+        ``started`` (``time.perf_counter()``) in the API's metrics, when it has any."""
+        if self.requests is None:
+            return
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:  # prometheus' labels() takes a lock and builds a key: once per label set
+            children = self._children[key] = (self.requests.labels(route, method, str(status)), self.durations.labels(route))  # type: ignore[union-attr]
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
 
     @property
     def _middleware(self) -> Any:
@@ -890,11 +920,11 @@ class Api:
                 "model": "popularity",
             }
             return self._served(_json_response(doc))
-        doc = orjson.loads(raw)
-        doc["items"] = doc["items"][:k]
-        return self._served(_json_response(doc))
+        return self._served(latest_response(raw, k))
 
     async def post_recommend(self, request: "web.Request") -> "web.Response":
+        from recstream.scoring.query import QueryRequest  # torch: not imported by the API's front process
+
         raw = await self._read_body(request)
         body = parse_body(raw)
         k = body.k if body.k is not None else self.backend.max_k

@@ -145,8 +145,10 @@ class WorkerConfig:
     # the HTTP API (streams/api.py) on the metrics endpoint's server: on unless switched off
     # (--no-api) or the endpoint is off; the URL other workers reach this one at (None: the
     # endpoint's address, set by run_worker); a bearer token required by every endpoint but
-    # /health, /ready and /metrics (None: none)
+    # /health, /ready and /metrics (None: none); lookups answered by a process of the
+    # worker's own (streams/front.py), outside the stream's interpreter, unless switched off
     api: bool = True
+    api_process: bool = True
     api_url: str | None = None
     api_token: str | None = field(default=None, repr=False)
 

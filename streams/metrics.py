@@ -704,12 +704,15 @@ class MonitoringService(Service):
     on the worker's loop (handed over with :func:`call_on_loop`, as they read faust's
     consumer and tables); the API's lookups are answered on the HTTP thread itself."""
 
-    def __init__(self, pipeline: "Pipeline", sock: socket.socket, policy: HealthPolicy, *, api: Any = None, **kwargs: Any) -> None:
+    def __init__(self, pipeline: "Pipeline", sock: socket.socket, policy: HealthPolicy, *, api: Any = None, front: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pipeline = pipeline
         self.sock = sock
         #: the HTTP API (:class:`streams.api.Api`) served on the same port, or None
         self.api = api
+        #: the API's front process (:class:`streams.front.FrontProcess`), which then serves
+        #: ``sock`` while this server listens on its loopback socket; or None
+        self.front = front
         self.metrics: WorkerMetrics = pipeline.telemetry
         self.monitor = HealthMonitor(policy, time.monotonic())
         self.probe_interval_s = min(10.0, max(0.5, policy.broker_grace_s / 3))
@@ -790,11 +793,21 @@ class MonitoringService(Service):
             if bind is not None:
                 bind(self._main_loop)
             self.api.install(web_app)
+        front = self.front
+        if front is not None:
+            from .front import STATE_PATH
+
+            async def front_state(request: web.Request) -> web.Response:
+                if not front.is_internal(request):
+                    raise web.HTTPNotFound()
+                return web.Response(body=orjson.dumps(self.api.backend.front_state()), content_type="application/json")
+
+            web_app.router.add_get(STATE_PATH, front_state, allow_head=False)
 
         async def serve() -> Any:
             runner = web.AppRunner(web_app, access_log=None)
             await runner.setup()
-            await web.SockSite(runner, self.sock).start()
+            await web.SockSite(runner, front.internal if front is not None else self.sock).start()
             return runner
 
         self._http = HttpThread()
@@ -804,6 +817,8 @@ class MonitoringService(Service):
             self._http.stop()
             self._http = None
             raise
+        if front is not None:
+            front.start()
         host, port = self.address
         log.info("metrics on http://%s:%d/metrics, health on /health and /ready", host, port)
         if self.api is not None:
@@ -816,6 +831,8 @@ class MonitoringService(Service):
             )
 
     async def on_stop(self) -> None:
+        if self.front is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.front.stop)
         http, self._http = self._http, None
         if http is None:
             return
@@ -831,6 +848,14 @@ class MonitoringService(Service):
             await http.run(cleanup())
         finally:
             await asyncio.get_running_loop().run_in_executor(None, http.stop)
+
+    @Service.task
+    async def _watch_front(self) -> None:
+        """Start the API's front process again if it exits."""
+        while self.front is not None and not self.should_stop:
+            if self._http is not None:
+                self.front.check()
+            await self.sleep(1.0)
 
     @Service.task
     async def _probe(self) -> None:

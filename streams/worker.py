@@ -324,13 +324,25 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
     )
     services = []
     if sock is not None:
-        api = None
+        api = front = None
         if config.api:
             from .api import Api, PipelineBackend
 
             assert config.api_url is not None
-            api = Api(PipelineBackend(pipeline, config.api_url), token=config.api_token, registry=pipeline.telemetry.registry)
-        services.append(MonitoringService(pipeline, sock, HealthPolicy(config.stall_timeout_s, config.broker_grace_s), api=api))
+            front = None
+            if config.api_process:
+                from .front import STATE_PATH, FrontProcess
+
+                front = FrontProcess(
+                    sock, own_url=config.api_url, partitions=config.partitions, max_k=config.k, token=config.api_token, log_format=config.log_format
+                )
+            api = Api(
+                PipelineBackend(pipeline, config.api_url),
+                token=config.api_token,
+                registry=pipeline.telemetry.registry,
+                internal_paths=frozenset({STATE_PATH}) if front is not None else frozenset(),
+            )
+        services.append(MonitoringService(pipeline, sock, HealthPolicy(config.stall_timeout_s, config.broker_grace_s), api=api, front=front))
     elif config.api:
         log.warning("API off: it is served on the metrics endpoint's port, which is off")
 

@@ -65,6 +65,7 @@ def worker_config(args: argparse.Namespace):
             user_model=args.user_model,
             user_model_check_s=args.user_model_check_s,
             api=args.api,
+            api_process=args.api_process,
             api_url=args.api_url,
             api_token=api_token,
             **knob_settings(args, adapt=True),
@@ -261,6 +262,14 @@ def worker_options(p: argparse.ArgumentParser) -> None:
         type=bool,
         default=default("api"),
         help="serve /v1/ (latest recommendations, recommend on request, forget a user) beside /metrics; --no-api switches it off; off too when the metrics endpoint is",
+    )
+    add_setting(
+        g,
+        "--api-process",
+        type=bool,
+        default=default("api_process"),
+        help="answer lookups (GET /v1/users/{user_id}/recommendations) in a process of the worker's own, which reads the worker's stores, "
+        "so that they do not wait for the stream's Python; every other request is passed to the worker; --no-api-process serves all from the worker",
     )
     add_setting(
         g,

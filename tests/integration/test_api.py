@@ -20,6 +20,7 @@ topics).  Checked, in order:
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -103,6 +104,13 @@ def last_values(settings, topic: str) -> dict[bytes, bytes | None]:
         consumer.close()
 
 
+def metric(text: str, series: str) -> float:
+    """The value of one series (name and labels as exposed) in a Prometheus exposition."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " ")]
+    assert len(values) == 1, (series, values)
+    return values[0]
+
+
 def wait_until(condition, timeout_s: float, what: str, alive) -> None:
     deadline = faults.Deadline(timeout_s)
     while not condition():
@@ -175,6 +183,18 @@ def test_api_against_a_real_worker(kafka_broker: str, tmp_path: Path) -> None:
                 assert status == 200 and two["items"] == doc["items"][:2]
         finally:
             watcher.close()
+
+        # --- the lookups above were answered by the API's front process, from the worker's
+        # store: so they are answered while the worker's own process is stopped too
+        front = metric(http.call("GET", "/metrics", token=None)[1]["_text"], 'recstream_api_front_lookups_total{answered_by="front"}')
+        assert front >= 6, front
+        expected = http.latest(gardener)
+        assert worker.proc is not None
+        os.kill(worker.proc.pid, signal.SIGSTOP)
+        try:
+            assert http.latest(gardener)[:2] == expected[:2]
+        finally:
+            os.kill(worker.proc.pid, signal.SIGCONT)
 
         status, doc, _ = http.latest("never-seen-user")
         assert status == 200 and doc["model"] == "popularity" and doc["trigger"] is None and len(doc["items"]) == K

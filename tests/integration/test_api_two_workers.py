@@ -41,9 +41,11 @@ def test_two_workers_answer_for_each_others_users(kafka_broker: str, tmp_path: P
     group = WorkerGroup(settings, tmp_path, (), ())
     from recstream.streams.client import WorkerProcess
 
+    # a answers lookups from its front process (the default), b from the worker itself
     for name, port in ports.items():
+        own = ("--no-api-process",) if name == "b" else ()
         group.workers[name] = WorkerProcess(
-            settings, tmp_path / name, "--partitions", str(PARTITIONS), "-k", str(K), "--metrics-port", str(port), log_path=tmp_path / f"{name}.log"
+            settings, tmp_path / name, "--partitions", str(PARTITIONS), "-k", str(K), "--metrics-port", str(port), *own, log_path=tmp_path / f"{name}.log"
         )
     http = {name: Http(port, None) for name, port in ports.items()}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
