@@ -9,8 +9,8 @@ socket (``--metrics-port``) to a process of its own, started and stopped with it
 * ``GET /v1/users/{user_id}/recommendations`` for a user of a partition the worker holds is
   answered here, from the worker's ``latest-recommendations`` RocksDB store of that
   partition, opened as a RocksDB *secondary* instance (read-only, beside the worker's
-  primary; it catches up with the primary's log before every read, so a lookup sees every
-  list the worker has written);
+  primary; it catches up with the primary's log before a read at most every
+  :data:`CATCH_UP_S`, so a lookup sees the lists the worker had stored 50 ms earlier);
 * everything else (lookups the front cannot answer: a bad request, a user it has no list
   for, another worker's user, a store it cannot open; ``POST /v1/recommend``, ``DELETE``,
   the OpenAPI document, ``/health``, ``/ready``) is passed to the worker's own HTTP server,
@@ -33,6 +33,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import os
 import secrets
 import signal
@@ -43,7 +44,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import orjson
 
@@ -57,6 +58,10 @@ STATE_INTERVAL_S = 0.1
 #: not answer (a long micro-batch, a pause): under the shortest session timeout (6 s), after
 #: which the group may have given the worker's partitions to another
 STATE_MAX_AGE_S = 5.0
+#: how far behind the worker's store a lookup may read: a store's view catches up with the
+#: worker's log at most this often (a catch-up costs about a millisecond while the worker
+#: writes, so once per lookup would bound the front at about a thousand lookups/s)
+CATCH_UP_S = 0.05
 #: the worker's internal route the front reads them from
 STATE_PATH = "/internal/v1/front-state"
 #: the header that carries the worker's secret on its internal route
@@ -106,37 +111,60 @@ class WorkerState:
 class LatestStores:
     """Read-only views of the worker's latest-recommendations stores: RocksDB secondary
     instances, one per store directory, each catching up with the worker's primary (its
-    manifest and write-ahead log) before every read."""
+    manifest and write-ahead log) before a read when it last did more than ``max_lag_s`` ago."""
 
-    def __init__(self, scratch: Path) -> None:
+    def __init__(self, scratch: Path, max_lag_s: float = CATCH_UP_S) -> None:
         self.scratch = scratch
+        self.max_lag_s = max_lag_s
         self._dbs: dict[str, Any] = {}
+        self._caught_up: dict[str, float] = {}
 
     def get(self, path: str, key: bytes) -> bytes | None:
-        """The stored value of ``key`` in the store at ``path`` (None: absent); raises when the
-        store cannot be opened or read (then it is opened afresh next time)."""
+        """The stored value of ``key`` in the store at ``path`` (None: absent), as the worker
+        had it at most ``max_lag_s`` ago; raises when the store cannot be opened or read (then
+        it is opened afresh next time)."""
         db = self._dbs.get(path)
         if db is None:
             db = self._open(path)
         try:
-            db.try_catch_up_with_primary()
+            now = time.monotonic()
+            if now - self._caught_up.get(path, -math.inf) >= self.max_lag_s:
+                db.try_catch_up_with_primary()
+                self._caught_up[path] = now
             return db.get(key)
         except Exception:
             self._close(path)
             raise
 
     def _open(self, path: str) -> Any:
+        db = self._dbs[path] = self.open_view(path)
+        self._caught_up[path] = time.monotonic()
+        return db
+
+    def open_view(self, path: str) -> Any:
+        """A new view of the store at ``path`` (not kept: see :meth:`keep`); any thread."""
         import rocksdict
 
         if not os.path.isdir(path):
             raise FileNotFoundError(f"no store at {path} (yet)")
         self.scratch.mkdir(parents=True, exist_ok=True)
         own = self.scratch / hashlib.sha1(path.encode()).hexdigest()[:16]  # the secondary's own files (its info log)
-        db = rocksdict.Rdict(path, options=rocksdict.Options(raw_mode=True), access_type=rocksdict.AccessType.secondary(str(own)))
+        return rocksdict.Rdict(path, options=rocksdict.Options(raw_mode=True), access_type=rocksdict.AccessType.secondary(str(own)))
+
+    def missing(self, paths: Iterable[str]) -> list[str]:
+        """Those of ``paths`` without a view yet."""
+        return [p for p in paths if p not in self._dbs]
+
+    def keep(self, path: str, db: Any) -> None:
+        """Keep a view made by :meth:`open_view` (closed instead if one was opened meanwhile)."""
+        if path in self._dbs:
+            db.close()
+            return
         self._dbs[path] = db
-        return db
+        self._caught_up[path] = time.monotonic()
 
     def _close(self, path: str) -> None:
+        self._caught_up.pop(path, None)
         db = self._dbs.pop(path, None)
         if db is not None:
             try:
@@ -195,7 +223,7 @@ class _Backend:
 class Front:
     """The front process's HTTP server: lookups from the stores, the rest passed to the worker."""
 
-    def __init__(self, config: FrontConfig, scratch: Path) -> None:
+    def __init__(self, config: FrontConfig, scratch: Path, *, max_lag_s: float = CATCH_UP_S) -> None:
         from prometheus_client import CollectorRegistry, Counter
 
         self.config = config
@@ -209,7 +237,7 @@ class Front:
             registry=self.registry,
         )
         self.by_front, self.by_worker = lookups.labels("front"), lookups.labels("worker")
-        self.stores = LatestStores(scratch)
+        self.stores = LatestStores(scratch, max_lag_s)
         self.state: WorkerState | None = None
         self.session: Any = None
 
@@ -301,6 +329,8 @@ class Front:
                     self.state = None
             state = self.state
             self.stores.retain(set(state.paths.values()) if state is not None else set())
+            if state is not None:
+                await self._open_views(state)
             now = time.monotonic()
             if now - last_parent_check >= 1.0:
                 last_parent_check = now
@@ -308,6 +338,17 @@ class Front:
                     log.warning("the worker (pid %d) is gone: the API's front process stops", self.config.parent_pid)
                     return
             await asyncio.sleep(STATE_INTERVAL_S)
+
+    async def _open_views(self, state: WorkerState) -> None:
+        """Open the views of newly held stores off the event loop (an open reads every file of
+        the store: tens to hundreds of milliseconds), before lookups need them."""
+        loop = asyncio.get_running_loop()
+        for path in self.stores.missing(state.paths.values()):
+            try:
+                db = await loop.run_in_executor(None, self.stores.open_view, path)
+            except Exception:  # noqa: BLE001 - not there yet: tried again at the next read of the state
+                continue
+            self.stores.keep(path, db)
 
     async def serve(self, stop: asyncio.Event) -> None:
         import aiohttp

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from pathlib import Path
 
 import orjson
@@ -30,7 +31,7 @@ def primary(path: Path) -> rocksdict.Rdict:
 def test_a_secondary_view_sees_every_write_of_the_primary_before_each_read(tmp_path: Path) -> None:
     db = primary(tmp_path / "latest-0.db")
     db[b"u1"] = b"one"
-    stores = LatestStores(tmp_path / "scratch")
+    stores = LatestStores(tmp_path / "scratch", max_lag_s=0.0)
     path = str(tmp_path / "latest-0.db")
     assert stores.get(path, b"u1") == b"one"
     db[b"u1"] = b"two"
@@ -43,6 +44,22 @@ def test_a_secondary_view_sees_every_write_of_the_primary_before_each_read(tmp_p
     assert stores.get(path, b"u3") == b"three"
     stores.retain(set())
     assert stores.get(path, b"u2") == b"new"  # opened afresh
+    stores.close()
+    db.close()
+
+
+def test_a_view_catches_up_at_most_every_max_lag_s(tmp_path: Path) -> None:
+    db = primary(tmp_path / "latest-0.db")
+    db[b"u"] = b"old"
+    path = str(tmp_path / "latest-0.db")
+    stores = LatestStores(tmp_path / "scratch", max_lag_s=0.3)
+    assert stores.get(path, b"u") == b"old"
+    caught_up = time.monotonic()
+    db[b"u"] = b"new"
+    if time.monotonic() - caught_up < 0.25:
+        assert stores.get(path, b"u") == b"old"  # within the lag: the view as it was
+    time.sleep(0.3)  # the lag itself
+    assert stores.get(path, b"u") == b"new"
     stores.close()
     db.close()
 
@@ -135,7 +152,7 @@ def test_the_front_answers_lookups_from_the_store_and_passes_the_rest_to_the_wor
             max_k=10,
             token="tok",
         )
-        front = Front(config, tmp_path / "scratch")
+        front = Front(config, tmp_path / "scratch", max_lag_s=0.0)
         stop = asyncio.Event()
         serving = asyncio.ensure_future(front.serve(stop))
         auth = {"Authorization": "Bearer tok"}
