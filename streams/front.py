@@ -49,6 +49,7 @@ from typing import Any, Iterable
 import orjson
 
 from .api import MAX_BODY_BYTES, SERVED_BY_HEADER, Api, ApiError, _error_response, latest_response, parse_k, path_user_id
+from .client import partition_for  # at start: imported by the first lookup, it held the loop for 0.1 s
 
 log = logging.getLogger("recstream.front")
 
@@ -255,8 +256,6 @@ class Front:
     def _local_lookup(self, request: Any) -> Any:
         """The answer from the store, or None where the worker must answer (its errors, its
         popularity list for unknown users and its forwarding stay in one place)."""
-        from .client import partition_for
-
         state = self.state
         if state is None or state.unavailable is not None:
             return None
