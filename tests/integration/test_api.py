@@ -111,6 +111,11 @@ def metric(text: str, series: str) -> float:
     return values[0]
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started that are still running (Linux)."""
+    return sorted(int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split())
+
+
 def wait_until(condition, timeout_s: float, what: str, alive) -> None:
     deadline = faults.Deadline(timeout_s)
     while not condition():
@@ -195,6 +200,20 @@ def test_api_against_a_real_worker(kafka_broker: str, tmp_path: Path) -> None:
             assert http.latest(gardener)[:2] == expected[:2]
         finally:
             os.kill(worker.proc.pid, signal.SIGCONT)
+        # the front process killed: the worker starts another on the same socket (requests
+        # wait in the socket's backlog meanwhile), which answers lookups again
+        (front_pid,) = child_pids(worker.proc.pid)
+        os.kill(front_pid, signal.SIGKILL)
+        wait_until(lambda: child_pids(worker.proc.pid) not in ([], [front_pid]), DEADLINE_S, "a new front process", alive)
+        assert http.latest(gardener)[:2] == expected[:2]  # by the worker until the new front has read its partitions
+
+        def answered_by_front() -> bool:
+            assert http.latest(gardener)[:2] == expected[:2]
+            text = http.call("GET", "/metrics", token=None)[1]["_text"]
+            series = 'recstream_api_front_lookups_total{answered_by="front"}'
+            return series in text and metric(text, series) >= 1
+
+        wait_until(answered_by_front, DEADLINE_S, "a lookup answered by the new front", alive)
 
         status, doc, _ = http.latest("never-seen-user")
         assert status == 200 and doc["model"] == "popularity" and doc["trigger"] is None and len(doc["items"]) == K
