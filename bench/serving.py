@@ -188,8 +188,10 @@ async def load(port: int, rate: float, seconds: float, make) -> dict:
 
     A scheduler starts each request at its time (the tasks alive are the requests in flight,
     not every request of the phase), and the client's garbage collector is off during the
-    phase: a full collection over tens of thousands of waiting tasks held this client's loop
-    for tens of milliseconds, counted as the server's latency."""
+    phase. Before (2026-12-08), the client made the 20,000 tasks of a 20 s phase at 1,000/s up
+    front, with the collector on, and both versions of a --compare run showed the same stalls
+    (a p99 of 140-185 ms, a max of 307-345 ms, where the server's own p99 was under 5 ms);
+    with the two changes, one such run gave 16 ms and 92 ms for the same server."""
     import gc
 
     import aiohttp
