@@ -55,14 +55,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 
-from recstream.scoring.query import QueryAnswer, QueryRequest
-
 from .records import json_type
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from recstream.encoders.profile import UserProfile
+    from recstream.scoring.query import QueryAnswer, QueryRequest
 
     from .app import Pipeline
 

@@ -214,3 +214,14 @@ def test_the_front_answers_lookups_from_the_store_and_passes_the_rest_to_the_wor
 
     asyncio.run(run())
     db.close()
+
+
+def test_the_front_process_does_not_load_torch_or_faust() -> None:
+    """Its memory stays small (about 55 MB where torch alone brings 500 MB) and it starts in
+    a fraction of a second."""
+    import subprocess
+    import sys
+
+    code = "import sys, recstream.streams.front; print(sorted(m for m in ('torch', 'faust', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out
