@@ -276,7 +276,11 @@ class Front:
             return None
         if raw is None:
             return None
-        response = latest_response(raw, k)
+        try:
+            response = latest_response(raw, k)
+        except (ValueError, KeyError, TypeError) as exc:  # a stored value it cannot read: the worker says what it is
+            log.warning("lookup passed to the worker: the stored list in %s cannot be read (%s)", path, exc)
+            return None
         response.headers[SERVED_BY_HEADER] = self.config.own_url
         return response
 
@@ -286,7 +290,11 @@ class Front:
         response = await self.pass_on(request)
         if response.status != 200:
             return response
-        body = merge_exposition(response.body.decode(), self.registry)
+        try:
+            body = merge_exposition(response.body.decode(), self.registry)
+        except Exception as exc:  # noqa: BLE001 - the worker's exposition as it is, without the front's counts
+            log.warning("the front's metrics are left out of /metrics: the worker's exposition cannot be parsed (%s)", exc)
+            return response
         return web.Response(body=body, headers={"Content-Type": response.headers.get("Content-Type", "text/plain; version=0.0.4; charset=utf-8")})
 
     async def pass_on(self, request: Any) -> Any:

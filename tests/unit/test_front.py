@@ -171,6 +171,11 @@ def test_the_front_answers_lookups_from_the_store_and_passes_the_rest_to_the_wor
                 db[users[0].encode()] = orjson.dumps(record | {"model": "newer"})
                 async with client.get(f"/v1/users/{users[0]}/recommendations", headers=auth) as r:
                     assert (await r.json())["model"] == "newer"
+                db[users[0].encode()] = b"not json"  # a value the front cannot read: the worker answers
+                async with client.get(f"/v1/users/{users[0]}/recommendations", headers=auth) as r:
+                    assert r.status == 418
+                db[users[0].encode()] = orjson.dumps(record)
+                seen.clear()
 
                 # the worker answers: no token, a bad k, an unknown user, another partition's user, other routes
                 passed = [
@@ -191,7 +196,7 @@ def test_the_front_answers_lookups_from_the_store_and_passes_the_rest_to_the_wor
                     exposition = samples(await r.text())
                 assert exposition[("x_total", ())] == 1
                 assert exposition[("recstream_api_front_lookups_total", (("answered_by", "front"),))] == 2
-                assert exposition[("recstream_api_front_lookups_total", (("answered_by", "worker"),))] == 4
+                assert exposition[("recstream_api_front_lookups_total", (("answered_by", "worker"),))] == 5
                 ok = (("method", "GET"), ("route", "/v1/users/{user_id}/recommendations"), ("status", "200"))
                 assert exposition[("recstream_api_requests_total", ok)] == 2
 
