@@ -1,5 +1,9 @@
 """The worker's HTTP API: recommendations served to applications (docs/api.md).
 
+By default the worker's port is served by the API's front process (:mod:`streams.front`),
+which answers lookups of the worker's own users from its stores and passes every other
+request to the server below, unchanged; ``--no-api-process`` serves them all here.
+
 Served by the worker's monitoring server (:class:`streams.metrics.MonitoringService`), on the
 same port as ``/metrics``, ``/health`` and ``/ready``, on its own thread and event loop (not
 the stream's: see :class:`PipelineBackend` for what runs where):

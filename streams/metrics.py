@@ -702,7 +702,9 @@ class MonitoringService(Service):
     The HTTP server runs on its own thread and event loop (:class:`HttpThread`, with the
     API when there is one): ``/metrics``, ``/health`` and ``/ready`` read the worker's state
     on the worker's loop (handed over with :func:`call_on_loop`, as they read faust's
-    consumer and tables); the API's lookups are answered on the HTTP thread itself."""
+    consumer and tables); the API's lookups are answered on the HTTP thread itself. With the
+    API's front process (``front``), that process serves ``sock`` and answers most lookups
+    itself, and this server listens on the front's loopback socket for the rest."""
 
     def __init__(self, pipeline: "Pipeline", sock: socket.socket, policy: HealthPolicy, *, api: Any = None, front: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -329,7 +329,6 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
             from .api import Api, PipelineBackend
 
             assert config.api_url is not None
-            front = None
             if config.api_process:
                 from .front import STATE_PATH, FrontProcess
 
