@@ -442,7 +442,7 @@ def main() -> int:
             if http is None:
                 result = time.sleep(a.phase_s) or {}
             elif client is None:
-                result = asyncio.run(load(t.port, http[0], a.phase_s, make_request(http[1], users)))
+                result = load_phase(t.port, http[0], a.phase_s, http[1], users)
             else:
                 result = client.submit(load_phase, t.port, http[0], a.phase_s, http[1], users).result()
             m1 = scrape(t.port)

@@ -46,7 +46,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import aiohttp
 import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from yarl import URL
 
 from .api import MAX_BODY_BYTES, SERVED_BY_HEADER, Api, ApiError, _error_response, latest_response, parse_k, path_user_id
 from .client import partition_for  # at start: imported by the first lookup, it held the loop for 0.1 s
@@ -138,9 +145,8 @@ class LatestStores:
             raise
 
     def _open(self, path: str) -> Any:
-        db = self._dbs[path] = self.open_view(path)
-        self._caught_up[path] = time.monotonic()
-        return db
+        self.keep(path, self.open_view(path))
+        return self._dbs[path]
 
     def open_view(self, path: str) -> Any:
         """A new view of the store at ``path`` (not kept: see :meth:`keep`); any thread."""
@@ -186,10 +192,6 @@ def merge_exposition(text: str, registry: Any) -> bytes:
     """The worker's Prometheus exposition ``text`` with the samples of ``registry`` added in:
     a sample of the same name and labels is summed (a count of the front's and the worker's
     requests), a new one appended to its family, a new family appended."""
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.exposition import generate_latest
-    from prometheus_client.parser import text_string_to_metric_families
-
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for mine in registry.collect():
         theirs = families.get(mine.name)
@@ -225,8 +227,6 @@ class Front:
     """The front process's HTTP server: lookups from the stores, the rest passed to the worker."""
 
     def __init__(self, config: FrontConfig, scratch: Path, *, max_lag_s: float = CATCH_UP_S) -> None:
-        from prometheus_client import CollectorRegistry, Counter
-
         self.config = config
         self.registry = CollectorRegistry()
         self.api = Api(_Backend(config.own_url, config.max_k), token=config.token, registry=self.registry)  # type: ignore[arg-type]
@@ -285,8 +285,6 @@ class Front:
         return response
 
     async def metrics(self, request: Any) -> Any:
-        from aiohttp import web
-
         response = await self.pass_on(request)
         if response.status != 200:
             return response
@@ -299,11 +297,6 @@ class Front:
 
     async def pass_on(self, request: Any) -> Any:
         """The worker's answer to ``request`` (a 503 JSON error when it does not answer)."""
-        import aiohttp
-        from aiohttp import web
-        from multidict import CIMultiDict
-        from yarl import URL
-
         body = await request.content.read(MAX_BODY_BYTES + 1) if request.can_read_body else None  # the worker tells a larger one
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP)
         url = URL(self.config.internal_url + request.raw_path, encoded=True)
@@ -320,8 +313,6 @@ class Front:
     # ------------------------------------------------------------------ the worker's state
     async def follow(self) -> None:
         """Read the worker's partitions every :data:`STATE_INTERVAL_S`; stop when the worker is gone."""
-        import aiohttp
-
         url = self.config.internal_url + STATE_PATH
         headers = {INTERNAL_HEADER: self.config.secret}
         last_parent_check = read_at = 0.0
@@ -358,9 +349,6 @@ class Front:
             self.stores.keep(path, db)
 
     async def serve(self, stop: asyncio.Event) -> None:
-        import aiohttp
-        from aiohttp import web
-
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64), timeout=aiohttp.ClientTimeout(total=PASS_TIMEOUT_S), auto_decompress=False
         )
@@ -432,11 +420,10 @@ class FrontProcess:
         self.internal.listen(128)
         self.internal.setblocking(False)
         port = self.internal.getsockname()[1]
-        self.secret = secrets.token_urlsafe(24)
         self.config = FrontConfig(
             fd=sock.fileno(),
             internal_url=f"http://127.0.0.1:{port}",
-            secret=self.secret,
+            secret=secrets.token_urlsafe(24),
             own_url=own_url,
             partitions=partitions,
             max_k=max_k,
@@ -450,7 +437,7 @@ class FrontProcess:
 
     def is_internal(self, request: Any) -> bool:
         """Whether ``request`` carries this worker's secret (the front's state requests)."""
-        return hmac.compare_digest(request.headers.get(INTERNAL_HEADER, "").encode(), self.secret.encode())
+        return hmac.compare_digest(request.headers.get(INTERNAL_HEADER, "").encode(), self.config.secret.encode())
 
     def start(self) -> None:
         import recstream

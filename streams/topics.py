@@ -110,10 +110,6 @@ class TopicStatus:
 
 def admin_client(settings: KafkaSettings, timeout_s: float = 30.0):
     """A kafka-python admin client for the cluster (TLS and SASL as configured)."""
-    return _admin(settings, timeout_s)
-
-
-def _admin(settings: KafkaSettings, timeout_s: float):
     from kafka.admin import KafkaAdminClient
 
     from .security import check_connection, kafka_python_kwargs
@@ -138,7 +134,7 @@ def ensure_topics(settings: KafkaSettings, specs: Iterable[TopicSpec], *, timeou
     from kafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError
 
     specs = list(specs)
-    admin = _admin(settings, timeout_s)
+    admin = admin_client(settings, timeout_s)
     try:
         existing = set(admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
@@ -192,7 +188,7 @@ def delete_topics(settings: KafkaSettings, names: Iterable[str], *, timeout_s: f
     """Delete topics (used by tests and ``recstream topics delete``); missing ones are ignored."""
     from kafka.errors import UnknownTopicOrPartitionError
 
-    admin = _admin(settings, timeout_s)
+    admin = admin_client(settings, timeout_s)
     try:
         wanted = [n for n in names if n in set(admin.list_topics())]
         if wanted:
@@ -216,7 +212,7 @@ def belongs_to(settings: KafkaSettings, name: str) -> bool:
 
 def list_topics(settings: KafkaSettings, *, timeout_s: float = 30.0) -> dict[str, int]:
     """Topic name → partition count for the deployment's topics present on the cluster."""
-    admin = _admin(settings, timeout_s)
+    admin = admin_client(settings, timeout_s)
     try:
         names = sorted(n for n in admin.list_topics() if belongs_to(settings, n))
         return {d["name"]: len(d["partitions"]) for d in admin.describe_topics(names)} if names else {}
